@@ -1,0 +1,33 @@
+# Every target creates .venv when it is missing; installs resolve from constraints.txt.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.ibf-installed
+
+.PHONY: venv demo test test-fast ui bench clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade "pip>=24"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/ibf demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
+
+ui: $(STAMP)
+	$(BIN)/ibf ui
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_backfill.py
+
+clean:
+	rm -rf $(VENV) .ibf

@@ -1,0 +1,70 @@
+"""NYSE trading calendar (exchange_calendars' XNYS): trading days, holidays and the latest complete session."""
+
+from __future__ import annotations
+
+import datetime as dt
+from functools import lru_cache
+
+import pandas as pd
+
+CALENDAR_NAME = "XNYS"
+# exchange_calendars ships XNYS sessions from 1885 to one year ahead; we only need this window.
+_CAL_START = "1990-01-02"
+
+
+@lru_cache(maxsize=1)
+def _calendar():
+    import exchange_calendars as xcals
+
+    end = (pd.Timestamp.today() + pd.DateOffset(years=1)).normalize()
+    return xcals.get_calendar(CALENDAR_NAME, start=_CAL_START, end=end)
+
+
+@lru_cache(maxsize=1)
+def all_sessions() -> pd.DatetimeIndex:
+    """Every NYSE session in the loaded window (tz-naive)."""
+    return pd.DatetimeIndex(_calendar().sessions).tz_localize(None)
+
+
+def to_date(value: str | dt.date | pd.Timestamp) -> dt.date:
+    """Parse an ISO date (or pass a date through)."""
+    if isinstance(value, pd.Timestamp):
+        return value.date()
+    if isinstance(value, dt.datetime):
+        return value.date()
+    if isinstance(value, dt.date):
+        return value
+    return dt.date.fromisoformat(str(value).strip())
+
+
+def trading_days(start: str | dt.date, end: str | dt.date) -> pd.DatetimeIndex:
+    """Trading sessions in [start, end], both inclusive, as tz-naive midnight timestamps."""
+    sessions = all_sessions()
+    lo, hi = pd.Timestamp(to_date(start)), pd.Timestamp(to_date(end))
+    return sessions[(sessions >= lo) & (sessions <= hi)]
+
+
+def is_trading_day(day: str | dt.date) -> bool:
+    return pd.Timestamp(to_date(day)) in all_sessions()
+
+
+def holidays(start: str | dt.date, end: str | dt.date) -> list[dt.date]:
+    """Weekdays in [start, end] on which NYSE is closed (full-day holidays and special closures)."""
+    weekdays = pd.bdate_range(to_date(start), to_date(end))
+    sessions = trading_days(start, end)
+    return [d.date() for d in weekdays.difference(sessions)]
+
+
+def latest_complete_session(now: pd.Timestamp | None = None) -> dt.date:
+    """The newest session whose close has passed at ``now`` (default: the current time)."""
+    cal = _calendar()
+    now = pd.Timestamp.now(tz="UTC") if now is None else pd.Timestamp(now)
+    if now.tzinfo is None:
+        now = now.tz_localize("UTC")
+    closes = cal.schedule["close"]
+    done = closes[closes <= now]
+    return done.index[-1].date()
+
+
+def sessions_between_count(start: str | dt.date, end: str | dt.date) -> int:
+    return len(trading_days(start, end))

@@ -1,0 +1,46 @@
+"""Load market bars for a symbol x date rectangle from a source into the warehouse (one atomic slice write)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import pandas as pd
+
+from ibf_core.calendar import trading_days
+from ibf_core.progress import report_progress
+from ibf_core.sources.base import BarSource
+from ibf_core.storage.tables import MARKET_BARS
+from ibf_core.storage.warehouse import Warehouse, WriteResult
+
+# Sources are asked for this many symbols at a time so progress can be shown on long loads.
+FETCH_BATCH = 25
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    write: WriteResult
+    bars: pd.DataFrame
+    sessions_in_range: int
+
+
+def fetch_rectangle(source: BarSource, symbols: Sequence[str], start: dt.date, end: dt.date) -> pd.DataFrame:
+    """All bars of ``symbols`` in ``[start, end]`` from ``source``, batched, reporting progress."""
+    frames = []
+    symbols = list(symbols)
+    for i in range(0, len(symbols), FETCH_BATCH):
+        batch = symbols[i : i + FETCH_BATCH]
+        frames.append(source.fetch_daily_bars(batch, start, end))
+        report_progress(min(i + FETCH_BATCH, len(symbols)), len(symbols), f"fetched {batch[-1]}")
+    bars = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    return bars.assign(source=source.name)
+
+
+def load_market_bars(
+    source: BarSource, warehouse: Warehouse, symbols: Sequence[str], start: dt.date, end: dt.date
+) -> IngestResult:
+    """Fetch the rectangle, then replace exactly that slice of ``market_bars``; on any error nothing is written."""
+    bars = fetch_rectangle(source, symbols, start, end)
+    write = warehouse.replace_slice(MARKET_BARS, bars, symbols, start, end)
+    return IngestResult(write=write, bars=bars, sessions_in_range=len(trading_days(start, end)))

@@ -1,0 +1,36 @@
+"""Small metadata renderings (markdown tables, inline PNG plots) shared by assets and the CLI."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import pandas as pd
+
+
+def markdown_table(frame: pd.DataFrame, max_rows: int = 10, floatfmt: str = ".4g") -> str:
+    if frame.empty:
+        return "_no rows_"
+    return frame.head(max_rows).to_markdown(index=False, floatfmt=floatfmt)
+
+
+def line_plot_markdown(frame: pd.DataFrame, x: str, y: str, by: str, title: str, max_series: int = 8) -> str:
+    """A small inline PNG line chart (markdown image) of ``y`` over ``x`` for each ``by`` group."""
+    if frame.empty:
+        return "_nothing to plot_"
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 2.2), dpi=80)
+    for key, group in list(frame.groupby(by))[:max_series]:
+        ax.plot(group[x], group[y], linewidth=1, label=str(key))
+    ax.set_title(title, fontsize=9)
+    ax.tick_params(labelsize=7)
+    ax.legend(fontsize=6, loc="upper left")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return f"![{title}](data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()})"

@@ -1,0 +1,176 @@
+"""All ibf settings in one place: environment variables (``IBF_*``) over ``config/settings.toml`` over defaults."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+import tomllib
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+SYMBOL_PATTERN = re.compile(r"^[A-Z0-9][A-Z0-9.\-]{0,15}$")
+DEFAULT_UNIVERSE = ("AAPL", "GOOG", "IBM", "MSFT")
+
+
+class SettingsError(ValueError):
+    """A setting has an invalid value; the message names the environment variable."""
+
+
+def normalize_symbol(raw: str) -> str:
+    """Upper-case a ticker and reject characters that cannot be a symbol or a Dagster partition key."""
+    symbol = raw.strip().upper()
+    if not SYMBOL_PATTERN.match(symbol):
+        raise ValueError(f"invalid symbol {raw!r}: use letters, digits, '.' or '-' (max 16 characters)")
+    return symbol
+
+
+def _split_list(value: Any) -> Any:
+    if isinstance(value, str):
+        return [part for part in (p.strip() for p in value.split(",")) if part]
+    return value
+
+
+class _TomlFlatSource(PydanticBaseSettingsSource):
+    """Reads ``config/settings.toml``; a table ``[ib] host = ...`` maps to the field ``ib_host``."""
+
+    def __init__(self, settings_cls: type[BaseSettings], path: Path | None):
+        super().__init__(settings_cls)
+        self.path = path
+
+    def get_field_value(self, field, field_name):  # pragma: no cover - required by the ABC, unused
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        if self.path is None or not self.path.is_file():
+            return {}
+        try:
+            data = tomllib.loads(self.path.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise SettingsError(f"{self.path}: not valid TOML ({exc})") from exc
+        flat: dict[str, Any] = {}
+        for key, value in data.items():
+            if isinstance(value, dict):
+                for sub, sub_value in value.items():
+                    flat[f"{key}_{sub}"] = sub_value
+            else:
+                flat[key] = value
+        known = set(self.settings_cls.model_fields)
+        unknown = sorted(set(flat) - known)
+        if unknown:
+            raise SettingsError(f"{self.path}: unknown setting(s) {', '.join(unknown)}")
+        return flat
+
+
+class Settings(BaseSettings):
+    """Runtime configuration. Every field is read from ``IBF_<NAME>`` (upper case)."""
+
+    model_config = SettingsConfigDict(env_prefix="IBF_", extra="ignore", validate_default=True)
+
+    home: Path = Field(Path(".ibf"), description="State folder: warehouse, Dagster instance, MLflow store")
+    source: Literal["sample", "csv", "ibkr"] = Field("sample", description="Where market bars come from")
+    csv_path: Path | None = Field(None, description="CSV/Parquet file or folder for IBF_SOURCE=csv")
+    universe: list[str] = Field(default_factory=lambda: list(DEFAULT_UNIVERSE), description="Symbols (comma list)")
+    history_start: dt.date = Field(
+        dt.date(2000, 3, 1), description="First date of the partitions (the sample starts 2000-03-01)"
+    )
+    date_partitions: Literal["month", "day"] = Field(
+        "month", description="Granularity of the date dimension of symbol x date partitions (see docs/partition-scale.md)"
+    )
+    freshness_max_sessions: int = Field(
+        3, ge=0, description="market_bars is stale when a symbol's newest bar is more sessions behind than this"
+    )
+    ib_host: str = Field("127.0.0.1", description="TWS / IB Gateway host")
+    ib_ports: list[int] = Field(default_factory=lambda: [7497, 7496, 4002, 4001], description="Ports tried in order")
+    ib_client_id: int = Field(1, ge=0, le=2**31 - 1, description="API client id")
+    ib_timeout: float = Field(15.0, gt=0, description="Seconds to wait for a connection or a history request")
+    ib_request_interval: float = Field(
+        0.5, ge=0, description="Minimum seconds between historical-data requests (IB soft pacing)"
+    )
+    ib_max_requests_per_10min: int = Field(
+        60, gt=0, description="Historical requests allowed in any 10-minute window (IB pacing rule)"
+    )
+    ib_retries: int = Field(4, ge=0, description="Retries after a pacing violation or a dropped connection")
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):
+        config_file = os.environ.get("IBF_CONFIG", "config/settings.toml")
+        return (init_settings, env_settings, _TomlFlatSource(settings_cls, Path(config_file)))
+
+    @field_validator("universe", "ib_ports", mode="before")
+    @classmethod
+    def _comma_list(cls, value: Any) -> Any:
+        return _split_list(value)
+
+    @field_validator("universe")
+    @classmethod
+    def _symbols(cls, value: list[str]) -> list[str]:
+        symbols = [normalize_symbol(s) for s in value]
+        if not symbols:
+            raise ValueError("the universe is empty")
+        return list(dict.fromkeys(symbols))
+
+    @field_validator("ib_ports")
+    @classmethod
+    def _ports(cls, value: list[int]) -> list[int]:
+        if not value or any(not 0 < p < 65536 for p in value):
+            raise ValueError("ports must be integers in 1..65535")
+        return value
+
+    @model_validator(mode="after")
+    def _csv_needs_path(self) -> "Settings":
+        if self.source == "csv" and self.csv_path is None:
+            raise ValueError("IBF_SOURCE=csv needs IBF_CSV_PATH")
+        return self
+
+    # Derived locations: every piece of state lives under home.
+    @property
+    def home_dir(self) -> Path:
+        return self.home.expanduser().resolve()
+
+    @property
+    def warehouse_path(self) -> Path:
+        return self.home_dir / "warehouse.duckdb"
+
+    @property
+    def lake_dir(self) -> Path:
+        return self.home_dir / "lake"
+
+    @property
+    def dagster_home(self) -> Path:
+        return self.home_dir / "dagster"
+
+    @property
+    def mlflow_uri(self) -> str:
+        return f"sqlite:///{self.home_dir / 'mlflow.db'}"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.home_dir / "cache"
+
+
+def _env_name(loc: tuple[Any, ...]) -> str:
+    field = str(loc[0]) if loc else ""
+    return f"IBF_{field.upper()}" if field else "IBF settings"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build settings, turning validation errors into one message per offending variable."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            name = _env_name(err["loc"]) if err["loc"] else "IBF_SOURCE/IBF_CSV_PATH"
+            lines.append(f"{name}: {err['msg']} (got {err.get('input')!r})")
+        raise SettingsError("invalid settings: " + "; ".join(lines)) from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Process-wide settings (cached; tests call ``get_settings.cache_clear()``)."""
+    return load_settings()

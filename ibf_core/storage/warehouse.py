@@ -1,0 +1,242 @@
+"""The DuckDB warehouse: Parquet files per (table, symbol) written atomically, exposed as DuckDB views.
+
+Why not tables inside the DuckDB file: DuckDB admits one writing process *or* many readers. If runs wrote into
+``warehouse.duckdb`` an analyst's open session would block them and their writes would break ``ibf sql``.
+Here writers only ever replace Parquet files (write a temp file, then ``os.replace``: a crash leaves the old
+file, never a hole); ``warehouse.duckdb`` holds nothing but views over those files, so any number of readers
+open it read-only while runs write. Per-symbol file locks make two concurrent writers safe as well.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from filelock import FileLock
+from tenacity import retry, retry_if_exception, stop_after_delay, wait_exponential
+
+from ibf_core.storage.tables import TABLES, TableSpec
+
+_SCHEMA_FILE = "_schema.parquet"
+_LOCK_WAIT_S = 120.0
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.\-_]*$")
+
+
+class WarehouseError(RuntimeError):
+    """The warehouse could not be read or written."""
+
+
+def _is_lock_conflict(exc: BaseException) -> bool:
+    return isinstance(exc, duckdb.IOException) and "lock" in str(exc).lower()
+
+
+# A writer refreshing views holds the file for milliseconds; readers and writers wait for each other briefly.
+_retry_on_lock = retry(
+    retry=retry_if_exception(_is_lock_conflict),
+    wait=wait_exponential(multiplier=0.05, max=1.0),
+    stop=stop_after_delay(30),
+    reraise=True,
+)
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    table: str
+    symbols: tuple[str, ...]
+    start: dt.date
+    end: dt.date
+    rows_written: int
+    rows_replaced: int
+
+
+def _date_bounds(start: dt.date | str, end: dt.date | str) -> tuple[pd.Timestamp, pd.Timestamp]:
+    return pd.Timestamp(start).normalize(), pd.Timestamp(end).normalize()
+
+
+class Warehouse:
+    """Read and write symbol x date tables under ``home``; SQL through ``warehouse.duckdb``."""
+
+    def __init__(self, home: Path | str):
+        self.home = Path(home).expanduser().resolve()
+        self.db_path = self.home / "warehouse.duckdb"
+        self.lake_dir = self.home / "lake"
+
+    # ----- layout -------------------------------------------------------------------------------
+    def table_dir(self, spec: TableSpec) -> Path:
+        return self.lake_dir / spec.name
+
+    def _symbol_file(self, spec: TableSpec, symbol: str) -> Path:
+        if not _SAFE_NAME.match(symbol):
+            raise WarehouseError(f"{spec.name}: symbol {symbol!r} cannot be stored")
+        return self.table_dir(spec) / f"{symbol}.parquet"
+
+    def _lock(self, spec: TableSpec, symbol: str) -> FileLock:
+        lock_dir = self.table_dir(spec) / ".locks"
+        lock_dir.mkdir(parents=True, exist_ok=True)
+        return FileLock(str(lock_dir / f"{symbol}.lock"), timeout=_LOCK_WAIT_S)
+
+    def _view_sql(self, spec: TableSpec) -> str:
+        pattern = str(self.table_dir(spec) / "*.parquet").replace("'", "''")
+        return f"CREATE OR REPLACE VIEW {spec.name} AS SELECT * FROM read_parquet('{pattern}', union_by_name = true)"
+
+    def ensure_table(self, spec: TableSpec) -> None:
+        """Create the table folder, its empty schema file and its view (only when missing or moved)."""
+        folder = self.table_dir(spec)
+        folder.mkdir(parents=True, exist_ok=True)
+        schema_file = folder / _SCHEMA_FILE
+        if not schema_file.exists():
+            os.replace(self._stage(spec.schema.empty_table(), schema_file), schema_file)
+        if self._view_current(spec):
+            return
+        self._create_view(spec)
+
+    def ensure_all_tables(self) -> None:
+        for spec in TABLES.values():
+            self.ensure_table(spec)
+
+    @_retry_on_lock
+    def _view_current(self, spec: TableSpec) -> bool:
+        if not self.db_path.exists():
+            return False
+        with duckdb.connect(str(self.db_path), read_only=True) as con:
+            rows = con.execute("SELECT sql FROM duckdb_views() WHERE view_name = ?", [spec.name]).fetchall()
+        return bool(rows) and str(self.table_dir(spec)) in rows[0][0]
+
+    @_retry_on_lock
+    def _create_view(self, spec: TableSpec) -> None:
+        self.home.mkdir(parents=True, exist_ok=True)
+        with duckdb.connect(str(self.db_path)) as con:
+            con.execute(self._view_sql(spec))
+
+    # ----- writes -------------------------------------------------------------------------------
+    @staticmethod
+    def _stage(table: pa.Table, target: Path) -> Path:
+        """Write ``table`` durably to a hidden temp file beside ``target``; the caller swaps it in."""
+        fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        os.close(fd)
+        tmp = Path(name)
+        try:
+            pq.write_table(table, tmp, compression="zstd")
+            with open(tmp, "rb") as handle:
+                os.fsync(handle.fileno())
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return tmp
+
+    def _to_arrow(self, spec: TableSpec, frame: pd.DataFrame) -> pa.Table:
+        missing = [c for c in spec.column_names if c not in frame.columns]
+        if missing:
+            raise WarehouseError(f"{spec.name}: frame lacks column(s) {', '.join(missing)}")
+        data = frame[spec.column_names].copy()
+        data["date"] = pd.to_datetime(data["date"]).dt.date
+        return pa.Table.from_pandas(data, schema=spec.schema, preserve_index=False)
+
+    def replace_slice(
+        self,
+        spec: TableSpec,
+        frame: pd.DataFrame,
+        symbols: Sequence[str],
+        start: dt.date | str,
+        end: dt.date | str,
+    ) -> WriteResult:
+        """Make the rows of ``symbols`` x ``[start, end]`` exactly ``frame``'s rows; other rows are kept.
+
+        Idempotent: the same inputs give byte-identical files. Each symbol's file is replaced atomically; all
+        new files are prepared before the first is swapped in, so a failure while preparing changes nothing.
+        """
+        lo, hi = _date_bounds(start, end)
+        frame = frame.copy()
+        frame["date"] = pd.to_datetime(frame["date"])
+        outside = ~frame["symbol"].isin(list(symbols)) | ~frame["date"].between(lo, hi)
+        if outside.any():
+            bad = frame.loc[outside].iloc[0]
+            raise WarehouseError(
+                f"{spec.name}: row {bad['symbol']} {bad['date'].date()} lies outside the slice being written"
+            )
+        if frame.duplicated(list(spec.key)).any():
+            raise WarehouseError(f"{spec.name}: duplicate {spec.key} rows in the frame being written")
+        self.ensure_table(spec)
+        locks = [self._lock(spec, s) for s in sorted(set(symbols))]
+        for lock in locks:  # sorted order: two writers never deadlock
+            lock.acquire()
+        try:
+            staged: list[tuple[Path, Path]] = []
+            replaced = 0
+            try:
+                for symbol in sorted(set(symbols)):
+                    target = self._symbol_file(spec, symbol)
+                    old = pd.read_parquet(target) if target.exists() else None
+                    new_rows = frame[frame["symbol"] == symbol]
+                    if old is not None:
+                        old_dates = pd.to_datetime(old["date"])
+                        in_slice = old_dates.between(lo, hi)
+                        replaced += int(in_slice.sum())
+                        kept = old.loc[~in_slice]
+                        merged = pd.concat([kept, new_rows[kept.columns]], ignore_index=True) if len(kept) else new_rows
+                    else:
+                        merged = new_rows
+                    merged = merged.assign(date=pd.to_datetime(merged["date"])).sort_values(list(spec.key))
+                    staged.append((self._stage(self._to_arrow(spec, merged), target), target))
+            except BaseException:
+                for tmp, _ in staged:
+                    tmp.unlink(missing_ok=True)
+                raise
+            for tmp, target in staged:
+                os.replace(tmp, target)
+        finally:
+            for lock in reversed(locks):
+                lock.release()
+        return WriteResult(spec.name, tuple(sorted(set(symbols))), lo.date(), hi.date(), len(frame), replaced)
+
+    # ----- reads --------------------------------------------------------------------------------
+    def symbols(self, spec: TableSpec) -> list[str]:
+        folder = self.table_dir(spec)
+        if not folder.exists():
+            return []
+        return sorted(p.stem for p in folder.glob("*.parquet") if p.name != _SCHEMA_FILE)
+
+    def read(
+        self,
+        spec: TableSpec,
+        symbols: Iterable[str] | None = None,
+        start: dt.date | str | None = None,
+        end: dt.date | str | None = None,
+    ) -> pd.DataFrame:
+        """Rows of a table (optionally a symbol x date slice), sorted by key; ``date`` as datetime64."""
+        wanted = self.symbols(spec) if symbols is None else [s for s in symbols if s in set(self.symbols(spec))]
+        files = [str(self._symbol_file(spec, s)) for s in wanted]
+        if not files:
+            return spec.schema.empty_table().to_pandas().assign(date=lambda f: pd.to_datetime(f["date"]))
+        conditions, params = [], []
+        if start is not None:
+            conditions.append("date >= ?")
+            params.append(pd.Timestamp(start).date())
+        if end is not None:
+            conditions.append("date <= ?")
+            params.append(pd.Timestamp(end).date())
+        where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
+        order = ", ".join(spec.key)
+        with duckdb.connect(":memory:") as con:
+            out = con.execute(
+                f"SELECT * FROM read_parquet(?, union_by_name = true) {where} ORDER BY {order}", [files, *params]
+            ).df()
+        out["date"] = pd.to_datetime(out["date"])
+        return out
+
+    @_retry_on_lock
+    def query(self, sql: str, params: Sequence[object] | None = None) -> pd.DataFrame:
+        """Run SQL on a read-only connection to ``warehouse.duckdb`` (it cannot change the warehouse)."""
+        if not self.db_path.exists():
+            self.ensure_all_tables()
+        with duckdb.connect(str(self.db_path), read_only=True) as con:
+            return con.execute(sql, params or []).df()

@@ -1,0 +1,101 @@
+"""``market_bars``: daily bars per symbol x date partition, written to DuckDB, with its checks."""
+
+
+import dagster as dg
+import pandas as pd
+
+from ibf_core import quality
+from ibf_core.ingest import load_market_bars
+from ibf_core.report import line_plot_markdown, markdown_table
+from ibf_core.settings import Settings
+from ibf_core.storage.tables import MARKET_BARS
+from ibf_dagster.metadata import OWNERS, check_result, column_schema
+from ibf_dagster.partitions import context_rectangles, symbol_date_partitions
+from ibf_dagster.resources import BarSourceResource, WarehouseResource
+
+ERROR, WARN = dg.AssetCheckSeverity.ERROR, dg.AssetCheckSeverity.WARN
+# Checks evaluated on every materialized slice, with their severity.
+SLICE_CHECKS = {
+    "ohlc_consistent": (ERROR, "Prices positive and open/close within [low, high] (ERROR)", quality.check_ohlc_consistency),
+    "unique_symbol_date": (ERROR, "At most one bar per (symbol, date) (ERROR)", quality.check_unique_key),
+    "no_missing_trading_days": (WARN, "No NYSE session missing inside the stored range (WARN)", quality.check_missing_days),
+    "no_unexplained_jumps": (
+        WARN,
+        f"No daily |log return| above {quality.MAX_ABS_LOG_RETURN} unless a split explains it (WARN)",
+        quality.check_return_jumps,
+    ),
+}
+
+
+def build_market_bars(settings: Settings) -> list:
+    """The ``market_bars`` asset and its freshness check for these settings' partitions."""
+    partitions = symbol_date_partitions(settings)
+
+    @dg.asset(
+        name=MARKET_BARS.name,
+        description=(
+            "Daily OHLCV bars (split-adjusted; adj_close also dividend-adjusted) per symbol and NYSE trading day, "
+            "from the configured source (sample, csv or ibkr). Stored as Parquet per symbol, queried as the "
+            "DuckDB view `market_bars`."
+        ),
+        partitions_def=partitions,
+        backfill_policy=dg.BackfillPolicy.single_run(),
+        pool="duckdb",
+        kinds={"duckdb", "parquet", "python"},
+        owners=OWNERS,
+        tags={"layer": "raw", "domain": "market_data"},
+        group_name="market_data",
+        metadata={"dagster/column_schema": column_schema(MARKET_BARS), "dagster/table_name": MARKET_BARS.name},
+        check_specs=[
+            dg.AssetCheckSpec(name, asset=MARKET_BARS.name, description=desc, blocking=severity == ERROR)
+            for name, (severity, desc, _) in SLICE_CHECKS.items()
+        ],
+        automation_condition=dg.AutomationCondition.on_cron("0 18 * * 1-5", "America/New_York"),
+    )
+    def market_bars(
+        context: dg.AssetExecutionContext, warehouse: WarehouseResource, bar_source: BarSourceResource
+    ) -> dg.MaterializeResult:
+        store, source = warehouse.get(), bar_source.get()
+        rects = context_rectangles(context, settings)
+        written = replaced = 0
+        for rect in rects:
+            context.log.info(f"{source.name}: {len(rect.symbols)} symbols, {rect.start}..{rect.end}")
+            result = load_market_bars(source, store, rect.symbols, rect.start, rect.end)
+            written += result.write.rows_written
+            replaced += result.write.rows_replaced
+        symbols = sorted({s for r in rects for s in r.symbols})
+        start, end = min(r.start for r in rects), max(r.end for r in rects)
+        stored = store.read(MARKET_BARS, symbols, start, end)
+        checks = [check_result(fn(stored), sev) for name, (sev, _, fn) in SLICE_CHECKS.items()]
+        preview = stored.groupby("symbol").tail(2)[["symbol", "date", "open", "high", "low", "close", "adj_close", "volume"]]
+        return dg.MaterializeResult(
+            metadata={
+                "dagster/row_count": written,
+                "rows_replaced": replaced,
+                "source": source.name,
+                "symbols": ", ".join(symbols),
+                "first_date": str(stored["date"].min().date()) if len(stored) else "none",
+                "last_date": str(stored["date"].max().date()) if len(stored) else "none",
+                "rectangles": len(rects),
+                "preview": dg.MetadataValue.md(markdown_table(preview.assign(date=preview["date"].dt.date))),
+                "closes": dg.MetadataValue.md(
+                    line_plot_markdown(stored, "date", "close", "symbol", "close (split-adjusted)")
+                ),
+            },
+            check_results=checks,
+        )
+
+    @dg.asset_check(
+        asset=market_bars,
+        name="fresh",
+        description=(
+            f"Every symbol's newest bar is at most IBF_FRESHNESS_MAX_SESSIONS ({settings.freshness_max_sessions}) "
+            "NYSE sessions behind the latest complete session (WARN)."
+        ),
+    )
+    def market_bars_fresh(warehouse: WarehouseResource) -> dg.AssetCheckResult:
+        latest = warehouse.get().query("SELECT symbol, max(date) AS last FROM market_bars GROUP BY symbol")
+        by_symbol = {r.symbol: pd.Timestamp(r.last).date() for r in latest.itertuples()}
+        return check_result(quality.check_freshness(by_symbol, settings.freshness_max_sessions), WARN)
+
+    return [market_bars, market_bars_fresh]

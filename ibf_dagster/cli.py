@@ -1,0 +1,241 @@
+"""The ``ibf`` command line: backfill through Dagster, SQL on the warehouse, the universe, the gateway simulator."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from ibf_core.settings import SettingsError, get_settings, load_settings, normalize_symbol
+
+app = typer.Typer(help="ibf: forecasting platform for Interactive Brokers market data.", no_args_is_help=True)
+universe_app = typer.Typer(help="The symbols partitioned by every per-symbol asset.", no_args_is_help=True)
+app.add_typer(universe_app, name="universe")
+err = Console(stderr=True)
+out = Console()
+
+
+def _fail(message: str, code: int = 1) -> None:
+    err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _settings(**overrides):
+    try:
+        return load_settings(**{k: v for k, v in overrides.items() if v is not None}) if overrides else get_settings()
+    except SettingsError as exc:
+        _fail(str(exc), 2)
+
+
+def _split(value: str | None) -> list[str] | None:
+    return [s for s in (p.strip() for p in value.split(",")) if s] if value else None
+
+
+def _quiet_dagster() -> None:
+    warnings.filterwarnings("ignore")
+    os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")
+
+
+def run_backfill(settings, symbols, start, end, assets, source, csv) -> list:
+    """Run the backfill with a progress bar fed by ibf_core's progress sink; exits non-zero on failure."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from ibf_core.progress import set_progress_sink
+    from ibf_dagster.runner import BackfillError, backfill
+
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err
+    ) as progress:
+        task = progress.add_task("planning", total=None)
+
+        def sink(done: int, total: int, label: str) -> None:
+            progress.update(task, completed=done, total=total, description=label)
+
+        set_progress_sink(sink)
+        try:
+            summaries = backfill(settings, symbols, start, end, assets, source, csv)
+        except BackfillError as exc:
+            _fail(str(exc))
+        finally:
+            set_progress_sink(None)
+    failed = [s for s in summaries if not s.success]
+    for summary in summaries:
+        checks = ", ".join(f"{k}={'pass' if v else 'FAIL'}" for k, v in summary.checks.items())
+        status = "ok" if summary.success else "FAILED"
+        err.print(
+            f"run {summary.run_id[:8]} {status}: {len(summary.symbols)} symbols, "
+            f"{summary.date_keys[0]}..{summary.date_keys[1]}, {summary.row_count} rows; {checks}",
+            highlight=False,
+        )
+    if failed:
+        _fail("; ".join(s.error or "run failed" for s in failed))
+    return summaries
+
+
+@app.command()
+def backfill(
+    symbols: Annotated[str | None, typer.Option(help="Comma list; default: the whole universe")] = None,
+    start: Annotated[str | None, typer.Option(help="First date (YYYY-MM-DD); default: IBF_HISTORY_START")] = None,
+    end: Annotated[str | None, typer.Option(help="Last date; default: the newest partition")] = None,
+    assets: Annotated[str, typer.Option(help="Dagster asset selection: market_bars, 'market_bars*', '*'")] = "*",
+    source: Annotated[str | None, typer.Option(help="Override IBF_SOURCE: sample, csv, ibkr")] = None,
+    csv: Annotated[Path | None, typer.Option(help="CSV/Parquet file or folder (implies --source csv)")] = None,
+) -> None:
+    """Materialize assets for symbols x dates through Dagster (runs show in the UI)."""
+    _quiet_dagster()
+    if csv is not None and source is None:
+        source = "csv"
+    settings = _settings(source=source, csv_path=csv)
+    if csv is not None and not csv.exists():
+        _fail(f"{csv}: no such file or folder")
+    started = time.perf_counter()
+    run_backfill(settings, _split(symbols), start, end, assets, source, str(csv) if csv else None)
+    err.print(f"done in {time.perf_counter() - started:.1f} s", highlight=False)
+
+
+@app.command()
+def sql(
+    query: Annotated[str, typer.Argument(help="SQL to run (read-only), e.g. \"SELECT * FROM market_bars LIMIT 5\"")],
+    format: Annotated[str, typer.Option("--format", "-f", help="table, csv or json")] = "table",
+) -> None:
+    """Run read-only SQL on the DuckDB warehouse (safe while runs write)."""
+    import duckdb
+
+    from ibf_core.storage.warehouse import Warehouse
+
+    if format not in ("table", "csv", "json"):
+        _fail("--format must be table, csv or json", 2)
+    try:
+        frame = Warehouse(_settings().home_dir).query(query)
+    except duckdb.Error as exc:
+        _fail(str(exc).splitlines()[0])
+    for column in frame.columns:
+        values = frame[column]
+        if str(values.dtype).startswith("datetime64") and (values.dropna().dt.normalize() == values.dropna()).all():
+            frame[column] = values.dt.date  # DuckDB DATE columns arrive as midnight timestamps
+    if format == "csv":
+        sys.stdout.write(frame.to_csv(index=False))
+    elif format == "json":
+        sys.stdout.write(frame.to_json(orient="records", date_format="iso") + "\n")
+    else:
+        from rich.table import Table
+
+        table = Table(show_lines=False)
+        for column in frame.columns:
+            table.add_column(str(column))
+        for row in frame.itertuples(index=False):
+            table.add_row(*["" if v is None else str(v) for v in row])
+        out.print(table)
+        err.print(f"{len(frame)} rows", highlight=False)
+
+
+@universe_app.command("list")
+def universe_list() -> None:
+    """Symbols that are partitions (* = also in IBF_UNIVERSE)."""
+    from ibf_dagster.instance import get_instance
+    from ibf_dagster.runner import known_symbols
+
+    settings = _settings()
+    for symbol in known_symbols(get_instance(settings)):
+        out.print(f"{symbol}{' *' if symbol in settings.universe else ''}", highlight=False)
+
+
+@universe_app.command("add")
+def universe_add(symbols: Annotated[list[str], typer.Argument(help="Symbols to add")]) -> None:
+    """Add symbols to the ``symbol`` partitions."""
+    from ibf_dagster.instance import get_instance
+    from ibf_dagster.runner import sync_universe
+
+    try:
+        wanted = [normalize_symbol(s) for s in symbols]
+    except ValueError as exc:
+        _fail(str(exc), 2)
+    added = sync_universe(get_instance(_settings()), wanted)
+    out.print(f"added: {', '.join(added) or 'nothing (already present)'}", highlight=False)
+
+
+@universe_app.command("remove")
+def universe_remove(symbols: Annotated[list[str], typer.Argument(help="Symbols to remove")]) -> None:
+    """Remove symbols from the ``symbol`` partitions (warehouse rows stay until you delete them)."""
+    from ibf_dagster.instance import get_instance
+    from ibf_dagster.partitions import SYMBOL_PARTITIONS
+    from ibf_dagster.runner import known_symbols
+
+    settings = _settings()
+    instance = get_instance(settings)
+    known = set(known_symbols(instance))
+    for raw in symbols:
+        symbol = raw.strip().upper()
+        if symbol not in known:
+            _fail(f"{symbol} is not in the universe", 2)
+        instance.delete_dynamic_partition(SYMBOL_PARTITIONS.name, symbol)
+        note = " (still in IBF_UNIVERSE: the universe_sync sensor will add it back)" if symbol in settings.universe else ""
+        out.print(f"removed {symbol}{note}", highlight=False)
+
+
+@app.command("gateway-sim")
+def gateway_sim(
+    host: Annotated[str, typer.Option(help="Bind address")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port (IB Gateway paper: 4002)")] = 4002,
+    source: Annotated[str, typer.Option(help="Bars to serve: sample or csv")] = "sample",
+    csv: Annotated[Path | None, typer.Option(help="CSV/Parquet bars to serve (with --source csv)")] = None,
+    fault: Annotated[list[str] | None, typer.Option(help="Fault to inject, repeatable (see docs)")] = None,
+) -> None:
+    """Serve bars over the IB API wire protocol on loopback, so the ibkr source runs without an IB account."""
+    from ibf_core.gateway_sim import parse_faults, serve
+    from ibf_core.sources import make_source
+
+    settings = _settings(source=source, csv_path=csv)
+    try:
+        faults = parse_faults(fault or [])
+    except ValueError as exc:
+        _fail(str(exc), 2)
+    err.print(f"IB gateway simulator on {host}:{port} serving {source} bars (Ctrl-C to stop)", highlight=False)
+    serve(host, port, make_source(settings), faults)
+
+
+@app.command()
+def demo() -> None:
+    """Backfill the sample universe through Dagster and print a summary (what `make demo` runs)."""
+    _quiet_dagster()
+    settings = _settings(source="sample")
+    started = time.perf_counter()
+    run_backfill(settings, None, None, None, "*", "sample", None)
+    elapsed = time.perf_counter() - started
+    from ibf_core.storage.warehouse import Warehouse
+
+    summary = Warehouse(settings.home_dir).query(
+        "SELECT symbol, count(*) AS bars, min(date) AS first, max(date) AS last, "
+        "round(100 * (arg_max(adj_close, date) / arg_min(adj_close, date) - 1), 1) AS total_return_pct "
+        "FROM market_bars GROUP BY symbol ORDER BY symbol"
+    )
+    out.print(summary.to_string(index=False), highlight=False)
+    out.print(f"\nwarehouse: {settings.warehouse_path}\nloaded in {elapsed:.1f} s", highlight=False)
+    out.print('try: ibf sql "SELECT symbol, max(close) FROM market_bars GROUP BY 1"; make ui', highlight=False)
+
+
+@app.command()
+def ui(port: Annotated[int, typer.Option(help="Port of the Dagster UI")] = 3000) -> None:
+    """Start the Dagster UI and daemon (dagster dev) on 127.0.0.1 with the instance under IBF_HOME."""
+    from ibf_dagster.instance import prepare_dagster_home
+
+    settings = _settings()
+    prepare_dagster_home(settings)
+    workspace = Path(__file__).resolve().parents[1] / "workspace.yaml"
+    dagster = str(Path(sys.executable).with_name("dagster"))
+    os.execv(dagster, [dagster, "dev", "-h", "127.0.0.1", "-p", str(port), "-w", str(workspace)])
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

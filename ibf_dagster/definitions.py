@@ -1,0 +1,23 @@
+"""All ibf Dagster definitions, assembled in one place from settings."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from ibf_core.settings import Settings, get_settings
+from ibf_dagster.assets.market_bars import build_market_bars
+from ibf_dagster.resources import build_resources
+from ibf_dagster.sensors import build_universe_sync
+
+
+def build_definitions(settings: Settings) -> dg.Definitions:
+    market_bars, market_bars_fresh = build_market_bars(settings)
+    return dg.Definitions(
+        assets=[market_bars],
+        asset_checks=[market_bars_fresh],
+        sensors=[build_universe_sync(settings)],
+        resources=build_resources(settings),
+    )
+
+
+defs = build_definitions(get_settings())

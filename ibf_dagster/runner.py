@@ -1,0 +1,144 @@
+"""Materialize symbol x date rectangles through Dagster (the CLI's backfill; the same definitions the UI loads)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import dagster as dg
+
+from ibf_core.calendar import to_date
+from ibf_core.settings import Settings, normalize_symbol
+from ibf_dagster.instance import get_instance
+from ibf_dagster.partitions import SYMBOL_PARTITIONS, date_partitions
+
+
+class BackfillError(RuntimeError):
+    """A backfill could not be planned or one of its runs failed; the message says which and why."""
+
+
+@dataclass
+class RunSummary:
+    run_id: str
+    symbols: list[str]
+    date_keys: tuple[str, str]
+    success: bool
+    error: str | None = None
+    checks: dict[str, bool] = field(default_factory=dict)
+    row_count: int = 0
+
+
+def known_symbols(instance: dg.DagsterInstance) -> list[str]:
+    return list(instance.get_dynamic_partitions(SYMBOL_PARTITIONS.name))
+
+
+def sync_universe(instance: dg.DagsterInstance, symbols: Sequence[str]) -> list[str]:
+    """Add missing symbols to the ``symbol`` partitions; returns the ones added."""
+    known = set(known_symbols(instance))
+    missing = [s for s in symbols if s not in known]
+    if missing:
+        instance.add_dynamic_partitions(SYMBOL_PARTITIONS.name, missing)
+    return missing
+
+
+def date_keys_between(settings: Settings, start: dt.date | None, end: dt.date | None) -> list[str]:
+    """Date partition keys whose window overlaps [start, end] (the whole history when omitted)."""
+    part = date_partitions(settings)
+    keys = part.get_partition_keys()
+    if not keys:
+        raise BackfillError("no date partitions: is IBF_HISTORY_START in the future?")
+    if settings.date_partitions == "month":
+        lo = start.replace(day=1).isoformat() if start else keys[0]
+    else:
+        lo = start.isoformat() if start else keys[0]
+    hi = end.isoformat() if end else keys[-1]
+    selected = [k for k in keys if lo <= k <= hi]
+    if not selected:
+        raise BackfillError(f"no trading-date partitions between {start} and {end} (history starts {keys[0]})")
+    return selected
+
+
+def contiguous_blocks(ordered: Sequence[str], wanted: Sequence[str]) -> list[list[str]]:
+    """Split ``wanted`` into runs of symbols adjacent in the partition order (one Dagster range per block)."""
+    wanted_set, blocks, current = set(wanted), [], []
+    for symbol in ordered:
+        if symbol in wanted_set:
+            current.append(symbol)
+        elif current:
+            blocks.append(current)
+            current = []
+    if current:
+        blocks.append(current)
+    return blocks
+
+
+def backfill(
+    settings: Settings,
+    symbols: Sequence[str] | None = None,
+    start: str | dt.date | None = None,
+    end: str | dt.date | None = None,
+    assets: str = "*",
+    source: str | None = None,
+    csv_path: str | None = None,
+    log_level: str = "WARNING",
+) -> list[RunSummary]:
+    """Materialize ``assets`` for symbols x [start, end]: one single-run backfill per contiguous symbol block."""
+    from ibf_dagster.definitions import build_definitions
+
+    start_d, end_d = (to_date(start) if start else None), (to_date(end) if end else None)
+    if start_d and end_d and start_d > end_d:
+        raise BackfillError(f"--start {start_d} is after --end {end_d}")
+    instance = get_instance(settings)
+    sync_universe(instance, settings.universe)
+    wanted = [normalize_symbol(s) for s in symbols] if symbols else known_symbols(instance)
+    sync_universe(instance, wanted)
+    defs = build_definitions(settings)
+    graph = defs.resolve_asset_graph()
+    try:
+        selected = dg.AssetSelection.from_coercible(assets).resolve(graph)
+    except Exception as exc:  # dagster raises several types for a bad selection string
+        raise BackfillError(f"--assets {assets!r}: {exc}") from exc
+    if not selected:
+        raise BackfillError(f"--assets {assets!r} selects no asset")
+    date_keys = date_keys_between(settings, start_d, end_d)
+    run_config: dict = {"loggers": {"console": {"config": {"log_level": log_level}}}}
+    if source or csv_path:
+        default_csv = str(settings.csv_path) if settings.csv_path else None
+        bar_source = {"source": source or settings.source, "csv_path": csv_path or default_csv}
+        run_config["resources"] = {"bar_source": {"config": bar_source}}
+    job = defs.resolve_implicit_global_asset_job_def()
+    summaries = []
+    for block in contiguous_blocks(known_symbols(instance), wanted):
+        tags = {
+            "dagster/asset_partition_range_start": dg.MultiPartitionKey({"date": date_keys[0], "symbol": block[0]}),
+            "dagster/asset_partition_range_end": dg.MultiPartitionKey({"date": date_keys[-1], "symbol": block[-1]}),
+            "ibf/launched_by": "ibf backfill",
+        }
+        result = job.execute_in_process(
+            instance=instance,
+            asset_selection=sorted(selected),
+            tags={k: str(v) for k, v in tags.items()},
+            run_config=run_config,
+            raise_on_error=False,
+        )
+        summary = RunSummary(result.run_id, block, (date_keys[0], date_keys[-1]), result.success)
+        for event in result.all_events:
+            if event.is_step_failure and event.step_failure_data and event.step_failure_data.error:
+                summary.error = _root_message(event.step_failure_data.error)
+            if event.event_type == dg.DagsterEventType.ASSET_CHECK_EVALUATION:
+                evaluation = event.event_specific_data
+                summary.checks[evaluation.check_name] = evaluation.passed
+            if event.is_step_materialization and not summary.row_count:
+                # one event per partition, all carrying the run's metadata: read it once
+                row_count = event.step_materialization_data.materialization.metadata.get("dagster/row_count")
+                summary.row_count = int(row_count.value) if row_count is not None else 0
+        summaries.append(summary)
+    return summaries
+
+
+def _root_message(error) -> str:
+    """The innermost cause of a Dagster error chain: the message the user needs."""
+    while error.cause is not None:
+        error = error.cause
+    return error.message.strip().splitlines()[-1] if error.message.strip() else error.cls_name
