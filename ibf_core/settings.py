@@ -8,10 +8,10 @@ import re
 import tomllib
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 SYMBOL_PATTERN = re.compile(r"^[A-Z0-9][A-Z0-9.\-]{0,15}$")
 DEFAULT_UNIVERSE = ("AAPL", "GOOG", "IBM", "MSFT")
@@ -74,7 +74,7 @@ class Settings(BaseSettings):
     home: Path = Field(Path(".ibf"), description="State folder: warehouse, Dagster instance, MLflow store")
     source: Literal["sample", "csv", "ibkr"] = Field("sample", description="Where market bars come from")
     csv_path: Path | None = Field(None, description="CSV/Parquet file or folder for IBF_SOURCE=csv")
-    universe: list[str] = Field(default_factory=lambda: list(DEFAULT_UNIVERSE), description="Symbols (comma list)")
+    universe: Annotated[list[str], NoDecode] = Field(default_factory=lambda: list(DEFAULT_UNIVERSE), description="Symbols (comma list)")
     history_start: dt.date = Field(
         dt.date(2000, 3, 1), description="First date of the partitions (the sample starts 2000-03-01)"
     )
@@ -85,7 +85,7 @@ class Settings(BaseSettings):
         3, ge=0, description="market_bars is stale when a symbol's newest bar is more sessions behind than this"
     )
     ib_host: str = Field("127.0.0.1", description="TWS / IB Gateway host")
-    ib_ports: list[int] = Field(default_factory=lambda: [7497, 7496, 4002, 4001], description="Ports tried in order")
+    ib_ports: Annotated[list[int], NoDecode] = Field(default_factory=lambda: [7497, 7496, 4002, 4001], description="Ports tried in order")
     ib_client_id: int = Field(1, ge=0, le=2**31 - 1, description="API client id")
     ib_timeout: float = Field(15.0, gt=0, description="Seconds to wait for a connection or a history request")
     ib_request_interval: float = Field(

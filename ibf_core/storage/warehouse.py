@@ -48,6 +48,18 @@ _retry_on_lock = retry(
 )
 
 
+class _ConcurrentSwap(Exception):
+    """A read failed while a writer swapped files under it; the read is safe to repeat."""
+
+
+_retry_after_swap = retry(
+    retry=retry_if_exception(lambda e: isinstance(e, _ConcurrentSwap)),
+    wait=wait_exponential(multiplier=0.02, max=0.5),
+    stop=stop_after_delay(30),
+    reraise=True,
+)
+
+
 @dataclass(frozen=True)
 class WriteResult:
     table: str
@@ -199,6 +211,23 @@ class Warehouse:
         return WriteResult(spec.name, tuple(sorted(set(symbols))), lo.date(), hi.date(), len(frame), replaced)
 
     # ----- reads --------------------------------------------------------------------------------
+    def _lake_version(self) -> tuple[int, ...]:
+        """Modification times of the table folders: a swapped-in file changes its folder's mtime."""
+        if not self.lake_dir.exists():
+            return ()
+        return tuple(p.stat().st_mtime_ns for p in sorted(self.lake_dir.iterdir()) if p.is_dir())
+
+    def _read_consistently(self, run):
+        """Run a read; if it fails while a writer swapped files (DuckDB reads a file's footer and data in
+        separate opens), repeat it. A failure with no concurrent swap is raised as it is."""
+        before = self._lake_version()
+        try:
+            return run()
+        except duckdb.Error as exc:
+            if self._lake_version() != before:
+                raise _ConcurrentSwap() from exc
+            raise
+
     def symbols(self, spec: TableSpec) -> list[str]:
         folder = self.table_dir(spec)
         if not folder.exists():
@@ -226,17 +255,29 @@ class Warehouse:
             params.append(pd.Timestamp(end).date())
         where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
         order = ", ".join(spec.key)
-        with duckdb.connect(":memory:") as con:
-            out = con.execute(
-                f"SELECT * FROM read_parquet(?, union_by_name = true) {where} ORDER BY {order}", [files, *params]
-            ).df()
+        sql = f"SELECT * FROM read_parquet(?, union_by_name = true) {where} ORDER BY {order}"
+
+        @_retry_after_swap
+        def run() -> pd.DataFrame:
+            def once() -> pd.DataFrame:
+                with duckdb.connect(":memory:") as con:
+                    return con.execute(sql, [files, *params]).df()
+
+            return self._read_consistently(once)
+
+        out = run()
         out["date"] = pd.to_datetime(out["date"])
         return out
 
+    @_retry_after_swap
     @_retry_on_lock
     def query(self, sql: str, params: Sequence[object] | None = None) -> pd.DataFrame:
         """Run SQL on a read-only connection to ``warehouse.duckdb`` (it cannot change the warehouse)."""
         if not self.db_path.exists():
             self.ensure_all_tables()
-        with duckdb.connect(str(self.db_path), read_only=True) as con:
-            return con.execute(sql, params or []).df()
+
+        def once() -> pd.DataFrame:
+            with duckdb.connect(str(self.db_path), read_only=True) as con:
+                return con.execute(sql, params or []).df()
+
+        return self._read_consistently(once)

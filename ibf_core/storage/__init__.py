@@ -1,0 +1,1 @@
+"""Warehouse storage: Parquet per (table, symbol) plus DuckDB views."""

@@ -1,0 +1,54 @@
+import os
+import warnings
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from ibf_core.calendar import trading_days
+from ibf_core.settings import get_settings
+
+warnings.filterwarnings("ignore")
+
+
+@pytest.fixture(autouse=True)
+def ibf_home(tmp_path, monkeypatch) -> Path:
+    """Every test gets its own IBF_HOME and no config file, so nothing leaks between tests."""
+    home = tmp_path / "ibf_home"
+    monkeypatch.setenv("IBF_HOME", str(home))
+    monkeypatch.setenv("IBF_CONFIG", str(tmp_path / "no-settings.toml"))
+    for name in list(os.environ):
+        if name.startswith("IBF_") and name not in ("IBF_HOME", "IBF_CONFIG"):
+            monkeypatch.delenv(name)
+    get_settings.cache_clear()
+    yield home
+    get_settings.cache_clear()
+
+
+def make_bars(symbols=("AAA", "BBB"), start="2021-01-04", end="2021-03-31", seed=0) -> pd.DataFrame:
+    """Synthetic but valid bars on real NYSE sessions (random-walk closes, consistent OHLC)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    days = trading_days(start, end)
+    frames = []
+    for i, symbol in enumerate(symbols):
+        close = 50 * (i + 1) * np.exp(np.cumsum(rng.normal(0, 0.01, len(days))))
+        open_ = close * (1 + rng.normal(0, 0.003, len(days)))
+        high = np.maximum(open_, close) * 1.01
+        low = np.minimum(open_, close) * 0.99
+        frames.append(
+            pd.DataFrame(
+                {
+                    "date": days.strftime("%Y-%m-%d"),
+                    "symbol": symbol,
+                    "open": open_.round(4),
+                    "high": high.round(4),
+                    "low": low.round(4),
+                    "close": close.round(4),
+                    "adj_close": close.round(4),
+                    "volume": rng.integers(1_000, 100_000, len(days)),
+                }
+            )
+        )
+    return pd.concat(frames, ignore_index=True)

@@ -1,0 +1,95 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import make_bars
+from ibf_core.bars import BarsValidationError, split_adjust, split_events, validate_bars
+from ibf_core.sources.csv import CsvSource, read_bars_path
+from ibf_core.sources.errors import SourceError, UnknownSymbolError
+from ibf_core.sources.sample import SampleSource
+
+
+def write_csv(path, frame):
+    frame.to_csv(path, index=False)
+    return path
+
+
+def test_valid_csv_round_trip(tmp_path):
+    raw = make_bars()
+    bars = CsvSource(write_csv(tmp_path / "bars.csv", raw)).fetch_daily_bars(["AAA", "BBB"], pd.Timestamp("2021-01-01").date(), pd.Timestamp("2021-12-31").date())
+    assert list(bars.columns) == ["symbol", "date", "open", "high", "low", "close", "adj_close", "volume"]
+    assert len(bars) == len(raw)
+    assert np.allclose(bars.loc[bars.symbol == "AAA", "close"], raw.loc[raw.symbol == "AAA", "close"])
+
+
+def test_parquet_and_folder_of_files(tmp_path):
+    raw = make_bars()
+    raw[raw.symbol == "AAA"].to_parquet(tmp_path / "a.parquet")
+    write_csv(tmp_path / "b.csv", raw[raw.symbol == "BBB"].drop(columns="adj_close"))
+    bars = read_bars_path(tmp_path)
+    assert set(bars.symbol) == {"AAA", "BBB"}
+    bbb = bars[bars.symbol == "BBB"]
+    assert (bbb.adj_close == bbb.close).all()  # adj_close defaults to close when the file has none
+
+
+@pytest.mark.parametrize(
+    "mutate,message",
+    [
+        (lambda f: f.drop(columns=["high"]), "missing column"),
+        (lambda f: f.assign(close=f.close.astype(str)).pipe(lambda g: g.assign(close=g.close.where(g.index != 5, "abc"))), "non-numeric value in column 'close' at row 7"),
+        (lambda f: f.assign(open=f.open.where(f.index != 3, -1.0)), "zero or negative price at row 5"),
+        (lambda f: f.assign(low=f.low.where(f.index != 4, f.high * 2)), "high below low at row 6"),
+        (lambda f: pd.concat([f, f.iloc[[2]]]), "duplicate (symbol, date)"),
+        (lambda f: f.assign(date=f.date.where(f.index != 0, "2021-01-02")), "not an NYSE trading day at row 2"),
+        (lambda f: f.assign(date=f.date.where(f.index != 0, "2021-01-18")), "not an NYSE trading day"),  # MLK day
+        (lambda f: f.assign(volume=f.volume.astype(float).where(f.index != 9, np.nan)), "missing value in column 'volume' at row 11"),
+        (lambda f: f.assign(date=f.date.where(f.index != 1, "31/31/2021")), "unparseable date at row 3"),
+        (lambda f: f.assign(symbol=f.symbol.where(f.index != 0, "BAD|X")), "invalid symbol at row 2"),
+    ],
+)
+def test_bad_csv_gives_one_clear_error(tmp_path, mutate, message):
+    path = write_csv(tmp_path / "bad.csv", mutate(make_bars()))
+    with pytest.raises(BarsValidationError) as info:
+        CsvSource(path).fetch_daily_bars(["AAA"], pd.Timestamp("2021-01-01").date(), pd.Timestamp("2021-12-31").date())
+    text = str(info.value)
+    assert str(path) in text and message in text
+    assert "\n" not in text
+
+
+def test_unknown_symbol_and_missing_file(tmp_path):
+    path = write_csv(tmp_path / "bars.csv", make_bars())
+    with pytest.raises(UnknownSymbolError, match="ZZZ"):
+        CsvSource(path).fetch_daily_bars(["AAA", "ZZZ"], pd.Timestamp("2021-01-01").date(), pd.Timestamp("2021-12-31").date())
+    with pytest.raises(SourceError, match="no such file"):
+        CsvSource(tmp_path / "nope.csv").fetch_daily_bars(["AAA"], pd.Timestamp("2021-01-01").date(), pd.Timestamp("2021-12-31").date())
+
+
+def test_two_for_one_split_is_not_a_minus_fifty_percent_return():
+    raw = make_bars(symbols=("AAA",))
+    split_at = 30
+    raw["adj_close"] = raw["close"] / 2  # the adjusted close is continuous, on the post-split scale
+    raw.loc[split_at:, ["open", "high", "low", "close"]] /= 2  # unadjusted prices halve on the split day
+    raw.loc[split_at:, "volume"] *= 2
+    bars = split_adjust(validate_bars(raw, "test"))
+    events = split_events(validate_bars(raw, "test"))
+    assert events.ratio.tolist() == [2.0]
+    returns = np.log(bars.close).diff().abs()
+    assert returns.max() < 0.1
+    assert bars.volume.iloc[split_at - 1] == raw.volume.iloc[split_at - 1] * 2
+
+
+def test_sample_source_is_real_and_split_adjusted():
+    start, end = pd.Timestamp("2000-01-01").date(), pd.Timestamp("2013-12-31").date()
+    bars = SampleSource().fetch_daily_bars(["AAPL", "GOOG", "IBM", "MSFT"], start, end)
+    assert bars.groupby("symbol").size().to_dict() == {"AAPL": 3270, "GOOG": 2148, "IBM": 3270, "MSFT": 3270}
+    logret = np.log(bars.close).groupby(bars.symbol).diff()
+    aapl = bars.assign(r=logret).set_index(["symbol", "date"])
+    # AAPL's 2-for-1 splits (2000-06-21, 2005-02-28) and MSFT's (2003-02-18) are not returns
+    for symbol, day in [("AAPL", "2000-06-21"), ("AAPL", "2005-02-28"), ("MSFT", "2003-02-18")]:
+        assert abs(aapl.loc[(symbol, pd.Timestamp(day)), "r"]) < 0.1
+    # the real 2000-09-29 AAPL crash stays (it is a return, not a split)
+    assert aapl.loc[("AAPL", pd.Timestamp("2000-09-29")), "r"] < -0.5
+    goog_ipo = bars[(bars.symbol == "GOOG")].iloc[0]
+    assert goog_ipo.volume == pytest.approx(22.3e6, rel=0.01)  # volume matches the unadjusted prices
+    with pytest.raises(UnknownSymbolError, match="TSLA"):
+        SampleSource().fetch_daily_bars(["TSLA"], start, end)

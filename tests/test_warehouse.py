@@ -1,0 +1,147 @@
+import hashlib
+import multiprocessing as mp
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import duckdb
+import pandas as pd
+import pytest
+
+from conftest import make_bars
+from ibf_core.bars import validate_bars
+from ibf_core.storage.tables import MARKET_BARS
+from ibf_core.storage.warehouse import Warehouse, WarehouseError
+
+
+def canonical(frame: pd.DataFrame, source="test") -> pd.DataFrame:
+    return validate_bars(frame, "test").assign(source=source)
+
+
+def digest(home) -> dict[str, str]:
+    folder = Warehouse(home).table_dir(MARKET_BARS)
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.glob("*.parquet"))}
+
+
+def test_replace_slice_is_idempotent_and_keeps_other_rows(ibf_home):
+    wh = Warehouse(ibf_home)
+    bars = canonical(make_bars(end="2021-06-30"))
+    wh.replace_slice(MARKET_BARS, bars, ["AAA", "BBB"], "2021-01-01", "2021-06-30")
+    before = digest(ibf_home)
+    result = wh.replace_slice(MARKET_BARS, bars, ["AAA", "BBB"], "2021-01-01", "2021-06-30")
+    assert digest(ibf_home) == before  # byte-identical files on a re-run
+    assert result.rows_replaced == len(bars)
+    march = bars[(bars.date >= "2021-03-01") & (bars.date <= "2021-03-31") & (bars.symbol == "AAA")]
+    wh.replace_slice(MARKET_BARS, march.assign(close=march.close * 1.0), ["AAA"], "2021-03-01", "2021-03-31")
+    stored = wh.query("SELECT * FROM market_bars ORDER BY symbol, date")
+    assert len(stored) == len(bars)
+    assert stored.date.dtype.kind == "M"
+
+
+def test_slice_rows_outside_the_rectangle_are_refused(ibf_home):
+    wh = Warehouse(ibf_home)
+    bars = canonical(make_bars())
+    with pytest.raises(WarehouseError, match="outside the slice"):
+        wh.replace_slice(MARKET_BARS, bars, ["AAA"], "2021-01-01", "2021-12-31")
+    assert wh.symbols(MARKET_BARS) == []
+
+
+def test_failure_while_preparing_changes_nothing(ibf_home, monkeypatch):
+    wh = Warehouse(ibf_home)
+    bars = canonical(make_bars())
+    wh.replace_slice(MARKET_BARS, bars, ["AAA", "BBB"], "2021-01-01", "2021-03-31")
+    before = digest(ibf_home)
+    calls = {"n": 0}
+    real_stage = Warehouse._stage
+
+    def flaky(table, target):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the second symbol's file fails after the first was prepared
+            raise OSError("disk full")
+        return real_stage(table, target)
+
+    monkeypatch.setattr(Warehouse, "_stage", staticmethod(flaky))
+    with pytest.raises(OSError):
+        wh.replace_slice(MARKET_BARS, bars.assign(close=bars.close * 1.0001), ["AAA", "BBB"], "2021-01-01", "2021-03-31")
+    assert digest(ibf_home) == before
+    assert not list(wh.table_dir(MARKET_BARS).glob(".*.tmp"))
+
+
+KILLED_WRITER = textwrap.dedent(
+    """
+    import sys, time
+    import pyarrow.parquet as pq
+    sys.path.insert(0, sys.argv[2])
+    from conftest import make_bars
+    from ibf_core.bars import validate_bars
+    from ibf_core.storage.tables import MARKET_BARS
+    from ibf_core.storage.warehouse import Warehouse
+    real = pq.write_table
+    def slow_write(table, where, **kw):
+        real(table, where, **kw)
+        print("staged", flush=True)
+        time.sleep(60)  # killed here: the new file is written but not yet swapped in
+    pq.write_table = slow_write
+    bars = validate_bars(make_bars(seed=1), "t").assign(source="new")
+    Warehouse(sys.argv[1]).replace_slice(MARKET_BARS, bars, ["AAA", "BBB"], "2021-01-01", "2021-03-31")
+    """
+)
+
+
+def test_killed_write_leaves_old_rows_not_a_hole(ibf_home, tmp_path):
+    wh = Warehouse(ibf_home)
+    old = canonical(make_bars(seed=0), source="old")
+    wh.replace_slice(MARKET_BARS, old, ["AAA", "BBB"], "2021-01-01", "2021-03-31")
+    script = tmp_path / "writer.py"
+    script.write_text(KILLED_WRITER)
+    tests_dir = os.path.dirname(__file__)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(ibf_home), tests_dir],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([tests_dir, os.getcwd()])},
+    )
+    assert proc.stdout.readline().strip() == "staged"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    stored = wh.query("SELECT source, count(*) AS n FROM market_bars GROUP BY source")
+    assert stored.to_dict("records") == [{"source": "old", "n": len(old)}]
+
+
+def _writer(home, seed, rounds):
+    bars = validate_bars(make_bars(seed=seed), "t").assign(source=f"w{seed}")
+    wh = Warehouse(home)
+    for _ in range(rounds):
+        wh.replace_slice(MARKET_BARS, bars, ["AAA", "BBB"], "2021-01-01", "2021-03-31")
+
+
+def test_concurrent_writers_and_sql_readers(ibf_home):
+    Warehouse(ibf_home).ensure_all_tables()
+    ctx = mp.get_context("spawn")
+    writers = [ctx.Process(target=_writer, args=(str(ibf_home), seed, 15)) for seed in (1, 2)]
+    for w in writers:
+        w.start()
+    n_queries, deadline = 0, time.time() + 60
+    while any(w.is_alive() for w in writers) and time.time() < deadline:
+        # read-only connections to warehouse.duckdb, as `ibf sql` opens them
+        rows = Warehouse(ibf_home).query("SELECT count(*) AS n FROM market_bars")
+        assert rows.n.iloc[0] in (0, 2 * 61)  # never a partial slice
+        n_queries += 1
+    for w in writers:
+        w.join(30)
+        assert w.exitcode == 0
+    assert n_queries > 0
+    final = Warehouse(ibf_home).query("SELECT symbol, count(*) n, count(DISTINCT source) s FROM market_bars GROUP BY 1")
+    assert final.n.tolist() == [61, 61] and final.s.tolist() == [1, 1]
+
+
+def test_sql_connection_is_read_only(ibf_home):
+    wh = Warehouse(ibf_home)
+    wh.ensure_all_tables()
+    with pytest.raises(duckdb.Error):
+        wh.query("CREATE TABLE x AS SELECT 1")
+    with pytest.raises(duckdb.Error):
+        wh.query("DROP VIEW market_bars")
