@@ -1,0 +1,113 @@
+"""The `ibf` CLI end to end: real Dagster runs on a persistent instance under IBF_HOME, real warehouse."""
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from conftest import make_bars
+from ibf_core.calendar import trading_days
+from ibf_core.storage.warehouse import Warehouse
+
+IBF = [str(Path(sys.executable).with_name("ibf"))]
+
+
+def ibf(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run([*IBF, *args], capture_output=True, text=True, timeout=300)
+    if check:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def lake_digest(home: Path) -> dict[str, str]:
+    folder = home / "lake" / "market_bars"
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.glob("*.parquet"))}
+
+
+def test_backfill_sample_is_idempotent_and_recorded_in_dagster(ibf_home):
+    ibf("backfill", "--symbols", "AAPL,MSFT", "--start", "2012-01-03", "--end", "2012-12-31", "--assets", "market_bars")
+    counts = json.loads(ibf("sql", "SELECT symbol, count(*) AS n FROM market_bars GROUP BY 1 ORDER BY 1", "-f", "json").stdout)
+    assert counts == [{"symbol": "AAPL", "n": 250}, {"symbol": "MSFT", "n": 250}]
+    first = lake_digest(ibf_home)
+    ibf("backfill", "--symbols", "AAPL,MSFT", "--start", "2012-01-03", "--end", "2012-12-31")
+    assert lake_digest(ibf_home) == first  # re-running the rectangle gives identical rows
+    os.environ["DAGSTER_HOME"] = str(ibf_home / "dagster")
+    with dg.DagsterInstance.get() as instance:
+        done = instance.get_materialized_partitions(dg.AssetKey("market_bars"))
+    assert {"2012-01-01|AAPL", "2012-12-01|MSFT"} <= done
+    assert not any(k.startswith("2013") for k in done)
+
+
+def test_bad_csv_exits_non_zero_and_changes_nothing(ibf_home, tmp_path):
+    good = tmp_path / "good.csv"
+    make_bars().to_csv(good, index=False)
+    ibf("backfill", "--csv", str(good), "--symbols", "AAA,BBB", "--start", "2021-01-04", "--end", "2021-03-31")
+    before = lake_digest(ibf_home)
+    bad_frame = make_bars(seed=5)
+    bad_frame.loc[7, "low"] = bad_frame.loc[7, "high"] * 2
+    bad = tmp_path / "bad.csv"
+    bad_frame.to_csv(bad, index=False)
+    proc = ibf("backfill", "--csv", str(bad), "--symbols", "AAA,BBB", "--start", "2021-01-04", "--end", "2021-03-31", check=False)
+    assert proc.returncode != 0
+    error_lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1 and "bad.csv" in error_lines[0] and "row 9" in error_lines[0] and "high below low" in error_lines[0]
+    assert lake_digest(ibf_home) == before
+    proc = ibf("backfill", "--csv", str(good), "--symbols", "ZZZ", check=False)
+    assert proc.returncode != 0 and "ZZZ" in proc.stderr
+    assert lake_digest(ibf_home) == before
+
+
+def test_two_concurrent_backfills_and_sql_while_running(ibf_home):
+    ibf("universe", "add", "AAPL", "GOOG", "IBM", "MSFT")
+    procs = [
+        subprocess.Popen([*IBF, "backfill", "--symbols", syms, "--start", "2010-01-04", "--end", "2012-12-31"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for syms in ("AAPL,GOOG", "IBM,MSFT")
+    ]
+    queries = 0
+    while any(p.poll() is None for p in procs):
+        if (ibf_home / "warehouse.duckdb").exists():
+            Warehouse(ibf_home).query("SELECT symbol, count(*) FROM market_bars GROUP BY 1")
+            queries += 1
+        time.sleep(0.2)
+    for p in procs:
+        assert p.wait() == 0, p.stderr.read()
+    counts = Warehouse(ibf_home).query("SELECT symbol, count(*) AS n FROM market_bars GROUP BY 1 ORDER BY 1")
+    sessions = len(trading_days("2010-01-04", "2012-12-31"))  # 754: Hurricane Sandy closed NYSE two days
+    assert counts.n.tolist() == [sessions] * 4
+    assert queries > 0
+
+
+def test_sql_formats_and_read_only(ibf_home):
+    ibf("backfill", "--symbols", "IBM", "--start", "2013-02-01", "--end", "2013-02-28")
+    csv = ibf("sql", "SELECT date, close FROM market_bars ORDER BY date LIMIT 2", "--format", "csv").stdout
+    assert csv.splitlines()[0] == "date,close" and csv.splitlines()[1].startswith("2013-02-01,")
+    table = ibf("sql", "SELECT count(*) AS n FROM market_bars").stdout
+    assert "19" in table
+    proc = ibf("sql", "DELETE FROM market_bars", check=False)
+    assert proc.returncode != 0 and "error:" in proc.stderr
+    assert json.loads(ibf("sql", "SELECT count(*) AS n FROM market_bars", "-f", "json").stdout) == [{"n": 19}]
+
+
+def test_universe_commands_and_bad_input(ibf_home):
+    assert "AAPL *" in ibf("universe", "list").stdout or ibf("universe", "add", "AAPL")
+    ibf("universe", "add", "nvda")
+    assert "NVDA" in ibf("universe", "list").stdout
+    ibf("universe", "remove", "NVDA")
+    assert "NVDA" not in ibf("universe", "list").stdout
+    proc = ibf("universe", "add", "BAD|X", check=False)
+    assert proc.returncode == 2 and "invalid symbol" in proc.stderr
+    proc = ibf("backfill", "--start", "2012-05-01", "--end", "2012-01-01", check=False)
+    assert proc.returncode != 0 and "after --end" in proc.stderr
+
+
+def test_invalid_setting_fails_at_start_naming_the_variable(ibf_home, monkeypatch):
+    monkeypatch.setenv("IBF_IB_PORTS", "4002,x")
+    proc = ibf("sql", "SELECT 1", check=False)
+    assert proc.returncode == 2 and "IBF_IB_PORTS" in proc.stderr
