@@ -78,7 +78,7 @@ class Settings(BaseSettings):
     history_start: dt.date = Field(
         dt.date(2000, 3, 1), description="First date of the partitions (the sample starts 2000-03-01)"
     )
-    date_partitions: Literal["month", "day"] = Field(
+    date_partitions: Literal["day", "month", "year"] = Field(
         "month", description="Granularity of the date dimension of symbol x date partitions (see docs/partition-scale.md)"
     )
     freshness_max_sessions: int = Field(

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import dagster as dg
 import pandas as pd
 
-from ibf_core.calendar import holidays, to_date, trading_days
+from ibf_core.calendar import holidays, trading_days
 from ibf_core.settings import Settings
 
 SYMBOL_PARTITIONS = dg.DynamicPartitionsDefinition(name="symbol")
@@ -16,24 +16,37 @@ NY_TZ = "America/New_York"
 DATE_FMT = "%Y-%m-%d"
 
 
-def date_partitions(settings: Settings) -> dg.PartitionsDefinition:
-    """NYSE trading days (holidays excluded) or calendar months, from IBF_HISTORY_START.
+# cron of each window start and key format; a key names the first calendar day of its window
+GRANULARITIES = {
+    "day": ("0 0 * * 1-5", "%Y-%m-%d"),
+    "month": ("0 0 1 * *", "%Y-%m"),
+    "year": ("0 0 1 1 *", "%Y"),
+}
 
-    ``end_offset=1`` keeps the in-progress day/month as a partition so the daily update can refresh it.
+
+def date_partitions(settings: Settings) -> dg.TimeWindowPartitionsDefinition:
+    """NYSE trading days (holidays excluded), calendar months or years, from IBF_HISTORY_START.
+
+    ``end_offset=1`` keeps the in-progress day/month/year as a partition so the daily update can refresh it.
     """
+    cron, fmt = GRANULARITIES[settings.date_partitions]
     start = settings.history_start
+    exclusions = None
     if settings.date_partitions == "day":
         far = dt.date.today() + dt.timedelta(days=366)
-        closed = [dt.datetime.combine(d, dt.time()) for d in holidays(start, far)]
-        return dg.TimeWindowPartitionsDefinition(
-            start=dt.datetime.combine(start, dt.time()),
-            cron_schedule="0 0 * * 1-5",
-            fmt=DATE_FMT,
-            timezone=NY_TZ,
-            end_offset=1,
-            exclusions=closed,
-        )
-    return dg.MonthlyPartitionsDefinition(start_date=start.replace(day=1).isoformat(), timezone=NY_TZ, end_offset=1)
+        exclusions = [dt.datetime.combine(d, dt.time()) for d in holidays(start, far)]
+    elif settings.date_partitions == "month":
+        start = start.replace(day=1)
+    else:
+        start = start.replace(month=1, day=1)
+    return dg.TimeWindowPartitionsDefinition(
+        start=dt.datetime.combine(start, dt.time()),
+        cron_schedule=cron,
+        fmt=fmt,
+        timezone=NY_TZ,
+        end_offset=1,
+        exclusions=exclusions,
+    )
 
 
 def symbol_date_partitions(settings: Settings) -> dg.MultiPartitionsDefinition:
@@ -42,11 +55,13 @@ def symbol_date_partitions(settings: Settings) -> dg.MultiPartitionsDefinition:
 
 def date_key_window(key: str, settings: Settings) -> tuple[dt.date, dt.date]:
     """First and last calendar day a date partition key covers."""
-    first = to_date(key)
-    if settings.date_partitions == "day":
+    granularity = settings.date_partitions
+    first = dt.datetime.strptime(key, GRANULARITIES[granularity][1]).date()
+    if granularity == "day":
         return first, first
-    last = (pd.Timestamp(first) + pd.offsets.MonthEnd(0)).date()
-    return first, last
+    if granularity == "month":
+        return first, (pd.Timestamp(first) + pd.offsets.MonthEnd(0)).date()
+    return first, first.replace(month=12, day=31)
 
 
 @dataclass(frozen=True)

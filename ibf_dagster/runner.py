@@ -11,7 +11,7 @@ import dagster as dg
 from ibf_core.calendar import to_date
 from ibf_core.settings import Settings, normalize_symbol
 from ibf_dagster.instance import get_instance
-from ibf_dagster.partitions import SYMBOL_PARTITIONS, date_partitions
+from ibf_dagster.partitions import SYMBOL_PARTITIONS, date_key_window, date_partitions
 
 
 class BackfillError(RuntimeError):
@@ -44,18 +44,17 @@ def sync_universe(instance: dg.DagsterInstance, symbols: Sequence[str]) -> list[
 
 def date_keys_between(settings: Settings, start: dt.date | None, end: dt.date | None) -> list[str]:
     """Date partition keys whose window overlaps [start, end] (the whole history when omitted)."""
-    part = date_partitions(settings)
-    keys = part.get_partition_keys()
+    keys = date_partitions(settings).get_partition_keys()
     if not keys:
         raise BackfillError("no date partitions: is IBF_HISTORY_START in the future?")
-    if settings.date_partitions == "month":
-        lo = start.replace(day=1).isoformat() if start else keys[0]
-    else:
-        lo = start.isoformat() if start else keys[0]
-    hi = end.isoformat() if end else keys[-1]
-    selected = [k for k in keys if lo <= k <= hi]
+    lo, hi = start or dt.date.min, end or dt.date.max
+    selected = []
+    for key in keys:
+        first, last = date_key_window(key, settings)
+        if last >= lo and first <= hi:
+            selected.append(key)
     if not selected:
-        raise BackfillError(f"no trading-date partitions between {start} and {end} (history starts {keys[0]})")
+        raise BackfillError(f"no date partitions between {start} and {end} (history starts {keys[0]})")
     return selected
 
 

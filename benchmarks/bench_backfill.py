@@ -1,0 +1,138 @@
+"""Benchmark: load N symbols x Y years through `ibf backfill` vs a bare script inserting the same frame into DuckDB.
+
+The bars are generated from the real sample: each synthetic symbol replays a real AAPL/IBM/MSFT daily path
+(OHLC relative to close, volume) from a random offset, re-dated onto the last Y years of NYSE sessions up to
+2012-12-31 and rescaled. Prints wall times, rows/s and the ratios against the bare DuckDB insert.
+
+    .venv/bin/python benchmarks/bench_backfill.py --symbols 500 --years 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from ibf_core.calendar import trading_days  # noqa: E402
+from ibf_core.sources.sample import load_sample_bars  # noqa: E402
+
+
+def generate(n_symbols: int, years: int, seed: int = 7) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    days = trading_days(pd.Timestamp("2012-12-31") - pd.DateOffset(years=years) + pd.Timedelta(days=1), "2012-12-31")
+    sample = load_sample_bars()
+    bases = [sample[sample.symbol == s].reset_index(drop=True) for s in ("AAPL", "IBM", "MSFT")]
+    frames = []
+    for k in range(n_symbols):
+        base = bases[k % len(bases)]
+        idx = (rng.integers(0, len(base)) + np.arange(len(days))) % len(base)
+        rows = base.iloc[idx].reset_index(drop=True)
+        logret = np.log(rows.close).diff().fillna(0).to_numpy()
+        logret[np.abs(logret) > 0.4] = 0.0  # the circular wrap-around is not a real return
+        close = rng.uniform(10, 300) * np.exp(np.cumsum(logret))
+        scale = close / rows.close.to_numpy()
+        frames.append(
+            pd.DataFrame(
+                {
+                    "date": days,
+                    "symbol": f"S{k:04d}",
+                    "open": rows.open.to_numpy() * scale,
+                    "high": rows.high.to_numpy() * scale,
+                    "low": rows.low.to_numpy() * scale,
+                    "close": close,
+                    "adj_close": close,
+                    "volume": rows.volume.to_numpy(),
+                }
+            )
+        )
+    return pd.concat(frames, ignore_index=True)
+
+
+def timed(fn):
+    start = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - start, out
+
+
+def bare_duckdb(path: Path, db: Path) -> int:
+    """The simple baseline: read the file, insert the frame into a DuckDB table."""
+    frame = pd.read_parquet(path)
+    with duckdb.connect(str(db)) as con:
+        con.execute("CREATE OR REPLACE TABLE market_bars AS SELECT * FROM frame")
+        return con.execute("SELECT count(*) FROM market_bars").fetchone()[0]
+
+
+def ibf_library(path: Path, home: Path, symbols: list[str], start, end) -> int:
+    """ibf without Dagster: CsvSource (full validation, split check) + Warehouse.replace_slice."""
+    from ibf_core.ingest import load_market_bars
+    from ibf_core.sources.csv import CsvSource
+    from ibf_core.storage.warehouse import Warehouse
+
+    return load_market_bars(CsvSource(path), Warehouse(home), symbols, start, end).write.rows_written
+
+
+def ibf_backfill(path: Path, home: Path, symbols: list[str], start: str, end: str, granularity: str) -> float:
+    """`ibf backfill` as a user runs it: a Dagster run on the persistent instance under IBF_HOME."""
+    env = {**os.environ, "IBF_HOME": str(home), "IBF_UNIVERSE": ",".join(symbols),
+           "IBF_HISTORY_START": start, "IBF_DATE_PARTITIONS": granularity}
+    ibf = str(Path(sys.executable).with_name("ibf"))
+    subprocess.run([ibf, "universe", "list"], env=env, check=True, capture_output=True)  # registers the universe
+    begin = time.perf_counter()
+    proc = subprocess.run([ibf, "backfill", "--csv", str(path), "--start", start, "--end", end],
+                          env=env, capture_output=True, text=True)
+    elapsed = time.perf_counter() - begin
+    if proc.returncode != 0:
+        raise SystemExit(f"ibf backfill failed: {proc.stderr[-2000:]}")
+    return elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--symbols", type=int, default=500)
+    parser.add_argument("--years", type=int, default=10)
+    parser.add_argument("--granularity", default="year", choices=["day", "month", "year"])
+    parser.add_argument("--skip-dagster", action="store_true", help="only the baseline and the library path")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="ibf-bench-") as tmp:
+        tmp = Path(tmp)
+        frame = generate(args.symbols, args.years)
+        data = tmp / "bars.parquet"
+        frame.assign(date=frame.date.dt.strftime("%Y-%m-%d")).to_parquet(data, index=False)
+        rows = len(frame)
+        symbols = sorted(frame.symbol.unique())
+        start, end = frame.date.min().date(), frame.date.max().date()
+        print(f"data: {args.symbols} symbols x {args.years} years = {rows:,} rows ({start}..{end})")
+
+        t_bare, n = timed(lambda: bare_duckdb(data, tmp / "bare.duckdb"))
+        assert n == rows
+        t_lib, n = timed(lambda: ibf_library(data, tmp / "lib_home", symbols, start, end))
+        assert n == rows
+        results = {"rows": rows, "symbols": args.symbols, "years": args.years,
+                   "bare_duckdb_s": t_bare, "ibf_library_s": t_lib}
+        print(f"{'bare DuckDB insert':32s} {t_bare:8.2f} s  {rows / t_bare:12,.0f} rows/s  1.00x")
+        print(f"{'ibf library (validate+store)':32s} {t_lib:8.2f} s  {rows / t_lib:12,.0f} rows/s  {t_lib / t_bare:5.2f}x")
+        if not args.skip_dagster:
+            t_dag = ibf_backfill(data, tmp / "dag_home", symbols, str(start), str(end), args.granularity)
+            results.update({"ibf_backfill_s": t_dag, "granularity": args.granularity})
+            label = f"ibf backfill ({args.granularity} partitions)"
+            print(f"{label:32s} {t_dag:8.2f} s  {rows / t_dag:12,.0f} rows/s  {t_dag / t_bare:5.2f}x")
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
