@@ -18,6 +18,7 @@ from ibf_core.bars import split_adjust, validate_bars
 from ibf_core.sources.errors import UnknownSymbolError
 
 SAMPLE_SYMBOLS = ("AAPL", "FB", "GOOG", "IBM", "MSFT")
+SAMPLE_FIRST_DATE, SAMPLE_LAST_DATE = dt.date(2000, 3, 1), dt.date(2013, 3, 1)
 _GOOG_POST_DATA_SPLIT = 2.0
 
 

@@ -14,6 +14,8 @@ from ibf_dagster.partitions import context_rectangles, symbol_date_partitions
 from ibf_dagster.resources import BarSourceResource, WarehouseResource
 
 ERROR, WARN = dg.AssetCheckSeverity.ERROR, dg.AssetCheckSeverity.WARN
+# A single-run backfill repeats the run's metadata on every partition's event: keep plots to small runs.
+PLOT_MAX_PARTITIONS = 24
 # Checks evaluated on every materialized slice, with their severity.
 SLICE_CHECKS = {
     "ohlc_consistent": (ERROR, "Prices positive and open/close within [low, high] (ERROR)", quality.check_ohlc_consistency),
@@ -68,8 +70,14 @@ def build_market_bars(settings: Settings) -> list:
         stored = store.read(MARKET_BARS, symbols, start, end)
         checks = [check_result(fn(stored), sev) for name, (sev, _, fn) in SLICE_CHECKS.items()]
         preview = stored.groupby("symbol").tail(2)[["symbol", "date", "open", "high", "low", "close", "adj_close", "volume"]]
+        n_partitions = len(context.partition_keys)
+        if n_partitions <= PLOT_MAX_PARTITIONS:
+            plot = line_plot_markdown(stored, "date", "close", "symbol", "close (split-adjusted)")
+        else:
+            plot = f"_plot omitted for a {n_partitions}-partition run; query `market_bars` in DuckDB_"
         return dg.MaterializeResult(
             metadata={
+                "partitions": n_partitions,
                 "dagster/row_count": written,
                 "rows_replaced": replaced,
                 "source": source.name,
@@ -78,9 +86,7 @@ def build_market_bars(settings: Settings) -> list:
                 "last_date": str(stored["date"].max().date()) if len(stored) else "none",
                 "rectangles": len(rects),
                 "preview": dg.MetadataValue.md(markdown_table(preview.assign(date=preview["date"].dt.date))),
-                "closes": dg.MetadataValue.md(
-                    line_plot_markdown(stored, "date", "close", "symbol", "close (split-adjusted)")
-                ),
+                "closes": dg.MetadataValue.md(plot),
             },
             check_results=checks,
         )
