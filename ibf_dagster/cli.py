@@ -38,12 +38,17 @@ def _split(value: str | None) -> list[str] | None:
     return [s for s in (p.strip() for p in value.split(",")) if s] if value else None
 
 
-def _quiet_dagster() -> None:
+def _quiet_dagster(verbose: bool = False) -> str:
+    """Keep the terminal to ibf's own summary; the full logs and traces stay in the Dagster instance (UI)."""
+    import logging
+
     warnings.filterwarnings("ignore")
-    os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")
+    if not verbose:
+        logging.getLogger("ib_insync").setLevel(logging.CRITICAL)
+    return "INFO" if verbose else "CRITICAL"
 
 
-def run_backfill(settings, symbols, start, end, assets, source, csv) -> list:
+def run_backfill(settings, symbols, start, end, assets, source, csv, log_level="CRITICAL") -> list:
     """Run the backfill with a progress bar fed by ibf_core's progress sink; exits non-zero on failure."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -60,7 +65,7 @@ def run_backfill(settings, symbols, start, end, assets, source, csv) -> list:
 
         set_progress_sink(sink)
         try:
-            summaries = backfill(settings, symbols, start, end, assets, source, csv)
+            summaries = backfill(settings, symbols, start, end, assets, source, csv, log_level)
         except BackfillError as exc:
             _fail(str(exc))
         finally:
@@ -87,16 +92,17 @@ def backfill(
     assets: Annotated[str, typer.Option(help="Dagster asset selection: market_bars, 'market_bars*', '*'")] = "*",
     source: Annotated[str | None, typer.Option(help="Override IBF_SOURCE: sample, csv, ibkr")] = None,
     csv: Annotated[Path | None, typer.Option(help="CSV/Parquet file or folder (implies --source csv)")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Dagster's and ib_insync's logs")] = False,
 ) -> None:
     """Materialize assets for symbols x dates through Dagster (runs show in the UI)."""
-    _quiet_dagster()
+    log_level = _quiet_dagster(verbose)
     if csv is not None and source is None:
         source = "csv"
     settings = _settings(source=source, csv_path=csv)
     if csv is not None and not csv.exists():
         _fail(f"{csv}: no such file or folder")
     started = time.perf_counter()
-    run_backfill(settings, _split(symbols), start, end, assets, source, str(csv) if csv else None)
+    run_backfill(settings, _split(symbols), start, end, assets, source, str(csv) if csv else None, log_level)
     err.print(f"done in {time.perf_counter() - started:.1f} s", highlight=False)
 
 

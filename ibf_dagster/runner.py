@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -140,4 +141,5 @@ def _root_message(error) -> str:
     """The innermost cause of a Dagster error chain: the message the user needs."""
     while error.cause is not None:
         error = error.cause
-    return error.message.strip().splitlines()[-1] if error.message.strip() else error.cls_name
+    message = error.message.strip().splitlines()[-1] if error.message.strip() else error.cls_name
+    return re.sub(r"^[\w.]+(Error|Exception): ", "", message)

@@ -1,0 +1,856 @@
+"""A loopback IB Gateway simulator that speaks the real TWS/Gateway wire protocol.
+
+It serves daily bars from a canonical ``ibf_core.bars`` frame (or any ``BarSource``) to the real
+``ib_insync`` / ``ib_async`` clients, with switchable faults (pacing violations, unknown symbols, dropped
+sockets, connectivity loss 1100/1102, slow replies, client id in use) and a log of every historical request,
+so tests and users can exercise ``IbkrSource`` without TWS. Field orders follow the ib_insync 0.9.86
+client/decoder (server version 176: no version field in contractData, a mandatory 6th field in errors).
+
+Usage::
+
+    with GatewaySimulator(frame) as sim:          # or GatewaySimulator(SampleSource())
+        port = sim.port                            # 127.0.0.1, free port
+        sim.set_faults(pacing_violations=2)        # from any thread
+        ...
+        sim.request_log                            # parsed historical requests
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime as dt
+import logging
+import re
+import struct
+import threading
+import time
+import zlib
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
+
+    from ibf_core.sources.base import BarSource
+
+log = logging.getLogger(__name__)
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 4002  # IB Gateway paper-trading port, one of Settings.ib_ports
+SERVER_VERSION = 176  # inside the 157..178 range both ib_insync and ib_async negotiate
+ACCOUNT = "DU1234567"
+EASTERN = "US/Eastern"
+DEFAULT_HISTORY = (dt.date(1990, 1, 2), None)  # None: up to today
+
+# Error texts as real TWS words them (code 162 shares one prefix).
+HMDS = "Historical Market Data Service error message:"
+MSG_NO_DATA = HMDS + "HMDS query returned no data: {symbol}@SMART {what}"
+MSG_PACING = HMDS + "Historical data request pacing violation"
+MSG_TIME_LENGTH = HMDS + "Time length exceed max."
+MSG_NO_SECDEF = "No security definition has been found for the request"
+MSG_CLIENT_ID = "Unable to connect as the client id is already in use. Retry with a unique client id."
+MSG_LOST = "Connectivity between IB and Trader Workstation has been lost."
+MSG_RESTORED = (
+    "Connectivity between IB and Trader Workstation has been restored - data maintained. "
+    "All data farms are connected: usfarm; ushmds; secdefnj."
+)
+VALIDATION = "Error validating request.-'bP' : cause - "
+FARM_NOTICES = (
+    (2104, "Market data farm connection is OK:usfarm"),
+    (2106, "HMDS data farm connection is OK:ushmds"),
+    (2158, "Sec-def data farm connection is OK:secdefnj"),
+)
+
+# Well-known IB conIds and listings; other symbols get a stable hash-based conId.
+KNOWN_CONTRACTS = {
+    "AAPL": (265598, "NASDAQ", "APPLE INC"),
+    "MSFT": (272093, "NASDAQ", "MICROSOFT CORP"),
+    "IBM": (8314, "NYSE", "INTL BUSINESS MACHINES CORP"),
+    "GOOG": (208813720, "NASDAQ", "ALPHABET INC-CL C"),
+    "FB": (107113386, "NASDAQ", "META PLATFORMS INC-CLASS A"),
+}
+
+BAR_SIZES = {  # IB bar-size setting -> seconds
+    "1 secs": 1, "5 secs": 5, "10 secs": 10, "15 secs": 15, "30 secs": 30,
+    "1 min": 60, "2 mins": 120, "3 mins": 180, "5 mins": 300, "10 mins": 600, "15 mins": 900,
+    "20 mins": 1200, "30 mins": 1800, "1 hour": 3600, "2 hours": 7200, "3 hours": 10800,
+    "4 hours": 14400, "8 hours": 28800, "1 day": 86400, "1 week": 604800, "1 month": 2592000,
+}  # fmt: skip
+DAY = 86400
+# IB's table of the smallest bar size allowed for a duration (duration seconds, smallest bar seconds).
+MIN_BAR_FOR_DURATION = (
+    (1800, 1), (3600, 5), (14400, 10), (28800, 30), (DAY, 60), (2 * DAY, 120), (7 * DAY, 180), (31 * DAY, 1800),
+)  # fmt: skip
+UNIT_SECONDS = {"S": 1, "D": DAY, "W": 7 * DAY, "M": int(30.4 * DAY), "Y": 365 * DAY}
+DURATION_RE = re.compile(r"^\s*(\d+)\s+([SDWMY])\s*$")
+SUPPORTED_WHAT = {"TRADES", "ADJUSTED_LAST"}
+QUOTE_WHAT = {"MIDPOINT", "BID", "ASK", "BID_ASK", "HISTORICAL_VOLATILITY", "OPTION_IMPLIED_VOLATILITY"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Faults:
+    """Switchable misbehaviour. Counters apply to the next N historical requests and count down."""
+
+    pacing_violations: int = 0  # answer error 162 "pacing violation"
+    unknown_symbols: frozenset[str] = frozenset()  # answer error 200 for these, even if bars exist
+    drop_connections: int = 0  # close the socket right after receiving the request
+    connectivity_losses: int = 0  # send 1100, then 1102 after ``restore_after`` seconds
+    restore_after: float | None = 0.2  # None: connectivity never comes back on that connection
+    answer_after_restore: bool = False  # whether the in-flight request is answered after 1102
+    reply_delay: float = 0.0  # seconds before every historical reply (data or error)
+    client_ids_in_use: frozenset[int] = frozenset()  # these client ids get error 326 and are disconnected
+
+    @classmethod
+    def coerce(cls, value: Faults | Mapping[str, Any] | None) -> Faults:
+        if value is None:
+            return cls()
+        if isinstance(value, Faults):
+            return value
+        return cls()._with(dict(value))
+
+    def _with(self, changes: Mapping[str, Any]) -> Faults:
+        names = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(changes) - names)
+        if unknown:
+            raise ValueError(f"unknown fault(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+        fixed = dict(changes)
+        if "unknown_symbols" in fixed:
+            fixed["unknown_symbols"] = frozenset(s.strip().upper() for s in _as_iterable(fixed["unknown_symbols"]))
+        if "client_ids_in_use" in fixed:
+            fixed["client_ids_in_use"] = frozenset(int(i) for i in _as_iterable(fixed["client_ids_in_use"]))
+        for counter in ("pacing_violations", "drop_connections", "connectivity_losses"):
+            if counter in fixed and int(fixed[counter]) < 0:
+                raise ValueError(f"{counter} must be >= 0")
+        return dataclasses.replace(self, **fixed)
+
+
+def parse_faults(specs: Iterable[str]) -> Faults:
+    """Faults from command-line ``name=value`` strings, e.g. ``pacing_violations=2``, ``unknown_symbols=XYZ,QQQ``."""
+    defaults = Faults()
+    changes: dict[str, Any] = {}
+    for spec in specs:
+        name, sep, raw = spec.partition("=")
+        name = name.strip()
+        if not sep or not hasattr(defaults, name):
+            known = ", ".join(f.name for f in dataclasses.fields(Faults))
+            raise ValueError(f"fault {spec!r}: use name=value with a name among {known}")
+        default = getattr(defaults, name)
+        try:
+            if isinstance(default, bool):
+                changes[name] = raw.strip().lower() in ("1", "true", "yes", "on")
+            elif isinstance(default, int):
+                changes[name] = int(raw)
+            elif name == "restore_after":
+                changes[name] = None if raw.strip().lower() in ("none", "never") else float(raw)
+            elif isinstance(default, float):
+                changes[name] = float(raw)
+            else:
+                changes[name] = raw
+        except ValueError:
+            raise ValueError(f"fault {spec!r}: {raw!r} is not a valid value for {name}") from None
+    return Faults.coerce(changes)
+
+
+def _as_iterable(value: Any) -> Iterable[Any]:
+    if isinstance(value, str):
+        return [v for v in value.split(",") if v.strip()]
+    if isinstance(value, int):
+        return [value]
+    return value
+
+
+@dataclasses.dataclass
+class HistoricalRequest:
+    """One parsed reqHistoricalData as received; ``outcome`` is filled in when it is answered."""
+
+    symbol: str
+    end_date_time: str
+    duration: str
+    bar_size: str
+    what_to_show: str
+    use_rth: bool
+    format_date: int
+    req_id: int
+    client_id: int
+    timestamp: float
+    outcome: str = "pending"  # "bars:<n>", "error:<code>", "dropped", "cancelled", "lost"
+
+
+class SimulatorError(RuntimeError):
+    """The simulator could not start or was misused."""
+
+
+class _Reject(Exception):
+    """Answer the current request with an IB error."""
+
+    def __init__(self, code: int, message: str):
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+class GatewaySimulator:
+    """IB Gateway on loopback, in a background thread with its own event loop."""
+
+    def __init__(
+        self,
+        bars: pd.DataFrame | BarSource | None = None,
+        faults: Faults | Mapping[str, Any] | None = None,
+        *,
+        host: str = DEFAULT_HOST,
+        port: int = 0,
+        history: tuple[dt.date, dt.date | None] = DEFAULT_HISTORY,
+        now: Callable[[], dt.datetime] | None = None,
+    ):
+        """``bars``: a canonical bar frame, or a BarSource loaded lazily per symbol over ``history``.
+
+        ``now`` (tz-aware) is the gateway clock used for an empty endDateTime; default: real time.
+        """
+        self.host, self._requested_port = host, port
+        self._frame = None
+        self._source = None
+        if bars is None:
+            bars = _default_source()
+        if hasattr(bars, "fetch_daily_bars"):
+            self._source = bars
+        else:
+            self._frame = _normalise_frame(bars)
+        self._history = history
+        self._now = now or (lambda: dt.datetime.now(dt.timezone.utc))
+        self._faults = Faults.coerce(faults)
+        self._lock = threading.Lock()
+        self._bars_cache: dict[str, Any] = {}
+        self._log: list[HistoricalRequest] = []
+        self._contract_log: list[str] = []
+        self._handshakes = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._server: asyncio.AbstractServer | None = None
+        self._sessions: set[_Session] = set()
+        self.port: int | None = None
+
+    # ---- lifecycle -------------------------------------------------------------------------------
+    def start(self) -> int:
+        """Start listening; returns the bound port."""
+        if self._thread is not None:
+            raise SimulatorError("simulator already started")
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="ib-gateway-sim", daemon=True)
+        self._thread.start()
+        future = asyncio.run_coroutine_threadsafe(self._listen(), self._loop)
+        try:
+            self.port = future.result(timeout=10)
+        except BaseException:
+            self._stop_loop()
+            raise
+        log.info("IB gateway simulator listening on %s:%s", self.host, self.port)
+        return self.port
+
+    def stop(self) -> None:
+        """Close the listener and every client connection, then end the thread."""
+        if self._loop is None or self._thread is None:
+            return
+        if self._loop.is_running():
+            try:
+                asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(timeout=10)
+            except (TimeoutError, RuntimeError):  # pragma: no cover - loop already gone
+                log.warning("simulator shutdown timed out")
+        self._stop_loop()
+
+    def _stop_loop(self) -> None:
+        loop, thread = self._loop, self._thread
+        if loop is not None:
+            loop.call_soon_threadsafe(loop.stop)
+        if thread is not None:
+            thread.join(timeout=10)
+        if loop is not None and not loop.is_running():
+            loop.close()
+        self._loop = self._thread = self._server = None
+
+    def __enter__(self) -> GatewaySimulator:
+        self.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
+
+    async def _listen(self) -> int:
+        self._server = await asyncio.start_server(self._on_client, self.host, self._requested_port)
+        return self._server.sockets[0].getsockname()[1]
+
+    async def _shutdown(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for session in list(self._sessions):
+            session.close()
+        if self._server is not None:
+            await self._server.wait_closed()
+        # Let connection handlers and delayed replies finish before the loop stops, so none is left pending.
+        others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in others:
+            task.cancel()
+        await asyncio.gather(*others, return_exceptions=True)
+
+    async def _on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        session = _Session(self, reader, writer)
+        self._sessions.add(session)
+        try:
+            await session.run()
+        finally:
+            self._sessions.discard(session)
+
+    # ---- faults and logs (thread-safe) -------------------------------------------------------------
+    @property
+    def faults(self) -> Faults:
+        with self._lock:
+            return self._faults
+
+    def set_faults(self, faults: Faults | None = None, **changes: Any) -> Faults:
+        """Replace the faults (``set_faults(Faults(...))``) or change some (``set_faults(pacing_violations=2)``)."""
+        with self._lock:
+            base = faults if faults is not None else self._faults
+            self._faults = base._with(changes) if changes else base
+            return self._faults
+
+    def clear_faults(self) -> None:
+        self.set_faults(Faults())
+
+    def _take(self, counter: str) -> bool:
+        """Consume one unit of a counting fault."""
+        with self._lock:
+            left = getattr(self._faults, counter)
+            if left <= 0:
+                return False
+            self._faults = dataclasses.replace(self._faults, **{counter: left - 1})
+            return True
+
+    @property
+    def request_log(self) -> list[HistoricalRequest]:
+        """Copies of every historical request received, oldest first."""
+        with self._lock:
+            return [dataclasses.replace(r) for r in self._log]
+
+    def historical_requests(
+        self, what_to_show: str | None = None, symbol: str | None = None
+    ) -> list[HistoricalRequest]:
+        """The request log filtered by whatToShow and/or symbol."""
+        return [
+            r
+            for r in self.request_log
+            if (what_to_show is None or r.what_to_show == what_to_show) and (symbol is None or r.symbol == symbol)
+        ]
+
+    @property
+    def contract_requests(self) -> list[str]:
+        """Symbols of every reqContractDetails received."""
+        with self._lock:
+            return list(self._contract_log)
+
+    @property
+    def handshakes(self) -> int:
+        """Completed API handshakes (one per successful client connection)."""
+        with self._lock:
+            return self._handshakes
+
+    def clear_log(self) -> None:
+        with self._lock:
+            self._log.clear()
+            self._contract_log.clear()
+
+    def _record(self, entry: HistoricalRequest | str) -> None:
+        with self._lock:
+            if isinstance(entry, str):
+                self._contract_log.append(entry)
+            else:
+                self._log.append(entry)
+
+    def _count_handshake(self) -> None:
+        with self._lock:
+            self._handshakes += 1
+
+    # ---- data ------------------------------------------------------------------------------------
+    def now(self) -> dt.datetime:
+        now = self._now()
+        return now if now.tzinfo else now.replace(tzinfo=dt.timezone.utc)
+
+    async def bars_for(self, symbol: str) -> pd.DataFrame | None:
+        """The symbol's bars (date-sorted), or None when the symbol is unknown. Loaded once per symbol."""
+        if symbol in self.faults.unknown_symbols:
+            return None
+        if symbol not in self._bars_cache:
+            if self._frame is not None:
+                self._bars_cache[symbol] = _symbol_rows(self._frame, symbol)
+            else:
+                loop = asyncio.get_running_loop()
+                self._bars_cache[symbol] = await loop.run_in_executor(None, self._load_from_source, symbol)
+        return self._bars_cache[symbol]
+
+    def _load_from_source(self, symbol: str) -> pd.DataFrame | None:
+        from ibf_core.sources.errors import SourceError
+
+        start, end = self._history
+        end = end or self.now().date()
+        try:
+            frame = self._source.fetch_daily_bars([symbol], start, end)
+        except SourceError as exc:
+            log.info("simulator source has no %s: %s", symbol, exc)
+            return None
+        return _symbol_rows(_normalise_frame(frame), symbol)
+
+
+def _default_source() -> Any:
+    """The bundled sample bars when ``ibf_core.sources.sample`` exists."""
+    try:
+        from ibf_core.sources.sample import SampleSource
+    except ImportError as exc:
+        raise SimulatorError("no bars given and ibf_core.sources.sample is not available") from exc
+    return SampleSource()
+
+
+def _normalise_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    import pandas as pd
+
+    missing = [c for c in ("symbol", "date", "open", "high", "low", "close", "volume") if c not in frame.columns]
+    if missing:
+        raise SimulatorError(f"bar frame lacks column(s) {', '.join(missing)}")
+    out = frame.copy()
+    out["symbol"] = out["symbol"].astype(str).str.strip().str.upper()
+    out["date"] = pd.to_datetime(out["date"]).dt.normalize()
+    if "adj_close" not in out.columns:
+        out["adj_close"] = out["close"]
+    return out
+
+
+def _symbol_rows(frame: pd.DataFrame, symbol: str) -> pd.DataFrame | None:
+    rows = frame[frame["symbol"] == symbol].sort_values("date").reset_index(drop=True)
+    return rows if len(rows) else None
+
+
+# ---- request parsing ------------------------------------------------------------------------------
+def parse_end_date_time(text: str, now: dt.datetime) -> dt.date:
+    """The US/Eastern date an IB endDateTime refers to ('' = now).
+
+    Accepts ``YYYYMMDD HH:MM:SS`` (TWS local time, taken as US/Eastern), the same followed by a zone
+    (``US/Eastern``, ``UTC``, ``Europe/Amsterdam``), ``YYYYMMDD-HH:MM:SS`` (UTC) and ``YYYYMMDD``.
+    """
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    eastern = ZoneInfo(EASTERN)
+    text = text.strip()
+    if not text:
+        return now.astimezone(eastern).date()
+    try:
+        if re.fullmatch(r"\d{8}", text):
+            return dt.datetime.strptime(text, "%Y%m%d").date()
+        if re.fullmatch(r"\d{8}-\d{2}:\d{2}:\d{2}", text):
+            stamp = dt.datetime.strptime(text, "%Y%m%d-%H:%M:%S").replace(tzinfo=dt.timezone.utc)
+            return stamp.astimezone(eastern).date()
+        match = re.fullmatch(r"(\d{8})\s+(\d{2}:\d{2}:\d{2})(?:\s+(\S+))?", text)
+        if match:
+            day, clock, zone = match.groups()
+            tz = ZoneInfo(zone) if zone else eastern
+            stamp = dt.datetime.strptime(day + clock, "%Y%m%d%H:%M:%S").replace(tzinfo=tz)
+            return stamp.astimezone(eastern).date()
+    except (ValueError, ZoneInfoNotFoundError) as exc:
+        raise _Reject(321, VALIDATION + f"Invalid end date/time '{text}' ({exc})") from None
+    raise _Reject(321, VALIDATION + f"Invalid end date/time '{text}'")
+
+
+def parse_duration(text: str) -> tuple[int, str]:
+    match = DURATION_RE.match(text)
+    if not match or int(match.group(1)) <= 0:
+        raise _Reject(321, VALIDATION + f"Invalid duration string '{text}'")
+    return int(match.group(1)), match.group(2)
+
+
+def check_duration_vs_bar_size(count: int, unit: str, bar_size: str) -> None:
+    """IB's sanity rules: > 365 days only in years; the bar size must suit the duration."""
+    if bar_size not in BAR_SIZES:
+        raise _Reject(321, VALIDATION + f"Historical data bar size setting '{bar_size}' is invalid")
+    seconds = count * UNIT_SECONDS[unit]
+    if unit != "Y" and seconds > 365 * DAY:
+        raise _Reject(
+            321, VALIDATION + "Historical data requests for durations longer than 365 days must be made in years"
+        )
+    bar = BAR_SIZES[bar_size]
+    smallest = next((min_bar for limit, min_bar in MIN_BAR_FOR_DURATION if seconds <= limit), DAY)
+    if bar < smallest:
+        raise _Reject(162, MSG_TIME_LENGTH)
+    if bar > seconds:
+        raise _Reject(321, VALIDATION + f"bar size '{bar_size}' is longer than the duration '{count} {unit}'")
+
+
+def window_start(end: dt.date, count: int, unit: str) -> dt.date:
+    """First date a duration covers ending at ``end``: ``N D`` counts trading sessions, W/M/Y calendar time."""
+    import pandas as pd
+
+    from ibf_core.calendar import all_sessions
+
+    if unit == "D":
+        sessions = all_sessions()
+        upto = sessions[sessions <= pd.Timestamp(end)]
+        return upto[-count].date() if len(upto) >= count else dt.date(1900, 1, 1)
+    if unit == "S":
+        return end - dt.timedelta(days=max(1, -(-count // DAY)) - 1)
+    offset = {"W": pd.DateOffset(weeks=count), "M": pd.DateOffset(months=count), "Y": pd.DateOffset(years=count)}[unit]
+    return (pd.Timestamp(end) - offset).date() + dt.timedelta(days=1)
+
+
+def _num(value: float) -> str:
+    value = float(value)
+    return str(int(value)) if value.is_integer() else repr(value)
+
+
+# ---- one client connection --------------------------------------------------------------------------
+class _Session:
+    """The server side of one API client connection."""
+
+    def __init__(self, sim: GatewaySimulator, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        self.sim, self.reader, self.writer = sim, reader, writer
+        self.client_id = -1
+        self.pending: dict[int, asyncio.Task] = {}
+        self.connected_to_ib = asyncio.Event()  # cleared between 1100 and 1102
+        self.connected_to_ib.set()
+        self.restorer: asyncio.Future | None = None
+        self.closed = False
+
+    # framing
+    def send(self, *fields: Any) -> None:
+        if self.closed:
+            return
+        payload = "".join(f"{f}\0" for f in fields).encode()
+        self.writer.write(struct.pack(">I", len(payload)) + payload)
+
+    def error(self, req_id: int, code: int, message: str) -> None:
+        # Server versions >= 166 require the sixth field (advancedOrderRejectJson), sent empty.
+        self.send(4, 2, req_id, code, message, "")
+
+    async def read_frame(self) -> list[str]:
+        size = struct.unpack(">I", await self.reader.readexactly(4))[0]
+        fields = (await self.reader.readexactly(size)).decode(errors="replace").split("\0")
+        return fields[:-1] if fields and fields[-1] == "" else fields
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            for task in [*self.pending.values(), self.restorer]:
+                if task is not None:
+                    task.cancel()
+            self.writer.close()
+
+    async def run(self) -> None:
+        from zoneinfo import ZoneInfo
+
+        try:
+            if await self.reader.readexactly(4) != b"API\0":
+                return
+            await self.read_frame()  # "v157..178[ +PACEAPI]": any range works, we answer 176
+            eastern = dt.datetime.now(dt.timezone.utc).astimezone(ZoneInfo(EASTERN))
+            self.send(SERVER_VERSION, eastern.strftime("%Y%m%d %H:%M:%S ") + (eastern.tzname() or "EST"))
+            while not self.closed:
+                fields = await self.read_frame()
+                if fields:
+                    self.dispatch(fields)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass  # client went away
+        except asyncio.CancelledError:
+            pass
+        finally:
+            self.close()
+
+    def dispatch(self, fields: list[str]) -> None:
+        handler = self.HANDLERS.get(fields[0])
+        if handler is None:
+            log.debug("simulator ignores message %s", fields[0])
+            return
+        try:
+            handler(self, fields)
+        except (ValueError, IndexError) as exc:  # malformed message: TWS answers 320 and carries on
+            log.warning("simulator could not read message %s: %s", fields[:3], exc)
+            self.error(-1, 320, f"Error reading request: {exc}")
+
+    # start-up
+    def on_start_api(self, fields: list[str]) -> None:
+        self.client_id = int(fields[2])
+        if self.client_id in self.sim.faults.client_ids_in_use:
+            self.error(-1, 326, MSG_CLIENT_ID)
+            self.close()
+            return
+        self.sim._count_handshake()
+        self.send(15, 1, ACCOUNT)
+        self.send(9, 1, 1)
+        for code, text in FARM_NOTICES:
+            self.error(-1, code, text)
+
+    def on_positions(self, _f: list[str]) -> None:
+        self.send(62, 1)
+
+    def on_open_orders(self, _f: list[str]) -> None:
+        self.send(53, 1)
+
+    def on_completed_orders(self, _f: list[str]) -> None:
+        self.send(102)
+
+    def on_account_updates(self, fields: list[str]) -> None:
+        if fields[2] == "1":
+            self.send(8, 1, dt.datetime.now().strftime("%H:%M"))
+            self.send(54, 1, fields[3] or ACCOUNT)
+
+    def on_account_updates_multi(self, fields: list[str]) -> None:
+        self.send(74, 1, fields[2])
+
+    def on_account_summary(self, fields: list[str]) -> None:
+        self.send(64, 1, fields[2])
+
+    def on_executions(self, fields: list[str]) -> None:
+        self.send(55, 1, fields[2])
+
+    def on_req_ids(self, _f: list[str]) -> None:
+        self.send(9, 1, 1)
+
+    def on_managed_accounts(self, _f: list[str]) -> None:
+        self.send(15, 1, ACCOUNT)
+
+    def on_current_time(self, _f: list[str]) -> None:
+        self.send(49, 1, int(time.time()))
+
+    # contracts
+    def on_contract_details(self, fields: list[str]) -> None:
+        req_id = int(fields[2])
+        contract = fields[3:15]
+        self.spawn(req_id, self.contract_details(req_id, contract))
+
+    async def contract_details(self, req_id: int, contract: list[str]) -> None:
+        con_id, symbol, sec_type = contract[0], contract[1].strip().upper(), contract[2]
+        currency = contract[9]
+        self.sim._record(symbol)
+        known = sec_type in ("STK", "") and currency in ("USD", "") and await self.sim.bars_for(symbol) is not None
+        if not known or (con_id not in ("", "0") and int(con_id) != contract_id(symbol)):
+            self.error(req_id, 200, MSG_NO_SECDEF)
+            return
+        self.send(*contract_data(req_id, symbol))
+        self.send(52, 1, req_id)
+
+    # history
+    def on_historical_data(self, fields: list[str]) -> None:
+        req_id = int(fields[1])
+        contract = fields[2:14]
+        symbol = contract[1].strip().upper() or symbol_for_con_id(contract[0])
+        end, bar_size, duration, use_rth, what, format_date = fields[15:21]
+        keep_up_to_date = fields[21] if len(fields) > 21 else "0"
+        request = HistoricalRequest(
+            symbol=symbol, end_date_time=end, duration=duration, bar_size=bar_size, what_to_show=what,
+            use_rth=use_rth == "1", format_date=int(format_date or 1), req_id=req_id,
+            client_id=self.client_id, timestamp=time.time(),
+        )  # fmt: skip
+        self.sim._record(request)
+        if self.sim._take("drop_connections"):
+            request.outcome = "dropped"
+            self.close()
+            return
+        self.spawn(req_id, self.historical(request, keep_up_to_date == "1"))
+
+    def on_cancel_historical(self, fields: list[str]) -> None:
+        task = self.pending.pop(int(fields[2]), None)
+        if task is not None:
+            task.cancel()
+
+    def spawn(self, req_id: int, coro: Any) -> None:
+        task = asyncio.ensure_future(self.guarded(req_id, coro))
+        self.pending[req_id] = task
+        task.add_done_callback(lambda _t: self.pending.pop(req_id, None) if self.pending.get(req_id) is _t else None)
+
+    async def guarded(self, req_id: int, coro: Any) -> None:
+        """Turn a simulator bug into an IB error on that request instead of a silently dead task."""
+        try:
+            await coro
+        except Exception as exc:
+            log.exception("simulator failed on request %s", req_id)
+            self.error(req_id, 320, f"Error processing request: {exc}")
+
+    async def historical(self, request: HistoricalRequest, keep_up_to_date: bool) -> None:
+        try:
+            if self.sim._take("connectivity_losses"):
+                if not await self.lose_connectivity(request):
+                    return
+            await self.connected_to_ib.wait()
+            try:
+                rows = await self.select_bars(request, keep_up_to_date)
+            except _Reject as reject:
+                await self.delay()
+                request.outcome = f"error:{reject.code}"
+                self.error(request.req_id, reject.code, reject.message)
+                return
+            await self.delay()
+            request.outcome = f"bars:{len(rows)}"
+            self.send(*historical_data_message(request.req_id, rows))
+        except asyncio.CancelledError:
+            if request.outcome == "pending":
+                request.outcome = "cancelled"
+
+    async def lose_connectivity(self, request: HistoricalRequest) -> bool:
+        """Send 1100 (1102 follows on its own); True when the in-flight request should still be answered."""
+        faults = self.sim.faults
+        self.connected_to_ib.clear()
+        self.error(-1, 1100, MSG_LOST)
+        if faults.restore_after is not None:
+            # Detached from the request: a client that cancels meanwhile must still see 1102.
+            self.restorer = asyncio.ensure_future(self.restore_later(faults.restore_after))
+        if faults.restore_after is None or not faults.answer_after_restore:
+            request.outcome = "lost"
+            return False
+        return True
+
+    async def restore_later(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+        self.error(-1, 1102, MSG_RESTORED)
+        self.connected_to_ib.set()
+
+    async def delay(self) -> None:
+        seconds = self.sim.faults.reply_delay
+        if seconds > 0:
+            await asyncio.sleep(seconds)
+
+    async def select_bars(self, request: HistoricalRequest, keep_up_to_date: bool) -> list[tuple]:
+        """Validate like TWS does, then pick the bars; raises _Reject with the IB error to send."""
+        import pandas as pd
+
+        if self.sim._take("pacing_violations"):
+            raise _Reject(162, MSG_PACING)
+        count, unit = parse_duration(request.duration)
+        check_duration_vs_bar_size(count, unit, request.bar_size)
+        what = request.what_to_show.upper()
+        if what == "ADJUSTED_LAST" and request.end_date_time.strip():
+            # Real TWS rejects an end date with adjusted data; callers must ask with endDateTime=''.
+            raise _Reject(321, VALIDATION + "End date not supported with adjusted last")
+        if keep_up_to_date:
+            raise _Reject(321, VALIDATION + "the gateway simulator does not stream bars (keepUpToDate)")
+        if what in QUOTE_WHAT:
+            raise _Reject(162, MSG_NO_DATA.format(symbol=request.symbol, what=what.title()))
+        if what not in SUPPORTED_WHAT:
+            raise _Reject(321, VALIDATION + f"Invalid what to show '{request.what_to_show}'")
+        if request.bar_size != "1 day":
+            only_daily = f"the gateway simulator serves '1 day' bars only, not '{request.bar_size}'"
+            raise _Reject(321, VALIDATION + only_daily)
+        end = parse_end_date_time(request.end_date_time, self.sim.now())
+        bars = await self.sim.bars_for(request.symbol)
+        if bars is None:
+            raise _Reject(200, MSG_NO_SECDEF)
+        start = window_start(end, count, unit)
+        picked = bars[(bars["date"] >= pd.Timestamp(start)) & (bars["date"] <= pd.Timestamp(end))]
+        if picked.empty:
+            raise _Reject(162, MSG_NO_DATA.format(symbol=request.symbol, what=what.title()))
+        return bar_rows(picked, adjusted=what == "ADJUSTED_LAST")
+
+    HANDLERS: dict[str, Callable[[_Session, list[str]], None]] = {}
+
+
+_Session.HANDLERS = {
+    "71": _Session.on_start_api,
+    "61": _Session.on_positions,
+    "5": _Session.on_open_orders,
+    "16": _Session.on_open_orders,
+    "15": lambda _s, _f: None,  # reqAutoOpenOrders: nothing to answer
+    "99": _Session.on_completed_orders,
+    "6": _Session.on_account_updates,
+    "76": _Session.on_account_updates_multi,
+    "62": _Session.on_account_summary,  # ib_insync re-subscribes after 1102
+    "7": _Session.on_executions,
+    "8": _Session.on_req_ids,
+    "17": _Session.on_managed_accounts,
+    "49": _Session.on_current_time,
+    "9": _Session.on_contract_details,
+    "20": _Session.on_historical_data,
+    "25": _Session.on_cancel_historical,
+}
+
+
+# ---- message builders -----------------------------------------------------------------------------
+def contract_id(symbol: str) -> int:
+    """A stable conId per symbol: IB's real one for well-known symbols, else a CRC-based one."""
+    known = KNOWN_CONTRACTS.get(symbol)
+    return known[0] if known else 1_000_000 + zlib.crc32(symbol.encode()) % 900_000_000
+
+
+def symbol_for_con_id(con_id: str) -> str:
+    for symbol, (known_id, _, _) in KNOWN_CONTRACTS.items():
+        if str(known_id) == con_id:
+            return symbol
+    return ""
+
+
+def primary_exchange(symbol: str) -> str:
+    known = KNOWN_CONTRACTS.get(symbol)
+    # Unknown symbols: NYSE for short tickers, NASDAQ for 4+ letters (the US listing convention).
+    return known[1] if known else ("NYSE" if len(symbol) <= 3 else "NASDAQ")
+
+
+def contract_data(req_id: int, symbol: str) -> list[Any]:
+    """contractData (message 10) for server versions >= 164: no version field."""
+    con_id = contract_id(symbol)
+    long_name = KNOWN_CONTRACTS.get(symbol, (0, "", f"{symbol} SIMULATED INC"))[2]
+    hours = "20240102:0930-20240102:1600"
+    return [
+        10, req_id, symbol, "STK", "", "0", "", "SMART", "USD", symbol, "NMS", symbol, con_id, "0.01",
+        "", "ACTIVETIM,AD,ADJUST,ALERT,ALLOC,LMT,MKT,STP", "SMART,AMEX,NYSE,ARCA,ISLAND,NASDAQ", "1", "0",
+        long_name, primary_exchange(symbol), "", "Technology", "Computers", "Computers", EASTERN, hours, hours,
+        "", "", 1, "ISIN", f"US{con_id:010d}", "1", "", "", "26,26", "", "COMMON", "0.0001", "0.0001", "100",
+    ]  # fmt: skip
+
+
+def bar_rows(frame: pd.DataFrame, adjusted: bool) -> list[tuple]:
+    """(date, open, high, low, close, volume) rows; ADJUSTED_LAST scales OHLC by adj_close/close."""
+    out = []
+    for row in frame.itertuples(index=False):
+        o, h, low, c, v = float(row.open), float(row.high), float(row.low), float(row.close), float(row.volume)
+        if adjusted:
+            factor = float(row.adj_close) / c
+            # The adjusted close is adj_close itself (not c * factor) so it round-trips exactly.
+            o, h, low, c = o * factor, h * factor, low * factor, float(row.adj_close)
+        out.append((row.date.strftime("%Y%m%d"), o, h, low, c, v))
+    return out
+
+
+def historical_data_message(req_id: int, rows: list[tuple]) -> list[Any]:
+    """historicalData (message 17): reqId, start, end, count, then 8 fields per bar."""
+    fields: list[Any] = [17, req_id, f"{rows[0][0]}  00:00:00", f"{rows[-1][0]}  23:59:59", len(rows)]
+    for date, o, h, low, c, v in rows:
+        wap = round((h + low + c) / 3, 4)
+        fields += [date, repr(o), repr(h), repr(low), repr(c), _num(v), repr(wap), max(1, int(v // 100))]
+    return fields
+
+
+# ---- CLI entry ------------------------------------------------------------------------------------
+def serve(
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    bars: pd.DataFrame | BarSource | None = None,
+    faults: Faults | Mapping[str, Any] | None = None,
+    *,
+    announce: Callable[[str], None] = print,
+    stop_event: threading.Event | None = None,
+) -> None:
+    """Run a simulator in the foreground until Ctrl-C, SIGTERM or ``stop_event``; ``bars`` None = the sample bars."""
+    import signal
+
+    stop_event = stop_event or threading.Event()
+    sim = GatewaySimulator(bars, faults, host=host, port=port)
+    restore_sigterm = None
+    if threading.current_thread() is threading.main_thread():
+        # `docker stop` sends SIGTERM: stop as cleanly as on Ctrl-C.
+        restore_sigterm = signal.signal(signal.SIGTERM, lambda *_: stop_event.set())
+    try:
+        bound = sim.start()
+        announce(
+            f"IB Gateway simulator listening on {host}:{bound} "
+            f"(server version {SERVER_VERSION}, account {ACCOUNT}); Ctrl-C stops it"
+        )
+        while not stop_event.wait(0.5):
+            pass
+        announce("stopping the IB Gateway simulator")
+    except KeyboardInterrupt:
+        announce("stopping the IB Gateway simulator")
+    finally:
+        sim.stop()
+        if restore_sigterm is not None:
+            signal.signal(signal.SIGTERM, restore_sigterm)
