@@ -203,8 +203,7 @@ def gateway_sim(
         faults = parse_faults(fault or [])
     except ValueError as exc:
         _fail(str(exc), 2)
-    err.print(f"IB gateway simulator on {host}:{port} serving {source} bars (Ctrl-C to stop)", highlight=False)
-    serve(host, port, make_source(settings), faults)
+    serve(host, port, make_source(settings), faults, announce=lambda line: err.print(f"{line} [{source} bars]", highlight=False))
 
 
 @app.command()
