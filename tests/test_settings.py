@@ -67,3 +67,16 @@ def test_toml_unknown_key_is_an_error(tmp_path, monkeypatch):
     monkeypatch.setenv("IBF_CONFIG", str(config))
     with pytest.raises(SettingsError, match="ib_hots"):
         load_settings()
+
+
+def test_example_config_is_valid_and_readme_documents_every_setting(monkeypatch):
+    from pathlib import Path
+
+    from ibf_core.settings import Settings
+
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.setenv("IBF_CONFIG", str(root / "config" / "settings.example.toml"))
+    assert load_settings().universe == ["AAPL", "GOOG", "IBM", "MSFT"]
+    readme = (root / "README.md").read_text()
+    for name in Settings.model_fields:
+        assert f"`IBF_{name.upper()}`" in readme, name
