@@ -52,6 +52,16 @@ def _fail(origin: str, problem: str, frame: pd.DataFrame, mask: pd.Series) -> No
     raise BarsValidationError(f"{origin}: {problem} at {', '.join(_where(frame, mask))}")
 
 
+def _parse_dates(values: pd.Series) -> pd.Series:
+    """ISO dates fast; anything else (US formats, timestamps) through pandas' per-element parser."""
+    if pd.api.types.is_datetime64_any_dtype(values):
+        return values
+    try:
+        return pd.to_datetime(values, format="ISO8601")
+    except (ValueError, TypeError):
+        return pd.to_datetime(values, errors="coerce", format="mixed")
+
+
 def validate_bars(raw: pd.DataFrame, origin: str, symbols: list[str] | None = None) -> pd.DataFrame:
     """Check and normalise raw bars into the canonical frame, raising one clear error on the first problem.
 
@@ -70,12 +80,16 @@ def validate_bars(raw: pd.DataFrame, origin: str, symbols: list[str] | None = No
     if "adj_close" not in frame.columns:
         frame["adj_close"] = frame["close"]
 
-    frame["symbol"] = frame["symbol"].astype("string").str.strip().str.upper()
-    bad_symbol = frame["symbol"].isna() | ~frame["symbol"].fillna("").str.match(SYMBOL_PATTERN.pattern)
+    # String work on the distinct symbols only: a 10-year file repeats each symbol thousands of times.
+    codes, uniques = pd.factorize(frame["symbol"], use_na_sentinel=True)
+    cleaned = pd.Series(uniques, dtype="string").str.strip().str.upper()
+    valid = cleaned.str.match(SYMBOL_PATTERN.pattern).fillna(False).to_numpy(dtype=bool)
+    bad_symbol = pd.Series((codes < 0) | ~valid[codes.clip(min=0)], index=frame.index)
     if bad_symbol.any():
         _fail(origin, "invalid symbol", frame, bad_symbol)
+    frame["symbol"] = pd.Categorical.from_codes(codes, categories=cleaned.to_numpy()).astype("string")
 
-    dates = pd.to_datetime(frame["date"], errors="coerce", format="mixed")
+    dates = _parse_dates(frame["date"])
     bad_date = dates.isna()
     if bad_date.any():
         _fail(origin, "unparseable date", frame, bad_date)

@@ -14,10 +14,6 @@ from ibf_core.sources.base import BarSource
 from ibf_core.storage.tables import MARKET_BARS
 from ibf_core.storage.warehouse import Warehouse, WriteResult
 
-# Sources are asked for this many symbols at a time so progress can be shown on long loads.
-FETCH_BATCH = 25
-
-
 @dataclass(frozen=True)
 class IngestResult:
     write: WriteResult
@@ -26,14 +22,11 @@ class IngestResult:
 
 
 def fetch_rectangle(source: BarSource, symbols: Sequence[str], start: dt.date, end: dt.date) -> pd.DataFrame:
-    """All bars of ``symbols`` in ``[start, end]`` from ``source``, batched, reporting progress."""
-    frames = []
-    symbols = list(symbols)
-    for i in range(0, len(symbols), FETCH_BATCH):
-        batch = symbols[i : i + FETCH_BATCH]
-        frames.append(source.fetch_daily_bars(batch, start, end))
-        report_progress(min(i + FETCH_BATCH, len(symbols)), len(symbols), f"fetched {batch[-1]}")
-    bars = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    """All bars of ``symbols`` in ``[start, end]`` in one source call (file sources read their input once;
+    the ibkr source reports per-symbol progress itself)."""
+    report_progress(0, len(symbols), f"{source.name}: fetching {len(symbols)} symbols")
+    bars = source.fetch_daily_bars(list(symbols), start, end)
+    report_progress(len(symbols), len(symbols), f"{source.name}: {len(bars):,} bars")
     return bars.assign(source=source.name)
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from ibf_core.progress import report_progress
 from ibf_core.sources.errors import (
     ClientIdInUseError,
     ConnectivityLostError,
@@ -581,7 +582,7 @@ class IbkrSource:
         gateway: _Gateway | None = None
         frames = []
         try:
-            for plan in plans:
+            for done, plan in enumerate(plans, start=1):
                 downloaded = None
                 if plan.spans:
                     if gateway is None:
@@ -589,6 +590,7 @@ class IbkrSource:
                         await gateway.connect()
                     downloaded = await self._download(gateway, plan)
                 frames.append(self._finish(plan, downloaded, start, end))
+                report_progress(done, len(plans), f"ibkr {plan.symbol}")
         finally:
             if gateway is not None:
                 gateway.close()

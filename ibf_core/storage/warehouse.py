@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -146,11 +147,12 @@ class Warehouse:
         return tmp
 
     def _to_arrow(self, spec: TableSpec, frame: pd.DataFrame) -> pa.Table:
+        """The whole frame as one Arrow table of the declared schema, sorted by key."""
         missing = [c for c in spec.column_names if c not in frame.columns]
         if missing:
             raise WarehouseError(f"{spec.name}: frame lacks column(s) {', '.join(missing)}")
-        data = frame[spec.column_names].copy()
-        data["date"] = pd.to_datetime(data["date"]).dt.date
+        data = frame[spec.column_names].sort_values(list(spec.key), kind="stable")
+        data = data.assign(date=pd.to_datetime(data["date"]).to_numpy().astype("datetime64[D]"))
         return pa.Table.from_pandas(data, schema=spec.schema, preserve_index=False)
 
     def replace_slice(
@@ -166,17 +168,28 @@ class Warehouse:
         Idempotent: the same inputs give byte-identical files. Each symbol's file is replaced atomically; all
         new files are prepared before the first is swapped in, so a failure while preparing changes nothing.
         """
+        import pyarrow.compute as pc
+
         lo, hi = _date_bounds(start, end)
-        frame = frame.copy()
-        frame["date"] = pd.to_datetime(frame["date"])
-        outside = ~frame["symbol"].isin(list(symbols)) | ~frame["date"].between(lo, hi)
+        dates = pd.to_datetime(frame["date"])
+        outside = ~frame["symbol"].isin(list(symbols)) | ~dates.between(lo, hi)
         if outside.any():
             bad = frame.loc[outside].iloc[0]
             raise WarehouseError(
-                f"{spec.name}: row {bad['symbol']} {bad['date'].date()} lies outside the slice being written"
+                f"{spec.name}: row {bad['symbol']} {pd.Timestamp(bad['date']).date()} lies outside the slice being written"
             )
-        if frame.duplicated(list(spec.key)).any():
+        if frame.assign(date=dates).duplicated(list(spec.key)).any():
             raise WarehouseError(f"{spec.name}: duplicate {spec.key} rows in the frame being written")
+        new_table = self._to_arrow(spec, frame)
+        # rows are sorted by symbol: each symbol's new rows are one contiguous slice of new_table
+        symbol_col = new_table.column("symbol").to_numpy(zero_copy_only=False)
+        bounds = {}
+        if len(symbol_col):
+            change = np.flatnonzero(symbol_col[1:] != symbol_col[:-1]) + 1
+            starts = np.concatenate([[0], change])
+            stops = np.concatenate([change, [len(symbol_col)]])
+            bounds = {symbol_col[a]: (a, b) for a, b in zip(starts, stops)}
+        lo_d, hi_d = pa.scalar(lo.date(), pa.date32()), pa.scalar(hi.date(), pa.date32())
         self.ensure_table(spec)
         locks = [self._lock(spec, s) for s in sorted(set(symbols))]
         for lock in locks:  # sorted order: two writers never deadlock
@@ -187,18 +200,17 @@ class Warehouse:
             try:
                 for symbol in sorted(set(symbols)):
                     target = self._symbol_file(spec, symbol)
-                    old = pd.read_parquet(target) if target.exists() else None
-                    new_rows = frame[frame["symbol"] == symbol]
-                    if old is not None:
-                        old_dates = pd.to_datetime(old["date"])
-                        in_slice = old_dates.between(lo, hi)
-                        replaced += int(in_slice.sum())
-                        kept = old.loc[~in_slice]
-                        merged = pd.concat([kept, new_rows[kept.columns]], ignore_index=True) if len(kept) else new_rows
-                    else:
-                        merged = new_rows
-                    merged = merged.assign(date=pd.to_datetime(merged["date"])).sort_values(list(spec.key))
-                    staged.append((self._stage(self._to_arrow(spec, merged), target), target))
+                    a, b = bounds.get(symbol, (0, 0))
+                    merged = new_table.slice(a, b - a)
+                    if target.exists():
+                        old = pq.read_table(target, schema=spec.schema)
+                        in_slice = pc.and_(pc.greater_equal(old["date"], lo_d), pc.less_equal(old["date"], hi_d))
+                        replaced += pc.sum(in_slice).as_py() or 0
+                        kept = old.filter(pc.invert(in_slice))
+                        if kept.num_rows:
+                            merged = pa.concat_tables([kept, merged])
+                            merged = merged.take(pc.sort_indices(merged, [("date", "ascending")]))
+                    staged.append((self._stage(merged, target), target))
             except BaseException:
                 for tmp, _ in staged:
                     tmp.unlink(missing_ok=True)
