@@ -70,6 +70,7 @@ def bare_duckdb(path: Path, db: Path) -> int:
     """The simple baseline: read the file, insert the frame into a DuckDB table."""
     frame = pd.read_parquet(path)
     with duckdb.connect(str(db)) as con:
+        con.register("frame", frame)
         con.execute("CREATE OR REPLACE TABLE market_bars AS SELECT * FROM frame")
         return con.execute("SELECT count(*) FROM market_bars").fetchone()[0]
 

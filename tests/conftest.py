@@ -2,6 +2,7 @@ import os
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -48,6 +49,30 @@ def make_bars(symbols=("AAA", "BBB"), start="2021-01-04", end="2021-03-31", seed
                     "close": close.round(4),
                     "adj_close": close.round(4),
                     "volume": rng.integers(1_000, 100_000, len(days)),
+                }
+            )
+        )
+    return pd.concat(frames, ignore_index=True)
+
+
+def dividend_bars(symbols=("AAPL", "IBM"), start="2020-01-02", end="2022-12-30", dividend=0.97) -> pd.DataFrame:
+    """Canonical bars on NYSE sessions; adj_close = close * ``dividend`` before 2022-06-01."""
+    days = trading_days(start, end)
+    frames = []
+    for i, symbol in enumerate(symbols):
+        close = 50.0 * (i + 1) + np.sin(np.arange(len(days)) / 9.0) * 5 + np.arange(len(days)) * 0.01
+        factor = np.where(days < pd.Timestamp("2022-06-01"), dividend, 1.0)
+        frames.append(
+            pd.DataFrame(
+                {
+                    "symbol": symbol,
+                    "date": days,
+                    "open": close * 0.995,
+                    "high": close * 1.01,
+                    "low": close * 0.985,
+                    "close": close,
+                    "adj_close": close * factor,
+                    "volume": 10_000.0 + np.arange(len(days)),
                 }
             )
         )

@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import dagster as dg
-import pytest
 
 from conftest import make_bars
 from ibf_core.calendar import trading_days

@@ -8,10 +8,9 @@ import threading
 import time
 
 import numpy as np
-import pandas as pd
 import pytest
 
-from ibf_core.calendar import trading_days
+from conftest import dividend_bars
 from ibf_core.gateway_sim import (
     MSG_PACING,
     Faults,
@@ -26,31 +25,9 @@ ib_insync = pytest.importorskip("ib_insync")
 UTC = dt.timezone.utc
 
 
-def synthetic_bars(symbols=("AAPL", "IBM"), start="2021-01-04", end="2022-12-30") -> pd.DataFrame:
-    """Canonical bars on NYSE sessions; adj_close carries a dividend-like factor before mid-2022."""
-    days = trading_days(start, end)
-    frames = []
-    for i, symbol in enumerate(symbols):
-        close = 100.0 * (i + 1) + np.arange(len(days)) * 0.25
-        factor = np.where(days < pd.Timestamp("2022-06-01"), 0.97, 1.0)
-        frames.append(
-            pd.DataFrame(
-                {
-                    "symbol": symbol,
-                    "date": days,
-                    "open": close - 0.5,
-                    "high": close + 1.0,
-                    "low": close - 1.0,
-                    "close": close,
-                    "adj_close": close * factor,
-                    "volume": 1_000_000.0 + i,
-                }
-            )
-        )
-    return pd.concat(frames, ignore_index=True)
 
 
-BARS = synthetic_bars()
+BARS = dividend_bars(start="2021-01-04")
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from ibf_core.bars import BAR_COLUMNS
-from ibf_core.calendar import trading_days
+from conftest import dividend_bars
 from ibf_core.gateway_sim import GatewaySimulator
 from ibf_core.settings import load_settings
 from ibf_core.sources.base import BarSource
@@ -31,31 +31,9 @@ pytest.importorskip(IB_CLIENT_MODULE)
 D = dt.date
 
 
-def synthetic_bars(symbols=("AAPL", "IBM"), start="2020-01-02", end="2022-12-30", dividend=0.97) -> pd.DataFrame:
-    """Canonical bars on NYSE sessions; adj_close = close * ``dividend`` before 2022-06-01."""
-    days = trading_days(start, end)
-    frames = []
-    for i, symbol in enumerate(symbols):
-        close = 50.0 * (i + 1) + np.sin(np.arange(len(days)) / 9.0) * 5 + np.arange(len(days)) * 0.01
-        factor = np.where(days < pd.Timestamp("2022-06-01"), dividend, 1.0)
-        frames.append(
-            pd.DataFrame(
-                {
-                    "symbol": symbol,
-                    "date": days,
-                    "open": close * 0.995,
-                    "high": close * 1.01,
-                    "low": close * 0.985,
-                    "close": close,
-                    "adj_close": close * factor,
-                    "volume": 10_000.0 + np.arange(len(days)),
-                }
-            )
-        )
-    return pd.concat(frames, ignore_index=True)
 
 
-BARS = synthetic_bars()
+BARS = dividend_bars()
 
 
 @pytest.fixture
@@ -238,9 +216,9 @@ def test_incremental_fetch_uses_the_cache(sim, tmp_path):
 
 def test_a_new_dividend_rebases_cached_adj_close(tmp_path):
     cache = tmp_path / "cache"
-    with GatewaySimulator(synthetic_bars(dividend=1.0)) as before:
+    with GatewaySimulator(dividend_bars(dividend=1.0)) as before:
         source_for(before.port, cache).fetch_daily_bars(["IBM"], D(2022, 1, 3), D(2022, 3, 31))
-    later = synthetic_bars(dividend=0.95)  # the gateway now reports a dividend that was not known before
+    later = dividend_bars(dividend=0.95)  # the gateway now reports a dividend that was not known before
     with GatewaySimulator(later) as after:
         got = source_for(after.port, cache).fetch_daily_bars(["IBM"], D(2022, 1, 3), D(2022, 8, 31))
         assert len(after.historical_requests("TRADES")) == 1
