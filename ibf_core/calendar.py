@@ -44,10 +44,6 @@ def trading_days(start: str | dt.date, end: str | dt.date) -> pd.DatetimeIndex:
     return sessions[(sessions >= lo) & (sessions <= hi)]
 
 
-def is_trading_day(day: str | dt.date) -> bool:
-    return pd.Timestamp(to_date(day)) in all_sessions()
-
-
 def holidays(start: str | dt.date, end: str | dt.date) -> list[dt.date]:
     """Weekdays in [start, end] on which NYSE is closed (full-day holidays and special closures)."""
     weekdays = pd.bdate_range(to_date(start), to_date(end))
@@ -64,7 +60,3 @@ def latest_complete_session(now: pd.Timestamp | None = None) -> dt.date:
     closes = cal.schedule["close"]
     done = closes[closes <= now]
     return done.index[-1].date()
-
-
-def sessions_between_count(start: str | dt.date, end: str | dt.date) -> int:
-    return len(trading_days(start, end))

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from ibf_core.calendar import trading_days
 from ibf_core.progress import report_progress
 from ibf_core.sources.base import BarSource
 from ibf_core.storage.tables import MARKET_BARS
@@ -18,7 +17,6 @@ from ibf_core.storage.warehouse import Warehouse, WriteResult
 class IngestResult:
     write: WriteResult
     bars: pd.DataFrame
-    sessions_in_range: int
 
 
 def fetch_rectangle(source: BarSource, symbols: Sequence[str], start: dt.date, end: dt.date) -> pd.DataFrame:
@@ -36,4 +34,4 @@ def load_market_bars(
     """Fetch the rectangle, then replace exactly that slice of ``market_bars``; on any error nothing is written."""
     bars = fetch_rectangle(source, symbols, start, end)
     write = warehouse.replace_slice(MARKET_BARS, bars, symbols, start, end)
-    return IngestResult(write=write, bars=bars, sessions_in_range=len(trading_days(start, end)))
+    return IngestResult(write=write, bars=bars)

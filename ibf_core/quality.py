@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass, field
 
-import numpy as np
 import pandas as pd
 
 from ibf_core.bars import OHLC_TOLERANCE, unexplained_jumps
@@ -105,16 +104,3 @@ def check_freshness(latest_by_symbol: dict[str, dt.date], max_age_sessions: int,
         f" (oldest is {oldest} sessions behind)",
         {"latest_complete_session": latest_session.isoformat(), "stale_sessions_by_symbol": stale},
     )
-
-
-def summarize(bars: pd.DataFrame) -> dict[str, object]:
-    """Row count, date range and symbols of a frame, for metadata."""
-    if bars.empty:
-        return {"rows": 0, "symbols": 0, "first_date": None, "last_date": None}
-    return {
-        "rows": int(len(bars)),
-        "symbols": int(bars["symbol"].nunique()),
-        "first_date": pd.Timestamp(bars["date"].min()).date().isoformat(),
-        "last_date": pd.Timestamp(bars["date"].max()).date().isoformat(),
-        "mean_volume": float(np.nanmean(bars["volume"])),
-    }

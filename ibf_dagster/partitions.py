@@ -72,10 +72,6 @@ class Rectangle:
     start: dt.date
     end: dt.date
 
-    @property
-    def sessions(self) -> int:
-        return len(trading_days(self.start, self.end))
-
 
 def rectangles_from_keys(keys: list[dg.MultiPartitionKey], settings: Settings) -> list[Rectangle]:
     """Group partition keys into rectangles: one when the keys are a full date range x symbol set."""
