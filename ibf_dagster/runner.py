@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import threading
+import uuid
+from contextlib import contextmanager
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import dagster as dg
 
 from ibf_core.calendar import to_date
+from ibf_core.progress import report_progress
 from ibf_core.settings import Settings, normalize_symbol
 from ibf_dagster.instance import get_instance
 from ibf_dagster.partitions import SYMBOL_PARTITIONS, date_key_window, date_partitions
@@ -115,13 +119,17 @@ def backfill(
             "dagster/asset_partition_range_end": dg.MultiPartitionKey({"date": date_keys[-1], "symbol": block[-1]}),
             "ibf/launched_by": "ibf backfill",
         }
-        result = job.execute_in_process(
-            instance=instance,
-            asset_selection=sorted(selected),
-            tags={k: str(v) for k, v in tags.items()},
-            run_config=run_config,
-            raise_on_error=False,
-        )
+        run_id = str(uuid.uuid4())
+        expected = len(date_keys) * len(block) * len(selected)
+        with _report_recorded_partitions(instance, run_id, expected):
+            result = job.execute_in_process(
+                instance=instance,
+                asset_selection=sorted(selected),
+                tags={k: str(v) for k, v in tags.items()},
+                run_config=run_config,
+                raise_on_error=False,
+                run_id=run_id,
+            )
         summary = RunSummary(result.run_id, block, (date_keys[0], date_keys[-1]), result.success)
         for event in result.all_events:
             if event.is_step_failure and event.step_failure_data and event.step_failure_data.error:
@@ -135,6 +143,30 @@ def backfill(
                 summary.row_count = int(row_count.value) if row_count is not None else 0
         summaries.append(summary)
     return summaries
+
+
+@contextmanager
+def _report_recorded_partitions(instance: dg.DagsterInstance, run_id: str, expected: int, every_s: float = 2.0):
+    """While a run executes, report how many partition materializations Dagster has recorded so far:
+    on a large backfill that bookkeeping, not the data load, is most of the wall time."""
+    stop = threading.Event()
+
+    def poll() -> None:
+        while not stop.wait(every_s):
+            try:
+                recorded = instance.get_run_stats(run_id).materializations
+            except Exception:  # the run is not created yet, or the storage is busy: try again
+                continue
+            if recorded:
+                report_progress(recorded, expected, "recording partitions in Dagster")
+
+    thread = threading.Thread(target=poll, name="ibf-progress", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 def _root_message(error) -> str:
