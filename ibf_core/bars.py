@@ -11,6 +11,8 @@ from ibf_core.calendar import all_sessions
 from ibf_core.settings import SYMBOL_PATTERN
 
 BAR_COLUMNS = ["symbol", "date", "open", "high", "low", "close", "adj_close", "volume"]
+# Optional: relative quoted spread (ask - bid) / mid of the day, from IB BID_ASK bars; NaN when unknown.
+OPTIONAL_COLUMNS = ["spread"]
 PRICE_COLUMNS = ["open", "high", "low", "close", "adj_close"]
 NUMERIC_COLUMNS = [*PRICE_COLUMNS, "volume"]
 REQUIRED_INPUT_COLUMNS = ["date", "symbol", "open", "high", "low", "close", "volume"]
@@ -137,7 +139,14 @@ def validate_bars(raw: pd.DataFrame, origin: str, symbols: list[str] | None = No
             raise BarsValidationError(f"{origin}: no bars for symbol(s) {', '.join(unknown)}")
         frame = frame[frame["symbol"].isin(symbols)]
 
-    out = frame[BAR_COLUMNS].astype(BAR_DTYPES)
+    columns = BAR_COLUMNS + [c for c in OPTIONAL_COLUMNS if c in frame.columns]
+    if "spread" in frame.columns:
+        spread = pd.to_numeric(frame["spread"], errors="coerce")
+        bad_spread = (spread < 0) | np.isinf(spread) | (spread.isna() & frame["spread"].notna() & (frame["spread"].astype(str).str.strip() != ""))
+        if bad_spread.any():
+            _fail(origin, "spread must be a non-negative number", frame, bad_spread)
+        frame["spread"] = spread.astype("float64")
+    out = frame[columns].astype({**BAR_DTYPES, **{c: "float64" for c in OPTIONAL_COLUMNS if c in columns}})
     return out.sort_values(["symbol", "date"], kind="stable").reset_index(drop=True)
 
 

@@ -12,6 +12,7 @@ class Column:
     name: str
     type: pa.DataType
     description: str
+    optional: bool = False  # a writer may omit it; stored as NULL
 
     @property
     def sql_type(self) -> str:
@@ -53,6 +54,12 @@ MARKET_BARS = TableSpec(
         Column("close", pa.float64(), "Closing price, split-adjusted"),
         Column("adj_close", pa.float64(), "Closing price adjusted for splits and dividends (total return)"),
         Column("volume", pa.float64(), "Shares traded, split-adjusted"),
+        Column(
+            "spread",
+            pa.float64(),
+            "Relative quoted spread (ask - bid) / mid from IB BID_ASK bars; NULL when unknown",
+            optional=True,
+        ),
         Column("source", pa.string(), "Source that delivered the bar: sample, csv or ibkr"),
     ),
 )

@@ -49,6 +49,21 @@ _retry_on_lock = retry(
 )
 
 
+def stage_parquet(table: pa.Table, target: Path) -> Path:
+    """Write ``table`` durably (fsync) to a hidden temp file beside ``target``; the caller ``os.replace``s it in."""
+    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        pq.write_table(table, tmp, compression="zstd")
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp
+
+
 class _ConcurrentSwap(Exception):
     """A read failed while a writer swapped files under it; the read is safe to repeat."""
 
@@ -93,65 +108,60 @@ class Warehouse:
         return self.table_dir(spec) / f"{symbol}.parquet"
 
     def _lock(self, spec: TableSpec, symbol: str) -> FileLock:
-        lock_dir = self.table_dir(spec) / ".locks"
-        lock_dir.mkdir(parents=True, exist_ok=True)
-        return FileLock(str(lock_dir / f"{symbol}.lock"), timeout=_LOCK_WAIT_S)
-
-    def _view_sql(self, spec: TableSpec) -> str:
-        pattern = str(self.table_dir(spec) / "*.parquet").replace("'", "''")
-        return f"CREATE OR REPLACE VIEW {spec.name} AS SELECT * FROM read_parquet('{pattern}', union_by_name = true)"
+        return self.lock(self.table_dir(spec), symbol)
 
     def ensure_table(self, spec: TableSpec) -> None:
         """Create the table folder, its empty schema file and its view (only when missing or moved)."""
-        folder = self.table_dir(spec)
-        folder.mkdir(parents=True, exist_ok=True)
-        schema_file = folder / _SCHEMA_FILE
-        if not schema_file.exists():
-            os.replace(self._stage(spec.schema.empty_table(), schema_file), schema_file)
-        if self._view_current(spec):
-            return
-        self._create_view(spec)
+        self.ensure_view(spec.name, self.table_dir(spec), spec.schema)
 
     def ensure_all_tables(self) -> None:
         for spec in TABLES.values():
             self.ensure_table(spec)
 
     @_retry_on_lock
-    def _view_current(self, spec: TableSpec) -> bool:
+    def _view_matches(self, name: str, folder: str) -> bool:
         if not self.db_path.exists():
             return False
         with duckdb.connect(str(self.db_path), read_only=True) as con:
-            rows = con.execute("SELECT sql FROM duckdb_views() WHERE view_name = ?", [spec.name]).fetchall()
-        return bool(rows) and str(self.table_dir(spec)) in rows[0][0]
+            rows = con.execute("SELECT sql FROM duckdb_views() WHERE view_name = ?", [name]).fetchall()
+        return bool(rows) and folder in rows[0][0]
 
     @_retry_on_lock
-    def _create_view(self, spec: TableSpec) -> None:
+    def _execute_write(self, sql: str) -> None:
+        """The only write to ``warehouse.duckdb``: (re)defining a view, held for milliseconds."""
         self.home.mkdir(parents=True, exist_ok=True)
         with duckdb.connect(str(self.db_path)) as con:
-            con.execute(self._view_sql(spec))
+            con.execute(sql)
 
     # ----- writes -------------------------------------------------------------------------------
     @staticmethod
     def _stage(table: pa.Table, target: Path) -> Path:
-        """Write ``table`` durably to a hidden temp file beside ``target``; the caller swaps it in."""
-        fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-        os.close(fd)
-        tmp = Path(name)
-        try:
-            pq.write_table(table, tmp, compression="zstd")
-            with open(tmp, "rb") as handle:
-                os.fsync(handle.fileno())
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        return tmp
+        return stage_parquet(table, target)
+
+    def ensure_view(self, name: str, folder: Path, schema: pa.Schema) -> None:
+        """A DuckDB view ``name`` over ``folder/*.parquet`` for tables not keyed by symbol x date (e.g. raw news)."""
+        folder.mkdir(parents=True, exist_ok=True)
+        schema_file = folder / _SCHEMA_FILE
+        if not schema_file.exists():
+            os.replace(stage_parquet(schema.empty_table(), schema_file), schema_file)
+        pattern = str(folder / "*.parquet").replace("'", "''")
+        sql = f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM read_parquet('{pattern}', union_by_name = true)"
+        if not self._view_matches(name, str(folder)):
+            self._execute_write(sql)
+
+    def lock(self, folder: Path, name: str) -> FileLock:
+        """An inter-process lock for read-modify-write of one file under ``folder``."""
+        lock_dir = folder / ".locks"
+        lock_dir.mkdir(parents=True, exist_ok=True)
+        return FileLock(str(lock_dir / f"{name}.lock"), timeout=_LOCK_WAIT_S)
 
     def _to_arrow(self, spec: TableSpec, frame: pd.DataFrame) -> pa.Table:
         """The whole frame as one Arrow table of the declared schema, sorted by key."""
-        missing = [c for c in spec.column_names if c not in frame.columns]
+        missing = [c.name for c in spec.columns if c.name not in frame.columns and not c.optional]
         if missing:
             raise WarehouseError(f"{spec.name}: frame lacks column(s) {', '.join(missing)}")
-        data = frame[spec.column_names].sort_values(list(spec.key), kind="stable")
+        absent = {c.name: None for c in spec.columns if c.name not in frame.columns}
+        data = frame.assign(**absent)[spec.column_names].sort_values(list(spec.key), kind="stable")
         data = data.assign(date=pd.to_datetime(data["date"]).to_numpy().astype("datetime64[D]"))
         return pa.Table.from_pandas(data, schema=spec.schema, preserve_index=False)
 
