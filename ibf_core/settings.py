@@ -95,6 +95,12 @@ class Settings(BaseSettings):
         60, gt=0, description="Historical requests allowed in any 10-minute window (IB pacing rule)"
     )
     ib_retries: int = Field(4, ge=0, description="Retries after a pacing violation or a dropped connection")
+    ib_bid_ask: bool = Field(False, description="Also fetch IB BID_ASK daily bars for the real quoted spread")
+    benchmark: str = Field("SPY", description="Benchmark symbol for beta/correlation; the equal-weighted universe if absent")
+    news_source: Literal["alphavantage", "file", "none"] = Field("none", description="Where news comes from")
+    news_file: Path | None = Field(None, description="CSV/JSON headlines for IBF_NEWS_SOURCE=file")
+    alphavantage_url: str = Field("https://www.alphavantage.co", description="Alpha Vantage base URL")
+    alphavantage_requests_per_day: int = Field(25, gt=0, description="Alpha Vantage daily request quota")
 
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):
@@ -121,10 +127,17 @@ class Settings(BaseSettings):
             raise ValueError("ports must be integers in 1..65535")
         return value
 
+    @field_validator("benchmark")
+    @classmethod
+    def _benchmark(cls, value: str) -> str:
+        return normalize_symbol(value)
+
     @model_validator(mode="after")
-    def _csv_needs_path(self) -> "Settings":
+    def _paths_for_sources(self) -> "Settings":
         if self.source == "csv" and self.csv_path is None:
             raise ValueError("IBF_SOURCE=csv needs IBF_CSV_PATH")
+        if self.news_source == "file" and self.news_file is None:
+            raise ValueError("IBF_NEWS_SOURCE=file needs IBF_NEWS_FILE")
         return self
 
     # Derived locations: every piece of state lives under home.
@@ -165,7 +178,7 @@ def load_settings(**overrides: Any) -> Settings:
     except ValidationError as exc:
         lines = []
         for err in exc.errors():
-            name = _env_name(err["loc"]) if err["loc"] else "IBF_SOURCE/IBF_CSV_PATH"
+            name = _env_name(err["loc"]) if err["loc"] else "settings"
             lines.append(f"{name}: {err['msg']} (got {err.get('input')!r})")
         raise SettingsError("invalid settings: " + "; ".join(lines)) from None
 
