@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass, field
 
+import numpy as np
 import pandas as pd
 
 from ibf_core.bars import OHLC_TOLERANCE, unexplained_jumps
@@ -103,4 +104,65 @@ def check_freshness(latest_by_symbol: dict[str, dt.date], max_age_sessions: int,
         f"{len(stale)} of {len(ages)} symbols more than {max_age_sessions} sessions behind {latest_session}"
         f" (oldest is {oldest} sessions behind)",
         {"latest_complete_session": latest_session.isoformat(), "stale_sessions_by_symbol": stale},
+    )
+
+
+# ----- features and news ------------------------------------------------------------------------------
+# A feature column may be at most this share NaN on rows past the warm-up (sparse inputs such as the real
+# spread or news sentiment are exempt through ``allowed_sparse``).
+MAX_NAN_SHARE_AFTER_WARMUP = 0.05
+
+
+def check_no_infinities(frame: pd.DataFrame, columns: list[str]) -> QualityResult:
+    values = frame[columns].to_numpy(dtype="float64", na_value=np.nan)
+    bad = np.isinf(values)
+    per_column = {c: int(n) for c, n in zip(columns, bad.sum(axis=0)) if n}
+    return QualityResult(
+        "no_infinities", not per_column, f"{int(bad.sum())} infinite values in {len(per_column)} columns",
+        {"infinite_by_column": per_column},
+    )
+
+
+def check_nan_share_after_warmup(
+    frame: pd.DataFrame, columns: list[str], allowed_sparse: set[str], threshold: float = MAX_NAN_SHARE_AFTER_WARMUP
+) -> QualityResult:
+    """Share of NaN per feature on rows past the warm-up; sparse-by-nature columns are reported, not judged."""
+    ready = frame.loc[~frame["warmup"].astype(bool), columns]
+    if ready.empty:
+        return QualityResult("nan_share_after_warmup", True, "no rows past the warm-up in this slice", {})
+    shares = ready.isna().mean()
+    judged = shares[[c for c in columns if c not in allowed_sparse]]
+    over = judged[judged > threshold].sort_values(ascending=False)
+    return QualityResult(
+        "nan_share_after_warmup",
+        over.empty,
+        f"{len(over)} features above {threshold:.0%} NaN after warm-up (worst: "
+        f"{over.index[0] if len(over) else '-'} {over.iloc[0] if len(over) else 0:.1%})",
+        {"over_threshold": {k: round(float(v), 4) for k, v in over.items()},
+         "sparse_columns": {c: round(float(shares[c]), 4) for c in columns if c in allowed_sparse}},
+    )
+
+
+def check_schema(frame: pd.DataFrame, expected: list[str]) -> QualityResult:
+    got = [c for c in frame.columns]
+    missing = [c for c in expected if c not in got]
+    extra = [c for c in got if c not in expected]
+    return QualityResult(
+        "schema_matches", not missing and not extra and got == expected,
+        f"{len(missing)} missing, {len(extra)} unexpected columns" + ("" if got == expected or missing or extra else "; order differs"),
+        {"missing": missing, "unexpected": extra},
+    )
+
+
+def check_news_coverage(daily: pd.DataFrame, symbols: list[str], news_source: str, min_share: float = 0.2) -> QualityResult:
+    """Share of sessions with at least one article, per symbol (WARN when a symbol is mostly uncovered)."""
+    if news_source == "none":
+        return QualityResult("news_coverage", True, "news disabled (IBF_NEWS_SOURCE=none): features carry no news", {})
+    covered = daily.assign(has=daily["news_count"] > 0).groupby("symbol")["has"].mean() if len(daily) else pd.Series(dtype=float)
+    shares = {s: round(float(covered.get(s, 0.0)), 4) for s in symbols}
+    low = {s: v for s, v in shares.items() if v < min_share}
+    return QualityResult(
+        "news_coverage", not low,
+        f"{len(low)} of {len(symbols)} symbols have news on fewer than {min_share:.0%} of sessions",
+        {"share_of_sessions_with_news": shares},
     )

@@ -34,3 +34,23 @@ def line_plot_markdown(frame: pd.DataFrame, x: str, y: str, by: str, title: str,
     fig.savefig(buf, format="png")
     plt.close(fig)
     return f"![{title}](data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()})"
+
+
+def heatmap_markdown(matrix: pd.DataFrame, title: str) -> str:
+    """A small inline PNG heat map (markdown image) of a square matrix such as feature correlations."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.2, 3.6), dpi=70)
+    image = ax.imshow(matrix.to_numpy(), cmap="RdBu_r", vmin=-1, vmax=1)
+    ax.set_xticks(range(len(matrix.columns)), matrix.columns, rotation=90, fontsize=5)
+    ax.set_yticks(range(len(matrix.index)), matrix.index, fontsize=5)
+    ax.set_title(title, fontsize=8)
+    fig.colorbar(image, ax=ax, shrink=0.7)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return f"![{title}](data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()})"

@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import dagster as dg
 
 from ibf_core.quality import QualityResult
 from ibf_core.storage.tables import TableSpec
 
 OWNERS = ["team:ibf-data"]
+# A single-run backfill repeats the run's metadata on every partition's event: keep plots to small runs.
+PLOT_MAX_PARTITIONS = 24
+
+
+def plot_if_small(context: dg.AssetExecutionContext, make_plot: Callable[[], str]) -> dg.MetadataValue:
+    """Markdown for an inline plot, or a note when the run has too many partitions to repeat it on each."""
+    n = len(context.partition_keys) if context.has_partition_key_range or context.has_partition_key else 1
+    if n > PLOT_MAX_PARTITIONS:
+        return dg.MetadataValue.md(f"_plot omitted for a {n}-partition run; query the table in DuckDB_")
+    return dg.MetadataValue.md(make_plot())
 
 
 def column_schema(spec: TableSpec) -> dg.TableSchema:

@@ -101,3 +101,19 @@ def context_rectangles(context: dg.AssetExecutionContext, settings: Settings) ->
     keys = [k if isinstance(k, dg.MultiPartitionKey) else context.partitions_def.get_partition_key_from_str(k)
             for k in context.partition_keys]
     return rectangles_from_keys(keys, settings)
+
+
+class UpstreamMissingError(RuntimeError):
+    """An upstream partition this run needs was never materialized."""
+
+
+def require_upstream(context: dg.AssetExecutionContext, upstream: dg.AssetKey) -> None:
+    """Fail clearly, before anything is written, when ``upstream`` lacks some of this run's partitions."""
+    done = context.instance.get_materialized_partitions(upstream)
+    missing = sorted(str(k) for k in context.partition_keys if str(k) not in done)
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise UpstreamMissingError(
+            f"{upstream.to_user_string()} is not materialized for partition(s) {shown}; "
+            f"backfill it first (ibf backfill --assets {upstream.to_user_string()})"
+        )

@@ -21,6 +21,7 @@ class Column:
             pa.date32(): "DATE",
             pa.float64(): "DOUBLE",
             pa.int64(): "BIGINT",
+            pa.bool_(): "BOOLEAN",
         }[self.type]
 
 
@@ -64,4 +65,37 @@ MARKET_BARS = TableSpec(
     ),
 )
 
-TABLES = {t.name: t for t in (MARKET_BARS,)}
+NEWS_SENTIMENT = TableSpec(
+    name="news_sentiment",
+    description="News per symbol and trading day (articles after the close count for the next session).",
+    columns=(
+        Column("symbol", pa.string(), "Ticker symbol"),
+        Column("date", pa.date32(), "NYSE trading day the articles count for"),
+        Column("news_count", pa.int64(), "Articles mentioning the symbol"),
+        Column("news_sentiment_mean", pa.float64(), "Mean ticker sentiment (-1..1); NULL without articles"),
+        Column("news_sentiment_weighted", pa.float64(), "Relevance-weighted ticker sentiment; NULL without articles"),
+        Column("news_bullish_share", pa.float64(), "Share of articles labelled (somewhat) bullish"),
+        Column("news_bearish_share", pa.float64(), "Share of articles labelled (somewhat) bearish"),
+        Column("news_volume_z", pa.float64(), "Article count z-score against the trailing 60 sessions"),
+    ),
+)
+
+
+def features_spec() -> TableSpec:
+    """The ``features`` table: one column per registered feature (``ibf_core.features``), plus the warm-up flag."""
+    from ibf_core.features.pipeline import FEATURES
+
+    columns = [Column("symbol", pa.string(), "Ticker symbol"), Column("date", pa.date32(), "NYSE trading day")]
+    columns += [
+        Column(f.name, pa.float64(), f"{f.description}{' (future-known)' if f.future_known else ''}", optional=False)
+        for f in FEATURES
+    ]
+    columns.append(Column("warmup", pa.bool_(), "True while the symbol has too little history for every window"))
+    return TableSpec(
+        name="features",
+        description="Model-ready, scale-free features per symbol and trading day (data known at the close only).",
+        columns=tuple(columns),
+    )
+
+
+TABLES = {t.name: t for t in (MARKET_BARS, NEWS_SENTIMENT)}

@@ -9,13 +9,11 @@ from ibf_core.ingest import load_market_bars
 from ibf_core.report import line_plot_markdown, markdown_table
 from ibf_core.settings import Settings
 from ibf_core.storage.tables import MARKET_BARS
-from ibf_dagster.metadata import OWNERS, check_result, column_schema
+from ibf_dagster.metadata import OWNERS, check_result, column_schema, plot_if_small
 from ibf_dagster.partitions import context_rectangles, symbol_date_partitions
 from ibf_dagster.resources import BarSourceResource, WarehouseResource
 
 ERROR, WARN = dg.AssetCheckSeverity.ERROR, dg.AssetCheckSeverity.WARN
-# A single-run backfill repeats the run's metadata on every partition's event: keep plots to small runs.
-PLOT_MAX_PARTITIONS = 24
 # Checks evaluated on every materialized slice, with their severity.
 SLICE_CHECKS = {
     "ohlc_consistent": (ERROR, "Prices positive and open/close within [low, high] (ERROR)", quality.check_ohlc_consistency),
@@ -70,14 +68,9 @@ def build_market_bars(settings: Settings) -> list:
         stored = store.read(MARKET_BARS, symbols, start, end)
         checks = [check_result(fn(stored), sev) for name, (sev, _, fn) in SLICE_CHECKS.items()]
         preview = stored.groupby("symbol").tail(2)[["symbol", "date", "open", "high", "low", "close", "adj_close", "volume"]]
-        n_partitions = len(context.partition_keys)
-        if n_partitions <= PLOT_MAX_PARTITIONS:
-            plot = line_plot_markdown(stored, "date", "close", "symbol", "close (split-adjusted)")
-        else:
-            plot = f"_plot omitted for a {n_partitions}-partition run; query `market_bars` in DuckDB_"
         return dg.MaterializeResult(
             metadata={
-                "partitions": n_partitions,
+                "partitions": len(context.partition_keys),
                 "dagster/row_count": written,
                 "rows_replaced": replaced,
                 "source": source.name,
@@ -86,7 +79,9 @@ def build_market_bars(settings: Settings) -> list:
                 "last_date": str(stored["date"].max().date()) if len(stored) else "none",
                 "rectangles": len(rects),
                 "preview": dg.MetadataValue.md(markdown_table(preview.assign(date=preview["date"].dt.date))),
-                "closes": dg.MetadataValue.md(plot),
+                "closes": plot_if_small(
+                    context, lambda: line_plot_markdown(stored, "date", "close", "symbol", "close (split-adjusted)")
+                ),
             },
             check_results=checks,
         )

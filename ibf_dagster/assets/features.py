@@ -1,0 +1,122 @@
+"""``features``: the model-ready feature matrix per symbol x trading day, with its checks."""
+
+import dagster as dg
+import pandas as pd
+
+from ibf_core import quality
+from ibf_core.calendar import trading_days
+from ibf_core.report import markdown_table
+from ibf_core.settings import Settings
+from ibf_core.storage.tables import MARKET_BARS, NEWS_SENTIMENT, features_spec
+from ibf_dagster.metadata import OWNERS, check_result, column_schema, plot_if_small
+from ibf_dagster.partitions import context_rectangles, require_upstream, symbol_date_partitions
+from ibf_dagster.resources import WarehouseResource
+
+ERROR, WARN = dg.AssetCheckSeverity.ERROR, dg.AssetCheckSeverity.WARN
+CHECKS = {
+    "no_infinities": (ERROR, "No infinite feature value (ERROR)"),
+    "nan_share_after_warmup": (
+        ERROR,
+        f"Each feature at most {quality.MAX_NAN_SHARE_AFTER_WARMUP:.0%} NaN past the warm-up; sparse inputs "
+        "(real spread, news sentiment) are reported, not judged (ERROR)",
+    ),
+    "schema_matches": (ERROR, "Columns equal the declared feature registry, in order (ERROR)"),
+    "news_coverage": (WARN, "Share of sessions with news per symbol (WARN)"),
+}
+
+
+def _lookback_start(start, sessions: int):
+    """The date ``sessions`` NYSE sessions before ``start`` (the indicators' warm-up window)."""
+    history = trading_days(pd.Timestamp(start) - pd.Timedelta(days=int(sessions * 1.6) + 10), start)
+    return history[-(sessions + 1)].date() if len(history) > sessions else history[0].date()
+
+
+def build_features(settings: Settings) -> dg.AssetsDefinition:
+    from ibf_core.features.pipeline import FEATURES, compute_features_for_range, feature_columns, lookback_sessions
+
+    spec = features_spec()
+    sparse = {f.name for f in FEATURES if f.group == "news" or f.name.startswith("spread")}
+    feature_list = "\n".join(f"| `{f.name}` | {f.group} | {'yes' if f.future_known else ''} | {f.description} |" for f in FEATURES)
+
+    @dg.asset(
+        name=spec.name,
+        description=(
+            f"{len(FEATURES)} scale-free features per symbol and NYSE session from `market_bars` and "
+            "`news_sentiment`: TA-Lib indicators, microstructure estimators, cross-asset beta/correlation/ranks, "
+            "calendar (future-known) and news. Row d uses only data known at d's close; gaps are forward-filled "
+            "only; each partition loads its own look-back window, so a single-day partition is exact."
+        ),
+        partitions_def=symbol_date_partitions(settings),
+        backfill_policy=dg.BackfillPolicy.single_run(),
+        deps=[MARKET_BARS.name, NEWS_SENTIMENT.name],
+        pool="duckdb",
+        kinds={"duckdb", "parquet", "python"},
+        owners=OWNERS,
+        tags={"layer": "features", "domain": "features"},
+        group_name="features",
+        metadata={
+            "dagster/column_schema": column_schema(spec),
+            "dagster/table_name": spec.name,
+            "features": dg.MetadataValue.md("| feature | group | future-known | description |\n|---|---|---|---|\n" + feature_list),
+        },
+        check_specs=[
+            dg.AssetCheckSpec(name, asset=spec.name, description=desc, blocking=severity == ERROR)
+            for name, (severity, desc) in CHECKS.items()
+        ],
+        automation_condition=dg.AutomationCondition.eager(),
+    )
+    def features(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
+        from ibf_core.news import daily_news
+
+        require_upstream(context, dg.AssetKey(MARKET_BARS.name))
+        store = warehouse.get()
+        rects = context_rectangles(context, settings)
+        # Cross-asset features (universe index, cross-sectional ranks) need every stored symbol on the same dates.
+        universe = store.symbols(MARKET_BARS)
+        columns = feature_columns()
+        frames = []
+        for rect in rects:
+            first = _lookback_start(rect.start, lookback_sessions())
+            bars = store.read(MARKET_BARS, universe, first, rect.end)
+            news = daily_news(store, universe, first, rect.end) if settings.news_source != "none" else None
+            out = compute_features_for_range(bars, rect.start, rect.end, news=news, benchmark=settings.benchmark)
+            out = out[out["symbol"].isin(rect.symbols)]
+            store.replace_slice(spec, out, rect.symbols, rect.start, rect.end)
+            frames.append(out)
+        frame = pd.concat(frames, ignore_index=True)
+        symbols = sorted({s for r in rects for s in r.symbols})
+        news_daily = store.read(NEWS_SENTIMENT, symbols, min(r.start for r in rects), max(r.end for r in rects))
+        checks = [
+            check_result(quality.check_no_infinities(frame, columns), ERROR),
+            check_result(quality.check_nan_share_after_warmup(frame, columns, sparse), ERROR),
+            check_result(quality.check_schema(frame, ["symbol", "date", *columns, "warmup"]), ERROR),
+            check_result(quality.check_news_coverage(news_daily, symbols, settings.news_source), WARN),
+        ]
+        ready = frame[~frame["warmup"]]
+        nan_share = ready[columns].isna().mean().sort_values(ascending=False).head(10) if len(ready) else pd.Series(dtype=float)
+        return dg.MaterializeResult(
+            metadata={
+                "dagster/row_count": len(frame),
+                "feature_count": len(columns),
+                "warmup_rows": int(frame["warmup"].sum()),
+                "news": "included" if settings.news_source != "none" else "none (IBF_NEWS_SOURCE=none): news features are empty",
+                "benchmark": settings.benchmark if settings.benchmark in universe else "equal-weighted universe",
+                "highest_nan_share_after_warmup": dg.MetadataValue.md(
+                    markdown_table(nan_share.rename("nan_share").reset_index().rename(columns={"index": "feature"}))
+                ),
+                "correlation_heatmap": plot_if_small(context, lambda: _heatmap(ready, columns)),
+            },
+            check_results=checks,
+        )
+
+    return features
+
+
+def _heatmap(frame: pd.DataFrame, columns: list[str], top: int = 16) -> str:
+    """A small correlation heat map (inline PNG) of the most populated features."""
+    from ibf_core.report import heatmap_markdown
+
+    if len(frame) < 30:
+        return "_too few rows past the warm-up for a correlation map_"
+    chosen = frame[columns].notna().mean().sort_values(ascending=False).index[:top]
+    return heatmap_markdown(frame[list(chosen)].corr(), "feature correlation")

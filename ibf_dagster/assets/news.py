@@ -1,0 +1,72 @@
+"""``news_sentiment``: articles per symbol and trading day (Alpha Vantage, a headline file, or none), with checks."""
+
+import dagster as dg
+
+from ibf_core import quality
+from ibf_core.report import markdown_table
+from ibf_core.settings import Settings
+from ibf_core.storage.tables import NEWS_SENTIMENT
+from ibf_dagster.metadata import OWNERS, check_result, column_schema
+from ibf_dagster.partitions import context_rectangles, symbol_date_partitions
+from ibf_dagster.resources import WarehouseResource
+
+WARN = dg.AssetCheckSeverity.WARN
+
+
+def build_news_sentiment(settings: Settings) -> dg.AssetsDefinition:
+    @dg.asset(
+        name=NEWS_SENTIMENT.name,
+        description=(
+            "Daily news per symbol and NYSE session: article count, mean and relevance-weighted ticker sentiment, "
+            "bullish/bearish shares and news-volume z-score. Articles published after a session's close count for "
+            "the next session. Source: IBF_NEWS_SOURCE (alphavantage, file, none); raw articles are stored once per "
+            "URL in `news_articles`, their ticker mentions in `news_mentions`."
+        ),
+        partitions_def=symbol_date_partitions(settings),
+        backfill_policy=dg.BackfillPolicy.single_run(),
+        pool="duckdb",
+        kinds={"duckdb", "parquet", "python"},
+        owners=OWNERS,
+        tags={"layer": "raw", "domain": "news"},
+        group_name="news",
+        metadata={"dagster/column_schema": column_schema(NEWS_SENTIMENT), "dagster/table_name": NEWS_SENTIMENT.name},
+        check_specs=[dg.AssetCheckSpec("news_coverage", asset=NEWS_SENTIMENT.name,
+                                       description="Share of sessions with news per symbol (WARN)")],
+        automation_condition=dg.AutomationCondition.on_cron("0 18 * * 1-5", "America/New_York"),
+    )
+    def news_sentiment(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
+        from ibf_core.news import daily_news, load_news
+
+        store = warehouse.get()
+        rects = context_rectangles(context, settings)
+        notes, fetched = [], 0
+        for rect in rects:
+            loaded = load_news(settings, store, list(rect.symbols), rect.start, rect.end)
+            fetched += loaded.articles
+            notes.append(loaded.note)
+        written = 0
+        daily_frames = []
+        for rect in rects:
+            daily = daily_news(store, list(rect.symbols), rect.start, rect.end)
+            store.replace_slice(NEWS_SENTIMENT, daily, rect.symbols, rect.start, rect.end)
+            written += len(daily)
+            daily_frames.append(daily)
+        import pandas as pd
+
+        daily = pd.concat(daily_frames, ignore_index=True)
+        symbols = sorted({s for r in rects for s in r.symbols})
+        coverage = quality.check_news_coverage(daily, symbols, settings.news_source)
+        with_news = daily[daily["news_count"] > 0]
+        return dg.MaterializeResult(
+            metadata={
+                "dagster/row_count": written,
+                "news_source": settings.news_source,
+                "articles_fetched": fetched,
+                "sessions_with_news": int(len(with_news)),
+                "notes": "; ".join(n for n in notes if n) or "-",
+                "preview": dg.MetadataValue.md(markdown_table(with_news.tail(8).assign(date=lambda f: f["date"].dt.date))),
+            },
+            check_results=[check_result(coverage, WARN)],
+        )
+
+    return news_sentiment
