@@ -5,6 +5,8 @@ It serves daily bars from a canonical ``ibf_core.bars`` frame (or any ``BarSourc
 sockets, connectivity loss 1100/1102, slow replies, client id in use) and a log of every historical request,
 so tests and users can exercise ``IbkrSource`` without TWS. Field orders follow the ib_insync 0.9.86
 client/decoder (server version 176: no version field in contractData, a mandatory 6th field in errors).
+A frame with a ``spread`` column (relative quoted spread) also gets daily ``BID_ASK`` bars; symbols and days
+without a spread answer 162 "no data", as IB does for instruments without quote history.
 
 Usage::
 
@@ -84,7 +86,7 @@ MIN_BAR_FOR_DURATION = (
 )  # fmt: skip
 UNIT_SECONDS = {"S": 1, "D": DAY, "W": 7 * DAY, "M": int(30.4 * DAY), "Y": 365 * DAY}
 DURATION_RE = re.compile(r"^\s*(\d+)\s+([SDWMY])\s*$")
-SUPPORTED_WHAT = {"TRADES", "ADJUSTED_LAST"}
+SUPPORTED_WHAT = {"TRADES", "ADJUSTED_LAST", "BID_ASK"}
 QUOTE_WHAT = {"MIDPOINT", "BID", "ASK", "BID_ASK", "HISTORICAL_VOLATILITY", "OPTION_IMPLIED_VOLATILITY"}
 
 
@@ -418,6 +420,8 @@ def _normalise_frame(frame: pd.DataFrame) -> pd.DataFrame:
     out["date"] = pd.to_datetime(out["date"]).dt.normalize()
     if "adj_close" not in out.columns:
         out["adj_close"] = out["close"]
+    if "spread" in out.columns:
+        out["spread"] = pd.to_numeric(out["spread"], errors="coerce").astype("float64")
     return out
 
 
@@ -725,7 +729,7 @@ class _Session:
             raise _Reject(321, VALIDATION + "End date not supported with adjusted last")
         if keep_up_to_date:
             raise _Reject(321, VALIDATION + "the gateway simulator does not stream bars (keepUpToDate)")
-        if what in QUOTE_WHAT:
+        if what in QUOTE_WHAT and what not in SUPPORTED_WHAT:
             raise _Reject(162, MSG_NO_DATA.format(symbol=request.symbol, what=what.title()))
         if what not in SUPPORTED_WHAT:
             raise _Reject(321, VALIDATION + f"Invalid what to show '{request.what_to_show}'")
@@ -738,8 +742,13 @@ class _Session:
             raise _Reject(200, MSG_NO_SECDEF)
         start = window_start(end, count, unit)
         picked = bars[(bars["date"] >= pd.Timestamp(start)) & (bars["date"] <= pd.Timestamp(end))]
+        if what == "BID_ASK":
+            # Quote history exists only where the frame has a spread; IB says "no data" for the rest.
+            picked = picked[picked["spread"].notna()] if "spread" in picked.columns else picked.iloc[:0]
         if picked.empty:
             raise _Reject(162, MSG_NO_DATA.format(symbol=request.symbol, what=what.title()))
+        if what == "BID_ASK":
+            return bid_ask_rows(picked)
         return bar_rows(picked, adjusted=what == "ADJUSTED_LAST")
 
     HANDLERS: dict[str, Callable[[_Session, list[str]], None]] = {}
@@ -811,10 +820,31 @@ def bar_rows(frame: pd.DataFrame, adjusted: bool) -> list[tuple]:
     return out
 
 
+def bid_ask_rows(frame: pd.DataFrame) -> list[tuple]:
+    """IB BID_ASK daily bars around the close: open = time-average bid, high = max ask, low = min bid,
+    close = time-average ask, volume -1 (IB sends no size for quote bars).
+
+    With bid = close * (1 - s/2) and ask = close * (1 + s/2) the relative spread (ask - bid) / mid is s.
+    One quote level per day, so the day's max ask is the ask and its min bid the bid.
+    """
+    out = []
+    for row in frame.itertuples(index=False):
+        close, spread = float(row.close), float(row.spread)
+        bid, ask = close * (1 - spread / 2), close * (1 + spread / 2)
+        out.append((row.date.strftime("%Y%m%d"), bid, ask, bid, ask, -1.0))
+    return out
+
+
 def historical_data_message(req_id: int, rows: list[tuple]) -> list[Any]:
-    """historicalData (message 17): reqId, start, end, count, then 8 fields per bar."""
+    """historicalData (message 17): reqId, start, end, count, then 8 fields per bar.
+
+    A negative volume marks quote bars (BID_ASK): IB sends -1 for their volume, WAP and bar count.
+    """
     fields: list[Any] = [17, req_id, f"{rows[0][0]}  00:00:00", f"{rows[-1][0]}  23:59:59", len(rows)]
     for date, o, h, low, c, v in rows:
+        if v < 0:
+            fields += [date, repr(o), repr(h), repr(low), repr(c), -1, -1, -1]
+            continue
         wap = round((h + low + c) / 3, 4)
         fields += [date, repr(o), repr(h), repr(low), repr(c), _num(v), repr(wap), max(1, int(v // 100))]
     return fields

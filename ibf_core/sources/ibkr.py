@@ -2,8 +2,10 @@
 
 One ``fetch_daily_bars`` call connects once (trying the configured ports in order), qualifies each symbol,
 downloads the trading days missing from the per-symbol Parquet cache in <= 1-year TRADES chunks and asks
-once per symbol for ADJUSTED_LAST to get adj_close. IB's historical-data pacing rules are respected by a
-request pacer; pacing violations and dropped connections are retried with exponential backoff (tenacity).
+once per symbol for ADJUSTED_LAST to get adj_close. With ``bid_ask=True`` it also downloads daily BID_ASK bars
+(open = time-average bid, close = time-average ask) in the same chunks and adds ``spread`` = (ask - bid) / mid,
+NaN where IB has no quotes. IB's historical-data pacing rules are respected by a request pacer; pacing
+violations and dropped connections are retried with exponential backoff (tenacity).
 
 The client runs on a private event loop in a helper thread, so callers need no asyncio loop of their own
 (Dagster runs ops in plain threads) and a running loop in the caller's thread is never disturbed.
@@ -58,6 +60,9 @@ MAX_DAYS_PER_D_DURATION = 365  # IB: longer durations must be given in years
 CHUNK_OVERLAP_DAYS = 7
 CACHE_SUBDIR = "ibkr"
 COVERED_KEY = b"ibf.ibkr.covered"  # Parquet schema metadata: date ranges already downloaded
+QUOTES_COVERED_KEY = b"ibf.ibkr.covered.bid_ask"  # ... and the ranges whose BID_ASK bars were asked for
+BID_ASK = "BID_ASK"
+SPREAD = "spread"
 NO_DATA_MARKERS = ("no data", "returned no data")
 PACING_MARKERS = ("pacing violation", "query cancelled")
 CONNECTIVITY_LOST, CONNECTIVITY_RESTORED = 1100, (1101, 1102)
@@ -196,25 +201,38 @@ class BarCache:
     def path(self, symbol: str) -> Path | None:
         return self.root / f"{symbol}.parquet" if self.root is not None else None
 
-    def load(self, symbol: str) -> tuple[pd.DataFrame, list[tuple[dt.date, dt.date]]]:
+    def load(
+        self, symbol: str
+    ) -> tuple[pd.DataFrame, list[tuple[dt.date, dt.date]], list[tuple[dt.date, dt.date]]]:
+        """Cached bars (with ``spread`` when BID_ASK bars were ever fetched), the ranges whose TRADES bars and
+        the ranges whose BID_ASK bars were downloaded."""
         from ibf_core.bars import BAR_COLUMNS, BAR_DTYPES, empty_bars
 
         path = self.path(symbol)
         if path is None or not path.is_file():
-            return empty_bars(), []
+            return empty_bars(), [], []
         import pyarrow.parquet as pq
 
         try:
             table = pq.read_table(path)
-            meta = (table.schema.metadata or {}).get(COVERED_KEY, b"[]")
-            covered = [(dt.date.fromisoformat(a), dt.date.fromisoformat(b)) for a, b in json.loads(meta)]
-            frame = table.to_pandas()[BAR_COLUMNS].astype(BAR_DTYPES)
+            metadata = table.schema.metadata or {}
+            covered = _ranges(metadata.get(COVERED_KEY, b"[]"))
+            quote_covered = _ranges(metadata.get(QUOTES_COVERED_KEY, b"[]"))
+            frame = table.to_pandas()
+            columns = BAR_COLUMNS + ([SPREAD] if SPREAD in frame.columns else [])
+            frame = frame[columns].astype({**BAR_DTYPES, SPREAD: "float64"} if SPREAD in columns else BAR_DTYPES)
         except Exception as exc:  # a damaged cache file is re-downloaded, never fatal
             log.warning("ignoring unreadable IB cache %s: %s", path, exc)
-            return empty_bars(), []
-        return frame, covered
+            return empty_bars(), [], []
+        return frame, covered, quote_covered
 
-    def save(self, symbol: str, frame: pd.DataFrame, covered: Sequence[tuple[dt.date, dt.date]]) -> None:
+    def save(
+        self,
+        symbol: str,
+        frame: pd.DataFrame,
+        covered: Sequence[tuple[dt.date, dt.date]],
+        quote_covered: Sequence[tuple[dt.date, dt.date]] = (),
+    ) -> None:
         """Write atomically (temp file + os.replace) so readers never see half a file."""
         path = self.path(symbol)
         if path is None:
@@ -226,6 +244,8 @@ class BarCache:
         table = pa.Table.from_pandas(frame.reset_index(drop=True), preserve_index=False)
         meta = dict(table.schema.metadata or {})
         meta[COVERED_KEY] = json.dumps([[a.isoformat(), b.isoformat()] for a, b in covered]).encode()
+        if quote_covered:
+            meta[QUOTES_COVERED_KEY] = json.dumps([[a.isoformat(), b.isoformat()] for a, b in quote_covered]).encode()
         table = table.replace_schema_metadata(meta)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{symbol}.", suffix=".tmp")
         os.close(fd)
@@ -235,6 +255,10 @@ class BarCache:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+
+
+def _ranges(raw: bytes) -> list[tuple[dt.date, dt.date]]:
+    return [(dt.date.fromisoformat(a), dt.date.fromisoformat(b)) for a, b in json.loads(raw)]
 
 
 # ---- transient failures (retried), internal --------------------------------------------------------------
@@ -503,10 +527,21 @@ class _Plan:
     cached: pd.DataFrame
     covered: list[tuple[dt.date, dt.date]]
     spans: list[tuple[dt.date, dt.date]]  # runs of missing sessions to download, oldest first
+    quote_covered: list[tuple[dt.date, dt.date]] = dataclasses.field(default_factory=list)
+    quote_spans: list[tuple[dt.date, dt.date]] = dataclasses.field(default_factory=list)  # BID_ASK still missing
+
+
+@dataclasses.dataclass
+class _Downloaded:
+    trades: pd.DataFrame | None  # None: TRADES were all cached
+    adjusted: pd.Series | None  # ADJUSTED_LAST closes by date
+    spreads: pd.Series | None = None  # relative spreads by date (NaN: no quotes that day)
+    quoted: list[tuple[dt.date, dt.date]] = dataclasses.field(default_factory=list)  # BID_ASK ranges now asked
 
 
 class IbkrSource:
-    """Daily bars from TWS / IB Gateway (``BarSource``): TRADES for OHLCV, ADJUSTED_LAST for adj_close."""
+    """Daily bars from TWS / IB Gateway (``BarSource``): TRADES for OHLCV, ADJUSTED_LAST for adj_close and,
+    with ``bid_ask=True``, BID_ASK for the relative quoted ``spread``."""
 
     name = "ibkr"
 
@@ -527,8 +562,13 @@ class IbkrSource:
         connect_timeout: float | None = None,
         now: Callable[[], dt.datetime] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        bid_ask: bool = False,
     ):
-        """``backoff``: first retry wait in seconds (doubling up to ``max_backoff``). ``now``: tz-aware clock."""
+        """``backoff``: first retry wait in seconds (doubling up to ``max_backoff``). ``now``: tz-aware clock.
+
+        ``bid_ask``: also request daily BID_ASK bars and return a ``spread`` column ((ask - bid) / mid, NaN
+        where IB has no quote history); off, no BID_ASK requests are made and there is no ``spread`` column.
+        """
         if not ports:
             raise ValueError("at least one IB port is needed")
         self.host, self.ports, self.client_id = host, [int(p) for p in ports], int(client_id)
@@ -540,6 +580,7 @@ class IbkrSource:
             request_interval, max_requests_per_10min, PACING_WINDOW_S, identical_request_gap, clock
         )
         self._now = now or (lambda: dt.datetime.now(dt.timezone.utc))
+        self.bid_ask = bool(bid_ask)
         self._lock = threading.Lock()  # one API session per source at a time: the client id is shared
 
     @classmethod
@@ -553,12 +594,14 @@ class IbkrSource:
             max_requests_per_10min=settings.ib_max_requests_per_10min,
             retries=settings.ib_retries,
             cache_dir=settings.cache_dir,
+            bid_ask=bool(getattr(settings, "ib_bid_ask", False)),
         )
         params.update(overrides)
         return cls(**params)
 
     def __repr__(self) -> str:
-        return f"IbkrSource(host={self.host!r}, ports={self.ports}, client_id={self.client_id})"
+        extra = ", bid_ask=True" if self.bid_ask else ""
+        return f"IbkrSource(host={self.host!r}, ports={self.ports}, client_id={self.client_id}{extra})"
 
     # public API
     def fetch_daily_bars(self, symbols: Sequence[str], start: dt.date, end: dt.date) -> pd.DataFrame:
@@ -584,7 +627,7 @@ class IbkrSource:
         try:
             for done, plan in enumerate(plans, start=1):
                 downloaded = None
-                if plan.spans:
+                if plan.spans or plan.quote_spans:
                     if gateway is None:
                         gateway = _Gateway(self)
                         await gateway.connect()
@@ -596,7 +639,7 @@ class IbkrSource:
                 gateway.close()
         frames = [f for f in frames if len(f)]
         if not frames:
-            return empty_bars()
+            return self._shape(empty_bars())
         out = pd.concat(frames, ignore_index=True)
         return out.sort_values(["symbol", "date"], kind="stable").reset_index(drop=True)
 
@@ -620,17 +663,36 @@ class IbkrSource:
 
         from ibf_core.calendar import trading_days
 
-        cached, covered = self.cache.load(symbol)
+        cached, covered, quote_covered = self.cache.load(symbol)
         last = min(end, self._today())
         wanted = trading_days(start, last) if start <= last else pd.DatetimeIndex([])
-        missing = wanted[[not any(lo <= d.date() <= hi for lo, hi in covered) for d in wanted]]
-        return _Plan(symbol, cached, covered, session_runs(missing))
 
-    async def _download(self, gateway: _Gateway, plan: _Plan) -> tuple[pd.DataFrame, pd.Series | None]:
-        """TRADES bars for the plan's spans plus the ADJUSTED_LAST closes that cover them."""
+        def missing_runs(ranges: list[tuple[dt.date, dt.date]]) -> list[tuple[dt.date, dt.date]]:
+            return session_runs(wanted[[not any(lo <= d.date() <= hi for lo, hi in ranges) for d in wanted]])
+
+        quote_spans = missing_runs(quote_covered) if self.bid_ask else []
+        return _Plan(symbol, cached, covered, missing_runs(covered), quote_covered, quote_spans)
+
+    async def _download(self, gateway: _Gateway, plan: _Plan) -> _Downloaded:
+        """TRADES bars for the plan's spans plus the ADJUSTED_LAST closes that cover them, and the BID_ASK
+        spreads for its quote spans."""
         symbol = plan.symbol
-        first, last = plan.spans[0][0], plan.spans[-1][1]
+        spans = sorted(plan.spans + plan.quote_spans)
+        first, last = spans[0][0], max(hi for _, hi in spans)
         contract = await self._with_retries(gateway, lambda: gateway.qualify(symbol), symbol, first, last)
+        downloaded = _Downloaded(None, None)
+        if plan.spans:
+            downloaded.trades, downloaded.adjusted = await self._download_adjusted_trades(gateway, contract, plan)
+        if plan.quote_spans:
+            downloaded.spreads, downloaded.quoted = await self._download_spreads(
+                gateway, contract, plan, downloaded.trades
+            )
+        return downloaded
+
+    async def _download_adjusted_trades(
+        self, gateway: _Gateway, contract: Any, plan: _Plan
+    ) -> tuple[pd.DataFrame, pd.Series | None]:
+        symbol, last = plan.symbol, plan.spans[-1][1]
         trades = await self._download_trades(gateway, contract, plan)
         if trades.empty:
             return trades, None
@@ -646,6 +708,57 @@ class IbkrSource:
         if adjusted is None:
             log.warning("IB sent no ADJUSTED_LAST bars for %s; adj_close falls back to close", symbol)
         return trades, adjusted
+
+    async def _download_spreads(
+        self, gateway: _Gateway, contract: Any, plan: _Plan, trades: pd.DataFrame | None
+    ) -> tuple[pd.Series | None, list[tuple[dt.date, dt.date]]]:
+        """BID_ASK bars for the quote spans, only between the first and last traded day in each span, in the
+        same <= 1-year chunks as TRADES. Returns the spreads by date and the spans now asked for.
+
+        IB's "no data" (an instrument or period without quote history) gives no spread: NaN, not 0. Any other
+        failure that retrying does not cure leaves the spreads unknown and the spans not covered, so the next
+        run asks again; the TRADES bars are kept either way.
+        """
+        import pandas as pd
+
+        symbol = plan.symbol
+        days = plan.cached["date"]
+        if trades is not None and len(trades):
+            days = pd.concat([days, trades["date"]], ignore_index=True)
+        spans = []
+        for lo, hi in plan.quote_spans:
+            inside = days[(days >= pd.Timestamp(lo)) & (days <= pd.Timestamp(hi))]
+            if len(inside):
+                spans.append((inside.min().date(), inside.max().date()))
+        pieces: list[pd.Series] = []
+        try:
+            for span_first, span_last in reversed(spans):
+                seen_data = False
+                for chunk in plan_chunks(span_first, span_last):
+                    bars = await self._request(
+                        gateway, contract, chunk.end_date_time, chunk.duration, BID_ASK,
+                        symbol, chunk.first, chunk.end,
+                    )  # fmt: skip
+                    if bars:
+                        seen_data = True
+                        spread = _spread_series(symbol, bars)
+                        inside = (spread.index >= pd.Timestamp(span_first)) & (spread.index <= pd.Timestamp(span_last))
+                        pieces.append(spread[inside])
+                    elif seen_data and chunk.duration.endswith("Y"):
+                        log.info("%s: no BID_ASK bars up to %s; skipping older quote history", symbol, chunk.end)
+                        break
+        except HistoricalDataError as exc:
+            if isinstance(exc, (PacingViolationError, ConnectivityLostError)):
+                raise
+            log.warning("%s: BID_ASK bars unavailable (%s); spreads stay unknown, asked again next run", symbol, exc)
+            return None, []
+        if not pieces:
+            first, last = plan.quote_spans[0][0], plan.quote_spans[-1][1]
+            log.info("%s: IB has no BID_ASK quote history for %s..%s", symbol, first, last)
+            return pd.Series(dtype="float64"), list(plan.quote_spans)
+        spreads = pd.concat(pieces)
+        spreads = spreads[~spreads.index.duplicated(keep="first")].sort_index()  # the newest request's copy wins
+        return spreads, list(plan.quote_spans)
 
     async def _download_trades(self, gateway: _Gateway, contract: Any, plan: _Plan) -> pd.DataFrame:
         import pandas as pd
@@ -722,31 +835,50 @@ class IbkrSource:
                 raise UnknownSymbolError(symbol, f"IB error {exc.code}: {exc.message}") from None
             raise HistoricalDataError(symbol, first, last, exc.message, exc.code) from None
 
-    def _finish(
-        self, plan: _Plan, downloaded: tuple[pd.DataFrame, pd.Series | None] | None, start: dt.date, end: dt.date
-    ) -> pd.DataFrame:
+    def _finish(self, plan: _Plan, downloaded: _Downloaded | None, start: dt.date, end: dt.date) -> pd.DataFrame:
         """Merge new bars into the cache, validate, split-adjust, persist complete sessions, cut to [start, end]."""
+        import numpy as np
         import pandas as pd
 
         from ibf_core.bars import empty_bars, split_adjust, validate_bars
 
         symbol, cached = plan.symbol, plan.cached
         if downloaded is not None:
-            trades, adjusted = downloaded
-            raw = _merge(symbol, cached, trades, adjusted)
+            if downloaded.trades is not None:
+                raw = _merge(symbol, cached, downloaded.trades, downloaded.adjusted)
+            else:
+                raw = cached.copy()
+            if self.bid_ask and SPREAD not in raw.columns:
+                raw[SPREAD] = np.nan
+            if downloaded.spreads is not None and len(downloaded.spreads):
+                known = raw["date"].isin(downloaded.spreads.index)
+                raw.loc[known, SPREAD] = raw.loc[known, "date"].map(downloaded.spreads).to_numpy(dtype="float64")
             bars = split_adjust(validate_bars(raw, origin=f"ibkr {symbol}")) if len(raw) else empty_bars()
             complete = self._latest_complete()
-            covered = merge_ranges(
-                plan.covered + [(lo, min(hi, complete)) for lo, hi in plan.spans if lo <= complete]
-            )
+
+            def now_covered(old: list[tuple[dt.date, dt.date]], new: list[tuple[dt.date, dt.date]]) -> list:
+                return merge_ranges(old + [(lo, min(hi, complete)) for lo, hi in new if lo <= complete])
+
+            covered = now_covered(plan.covered, plan.spans)
+            quote_covered = now_covered(plan.quote_covered, downloaded.quoted)
             if self.cache.root is not None:
-                self.cache.save(symbol, bars[bars["date"] <= pd.Timestamp(complete)], covered)
+                self.cache.save(symbol, bars[bars["date"] <= pd.Timestamp(complete)], covered, quote_covered)
         else:
             bars = cached
-        if bars.empty:
-            return bars
-        inside = (bars["date"] >= pd.Timestamp(start)) & (bars["date"] <= pd.Timestamp(end))
-        return bars[inside].reset_index(drop=True)
+        if len(bars):
+            inside = (bars["date"] >= pd.Timestamp(start)) & (bars["date"] <= pd.Timestamp(end))
+            bars = bars[inside].reset_index(drop=True)
+        return self._shape(bars)
+
+    def _shape(self, bars: pd.DataFrame) -> pd.DataFrame:
+        """With bid_ask: always a float ``spread`` column (NaN = unknown). Without: never one."""
+        import numpy as np
+
+        if not self.bid_ask:
+            return bars.drop(columns=[SPREAD]) if SPREAD in bars.columns else bars
+        if SPREAD not in bars.columns:
+            bars = bars.assign(**{SPREAD: np.full(len(bars), np.nan)})
+        return bars.astype({SPREAD: "float64"})
 
 
 # ---- frame helpers ---------------------------------------------------------------------------------------
@@ -763,6 +895,26 @@ def _bars_frame(bars: Sequence[Any]) -> pd.DataFrame:
             "volume": [b.volume for b in bars],
         }
     )
+
+
+def _spread_series(symbol: str, bars: Sequence[Any]) -> pd.Series:
+    """Relative quoted spread per day from IB BID_ASK bars (open = average bid, close = average ask).
+
+    A day without a usable quote (non-positive or non-finite prices, or an average ask below the average bid)
+    gets NaN, never 0.
+    """
+    import numpy as np
+
+    frame = _bars_frame(bars)
+    bid, ask = frame["open"].to_numpy(dtype="float64"), frame["close"].to_numpy(dtype="float64")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        spread = (ask - bid) / ((ask + bid) / 2)
+    usable = np.isfinite(spread) & (bid > 0) & (ask > 0) & (spread >= 0)
+    if not usable.all():
+        log.warning("%s: %d BID_ASK bar(s) without a usable quote; their spread is NaN", symbol, int((~usable).sum()))
+    import pandas as pd
+
+    return pd.Series(np.where(usable, spread, np.nan), index=pd.DatetimeIndex(frame["date"]), name=SPREAD)
 
 
 def _concat_bars(frames: list[pd.DataFrame]) -> pd.DataFrame:
@@ -789,6 +941,8 @@ def _merge(symbol: str, cached: pd.DataFrame, trades: pd.DataFrame, adjusted: pd
     new = trades.copy()
     new["symbol"] = symbol
     old = cached.copy()
+    if SPREAD in old.columns:  # a re-downloaded day keeps the spread already known for it
+        new[SPREAD] = new["date"].map(old.set_index("date")[SPREAD]).astype("float64")
     if adjusted is not None:
         ratio = new["date"].map(adjusted) / new["close"]
         new["adj_close"] = new["close"] * ratio.ffill().bfill().fillna(1.0)
@@ -802,4 +956,5 @@ def _merge(symbol: str, cached: pd.DataFrame, trades: pd.DataFrame, adjusted: pd
         new["adj_close"] = new["close"]
     old = old[~old["date"].isin(new["date"])]
     columns = ["symbol", "date", "open", "high", "low", "close", "adj_close", "volume"]
+    columns += [SPREAD] if SPREAD in old.columns else []
     return pd.concat([old, new], ignore_index=True)[columns]
