@@ -1,0 +1,299 @@
+"""Feature library: bars (many symbols, long format) -> the model-ready feature matrix (pure pandas/numpy/TA-Lib).
+
+This module holds what every feature module shares:
+
+* :class:`Feature`, one registry entry;
+* :class:`Panel`, the bars sorted by symbol then date as contiguous numpy arrays, with the index maps that let
+  each module work vectorized over the whole frame (lags that never cross a symbol boundary, and a
+  ``(dates, symbols)`` grid for per-date cross-sections);
+* :class:`TalibCall` / :func:`run_talib`: TA-Lib is 1-D, so every trailing-window computation is one TA-Lib
+  call per symbol on a contiguous slice, written straight into the caller's output row. A window therefore
+  never crosses into another symbol and a symbol's values never depend on another symbol's bars.
+
+The public API (``compute_features``, ``FEATURES``, ...) lives in :mod:`ibf_core.features.pipeline` and is
+re-exported here lazily (the feature modules import this package first).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+Group = Literal["technical", "returns", "microstructure", "cross_asset", "calendar", "news"]
+# A recursive indicator (EMA, Wilder smoothing) never forgets its seed; after seed_settle() sessions the seed's
+# weight is below SEED_TOLERANCE, so computing on a look-back window equals computing on the full history.
+SEED_TOLERANCE = 1e-9
+TRADING_DAYS_PER_YEAR = 252
+_NS_PER_DAY = 86_400_000_000_000
+
+
+@dataclass(frozen=True)
+class Feature:
+    """One registered feature column."""
+
+    name: str
+    description: str
+    group: Group
+    min_history: int  # bars of the symbol (current one included) before the value is defined
+    future_known: bool = False  # known in advance for future dates (calendar): usable as a future covariate
+    lookback: int = 0  # bars that fully determine the value (> min_history for recursive indicators); 0 = min_history
+    ffill: bool = True  # interior gaps are forward-filled (news is joined as-is)
+
+    @property
+    def history_needed(self) -> int:
+        return max(self.lookback, self.min_history)
+
+
+def seed_settle(alpha: float, stages: int = 1, tolerance: float = SEED_TOLERANCE) -> int:
+    """Sessions until ``stages`` stacked exponential smoothers with weight ``alpha`` have forgotten their seeds.
+
+    One smoother's seed weighs (1-alpha)^t after t sessions; k stacked ones (ADX smooths a Wilder-smoothed DX)
+    weigh about C(t+k-1, k-1) (1-alpha)^t.
+    """
+    t = math.ceil(math.log(tolerance) / math.log(1.0 - alpha))
+    while math.comb(t + stages - 1, stages - 1) * (1.0 - alpha) ** t > tolerance:
+        t += 1
+    return t
+
+
+# finish(result, the symbol's input slices, destination slice): writes a transformed single output.
+Finish = Callable[[np.ndarray, Mapping[str, np.ndarray], np.ndarray], Any]
+
+
+@dataclass(frozen=True)
+class TalibCall:
+    """One TA-Lib function applied per symbol: input arrays by name, one destination row name per output.
+
+    ``finish`` (single-output calls) replaces the plain copy into the destination with a transform done
+    while the symbol's slice is still in cache (e.g. close / SMA - 1), saving full passes over the frame.
+    """
+
+    function: Callable[..., Any]
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]  # a feature name or a scratch name "_..."
+    params: Mapping[str, Any] = field(default_factory=dict)
+    finish: Finish | None = None
+
+
+def run_talib(calls: list[TalibCall], inputs: Mapping[str, np.ndarray], starts: np.ndarray, counts: np.ndarray,
+              dest: Mapping[str, np.ndarray]) -> None:
+    """Call every TA-Lib function per symbol; write its output(s) into ``dest[name][rows of the symbol]``."""
+    plan = [(call.function, call.inputs, [dest[o] for o in call.outputs], call.params, call.finish) for call in calls]
+    for start, count in zip(starts.tolist(), counts.tolist()):
+        stop = start + count
+        sliced = {key: values[start:stop] for key, values in inputs.items()}
+        for function, names, rows, params, finish in plan:
+            result = function(*(sliced[k] for k in names), **params)
+            if finish is not None:
+                finish(result, sliced, rows[0][start:stop])
+            elif len(rows) == 1:
+                rows[0][start:stop] = result
+            else:
+                for row, values in zip(rows, result):
+                    row[start:stop] = values
+
+
+def scratch_names(calls: list[TalibCall]) -> list[str]:
+    """Outputs that are intermediate (``_name``) rather than feature rows."""
+    return [name for call in calls for name in call.outputs if name.startswith("_")]
+
+
+def nan_aware(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(x with non-finite values as 0, 1.0 where x is finite): TA-Lib's running sums must never see a NaN
+    (it would poison every later window), so NaN-aware window means are SUM(x0) / SUM(valid)."""
+    valid = np.isfinite(x)
+    return np.where(valid, x, 0.0), valid.astype(np.float64)
+
+
+@dataclass(eq=False)
+class Panel:
+    """Bars sorted by (symbol, date) as contiguous float64 arrays plus the per-symbol and per-date index maps."""
+
+    symbols: np.ndarray  # (S,) symbol names in order
+    starts: np.ndarray  # (S,) first row of each symbol
+    counts: np.ndarray  # (S,) bars per symbol
+    sym: np.ndarray  # (N,) symbol index of each row
+    pos: np.ndarray  # (N,) position of the row within its symbol (0 = first bar)
+    dates: np.ndarray  # (N,) datetime64[ns]
+    days: pd.DatetimeIndex  # (D,) distinct dates, sorted
+    day: np.ndarray  # (N,) index of each row's date in ``days``
+    open: np.ndarray
+    high: np.ndarray
+    low: np.ndarray
+    close: np.ndarray
+    adj_close: np.ndarray
+    volume: np.ndarray
+    spread: np.ndarray | None  # relative quoted spread, None when the bars have no such column
+
+    def __post_init__(self) -> None:
+        self._cache: dict[str, Any] = {}
+
+    @classmethod
+    def from_bars(cls, bars: pd.DataFrame) -> tuple[Panel, np.ndarray | None]:
+        """Build the panel; also return the row order applied to ``bars`` (None when already sorted)."""
+        symbol_values = bars["symbol"].to_numpy(dtype=object)
+        dates = _as_datetime64(bars["date"])
+        order = _sort_order(symbol_values, dates)
+        if order is not None:
+            symbol_values, dates = symbol_values[order], dates[order]
+        n = len(symbol_values)
+        change = np.flatnonzero(symbol_values[1:] != symbol_values[:-1]) + 1
+        starts = np.concatenate([[0], change]).astype(np.int64) if n else np.array([], dtype=np.int64)
+        counts = np.diff(np.append(starts, n)).astype(np.int64)
+        sym = np.repeat(np.arange(len(starts)), counts)
+        pos = np.arange(n, dtype=np.int64) - np.repeat(starts, counts)
+        if n and np.any((np.diff(dates.view(np.int64)) <= 0) & (pos[1:] > 0)):
+            raise ValueError("bars have duplicate (symbol, date) rows")
+        days, day = _date_index(dates)
+
+        def column(name: str) -> np.ndarray:
+            values = bars[name].to_numpy(dtype=np.float64)
+            return np.ascontiguousarray(values[order] if order is not None else values)
+
+        panel = cls(
+            symbols=symbol_values[starts], starts=starts, counts=counts, sym=sym, pos=pos, dates=dates,
+            days=days, day=day, open=column("open"), high=column("high"), low=column("low"),
+            close=column("close"), adj_close=column("adj_close") if "adj_close" in bars.columns else column("close"),
+            volume=column("volume"), spread=column("spread") if "spread" in bars.columns else None,
+        )
+        return panel, order
+
+    @property
+    def n(self) -> int:
+        return len(self.sym)
+
+    @property
+    def n_symbols(self) -> int:
+        return len(self.starts)
+
+    def cache_get(self, key: str, make: Callable[[], Any]) -> Any:
+        """A derived array computed once per panel (log prices, daily returns, ...)."""
+        if key not in self._cache:
+            self._cache[key] = make()
+        return self._cache[key]
+
+    def scratch(self, k: int) -> np.ndarray:
+        """A reusable ``(k, n)`` float64 work area (contents undefined); one module at a time.
+
+        Fresh memory is expensive to touch; reusing one block for every module's intermediates keeps the
+        pipeline's footprint near the output matrix itself.
+        """
+        block = self._cache.get("scratch")
+        if block is None or len(block) < k:
+            block = np.empty((k, self.n))
+            self._cache["scratch"] = block
+        return block[:k]
+
+    # ----- per-symbol helpers (never cross a symbol boundary) ----------------------------------------
+    def head_rows(self, k: int) -> np.ndarray:
+        """Rows that are among the first k bars of their symbol (tiny: at most k per symbol)."""
+        def make() -> np.ndarray:
+            offsets = np.arange(k)
+            rows = (self.starts[:, None] + offsets[None, :])[offsets[None, :] < self.counts[:, None]]
+            return rows.astype(np.int64)
+
+        return self.cache_get(f"head_rows_{k}", make)
+
+    def lag(self, x: np.ndarray, k: int, out: np.ndarray | None = None) -> np.ndarray:
+        """x from k bars earlier within each symbol (NaN for a symbol's first k bars)."""
+        out = np.empty(self.n) if out is None else out
+        out[k:] = x[: self.n - k]
+        out[:k] = np.nan
+        out[self.head_rows(k)] = np.nan
+        return out
+
+    def diff(self, x: np.ndarray, k: int, out: np.ndarray | None = None) -> np.ndarray:
+        """x - x from k bars earlier within each symbol (NaN for a symbol's first k bars)."""
+        out = np.empty(self.n) if out is None else out
+        np.subtract(x[k:], x[: self.n - k], out=out[k:])
+        out[:k] = np.nan
+        out[self.head_rows(k)] = np.nan
+        return out
+
+    def rows_after(self, mask: np.ndarray, k: int) -> np.ndarray:
+        """Rows k bars after the rows where ``mask`` holds, within the same symbol."""
+        hits = np.flatnonzero(mask)
+        hits = hits[self.pos[hits] + k < self.counts[self.sym[hits]]]
+        return hits + k
+
+    # ----- cross-sectional helpers -------------------------------------------------------------------
+    @property
+    def _cells(self) -> np.ndarray:
+        """Row -> index in the flattened ``(dates, symbols)`` grid."""
+        return self.cache_get("cells", lambda: self.day * self.n_symbols + self.sym)
+
+    def wide(self, x: np.ndarray) -> np.ndarray:
+        """``(dates, symbols)`` grid (NaN where a symbol has no bar that day)."""
+        out = np.full(len(self.days) * self.n_symbols, np.nan)
+        out[self._cells] = x
+        return out.reshape(len(self.days), self.n_symbols)
+
+    def long(self, grid: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Back from ``(dates, symbols)`` to one value per row."""
+        return np.take(grid.reshape(-1), self._cells, out=out)
+
+    def row_of(self, symbols: np.ndarray, dates: np.ndarray) -> np.ndarray:
+        """Row index of each (symbol, date) pair, -1 where the panel has no such bar."""
+        s = pd.Index(self.symbols).get_indexer(symbols)
+        d = self.days.get_indexer(pd.DatetimeIndex(dates))
+        lookup = np.full(len(self.days) * self.n_symbols, -1, dtype=np.int64)
+        lookup[self._cells] = np.arange(self.n)
+        rows = np.full(len(s), -1, dtype=np.int64)
+        ok = (s >= 0) & (d >= 0)
+        rows[ok] = lookup[d[ok] * self.n_symbols + s[ok]]
+        return rows
+
+
+def _as_datetime64(dates: pd.Series) -> np.ndarray:
+    values = dates if pd.api.types.is_datetime64_any_dtype(dates) else pd.to_datetime(dates)
+    if getattr(values.dt, "tz", None) is not None:
+        values = values.dt.tz_localize(None)
+    return values.to_numpy(dtype="datetime64[ns]")
+
+
+def _sort_order(symbols: np.ndarray, dates: np.ndarray) -> np.ndarray | None:
+    """The (symbol, date) sort order, or None when already sorted (the warehouse reads sorted bars)."""
+    n = len(symbols)
+    if n < 2:
+        return None
+    change = np.flatnonzero(symbols[1:] != symbols[:-1]) + 1
+    heads = symbols[np.concatenate([[0], change])].tolist()
+    same_symbol = np.ones(n - 1, dtype=bool)
+    same_symbol[change - 1] = False
+    dates_ascending = not np.any(same_symbol & (np.diff(dates.view(np.int64)) < 0))
+    if dates_ascending and all(a < b for a, b in zip(heads, heads[1:])):
+        return None
+    codes, _ = pd.factorize(symbols, sort=True)
+    return np.lexsort((dates.view(np.int64), codes))
+
+
+def _date_index(dates: np.ndarray) -> tuple[pd.DatetimeIndex, np.ndarray]:
+    """Distinct dates and each row's index into them, in O(n) through a day-offset table."""
+    if not len(dates):
+        return pd.DatetimeIndex([]), np.array([], dtype=np.int64)
+    ns = dates.view(np.int64)
+    first = ns.min()
+    offset = (ns - first) // _NS_PER_DAY
+    if np.any(ns != first + offset * _NS_PER_DAY):  # intraday timestamps: fall back to a sort
+        days, day = np.unique(dates, return_inverse=True)
+        return pd.DatetimeIndex(days), day.astype(np.int64)
+    present = np.zeros(int(offset.max()) + 1, dtype=bool)
+    present[offset] = True
+    table = np.cumsum(present) - 1
+    days = pd.DatetimeIndex((first + np.flatnonzero(present) * _NS_PER_DAY).astype("datetime64[ns]"))
+    return days, table[offset]
+
+
+def __getattr__(name: str) -> Any:
+    """Lazy re-export of the pipeline API (``from ibf_core.features import compute_features``)."""
+    import importlib
+
+    pipeline = importlib.import_module("ibf_core.features.pipeline")
+    if name in pipeline.__all__:
+        return getattr(pipeline, name)
+    raise AttributeError(f"module 'ibf_core.features' has no attribute {name!r}")

@@ -1,0 +1,563 @@
+"""A loopback Alpha Vantage server for ``NEWS_SENTIMENT``, with switchable faults.
+
+Real HTTP on 127.0.0.1 (stdlib ``http.server`` in a thread): ``GET /query?function=NEWS_SENTIMENT&tickers=...&
+time_from=...&time_to=...&sort=...&limit=...&apikey=...`` answers from a list of articles in Alpha Vantage's own
+JSON shape (scores as strings where AV sends strings), honouring tickers (several mean AND), the time window (minute
+precision, both ends inclusive, times in US/Eastern like AV's), sort (EARLIEST, LATEST, RELEVANCE) and limit
+(default 50, at most 1000). Errors come back with HTTP 200 like the real service.
+
+Usage::
+
+    with AlphaVantageSimulator(articles) as sim:      # or AlphaVantageSimulator() for a synthetic feed
+        client = AlphaVantageClient(sim.url, "any-key")
+        sim.set_faults(rate_limit_after=3)             # from any thread
+        sim.request_log                                # parsed requests, apikey redacted
+
+Users run it with ``serve(...)`` (blocking) and point ``IBF_ALPHAVANTAGE_URL`` at it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+log = logging.getLogger(__name__)
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8765
+
+MSG_RATE_LIMIT = (
+    "Thank you for using Alpha Vantage! Our standard API rate limit is 25 requests per day. Please subscribe to any "
+    "of the premium plans at https://www.alphavantage.co/premium/ to instantly remove all daily rate limits."
+)
+MSG_BURST = (
+    "Thank you for using Alpha Vantage! Please consider spreading out your free API requests more sparingly "
+    "(1 request per second). You may subscribe to any of the premium plans at https://www.alphavantage.co/premium/ "
+    "to lift the free key rate limit (25 requests per day), raise the per-minute limit, "
+    "and unlock all premium endpoints"
+)
+MSG_PREMIUM = (
+    "Thank you for using Alpha Vantage! This is a premium endpoint. You may subscribe to any of the premium plans "
+    "at https://www.alphavantage.co/premium/ to instantly unlock all premium endpoints"
+)
+MSG_DEMO = (
+    "The **demo** API key is for demo purposes only. Please claim your free API key at "
+    "(https://www.alphavantage.co/support/#api-key) to explore our full API offerings. It takes fewer than 20 seconds."
+)
+MSG_INVALID = (
+    "Invalid API call. Please retry or visit the documentation (https://www.alphavantage.co/documentation/) "
+    "for NEWS_SENTIMENT."
+)
+MSG_NO_KEY = (
+    "the parameter apikey is invalid or missing. Please claim your free API key on "
+    "(https://www.alphavantage.co/support/#api-key)."
+)
+SENTIMENT_DEFINITION = (
+    "x <= -0.35: Bearish; -0.35 < x <= -0.15: Somewhat-Bearish; -0.15 < x < 0.15: Neutral; "
+    "0.15 <= x < 0.35: Somewhat_Bullish; x >= 0.35: Bullish"
+)
+RELEVANCE_DEFINITION = "0 < x <= 1, with a higher score indicating higher relevance."
+SORTS = ("LATEST", "EARLIEST", "RELEVANCE")
+
+
+@dataclasses.dataclass(frozen=True)
+class Faults:
+    """Switchable misbehaviour; counters apply to the next N requests and count down."""
+
+    rate_limit_after: int | None = None  # serve N requests (since start/reset_quota), then the daily rate limit
+    rate_limit_key: str = "Information"  # the rate-limit body's key: Information or Note
+    burst_limits: int = 0  # answer the per-second burst limit message
+    premium: bool = False  # Information: premium endpoint
+    demo: bool = False  # Information: the demo key
+    error_message: bool = False  # {"Error Message": "Invalid API call..."}
+    malformed_json: int = 0  # a body that is not JSON
+    missing_feed: int = 0  # a JSON object without 'feed'
+    http_500: int = 0  # HTTP 500 Internal Server Error
+    missing_fields: frozenset[str] = frozenset()  # article fields dropped (url, time_published, ticker_sentiment,
+    # overall_sentiment_score, relevance_score, ticker_sentiment_score, ...)
+    string_scores: bool = False  # overall_sentiment_score as a numeric string (ticker scores always are)
+    garbage_scores: bool = False  # scores as non-numeric strings ("N/A")
+    bad_articles: int | None = None  # how many articles per page the article faults touch (None: all)
+    reply_delay: float = 0.0  # seconds before every reply
+    faults_after: int = 0  # answer the next N requests (counted from set_faults) normally, then apply the faults
+
+    @classmethod
+    def coerce(cls, value: Faults | Mapping[str, Any] | None) -> Faults:
+        if value is None:
+            return cls()
+        if isinstance(value, Faults):
+            return value
+        return cls()._with(dict(value))
+
+    def _with(self, changes: Mapping[str, Any]) -> Faults:
+        names = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(changes) - names)
+        if unknown:
+            raise ValueError(f"unknown fault(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+        fixed = dict(changes)
+        if "missing_fields" in fixed:
+            value = fixed["missing_fields"]
+            items = value.split(",") if isinstance(value, str) else value
+            fixed["missing_fields"] = frozenset(str(v).strip() for v in items if str(v).strip())
+        if fixed.get("rate_limit_key", "Information") not in ("Information", "Note"):
+            raise ValueError("rate_limit_key must be Information or Note")
+        for counter in ("burst_limits", "malformed_json", "missing_feed", "http_500", "faults_after"):
+            if counter in fixed and int(fixed[counter]) < 0:
+                raise ValueError(f"{counter} must be >= 0")
+        return dataclasses.replace(self, **fixed)
+
+
+def parse_faults(specs: Iterable[str]) -> Faults:
+    """Faults from ``name=value`` strings, e.g. ``rate_limit_after=3``, ``missing_fields=url,title``, ``premium=1``."""
+    hints = {f.name: f.type for f in dataclasses.fields(Faults)}
+    changes: dict[str, Any] = {}
+    for spec in specs:
+        name, sep, raw = spec.partition("=")
+        name, raw = name.strip(), raw.strip()
+        if not sep or name not in hints:
+            raise ValueError(f"fault {spec!r}: use name=value with a name among {', '.join(hints)}")
+        kind = str(hints[name])
+        try:
+            if kind == "bool":
+                changes[name] = raw.lower() in ("1", "true", "yes", "on")
+            elif kind == "int":
+                changes[name] = int(raw)
+            elif kind == "int | None":
+                changes[name] = None if raw.lower() in ("", "none") else int(raw)
+            elif kind == "float":
+                changes[name] = float(raw)
+            else:
+                changes[name] = raw
+        except ValueError:
+            raise ValueError(f"fault {spec!r}: {raw!r} is not a valid value for {name}") from None
+    return Faults.coerce(changes)
+
+
+@dataclasses.dataclass
+class SimRequest:
+    """One request as received (``apikey`` replaced by ``***``) and how it was answered."""
+
+    path: str
+    params: dict[str, str]
+    timestamp: float
+    outcome: str = "pending"  # feed:<n>, rate_limit, burst, premium, demo, error_message, malformed_json, ...
+
+
+# ----- articles -------------------------------------------------------------------------------------
+def make_article(
+    url: str,
+    published: str | dt.datetime,
+    tickers: Mapping[str, tuple[float, float]] | Sequence[str],
+    *,
+    title: str | None = None,
+    summary: str = "",
+    source: str = "Simulated Wire",
+    overall: float | None = None,
+    topics: Sequence[tuple[str, float]] = (),
+) -> dict[str, Any]:
+    """An article in AV's JSON shape; ``tickers`` maps symbol -> (relevance, sentiment) (or lists symbols: 0.5, 0.0).
+
+    ``published`` is AV's ``YYYYMMDDTHHMMSS`` (US/Eastern) or a datetime (naive = US/Eastern).
+    """
+    from ibf_core.news.alphavantage import sentiment_label
+
+    if isinstance(published, dt.datetime):
+        if published.tzinfo is not None:
+            from zoneinfo import ZoneInfo
+
+            published = published.astimezone(ZoneInfo("America/New_York"))
+        published = published.strftime("%Y%m%dT%H%M%S")
+    pairs = dict(tickers) if isinstance(tickers, Mapping) else {t: (0.5, 0.0) for t in tickers}
+    scores = [s for _, s in pairs.values()]
+    overall = round(sum(scores) / len(scores), 6) if overall is None and scores else (overall or 0.0)
+    return {
+        "title": title or f"Simulated headline {url.rsplit('/', 1)[-1]}",
+        "url": url,
+        "time_published": published,
+        "authors": ["ibf simulator"],
+        "summary": summary,
+        "banner_image": None,
+        "source": source,
+        "category_within_source": "n/a",
+        "source_domain": "sim.example",
+        "topics": [{"topic": t, "relevance_score": f"{r:.6f}"} for t, r in topics],
+        "overall_sentiment_score": overall,
+        "overall_sentiment_label": sentiment_label(overall),
+        "ticker_sentiment": [
+            {
+                "ticker": symbol,
+                "relevance_score": f"{rel:.6f}",
+                "ticker_sentiment_score": f"{score:.6f}",
+                "ticker_sentiment_label": sentiment_label(score),
+            }
+            for symbol, (rel, score) in pairs.items()
+        ],
+    }
+
+
+def synthetic_feed(
+    symbols: Sequence[str] = ("AAPL", "GOOG", "IBM", "MSFT"),
+    start: str | dt.date = "2024-01-02",
+    end: str | dt.date = "2024-03-28",
+    per_day: float = 3.0,
+    seed: int = 0,
+) -> list[dict[str, Any]]:
+    """A deterministic feed: about ``per_day`` articles per symbol and calendar day, some naming two symbols."""
+    start_d = dt.date.fromisoformat(str(start))
+    end_d = dt.date.fromisoformat(str(end))
+    rng = random.Random(seed)
+    feed = []
+    day = start_d
+    while day <= end_d:
+        for symbol in symbols:
+            for i in range(int(per_day) + (rng.random() < per_day % 1)):
+                stamp = dt.datetime.combine(day, dt.time(rng.randrange(24), rng.randrange(60), rng.randrange(60)))
+                tickers = {symbol: (round(rng.uniform(0.1, 1.0), 6), round(rng.uniform(-0.6, 0.6), 6))}
+                if rng.random() < 0.2 and len(symbols) > 1:
+                    other = rng.choice([s for s in symbols if s != symbol])
+                    tickers[other] = (round(rng.uniform(0.1, 0.5), 6), round(rng.uniform(-0.6, 0.6), 6))
+                url = f"https://sim.example/news/{day:%Y%m%d}-{symbol}-{i}"
+                feed.append(make_article(url, stamp, tickers))
+        day += dt.timedelta(days=1)
+    return feed
+
+
+# ----- the server -----------------------------------------------------------------------------------
+class SimulatorError(RuntimeError):
+    """The simulator could not start or was misused."""
+
+
+class AlphaVantageSimulator:
+    """Alpha Vantage ``NEWS_SENTIMENT`` on loopback, served from a background thread."""
+
+    def __init__(
+        self,
+        articles: Sequence[Mapping[str, Any]] | None = None,
+        faults: Faults | Mapping[str, Any] | None = None,
+        *,
+        host: str = DEFAULT_HOST,
+        port: int = 0,
+        api_key: str | None = None,
+    ):
+        """``articles`` in AV's shape (default: ``synthetic_feed()``); ``api_key`` None accepts any non-empty key."""
+        self.host, self._requested_port = host, port
+        self._articles = [dict(a) for a in (synthetic_feed() if articles is None else articles)]
+        self._api_key = api_key
+        self._faults = Faults.coerce(faults)
+        self._lock = threading.Lock()
+        self._log: list[SimRequest] = []
+        self._served = 0  # requests counted against the rate limit
+        self._received = 0  # requests since the faults were last set (for faults_after)
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+        self.port: int | None = None
+
+    # lifecycle
+    def start(self) -> int:
+        if self._server is not None:
+            raise SimulatorError("simulator already started")
+        handler = type("_BoundHandler", (_Handler,), {"sim": self})
+        try:
+            self._server = ThreadingHTTPServer((self.host, self._requested_port), handler)
+        except OSError as exc:
+            raise SimulatorError(f"cannot listen on {self.host}:{self._requested_port}: {exc}") from exc
+        # A slow reply or a client's idle keep-alive connection must not block stop().
+        self._server.daemon_threads = True
+        self._server.block_on_close = False
+        self.port = self._server.server_address[1]
+        self._thread = threading.Thread(target=self._server.serve_forever, name="av-sim", daemon=True)
+        self._thread.start()
+        log.info("Alpha Vantage simulator listening on %s", self.url)
+        return self.port
+
+    def stop(self) -> None:
+        if self._server is None:
+            return
+        self._server.shutdown()
+        self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self._server = self._thread = None
+
+    def __enter__(self) -> AlphaVantageSimulator:
+        self.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
+
+    @property
+    def url(self) -> str:
+        """The base URL for ``IBF_ALPHAVANTAGE_URL``."""
+        return f"http://{self.host}:{self.port}"
+
+    # faults, data and logs (thread-safe)
+    @property
+    def faults(self) -> Faults:
+        with self._lock:
+            return self._faults
+
+    def set_faults(self, faults: Faults | None = None, **changes: Any) -> Faults:
+        """Replace the faults (``set_faults(Faults(...))``) or change some (``set_faults(premium=True)``)."""
+        with self._lock:
+            base = faults if faults is not None else self._faults
+            self._faults = base._with(changes) if changes else base
+            self._received = 0  # faults_after counts from here
+            return self._faults
+
+    def clear_faults(self) -> None:
+        self.set_faults(Faults())
+
+    def reset_quota(self) -> None:
+        """A new day: the rate-limit counter starts again."""
+        with self._lock:
+            self._served = 0
+
+    def set_articles(self, articles: Sequence[Mapping[str, Any]]) -> None:
+        with self._lock:
+            self._articles = [dict(a) for a in articles]
+
+    @property
+    def request_log(self) -> list[SimRequest]:
+        with self._lock:
+            return list(self._log)
+
+    def _take(self, counter: str) -> bool:
+        with self._lock:
+            left = getattr(self._faults, counter)
+            if left > 0:
+                self._faults = dataclasses.replace(self._faults, **{counter: left - 1})
+                return True
+            return False
+
+    def _count_quota(self) -> bool:
+        """Count one request; True when it is over the rate limit."""
+        with self._lock:
+            limit = self._faults.rate_limit_after
+            self._served += 1
+            return limit is not None and self._served > limit
+
+    # answering
+    def answer(self, path: str, params: dict[str, str], record: SimRequest) -> tuple[int, bytes]:
+        """(HTTP status, body) for one request, faults applied."""
+        faults = self.faults
+        with self._lock:
+            self._received += 1
+            active = self._received > faults.faults_after
+        if not active:
+            # only the quota stays in force while faults wait for faults_after requests
+            faults = Faults(rate_limit_after=faults.rate_limit_after, rate_limit_key=faults.rate_limit_key)
+        if faults.reply_delay > 0:
+            time.sleep(faults.reply_delay)
+        if active and self._take("http_500"):
+            record.outcome = "http_500"
+            return 500, b"<html><body><h1>500 Internal Server Error</h1></body></html>"
+        if urlsplit(path).path.rstrip("/") != "/query":
+            record.outcome = "not_found"
+            return 404, b"Not Found"
+        if self._count_quota():
+            record.outcome = "rate_limit"
+            return 200, _json({faults.rate_limit_key: MSG_RATE_LIMIT})
+        notice = self._notice(faults, params, active)
+        if notice is not None:
+            record.outcome = notice[0]
+            return 200, _json(notice[1])
+        if active and self._take("malformed_json"):
+            record.outcome = "malformed_json"
+            return 200, b'{"items": "3", "feed": [{"title": "truncated'
+        if active and self._take("missing_feed"):
+            record.outcome = "missing_feed"
+            return 200, _json({"items": "0", "sentiment_score_definition": SENTIMENT_DEFINITION})
+        try:
+            feed = self.select(params)
+        except ValueError as exc:
+            record.outcome = "error_message"
+            return 200, _json({"Error Message": f"{MSG_INVALID} ({exc})"})
+        feed = _damage(feed, faults)
+        record.outcome = f"feed:{len(feed)}"
+        return 200, _json(
+            {
+                "items": str(len(feed)),
+                "sentiment_score_definition": SENTIMENT_DEFINITION,
+                "relevance_score_definition": RELEVANCE_DEFINITION,
+                "feed": feed,
+            }
+        )
+
+    def _notice(self, faults: Faults, params: dict[str, str], active: bool) -> tuple[str, dict[str, str]] | None:
+        if active and self._take("burst_limits"):
+            return "burst", {"Information": MSG_BURST}
+        if faults.premium:
+            return "premium", {"Information": MSG_PREMIUM}
+        if faults.demo:
+            return "demo", {"Information": MSG_DEMO}
+        if faults.error_message:
+            return "error_message", {"Error Message": MSG_INVALID}
+        key = params.get("apikey", "")
+        if not key or (self._api_key is not None and key != self._api_key):
+            return "error_message", {"Error Message": MSG_NO_KEY}
+        if params.get("function") != "NEWS_SENTIMENT":
+            return "error_message", {"Error Message": MSG_INVALID}
+        return None
+
+    def select(self, params: dict[str, str]) -> list[dict[str, Any]]:
+        """The feed for a request: tickers (AND), window, sort, limit; raises ValueError for a bad parameter."""
+        tickers = [t.strip().upper() for t in params.get("tickers", "").split(",") if t.strip()]
+        lo = _minute(params["time_from"]) if params.get("time_from") else None
+        hi = _minute(params["time_to"]) if params.get("time_to") else None
+        sort = params.get("sort", "LATEST").upper()
+        if sort not in SORTS:
+            raise ValueError(f"sort {sort!r}")
+        try:
+            limit = min(max(int(params.get("limit", "50")), 1), 1000)
+        except ValueError:
+            raise ValueError(f"limit {params.get('limit')!r}") from None
+        with self._lock:
+            articles = list(self._articles)
+        picked = []
+        for article in articles:
+            names = {t["ticker"].upper() for t in article.get("ticker_sentiment", [])}
+            minute = article["time_published"][:13]
+            if all(t in names for t in tickers) and (lo is None or minute >= lo) and (hi is None or minute <= hi):
+                picked.append(article)
+        if sort == "RELEVANCE":
+            picked.sort(key=lambda a: (-_relevance(a, tickers), a["time_published"], a["url"]))
+        else:
+            picked.sort(key=lambda a: (a["time_published"], a["url"]), reverse=sort == "LATEST")
+        return picked[:limit]
+
+
+def _minute(text: str) -> str:
+    """AV's ``YYYYMMDDTHHMM`` (seconds allowed, ignored) as a comparable string."""
+    value = text.strip()
+    dt.datetime.strptime(value[:13], "%Y%m%dT%H%M")  # raises ValueError when malformed
+    if len(value) not in (13, 15):
+        raise ValueError(f"time {text!r}")
+    return value[:13]
+
+
+def _relevance(article: Mapping[str, Any], tickers: list[str]) -> float:
+    values = [float(t["relevance_score"]) for t in article["ticker_sentiment"] if t["ticker"].upper() in tickers]
+    return max(values, default=0.0)
+
+
+def _damage(feed: list[dict[str, Any]], faults: Faults) -> list[dict[str, Any]]:
+    """Apply the article-level faults to (the first ``bad_articles`` of) a page, on copies."""
+    if not (faults.missing_fields or faults.string_scores or faults.garbage_scores):
+        return feed
+    count = len(feed) if faults.bad_articles is None else faults.bad_articles
+    out = []
+    for i, article in enumerate(feed):
+        article = json.loads(json.dumps(article))
+        if faults.string_scores:
+            article["overall_sentiment_score"] = str(article["overall_sentiment_score"])
+        if i < count:
+            if faults.garbage_scores:
+                article["overall_sentiment_score"] = "N/A"
+                for entry in article["ticker_sentiment"]:
+                    entry["ticker_sentiment_score"] = "N/A"
+                    entry["relevance_score"] = "unknown"
+            for name in faults.missing_fields:
+                article.pop(name, None)
+                for entry in article.get("ticker_sentiment", []):
+                    entry.pop(name, None)
+        out.append(article)
+    return out
+
+
+def _json(body: Any) -> bytes:
+    return json.dumps(body).encode()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    sim: AlphaVantageSimulator  # set on the bound subclass
+    protocol_version = "HTTP/1.1"  # keep-alive, like the real service
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        query = parse_qs(urlsplit(self.path).query, keep_blank_values=True)
+        params = {k: v[-1] for k, v in query.items()}
+        shown = {k: ("***" if k.lower() == "apikey" else v) for k, v in params.items()}
+        record = SimRequest(path=urlsplit(self.path).path, params=shown, timestamp=time.time())
+        with self.sim._lock:
+            self.sim._log.append(record)
+        try:
+            status, body = self.sim.answer(self.path, params, record)
+        except Exception as exc:  # a simulator bug: answer 500 instead of a dead connection
+            log.exception("simulator failed")
+            record.outcome = "error"
+            status, body = 500, str(exc).encode()
+        content_type = "application/json" if status == 200 else "text/html"
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        except (BrokenPipeError, ConnectionResetError):
+            log.debug("client went away before the reply")  # e.g. it timed out on a slow reply
+
+    def log_message(self, fmt: str, *args: Any) -> None:
+        from ibf_core.news.alphavantage import redact
+
+        log.debug("av-sim: " + redact(fmt % args))
+
+    def handle_one_request(self) -> None:
+        try:
+            super().handle_one_request()
+        except (BrokenPipeError, ConnectionResetError, TimeoutError):
+            self.close_connection = True
+
+
+# ----- CLI entry ------------------------------------------------------------------------------------
+def serve(
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    articles: Sequence[Mapping[str, Any]] | None = None,
+    faults: Faults | Mapping[str, Any] | None = None,
+    *,
+    api_key: str | None = None,
+    announce: Callable[[str], None] = print,
+    stop_event: threading.Event | None = None,
+) -> None:
+    """Run a simulator in the foreground until Ctrl-C, SIGTERM or ``stop_event``; ``articles`` None = synthetic."""
+    import signal
+
+    stop_event = stop_event or threading.Event()
+    sim = AlphaVantageSimulator(articles, faults, host=host, port=port, api_key=api_key)
+    restore_sigterm = None
+    if threading.current_thread() is threading.main_thread():
+        restore_sigterm = signal.signal(signal.SIGTERM, lambda *_: stop_event.set())
+    try:
+        sim.start()
+        announce(
+            f"Alpha Vantage simulator listening on {sim.url} ({len(sim._articles)} articles); "
+            f"set IBF_ALPHAVANTAGE_URL={sim.url}; Ctrl-C stops it"
+        )
+        while not stop_event.wait(0.5):
+            pass
+        announce("stopping the Alpha Vantage simulator")
+    except KeyboardInterrupt:
+        announce("stopping the Alpha Vantage simulator")
+    finally:
+        sim.stop()
+        if restore_sigterm is not None:
+            signal.signal(signal.SIGTERM, restore_sigterm)
+
+
+def load_articles(path: str) -> list[dict[str, Any]]:
+    """Articles for ``serve`` from a JSON file: a list of AV articles or an AV response with a ``feed``."""
+    with open(path, encoding="utf-8") as handle:
+        data = json.load(handle)
+    feed = data.get("feed") if isinstance(data, dict) else data
+    if not isinstance(feed, list):
+        raise SimulatorError(f"{path}: expected a list of articles or an object with 'feed'")
+    return feed

@@ -1,0 +1,443 @@
+"""Raw news in the lake: ``news_articles`` (one row per URL) and ``news_mentions`` (article x ticker), plus the
+per-source fetch progress that lets an Alpha Vantage backfill resume after the daily quota runs out.
+
+Layout (Parquet, replaced atomically with ``stage_parquet`` + ``os.replace`` under ``Warehouse.lock``):
+
+- ``lake/news_articles/<YYYY-MM>.parquet``: articles by UTC month of ``published_at``. A URL lives in exactly one
+  file: a write first removes its URLs from every file that holds them (a re-published article may change month).
+- ``lake/news_mentions/<SYMBOL>.parquet``: one row per (symbol, url).
+- ``lake/news_progress/<source>.json``: per symbol the time ranges already fetched completely, and today's request
+  count (the daily quota), for one source (base URL), so a loopback server never marks real data as fetched.
+
+Writes are upserts (the new row for a URL / (symbol, url) replaces the old one), so re-running the same fetch
+gives identical files. All files of one write are staged before the first is swapped in; any failure while
+staging leaves every table as it was.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import re
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+
+from ibf_core.storage.tables import Column, TableSpec
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
+
+    from ibf_core.storage.warehouse import Warehouse
+
+_UTC_TS = pa.timestamp("us", tz="UTC")
+_SCHEMA_FILE = "_schema.parquet"
+_TABLE_LOCK = "_table"
+
+NEWS_ARTICLES = TableSpec(
+    name="news_articles",
+    description="Raw news articles, one row per URL (Alpha Vantage or the user's headline file).",
+    key=("url",),
+    columns=(
+        Column("url", pa.string(), "Article URL (file rows without one: urn:ibf:news:<hash>)"),
+        Column("title", pa.string(), "Headline"),
+        Column("summary", pa.string(), "Summary ('' when absent)"),
+        Column("source", pa.string(), "Publisher ('' when absent)"),
+        Column("published_at", _UTC_TS, "Publication time, UTC (AV times without a zone are read as US/Eastern)"),
+        Column("overall_sentiment_score", pa.float64(), "Overall sentiment -1..1 (AV, or VADER compound for files)"),
+        Column("overall_sentiment_label", pa.string(), "Bearish .. Bullish by AV's thresholds"),
+        Column("topics", pa.string(), "AV topics as JSON text ('[]' for files)"),
+        Column("origin", pa.string(), "alphavantage or file"),
+    ),
+)
+
+NEWS_MENTIONS = TableSpec(
+    name="news_mentions",
+    description="Article x ticker: the ticker's relevance and sentiment, and the trading day the article counts for.",
+    key=("symbol", "url"),
+    columns=(
+        Column("symbol", pa.string(), "Ticker symbol"),
+        Column("date", pa.date32(), "NYSE session the article counts for (after the close: the next session)"),
+        Column("url", pa.string(), "Article URL (joins news_articles)"),
+        Column("published_at", _UTC_TS, "Publication time, UTC"),
+        Column("relevance", pa.float64(), "Ticker relevance 0..1 (1 for file rows)"),
+        Column("ticker_sentiment", pa.float64(), "Ticker sentiment -1..1"),
+        Column("label", pa.string(), "Ticker sentiment label (AV thresholds)"),
+        Column("origin", pa.string(), "alphavantage or file"),
+    ),
+)
+
+NEWS_TABLES = (NEWS_ARTICLES, NEWS_MENTIONS)
+
+
+class NewsStoreError(RuntimeError):
+    """Raw news could not be written or read."""
+
+
+@dataclass(frozen=True)
+class ReplaceScope:
+    """Also delete stored mentions of ``origin`` for ``symbols`` x [start, end] that the new write lacks."""
+
+    symbols: tuple[str, ...]
+    start: dt.date
+    end: dt.date
+    origin: str
+
+
+@dataclass(frozen=True)
+class NewsWriteResult:
+    articles: int  # article rows written (new or replaced)
+    mentions: int
+    mentions_removed: int  # by a ReplaceScope
+    files: int
+
+
+# ----- frames ---------------------------------------------------------------------------------------
+def empty_frame(spec: TableSpec) -> pd.DataFrame:
+    """An empty frame with the table's columns and dtypes (``date`` as datetime64)."""
+    return _to_pandas(spec, spec.schema.empty_table())
+
+
+def _to_pandas(spec: TableSpec, table: pa.Table) -> pd.DataFrame:
+    import pandas as pd
+
+    frame = table.to_pandas()
+    if "date" in frame.columns:
+        frame["date"] = pd.to_datetime(frame["date"])
+    for column in ("published_at",):
+        if column in frame.columns:
+            frame[column] = pd.to_datetime(frame[column], utc=True)
+    return frame
+
+
+def conform(spec: TableSpec, frame: pd.DataFrame) -> pd.DataFrame:
+    """Columns in schema order with storable types; raises naming the missing column or null key."""
+    import pandas as pd
+
+    missing = [c for c in spec.column_names if c not in frame.columns]
+    if missing:
+        raise NewsStoreError(f"{spec.name}: frame lacks column(s) {', '.join(missing)}")
+    out = frame[spec.column_names].copy()
+    if "published_at" in out.columns:
+        out["published_at"] = pd.to_datetime(out["published_at"], utc=True)
+    if "date" in out.columns:
+        out["date"] = pd.to_datetime(out["date"]).dt.normalize()
+    for column in spec.key + (("date", "published_at") if "date" in out.columns else ("published_at",)):
+        if out[column].isna().any():
+            raise NewsStoreError(f"{spec.name}: {column} is empty in {int(out[column].isna().sum())} row(s)")
+    if out.duplicated(list(spec.key)).any():
+        dup = out.loc[out.duplicated(list(spec.key)), list(spec.key)].iloc[0].tolist()
+        raise NewsStoreError(f"{spec.name}: duplicate key {dup} in the frame being written")
+    return out
+
+
+def _arrow(spec: TableSpec, frame: pd.DataFrame) -> pa.Table:
+    data = frame.assign(date=frame["date"].to_numpy().astype("datetime64[D]")) if "date" in frame.columns else frame
+    return pa.Table.from_pandas(data, schema=spec.schema, preserve_index=False)
+
+
+def _sorted(spec: TableSpec, frame: pd.DataFrame) -> pd.DataFrame:
+    order = ["date", "published_at", "url"] if spec is NEWS_MENTIONS else ["published_at", "url"]
+    return frame.sort_values(order, kind="stable").reset_index(drop=True)
+
+
+# ----- layout ---------------------------------------------------------------------------------------
+def ensure_news_tables(warehouse: Warehouse) -> None:
+    """Folders, schema files and the DuckDB views ``news_articles`` and ``news_mentions``."""
+    for spec in NEWS_TABLES:
+        warehouse.ensure_view(spec.name, warehouse.lake_dir / spec.name, spec.schema)
+
+
+def _data_files(folder: Path) -> list[Path]:
+    if not folder.exists():
+        return []
+    return sorted(p for p in folder.glob("*.parquet") if p.name != _SCHEMA_FILE)
+
+
+def _month_file(folder: Path, month: str) -> Path:
+    return folder / f"{month}.parquet"
+
+
+def _symbol_file(folder: Path, symbol: str) -> Path:
+    if not re.match(r"^[A-Za-z0-9][A-Za-z0-9.\-_]*$", symbol):
+        raise NewsStoreError(f"news_mentions: symbol {symbol!r} cannot be stored")
+    return folder / f"{symbol}.parquet"
+
+
+def _read(spec: TableSpec, path: Path, columns: list[str] | None = None) -> pa.Table:
+    import pyarrow.parquet as pq
+
+    return pq.read_table(path, columns=columns, schema=None if columns else spec.schema)
+
+
+# ----- writes ---------------------------------------------------------------------------------------
+def write_news(
+    warehouse: Warehouse,
+    articles: pd.DataFrame,
+    mentions: pd.DataFrame,
+    *,
+    replace: ReplaceScope | None = None,
+) -> NewsWriteResult:
+    """Upsert articles (by URL) and mentions (by symbol, url); every mention's URL must be among ``articles``."""
+    articles = conform(NEWS_ARTICLES, articles)
+    mentions = conform(NEWS_MENTIONS, mentions)
+    orphans = set(mentions["url"]) - set(articles["url"])
+    if orphans:
+        raise NewsStoreError(f"news_mentions: {len(orphans)} mention(s) without an article, e.g. {sorted(orphans)[0]}")
+    if replace is None and articles.empty and mentions.empty:
+        return NewsWriteResult(0, 0, 0, 0)
+    ensure_news_tables(warehouse)
+    art_dir = warehouse.lake_dir / NEWS_ARTICLES.name
+    men_dir = warehouse.lake_dir / NEWS_MENTIONS.name
+    symbols = sorted(set(mentions["symbol"]) | set(replace.symbols if replace else ()))
+    locks = [warehouse.lock(art_dir, _TABLE_LOCK)] + [warehouse.lock(men_dir, s) for s in symbols]
+    for lock in locks:  # fixed order (table, then sorted symbols): two writers never deadlock
+        lock.acquire()
+    try:
+        staged: list[tuple[Path | None, Path]] = []
+        try:
+            staged += _stage_articles(art_dir, articles)
+            mention_files, removed = _stage_mentions(men_dir, mentions, symbols, replace)
+            staged += mention_files
+        except BaseException:
+            for tmp, _ in staged:
+                if tmp is not None:
+                    tmp.unlink(missing_ok=True)
+            raise
+        # Articles first: a crash in between leaves articles without mentions, never mentions without articles.
+        for tmp, target in staged:
+            if tmp is None:
+                target.unlink(missing_ok=True)
+            else:
+                os.replace(tmp, target)
+    finally:
+        for lock in reversed(locks):
+            lock.release()
+    return NewsWriteResult(len(articles), len(mentions), removed, len(staged))
+
+
+def _stage(spec: TableSpec, frame: pd.DataFrame, target: Path) -> tuple[Path | None, Path]:
+    """A staged file for ``target``, or (None, target) meaning: delete it (nothing left)."""
+    from ibf_core.storage.warehouse import stage_parquet
+
+    if frame.empty:
+        return None, target
+    return stage_parquet(_arrow(spec, _sorted(spec, frame)), target), target
+
+
+def _stage_articles(folder: Path, articles: pd.DataFrame) -> list[tuple[Path | None, Path]]:
+    import pandas as pd
+
+    if articles.empty:
+        return []
+    month = articles["published_at"].dt.tz_convert("UTC").dt.strftime("%Y-%m")
+    incoming = set(articles["url"])
+    targets = {_month_file(folder, m): articles[month == m] for m in sorted(set(month))}
+    touched = dict.fromkeys(targets)
+    for path in _data_files(folder):
+        urls = _read(NEWS_ARTICLES, path, ["url"]).column("url").to_pylist()
+        if incoming.intersection(urls):
+            touched[path] = None
+    staged = []
+    for path in sorted(touched):
+        parts = []
+        if path.exists():
+            old = _to_pandas(NEWS_ARTICLES, _read(NEWS_ARTICLES, path))
+            parts.append(old[~old["url"].isin(incoming)])
+        if path in targets:
+            parts.append(targets[path])
+        staged.append(_stage(NEWS_ARTICLES, _concat(parts), path))
+    return staged
+
+
+def _stage_mentions(
+    folder: Path, mentions: pd.DataFrame, symbols: Sequence[str], replace: ReplaceScope | None
+) -> tuple[list[tuple[Path | None, Path]], int]:
+    import pandas as pd
+
+    staged, removed = [], 0
+    for symbol in symbols:
+        path = _symbol_file(folder, symbol)
+        new = mentions[mentions["symbol"] == symbol]
+        parts = []
+        if path.exists():
+            old = _to_pandas(NEWS_MENTIONS, _read(NEWS_MENTIONS, path))
+            keep = ~old["url"].isin(set(new["url"]))
+            if replace is not None and symbol in replace.symbols:
+                scoped = (
+                    (old["origin"] == replace.origin)
+                    & (old["date"] >= pd.Timestamp(replace.start))
+                    & (old["date"] <= pd.Timestamp(replace.end))
+                )
+                removed += int((keep & scoped).sum())
+                keep &= ~scoped
+            if keep.all() and new.empty:
+                continue  # nothing changes for this symbol
+            parts.append(old[keep])
+        elif new.empty:
+            continue
+        parts.append(new)
+        staged.append(_stage(NEWS_MENTIONS, _concat(parts), path))
+    return staged, removed
+
+
+def _concat(parts: list[pd.DataFrame]) -> pd.DataFrame:
+    import pandas as pd
+
+    parts = [p for p in parts if not p.empty]
+    if not parts:
+        return pd.DataFrame()
+    return pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0].reset_index(drop=True)
+
+
+# ----- reads ----------------------------------------------------------------------------------------
+def read_mentions(
+    warehouse: Warehouse,
+    symbols: Iterable[str] | None = None,
+    start: Any = None,
+    end: Any = None,
+) -> pd.DataFrame:
+    """Stored mentions (optionally of ``symbols`` with ``date`` in [start, end]), sorted by symbol, date, time, url."""
+    import pandas as pd
+
+    folder = warehouse.lake_dir / NEWS_MENTIONS.name
+    paths = _data_files(folder) if symbols is None else [p for s in symbols if (p := _symbol_file(folder, s)).exists()]
+    frames = [_to_pandas(NEWS_MENTIONS, _read(NEWS_MENTIONS, p)) for p in paths]
+    out = pd.concat(frames, ignore_index=True) if frames else empty_frame(NEWS_MENTIONS)
+    if start is not None:
+        out = out[out["date"] >= pd.Timestamp(start)]
+    if end is not None:
+        out = out[out["date"] <= pd.Timestamp(end)]
+    return out.sort_values(["symbol", "date", "published_at", "url"], kind="stable").reset_index(drop=True)
+
+
+def read_articles(warehouse: Warehouse, urls: Iterable[str] | None = None) -> pd.DataFrame:
+    """Stored articles (optionally only ``urls``), sorted by published_at, url."""
+    import pandas as pd
+
+    folder = warehouse.lake_dir / NEWS_ARTICLES.name
+    frames = [_to_pandas(NEWS_ARTICLES, _read(NEWS_ARTICLES, p)) for p in _data_files(folder)]
+    out = pd.concat(frames, ignore_index=True) if frames else empty_frame(NEWS_ARTICLES)
+    if urls is not None:
+        out = out[out["url"].isin(set(urls))]
+    return out.sort_values(["published_at", "url"], kind="stable").reset_index(drop=True)
+
+
+# ----- fetch progress -------------------------------------------------------------------------------
+Interval = tuple["pd.Timestamp", "pd.Timestamp"]
+
+
+def source_id(base_url: str) -> str:
+    """A file-name-safe id of a news source's base URL (scheme dropped, never a key)."""
+    bare = re.sub(r"^[a-z]+://", "", base_url.strip().lower()).split("?")[0].rstrip("/")
+    return "alphavantage-" + (re.sub(r"[^a-z0-9.\-]+", "_", bare) or "default")
+
+
+def merge_intervals(intervals: Iterable[Interval]) -> list[Interval]:
+    """Sorted, with overlapping or touching [a, b) intervals joined."""
+    out: list[list[Any]] = []
+    for lo, hi in sorted((a, b) for a, b in intervals if b > a):
+        if out and lo <= out[-1][1]:
+            out[-1][1] = max(out[-1][1], hi)
+        else:
+            out.append([lo, hi])
+    return [(a, b) for a, b in out]
+
+
+def subtract_intervals(lo: Any, hi: Any, covered: Iterable[Interval]) -> list[Interval]:
+    """The parts of [lo, hi) not in ``covered``."""
+    gaps, cursor = [], lo
+    for a, b in merge_intervals(covered):
+        if b <= cursor or a >= hi:
+            continue
+        if a > cursor:
+            gaps.append((cursor, a))
+        cursor = max(cursor, b)
+    if cursor < hi:
+        gaps.append((cursor, hi))
+    return gaps
+
+
+class NewsProgress:
+    """Fetched time ranges per symbol and the day's request count for one source, in one JSON file.
+
+    Every read-modify-write holds the file's lock and replaces the file atomically, so concurrent runs never lose
+    each other's progress.
+    """
+
+    def __init__(self, warehouse: Warehouse, source: str):
+        self.warehouse = warehouse
+        self.folder = warehouse.lake_dir / "news_progress"
+        self.path = self.folder / f"{source}.json"
+        self.source = source
+
+    def _lock(self):
+        return self.warehouse.lock(self.folder, self.path.stem)
+
+    def _load(self) -> dict[str, Any]:
+        if not self.path.exists():
+            return {"version": 1, "covered": {}, "requests": {"day": None, "count": 0}}
+        try:
+            return json.loads(self.path.read_text())
+        except ValueError as exc:
+            raise NewsStoreError(f"{self.path}: not valid JSON ({exc}); delete it to refetch") from None
+
+    def _save(self, state: dict[str, Any]) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.folder)
+        try:
+            with os.fdopen(fd, "w") as handle:
+                json.dump(state, handle, indent=1, sort_keys=True)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(name, self.path)
+        except BaseException:
+            Path(name).unlink(missing_ok=True)
+            raise
+
+    def covered(self, symbol: str) -> list[Interval]:
+        import pandas as pd
+
+        raw = self._load()["covered"].get(symbol, [])
+        return [(pd.Timestamp(a), pd.Timestamp(b)) for a, b in raw]
+
+    def gaps(self, symbol: str, lo: Any, hi: Any) -> list[Interval]:
+        """Parts of [lo, hi) not fetched yet for ``symbol``."""
+        return subtract_intervals(lo, hi, self.covered(symbol))
+
+    def add(self, fetched: Iterable[tuple[str, Any, Any]]) -> None:
+        """Record (symbol, from, to) ranges as completely fetched."""
+        import pandas as pd
+
+        fetched = list(fetched)
+        if not fetched:
+            return
+        with self._lock():
+            state = self._load()
+            for symbol in sorted({s for s, _, _ in fetched}):
+                old = [(pd.Timestamp(a), pd.Timestamp(b)) for a, b in state["covered"].get(symbol, [])]
+                new = [(pd.Timestamp(a), pd.Timestamp(b)) for s, a, b in fetched if s == symbol]
+                state["covered"][symbol] = [[a.isoformat(), b.isoformat()] for a, b in merge_intervals(old + new)]
+            self._save(state)
+
+    def take_request(self, day: dt.date, per_day: int) -> int:
+        """Count one request against ``day``'s quota; returns the count, or -1 (nothing counted) when spent."""
+        with self._lock():
+            state = self._load()
+            requests = state.setdefault("requests", {"day": None, "count": 0})
+            if requests.get("day") != day.isoformat():
+                requests.update(day=day.isoformat(), count=0)
+            if requests["count"] >= per_day:
+                return -1
+            requests["count"] += 1
+            self._save(state)
+            return requests["count"]
+
+    def requests_today(self, day: dt.date) -> int:
+        requests = self._load().get("requests", {})
+        return int(requests.get("count", 0)) if requests.get("day") == day.isoformat() else 0
