@@ -205,9 +205,27 @@ def gateway_sim(
     serve(host, port, make_source(settings), faults, announce=lambda line: err.print(f"{line} [{source} bars]", highlight=False))
 
 
+@app.command("av-sim")
+def av_sim(
+    host: Annotated[str, typer.Option(help="Bind address")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port")] = 8765,
+    articles: Annotated[Path | None, typer.Option(help="JSON file of AV articles; default: a synthetic feed")] = None,
+    fault: Annotated[list[str] | None, typer.Option(help="Fault to inject, repeatable, e.g. rate_limit_after=3")] = None,
+) -> None:
+    """Serve the Alpha Vantage NEWS_SENTIMENT API on loopback (set IBF_ALPHAVANTAGE_URL to its address)."""
+    from ibf_core.news.av_sim import load_articles, parse_faults, serve
+
+    try:
+        faults = parse_faults(fault or [])
+        feed = load_articles(str(articles)) if articles else None
+    except (ValueError, OSError) as exc:
+        _fail(str(exc), 2)
+    serve(host, port, feed, faults, announce=lambda line: err.print(line, highlight=False))
+
+
 @app.command()
 def demo() -> None:
-    """Backfill the sample universe through Dagster and print a summary (what `make demo` runs)."""
+    """Backfill bars, news and features for the sample universe through Dagster and print a summary."""
     from ibf_core.sources.sample import SAMPLE_LAST_DATE
 
     _quiet_dagster()
@@ -224,6 +242,15 @@ def demo() -> None:
         "FROM market_bars GROUP BY symbol ORDER BY symbol"
     )
     out.print(summary.to_string(index=False), highlight=False)
+    features = Warehouse(settings.home_dir).query(
+        "SELECT symbol, count(*) AS feature_rows, sum(CAST(warmup AS INT)) AS warmup_rows, "
+        "round(arg_max(rsi_14, date), 1) AS last_rsi_14, round(arg_max(hv_20, date), 3) AS last_hv_20, "
+        "round(arg_max(beta_60, date), 2) AS last_beta_60 FROM features GROUP BY symbol ORDER BY symbol"
+    )
+    from ibf_core.features.pipeline import feature_columns
+
+    out.print(f"\nfeatures ({len(feature_columns())} per row; news: {settings.news_source}):", highlight=False)
+    out.print(features.to_string(index=False), highlight=False)
     out.print(f"\nwarehouse: {settings.warehouse_path}\nloaded in {elapsed:.1f} s", highlight=False)
     out.print("(the `fresh` check fails by design: the embedded sample ends on 2013-03-01)", highlight=False)
     out.print('try: ibf sql "SELECT symbol, max(close) FROM market_bars GROUP BY 1"; make ui', highlight=False)

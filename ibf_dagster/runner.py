@@ -15,6 +15,7 @@ import dagster as dg
 from ibf_core.calendar import to_date
 from ibf_core.progress import report_progress
 from ibf_core.settings import Settings, normalize_symbol
+from ibf_core.storage.warehouse import Warehouse
 from ibf_dagster.instance import get_instance
 from ibf_dagster.partitions import SYMBOL_PARTITIONS, date_key_window, date_partitions
 
@@ -94,6 +95,7 @@ def backfill(
     if start_d and end_d and start_d > end_d:
         raise BackfillError(f"--start {start_d} is after --end {end_d}")
     instance = get_instance(settings)
+    Warehouse(settings.home_dir).ensure_all_tables()
     sync_universe(instance, settings.universe)
     wanted = [normalize_symbol(s) for s in symbols] if symbols else known_symbols(instance)
     sync_universe(instance, wanted)

@@ -1,4 +1,4 @@
-"""Snapshot of the asset graph: keys, partitions, checks, pools, policies. Regenerate with IBF_UPDATE_SNAPSHOTS=1."""
+"""Snapshot of the asset graph: keys, partitions, checks, pools, policies. Regenerate with UPDATE_SNAPSHOTS=1."""
 
 import json
 import os
@@ -52,10 +52,10 @@ def graph_snapshot() -> dict:
 
 def test_asset_graph_matches_snapshot():
     current = graph_snapshot()
-    if os.environ.get("IBF_UPDATE_SNAPSHOTS"):
+    if os.environ.get("UPDATE_SNAPSHOTS"):
         SNAPSHOT.write_text(json.dumps(current, indent=2, sort_keys=True) + "\n")
-    assert SNAPSHOT.exists(), "no snapshot: run with IBF_UPDATE_SNAPSHOTS=1 and review the file"
-    assert current == json.loads(SNAPSHOT.read_text()), "asset graph changed: review, then IBF_UPDATE_SNAPSHOTS=1"
+    assert SNAPSHOT.exists(), "no snapshot: run with UPDATE_SNAPSHOTS=1 and review the file"
+    assert current == json.loads(SNAPSHOT.read_text()), "asset graph changed: review, then UPDATE_SNAPSHOTS=1"
 
 
 def test_every_asset_is_documented_and_checked():

@@ -22,6 +22,7 @@ class Column:
             pa.float64(): "DOUBLE",
             pa.int64(): "BIGINT",
             pa.bool_(): "BOOLEAN",
+            pa.timestamp("us", tz="UTC"): "TIMESTAMP WITH TIME ZONE",
         }[self.type]
 
 

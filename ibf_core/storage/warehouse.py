@@ -115,8 +115,13 @@ class Warehouse:
         self.ensure_view(spec.name, self.table_dir(spec), spec.schema)
 
     def ensure_all_tables(self) -> None:
-        for spec in TABLES.values():
+        """Views for every table ibf writes, so SQL on a table not yet materialized returns no rows, not an error."""
+        from ibf_core.news.store import ensure_news_tables
+        from ibf_core.storage.tables import features_spec
+
+        for spec in (*TABLES.values(), features_spec()):
             self.ensure_table(spec)
+        ensure_news_tables(self)
 
     @_retry_on_lock
     def _view_matches(self, name: str, folder: str) -> bool:

@@ -44,6 +44,9 @@ def build_news_sentiment(settings: Settings) -> dg.AssetsDefinition:
             loaded = load_news(settings, store, list(rect.symbols), rect.start, rect.end)
             fetched += loaded.articles
             notes.append(loaded.note)
+            # Fetched articles are kept (the next run resumes), but unfetched sessions must not be stored
+            # as zero-article days: stop here with the remaining ranges named.
+            loaded.raise_if_incomplete()
         written = 0
         daily_frames = []
         for rect in rects:
