@@ -344,3 +344,15 @@ def test_panel_lags_never_cross_symbols():
     lagged = panel.lag(panel.close, 2)
     assert np.isnan(lagged[panel.starts[1]:panel.starts[1] + 2]).all()
     assert lagged[panel.starts[1] + 2] == panel.close[panel.starts[1]]
+
+
+def test_history_shorter_than_the_longest_window_is_all_warmup_not_an_error():
+    """Regression: 19-20 bars (no room for the 20-bar flow difference) used to raise a numpy broadcast error."""
+    from ibf_core.features.pipeline import compute_features
+    from ibf_core.sources.sample import load_sample_bars
+
+    bars = load_sample_bars()
+    short = bars[(bars.symbol == "IBM") & (bars.date >= "2013-02-01")]
+    out = compute_features(short)
+    assert len(out) == len(short) == 20 and out["warmup"].all()
+    assert out["obv_flow_20"].isna().all() and out["logret_1"].notna().sum() == 19

@@ -202,6 +202,9 @@ class Panel:
     def lag(self, x: np.ndarray, k: int, out: np.ndarray | None = None) -> np.ndarray:
         """x from k bars earlier within each symbol (NaN for a symbol's first k bars)."""
         out = np.empty(self.n) if out is None else out
+        if k >= self.n:  # fewer bars than the lag: nothing is defined
+            out[:] = np.nan
+            return out
         out[k:] = x[: self.n - k]
         out[:k] = np.nan
         out[self.head_rows(k)] = np.nan
@@ -210,6 +213,9 @@ class Panel:
     def diff(self, x: np.ndarray, k: int, out: np.ndarray | None = None) -> np.ndarray:
         """x - x from k bars earlier within each symbol (NaN for a symbol's first k bars)."""
         out = np.empty(self.n) if out is None else out
+        if k >= self.n:  # fewer bars than the window: nothing is defined
+            out[:] = np.nan
+            return out
         np.subtract(x[k:], x[: self.n - k], out=out[k:])
         out[:k] = np.nan
         out[self.head_rows(k)] = np.nan
