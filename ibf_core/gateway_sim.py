@@ -30,6 +30,7 @@ import time
 import zlib
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
+from ibf_core.faults import FaultSet, parse_fault_specs
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -91,7 +92,7 @@ QUOTE_WHAT = {"MIDPOINT", "BID", "ASK", "BID_ASK", "HISTORICAL_VOLATILITY", "OPT
 
 
 @dataclasses.dataclass(frozen=True)
-class Faults:
+class Faults(FaultSet):
     """Switchable misbehaviour. Counters apply to the next N historical requests and count down."""
 
     pacing_violations: int = 0  # answer error 162 "pacing violation"
@@ -103,55 +104,19 @@ class Faults:
     reply_delay: float = 0.0  # seconds before every historical reply (data or error)
     client_ids_in_use: frozenset[int] = frozenset()  # these client ids get error 326 and are disconnected
 
-    @classmethod
-    def coerce(cls, value: Faults | Mapping[str, Any] | None) -> Faults:
-        if value is None:
-            return cls()
-        if isinstance(value, Faults):
-            return value
-        return cls()._with(dict(value))
+    COUNTERS = ("pacing_violations", "drop_connections", "connectivity_losses")
 
-    def _with(self, changes: Mapping[str, Any]) -> Faults:
-        names = {f.name for f in dataclasses.fields(self)}
-        unknown = sorted(set(changes) - names)
-        if unknown:
-            raise ValueError(f"unknown fault(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
-        fixed = dict(changes)
+    def _normalize(self, fixed: dict[str, Any]) -> dict[str, Any]:
         if "unknown_symbols" in fixed:
             fixed["unknown_symbols"] = frozenset(s.strip().upper() for s in _as_iterable(fixed["unknown_symbols"]))
         if "client_ids_in_use" in fixed:
             fixed["client_ids_in_use"] = frozenset(int(i) for i in _as_iterable(fixed["client_ids_in_use"]))
-        for counter in ("pacing_violations", "drop_connections", "connectivity_losses"):
-            if counter in fixed and int(fixed[counter]) < 0:
-                raise ValueError(f"{counter} must be >= 0")
-        return dataclasses.replace(self, **fixed)
+        return fixed
 
 
 def parse_faults(specs: Iterable[str]) -> Faults:
     """Faults from command-line ``name=value`` strings, e.g. ``pacing_violations=2``, ``unknown_symbols=XYZ,QQQ``."""
-    defaults = Faults()
-    changes: dict[str, Any] = {}
-    for spec in specs:
-        name, sep, raw = spec.partition("=")
-        name = name.strip()
-        if not sep or not hasattr(defaults, name):
-            known = ", ".join(f.name for f in dataclasses.fields(Faults))
-            raise ValueError(f"fault {spec!r}: use name=value with a name among {known}")
-        default = getattr(defaults, name)
-        try:
-            if isinstance(default, bool):
-                changes[name] = raw.strip().lower() in ("1", "true", "yes", "on")
-            elif isinstance(default, int):
-                changes[name] = int(raw)
-            elif name == "restore_after":
-                changes[name] = None if raw.strip().lower() in ("none", "never") else float(raw)
-            elif isinstance(default, float):
-                changes[name] = float(raw)
-            else:
-                changes[name] = raw
-        except ValueError:
-            raise ValueError(f"fault {spec!r}: {raw!r} is not a valid value for {name}") from None
-    return Faults.coerce(changes)
+    return parse_fault_specs(Faults, specs)
 
 
 def _as_iterable(value: Any) -> Iterable[Any]:

@@ -310,7 +310,6 @@ def daily_news(
     symbol's first stored article are taken as never fetched and left out of that baseline.
     """
     import numpy as np
-    import pandas as pd
 
     from ibf_core.calendar import all_sessions, trading_days
 

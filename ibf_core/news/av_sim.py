@@ -30,6 +30,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from ibf_core.faults import FaultSet, parse_fault_specs
+
 log = logging.getLogger(__name__)
 
 DEFAULT_HOST = "127.0.0.1"
@@ -70,7 +72,7 @@ SORTS = ("LATEST", "EARLIEST", "RELEVANCE")
 
 
 @dataclasses.dataclass(frozen=True)
-class Faults:
+class Faults(FaultSet):
     """Switchable misbehaviour; counters apply to the next N requests and count down."""
 
     rate_limit_after: int | None = None  # serve N requests (since start/reset_quota), then the daily rate limit
@@ -90,56 +92,21 @@ class Faults:
     reply_delay: float = 0.0  # seconds before every reply
     faults_after: int = 0  # answer the next N requests (counted from set_faults) normally, then apply the faults
 
-    @classmethod
-    def coerce(cls, value: Faults | Mapping[str, Any] | None) -> Faults:
-        if value is None:
-            return cls()
-        if isinstance(value, Faults):
-            return value
-        return cls()._with(dict(value))
+    COUNTERS = ("burst_limits", "malformed_json", "missing_feed", "http_500", "faults_after")
 
-    def _with(self, changes: Mapping[str, Any]) -> Faults:
-        names = {f.name for f in dataclasses.fields(self)}
-        unknown = sorted(set(changes) - names)
-        if unknown:
-            raise ValueError(f"unknown fault(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
-        fixed = dict(changes)
+    def _normalize(self, fixed: dict[str, Any]) -> dict[str, Any]:
         if "missing_fields" in fixed:
             value = fixed["missing_fields"]
             items = value.split(",") if isinstance(value, str) else value
             fixed["missing_fields"] = frozenset(str(v).strip() for v in items if str(v).strip())
         if fixed.get("rate_limit_key", "Information") not in ("Information", "Note"):
             raise ValueError("rate_limit_key must be Information or Note")
-        for counter in ("burst_limits", "malformed_json", "missing_feed", "http_500", "faults_after"):
-            if counter in fixed and int(fixed[counter]) < 0:
-                raise ValueError(f"{counter} must be >= 0")
-        return dataclasses.replace(self, **fixed)
+        return fixed
 
 
 def parse_faults(specs: Iterable[str]) -> Faults:
     """Faults from ``name=value`` strings, e.g. ``rate_limit_after=3``, ``missing_fields=url,title``, ``premium=1``."""
-    hints = {f.name: f.type for f in dataclasses.fields(Faults)}
-    changes: dict[str, Any] = {}
-    for spec in specs:
-        name, sep, raw = spec.partition("=")
-        name, raw = name.strip(), raw.strip()
-        if not sep or name not in hints:
-            raise ValueError(f"fault {spec!r}: use name=value with a name among {', '.join(hints)}")
-        kind = str(hints[name])
-        try:
-            if kind == "bool":
-                changes[name] = raw.lower() in ("1", "true", "yes", "on")
-            elif kind == "int":
-                changes[name] = int(raw)
-            elif kind == "int | None":
-                changes[name] = None if raw.lower() in ("", "none") else int(raw)
-            elif kind == "float":
-                changes[name] = float(raw)
-            else:
-                changes[name] = raw
-        except ValueError:
-            raise ValueError(f"fault {spec!r}: {raw!r} is not a valid value for {name}") from None
-    return Faults.coerce(changes)
+    return parse_fault_specs(Faults, specs)
 
 
 @dataclasses.dataclass

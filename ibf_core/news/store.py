@@ -231,7 +231,6 @@ def _stage(spec: TableSpec, frame: pd.DataFrame, target: Path) -> tuple[Path | N
 
 
 def _stage_articles(folder: Path, articles: pd.DataFrame) -> list[tuple[Path | None, Path]]:
-    import pandas as pd
 
     if articles.empty:
         return []

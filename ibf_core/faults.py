@@ -1,0 +1,69 @@
+"""Switchable faults shared by the loopback simulators (IB Gateway, Alpha Vantage): validation and parsing."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping
+from typing import Any, TypeVar
+
+F = TypeVar("F", bound="FaultSet")
+
+
+class FaultSet:
+    """Mixin for a frozen dataclass of faults: ``coerce`` from a mapping, ``_with`` validated changes.
+
+    Subclasses list their countdown fields in ``COUNTERS`` and may normalize values in ``_normalize``.
+    """
+
+    COUNTERS: tuple[str, ...] = ()
+
+    @classmethod
+    def coerce(cls: type[F], value: F | Mapping[str, Any] | None) -> F:
+        if value is None:
+            return cls()
+        if isinstance(value, cls):
+            return value
+        return cls()._with(dict(value))
+
+    def _normalize(self, changes: dict[str, Any]) -> dict[str, Any]:
+        return changes
+
+    def _with(self: F, changes: Mapping[str, Any]) -> F:
+        names = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(changes) - names)
+        if unknown:
+            raise ValueError(f"unknown fault(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+        fixed = self._normalize(dict(changes))
+        for counter in self.COUNTERS:
+            if counter in fixed and fixed[counter] is not None and int(fixed[counter]) < 0:
+                raise ValueError(f"{counter} must be >= 0")
+        return dataclasses.replace(self, **fixed)
+
+
+def parse_fault_specs(cls: type[F], specs: Iterable[str]) -> F:
+    """Faults from command-line ``name=value`` strings, converted by each field's annotated type
+    (``none``/``never`` is None where the field allows it; set-like fields stay strings for ``_normalize``)."""
+    types = {f.name: str(f.type).replace(" ", "") for f in dataclasses.fields(cls)}
+    changes: dict[str, Any] = {}
+    for spec in specs:
+        name, sep, raw = spec.partition("=")
+        name, raw = name.strip(), raw.strip()
+        if not sep or name not in types:
+            raise ValueError(f"fault {spec!r}: use name=value with a name among {', '.join(types)}")
+        kind = types[name]
+        optional = kind.endswith("|None")
+        base = kind.removesuffix("|None")
+        try:
+            if optional and raw.lower() in ("", "none", "never"):
+                changes[name] = None
+            elif base == "bool":
+                changes[name] = raw.lower() in ("1", "true", "yes", "on")
+            elif base == "int":
+                changes[name] = int(raw)
+            elif base == "float":
+                changes[name] = float(raw)
+            else:
+                changes[name] = raw
+        except ValueError:
+            raise ValueError(f"fault {spec!r}: {raw!r} is not a valid value for {name}") from None
+    return cls.coerce(changes)
