@@ -67,3 +67,39 @@ def parse_fault_specs(cls: type[F], specs: Iterable[str]) -> F:
         except ValueError:
             raise ValueError(f"fault {spec!r}: {raw!r} is not a valid value for {name}") from None
     return cls.coerce(changes)
+
+
+class FaultSwitchboard:
+    """Mixin for a simulator holding ``self._lock`` and ``self._faults``: thread-safe reads, changes and countdowns."""
+
+    _fault_type: type[FaultSet]
+    _lock: Any
+    _faults: Any
+
+    @property
+    def faults(self) -> Any:
+        with self._lock:
+            return self._faults
+
+    def set_faults(self, faults: Any = None, **changes: Any) -> Any:
+        """Replace the faults (``set_faults(Faults(...))``) or change some (``set_faults(name=value)``)."""
+        with self._lock:
+            base = faults if faults is not None else self._faults
+            self._faults = base._with(changes) if changes else base
+            self._faults_changed()
+            return self._faults
+
+    def _faults_changed(self) -> None:
+        """Hook called under the lock after every change."""
+
+    def clear_faults(self) -> None:
+        self.set_faults(self._fault_type())
+
+    def _take(self, counter: str) -> bool:
+        """Consume one unit of a counting fault; False when none is left."""
+        with self._lock:
+            left = getattr(self._faults, counter)
+            if left <= 0:
+                return False
+            self._faults = dataclasses.replace(self._faults, **{counter: left - 1})
+            return True

@@ -30,7 +30,7 @@ import time
 import zlib
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
-from ibf_core.faults import FaultSet, parse_fault_specs
+from ibf_core.faults import FaultSet, FaultSwitchboard, parse_fault_specs
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -156,8 +156,10 @@ class _Reject(Exception):
         self.code, self.message = code, message
 
 
-class GatewaySimulator:
+class GatewaySimulator(FaultSwitchboard):
     """IB Gateway on loopback, in a background thread with its own event loop."""
+
+    _fault_type = Faults
 
     def __init__(
         self,
@@ -266,31 +268,7 @@ class GatewaySimulator:
         finally:
             self._sessions.discard(session)
 
-    # ---- faults and logs (thread-safe) -------------------------------------------------------------
-    @property
-    def faults(self) -> Faults:
-        with self._lock:
-            return self._faults
-
-    def set_faults(self, faults: Faults | None = None, **changes: Any) -> Faults:
-        """Replace the faults (``set_faults(Faults(...))``) or change some (``set_faults(pacing_violations=2)``)."""
-        with self._lock:
-            base = faults if faults is not None else self._faults
-            self._faults = base._with(changes) if changes else base
-            return self._faults
-
-    def clear_faults(self) -> None:
-        self.set_faults(Faults())
-
-    def _take(self, counter: str) -> bool:
-        """Consume one unit of a counting fault."""
-        with self._lock:
-            left = getattr(self._faults, counter)
-            if left <= 0:
-                return False
-            self._faults = dataclasses.replace(self._faults, **{counter: left - 1})
-            return True
-
+    # ---- logs (thread-safe; faults come from FaultSwitchboard) ----------------------------------------
     @property
     def request_log(self) -> list[HistoricalRequest]:
         """Copies of every historical request received, oldest first."""

@@ -30,7 +30,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from ibf_core.faults import FaultSet, parse_fault_specs
+from ibf_core.faults import FaultSet, FaultSwitchboard, parse_fault_specs
 
 log = logging.getLogger(__name__)
 
@@ -203,8 +203,10 @@ class SimulatorError(RuntimeError):
     """The simulator could not start or was misused."""
 
 
-class AlphaVantageSimulator:
+class AlphaVantageSimulator(FaultSwitchboard):
     """Alpha Vantage ``NEWS_SENTIMENT`` on loopback, served from a background thread."""
+
+    _fault_type = Faults
 
     def __init__(
         self,
@@ -268,21 +270,8 @@ class AlphaVantageSimulator:
         return f"http://{self.host}:{self.port}"
 
     # faults, data and logs (thread-safe)
-    @property
-    def faults(self) -> Faults:
-        with self._lock:
-            return self._faults
-
-    def set_faults(self, faults: Faults | None = None, **changes: Any) -> Faults:
-        """Replace the faults (``set_faults(Faults(...))``) or change some (``set_faults(premium=True)``)."""
-        with self._lock:
-            base = faults if faults is not None else self._faults
-            self._faults = base._with(changes) if changes else base
-            self._received = 0  # faults_after counts from here
-            return self._faults
-
-    def clear_faults(self) -> None:
-        self.set_faults(Faults())
+    def _faults_changed(self) -> None:
+        self._received = 0  # faults_after counts from the last change
 
     def reset_quota(self) -> None:
         """A new day: the rate-limit counter starts again."""
@@ -297,14 +286,6 @@ class AlphaVantageSimulator:
     def request_log(self) -> list[SimRequest]:
         with self._lock:
             return list(self._log)
-
-    def _take(self, counter: str) -> bool:
-        with self._lock:
-            left = getattr(self._faults, counter)
-            if left > 0:
-                self._faults = dataclasses.replace(self._faults, **{counter: left - 1})
-                return True
-            return False
 
     def _count_quota(self) -> bool:
         """Count one request; True when it is over the rate limit."""
