@@ -1,9 +1,10 @@
-"""Switchable faults shared by the loopback simulators (IB Gateway, Alpha Vantage): validation and parsing."""
+"""What the loopback simulators (IB Gateway, Alpha Vantage) share: fault sets, their switchboard, serving."""
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Mapping
+import threading
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 F = TypeVar("F", bound="FaultSet")
@@ -103,3 +104,31 @@ class FaultSwitchboard:
                 return False
             self._faults = dataclasses.replace(self._faults, **{counter: left - 1})
             return True
+
+
+def serve_until_stopped(
+    sim: Any,
+    name: str,
+    describe: Callable[[], str],
+    announce: Callable[[str], None],
+    stop_event: threading.Event | None = None,
+) -> None:
+    """Run a simulator in the foreground until Ctrl-C, SIGTERM (``docker stop``) or ``stop_event``."""
+    import signal
+
+    stop_event = stop_event or threading.Event()
+    restore_sigterm = None
+    if threading.current_thread() is threading.main_thread():
+        restore_sigterm = signal.signal(signal.SIGTERM, lambda *_: stop_event.set())
+    try:
+        sim.start()
+        announce(f"{name} listening on {describe()}; Ctrl-C stops it")
+        while not stop_event.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        announce(f"stopping the {name}")
+        sim.stop()
+        if restore_sigterm is not None:
+            signal.signal(signal.SIGTERM, restore_sigterm)

@@ -30,7 +30,7 @@ import time
 import zlib
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
-from ibf_core.faults import FaultSet, FaultSwitchboard, parse_fault_specs
+from ibf_core.faults import FaultSet, FaultSwitchboard, parse_fault_specs, serve_until_stopped
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -804,26 +804,11 @@ def serve(
     stop_event: threading.Event | None = None,
 ) -> None:
     """Run a simulator in the foreground until Ctrl-C, SIGTERM or ``stop_event``; ``bars`` None = the sample bars."""
-    import signal
-
-    stop_event = stop_event or threading.Event()
     sim = GatewaySimulator(bars, faults, host=host, port=port)
-    restore_sigterm = None
-    if threading.current_thread() is threading.main_thread():
-        # `docker stop` sends SIGTERM: stop as cleanly as on Ctrl-C.
-        restore_sigterm = signal.signal(signal.SIGTERM, lambda *_: stop_event.set())
-    try:
-        bound = sim.start()
-        announce(
-            f"IB Gateway simulator listening on {host}:{bound} "
-            f"(server version {SERVER_VERSION}, account {ACCOUNT}); Ctrl-C stops it"
-        )
-        while not stop_event.wait(0.5):
-            pass
-        announce("stopping the IB Gateway simulator")
-    except KeyboardInterrupt:
-        announce("stopping the IB Gateway simulator")
-    finally:
-        sim.stop()
-        if restore_sigterm is not None:
-            signal.signal(signal.SIGTERM, restore_sigterm)
+    serve_until_stopped(
+        sim,
+        "IB Gateway simulator",
+        lambda: f"{host}:{sim.port} (server version {SERVER_VERSION}, account {ACCOUNT})",
+        announce,
+        stop_event,
+    )

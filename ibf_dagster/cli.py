@@ -202,7 +202,7 @@ def gateway_sim(
         faults = parse_faults(fault or [])
     except ValueError as exc:
         _fail(str(exc), 2)
-    serve(host, port, make_source(settings), faults, announce=lambda line: err.print(f"{line} [{source} bars]", highlight=False))
+    serve(host, port, make_source(settings), faults, announce=lambda line: err.print(f"{line} [{source} bars]", highlight=False, markup=False))
 
 
 @app.command("av-sim")
@@ -220,7 +220,7 @@ def av_sim(
         feed = load_articles(str(articles)) if articles else None
     except (ValueError, OSError) as exc:
         _fail(str(exc), 2)
-    serve(host, port, feed, faults, announce=lambda line: err.print(line, highlight=False))
+    serve(host, port, feed, faults, announce=lambda line: err.print(line, highlight=False, markup=False))
 
 
 @app.command()

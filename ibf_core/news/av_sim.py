@@ -30,7 +30,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from ibf_core.faults import FaultSet, FaultSwitchboard, parse_fault_specs
+from ibf_core.faults import FaultSet, FaultSwitchboard, parse_fault_specs, serve_until_stopped
 
 log = logging.getLogger(__name__)
 
@@ -477,28 +477,14 @@ def serve(
     stop_event: threading.Event | None = None,
 ) -> None:
     """Run a simulator in the foreground until Ctrl-C, SIGTERM or ``stop_event``; ``articles`` None = synthetic."""
-    import signal
-
-    stop_event = stop_event or threading.Event()
     sim = AlphaVantageSimulator(articles, faults, host=host, port=port, api_key=api_key)
-    restore_sigterm = None
-    if threading.current_thread() is threading.main_thread():
-        restore_sigterm = signal.signal(signal.SIGTERM, lambda *_: stop_event.set())
-    try:
-        sim.start()
-        announce(
-            f"Alpha Vantage simulator listening on {sim.url} ({len(sim._articles)} articles); "
-            f"set IBF_ALPHAVANTAGE_URL={sim.url}; Ctrl-C stops it"
-        )
-        while not stop_event.wait(0.5):
-            pass
-        announce("stopping the Alpha Vantage simulator")
-    except KeyboardInterrupt:
-        announce("stopping the Alpha Vantage simulator")
-    finally:
-        sim.stop()
-        if restore_sigterm is not None:
-            signal.signal(signal.SIGTERM, restore_sigterm)
+    serve_until_stopped(
+        sim,
+        "Alpha Vantage simulator",
+        lambda: f"{sim.url} ({len(sim._articles)} articles); set IBF_ALPHAVANTAGE_URL={sim.url}",
+        announce,
+        stop_event,
+    )
 
 
 def load_articles(path: str) -> list[dict[str, Any]]:
