@@ -1,0 +1,108 @@
+"""Hyper-parameters of every member, JSON-serializable so a bundle records exactly what trained it."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from ibf_core.models import HORIZONS, TRAINED_MEMBERS
+
+# Compact, dense, scale-free inputs for the neural members; GBDT takes every feature that has data.
+DEFAULT_NEURAL_FEATURES: tuple[str, ...] = (
+    "logret_5",
+    "logret_20",
+    "rsi_14",
+    "macd_hist",
+    "bb_pctb_20",
+    "sma_ratio_50",
+    "hv_20",
+    "hv_60",
+    "volume_z_20",
+    "hl_range",
+    "gap_overnight",
+    "rank_ret_20",
+    "corr_60",
+)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything that decides a trained model besides the data and the cut-off."""
+
+    horizons: tuple[int, ...] = HORIZONS
+    members: tuple[str, ...] = TRAINED_MEMBERS
+    # Windows (sessions). Validation origins sit after a purge gap of max(horizons) sessions behind the
+    # training data, so no validation target overlaps a training target.
+    validation_days: int = 60
+    inner_validation_days: int = 40  # tail of the training window used for early stopping
+    drift_window: int = 252
+    # Neural members
+    input_size: int = 60
+    max_steps: int = 200
+    val_check_steps: int = 20
+    early_stop_patience: int = 5  # validation checks without improvement
+    lr_patience: int = 2  # checks without improvement before the learning rate is halved
+    learning_rate: float = 1e-3
+    batch_size: int = 32
+    windows_batch_size: int = 256
+    lstm_hidden_size: int = 32
+    tft_hidden_size: int = 16
+    neural_features: tuple[str, ...] = DEFAULT_NEURAL_FEATURES
+    # GBDT member
+    gbdt_rounds: int = 400
+    gbdt_learning_rate: float = 0.03
+    gbdt_leaves: int = 15
+    gbdt_min_leaf: int = 100
+    gbdt_early_stopping: int = 40
+    seed: int = 7
+    threads: int = 2
+
+    def __post_init__(self) -> None:
+        if not self.horizons or any(h < 1 for h in self.horizons):
+            raise ValueError(f"horizons must be positive integers, got {self.horizons}")
+        unknown = set(self.members) - set(TRAINED_MEMBERS)
+        if unknown:
+            raise ValueError(f"unknown member(s) {sorted(unknown)}; choose from {TRAINED_MEMBERS}")
+        if self.max_steps < 1:
+            raise ValueError("max_steps must be at least 1")
+
+    @property
+    def max_horizon(self) -> int:
+        return max(self.horizons)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
+        names = {f.name for f in fields(cls)}
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in names}
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> "ModelConfig":
+        return ModelConfig.from_dict({**self.to_dict(), **changes})
+
+
+def resolve_device(accelerator: str) -> str:
+    """``auto|cpu|gpu`` -> ``cpu`` or ``gpu``; asking for a GPU where CUDA is absent is an error, not a fallback."""
+    import torch
+
+    if accelerator not in ("auto", "cpu", "gpu"):
+        raise ValueError(f"accelerator must be auto, cpu or gpu, got {accelerator!r}")
+    cuda = torch.cuda.is_available()
+    if accelerator == "gpu" and not cuda:
+        raise RuntimeError("IBF_ACCELERATOR=gpu but torch sees no CUDA device (use auto to fall back to the CPU)")
+    if accelerator == "auto":
+        return "gpu" if cuda else "cpu"
+    return accelerator
+
+
+def device_description(device: str) -> str:
+    import torch
+
+    if device == "gpu":
+        return f"gpu ({torch.cuda.get_device_name(0)})"
+    return f"cpu ({torch.get_num_threads()} threads)"
+
+
+__all__ = ["DEFAULT_NEURAL_FEATURES", "ModelConfig", "device_description", "resolve_device"]

@@ -1,0 +1,109 @@
+"""Batch inference: every member's h-day forecasts, the ensemble, conformal intervals and cross-sectional ranks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from ibf_core.models import NEURAL_MEMBERS, ModelDataError
+from ibf_core.models.bundle import ModelBundle
+from ibf_core.models.ensemble import combine, interval_scale, intervals
+
+BOUNDS = ("lower_80", "upper_80", "lower_95", "upper_95")
+
+
+def origin_rows(panel: pd.DataFrame, symbols: list[str] | None, dates: list | pd.DatetimeIndex) -> pd.DataFrame:
+    """Rows of ``panel`` for the requested origins; a requested symbol without a row on a date is an error."""
+    wanted = pd.DatetimeIndex(pd.to_datetime(list(dates))).normalize()
+    rows = panel[panel["date"].isin(wanted)]
+    if symbols is not None:
+        rows = rows[rows["symbol"].isin(symbols)]
+        have = set(zip(rows["symbol"], rows["date"]))
+        for date in wanted:
+            for symbol in symbols:
+                if (symbol, date) not in have:
+                    raise ModelDataError(f"{symbol}: no bar/feature row on {date.date()} to forecast from")
+    return rows
+
+
+def drift_forecast(panel: pd.DataFrame, window: int) -> pd.Series:
+    """Trailing mean daily log return (``window`` sessions, at least 20) per row: the drift baseline's daily rate."""
+    rolling = panel.groupby("symbol", sort=False)["y"].rolling(window, min_periods=20)
+    return rolling.mean().reset_index(level=0, drop=True)
+
+
+def point_forecasts(bundle: ModelBundle, panel: pd.DataFrame, origins: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """member -> frame aligned with ``origins`` holding one ``h<h>`` column per horizon (log returns)."""
+    from ibf_core.models import gbdt, neural
+
+    config = bundle.config
+    origins = origins.reset_index(drop=True)
+    out: dict[str, pd.DataFrame] = {}
+    out["naive"] = pd.DataFrame({f"h{h}": np.zeros(len(origins)) for h in config.horizons})
+    rate = drift_forecast(panel, config.drift_window).reindex(origins["_row"]).to_numpy()
+    out["drift"] = pd.DataFrame({f"h{h}": rate * h for h in config.horizons})
+    for member in config.members:
+        if member in NEURAL_MEMBERS:
+            frame = neural.predict(bundle.neural[member], member, panel, origins, config, bundle.scaler, bundle.y_sigma)
+            out[member] = frame[[f"h{h}" for h in config.horizons]].reset_index(drop=True)
+        elif member == "gbdt":
+            out[member] = gbdt.predict(bundle.gbdt, origins, bundle.gbdt_features).reset_index(drop=True)
+    for name, frame in out.items():
+        if not np.isfinite(frame.to_numpy(dtype=np.float64)).all() and name != "drift":
+            raise ModelDataError(f"member {name} produced non-finite forecasts")
+    return out
+
+
+def forecast(bundle: ModelBundle, panel: pd.DataFrame, origins: pd.DataFrame, with_intervals: bool = True) -> pd.DataFrame:
+    """Long frame ``symbol, date, horizon, member, pred`` (+ interval bounds) for every member and the ensemble."""
+    origins = origins.assign(_row=origins.index).reset_index(drop=True)
+    points = point_forecasts(bundle, panel, origins)
+    scale_vol = origins["vol"].to_numpy(dtype=np.float64)
+    frames = []
+    for h in bundle.config.horizons:
+        wide = pd.DataFrame({m: f[f"h{h}"].to_numpy() for m, f in points.items()})
+        choice = bundle.ensemble.get(str(h))
+        if choice is not None:
+            wide["ensemble"] = combine(wide, choice)
+        scale = interval_scale(scale_vol, h, bundle.vol_fallback)
+        for member in wide.columns:
+            part = pd.DataFrame(
+                {"symbol": origins["symbol"].to_numpy(), "date": origins["date"].to_numpy(), "horizon": h, "member": member, "pred": wide[member].to_numpy()}
+            )
+            quantiles = bundle.conformal.get(member, {}).get(str(h)) if with_intervals else None
+            for key in BOUNDS:
+                part[key] = np.nan
+            if quantiles:
+                for key, values in intervals(part["pred"].to_numpy(), scale, quantiles).items():
+                    part[key] = values
+            frames.append(part)
+    return pd.concat(frames, ignore_index=True)
+
+
+def rank_cross_section(frame: pd.DataFrame, value: str = "pred_return") -> pd.Series:
+    """Rank 1 = highest expected return among the symbols of the same (date, horizon)."""
+    return frame.groupby(["date", "horizon"])[value].rank(ascending=False, method="first").astype("int64")
+
+
+def predictions_table(long: pd.DataFrame, origins: pd.DataFrame, bundle: ModelBundle, version: str) -> pd.DataFrame:
+    """One row per (symbol, date, horizon): the ensemble's return/price forecast, bounds, members, rank."""
+    from ibf_core.calendar import all_sessions
+
+    members = [m for m in long["member"].unique() if m not in ("ensemble", "naive")]
+    main = "ensemble" if "ensemble" in set(long["member"]) else members[0]
+    table = long[long["member"] == main].drop(columns="member").rename(columns={"pred": "pred_return"})
+    for member in members:
+        part = long[long["member"] == member][["symbol", "date", "horizon", "pred"]].rename(columns={"pred": f"pred_{member}"})
+        table = table.merge(part, on=["symbol", "date", "horizon"], how="left")
+    prices = origins[["symbol", "date", "close", "session"]]
+    table = table.merge(prices, on=["symbol", "date"], how="left")
+    table["pred_price"] = table["close"] * np.exp(table["pred_return"])
+    for key in BOUNDS:
+        table[f"price_{key}"] = table["close"] * np.exp(table[key])
+    sessions = all_sessions()
+    table["target_date"] = sessions[np.minimum(table["session"] + table["horizon"], len(sessions) - 1)].to_numpy()
+    table["rank"] = rank_cross_section(table)
+    table["member_used"] = main
+    table["model_version"] = version
+    table["model_cutoff"] = pd.Timestamp(bundle.cutoff)
+    return table.drop(columns="session").sort_values(["date", "horizon", "rank"]).reset_index(drop=True)
