@@ -101,13 +101,28 @@ class Settings(BaseSettings):
     news_file: Path | None = Field(None, description="CSV/JSON headlines for IBF_NEWS_SOURCE=file")
     alphavantage_url: str = Field("https://www.alphavantage.co", description="Alpha Vantage base URL")
     alphavantage_requests_per_day: int = Field(25, gt=0, description="Alpha Vantage daily request quota")
+    accelerator: Literal["auto", "cpu", "gpu"] = Field(
+        "auto", description="Training device: auto = CUDA when torch sees one, else CPU; gpu fails without CUDA"
+    )
+    model_members: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["lstm", "tft", "gbdt"], description="Trained ensemble members (comma list of lstm, tft, gbdt)"
+    )
+    model_max_steps: int = Field(200, ge=1, description="Maximum optimizer steps per neural member (early stopping may end sooner)")
+    model_input_size: int = Field(60, ge=5, description="Sessions of history the neural members read per forecast")
+    model_validation_days: int = Field(
+        60, ge=20, description="Validation origins per training run (ensemble weights, interval calibration, metrics)"
+    )
+    model_seed: int = Field(7, ge=0, description="Random seed of every member")
+    model_name: str = Field("ibf-forecaster", description="MLflow registered-model name")
+    mlflow_experiment: str = Field("ibf-training", description="MLflow experiment of training runs")
+    cost_bps: float = Field(10.0, ge=0, description="Trading cost per side in basis points for the top-k spread metric")
 
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):
         config_file = os.environ.get("IBF_CONFIG", "config/settings.toml")
         return (init_settings, env_settings, _TomlFlatSource(settings_cls, Path(config_file)))
 
-    @field_validator("universe", "ib_ports", mode="before")
+    @field_validator("universe", "ib_ports", "model_members", mode="before")
     @classmethod
     def _comma_list(cls, value: Any) -> Any:
         return _split_list(value)
@@ -119,6 +134,15 @@ class Settings(BaseSettings):
         if not symbols:
             raise ValueError("the universe is empty")
         return list(dict.fromkeys(symbols))
+
+    @field_validator("model_members")
+    @classmethod
+    def _members(cls, value: list[str]) -> list[str]:
+        members = [m.strip().lower() for m in value]
+        unknown = sorted(set(members) - {"lstm", "tft", "gbdt"})
+        if unknown or not members:
+            raise ValueError(f"members must be a non-empty comma list of lstm, tft, gbdt (unknown: {unknown})")
+        return list(dict.fromkeys(members))
 
     @field_validator("ib_ports")
     @classmethod
@@ -164,6 +188,14 @@ class Settings(BaseSettings):
     @property
     def cache_dir(self) -> Path:
         return self.home_dir / "cache"
+
+    @property
+    def mlflow_artifacts_dir(self) -> Path:
+        return self.home_dir / "mlflow-artifacts"
+
+    @property
+    def model_cache_dir(self) -> Path:
+        return self.cache_dir / "models"
 
 
 def _env_name(loc: tuple[Any, ...]) -> str:

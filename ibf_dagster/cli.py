@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import sys
 import time
@@ -9,9 +10,11 @@ import warnings
 from pathlib import Path
 from typing import Annotated
 
+import pandas as pd
 import typer
 from rich.console import Console
 
+from ibf_core.calendar import to_date
 from ibf_core.settings import SettingsError, get_settings, load_settings, normalize_symbol
 
 app = typer.Typer(help="ibf: forecasting platform for Interactive Brokers market data.", no_args_is_help=True)
@@ -254,6 +257,104 @@ def demo() -> None:
     out.print(f"\nwarehouse: {settings.warehouse_path}\nloaded in {elapsed:.1f} s", highlight=False)
     out.print("(the `fresh` check fails by design: the embedded sample ends on 2013-03-01)", highlight=False)
     out.print('try: ibf sql "SELECT symbol, max(close) FROM market_bars GROUP BY 1"; make ui', highlight=False)
+
+
+@app.command()
+def train(
+    cutoff: Annotated[str | None, typer.Option(help="Training cut-off session (default: the newest stored session but one)")] = None,
+    verbose: Annotated[bool, typer.Option(help="Show Dagster's logs")] = False,
+) -> None:
+    """Materialize trained_models for one cut-off through Dagster (MLflow run + registry version)."""
+    from ibf_dagster.runner import BackfillError
+    from ibf_dagster.runner import train as run_train
+
+    log_level = _quiet_dagster(verbose)
+    settings = _settings()
+    day = cutoff or _default_cutoff(settings)
+    started = time.perf_counter()
+    try:
+        summary = run_train(settings, day, log_level=log_level)
+    except BackfillError as exc:
+        _fail(str(exc))
+    if not summary.success:
+        _fail(f"training for cut-off {day} failed: {summary.error} (run {summary.run_id}; details in the Dagster UI)")
+    out.print(f"trained_models {day}: run {summary.run_id} in {time.perf_counter() - started:.1f} s", highlight=False)
+    _print_validation(settings, day)
+
+
+def _default_cutoff(settings) -> str:
+    from ibf_core.storage.warehouse import Warehouse
+
+    dates = Warehouse(settings.home_dir).query("SELECT DISTINCT date FROM features ORDER BY date DESC LIMIT 2")
+    if len(dates) < 2:
+        _fail("no features stored: run ibf backfill (or make demo) first")
+    return str(pd.Timestamp(dates["date"].iloc[1]).date())
+
+
+def _print_validation(settings, cutoff: str) -> None:
+    """The registered version's validation summary: skill versus the random walk, per horizon."""
+    from ibf_core.models.registry import list_versions, load_registered
+
+    version = [v for v in list_versions(settings.mlflow_uri, settings.model_name) if v.cutoff.isoformat() == cutoff][-1]
+    bundle = load_registered(settings.mlflow_uri, version, settings.model_cache_dir)
+    table = pd.DataFrame(bundle.validation)
+    table = table[table["member"] != "naive"]
+    shown = table.pivot(index="horizon", columns="member", values="rel_mae_vs_naive").round(3)
+    out.print(
+        f"model {version.name} v{version.version} (cut-off {cutoff}, {bundle.facts['device']}); validation "
+        f"{bundle.validation_start}..{bundle.validation_end}, MAE relative to the random walk (< 1 beats it):",
+        highlight=False,
+    )
+    out.print(shown.to_string(), highlight=False)
+
+
+@app.command()
+def evaluate(
+    horizons: Annotated[str, typer.Option(help="Comma list of horizons in sessions")] = "1,5,20",
+    test_days: Annotated[int, typer.Option(help="Test origins (the newest sessions with realized targets)")] = 60,
+    json_out: Annotated[Path, typer.Option("--json", help="Where to write the metrics JSON")] = Path("evaluation.json"),
+    report: Annotated[Path | None, typer.Option(help="Markdown report path (default: next to --json)")] = None,
+    source: Annotated[str | None, typer.Option(help="sample, csv or ibkr (default: IBF_SOURCE)")] = None,
+    csv: Annotated[str | None, typer.Option(help="CSV/Parquet file or folder for --source csv")] = None,
+    symbols: Annotated[str | None, typer.Option(help="Comma list (default: IBF_UNIVERSE)")] = None,
+    start: Annotated[str | None, typer.Option(help="First bar date to load (default: IBF_HISTORY_START)")] = None,
+    max_steps: Annotated[int | None, typer.Option(help="Neural training steps (default: IBF_MODEL_MAX_STEPS)")] = None,
+    members: Annotated[str | None, typer.Option(help="Trained members, e.g. gbdt or lstm,tft,gbdt")] = None,
+    refit_every: Annotated[int | None, typer.Option(help="Sessions per fold before refitting (default: --test-days)")] = None,
+) -> None:
+    """Walk-forward evaluation of every member against the random walk; writes JSON and a markdown report."""
+    from ibf_core.evaluation.walkforward import walk_forward, write_outputs
+    from ibf_core.features.pipeline import compute_features
+    from ibf_core.models import ModelDataError
+    from ibf_core.models.config import ModelConfig, resolve_device
+    from ibf_core.models.dataset import build_panel
+    from ibf_core.sources import make_source
+    from ibf_core.sources.errors import SourceError
+
+    _quiet_dagster()
+    settings = _settings(source=source, csv_path=csv, universe=symbols, model_members=members)
+    try:
+        wanted = tuple(sorted({int(h) for h in horizons.split(",") if h.strip()}))
+        config = ModelConfig.from_settings(settings, horizons=wanted, **({"max_steps": max_steps} if max_steps else {}))
+        device = resolve_device(settings.accelerator)
+    except (ValueError, RuntimeError) as exc:
+        _fail(str(exc), 2)
+    first = to_date(start) if start else settings.history_start
+    try:
+        bars = make_source(settings).fetch_daily_bars(settings.universe, first, dt.date.today())
+        err.print(f"{len(bars):,} bars of {bars['symbol'].nunique()} symbols from {settings.source}", highlight=False)
+        features = compute_features(bars, benchmark=settings.benchmark)
+        panel = build_panel(bars, features, config.horizons)
+        result = walk_forward(
+            panel, config, test_days=test_days, refit_every=refit_every, cost_bps=settings.cost_bps, device=device,
+            progress=lambda message: err.print(message, highlight=False),
+        )
+    except (SourceError, ModelDataError, ValueError) as exc:
+        _fail(str(exc))
+    json_path, report_path = write_outputs(result, json_out, report)
+    for h, verdict in result.results["verdicts"].items():
+        out.print(verdict["statement"], highlight=False)
+    out.print(f"wrote {json_path} and {report_path}", highlight=False)
 
 
 @app.command()

@@ -7,7 +7,9 @@ import dagster as dg
 from ibf_core.settings import Settings, get_settings
 from ibf_dagster.assets.features import build_features
 from ibf_dagster.assets.market_bars import build_market_bars
+from ibf_dagster.assets.models import build_mlflow_resource, build_trained_models
 from ibf_dagster.assets.news import build_news_sentiment
+from ibf_dagster.assets.predictions import build_predictions
 from ibf_dagster.resources import build_resources
 from ibf_dagster.sensors import build_universe_sync
 
@@ -15,10 +17,16 @@ from ibf_dagster.sensors import build_universe_sync
 def build_definitions(settings: Settings) -> dg.Definitions:
     market_bars, market_bars_fresh = build_market_bars(settings)
     return dg.Definitions(
-        assets=[market_bars, build_news_sentiment(settings), build_features(settings)],
+        assets=[
+            market_bars,
+            build_news_sentiment(settings),
+            build_features(settings),
+            build_trained_models(settings),
+            build_predictions(settings),
+        ],
         asset_checks=[market_bars_fresh],
         sensors=[build_universe_sync(settings)],
-        resources=build_resources(settings),
+        resources={**build_resources(settings), "mlflow": build_mlflow_resource(settings)},
     )
 
 

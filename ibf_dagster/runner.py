@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import dagster as dg
+import pandas as pd
 
 from ibf_core.calendar import to_date
 from ibf_core.progress import report_progress
@@ -18,6 +19,9 @@ from ibf_core.settings import Settings, normalize_symbol
 from ibf_core.storage.warehouse import Warehouse
 from ibf_dagster.instance import get_instance
 from ibf_dagster.partitions import SYMBOL_PARTITIONS, date_key_window, date_partitions
+
+
+MODEL_ASSETS = ("trained_models", "predictions")
 
 
 class BackfillError(RuntimeError):
@@ -105,6 +109,11 @@ def backfill(
         selected = dg.AssetSelection.from_coercible(assets).resolve(graph)
     except Exception as exc:  # dagster raises several types for a bad selection string
         raise BackfillError(f"--assets {assets!r}: {exc}") from exc
+    if assets == "*":
+        # The default builds the data; models train per cut-off (``ibf train``) and predictions need one.
+        selected = {key for key in selected if key.to_user_string() not in MODEL_ASSETS}
+    elif "trained_models" in {key.to_user_string() for key in selected}:
+        raise BackfillError("trained_models is partitioned by cut-off date, not symbol x date: use ibf train --cutoff DATE")
     if not selected:
         raise BackfillError(f"--assets {assets!r} selects no asset")
     date_keys = date_keys_between(settings, start_d, end_d)
@@ -177,3 +186,35 @@ def _root_message(error) -> str:
         error = error.cause
     message = error.message.strip().splitlines()[-1] if error.message.strip() else error.cls_name
     return re.sub(r"^[\w.]+(Error|Exception): ", "", message)
+
+
+def train(settings: Settings, cutoff: str | dt.date, log_level: str = "WARNING") -> RunSummary:
+    """Materialize ``trained_models`` for one cut-off (added as a ``model_cutoff`` partition) in-process."""
+    from ibf_core.calendar import all_sessions
+    from ibf_dagster.assets.models import MODEL_CUTOFFS
+    from ibf_dagster.definitions import build_definitions
+
+    day = to_date(cutoff)
+    sessions = all_sessions()
+    if pd.Timestamp(day) not in set(sessions):
+        raise BackfillError(f"cut-off {day} is not an NYSE session")
+    instance = get_instance(settings)
+    if not instance.has_dynamic_partition(MODEL_CUTOFFS.name, day.isoformat()):
+        instance.add_dynamic_partitions(MODEL_CUTOFFS.name, [day.isoformat()])
+    defs = build_definitions(settings)
+    job = defs.resolve_implicit_global_asset_job_def()
+    result = job.execute_in_process(
+        instance=instance,
+        asset_selection=[dg.AssetKey("trained_models")],
+        partition_key=day.isoformat(),
+        tags={"ibf/launched_by": "ibf train"},
+        run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
+        raise_on_error=False,
+    )
+    summary = RunSummary(result.run_id, [], (day.isoformat(), day.isoformat()), result.success)
+    for event in result.all_events:
+        if event.is_step_failure and event.step_failure_data and event.step_failure_data.error:
+            summary.error = _root_message(event.step_failure_data.error)
+        if event.event_type == dg.DagsterEventType.ASSET_CHECK_EVALUATION:
+            summary.checks[event.event_specific_data.check_name] = event.event_specific_data.passed
+    return summary

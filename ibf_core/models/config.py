@@ -79,6 +79,19 @@ class ModelConfig:
         values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in names}
         return cls(**values)
 
+    @classmethod
+    def from_settings(cls, settings: Any, **overrides: Any) -> "ModelConfig":
+        """The configuration ``IBF_MODEL_*`` settings describe (``overrides`` win)."""
+        values = dict(
+            members=tuple(settings.model_members),
+            max_steps=settings.model_max_steps,
+            input_size=settings.model_input_size,
+            validation_days=settings.model_validation_days,
+            seed=settings.model_seed,
+        )
+        values.update(overrides)
+        return cls(**values)
+
     def replace(self, **changes: Any) -> "ModelConfig":
         return ModelConfig.from_dict({**self.to_dict(), **changes})
 

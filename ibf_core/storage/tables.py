@@ -99,4 +99,39 @@ def features_spec() -> TableSpec:
     )
 
 
-TABLES = {t.name: t for t in (MARKET_BARS, NEWS_SENTIMENT)}
+def _bounds() -> tuple[Column, ...]:
+    cols = []
+    for level in (80, 95):
+        cols.append(Column(f"lower_{level}", pa.float64(), f"Lower bound of the {level}% interval of the h-day log return"))
+        cols.append(Column(f"upper_{level}", pa.float64(), f"Upper bound of the {level}% interval of the h-day log return"))
+    for level in (80, 95):
+        cols.append(Column(f"price_lower_{level}", pa.float64(), f"Price at the lower {level}% bound"))
+        cols.append(Column(f"price_upper_{level}", pa.float64(), f"Price at the upper {level}% bound"))
+    return tuple(cols)
+
+
+PREDICTIONS = TableSpec(
+    name="predictions",
+    description="Forecasts per symbol, origin trading day and horizon (1-20 sessions) with intervals and ranks.",
+    key=("symbol", "date", "horizon"),
+    columns=(
+        Column("symbol", pa.string(), "Ticker symbol"),
+        Column("date", pa.date32(), "Forecast origin: the NYSE session whose close the forecast starts from"),
+        Column("horizon", pa.int64(), "Trading sessions ahead (1, 3, 5, 10, 15, 20)"),
+        Column("target_date", pa.date32(), "The session the forecast is for (origin + horizon sessions)"),
+        Column("close", pa.float64(), "Close at the origin (split-adjusted)"),
+        Column("pred_return", pa.float64(), "Forecast h-day log return of the ensemble (the member in member_used)"),
+        Column("pred_price", pa.float64(), "Forecast price: close x exp(pred_return)"),
+        *_bounds(),
+        Column("pred_drift", pa.float64(), "Drift baseline: trailing mean daily log return x h"),
+        Column("pred_lstm", pa.float64(), "LSTM member's h-day log return", optional=True),
+        Column("pred_tft", pa.float64(), "TFT member's h-day log return", optional=True),
+        Column("pred_gbdt", pa.float64(), "GBDT member's h-day log return", optional=True),
+        Column("rank", pa.int64(), "Cross-sectional rank among the universe on (date, horizon); 1 = highest expected return"),
+        Column("member_used", pa.string(), "Which forecast pred_return holds (ensemble unless a single member is trained)"),
+        Column("model_version", pa.string(), "MLflow registered-model version that produced the row"),
+        Column("model_cutoff", pa.date32(), "Training cut-off of that version (always before date)"),
+    ),
+)
+
+TABLES = {t.name: t for t in (MARKET_BARS, NEWS_SENTIMENT, PREDICTIONS)}

@@ -1,0 +1,127 @@
+"""Walk-forward evaluation with rolling origins, purge and embargo; nothing is fitted on test data.
+
+Test origins are the last ``test_days`` sessions whose longest-horizon target is realized. They are split
+into folds of ``refit_every`` consecutive origins; for each fold the members are trained with the cut-off
+``embargo`` sessions before the fold's first origin (``train_models`` truncates the data at the cut-off, so
+no target, scaler statistic, weight or interval quantile can see the fold). Every origin of the fold is
+then forecast by that model.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ibf_core.calendar import all_sessions
+from ibf_core.models import ModelDataError
+from ibf_core.models.config import ModelConfig
+
+MEMBER_ORDER = ("naive", "drift", "lstm", "tft", "gbdt", "ensemble")
+
+
+@dataclass(frozen=True)
+class WalkForwardResult:
+    results: dict[str, Any]  # {"horizons": {"1": {member: metrics}}, "config": {...}, "verdicts": {...}}
+    forecasts: pd.DataFrame  # symbol, date, horizon, member, pred, realized, bounds, fold, model_cutoff
+
+
+def walk_forward(
+    panel: pd.DataFrame,
+    config: ModelConfig,
+    test_days: int = 60,
+    refit_every: int | None = None,
+    embargo: int | None = None,
+    cost_bps: float = 10.0,
+    device: str = "cpu",
+    progress: Callable[[str], None] | None = None,
+) -> WalkForwardResult:
+    from ibf_core.evaluation.metrics import member_metrics, skill_verdict
+    from ibf_core.models.predict import forecast
+    from ibf_core.models.training import train_models, usable
+
+    say = progress or (lambda message: None)
+    h_max = config.max_horizon
+    embargo = h_max if embargo is None else embargo
+    if embargo < h_max:
+        raise ValueError(f"embargo {embargo} is shorter than the longest horizon {h_max}")
+    refit_every = refit_every or test_days
+    rows = usable(panel)
+    realized_ok = rows[np.isfinite(rows[f"target_{h_max}"].to_numpy(dtype=np.float64))]
+    dates = np.sort(realized_ok["date"].unique())
+    if len(dates) < test_days:
+        raise ModelDataError(f"only {len(dates)} sessions with a realized {h_max}-day return; --test-days {test_days} is too many")
+    test_dates = pd.DatetimeIndex(dates[-test_days:])
+    sessions = all_sessions()
+    frames = []
+    for fold, start in enumerate(range(0, test_days, refit_every)):
+        fold_dates = test_dates[start : start + refit_every]
+        first = int(sessions.get_loc(fold_dates[0]))
+        cutoff = sessions[first - 1 - embargo].date()
+        say(f"fold {fold + 1}: train up to {cutoff}, forecast {fold_dates[0].date()}..{fold_dates[-1].date()}")
+        bundle = train_models(panel, cutoff, config, device=device, progress=say)
+        origins = rows[rows["date"].isin(fold_dates) & rows["symbol"].isin(bundle.facts["symbols"])]
+        long = forecast(bundle, _upto(panel, fold_dates[-1]), origins)
+        realized = pd.concat(
+            [origins[["symbol", "date"]].assign(horizon=h, realized=origins[f"target_{h}"].to_numpy()) for h in config.horizons],
+            ignore_index=True,
+        )
+        long = long.merge(realized, on=["symbol", "date", "horizon"], how="left")
+        long["fold"], long["model_cutoff"] = fold + 1, pd.Timestamp(cutoff)
+        frames.append((long, bundle.up_rate))
+    forecasts = pd.concat([f for f, _ in frames], ignore_index=True)
+    up_rate = {h: float(np.mean([u[str(h)] for _, u in frames])) for h in config.horizons}
+
+    results: dict[str, Any] = {"horizons": {}, "verdicts": {}}
+    for h in config.horizons:
+        at_h = forecasts[forecasts["horizon"] == h]
+        drift = at_h[at_h["member"] == "drift"][["symbol", "date", "pred"]].rename(columns={"pred": "drift_pred"})
+        per_member = {}
+        for member in [m for m in MEMBER_ORDER if m in set(at_h["member"])]:
+            part = at_h[at_h["member"] == member].merge(drift, on=["symbol", "date"], how="left")
+            per_member[member] = member_metrics(part, h, p0=up_rate[h], cost_bps=cost_bps)
+        results["horizons"][str(h)] = per_member
+        results["verdicts"][str(h)] = skill_verdict(per_member, h=h)
+    results["config"] = {
+        "symbols": sorted(forecasts["symbol"].unique()),
+        "test_origins": f"{test_dates[0].date()} .. {test_dates[-1].date()} ({test_days} sessions)",
+        "folds": len(frames),
+        "refit_every": refit_every,
+        "embargo_sessions": embargo,
+        "cost_bps_per_side": cost_bps,
+        "device": device,
+        "model": config.to_dict(),
+    }
+    return WalkForwardResult(results, forecasts)
+
+
+def _upto(panel: pd.DataFrame, last: pd.Timestamp) -> pd.DataFrame:
+    """Rows up to the last origin: forecasting never reads a later row (targets are not inputs either)."""
+    out = panel[panel["date"] <= last]
+    return out.drop(columns=[c for c in out.columns if c.startswith("target_")])
+
+
+def write_outputs(result: WalkForwardResult, json_path: Path, report_path: Path | None = None) -> tuple[Path, Path]:
+    """The JSON (shape ``{"horizons": {"1": {"naive": {...}, ...}}}`` plus config and verdicts) and the report."""
+    from ibf_core.evaluation.report import write_report
+
+    json_path = Path(json_path)
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(result.results, indent=1, allow_nan=False, default=_default))
+    report_path = Path(report_path) if report_path else json_path.with_suffix(".md")
+    write_report(result.results, result.forecasts, report_path)
+    return json_path, report_path
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, (dt.date, pd.Timestamp)):
+        return value.isoformat()
+    if hasattr(value, "item"):
+        return value.item()
+    raise TypeError(type(value).__name__)

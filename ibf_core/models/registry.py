@@ -1,0 +1,169 @@
+"""MLflow tracking and Model Registry for model bundles: log a training run, register it, find and load versions.
+
+A version carries tags ``cutoff`` (ISO date), ``manifest_sha256`` (digest of the bundle's checksum manifest),
+``data_fingerprint``, ``members`` and ``device``. Prediction picks the newest version whose cut-off is
+strictly before the origin date and loads it only after every file matches the recorded checksums.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ibf_core.models import ModelLoadError
+from ibf_core.models.bundle import ModelBundle, load_bundle, save_bundle
+
+ARTIFACT_PATH = "model"
+
+
+@dataclass(frozen=True)
+class RegisteredModel:
+    name: str
+    version: str
+    cutoff: dt.date
+    run_id: str
+    source: str
+    manifest_sha256: str
+
+
+def ensure_experiment(tracking_uri: str, experiment: str, artifact_root: Path) -> str:
+    """Create the experiment with its artifacts under ``artifact_root`` (not MLflow's cwd-relative default)."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+    client = mlflow.MlflowClient(tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is not None:
+        return found.experiment_id
+    artifact_root.mkdir(parents=True, exist_ok=True)
+    return client.create_experiment(experiment, artifact_location=artifact_root.resolve().as_uri())
+
+
+def _flat_params(bundle: ModelBundle) -> dict[str, Any]:
+    params = {k: (",".join(map(str, v)) if isinstance(v, list) else v) for k, v in bundle.config.to_dict().items()}
+    params.update(
+        cutoff=bundle.cutoff.isoformat(),
+        train_end=bundle.train_end.isoformat(),
+        validation_start=bundle.validation_start.isoformat(),
+        validation_end=bundle.validation_end.isoformat(),
+        device=bundle.facts.get("device"),
+        symbols=",".join(bundle.facts.get("symbols", [])),
+        gbdt_feature_count=len(bundle.gbdt_features),
+    )
+    return {k: str(v)[:500] for k, v in params.items()}
+
+
+def _metrics(bundle: ModelBundle) -> dict[str, float]:
+    metrics: dict[str, float] = {}
+    for row in bundle.validation:
+        for key in ("mae", "rel_mae_vs_naive", "da", "rank_ic_mean", "coverage_80", "coverage_95", "dm_pvalue"):
+            value = row.get(key)
+            if value is not None:
+                metrics[f"val_h{row['horizon']}_{row['member']}_{key}"] = float(value)
+    for member, facts in bundle.facts.get("members", {}).items():
+        metrics[f"train_seconds_{member}"] = float(facts["seconds"])
+    return metrics
+
+
+def log_and_register(bundle: ModelBundle, name: str, work_dir: Path) -> RegisteredModel:
+    """Log params, validation metrics and the bundle to the *active* MLflow run, then register a version.
+
+    The bundle is saved into ``work_dir`` first (checksummed), uploaded as the run's ``model`` artifact, and
+    the registry version points at that artifact.
+    """
+    import mlflow
+
+    run = mlflow.active_run()
+    if run is None:
+        raise RuntimeError("no active MLflow run (start one, or use the dagster-mlflow resource)")
+    folder = Path(work_dir) / "bundle"
+    digest = save_bundle(bundle, folder)
+    for chunk in _chunks(_flat_params(bundle), 100):
+        mlflow.log_params(chunk)
+    metrics = _metrics(bundle)
+    for chunk in _chunks(metrics, 500):
+        mlflow.log_metrics(chunk)
+    mlflow.set_tags({"cutoff": bundle.cutoff.isoformat(), "manifest_sha256": digest, "data_fingerprint": bundle.facts["fingerprint"]})
+    mlflow.log_artifacts(str(folder), ARTIFACT_PATH)
+    mlflow.log_text(json.dumps(bundle.validation, indent=1, default=str), "validation.json")
+    client = mlflow.MlflowClient()
+    try:
+        client.get_registered_model(name)
+    except Exception:  # noqa: BLE001 - MLflow raises RESOURCE_DOES_NOT_EXIST as a generic MlflowException
+        client.create_registered_model(name, description="ibf global multi-horizon return forecaster (ensemble bundle)")
+    source = f"{run.info.artifact_uri}/{ARTIFACT_PATH}"
+    tags = {
+        "cutoff": bundle.cutoff.isoformat(),
+        "manifest_sha256": digest,
+        "data_fingerprint": bundle.facts["fingerprint"],
+        "members": ",".join(bundle.config.members),
+        "device": str(bundle.facts.get("device")),
+    }
+    version = client.create_model_version(name, source=source, run_id=run.info.run_id, tags=tags)
+    return RegisteredModel(name, str(version.version), bundle.cutoff, run.info.run_id, source, digest)
+
+
+def _chunks(items: dict[str, Any], size: int):
+    keys = list(items)
+    for i in range(0, len(keys), size):
+        yield {k: items[k] for k in keys[i : i + size]}
+
+
+def list_versions(tracking_uri: str, name: str) -> list[RegisteredModel]:
+    """Every registered version with a cut-off tag, oldest cut-off first."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri)
+    try:
+        found = client.search_model_versions(f"name='{name}'")
+    except Exception:  # noqa: BLE001 - no registry yet
+        return []
+    out = []
+    for v in found:
+        tags = v.tags or {}
+        if "cutoff" not in tags or "manifest_sha256" not in tags:
+            continue
+        out.append(RegisteredModel(name, str(v.version), dt.date.fromisoformat(tags["cutoff"]), v.run_id, v.source, tags["manifest_sha256"]))
+    return sorted(out, key=lambda m: (m.cutoff, int(m.version)))
+
+
+def version_for(tracking_uri: str, name: str, origin: dt.date) -> RegisteredModel:
+    """The newest version whose cut-off is strictly before ``origin`` (no model trained on the origin's data)."""
+    eligible = [m for m in list_versions(tracking_uri, name) if m.cutoff < origin]
+    if not eligible:
+        raise ModelLoadError(
+            f"no registered version of {name!r} has a cut-off before {origin}: materialize trained_models "
+            "for an earlier cut-off first"
+        )
+    return eligible[-1]
+
+
+def load_registered(tracking_uri: str, model: RegisteredModel, cache_dir: Path) -> ModelBundle:
+    """Download (once) and load a version after verifying its files against the registered manifest digest."""
+    import mlflow
+
+    target = Path(cache_dir) / model.name / model.version
+    if not target.is_dir():
+        Path(cache_dir).mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix="download-", dir=cache_dir))
+        try:
+            mlflow.set_tracking_uri(tracking_uri)
+            local = mlflow.artifacts.download_artifacts(artifact_uri=model.source, dst_path=str(staging))
+        except Exception as exc:  # noqa: BLE001
+            shutil.rmtree(staging, ignore_errors=True)
+            raise ModelLoadError(f"{model.name} v{model.version}: cannot download {model.source} ({exc})") from exc
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            Path(local).rename(target)
+        except OSError:
+            pass  # another process cached it first
+        shutil.rmtree(staging, ignore_errors=True)
+    try:
+        return load_bundle(target, model.manifest_sha256)
+    except ModelLoadError as exc:
+        raise ModelLoadError(f"{model.name} v{model.version}: {exc}") from exc

@@ -1,0 +1,159 @@
+"""``trained_models``: every ensemble member trained up to a cut-off, logged to MLflow and registered.
+
+Partitioned by training cut-off date (a dynamic partition per NYSE session used as a cut-off). The regular
+cadence is weekly, the last session of each week (``weekly_cutoffs``): a global model over the universe on a
+2-core CPU trains in minutes, daily refits would mostly re-learn the same 2,500-session history, and a week
+bounds the staleness of the newest data a forecast's model has seen to 5 sessions. Drift-triggered retrains
+add their own cut-off (the latest complete session) as another partition.
+"""
+
+import datetime as dt
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import pandas as pd
+
+from ibf_core.calendar import all_sessions, to_date
+from ibf_core.settings import Settings
+from ibf_core.storage.tables import MARKET_BARS, features_spec
+from ibf_dagster.metadata import OWNERS
+from ibf_dagster.resources import WarehouseResource
+
+MODEL_CUTOFFS = dg.DynamicPartitionsDefinition(name="model_cutoff")
+ERROR = dg.AssetCheckSeverity.ERROR
+
+
+def weekly_cutoffs(start: dt.date, end: dt.date) -> list[str]:
+    """The last NYSE session of every week in [start, end] (ISO dates): the regular training cadence."""
+    sessions = all_sessions()
+    days = sessions[(sessions >= pd.Timestamp(start)) & (sessions <= pd.Timestamp(end))]
+    weeks = pd.Series(days, index=days).groupby(days.to_period("W-FRI")).max()
+    return [d.date().isoformat() for d in weeks]
+
+
+def load_panel(store, settings: Settings, symbols: list[str], start: dt.date | None, end: dt.date):
+    """Bars + stored features -> the modelling panel over [start, end] for ``symbols``."""
+    from ibf_core.models import HORIZONS
+    from ibf_core.models.dataset import build_panel
+
+    first = start or dt.date(1900, 1, 1)
+    bars = store.read(MARKET_BARS, symbols, first, end)
+    features = store.read(features_spec(), symbols, first, end)
+    return build_panel(bars, features, HORIZONS)
+
+
+def build_trained_models(settings: Settings) -> dg.AssetsDefinition:
+    @dg.asset(
+        name="trained_models",
+        description=(
+            "Global LSTM and TFT (NeuralForecast) and LightGBM members plus random-walk/drift baselines and an "
+            "ensemble (equal / inverse-error / stacking weights chosen on validation), trained on every symbol's "
+            "`features` up to the partition's cut-off date, with conformal 80%/95% intervals calibrated on a "
+            "held-out validation window. Logged to MLflow (dagster-mlflow) and registered in the Model Registry."
+        ),
+        partitions_def=MODEL_CUTOFFS,
+        deps=[dg.AssetDep("features", partition_mapping=dg.AllPartitionMapping())],
+        pool="gpu",
+        op_tags={"ibf/accelerator": "gpu" if settings.accelerator == "gpu" else "auto"},
+        kinds={"pytorch", "lightgbm", "mlflow"},
+        owners=OWNERS,
+        tags={"layer": "models", "domain": "forecasting"},
+        group_name="models",
+        check_specs=[
+            dg.AssetCheckSpec(
+                "validation_complete",
+                asset="trained_models",
+                description="Every member has finite validation metrics at every horizon, intervals calibrated (ERROR)",
+                blocking=True,
+            )
+        ],
+    )
+    def trained_models(
+        context: dg.AssetExecutionContext, warehouse: WarehouseResource, mlflow: dg.ResourceParam[Any]
+    ) -> dg.MaterializeResult:
+        # ``mlflow`` is dagster-mlflow's resource: it opened this Dagster run's MLflow run and proxies the
+        # mlflow module's functions; the run is ended here (its atexit handler is removed by design).
+
+        from ibf_core.models.config import ModelConfig, resolve_device
+        from ibf_core.models.registry import log_and_register
+        from ibf_core.models.training import train_models
+        from ibf_core.report import markdown_table
+
+        cutoff = to_date(context.partition_key)
+        if pd.Timestamp(cutoff) not in set(all_sessions()):
+            raise ValueError(f"cut-off {cutoff} is not an NYSE session")
+        store = warehouse.get()
+        symbols = store.symbols(features_spec())
+        if not symbols:
+            raise ValueError("no features stored: materialize market_bars and features first")
+        device = resolve_device(settings.accelerator)
+        context.log.info(f"training on {device} (IBF_ACCELERATOR={settings.accelerator})")
+        panel = load_panel(store, settings, symbols, None, cutoff)
+        config = ModelConfig.from_settings(settings)
+        started = time.perf_counter()
+        try:
+            bundle = train_models(panel, cutoff, config, device=device, progress=context.log.info)
+            with tempfile.TemporaryDirectory(prefix="ibf-bundle-") as work:
+                registered = log_and_register(bundle, settings.model_name, Path(work))
+            mlflow.end_run("FINISHED")
+        except BaseException:
+            mlflow.end_run("FAILED")
+            raise
+        elapsed = time.perf_counter() - started
+        validation = pd.DataFrame(bundle.validation)
+        table = validation[["horizon", "member", "n", "mae", "rel_mae_vs_naive", "da", "rank_ic_mean", "dm_pvalue", "coverage_80", "coverage_95"]]
+        finite = validation[["mae", "rel_mae_vs_naive"]].notna().all().all() and len(bundle.conformal) > 0
+        weights = {h: {"method": c["method"], **{m: round(w, 3) for m, w in c["weights"].items()}} for h, c in bundle.ensemble.items()}
+        run_link = f"{settings.mlflow_uri} experiment {settings.mlflow_experiment}, run {registered.run_id}"
+        return dg.MaterializeResult(
+            metadata={
+                "model_name": registered.name,
+                "model_version": registered.version,
+                "cutoff": cutoff.isoformat(),
+                "train_end": bundle.train_end.isoformat(),
+                "validation_window": f"{bundle.validation_start} .. {bundle.validation_end}",
+                "device": bundle.facts["device"],
+                "accelerator_setting": settings.accelerator,
+                "training_seconds": round(elapsed, 1),
+                "member_seconds": dg.MetadataValue.json({m: round(f["seconds"], 1) for m, f in bundle.facts["members"].items()}),
+                "symbols": dg.MetadataValue.json(bundle.facts["symbols"]),
+                "excluded_symbols": dg.MetadataValue.json(bundle.facts["excluded_symbols"]),
+                "dropped_all_nan_features": dg.MetadataValue.json(bundle.facts["dropped_features"]),
+                "ensemble_weights": dg.MetadataValue.json(weights),
+                "validation": dg.MetadataValue.md(markdown_table(table, max_rows=len(table))),
+                "mlflow_run": run_link,
+                "mlflow_run_id": registered.run_id,
+                "artifact_uri": registered.source,
+                "manifest_sha256": registered.manifest_sha256,
+                "data_fingerprint": bundle.facts["fingerprint"],
+            },
+            check_results=[
+                dg.AssetCheckResult(
+                    check_name="validation_complete",
+                    passed=bool(finite),
+                    severity=ERROR,
+                    metadata={"rows": len(validation), "members": ",".join(sorted(validation["member"].unique()))},
+                )
+            ],
+        )
+
+    return trained_models
+
+
+def build_mlflow_resource(settings: Settings) -> dg.ResourceDefinition:
+    """dagster-mlflow's tracking resource, after creating the experiment with its artifacts under IBF_HOME."""
+    from dagster_mlflow.resources import CONFIG_SCHEMA, MlFlow
+
+    @dg.resource(config_schema=CONFIG_SCHEMA, description="MLflow tracking (dagster-mlflow), SQLite store under IBF_HOME")
+    def mlflow_tracking(init_context):
+        from ibf_core.models.registry import ensure_experiment
+
+        ensure_experiment(settings.mlflow_uri, settings.mlflow_experiment, settings.mlflow_artifacts_dir)
+        return MlFlow(init_context)
+
+    return mlflow_tracking.configured(
+        {"experiment_name": settings.mlflow_experiment, "mlflow_tracking_uri": settings.mlflow_uri, "extra_tags": {"ibf": "trained_models"}}
+    )
