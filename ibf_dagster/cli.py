@@ -21,7 +21,7 @@ app = typer.Typer(help="ibf: forecasting platform for Interactive Brokers market
 universe_app = typer.Typer(help="The symbols partitioned by every per-symbol asset.", no_args_is_help=True)
 app.add_typer(universe_app, name="universe")
 err = Console(stderr=True)
-out = Console()
+out = Console(soft_wrap=True)  # tables are wider than 80 columns; never re-wrap them
 
 
 def _fail(message: str, code: int = 1) -> None:
@@ -228,7 +228,7 @@ def av_sim(
 
 @app.command()
 def demo() -> None:
-    """Backfill bars, news and features for the sample universe through Dagster and print a summary."""
+    """Sample universe end to end through Dagster: bars, news, features, trained models, ranked forecasts."""
     from ibf_core.sources.sample import SAMPLE_LAST_DATE
 
     _quiet_dagster()
@@ -254,9 +254,35 @@ def demo() -> None:
 
     out.print(f"\nfeatures ({len(feature_columns())} per row; news: {settings.news_source}):", highlight=False)
     out.print(features.to_string(index=False), highlight=False)
-    out.print(f"\nwarehouse: {settings.warehouse_path}\nloaded in {elapsed:.1f} s", highlight=False)
+    out.print(f"\nwarehouse: {settings.warehouse_path}\ndata loaded in {elapsed:.1f} s", highlight=False)
+
+    # Train on everything but the last session, then forecast from the last one (the sample's "today").
+    from ibf_dagster.runner import BackfillError, train as run_train
+
+    cutoff = _default_cutoff(settings)
+    err.print(f"training {', '.join(settings.model_members)} up to {cutoff} (IBF_MODEL_MAX_STEPS={settings.model_max_steps})", highlight=False)
+    trained = time.perf_counter()
+    summary = run_train(settings, cutoff)
+    if not summary.success:
+        _fail(f"training failed: {summary.error}")
+    err.print(f"trained in {time.perf_counter() - trained:.1f} s", highlight=False)
+    last = SAMPLE_LAST_DATE.isoformat()
+    try:
+        run_backfill(settings, None, last, last, "predictions", "sample", None)
+    except BackfillError as exc:
+        _fail(str(exc))
+    _print_validation(settings, cutoff)
+    forecasts = Warehouse(settings.home_dir).query(
+        "SELECT horizon, rank, symbol, round(close, 2) AS close, round(100 * pred_return, 2) AS pred_pct, "
+        "round(price_lower_80, 2) AS low_80, round(pred_price, 2) AS forecast, round(price_upper_80, 2) AS high_80, "
+        "round(price_lower_95, 2) AS low_95, round(price_upper_95, 2) AS high_95 "
+        f"FROM predictions WHERE date = DATE '{last}' AND rank <= 2 ORDER BY horizon, rank"
+    )
+    out.print(f"\nforecasts from {last} (top 2 per horizon by expected return; 80%/95% price intervals):", highlight=False)
+    out.print(forecasts.to_string(index=False), highlight=False)
+    out.print(f"\ndemo finished in {time.perf_counter() - started:.1f} s", highlight=False)
     out.print("(the `fresh` check fails by design: the embedded sample ends on 2013-03-01)", highlight=False)
-    out.print('try: ibf sql "SELECT symbol, max(close) FROM market_bars GROUP BY 1"; make ui', highlight=False)
+    out.print('try: ibf sql "SELECT * FROM predictions ORDER BY date DESC, horizon, rank LIMIT 12"; make ui', highlight=False)
 
 
 @app.command()

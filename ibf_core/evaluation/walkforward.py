@@ -56,7 +56,10 @@ def walk_forward(
     realized_ok = rows[np.isfinite(rows[f"target_{h_max}"].to_numpy(dtype=np.float64))]
     dates = np.sort(realized_ok["date"].unique())
     if len(dates) < test_days:
-        raise ModelDataError(f"only {len(dates)} sessions with a realized {h_max}-day return; --test-days {test_days} is too many")
+        raise ModelDataError(
+            f"too little history: {len(dates)} sessions past the feature warm-up have a realized {h_max}-day return, "
+            f"fewer than the {test_days} test origins asked for (plus the training window before them)"
+        )
     test_dates = pd.DatetimeIndex(dates[-test_days:])
     sessions = all_sessions()
     frames = []

@@ -100,7 +100,6 @@ def build_model(kind: str, config: ModelConfig, hist: list[str], futr: list[str]
             encoder_hidden_size=config.lstm_hidden_size,
             decoder_hidden_size=config.lstm_hidden_size,
             encoder_n_layers=1,
-            encoder_dropout=0.1,
         )
     if kind == "tft":
         return TFT(**common, hidden_size=config.tft_hidden_size, n_head=2, dropout=0.1)
