@@ -82,7 +82,13 @@ def test_make_ui_serves_the_asset_graph_on_loopback(ibf_home):
             time.sleep(2)
         assert body, "dagster dev did not answer"
         nodes = {tuple(n["assetKey"]["path"]): n["isPartitioned"] for n in body["data"]["assetNodes"]}
-        assert nodes == {("market_bars",): True, ("news_sentiment",): True, ("features",): True}
+        assert nodes == {
+            ("market_bars",): True,
+            ("news_sentiment",): True,
+            ("features",): True,
+            ("trained_models",): True,
+            ("predictions",): True,
+        }
         with socket.socket() as s:  # bound to loopback only
             assert s.connect_ex(("127.0.0.1", port)) == 0
     finally:

@@ -62,6 +62,23 @@ def build_trained_models(settings: Settings) -> dg.AssetsDefinition:
         owners=OWNERS,
         tags={"layer": "models", "domain": "forecasting"},
         group_name="models",
+        metadata={
+            # The asset's tabular face: the per-horizon validation table in its metadata and in MLflow.
+            "dagster/column_schema": dg.TableSchema(
+                columns=[
+                    dg.TableColumn("horizon", "BIGINT", description="Sessions ahead"),
+                    dg.TableColumn("member", "VARCHAR", description="naive, drift, lstm, tft, gbdt or ensemble"),
+                    dg.TableColumn("n", "BIGINT", description="Validation forecasts"),
+                    dg.TableColumn("mae", "DOUBLE", description="Mean absolute error of the h-day log return"),
+                    dg.TableColumn("rel_mae_vs_naive", "DOUBLE", description="MAE / random-walk MAE (< 1 beats it)"),
+                    dg.TableColumn("da", "DOUBLE", description="Directional accuracy on non-overlapping origins"),
+                    dg.TableColumn("rank_ic_mean", "DOUBLE", description="Mean cross-sectional Spearman IC"),
+                    dg.TableColumn("dm_pvalue", "DOUBLE", description="Diebold-Mariano p-value vs the random walk"),
+                    dg.TableColumn("coverage_80", "DOUBLE", description="80% interval coverage"),
+                    dg.TableColumn("coverage_95", "DOUBLE", description="95% interval coverage"),
+                ]
+            ),
+        },
         check_specs=[
             dg.AssetCheckSpec(
                 "validation_complete",
