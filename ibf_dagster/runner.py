@@ -141,18 +141,7 @@ def backfill(
                 raise_on_error=False,
                 run_id=run_id,
             )
-        summary = RunSummary(result.run_id, block, (date_keys[0], date_keys[-1]), result.success)
-        for event in result.all_events:
-            if event.is_step_failure and event.step_failure_data and event.step_failure_data.error:
-                summary.error = _root_message(event.step_failure_data.error)
-            if event.event_type == dg.DagsterEventType.ASSET_CHECK_EVALUATION:
-                evaluation = event.event_specific_data
-                summary.checks[evaluation.check_name] = evaluation.passed
-            if event.is_step_materialization and not summary.row_count:
-                # one event per partition, all carrying the run's metadata: read it once
-                row_count = event.step_materialization_data.materialization.metadata.get("dagster/row_count")
-                summary.row_count = int(row_count.value) if row_count is not None else 0
-        summaries.append(summary)
+        summaries.append(_summarize(result, block, (date_keys[0], date_keys[-1])))
     return summaries
 
 
@@ -211,10 +200,20 @@ def train(settings: Settings, cutoff: str | dt.date, log_level: str = "WARNING")
         run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
         raise_on_error=False,
     )
-    summary = RunSummary(result.run_id, [], (day.isoformat(), day.isoformat()), result.success)
+    return _summarize(result, [], (day.isoformat(), day.isoformat()))
+
+
+def _summarize(result, symbols: list[str], date_keys: tuple[str, str]) -> RunSummary:
+    """The run's outcome from its events: root error, check results, row count."""
+    summary = RunSummary(result.run_id, symbols, date_keys, result.success)
     for event in result.all_events:
         if event.is_step_failure and event.step_failure_data and event.step_failure_data.error:
             summary.error = _root_message(event.step_failure_data.error)
         if event.event_type == dg.DagsterEventType.ASSET_CHECK_EVALUATION:
-            summary.checks[event.event_specific_data.check_name] = event.event_specific_data.passed
+            evaluation = event.event_specific_data
+            summary.checks[evaluation.check_name] = evaluation.passed
+        if event.is_step_materialization and not summary.row_count:
+            # one event per partition, all carrying the run's metadata: read it once
+            row_count = event.step_materialization_data.materialization.metadata.get("dagster/row_count")
+            summary.row_count = int(row_count.value) if row_count is not None else 0
     return summary

@@ -48,8 +48,9 @@ def test_train_then_predict_uses_the_newest_model_before_each_origin(small_world
     first = train(settings, "2012-12-31")
     assert first.success, first.error
     assert first.checks == {"validation_complete": True}
-    second = train(settings, "2013-01-31")
-    assert second.success, second.error
+    second = CliRunner().invoke(app, ["train", "--cutoff", "2013-01-31"])  # the CLI path, same instance
+    assert second.exit_code == 0, second.output
+    assert "v2 (cut-off 2013-01-31, cpu" in second.output and "MAE relative to the random walk" in second.output
 
     runs = backfill(settings, None, "2013-01-01", "2013-03-01", "predictions", "sample", None)
     assert runs[0].success, runs[0].error

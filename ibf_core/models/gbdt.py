@@ -72,7 +72,8 @@ def fit(train: pd.DataFrame, features: list[str], config: ModelConfig) -> tuple[
         booster = lgb.train(params, data, num_boost_round=config.gbdt_rounds, valid_sets=valid, callbacks=callbacks)
         boosters[h] = booster
         rounds[str(h)] = int(booster.best_iteration or booster.current_iteration())
-    return boosters, {"seconds": time.perf_counter() - started, "rounds": rounds, "features": len(features)}
+    facts = {"seconds": time.perf_counter() - started, "rounds": rounds, "steps": sum(rounds.values()), "features": len(features)}
+    return boosters, facts
 
 
 def predict(boosters: dict[int, Any], rows: pd.DataFrame, features: list[str]) -> pd.DataFrame:

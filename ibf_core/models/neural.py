@@ -47,7 +47,10 @@ def _plateau_callback(patience: int, factor: float = 0.5):
 
     class ReduceLROnPlateau(pl.Callback):
         def __init__(self) -> None:
-            self.best, self.bad, self.reductions = float("inf"), 0, 0
+            self.best, self.bad, self.reductions, self.steps = float("inf"), 0, 0, 0
+
+        def on_train_end(self, trainer, pl_module) -> None:
+            self.steps = int(trainer.global_step)
 
         def on_validation_end(self, trainer, pl_module) -> None:
             loss = trainer.callback_metrics.get("ptl/val_loss")
@@ -133,10 +136,9 @@ def fit(
     nf = NeuralForecast(models=[model], freq=1)
     started = time.perf_counter()
     nf.fit(frame, val_size=config.inner_validation_days)
-    fitted = nf.models[0]
     facts = {
         "seconds": time.perf_counter() - started,
-        "steps": int(getattr(fitted.trainer, "global_step", 0)) if getattr(fitted, "trainer", None) else None,
+        "steps": plateau.steps,
         "lr_reductions": plateau.reductions,
         "best_val_loss": None if plateau.best == float("inf") else plateau.best,
         "series": int(frame["unique_id"].nunique()),
