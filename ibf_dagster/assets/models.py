@@ -124,7 +124,9 @@ def build_trained_models(settings: Settings) -> dg.AssetsDefinition:
         table = validation[["horizon", "member", "n", "mae", "rel_mae_vs_naive", "da", "rank_ic_mean", "dm_pvalue", "coverage_80", "coverage_95"]]
         finite = validation[["mae", "rel_mae_vs_naive"]].notna().all().all() and len(bundle.conformal) > 0
         weights = {h: {"method": c["method"], **{m: round(w, 3) for m, w in c["weights"].items()}} for h, c in bundle.ensemble.items()}
-        run_link = f"{settings.mlflow_uri} experiment {settings.mlflow_experiment}, run {registered.run_id}"
+        # The MLflow UI path of the run (open it with `mlflow ui --backend-store-uri <IBF_HOME mlflow.db>`).
+        experiment_id = mlflow.get_experiment_by_name(settings.mlflow_experiment).experiment_id
+        run_link = f"http://127.0.0.1:5000/#/experiments/{experiment_id}/runs/{registered.run_id}"
         return dg.MaterializeResult(
             metadata={
                 "model_name": registered.name,
@@ -141,7 +143,8 @@ def build_trained_models(settings: Settings) -> dg.AssetsDefinition:
                 "dropped_all_nan_features": dg.MetadataValue.json(bundle.facts["dropped_features"]),
                 "ensemble_weights": dg.MetadataValue.json(weights),
                 "validation": dg.MetadataValue.md(markdown_table(table, max_rows=len(table))),
-                "mlflow_run": run_link,
+                "mlflow_run": dg.MetadataValue.url(run_link),
+                "mlflow_store": settings.mlflow_uri,
                 "mlflow_run_id": registered.run_id,
                 "artifact_uri": registered.source,
                 "manifest_sha256": registered.manifest_sha256,
