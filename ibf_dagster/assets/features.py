@@ -25,7 +25,7 @@ CHECKS = {
 }
 
 
-def _lookback_start(start, sessions: int):
+def lookback_start(start, sessions: int):
     """The date ``sessions`` NYSE sessions before ``start`` (the indicators' warm-up window)."""
     history = trading_days(pd.Timestamp(start) - pd.Timedelta(days=int(sessions * 1.6) + 10), start)
     return history[-(sessions + 1)].date() if len(history) > sessions else history[0].date()
@@ -76,7 +76,7 @@ def build_features(settings: Settings) -> dg.AssetsDefinition:
         columns = feature_columns()
         frames = []
         for rect in rects:
-            first = _lookback_start(rect.start, lookback_sessions())
+            first = lookback_start(rect.start, lookback_sessions())
             bars = store.read(MARKET_BARS, universe, first, rect.end)
             news = daily_news(store, universe, first, rect.end) if settings.news_source != "none" else None
             out = compute_features_for_range(bars, rect.start, rect.end, news=news, benchmark=settings.benchmark)

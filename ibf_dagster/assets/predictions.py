@@ -9,6 +9,7 @@ import pandas as pd
 from ibf_core.calendar import all_sessions
 from ibf_core.settings import Settings
 from ibf_core.storage.tables import PREDICTIONS, features_spec
+from ibf_dagster.assets.features import lookback_start
 from ibf_dagster.assets.models import MODEL_CUTOFFS, load_panel
 from ibf_dagster.metadata import OWNERS, column_schema, plot_if_small
 from ibf_dagster.partitions import context_rectangles, require_upstream, symbol_date_partitions
@@ -20,12 +21,6 @@ CHECKS = {
     "intervals_ordered": "lower_95 <= lower_80 <= pred_return <= upper_80 <= upper_95 on every row (ERROR)",
     "all_symbols_present": "Every symbol of the run has a row for every origin session and horizon (ERROR)",
 }
-
-
-def history_start(first: dt.date, sessions_needed: int) -> dt.date:
-    sessions = all_sessions()
-    i = int(sessions.searchsorted(pd.Timestamp(first)))
-    return sessions[max(i - sessions_needed, 0)].date()
 
 
 def build_predictions(settings: Settings) -> dg.AssetsDefinition:
@@ -66,7 +61,7 @@ def build_predictions(settings: Settings) -> dg.AssetsDefinition:
                 model = next(v for v in versions if v.version == version)
                 bundle = load_registered(settings.mlflow_uri, model, settings.model_cache_dir)
                 need = bundle.config.input_size + bundle.config.drift_window + 40
-                panel = load_panel(store, settings, universe, history_start(min(days), need), max(days))
+                panel = load_panel(store, settings, universe, lookback_start(min(days), need), max(days))
                 rows = panel[panel["date"].isin(pd.to_datetime(days))]
                 missing = sorted(set(rect.symbols) - set(rows["symbol"]))
                 if missing:
