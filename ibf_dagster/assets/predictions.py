@@ -6,11 +6,10 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
-from ibf_core.calendar import all_sessions
 from ibf_core.settings import Settings
 from ibf_core.storage.tables import PREDICTIONS, features_spec
 from ibf_dagster.assets.features import lookback_start
-from ibf_dagster.assets.models import MODEL_CUTOFFS, load_panel
+from ibf_dagster.assets.models import load_panel
 from ibf_dagster.metadata import OWNERS, column_schema, plot_if_small
 from ibf_dagster.partitions import context_rectangles, require_upstream, symbol_date_partitions
 from ibf_dagster.resources import WarehouseResource
@@ -169,4 +168,4 @@ def _plot(frame: pd.DataFrame) -> str:
     return line_plot_markdown(five, "date", "pred_return", "symbol", "5-session forecast log return by origin")
 
 
-__all__ = ["MODEL_CUTOFFS", "build_predictions"]
+__all__ = ["build_predictions"]
