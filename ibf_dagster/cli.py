@@ -10,11 +10,9 @@ import warnings
 from pathlib import Path
 from typing import Annotated
 
-import pandas as pd
 import typer
 from rich.console import Console
 
-from ibf_core.calendar import to_date
 from ibf_core.settings import SettingsError, get_settings, load_settings, normalize_symbol
 
 app = typer.Typer(help="ibf: forecasting platform for Interactive Brokers market data.", no_args_is_help=True)
@@ -309,6 +307,8 @@ def train(
 
 
 def _default_cutoff(settings) -> str:
+    import pandas as pd
+
     from ibf_core.storage.warehouse import Warehouse
 
     dates = Warehouse(settings.home_dir).query("SELECT DISTINCT date FROM features ORDER BY date DESC LIMIT 2")
@@ -319,6 +319,8 @@ def _default_cutoff(settings) -> str:
 
 def _print_validation(settings, cutoff: str) -> None:
     """The registered version's validation summary: skill versus the random walk, per horizon."""
+    import pandas as pd
+
     from ibf_core.models.registry import list_versions, load_registered
 
     version = [v for v in list_versions(settings.mlflow_uri, settings.model_name) if v.cutoff.isoformat() == cutoff][-1]
@@ -349,6 +351,7 @@ def evaluate(
     refit_every: Annotated[int | None, typer.Option(help="Sessions per fold before refitting (default: --test-days)")] = None,
 ) -> None:
     """Walk-forward evaluation of every member against the random walk; writes JSON and a markdown report."""
+    from ibf_core.calendar import to_date
     from ibf_core.evaluation.walkforward import walk_forward, write_outputs
     from ibf_core.features.pipeline import compute_features
     from ibf_core.models import ModelDataError

@@ -11,8 +11,6 @@ from __future__ import annotations
 HORIZONS: tuple[int, ...] = (1, 3, 5, 10, 15, 20)
 NEURAL_MEMBERS: tuple[str, ...] = ("lstm", "tft")
 TRAINED_MEMBERS: tuple[str, ...] = ("lstm", "tft", "gbdt")
-BASELINES: tuple[str, ...] = ("naive", "drift")
-ALL_MEMBERS: tuple[str, ...] = (*BASELINES, *TRAINED_MEMBERS, "ensemble")
 
 
 class ModelDataError(ValueError):

@@ -48,10 +48,6 @@ class ModelBundle:
     validation: list[dict[str, Any]] = field(default_factory=list)  # one row per (horizon, member)
     facts: dict[str, Any] = field(default_factory=dict)  # device, timings, symbols, fingerprint, dropped features
 
-    @property
-    def members(self) -> list[str]:
-        return list(self.config.members)
-
     def describe(self) -> dict[str, Any]:
         return {
             "format_version": FORMAT_VERSION,

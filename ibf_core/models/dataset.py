@@ -89,10 +89,6 @@ def check_gaps(panel: pd.DataFrame) -> None:
         )
 
 
-def target_columns(horizons: tuple[int, ...]) -> list[str]:
-    return [f"target_{h}" for h in horizons]
-
-
 def truncate(panel: pd.DataFrame, last_date: dt.date | pd.Timestamp) -> pd.DataFrame:
     """Rows up to ``last_date`` with every target that reaches beyond it blanked (nothing leaks past the cut)."""
     last = pd.Timestamp(last_date)

@@ -33,11 +33,11 @@ def drift_forecast(panel: pd.DataFrame, window: int) -> pd.Series:
 
 
 def point_forecasts(bundle: ModelBundle, panel: pd.DataFrame, origins: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    """member -> frame aligned with ``origins`` holding one ``h<h>`` column per horizon (log returns)."""
+    """member -> frame aligned with ``origins`` (rows of ``panel``) holding one ``h<h>`` column per horizon."""
     from ibf_core.models import gbdt, neural
 
     config = bundle.config
-    origins = origins.reset_index(drop=True)
+    origins = origins.assign(_row=origins.index).reset_index(drop=True)
     out: dict[str, pd.DataFrame] = {}
     out["naive"] = pd.DataFrame({f"h{h}": np.zeros(len(origins)) for h in config.horizons})
     rate = drift_forecast(panel, config.drift_window).reindex(origins["_row"]).to_numpy()
@@ -54,10 +54,21 @@ def point_forecasts(bundle: ModelBundle, panel: pd.DataFrame, origins: pd.DataFr
     return out
 
 
-def forecast(bundle: ModelBundle, panel: pd.DataFrame, origins: pd.DataFrame, with_intervals: bool = True) -> pd.DataFrame:
-    """Long frame ``symbol, date, horizon, member, pred`` (+ interval bounds) for every member and the ensemble."""
-    origins = origins.assign(_row=origins.index).reset_index(drop=True)
-    points = point_forecasts(bundle, panel, origins)
+def forecast(
+    bundle: ModelBundle,
+    panel: pd.DataFrame,
+    origins: pd.DataFrame,
+    with_intervals: bool = True,
+    points: dict[str, pd.DataFrame] | None = None,
+) -> pd.DataFrame:
+    """Long frame ``symbol, date, horizon, member, pred`` (+ interval bounds) for every member and the ensemble.
+
+    ``points``: the members' ``point_forecasts`` for these origins when already computed (training reuses them
+    while it fits the ensemble weights and the interval quantiles).
+    """
+    if points is None:
+        points = point_forecasts(bundle, panel, origins)
+    origins = origins.reset_index(drop=True)
     scale_vol = origins["vol"].to_numpy(dtype=np.float64)
     frames = []
     for h in bundle.config.horizons:

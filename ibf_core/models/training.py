@@ -60,7 +60,7 @@ def train_models(
     from ibf_core.evaluation.metrics import member_metrics
     from ibf_core.features.pipeline import feature_columns
     from ibf_core.models import ensemble, gbdt, neural
-    from ibf_core.models.predict import forecast
+    from ibf_core.models.predict import forecast, point_forecasts
 
     say = progress or (lambda message: None)
     span = windows(cutoff, config)
@@ -123,7 +123,9 @@ def train_models(
     ]
     if valid_origins.empty:
         raise ModelDataError(f"no validation origins between {span['validation_start']} and {span['validation_end']}")
-    long = forecast(bundle, data, valid_origins, with_intervals=False)
+    # The members forecast the validation origins once; weights and quantiles are fitted on those forecasts.
+    points = point_forecasts(bundle, data, valid_origins)
+    long = forecast(bundle, data, valid_origins, with_intervals=False, points=points)
     realized = _realized(data, valid_origins, config.horizons)
     long = long.merge(realized, on=["symbol", "date", "horizon"], how="left")
     trained = list(config.members)
@@ -132,14 +134,14 @@ def train_models(
         wide = at_h.pivot_table(index=["symbol", "date"], columns="member", values="pred").reset_index()
         wide = wide.merge(realized[realized["horizon"] == h], on=["symbol", "date"], how="left")
         bundle.ensemble[str(h)] = ensemble.choose_weights(wide, trained)
-    long = forecast(bundle, data, valid_origins, with_intervals=False).merge(realized, on=["symbol", "date", "horizon"], how="left")
+    long = forecast(bundle, data, valid_origins, with_intervals=False, points=points).merge(realized, on=["symbol", "date", "horizon"], how="left")
     scale_of = valid_origins.set_index(["symbol", "date"])["vol"]
     for (member, h), part in long.groupby(["member", "horizon"]):
         scale = ensemble.interval_scale(scale_of.reindex(pd.MultiIndex.from_frame(part[["symbol", "date"]])).to_numpy(), h, vol_fallback)
         bundle.conformal.setdefault(member, {})[str(h)] = ensemble.calibrate(part["realized"].to_numpy(), part["pred"].to_numpy(), scale)
     # Metrics of the calibrated forecasts on the same window (coverage is in-sample here by construction;
     # walk-forward evaluation measures it out of sample).
-    long = forecast(bundle, data, valid_origins).merge(realized, on=["symbol", "date", "horizon"], how="left")
+    long = forecast(bundle, data, valid_origins, points=points).merge(realized, on=["symbol", "date", "horizon"], how="left")
     for (h, member), part in long.groupby(["horizon", "member"], sort=True):
         metrics = member_metrics(part, int(h), p0=bundle.up_rate[str(h)])
         bundle.validation.append({"horizon": int(h), "member": member, **metrics})
