@@ -116,6 +116,22 @@ class Settings(BaseSettings):
     model_name: str = Field("ibf-forecaster", description="MLflow registered-model name")
     mlflow_experiment: str = Field("ibf-training", description="MLflow experiment of training runs")
     cost_bps: float = Field(10.0, ge=0, description="Trading cost per side in basis points for the top-k spread metric")
+    drift_window: int = Field(30, ge=5, description="Trading days of matured forecasts in the rolling performance metrics")
+    drift_horizon: int = Field(1, ge=1, description="Forecast horizon (sessions) the performance monitor and CUSUM watch")
+    drift_feature_window: int = Field(60, ge=20, description="Recent sessions of features tested against the training reference")
+    drift_reference_sessions: int = Field(250, ge=50, description="Newest training-window sessions per symbol used as the drift reference")
+    drift_mase_threshold: float = Field(
+        1.10, gt=0, description="Performance breach: rolling MAE relative to the random walk (MASE) above this"
+    )
+    drift_consecutive: int = Field(3, ge=1, description="Consecutive performance breaches (within drift_lookback_days) that demand a retrain")
+    drift_lookback_days: int = Field(30, ge=1, description="Calendar days in which the consecutive performance breaches must fall")
+    drift_ks_alpha: float = Field(0.05, gt=0, lt=1, description="Family-wise level of the per-feature KS/CVM tests (Bonferroni)")
+    drift_mmd_alpha: float = Field(0.01, gt=0, lt=1, description="Level of the Benjamini-Hochberg correction over the universe's MMD p-values (confirmed drift)")
+    drift_psi_threshold: float = Field(0.25, gt=0, description="PSI above which a feature counts as shifted")
+    drift_cusum_h: float = Field(5.0, gt=0, description="CUSUM decision interval on standardized forecast residuals")
+    drift_coverage_tolerance: float = Field(0.05, gt=0, lt=1, description="Interval coverage may miss its nominal level by this much")
+    retrain_cooldown_days: int = Field(5, ge=0, description="Trading days after a drift retrain during which no other is requested")
+    alert_webhook: str | None = Field(None, description="URL receiving a JSON POST (Slack-compatible) per failed check; treated as a secret")
 
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):

@@ -5,13 +5,14 @@ from __future__ import annotations
 import dagster as dg
 
 from ibf_core.settings import Settings, get_settings
+from ibf_dagster.assets.drift import build_drift_scores
 from ibf_dagster.assets.features import build_features
 from ibf_dagster.assets.market_bars import build_market_bars
 from ibf_dagster.assets.models import build_mlflow_resource, build_trained_models
 from ibf_dagster.assets.news import build_news_sentiment
 from ibf_dagster.assets.predictions import build_predictions
 from ibf_dagster.resources import build_resources
-from ibf_dagster.sensors import build_universe_sync
+from ibf_dagster.sensors import build_check_alerts, build_retrain_on_drift, build_universe_sync, build_weekly_training
 
 
 def build_definitions(settings: Settings) -> dg.Definitions:
@@ -23,9 +24,15 @@ def build_definitions(settings: Settings) -> dg.Definitions:
             build_features(settings),
             build_trained_models(settings),
             build_predictions(settings),
+            build_drift_scores(settings),
         ],
         asset_checks=[market_bars_fresh],
-        sensors=[build_universe_sync(settings)],
+        sensors=[
+            build_universe_sync(settings),
+            build_retrain_on_drift(settings),
+            build_weekly_training(settings),
+            build_check_alerts(settings),
+        ],
         resources={**build_resources(settings), "mlflow": build_mlflow_resource(settings)},
     )
 

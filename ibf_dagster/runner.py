@@ -21,7 +21,7 @@ from ibf_dagster.instance import get_instance
 from ibf_dagster.partitions import SYMBOL_PARTITIONS, date_key_window, date_partitions
 
 
-MODEL_ASSETS = ("trained_models", "predictions")
+MODEL_ASSETS = ("trained_models", "predictions", "drift_scores")
 
 
 class BackfillError(RuntimeError):

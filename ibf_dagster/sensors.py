@@ -1,8 +1,11 @@
-"""Sensors: keep the ``symbol`` dynamic partitions in sync with the configured universe."""
+"""Sensors: the universe's symbol partitions, drift-triggered and weekly retraining, alerts for failed checks."""
 
+import datetime as dt
+import json
 
 import dagster as dg
 
+from ibf_core.calendar import latest_complete_session, to_date, trading_days
 from ibf_core.settings import Settings
 from ibf_dagster.partitions import SYMBOL_PARTITIONS
 
@@ -22,3 +25,160 @@ def build_universe_sync(settings: Settings) -> dg.SensorDefinition:
         return dg.SensorResult(dynamic_partitions_requests=[SYMBOL_PARTITIONS.build_add_request(missing)])
 
     return universe_sync
+
+
+def _check_evaluations(context: dg.SensorEvaluationContext, after: int | None, checks) -> tuple[list, int | None]:
+    """Evaluations of ``checks`` recorded after execution id ``after``, oldest first, and the next cursor.
+
+    The cursor stops before the oldest execution still in flight (planned, not evaluated), so a slow run's
+    result is never skipped; evaluations after it may be seen twice, which the consumers make harmless
+    (alerts are keyed by evaluation, retrains by run key).
+    """
+    from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
+
+    storage = context.instance.event_log_storage
+    records = [r for key in checks for r in storage.get_asset_check_execution_history(key, limit=1000) if r.id > (after or 0)]
+    records.sort(key=lambda r: r.id)
+    found, cursor, blocked = [], after, False
+    for record in records:
+        if record.status == AssetCheckExecutionRecordStatus.PLANNED:
+            blocked = True
+            continue
+        event = record.event.dagster_event if record.event else None
+        if event is not None and event.event_type == dg.DagsterEventType.ASSET_CHECK_EVALUATION:
+            found.append((record.id, record.run_id, event.event_specific_data))
+        if not blocked:
+            cursor = record.id
+    return found, cursor
+
+
+def _meta_value(value) -> object:
+    return getattr(value, "value", value)
+
+
+def gpu_run_tags() -> dict[str, str]:
+    """Tags that ask for a GPU: ibf's run-queue tag and the Kubernetes resource request (k8s_job_executor)."""
+    k8s = {"container_config": {"resources": {"limits": {"nvidia.com/gpu": 1}, "requests": {"nvidia.com/gpu": 1}}}}
+    return {"ibf/accelerator": "gpu", "dagster-k8s/config": json.dumps(k8s)}
+
+
+def build_retrain_on_drift(settings: Settings) -> dg.SensorDefinition:
+    from ibf_dagster.assets.drift import RETRAIN_CHECK
+    from ibf_dagster.assets.models import MODEL_CUTOFFS
+
+    @dg.sensor(
+        name="retrain_on_drift",
+        description=(
+            "When drift_scores' retrain_rule check fails (ERROR), requests trained_models for a new cut-off (the latest "
+            "complete session of the data) on a GPU where one exists: one run per drift episode (run key), then a "
+            f"cool-down of {settings.retrain_cooldown_days} sessions."
+        ),
+        asset_selection=["trained_models"],
+        minimum_interval_seconds=300,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+    )
+    def retrain_on_drift(context: dg.SensorEvaluationContext) -> dg.SensorResult:
+        cursor = json.loads(context.cursor) if context.cursor else {}
+        evaluations, cursor["after"] = _check_evaluations(
+            context, cursor.get("after"), [dg.AssetCheckKey(dg.AssetKey("drift_scores"), RETRAIN_CHECK)]
+        )
+        failed = [
+            e for _, _, e in evaluations
+            if e.check_name == RETRAIN_CHECK and not e.passed and e.severity == dg.AssetCheckSeverity.ERROR
+        ]
+        if not failed:
+            return dg.SensorResult(skip_reason="no failed retrain_rule evaluation since the last tick", cursor=json.dumps(cursor))
+        evaluation = failed[-1]
+        meta = {k: _meta_value(v) for k, v in evaluation.metadata.items()}
+        as_of = meta.get("as_of")
+        if not as_of:
+            return dg.SensorResult(skip_reason="the failed evaluation has no as_of date: nothing to train on", cursor=json.dumps(cursor))
+        cutoff = min(to_date(as_of), latest_complete_session())
+        last = cursor.get("last_cutoff")
+        if last and len(trading_days(to_date(last), cutoff)) - 1 < settings.retrain_cooldown_days:
+            reason = f"cool-down: a drift retrain for cut-off {last} was requested less than {settings.retrain_cooldown_days} sessions before {cutoff}"
+            return dg.SensorResult(skip_reason=reason, cursor=json.dumps(cursor))
+        episode = meta.get("episode_start") or cutoff.isoformat()
+        cursor["last_cutoff"] = cutoff.isoformat()
+        request = dg.RunRequest(
+            run_key=f"drift-retrain-{episode}",
+            partition_key=cutoff.isoformat(),
+            tags={**gpu_run_tags(), "ibf/trigger": "drift", "ibf/drift_episode": str(episode)},
+        )
+        context.log.info(f"drift episode from {episode}: retraining with cut-off {cutoff} ({'; '.join(meta.get('reasons') or [])})")
+        return dg.SensorResult(
+            run_requests=[request],
+            dynamic_partitions_requests=[MODEL_CUTOFFS.build_add_request([cutoff.isoformat()])],
+            cursor=json.dumps(cursor),
+        )
+
+    return retrain_on_drift
+
+
+def build_weekly_training(settings: Settings) -> dg.SensorDefinition:
+    from ibf_core.storage.tables import features_spec
+    from ibf_core.storage.warehouse import Warehouse
+    from ibf_dagster.assets.models import MODEL_CUTOFFS, weekly_cutoffs
+
+    @dg.sensor(
+        name="weekly_training",
+        description="The regular cadence beside the drift trigger: trains a model on the last session of each complete week once its features are stored.",
+        asset_selection=["trained_models"],
+        minimum_interval_seconds=3600,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+    )
+    def weekly_training(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
+        today = latest_complete_session()
+        week_ends = weekly_cutoffs(today - dt.timedelta(days=14), today)
+        # the current week is complete only when its last session is also the latest complete one on a Friday
+        complete = [d for d in week_ends if dt.date.fromisoformat(d) < today or dt.date.fromisoformat(d).weekday() == 4]
+        if not complete:
+            return dg.SkipReason("no complete week yet")
+        cutoff = complete[-1]
+        newest = Warehouse(settings.home_dir).query(f"SELECT max(date) AS d FROM {features_spec().name}")["d"].iloc[0]
+        if newest is None or str(newest)[:10] < cutoff:
+            return dg.SkipReason(f"features reach {newest}, not the week's last session {cutoff} yet")
+        return dg.SensorResult(
+            run_requests=[dg.RunRequest(run_key=f"weekly-{cutoff}", partition_key=cutoff, tags={**gpu_run_tags(), "ibf/trigger": "weekly"})],
+            dynamic_partitions_requests=[MODEL_CUTOFFS.build_add_request([cutoff])],
+        )
+
+    return weekly_training
+
+
+def build_check_alerts(settings: Settings) -> dg.SensorDefinition:
+    @dg.sensor(
+        name="check_alerts",
+        description="Every failed asset check (any asset) becomes a row in the `alerts` table, a log line and, with IBF_ALERT_WEBHOOK, a JSON POST.",
+        minimum_interval_seconds=30,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+    )
+    def check_alerts(context: dg.SensorEvaluationContext) -> dg.SensorResult:
+        from ibf_core.alerts import Alert, record_alerts
+        from ibf_core.storage.warehouse import Warehouse
+
+        after = int(context.cursor) if context.cursor else None
+        checks = sorted(context.repository_def.asset_graph.asset_check_keys, key=lambda k: k.to_user_string())
+        evaluations, cursor = _check_evaluations(context, after, checks)
+        if not evaluations:
+            return dg.SensorResult(skip_reason="no new check evaluations", cursor=context.cursor)
+        alerts = [
+            Alert(
+                asset=e.asset_key.to_user_string(),
+                check_name=e.check_name,
+                partition=str(e.partition or ""),
+                severity=e.severity.value if hasattr(e.severity, "value") else str(e.severity),
+                description=e.description or "",
+                metadata={k: _meta_value(v) for k, v in e.metadata.items()},
+                run_id=run_id,
+                evaluation_id=str(storage_id),
+                raised_at=dt.datetime.now(dt.timezone.utc),
+            )
+            for storage_id, run_id, e in evaluations
+            if not e.passed
+        ]
+        if alerts:
+            record_alerts(Warehouse(settings.home_dir), alerts, settings.alert_webhook, log=context.log.warning)
+        return dg.SensorResult(cursor=str(cursor) if cursor is not None else None)
+
+    return check_alerts

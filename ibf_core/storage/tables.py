@@ -134,4 +134,28 @@ PREDICTIONS = TableSpec(
     ),
 )
 
-TABLES = {t.name: t for t in (MARKET_BARS, NEWS_SENTIMENT, PREDICTIONS)}
+DRIFT_SCORES = TableSpec(
+    name="drift_scores",
+    description="Drift detectors and rolling forecast performance per symbol and session (one row per detector/feature).",
+    key=("symbol", "date", "detector", "feature"),
+    columns=(
+        Column("symbol", pa.string(), "Ticker symbol"),
+        Column("date", pa.date32(), "Session evaluated (data up to its close)"),
+        Column(
+            "detector",
+            pa.string(),
+            "ks, cvm, psi (per feature), mmd (features jointly), cusum (forecast residuals), "
+            "perf_mase, perf_mae, perf_mape, perf_rmse, perf_da, perf_rank_ic, perf_coverage_80, perf_coverage_95",
+        ),
+        Column("feature", pa.string(), "Feature tested (univariate detectors); NULL otherwise", optional=True),
+        Column("statistic", pa.float64(), "Test statistic or metric value; NULL when skipped"),
+        Column("p_value", pa.float64(), "p-value (ks, cvm, mmd); NULL otherwise"),
+        Column("threshold", pa.float64(), "Corrected p-value threshold, or the statistic's threshold"),
+        Column("breached", pa.bool_(), "True when the detector fired (never for a skipped row)"),
+        Column("skipped_reason", pa.string(), "Why the detector could not run (no matured forecasts, too few points, ...)", optional=True),
+        Column("n", pa.int64(), "Points behind the value (recent window rows or matured forecasts)"),
+        Column("model_version", pa.string(), "Model version whose training window is the reference"),
+    ),
+)
+
+TABLES = {t.name: t for t in (MARKET_BARS, NEWS_SENTIMENT, PREDICTIONS, DRIFT_SCORES)}

@@ -116,12 +116,14 @@ class Warehouse:
 
     def ensure_all_tables(self) -> None:
         """Views for every table ibf writes, so SQL on a table not yet materialized returns no rows, not an error."""
+        from ibf_core.alerts import ensure_alerts_table
         from ibf_core.news.store import ensure_news_tables
         from ibf_core.storage.tables import features_spec
 
         for spec in (*TABLES.values(), features_spec()):
             self.ensure_table(spec)
         ensure_news_tables(self)
+        ensure_alerts_table(self)
 
     @_retry_on_lock
     def _view_matches(self, name: str, folder: str) -> bool:

@@ -42,6 +42,8 @@ def build_predictions(settings: Settings) -> dg.AssetsDefinition:
         group_name="models",
         metadata={"dagster/column_schema": column_schema(spec), "dagster/table_name": spec.name},
         check_specs=[dg.AssetCheckSpec(n, asset=spec.name, description=d, blocking=True) for n, d in CHECKS.items()],
+        # The latest partitions follow new features after each close and every newly trained model.
+        automation_condition=dg.AutomationCondition.eager(),
     )
     def predictions(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
         from ibf_core.models import ModelDataError

@@ -1,0 +1,179 @@
+"""Data-drift (KS/CVM/MMD/PSI) and residual-drift (CUSUM) detectors; alibi-detect is only imported lazily."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from ibf_core.drift.stats import benjamini_hochberg, cusum_path, finite, psi_value, quantile_cuts
+
+__all__ = ["DriftRow", "benjamini_hochberg", "cusum", "mmd_test", "psi", "univariate_tests"]
+
+
+@dataclass(frozen=True)
+class DriftRow:
+    """One detector outcome; a set skipped_reason means statistic/p_value are None and breached is False."""
+
+    detector: str
+    feature: str | None
+    statistic: float | None
+    p_value: float | None
+    threshold: float | None
+    breached: bool
+    skipped_reason: str | None = None
+
+
+def _as_2d(values: np.ndarray, name: str) -> np.ndarray:
+    """A float64 (n, k) array; a 1-d input becomes a single column."""
+    arr = np.asarray(values, dtype=float)
+    if arr.ndim == 1:
+        arr = arr.reshape(-1, 1)
+    if arr.ndim != 2:
+        raise ValueError(f"{name} must be a 2-d (rows, features) array, got shape {arr.shape}")
+    return arr
+
+
+def _check_features(reference: np.ndarray, recent: np.ndarray, features: list[str]) -> None:
+    """Raise when the two windows and the feature names disagree on the number of columns."""
+    if reference.shape[1] != len(features) or recent.shape[1] != len(features):
+        raise ValueError(
+            f"{len(features)} feature names for reference {reference.shape} and recent {recent.shape} arrays"
+        )
+
+
+def _too_few(n_ref: int, n_recent: int, min_points: int, unit: str = "points") -> str | None:
+    """The skip reason when either window is shorter than min_points, else None."""
+    if n_ref < min_points:
+        return f"reference window has {n_ref} {unit} (< {min_points})"
+    if n_recent < min_points:
+        return f"recent window has {n_recent} {unit} (< {min_points})"
+    return None
+
+
+def _skipped(detector: str, feature: str | None, threshold: float | None, reason: str) -> DriftRow:
+    """A skipped row."""
+    return DriftRow(detector, feature, None, None, threshold, False, reason)
+
+
+def univariate_tests(
+    reference: np.ndarray,
+    recent: np.ndarray,
+    features: list[str],
+    method: Literal["ks", "cvm"],
+    alpha: float = 0.05,
+    correction: Literal["bonferroni", "fdr"] = "bonferroni",
+    min_points: int = 20,
+) -> list[DriftRow]:
+    """Per-feature KS or CVM two-sample tests (alibi-detect) with a Bonferroni/FDR threshold over tested features."""
+    if method not in ("ks", "cvm"):
+        raise ValueError(f"method must be 'ks' or 'cvm', got {method!r}")
+    if correction not in ("bonferroni", "fdr"):
+        raise ValueError(f"correction must be 'bonferroni' or 'fdr', got {correction!r}")
+    ref2, rec2 = _as_2d(reference, "reference"), _as_2d(recent, "recent")
+    _check_features(ref2, rec2, features)
+
+    reasons: dict[int, str] = {}
+    tested: list[int] = []
+    ref_cols: list[np.ndarray] = []
+    rec_cols: list[np.ndarray] = []
+    for j in range(len(features)):
+        r, c = finite(ref2[:, j]), finite(rec2[:, j])
+        reason = _too_few(r.size, c.size, min_points)
+        if reason is None and np.ptp(r) == 0 and np.ptp(c) == 0 and r[0] == c[0]:
+            reason = "constant in both windows"
+        if reason is not None:
+            reasons[j] = reason
+            continue
+        tested.append(j)
+        ref_cols.append(r)
+        rec_cols.append(c)
+
+    results: dict[int, tuple[float, float]] = {}
+    threshold: float | None = None
+    if tested:
+        from ibf_core.drift import alibi_backend
+
+        p_values, statistics, threshold = alibi_backend.univariate_scores(
+            method, ref_cols, rec_cols, alpha, correction
+        )
+        results = {j: (float(statistics[i]), float(p_values[i])) for i, j in enumerate(tested)}
+
+    rows: list[DriftRow] = []
+    for j, name in enumerate(features):
+        if j in reasons:
+            rows.append(_skipped(method, name, threshold, reasons[j]))
+            continue
+        stat, p = results[j]
+        rows.append(DriftRow(method, name, stat, p, threshold, bool(p < threshold)))  # type: ignore[operator]
+    return rows
+
+
+def mmd_test(
+    reference: np.ndarray,
+    recent: np.ndarray,
+    alpha: float = 0.01,
+    n_permutations: int = 200,
+    seed: int = 0,
+    min_points: int = 20,
+    max_reference: int = 1000,
+) -> DriftRow:
+    """Multivariate MMD permutation test (alibi-detect, pytorch) on reference-standardized complete rows."""
+    ref2, rec2 = _as_2d(reference, "reference"), _as_2d(recent, "recent")
+    if ref2.shape[1] != rec2.shape[1]:
+        raise ValueError(f"reference has {ref2.shape[1]} columns, recent has {rec2.shape[1]}")
+    ref2 = ref2[np.isfinite(ref2).all(axis=1)]
+    rec2 = rec2[np.isfinite(rec2).all(axis=1)]
+    reason = _too_few(len(ref2), len(rec2), min_points, unit="complete rows")
+    if reason is not None:
+        return _skipped("mmd", None, alpha, reason)
+
+    mean = ref2.mean(axis=0)
+    std = ref2.std(axis=0)
+    std[~(std > 0)] = 1.0
+    ref_z = (ref2 - mean) / std
+    rec_z = (rec2 - mean) / std
+    if len(ref_z) > max_reference:
+        keep = np.sort(np.random.default_rng(seed).choice(len(ref_z), size=max_reference, replace=False))
+        ref_z = ref_z[keep]
+
+    from ibf_core.drift import alibi_backend
+
+    p_value, mmd2 = alibi_backend.mmd_permutation(ref_z, rec_z, alpha, n_permutations, seed)
+    return DriftRow("mmd", None, mmd2, p_value, alpha, bool(p_value < alpha))
+
+
+def psi(
+    reference: np.ndarray,
+    recent: np.ndarray,
+    features: list[str],
+    bins: int = 10,
+    threshold: float = 0.25,
+    min_points: int = 20,
+) -> list[DriftRow]:
+    """Population Stability Index per feature on reference-quantile bins; breached when PSI > threshold."""
+    ref2, rec2 = _as_2d(reference, "reference"), _as_2d(recent, "recent")
+    _check_features(ref2, rec2, features)
+    rows: list[DriftRow] = []
+    for j, name in enumerate(features):
+        r, c = finite(ref2[:, j]), finite(rec2[:, j])
+        reason = _too_few(r.size, c.size, min_points)
+        if reason is None and np.ptp(r) == 0:
+            reason = "constant in the reference window"
+        if reason is not None:
+            rows.append(_skipped("psi", name, threshold, reason))
+            continue
+        value = psi_value(r, c, quantile_cuts(r, bins))
+        rows.append(DriftRow("psi", name, value, None, threshold, bool(value > threshold)))
+    return rows
+
+
+def cusum(residuals: np.ndarray, k: float = 0.5, h: float = 5.0, min_points: int = 10) -> DriftRow:
+    """Two-sided tabular CUSUM on standardized residuals; statistic = max(S+, S-) over time, breached when > h."""
+    x = finite(residuals)
+    if x.size < min_points:
+        return _skipped("cusum", None, h, f"residual series has {x.size} points (< {min_points})")
+    s_plus, s_minus = cusum_path(x, k)
+    statistic = float(max(s_plus.max(), s_minus.max()))
+    return DriftRow("cusum", None, statistic, None, h, bool(statistic > h))

@@ -1,0 +1,273 @@
+"""Forecast monitoring: matured forecasts against what happened, and rolling performance per symbol and pooled."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ibf_core.calendar import all_sessions
+
+POOLED = "*"  # the symbol value of the pooled (all-symbol) rows
+
+
+def matured_outcomes(predictions: pd.DataFrame, bars: pd.DataFrame, as_of: dt.date | pd.Timestamp) -> pd.DataFrame:
+    """Forecasts whose target session is on or before ``as_of``, with the realized price and return.
+
+    Adds ``realized_price`` (close at the target session), ``realized_return`` (log total return from
+    ``adj_close``), ``abs_error`` (of the log return), ``pct_error`` (|forecast price - realized| / realized),
+    ``direction_hit`` (NaN when forecast or outcome is exactly 0), ``hit_80``, ``hit_95``.
+    """
+    if predictions.empty:
+        return predictions.assign(realized_price=[], realized_return=[])
+    p = predictions.copy()
+    p["date"], p["target_date"] = pd.to_datetime(p["date"]), pd.to_datetime(p["target_date"])
+    p = p[p["target_date"] <= pd.Timestamp(as_of)]
+    prices = bars[["symbol", "date", "close", "adj_close"]].copy()
+    prices["date"] = pd.to_datetime(prices["date"])
+    origin = prices.rename(columns={"close": "_c0", "adj_close": "_a0"})
+    target = prices.rename(columns={"date": "target_date", "close": "realized_price", "adj_close": "_a1"})
+    out = p.merge(origin, on=["symbol", "date"], how="inner").merge(target, on=["symbol", "target_date"], how="inner")
+    out["realized_return"] = np.log(out["_a1"] / out["_a0"])
+    out["abs_error"] = (out["pred_return"] - out["realized_return"]).abs()
+    out["pct_error"] = (out["pred_price"] - out["realized_price"]).abs() / out["realized_price"]
+    signs = np.sign(out["pred_return"]) * np.sign(out["realized_return"])
+    out["direction_hit"] = np.where(signs == 0, np.nan, (signs > 0).astype(float))
+    for level in (80, 95):
+        out[f"hit_{level}"] = out["realized_return"].between(out[f"lower_{level}"], out[f"upper_{level}"]).astype(float)
+    return out.drop(columns=["_c0", "_a0", "_a1"]).reset_index(drop=True)
+
+
+def window_start(as_of: dt.date | pd.Timestamp, sessions: int) -> pd.Timestamp:
+    """The first session of the ``sessions``-session window ending at ``as_of``."""
+    days = all_sessions()
+    end = int(days.searchsorted(pd.Timestamp(as_of), side="right")) - 1
+    return days[max(end - sessions + 1, 0)]
+
+
+def rolling_performance(outcomes: pd.DataFrame, as_of: dt.date | pd.Timestamp, window: int, horizon: int) -> pd.DataFrame:
+    """One row per symbol plus a pooled row (symbol ``*``): metrics of the forecasts at ``horizon`` that matured
+    in the ``window`` sessions ending at ``as_of``.
+
+    Columns: ``symbol, n, mae, mape, rmse, mase`` (MAE / the random walk's MAE, i.e. mean |realized|), ``da``,
+    ``coverage_80, coverage_95, rank_ic`` (pooled row only: mean per-origin Spearman IC across symbols).
+    """
+    from ibf_core.evaluation.metrics import cross_sectional_ic
+
+    first = window_start(as_of, window)
+    part = outcomes[(outcomes["horizon"] == horizon) & (outcomes["target_date"] >= first) & (outcomes["target_date"] <= pd.Timestamp(as_of))]
+    rows = []
+    for symbol, group in [*part.groupby("symbol"), (POOLED, part)]:
+        naive = group["realized_return"].abs().mean()
+        rows.append(
+            {
+                "symbol": symbol,
+                "n": len(group),
+                "mae": group["abs_error"].mean(),
+                "mape": group["pct_error"].mean(),
+                "rmse": float(np.sqrt(np.mean((group["pred_return"] - group["realized_return"]) ** 2))) if len(group) else np.nan,
+                "mase": group["abs_error"].mean() / naive if naive and naive > 0 else np.nan,
+                "da": group["direction_hit"].mean(),
+                "coverage_80": group["hit_80"].mean(),
+                "coverage_95": group["hit_95"].mean(),
+                "rank_ic": np.nan,
+            }
+        )
+    out = pd.DataFrame(rows, columns=["symbol", "n", "mae", "mape", "rmse", "mase", "da", "coverage_80", "coverage_95", "rank_ic"])
+    if len(part):
+        ic = cross_sectional_ic(part, "pred_return", "realized_return", "spearman")
+        out.loc[out["symbol"] == POOLED, "rank_ic"] = ic.mean() if len(ic) else np.nan
+    return out
+
+
+# ----- drift scoring -----------------------------------------------------------------------------------------
+
+# Near-iid daily quantities: a two-sample test assumes independent draws, and overlapping-window features
+# (60-day volatility, moving-average ratios) are so autocorrelated that a 60-session window of them is a
+# handful of independent points, which makes KS/MMD fire on stationary data.
+DRIFT_FEATURES: tuple[str, ...] = ("logret_1", "intraday_ret", "gap_overnight", "hl_range")
+Z80 = 1.2815515655446004  # standard-normal 90% quantile: half-width of an 80% interval in sigmas
+
+
+@dataclass(frozen=True)
+class DriftPolicy:
+    """Thresholds of every detector and of the retraining rule (``IBF_DRIFT_*`` settings)."""
+
+    window: int = 30
+    horizon: int = 1
+    feature_window: int = 60
+    reference_sessions: int = 250
+    mase_threshold: float = 1.10
+    consecutive: int = 3
+    lookback_days: int = 30
+    ks_alpha: float = 0.05
+    mmd_alpha: float = 0.01
+    psi_threshold: float = 0.25
+    cusum_h: float = 5.0
+    coverage_tolerance: float = 0.05
+    min_matured: int = 10
+    features: tuple[str, ...] = DRIFT_FEATURES
+    mmd_permutations: int = 200  # p = 0 means "below 1/200": small enough for BH at 0.01 over the universe
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> "DriftPolicy":
+        return cls(
+            window=settings.drift_window,
+            horizon=settings.drift_horizon,
+            feature_window=settings.drift_feature_window,
+            reference_sessions=settings.drift_reference_sessions,
+            mase_threshold=settings.drift_mase_threshold,
+            consecutive=settings.drift_consecutive,
+            lookback_days=settings.drift_lookback_days,
+            ks_alpha=settings.drift_ks_alpha,
+            mmd_alpha=settings.drift_mmd_alpha,
+            psi_threshold=settings.drift_psi_threshold,
+            cusum_h=settings.drift_cusum_h,
+            coverage_tolerance=settings.drift_coverage_tolerance,
+        )
+
+
+def _row(detector: str, feature: str | None, statistic, p_value, threshold, breached: bool, n: int, reason: str | None = None) -> dict:
+    def clean(v):
+        return None if v is None or (isinstance(v, float) and not np.isfinite(v)) else float(v)
+
+    return {
+        "detector": detector,
+        "feature": feature,
+        "statistic": clean(statistic),
+        "p_value": clean(p_value),
+        "threshold": clean(threshold),
+        "breached": bool(breached) and reason is None,
+        "skipped_reason": reason,
+        "n": int(n),
+    }
+
+
+def feature_drift_rows(reference: np.ndarray, recent: np.ndarray, features: list[str], policy: DriftPolicy, seed: int = 0) -> list[dict]:
+    """KS and CVM per feature (Bonferroni over the features), PSI per feature, MMD on the joint matrix.
+
+    The MMD row carries the raw permutation p-value against ``mmd_alpha``; the correction over the universe's
+    symbols (Benjamini-Hochberg) is applied by ``retrain_decision`` on all symbols of a day at once.
+    """
+    from ibf_core import drift
+
+    rows: list[dict] = []
+    if len(reference) == 0:
+        reason = "no reference window (the symbol was not in the model's training data)"
+        return [_row(d, None, None, None, None, False, 0, reason) for d in ("ks", "cvm", "psi", "mmd")]
+    for method in ("ks", "cvm"):
+        for r in drift.univariate_tests(reference, recent, features, method=method, alpha=policy.ks_alpha):
+            rows.append(_row(r.detector, r.feature, r.statistic, r.p_value, r.threshold, r.breached, len(recent), r.skipped_reason))
+    for r in drift.psi(reference, recent, features, threshold=policy.psi_threshold):
+        rows.append(_row(r.detector, r.feature, r.statistic, r.p_value, r.threshold, r.breached, len(recent), r.skipped_reason))
+    r = drift.mmd_test(reference, recent, alpha=policy.mmd_alpha, n_permutations=policy.mmd_permutations, seed=seed)
+    rows.append(_row("mmd", None, r.statistic, r.p_value, r.threshold, r.breached, len(recent), r.skipped_reason))
+    return rows
+
+
+def performance_rows(symbol: str, outcomes: pd.DataFrame, as_of, policy: DriftPolicy) -> list[dict]:
+    """Rolling performance of the symbol's matured forecasts, the pooled rank IC, and a CUSUM on its residuals."""
+    from ibf_core import drift
+
+    perf = rolling_performance(outcomes, as_of, policy.window, policy.horizon) if len(outcomes) else pd.DataFrame()
+    mine = perf[perf["symbol"] == symbol] if len(perf) else perf
+    pooled = perf[perf["symbol"] == POOLED] if len(perf) else perf
+    n = int(mine["n"].iloc[0]) if len(mine) else 0
+    reason = None
+    if n == 0:
+        reason = f"no matured {policy.horizon}-session forecasts in the last {policy.window} sessions yet"
+    elif n < policy.min_matured:
+        reason = f"{n} matured forecasts (< {policy.min_matured})"
+    value = (lambda k: mine[k].iloc[0]) if len(mine) else (lambda k: None)
+    rows = [
+        _row("perf_mase", None, value("mase"), None, policy.mase_threshold, reason is None and value("mase") > policy.mase_threshold, n, reason),
+        _row("perf_mae", None, value("mae"), None, None, False, n, reason),
+        _row("perf_mape", None, value("mape"), None, None, False, n, reason),
+        _row("perf_rmse", None, value("rmse"), None, None, False, n, reason),
+        _row("perf_da", None, value("da"), None, None, False, n, reason),
+    ]
+    for level in (80, 95):
+        cov = pooled[f"coverage_{level}"].iloc[0] if len(pooled) else None
+        n_pooled = int(pooled["n"].iloc[0]) if len(pooled) else 0
+        why = reason if reason else (None if n_pooled >= policy.min_matured else "too few pooled forecasts")
+        # Off by more than the tolerance *and* significantly so (two-sided binomial p < 0.01): with ~150
+        # forecasts a 5-point miss is within noise, and noise must not retrain models.
+        off = False
+        if cov is not None and n_pooled and abs(cov - level / 100) > policy.coverage_tolerance:
+            from scipy.stats import binomtest
+
+            off = binomtest(int(round(cov * n_pooled)), n_pooled, level / 100).pvalue < 0.01
+        rows.append(_row(f"perf_coverage_{level}", None, cov, None, policy.coverage_tolerance, off, n_pooled, why))
+    ic = pooled["rank_ic"].iloc[0] if len(pooled) else None
+    rows.append(_row("perf_rank_ic", None, ic, None, None, False, int(pooled["n"].iloc[0]) if len(pooled) else 0, reason))
+    # CUSUM on standardized residuals: the 80% interval's half-width / z(0.9) is the forecast's own sigma.
+    if n:
+        first = window_start(as_of, policy.window)
+        own = outcomes[(outcomes["symbol"] == symbol) & (outcomes["horizon"] == policy.horizon) & (outcomes["target_date"] >= first)].sort_values("date")
+        sigma = (own["upper_80"] - own["lower_80"]) / (2 * Z80)
+        r = drift.cusum(((own["realized_return"] - own["pred_return"]) / sigma).to_numpy(dtype=np.float64), h=policy.cusum_h)
+        rows.append(_row("cusum", None, r.statistic, None, r.threshold, r.breached, len(own), r.skipped_reason))
+    else:
+        rows.append(_row("cusum", None, None, None, policy.cusum_h, False, 0, reason))
+    return rows
+
+
+def retrain_decision(history: pd.DataFrame, as_of, policy: DriftPolicy) -> dict[str, Any]:
+    """Whether the drift rows up to ``as_of`` demand a retrain, why, and the episode (first day of the streak).
+
+    ``history``: drift rows (``symbol, date, detector, breached, skipped_reason``) of every symbol over at least
+    the lookback. Rules: ``perf_mase`` breached on ``consecutive`` consecutive evaluations within
+    ``lookback_days``; pooled coverage off by more than the tolerance on ``consecutive`` consecutive
+    evaluations; MMD p-values of the day's symbols rejected by Benjamini-Hochberg at ``mmd_alpha`` (confirmed
+    feature drift). Skipped rows never count.
+    """
+    as_of = pd.Timestamp(as_of)
+    h = history[(pd.to_datetime(history["date"]) <= as_of) & (pd.to_datetime(history["date"]) > as_of - pd.Timedelta(days=policy.lookback_days))].copy()
+    h["date"] = pd.to_datetime(h["date"])
+    reasons, episodes = [], []
+    evaluated = h[h["skipped_reason"].isna()]
+
+    def streak(frame: pd.DataFrame) -> pd.Timestamp | None:
+        """First date of the breach streak ending at as_of when it is at least ``consecutive`` long."""
+        days = frame.sort_values("date")
+        if days.empty or days["date"].iloc[-1] != as_of or not days["breached"].iloc[-1]:
+            return None
+        flags = days["breached"].to_numpy()[::-1]
+        run = int(np.argmin(flags)) if not flags.all() else len(flags)
+        return days["date"].iloc[len(days) - run] if run >= policy.consecutive else None
+
+    for symbol, part in evaluated[evaluated["detector"] == "perf_mase"].groupby("symbol"):
+        start = streak(part)
+        if start is not None:
+            reasons.append(f"{symbol}: MASE above {policy.mase_threshold} on {policy.consecutive}+ consecutive evaluations")
+            episodes.append(start)
+    for level in (80, 95):
+        cov = evaluated[evaluated["detector"] == f"perf_coverage_{level}"].drop_duplicates("date")
+        start = streak(cov)
+        if start is not None:
+            reasons.append(f"{level}% interval coverage off by more than {policy.coverage_tolerance:.0%} on {policy.consecutive}+ consecutive evaluations")
+            episodes.append(start)
+    mmd = evaluated[(evaluated["detector"] == "mmd") & evaluated["p_value"].notna()]
+    confirmed = _mmd_confirmed(mmd, policy.mmd_alpha)
+    if confirmed.get(as_of):
+        # the episode starts at the first day of the uninterrupted run of days with confirmed drift
+        days = sorted(confirmed)
+        flags = np.array([confirmed[d] != [] for d in days])[::-1]
+        run = int(np.argmin(flags)) if not flags.all() else len(flags)
+        episodes.append(days[len(days) - run])
+        reasons.append(f"feature drift confirmed by MMD (Benjamini-Hochberg over the universe at {policy.mmd_alpha}) for {', '.join(confirmed[as_of])}")
+    return {"retrain": bool(reasons), "reasons": reasons, "episode_start": min(episodes).date().isoformat() if episodes else None}
+
+
+def _mmd_confirmed(mmd: pd.DataFrame, alpha: float) -> dict[pd.Timestamp, list[str]]:
+    """Per day: the symbols whose MMD p-value survives Benjamini-Hochberg over that day's symbols."""
+    from ibf_core.drift import benjamini_hochberg
+
+    out = {}
+    for day, part in mmd.groupby("date"):
+        rejected, _ = benjamini_hochberg(part["p_value"].to_numpy(dtype=np.float64), alpha)
+        out[pd.Timestamp(day)] = sorted(part["symbol"].to_numpy()[rejected])
+    return out
