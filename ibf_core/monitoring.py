@@ -221,8 +221,8 @@ def retrain_decision(history: pd.DataFrame, as_of, policy: DriftPolicy) -> dict[
     ``history``: drift rows (``symbol, date, detector, breached, skipped_reason``) of every symbol over at least
     the lookback. Rules: ``perf_mase`` breached on ``consecutive`` consecutive evaluations within
     ``lookback_days``; pooled coverage off by more than the tolerance on ``consecutive`` consecutive
-    evaluations; MMD p-values of the day's symbols rejected by Benjamini-Hochberg at ``mmd_alpha`` (confirmed
-    feature drift). Skipped rows never count.
+    evaluations; MMD p-values of a day's symbols rejected by Benjamini-Hochberg at ``mmd_alpha`` on
+    ``consecutive`` consecutive evaluations (confirmed feature drift). Skipped rows never count.
     """
     as_of = pd.Timestamp(as_of)
     h = history[(pd.to_datetime(history["date"]) <= as_of) & (pd.to_datetime(history["date"]) > as_of - pd.Timedelta(days=policy.lookback_days))].copy()
@@ -252,13 +252,16 @@ def retrain_decision(history: pd.DataFrame, as_of, policy: DriftPolicy) -> dict[
             episodes.append(start)
     mmd = evaluated[(evaluated["detector"] == "mmd") & evaluated["p_value"].notna()]
     confirmed = _mmd_confirmed(mmd, policy.mmd_alpha)
-    if confirmed.get(as_of):
-        # the episode starts at the first day of the uninterrupted run of days with confirmed drift
-        days = sorted(confirmed)
-        flags = np.array([confirmed[d] != [] for d in days])[::-1]
-        run = int(np.argmin(flags)) if not flags.all() else len(flags)
-        episodes.append(days[len(days) - run])
-        reasons.append(f"feature drift confirmed by MMD (Benjamini-Hochberg over the universe at {policy.mmd_alpha}) for {', '.join(confirmed[as_of])}")
+    by_day = pd.DataFrame({"date": list(confirmed), "breached": [bool(v) for v in confirmed.values()]})
+    start = streak(by_day)
+    if start is not None:
+        # Confirmed = BH-rejected on `consecutive` evaluations in a row: returns and ranges cluster in
+        # volatility, so a single day's rejection is often a passing storm, not a new world.
+        episodes.append(start)
+        reasons.append(
+            f"feature drift confirmed by MMD (Benjamini-Hochberg over the universe at {policy.mmd_alpha}) on "
+            f"{policy.consecutive}+ consecutive evaluations, today for {', '.join(confirmed[as_of])}"
+        )
     return {"retrain": bool(reasons), "reasons": reasons, "episode_start": min(episodes).date().isoformat() if episodes else None}
 
 

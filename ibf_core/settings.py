@@ -130,7 +130,7 @@ class Settings(BaseSettings):
     drift_psi_threshold: float = Field(0.25, gt=0, description="PSI above which a feature counts as shifted")
     drift_cusum_h: float = Field(5.0, gt=0, description="CUSUM decision interval on standardized forecast residuals")
     drift_coverage_tolerance: float = Field(0.05, gt=0, lt=1, description="Interval coverage may miss its nominal level by this much")
-    retrain_cooldown_days: int = Field(5, ge=0, description="Trading days after a drift retrain during which no other is requested")
+    retrain_cooldown_days: int = Field(21, ge=0, description="Trading days after a drift retrain during which no other is requested")
     alert_webhook: str | None = Field(None, description="URL receiving a JSON POST (Slack-compatible) per failed check; treated as a secret")
 
     @classmethod

@@ -349,8 +349,14 @@ def evaluate(
     max_steps: Annotated[int | None, typer.Option(help="Neural training steps (default: IBF_MODEL_MAX_STEPS)")] = None,
     members: Annotated[str | None, typer.Option(help="Trained members, e.g. gbdt or lstm,tft,gbdt")] = None,
     refit_every: Annotated[int | None, typer.Option(help="Sessions per fold before refitting (default: --test-days)")] = None,
+    policy_backtest: Annotated[bool, typer.Option(help="Also backtest drift-triggered vs fixed-cadence vs no retraining")] = False,
+    policy_start: Annotated[str | None, typer.Option(help="First session of the policy backtest (default: 2 years before the data ends)")] = None,
+    policy_members: Annotated[str, typer.Option(help="Members trained in the policy backtest (every retrain trains them)")] = "gbdt",
+    policy_cadence: Annotated[int, typer.Option(help="Sessions between retrains of the fixed-cadence policy")] = 63,
 ) -> None:
     """Walk-forward evaluation of every member against the random walk; writes JSON and a markdown report."""
+    import pandas as pd
+
     from ibf_core.calendar import to_date
     from ibf_core.evaluation.walkforward import walk_forward, write_outputs
     from ibf_core.features.pipeline import compute_features
@@ -378,11 +384,27 @@ def evaluate(
             panel, config, test_days=test_days, refit_every=refit_every, cost_bps=settings.cost_bps, device=device,
             progress=lambda message: err.print(message, highlight=False),
         )
+        policy = None
+        if policy_backtest:
+            from ibf_core.evaluation.policy import backtest_policies
+            from ibf_core.monitoring import DriftPolicy
+
+            last = panel["date"].max()
+            first = pd.Timestamp(to_date(policy_start)) if policy_start else last - pd.DateOffset(years=2)
+            policy = backtest_policies(
+                panel, config.replace(members=policy_members.split(",")), DriftPolicy.from_settings(settings), first, last,
+                cadence=policy_cadence, cooldown=settings.retrain_cooldown_days,
+                progress=lambda message: err.print(message, highlight=False),
+            )
     except (SourceError, ModelDataError, ValueError) as exc:
         _fail(str(exc))
-    json_path, report_path = write_outputs(result, json_out, report)
+    json_path, report_path = write_outputs(result, json_out, report, policy)
     for h, verdict in result.results["verdicts"].items():
         out.print(verdict["statement"], highlight=False)
+    if policy is not None:
+        from ibf_core.evaluation.policy import markdown
+
+        out.print(markdown(policy), highlight=False)
     out.print(f"wrote {json_path} and {report_path}", highlight=False)
 
 

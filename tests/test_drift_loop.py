@@ -147,3 +147,25 @@ def test_without_a_regime_change_no_retrain_is_requested(tmp_path, monkeypatch):
     assert not any(daily_decisions(settings).values())
     result, _ = sensor_result(settings)
     assert not result.run_requests and result.skip_reason
+
+
+@pytest.mark.slow
+def test_policy_backtest_compares_never_fixed_and_drift_retraining():
+    from ibf_core.evaluation.policy import backtest_policies, markdown
+    from ibf_core.features.pipeline import compute_features
+    from ibf_core.models.config import ModelConfig
+    from ibf_core.models.dataset import build_panel
+
+    bars = regime_bars(shift=True)
+    config = ModelConfig(members=("gbdt",), horizons=(1, 5), gbdt_rounds=60)
+    panel = build_panel(bars, compute_features(bars, benchmark=None), config.horizons)
+    result = backtest_policies(panel, config, DriftPolicy(), pd.Timestamp("2012-01-03"), pd.Timestamp("2012-07-31"),
+                               cadence=40, check_every=5, cooldown=10)
+    table = {row["policy"]: row for row in result["table"]}
+    assert table["never"]["retrains"] == 0
+    assert table["fixed"]["retrains"] == 3  # 145 sessions, every 40: after 40, 80, 120
+    assert all(d >= "2012-04-02" for d in table["drift"]["retrain_dates"]) and table["drift"]["retrains"] >= 1
+    for row in table.values():
+        assert 0.5 < row["mase"] < 2 and row["rolling_mase_max"] >= row["rolling_mase_median"]
+    section = markdown(result)
+    assert "| drift" in section and "retrained at" in section

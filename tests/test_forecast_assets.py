@@ -110,7 +110,8 @@ def test_evaluate_on_a_csv_source_writes_json_and_report(tmp_path):
     result = CliRunner().invoke(
         app,
         ["evaluate", "--source", "csv", "--csv", str(csv), "--symbols", SYMBOLS, "--horizons", "1,5",
-         "--test-days", "40", "--refit-every", "20", "--members", "gbdt", "--json", str(out)],
+         "--test-days", "40", "--refit-every", "20", "--members", "gbdt", "--json", str(out),
+         "--policy-backtest", "--policy-start", "2012-10-01", "--policy-cadence", "40"],
     )
     assert result.exit_code == 0, result.output
     data = json.loads(out.read_text())
@@ -126,6 +127,9 @@ def test_evaluate_on_a_csv_source_writes_json_and_report(tmp_path):
     report = out.with_suffix(".md").read_text()
     assert "h=1" in report and "random walk" in report
     assert "h=5:" in result.output
+    policies = {row["policy"]: row for row in data["policy_backtest"]["table"]}
+    assert set(policies) == {"never", "fixed", "drift"} and policies["never"]["retrains"] == 0
+    assert "Retraining policies (backtest)" in report and "| fixed" in result.output
 
 
 def test_evaluate_rejects_bad_input(tmp_path):

@@ -110,15 +110,27 @@ def _upto(panel: pd.DataFrame, last: pd.Timestamp) -> pd.DataFrame:
     return out.drop(columns=[c for c in out.columns if c.startswith("target_")])
 
 
-def write_outputs(result: WalkForwardResult, json_path: Path, report_path: Path | None = None) -> tuple[Path, Path]:
-    """The JSON (shape ``{"horizons": {"1": {"naive": {...}, ...}}}`` plus config and verdicts) and the report."""
+def write_outputs(
+    result: WalkForwardResult, json_path: Path, report_path: Path | None = None, policy: dict[str, Any] | None = None
+) -> tuple[Path, Path]:
+    """The JSON (shape ``{"horizons": {"1": {"naive": {...}, ...}}}`` plus config and verdicts) and the report.
+
+    ``policy``: a ``backtest_policies`` result, stored under ``policy_backtest`` and printed as a report section.
+    """
     from ibf_core.evaluation.report import write_report
 
     json_path = Path(json_path)
     json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps(result.results, indent=1, allow_nan=False, default=_default))
+    payload = dict(result.results)
+    sections = []
+    if policy is not None:
+        from ibf_core.evaluation.policy import markdown
+
+        payload["policy_backtest"] = {k: v for k, v in policy.items() if k != "rolling_mase"}
+        sections.append(markdown(policy))
+    json_path.write_text(json.dumps(payload, indent=1, allow_nan=False, default=_default))
     report_path = Path(report_path) if report_path else json_path.with_suffix(".md")
-    write_report(result.results, result.forecasts, report_path)
+    write_report(result.results, result.forecasts, report_path, extra_sections=sections)
     return json_path, report_path
 
 

@@ -136,7 +136,7 @@ def score_rectangle(store, settings: Settings, policy: DriftPolicy, universe: li
         version = eligible[-1] if eligible else None
         if version is not None and version.version not in references:
             bundle = load_registered(settings.mlflow_uri, version, settings.model_cache_dir)
-            references[version.version] = _references(store, universe, bundle.train_end, policy)
+            references[version.version] = _references(store, universe, bundle.cutoff, policy)
         for symbol in symbols:
             own = features[(features["symbol"] == symbol) & (features["date"] <= day) & ~features["warmup"].astype(bool)]
             recent = own.tail(policy.feature_window)[list(policy.features)].to_numpy(dtype=np.float64)
@@ -153,12 +153,16 @@ def score_rectangle(store, settings: Settings, policy: DriftPolicy, universe: li
     return pd.DataFrame(rows, columns=DRIFT_SCORES.column_names)
 
 
-def _references(store, universe: list[str], train_end: dt.date, policy: DriftPolicy) -> dict[str, np.ndarray]:
-    """Per symbol: the newest ``reference_sessions`` rows of the drift features inside the training window."""
+def _references(store, universe: list[str], cutoff: dt.date, policy: DriftPolicy) -> dict[str, np.ndarray]:
+    """Per symbol: the newest ``reference_sessions`` rows of the drift features up to the model's cut-off.
+
+    Up to the cut-off, not the end of the fitting window: the model saw that data (fitting or calibration),
+    and a retrain must reset the reference, or the window that triggered it would keep firing.
+    """
     sessions = all_sessions()
-    end = int(sessions.searchsorted(pd.Timestamp(train_end), side="right")) - 1
+    end = int(sessions.searchsorted(pd.Timestamp(cutoff), side="right")) - 1
     first = sessions[max(end - policy.reference_sessions - 10, 0)].date()
-    frame = store.read(features_spec(), list(universe), first, train_end)
+    frame = store.read(features_spec(), list(universe), first, cutoff)
     frame = frame[~frame["warmup"].astype(bool)]
     return {s: g.tail(policy.reference_sessions)[list(policy.features)].to_numpy(dtype=np.float64) for s, g in frame.groupby("symbol")}
 
