@@ -226,7 +226,7 @@ def av_sim(
 
 @app.command()
 def demo() -> None:
-    """Sample universe end to end through Dagster: bars, news, features, trained models, ranked forecasts."""
+    """Sample universe end to end through Dagster: bars, news, features, trained models, ranked forecasts, drift."""
     from ibf_core.sources.sample import SAMPLE_LAST_DATE
 
     _quiet_dagster()
@@ -278,6 +278,19 @@ def demo() -> None:
     )
     out.print(f"\nforecasts from {last} (top 2 per horizon by expected return; 80%/95% price intervals):", highlight=False)
     out.print(forecasts.to_string(index=False), highlight=False)
+    drift_started = time.perf_counter()
+    try:
+        run_backfill(settings, None, last, last, "drift_scores", "sample", None)
+    except BackfillError as exc:
+        _fail(str(exc))
+    drift = Warehouse(settings.home_dir).query(
+        "SELECT detector, count(*) AS rows, sum(CAST(breached AS INT)) AS breached, "
+        "count(skipped_reason) AS skipped, any_value(skipped_reason) AS why_skipped "
+        f"FROM drift_scores WHERE date = DATE '{last}' GROUP BY detector ORDER BY detector"
+    )
+    out.print(f"\ndrift_scores for {last} ({time.perf_counter() - drift_started:.1f} s; no forecast has matured yet, so the "
+              "performance detectors say so):", highlight=False)
+    out.print(drift.to_string(index=False), highlight=False)
     out.print(f"\ndemo finished in {time.perf_counter() - started:.1f} s", highlight=False)
     out.print("(the `fresh` check fails by design: the embedded sample ends on 2013-03-01)", highlight=False)
     out.print('try: ibf sql "SELECT * FROM predictions ORDER BY date DESC, horizon, rank LIMIT 12"; make ui', highlight=False)

@@ -88,6 +88,7 @@ def test_make_ui_serves_the_asset_graph_on_loopback(ibf_home):
             ("features",): True,
             ("trained_models",): True,
             ("predictions",): True,
+            ("drift_scores",): True,
         }
         with socket.socket() as s:  # bound to loopback only
             assert s.connect_ex(("127.0.0.1", port)) == 0
