@@ -41,6 +41,23 @@ def matured_outcomes(predictions: pd.DataFrame, bars: pd.DataFrame, as_of: dt.da
     return out.drop(columns=["_c0", "_a0", "_a1"]).reset_index(drop=True)
 
 
+# The same outcome columns as ``matured_outcomes``, always current, for SQL users (a view: nothing to refresh).
+FORECAST_OUTCOMES_SQL = """
+CREATE OR REPLACE VIEW forecast_outcomes AS
+SELECT p.symbol, p.date, p.horizon, p.target_date, p.model_version, p.pred_return, p.pred_price,
+       b.close AS realized_price, ln(b.adj_close / a.adj_close) AS realized_return,
+       abs(p.pred_return - ln(b.adj_close / a.adj_close)) AS abs_error,
+       abs(p.pred_price - b.close) / b.close AS pct_error,
+       CASE WHEN p.pred_return = 0 OR b.adj_close = a.adj_close THEN NULL
+            ELSE CAST(sign(p.pred_return) = sign(ln(b.adj_close / a.adj_close)) AS DOUBLE) END AS direction_hit,
+       CAST(ln(b.adj_close / a.adj_close) BETWEEN p.lower_80 AND p.upper_80 AS DOUBLE) AS hit_80,
+       CAST(ln(b.adj_close / a.adj_close) BETWEEN p.lower_95 AND p.upper_95 AS DOUBLE) AS hit_95
+FROM predictions p
+JOIN market_bars a ON a.symbol = p.symbol AND a.date = p.date
+JOIN market_bars b ON b.symbol = p.symbol AND b.date = p.target_date
+"""
+
+
 def window_start(as_of: dt.date | pd.Timestamp, sessions: int) -> pd.Timestamp:
     """The first session of the ``sessions``-session window ending at ``as_of``."""
     days = all_sessions()

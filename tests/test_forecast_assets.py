@@ -3,6 +3,7 @@
 import datetime as dt
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
@@ -65,6 +66,17 @@ def test_train_then_predict_uses_the_newest_model_before_each_origin(small_world
     assert set(jan["model_version"]) == {"1"} and set(feb["model_version"]) == {"2"}
     assert (rows["n"] == 4 * 6).all() and (rows["symbols"] == 4).all()
     assert (rows["best"] == 1).all() and (rows["worst"] == 4).all()
+
+    # Matured forecasts are queryable: the forecast_outcomes view equals ibf_core.monitoring.matured_outcomes.
+    from ibf_core.monitoring import matured_outcomes
+
+    store = Warehouse(settings.home_dir)
+    view = store.query("SELECT * FROM forecast_outcomes ORDER BY symbol, date, horizon")
+    expected = matured_outcomes(store.query("SELECT * FROM predictions"), store.query("SELECT * FROM market_bars"), "2013-03-01")
+    expected = expected.sort_values(["symbol", "date", "horizon"]).reset_index(drop=True)
+    assert len(view) == len(expected) > 0
+    np.testing.assert_allclose(view["abs_error"], expected["abs_error"])
+    np.testing.assert_allclose(view["hit_80"], expected["hit_80"])
 
     # Re-running a partition gives the same rows (idempotent write).
     before = Warehouse(settings.home_dir).query("SELECT * FROM predictions ORDER BY symbol, date, horizon")

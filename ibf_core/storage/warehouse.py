@@ -124,6 +124,10 @@ class Warehouse:
             self.ensure_table(spec)
         ensure_news_tables(self)
         ensure_alerts_table(self)
+        if not self._view_matches("forecast_outcomes", "predictions p"):
+            from ibf_core.monitoring import FORECAST_OUTCOMES_SQL
+
+            self._execute_write(FORECAST_OUTCOMES_SQL)
 
     @_retry_on_lock
     def _view_matches(self, name: str, folder: str) -> bool:
