@@ -124,7 +124,7 @@ class Warehouse:
             self.ensure_table(spec)
         ensure_news_tables(self)
         ensure_alerts_table(self)
-        if not self._view_matches("forecast_outcomes", "predictions p"):
+        if not self._view_matches("forecast_outcomes", "AS hit_95"):  # defined once; a read-only session never blocks it
             from ibf_core.monitoring import FORECAST_OUTCOMES_SQL
 
             self._execute_write(FORECAST_OUTCOMES_SQL)
