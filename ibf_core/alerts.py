@@ -337,12 +337,6 @@ def _send(url: str, alert: Alert, *, timeout: float, attempts: int, wait_s: floa
     return _Outcome("sent")
 
 
-def configured_webhook() -> str | None:
-    """The webhook URL from the environment (``IBF_ALERT_WEBHOOK``), or None; it is a secret, never a setting."""
-    url = (os.environ.get(WEBHOOK_ENV) or "").strip()
-    return url or None
-
-
 # ----- the table ------------------------------------------------------------------------------------
 def _folder(warehouse: Warehouse) -> Path:
     return warehouse.lake_dir / ALERTS.name
