@@ -28,10 +28,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 import pyarrow as pa
 
+from ibf_core.settings import url_secrets
 from ibf_core.storage.tables import Column, TableSpec
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -41,11 +41,9 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger("ibf.alerts")
 
-WEBHOOK_ENV = "IBF_ALERT_WEBHOOK"
 SEVERITIES = ("ERROR", "WARN")
 REDACTED = "***"
 MIN_SECRET_LEN = 4
-_SECRET_MARKERS = ("KEY", "TOKEN", "SECRET", "PASSWORD")
 _SCHEMA_FILE = "_schema.parquet"
 _TABLE_LOCK = "_table"
 _MAX_BACKOFF_S = 30.0
@@ -115,32 +113,11 @@ class Alert:
 
 # ----- secrets --------------------------------------------------------------------------------------
 def known_secrets() -> list[str]:
-    """Values of environment variables named like ``*KEY*``/``*TOKEN*``/``*SECRET*``/``*PASSWORD*``, and the
-    webhook URL (``IBF_ALERT_WEBHOOK``) with its path, which usually carries a token."""
-    found: list[str] = []
-    for name, value in os.environ.items():
-        if value and any(marker in name.upper() for marker in _SECRET_MARKERS):
-            found.append(value)
-    found += _url_secrets(os.environ.get(WEBHOOK_ENV) or "")
-    return _usable(found)
+    """Every secret the settings know of (secret settings, the webhook URL and its token-carrying parts, and
+    environment variables named like a key, token or password): never shown in alerts or logs."""
+    from ibf_core.settings import get_settings
 
-
-def _url_secrets(url: str) -> list[str]:
-    """The URL itself, and the parts of it that may carry a token (path + query, password)."""
-    url = url.strip()
-    if not url:
-        return []
-    out = [url]
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return out
-    tail = parts.path + (f"?{parts.query}" if parts.query else "")
-    if tail.strip("/"):
-        out.append(tail)
-    if parts.password:
-        out.append(parts.password)
-    return out
+    return _usable(get_settings().secret_values())
 
 
 def _usable(secrets: Iterable[str]) -> list[str]:
@@ -285,7 +262,7 @@ def _send(url: str, alert: Alert, *, timeout: float, attempts: int, wait_s: floa
 
     if attempts < 1 or timeout <= 0 or wait_s < 0:
         raise ValueError("attempts must be >= 1, timeout > 0 and wait_s >= 0")
-    hidden = _url_secrets(url)
+    hidden = url_secrets(url)
     secrets = _usable([*known_secrets(), *hidden])
     _hide_in_httpx_log(hidden)
     body = slack_body(alert, secrets)
@@ -400,7 +377,7 @@ def record_alerts(
 
     emit = log if log is not None else logging.getLogger("ibf.alerts").warning
     url = (webhook_url or "").strip() or None
-    secrets = _usable([*known_secrets(), *_url_secrets(url or "")])
+    secrets = _usable([*known_secrets(), *url_secrets(url or "")])
     ensure_alerts_table(warehouse)
     folder = _folder(warehouse)
     if not alerts:

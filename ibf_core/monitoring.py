@@ -132,7 +132,7 @@ class DriftPolicy:
     @classmethod
     def from_settings(cls, settings: Any) -> "DriftPolicy":
         return cls(
-            window=settings.drift_window,
+            window=settings.drift_performance_sessions,
             horizon=settings.drift_horizon,
             feature_window=settings.drift_feature_window,
             reference_sessions=settings.drift_reference_sessions,

@@ -10,11 +10,19 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 SYMBOL_PATTERN = re.compile(r"^[A-Z0-9][A-Z0-9.\-]{0,15}$")
 DEFAULT_UNIVERSE = ("AAPL", "GOOG", "IBM", "MSFT")
+# Environment variables that name a secret by convention (their values are redacted everywhere).
+SECRET_MARKERS = ("KEY", "TOKEN", "SECRET", "PASSWORD", "PASSWD", "CREDENTIAL")
+# Variables whose names said "days" for session counts; setting an old name is an error naming the new one.
+RENAMED_ENV = {
+    "IBF_MODEL_VALIDATION_DAYS": "IBF_MODEL_VALIDATION_SESSIONS",
+    "IBF_DRIFT_WINDOW": "IBF_DRIFT_PERFORMANCE_SESSIONS",
+    "IBF_RETRAIN_COOLDOWN_DAYS": "IBF_RETRAIN_COOLDOWN_SESSIONS",
+}
 
 
 class SettingsError(ValueError):
@@ -27,6 +35,26 @@ def normalize_symbol(raw: str) -> str:
     if not SYMBOL_PATTERN.match(symbol):
         raise ValueError(f"invalid symbol {raw!r}: use letters, digits, '.' or '-' (max 16 characters)")
     return symbol
+
+
+def url_secrets(url: str) -> list[str]:
+    """A URL and the parts of it that may carry a token (path + query, password)."""
+    from urllib.parse import urlsplit
+
+    url = url.strip()
+    if not url:
+        return []
+    out = [url]
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return out
+    tail = parts.path + (f"?{parts.query}" if parts.query else "")
+    if tail.strip("/"):
+        out.append(tail)
+    if parts.password:
+        out.append(parts.password)
+    return out
 
 
 def _split_list(value: Any) -> Any:
@@ -109,14 +137,14 @@ class Settings(BaseSettings):
     )
     model_max_steps: int = Field(200, ge=1, description="Maximum optimizer steps per neural member (early stopping may end sooner)")
     model_input_size: int = Field(60, ge=5, description="Sessions of history the neural members read per forecast")
-    model_validation_days: int = Field(
+    model_validation_sessions: int = Field(
         60, ge=20, description="Validation origins per training run (ensemble weights, interval calibration, metrics)"
     )
     model_seed: int = Field(7, ge=0, description="Random seed of every member")
     model_name: str = Field("ibf-forecaster", description="MLflow registered-model name")
     mlflow_experiment: str = Field("ibf-training", description="MLflow experiment of training runs")
     cost_bps: float = Field(10.0, ge=0, description="Trading cost per side in basis points for the top-k spread metric")
-    drift_window: int = Field(30, ge=5, description="Trading days of matured forecasts in the rolling performance metrics")
+    drift_performance_sessions: int = Field(30, ge=5, description="Sessions of matured forecasts in the rolling performance metrics")
     drift_horizon: int = Field(1, ge=1, description="Forecast horizon (sessions) the performance monitor and CUSUM watch")
     drift_feature_window: int = Field(60, ge=20, description="Recent sessions of features tested against the training reference")
     drift_reference_sessions: int = Field(250, ge=50, description="Newest training-window sessions per symbol used as the drift reference")
@@ -130,13 +158,37 @@ class Settings(BaseSettings):
     drift_psi_threshold: float = Field(0.25, gt=0, description="PSI above which a feature counts as shifted")
     drift_cusum_h: float = Field(5.0, gt=0, description="CUSUM decision interval on standardized forecast residuals")
     drift_coverage_tolerance: float = Field(0.05, gt=0, lt=1, description="Interval coverage may miss its nominal level by this much")
-    retrain_cooldown_days: int = Field(21, ge=0, description="Trading days after a drift retrain during which no other is requested")
-    alert_webhook: str | None = Field(None, description="URL receiving a JSON POST (Slack-compatible) per failed check; treated as a secret")
+    retrain_cooldown_sessions: int = Field(21, ge=0, description="Sessions after a drift retrain during which no other is requested")
+    alert_webhook: SecretStr | None = Field(None, description="URL receiving a JSON POST (Slack-compatible) per failed check; a secret")
+    alphavantage_api_key: SecretStr | None = Field(
+        None,
+        validation_alias=AliasChoices("ALPHAVANTAGE_API_KEY", "alphavantage_api_key"),
+        description="Alpha Vantage API key (environment variable ALPHAVANTAGE_API_KEY); a secret",
+    )
 
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):
         config_file = os.environ.get("IBF_CONFIG", "config/settings.toml")
         return (init_settings, env_settings, _TomlFlatSource(settings_cls, Path(config_file)))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        """A variable that was renamed is an error, never silently ignored."""
+        stale = [f"{old} (now {new})" for old, new in RENAMED_ENV.items() if old in os.environ]
+        if stale:
+            raise SettingsError(f"renamed setting(s): {', '.join(stale)}")
+        return data
+
+    def secret_values(self) -> list[str]:
+        """Every secret a log line, metadata or error body must never show: the secret settings (the webhook URL
+        with its token-carrying path), and values of environment variables named like a key, token or password."""
+        found = [value for name, value in os.environ.items() if value and any(m in name.upper() for m in SECRET_MARKERS)]
+        if self.alphavantage_api_key is not None:
+            found.append(self.alphavantage_api_key.get_secret_value())
+        if self.alert_webhook is not None:
+            found += url_secrets(self.alert_webhook.get_secret_value())
+        return found
 
     @field_validator("universe", "ib_ports", "model_members", mode="before")
     @classmethod
@@ -188,10 +240,6 @@ class Settings(BaseSettings):
     @property
     def warehouse_path(self) -> Path:
         return self.home_dir / "warehouse.duckdb"
-
-    @property
-    def lake_dir(self) -> Path:
-        return self.home_dir / "lake"
 
     @property
     def dagster_home(self) -> Path:

@@ -406,7 +406,7 @@ def evaluate(
             first = pd.Timestamp(to_date(policy_start)) if policy_start else last - pd.DateOffset(years=2)
             policy = backtest_policies(
                 panel, config.replace(members=policy_members.split(",")), DriftPolicy.from_settings(settings), first, last,
-                cadence=policy_cadence, cooldown=settings.retrain_cooldown_days,
+                cadence=policy_cadence, cooldown=settings.retrain_cooldown_sessions,
                 progress=lambda message: err.print(message, highlight=False),
             )
     except (SourceError, ModelDataError, ValueError) as exc:

@@ -71,7 +71,7 @@ def build_retrain_on_drift(settings: Settings) -> dg.SensorDefinition:
         description=(
             "When drift_scores' retrain_rule check fails (ERROR), requests trained_models for a new cut-off (the latest "
             "complete session of the data) on a GPU where one exists: one run per drift episode (run key), then a "
-            f"cool-down of {settings.retrain_cooldown_days} sessions."
+            f"cool-down of {settings.retrain_cooldown_sessions} sessions."
         ),
         asset_selection=["trained_models"],
         minimum_interval_seconds=300,
@@ -95,8 +95,8 @@ def build_retrain_on_drift(settings: Settings) -> dg.SensorDefinition:
             return dg.SensorResult(skip_reason="the failed evaluation has no as_of date: nothing to train on", cursor=json.dumps(cursor))
         cutoff = min(to_date(as_of), latest_complete_session())
         last = cursor.get("last_cutoff")
-        if last and len(trading_days(to_date(last), cutoff)) - 1 < settings.retrain_cooldown_days:
-            reason = f"cool-down: a drift retrain for cut-off {last} was requested less than {settings.retrain_cooldown_days} sessions before {cutoff}"
+        if last and len(trading_days(to_date(last), cutoff)) - 1 < settings.retrain_cooldown_sessions:
+            reason = f"cool-down: a drift retrain for cut-off {last} was requested less than {settings.retrain_cooldown_sessions} sessions before {cutoff}"
             return dg.SensorResult(skip_reason=reason, cursor=json.dumps(cursor))
         episode = meta.get("episode_start") or cutoff.isoformat()
         cursor["last_cutoff"] = cutoff.isoformat()
@@ -116,7 +116,7 @@ def build_retrain_on_drift(settings: Settings) -> dg.SensorDefinition:
 
 
 def build_weekly_training(settings: Settings) -> dg.SensorDefinition:
-    from ibf_core.storage.tables import features_spec
+    from ibf_core.features.table import features_spec
     from ibf_core.storage.warehouse import Warehouse
     from ibf_dagster.assets.models import MODEL_CUTOFFS, weekly_cutoffs
 
@@ -178,7 +178,8 @@ def build_check_alerts(settings: Settings) -> dg.SensorDefinition:
             if not e.passed
         ]
         if alerts:
-            record_alerts(Warehouse(settings.home_dir), alerts, settings.alert_webhook, log=context.log.warning)
+            webhook = settings.alert_webhook.get_secret_value() if settings.alert_webhook else None
+            record_alerts(Warehouse(settings.home_dir), alerts, webhook, log=context.log.warning)
         return dg.SensorResult(cursor=str(cursor) if cursor is not None else None)
 
     return check_alerts

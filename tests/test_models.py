@@ -74,7 +74,7 @@ def test_windows_purge_and_embargo():
 
     gap = len(trading_days(span["train_end"], span["validation_start"])) - 2
     assert gap == FAST.max_horizon  # embargo of H sessions between training data and validation origins
-    assert len(trading_days(span["validation_start"], span["validation_end"])) == FAST.validation_days
+    assert len(trading_days(span["validation_start"], span["validation_end"])) == FAST.validation_sessions
     assert len(trading_days(span["validation_end"], span["cutoff"])) - 1 == FAST.max_horizon
 
 

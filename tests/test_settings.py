@@ -78,5 +78,21 @@ def test_example_config_is_valid_and_readme_documents_every_setting(monkeypatch)
     monkeypatch.setenv("IBF_CONFIG", str(root / "config" / "settings.example.toml"))
     assert load_settings().universe == ["AAPL", "GOOG", "IBM", "MSFT"]
     readme = (root / "README.md").read_text()
-    for name in Settings.model_fields:
-        assert f"`IBF_{name.upper()}`" in readme, name
+    for name, field in Settings.model_fields.items():
+        env = field.validation_alias.choices[0] if field.validation_alias else f"IBF_{name.upper()}"
+        assert f"`{env}`" in readme, name
+
+
+def test_renamed_variable_is_an_error_naming_the_new_one(monkeypatch):
+    monkeypatch.setenv("IBF_RETRAIN_COOLDOWN_DAYS", "5")
+    with pytest.raises(SettingsError, match="IBF_RETRAIN_COOLDOWN_DAYS.*IBF_RETRAIN_COOLDOWN_SESSIONS"):
+        load_settings()
+
+
+def test_secrets_are_secret_fields_and_listed_for_redaction(monkeypatch):
+    monkeypatch.setenv("ALPHAVANTAGE_API_KEY", "av-secret-123")
+    monkeypatch.setenv("IBF_ALERT_WEBHOOK", "https://hooks.example/T000/B111/XYZ")
+    settings = load_settings()
+    assert "av-secret-123" not in repr(settings) and "XYZ" not in repr(settings)
+    secrets = settings.secret_values()
+    assert "av-secret-123" in secrets and "/T000/B111/XYZ" in secrets

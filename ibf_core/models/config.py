@@ -25,6 +25,10 @@ DEFAULT_NEURAL_FEATURES: tuple[str, ...] = (
 )
 
 
+# Fields renamed because their names said "days" for session counts (bundles saved earlier still load).
+_RENAMED = {"validation_days": "validation_sessions", "inner_validation_days": "early_stopping_sessions", "drift_window": "drift_baseline_sessions"}
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Everything that decides a trained model besides the data and the cut-off."""
@@ -33,9 +37,9 @@ class ModelConfig:
     members: tuple[str, ...] = TRAINED_MEMBERS
     # Windows (sessions). Validation origins sit after a purge gap of max(horizons) sessions behind the
     # training data, so no validation target overlaps a training target.
-    validation_days: int = 60
-    inner_validation_days: int = 40  # tail of the training window used for early stopping
-    drift_window: int = 252
+    validation_sessions: int = 60
+    early_stopping_sessions: int = 40  # tail of the training window used for early stopping
+    drift_baseline_sessions: int = 252  # trailing sessions of the drift baseline's mean return
     # Neural members
     input_size: int = 60
     max_steps: int = 200
@@ -76,6 +80,7 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
         names = {f.name for f in fields(cls)}
+        data = {_RENAMED.get(k, k): v for k, v in data.items()}  # bundles saved before the renames
         values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in names}
         return cls(**values)
 
@@ -86,7 +91,7 @@ class ModelConfig:
             members=tuple(settings.model_members),
             max_steps=settings.model_max_steps,
             input_size=settings.model_input_size,
-            validation_days=settings.model_validation_days,
+            validation_sessions=settings.model_validation_sessions,
             seed=settings.model_seed,
         )
         values.update(overrides)

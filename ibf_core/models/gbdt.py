@@ -1,7 +1,7 @@
 """The GBDT member: one global LightGBM regressor per horizon on every feature, predicting the h-day log return.
 
 Training rows are origins whose h-day target lies inside the training window (purged at the window's end);
-the last ``inner_validation_days`` origins are the early-stopping set. Models are stored in LightGBM's own
+the last ``early_stopping_sessions`` origins are the early-stopping set. Models are stored in LightGBM's own
 text format (no pickle).
 """
 
@@ -58,7 +58,7 @@ def fit(train: pd.DataFrame, features: list[str], config: ModelConfig) -> tuple[
             )
         # Early-stopping origins sit after a purge of h sessions behind the fitting origins.
         last = rows["session"].max()
-        split = last - config.inner_validation_days
+        split = last - config.early_stopping_sessions
         fit_rows = rows[rows["session"] <= split - h]
         stop_rows = rows[rows["session"] > split]
         if len(fit_rows) < 2 * config.gbdt_min_leaf or stop_rows.empty:

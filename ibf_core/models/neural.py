@@ -135,7 +135,7 @@ def fit(
     model = build_model(kind, config, hist, futr, device, [plateau])
     nf = NeuralForecast(models=[model], freq=1)
     started = time.perf_counter()
-    nf.fit(frame, val_size=config.inner_validation_days)
+    nf.fit(frame, val_size=config.early_stopping_sessions)
     facts = {
         "seconds": time.perf_counter() - started,
         "steps": plateau.steps,

@@ -40,7 +40,7 @@ def point_forecasts(bundle: ModelBundle, panel: pd.DataFrame, origins: pd.DataFr
     origins = origins.assign(_row=origins.index).reset_index(drop=True)
     out: dict[str, pd.DataFrame] = {}
     out["naive"] = pd.DataFrame({f"h{h}": np.zeros(len(origins)) for h in config.horizons})
-    rate = drift_forecast(panel, config.drift_window).reindex(origins["_row"]).to_numpy()
+    rate = drift_forecast(panel, config.drift_baseline_sessions).reindex(origins["_row"]).to_numpy()
     out["drift"] = pd.DataFrame({f"h{h}": rate * h for h in config.horizons})
     for member in config.members:
         if member in NEURAL_MEMBERS:

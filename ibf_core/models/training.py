@@ -36,7 +36,7 @@ def usable(panel: pd.DataFrame) -> pd.DataFrame:
 def windows(cutoff: dt.date, config: ModelConfig) -> dict[str, dt.date]:
     sessions = all_sessions()
     c = int(sessions.searchsorted(pd.Timestamp(cutoff), side="right")) - 1
-    h, v = config.max_horizon, config.validation_days
+    h, v = config.max_horizon, config.validation_sessions
     v0 = c - h - v + 1
     train_end = v0 - 1 - h
     if train_end < 0:
@@ -66,13 +66,13 @@ def train_models(
     span = windows(cutoff, config)
     data = truncate(panel, span["cutoff"])
     train = usable(truncate(data, span["train_end"]))
-    need = config.input_size + config.max_horizon + config.inner_validation_days
+    need = config.input_size + config.max_horizon + config.early_stopping_sessions
     counts = train.groupby("symbol").size()
     if counts.empty or counts.max() < need:
         raise ModelDataError(
             f"too little history before {span['train_end']} (training end for cut-off {span['cutoff']}): "
             f"the longest symbol has {int(counts.max()) if len(counts) else 0} usable sessions, {need} needed "
-            f"(input {config.input_size} + horizon {config.max_horizon} + early-stopping {config.inner_validation_days})"
+            f"(input {config.input_size} + horizon {config.max_horizon} + early-stopping {config.early_stopping_sessions})"
         )
     excluded = sorted(counts[counts < need].index)
     train = train[~train["symbol"].isin(excluded)]

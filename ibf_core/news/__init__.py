@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -230,7 +229,8 @@ def _load_alphavantage(
 
     own = client is None
     if own:
-        key = os.environ.get(API_KEY_ENV, "").strip()
+        secret = getattr(settings, "alphavantage_api_key", None)
+        key = secret.get_secret_value().strip() if secret is not None else ""
         if not key:
             raise MissingApiKeyError(f"IBF_NEWS_SOURCE=alphavantage needs the environment variable {API_KEY_ENV}")
         client = AlphaVantageClient(base_url, key, timeout=timeout, retries=retries)

@@ -118,7 +118,7 @@ class Warehouse:
         """Views for every table ibf writes, so SQL on a table not yet materialized returns no rows, not an error."""
         from ibf_core.alerts import ensure_alerts_table
         from ibf_core.news.store import ensure_news_tables
-        from ibf_core.storage.tables import features_spec
+        from ibf_core.features.table import features_spec
 
         for spec in (*TABLES.values(), features_spec()):
             self.ensure_table(spec)

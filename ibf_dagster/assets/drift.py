@@ -11,7 +11,8 @@ import pandas as pd
 from ibf_core.calendar import all_sessions
 from ibf_core.monitoring import DriftPolicy
 from ibf_core.settings import Settings
-from ibf_core.storage.tables import DRIFT_SCORES, MARKET_BARS, PREDICTIONS, features_spec
+from ibf_core.features.table import features_spec
+from ibf_core.storage.tables import DRIFT_SCORES, MARKET_BARS, PREDICTIONS
 from ibf_dagster.assets.features import lookback_start
 from ibf_dagster.metadata import OWNERS, column_schema, plot_if_small
 from ibf_dagster.partitions import context_rectangles, require_upstream, symbol_date_partitions

@@ -7,7 +7,8 @@ from ibf_core import quality
 from ibf_core.calendar import trading_days
 from ibf_core.report import markdown_table
 from ibf_core.settings import Settings
-from ibf_core.storage.tables import MARKET_BARS, NEWS_SENTIMENT, features_spec
+from ibf_core.features.table import features_spec
+from ibf_core.storage.tables import MARKET_BARS, NEWS_SENTIMENT
 from ibf_dagster.metadata import OWNERS, check_result, column_schema, plot_if_small
 from ibf_dagster.partitions import context_rectangles, require_upstream, symbol_date_partitions
 from ibf_dagster.resources import WarehouseResource

@@ -18,7 +18,8 @@ import pandas as pd
 
 from ibf_core.calendar import all_sessions, to_date
 from ibf_core.settings import Settings
-from ibf_core.storage.tables import MARKET_BARS, features_spec
+from ibf_core.features.table import features_spec
+from ibf_core.storage.tables import MARKET_BARS
 from ibf_dagster.metadata import OWNERS
 from ibf_dagster.resources import WarehouseResource
 

@@ -7,7 +7,8 @@ import numpy as np
 import pandas as pd
 
 from ibf_core.settings import Settings
-from ibf_core.storage.tables import PREDICTIONS, features_spec
+from ibf_core.features.table import features_spec
+from ibf_core.storage.tables import PREDICTIONS
 from ibf_dagster.assets.features import lookback_start
 from ibf_dagster.assets.models import load_panel
 from ibf_dagster.metadata import OWNERS, column_schema, plot_if_small
@@ -61,7 +62,7 @@ def build_predictions(settings: Settings) -> dg.AssetsDefinition:
             for version, days in _origins_by_version(store, rect, versions).items():
                 model = next(v for v in versions if v.version == version)
                 bundle = load_registered(settings.mlflow_uri, model, settings.model_cache_dir)
-                need = bundle.config.input_size + bundle.config.drift_window + 40
+                need = bundle.config.input_size + bundle.config.drift_baseline_sessions + 40
                 panel = load_panel(store, settings, universe, lookback_start(min(days), need), max(days))
                 rows = panel[panel["date"].isin(pd.to_datetime(days))]
                 missing = sorted(set(rect.symbols) - set(rows["symbol"]))
