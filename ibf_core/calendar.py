@@ -60,3 +60,18 @@ def latest_complete_session(now: pd.Timestamp | None = None) -> dt.date:
     closes = cal.schedule["close"]
     done = closes[closes <= now]
     return done.index[-1].date()
+
+
+def lookback_start(start: str | dt.date, sessions: int) -> dt.date:
+    """The session ``sessions`` NYSE sessions before ``start`` (the first day a trailing window needs)."""
+    history = trading_days(pd.Timestamp(to_date(start)) - pd.Timedelta(days=int(sessions * 1.6) + 10), start)
+    return history[-(sessions + 1)].date() if len(history) > sessions else history[0].date()
+
+
+def week_end_sessions(start: str | dt.date, end: str | dt.date) -> list[dt.date]:
+    """The last NYSE session of every week (Monday-Friday) that has a session in [start, end]."""
+    days = trading_days(start, end)
+    if days.empty:
+        return []
+    weeks = pd.Series(days, index=days).groupby(days.to_period("W-FRI")).max()
+    return [d.date() for d in weeks]

@@ -109,22 +109,29 @@ DRIFT_FEATURES: tuple[str, ...] = ("logret_1", "intraday_ret", "gap_overnight", 
 Z80 = 1.2815515655446004  # standard-normal 90% quantile: half-width of an 80% interval in sigmas
 
 
+def _default(name: str) -> Any:
+    """The default of setting ``name``: every monitoring default is written once, in ``Settings``."""
+    from ibf_core.settings import Settings
+
+    return Settings.model_fields[name].default
+
+
 @dataclass(frozen=True)
 class DriftPolicy:
     """Thresholds of every detector and of the retraining rule (``IBF_DRIFT_*`` settings)."""
 
-    window: int = 30
-    horizon: int = 1
-    feature_window: int = 60
-    reference_sessions: int = 250
-    mase_threshold: float = 1.10
-    consecutive: int = 3
-    lookback_days: int = 30
-    ks_alpha: float = 0.05
-    mmd_alpha: float = 0.01
-    psi_threshold: float = 0.25
-    cusum_h: float = 5.0
-    coverage_tolerance: float = 0.05
+    window: int = _default("drift_performance_sessions")  # sessions of matured forecasts in the rolling metrics
+    horizon: int = _default("drift_horizon")
+    feature_window: int = _default("drift_feature_window")
+    reference_sessions: int = _default("drift_reference_sessions")
+    mase_threshold: float = _default("drift_mase_threshold")
+    consecutive: int = _default("drift_consecutive")
+    lookback_days: int = _default("drift_lookback_days")  # calendar days
+    ks_alpha: float = _default("drift_ks_alpha")
+    mmd_alpha: float = _default("drift_mmd_alpha")
+    psi_threshold: float = _default("drift_psi_threshold")
+    cusum_h: float = _default("drift_cusum_h")
+    coverage_tolerance: float = _default("drift_coverage_tolerance")
     min_matured: int = 10
     features: tuple[str, ...] = DRIFT_FEATURES
     mmd_permutations: int = 200  # p = 0 means "below 1/200": small enough for BH at 0.01 over the universe
@@ -291,3 +298,102 @@ def _mmd_confirmed(mmd: pd.DataFrame, alpha: float) -> dict[pd.Timestamp, list[s
         rejected, _ = benjamini_hochberg(part["p_value"].to_numpy(dtype=np.float64), alpha)
         out[pd.Timestamp(day)] = sorted(part["symbol"].to_numpy()[rejected])
     return out
+
+
+# ----- drift scoring of a symbol x date rectangle (the drift_scores asset and the policy backtest) --------------
+
+
+def drift_seed(day: dt.date | pd.Timestamp) -> int:
+    """The MMD permutation seed of an evaluated day: the same day gives the same p-value wherever it is scored."""
+    return int(pd.Timestamp(day).value % 2**31)
+
+
+def reference_start(cutoff: dt.date, policy: DriftPolicy) -> dt.date:
+    """The first session a model's reference window can need (a few sessions of slack for warm-up rows)."""
+    sessions = all_sessions()
+    end = int(sessions.searchsorted(pd.Timestamp(cutoff), side="right")) - 1
+    return sessions[max(end - policy.reference_sessions - 10, 0)].date()
+
+
+def reference_windows(features: pd.DataFrame, cutoff: dt.date, policy: DriftPolicy) -> dict[str, np.ndarray]:
+    """Per symbol: the newest ``reference_sessions`` rows (past the warm-up) of the drift features up to ``cutoff``.
+
+    Up to the cut-off, not the end of the fitting window: the model saw that data (fitting or calibration), and
+    a retrain must reset the reference, or the window that triggered it would keep firing.
+    """
+    rows = features[~features["warmup"].astype(bool) & (pd.to_datetime(features["date"]) <= pd.Timestamp(cutoff))]
+    rows = rows.sort_values(["symbol", "date"], kind="stable")
+    return {s: g.tail(policy.reference_sessions)[list(policy.features)].to_numpy(dtype=np.float64) for s, g in rows.groupby("symbol")}
+
+
+def symbol_drift_rows(
+    symbol: str,
+    day: pd.Timestamp,
+    own_features: pd.DataFrame,
+    references: dict[str, np.ndarray] | None,
+    outcomes: pd.DataFrame,
+    policy: DriftPolicy,
+    model_version: str,
+) -> list[dict]:
+    """Every detector for one symbol on one evaluated day.
+
+    ``own_features``: the symbol's feature rows past the warm-up, sorted by date (later rows are ignored);
+    ``references``: the reference windows of the model the day is judged against, None when no model was
+    trained before the day (the feature detectors are then skipped with that reason).
+    """
+    day = pd.Timestamp(day)
+    own = own_features[pd.to_datetime(own_features["date"]) <= day]
+    recent = own.tail(policy.feature_window)[list(policy.features)].to_numpy(dtype=np.float64)
+    if references is None:
+        reason = f"no model trained before {day.date()}: no reference window"
+        drift_rows = [_row(d, None, None, None, None, False, 0, reason) for d in ("ks", "cvm", "psi", "mmd")]
+    else:
+        reference = references.get(symbol, np.empty((0, len(policy.features))))
+        drift_rows = feature_drift_rows(reference, recent, list(policy.features), policy, seed=drift_seed(day))
+    rows = [*drift_rows, *performance_rows(symbol, outcomes, day, policy)]
+    return [{"symbol": symbol, "date": day, **row, "model_version": model_version} for row in rows]
+
+
+def score_rectangle(store, versions: list, universe: list[str], symbols, start: dt.date, end: dt.date, policy: DriftPolicy) -> pd.DataFrame:
+    """Every detector for ``symbols`` x the sessions in [start, end] that have features (``drift_scores`` rows).
+
+    ``versions``: the registered model versions, oldest cut-off first; each day is judged against the
+    reference of ``newest_before(versions, day)``. The universe's matured forecasts feed the pooled metrics.
+    """
+    from ibf_core.calendar import lookback_start
+    from ibf_core.features.table import features_spec
+    from ibf_core.models.registry import newest_before
+    from ibf_core.storage.tables import DRIFT_SCORES, MARKET_BARS, PREDICTIONS
+
+    first = lookback_start(start, policy.feature_window + policy.window + policy.horizon + 5)
+    features = store.read(features_spec(), list(universe), first, end)
+    bars = store.read(MARKET_BARS, list(universe), first, end)
+    outcomes = matured_outcomes(store.read(PREDICTIONS, list(universe), first, end), bars, end)
+    mine = features[features["symbol"].isin(list(symbols))]
+    days = sorted(d for d in mine["date"].unique() if pd.Timestamp(start) <= d <= pd.Timestamp(end))
+    usable = features[~features["warmup"].astype(bool)]
+    by_symbol = {s: g for s, g in usable.groupby("symbol")}
+    empty = usable.iloc[:0]
+    references: dict[str, dict[str, np.ndarray]] = {}
+    rows: list[dict] = []
+    for day in days:
+        version = newest_before(versions, pd.Timestamp(day).date())
+        if version is not None and version.version not in references:
+            window = store.read(features_spec(), list(universe), reference_start(version.cutoff, policy), version.cutoff)
+            references[version.version] = reference_windows(window, version.cutoff, policy)
+        refs = references[version.version] if version is not None else None
+        label = version.version if version is not None else ""
+        for symbol in symbols:
+            rows += symbol_drift_rows(symbol, day, by_symbol.get(symbol, empty), refs, outcomes, policy, label)
+    return pd.DataFrame(rows, columns=DRIFT_SCORES.column_names)
+
+
+def retrain_status(store, universe: list[str], as_of: pd.Timestamp | None, policy: DriftPolicy) -> dict[str, Any]:
+    """``retrain_decision`` over the stored drift rows of the universe in the look-back before ``as_of``."""
+    from ibf_core.storage.tables import DRIFT_SCORES
+
+    if as_of is None:
+        return {"retrain": False, "reasons": ["no drift rows in this run"], "episode_start": None}
+    as_of = pd.Timestamp(as_of)
+    history = store.read(DRIFT_SCORES, universe, (as_of - pd.Timedelta(days=policy.lookback_days)).date(), as_of.date())
+    return retrain_decision(history, as_of, policy)

@@ -180,6 +180,15 @@ class Settings(BaseSettings):
             raise SettingsError(f"renamed setting(s): {', '.join(stale)}")
         return data
 
+    @classmethod
+    def secret_field_names(cls) -> set[str]:
+        """Fields holding secrets (never serialized into run config, metadata or logs)."""
+        return {name for name, f in cls.model_fields.items() if f.annotation in (SecretStr, SecretStr | None)}
+
+    def replace(self, **changes: Any) -> "Settings":
+        """These settings with ``changes`` applied and validated (e.g. a run's ``--source csv --csv PATH``)."""
+        return load_settings(**{**{k: getattr(self, k) for k in type(self).model_fields}, **changes})
+
     def secret_values(self) -> list[str]:
         """Every secret a log line, metadata or error body must never show: the secret settings (the webhook URL
         with its token-carrying path), and values of environment variables named like a key, token or password."""

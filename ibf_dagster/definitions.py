@@ -8,7 +8,7 @@ from ibf_core.settings import Settings, get_settings
 from ibf_dagster.assets.drift import build_drift_scores
 from ibf_dagster.assets.features import build_features
 from ibf_dagster.assets.market_bars import build_market_bars
-from ibf_dagster.assets.models import build_mlflow_resource, build_trained_models
+from ibf_dagster.assets.models import build_trained_models
 from ibf_dagster.assets.news import build_news_sentiment
 from ibf_dagster.assets.predictions import build_predictions
 from ibf_dagster.resources import build_resources
@@ -33,7 +33,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
             build_weekly_training(settings),
             build_check_alerts(settings),
         ],
-        resources={**build_resources(settings), "mlflow": build_mlflow_resource(settings)},
+        resources=build_resources(settings),
     )
 
 

@@ -1,4 +1,4 @@
-"""Symbol x date partitions shared by every per-symbol asset, and the rectangle a run covers."""
+"""Partitions: symbol x date for every per-symbol asset, training cut-offs, and the rectangle a run covers."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ from ibf_core.calendar import holidays, trading_days
 from ibf_core.settings import Settings
 
 SYMBOL_PARTITIONS = dg.DynamicPartitionsDefinition(name="symbol")
+# Training cut-offs: one NYSE session each (weekly cadence and drift retrains add them).
+MODEL_CUTOFFS = dg.DynamicPartitionsDefinition(name="model_cutoff")
 NY_TZ = "America/New_York"
-DATE_FMT = "%Y-%m-%d"
 
 
 # cron of each window start and key format; a key names the first calendar day of its window

@@ -1,12 +1,38 @@
-"""Resources, built in one place from ibf settings (environment / config/settings.toml) and run config."""
+"""Resources, built in one place: how assets and sensors get the settings, the warehouse, bars and MLflow.
+
+``SettingsResource`` carries the settings the definitions were built with (every value but the secrets, which
+``Settings`` reads from the environment of the process that runs the step); assets and sensors call
+``settings.get()`` instead of reading the environment or capturing settings when the code location loads.
+"""
 
 from __future__ import annotations
+
+import json
+from functools import lru_cache
 
 import dagster as dg
 
 from ibf_core.settings import Settings, load_settings
 from ibf_core.sources.base import BarSource
 from ibf_core.storage.warehouse import Warehouse
+
+
+@lru_cache(maxsize=8)
+def _settings_from(values: str) -> Settings:
+    return load_settings(**json.loads(values))
+
+
+class SettingsResource(dg.ConfigurableResource):
+    """ibf settings (``IBF_*`` / config/settings.toml) as the code location loaded them; secrets stay in the env."""
+
+    values: str
+
+    @classmethod
+    def of(cls, settings: Settings) -> "SettingsResource":
+        return cls(values=settings.model_dump_json(exclude=settings.secret_field_names()))
+
+    def get(self) -> Settings:
+        return _settings_from(self.values)
 
 
 class WarehouseResource(dg.ConfigurableResource):
@@ -19,24 +45,29 @@ class WarehouseResource(dg.ConfigurableResource):
 
 
 class BarSourceResource(dg.ConfigurableResource):
-    """The market-bar source; run config may override the settings (``ibf backfill --source csv --csv PATH``)."""
+    """The market-bar source; run config may override the settings' source (``ibf backfill --source csv --csv PATH``)."""
 
-    source: str
+    source: str | None = None
     csv_path: str | None = None
 
-    def settings(self) -> Settings:
-        return load_settings(source=self.source, csv_path=self.csv_path)
-
-    def get(self) -> BarSource:
+    def get(self, settings: Settings) -> BarSource:
         from ibf_core.sources import make_source
 
-        return make_source(self.settings())
+        changes = {k: v for k, v in (("source", self.source), ("csv_path", self.csv_path)) if v is not None}
+        return make_source(settings.replace(**changes) if changes else settings)
 
 
-def build_resources(settings: Settings) -> dict[str, dg.ConfigurableResource]:
+def build_resources(settings: Settings) -> dict[str, object]:
+    from ibf_core.models.registry import ensure_experiment
+    from ibf_dagster.compat import mlflow_tracking_resource
+
     return {
+        "ibf": SettingsResource.of(settings),
         "warehouse": WarehouseResource(home=str(settings.home_dir)),
-        "bar_source": BarSourceResource(
-            source=settings.source, csv_path=str(settings.csv_path) if settings.csv_path else None
+        "bar_source": BarSourceResource(),
+        "mlflow": mlflow_tracking_resource(
+            settings.mlflow_experiment,
+            settings.mlflow_uri,
+            on_init=lambda: ensure_experiment(settings.mlflow_uri, settings.mlflow_experiment, settings.mlflow_artifacts_dir),
         ),
     }

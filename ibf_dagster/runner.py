@@ -17,8 +17,9 @@ from ibf_core.calendar import to_date
 from ibf_core.progress import report_progress
 from ibf_core.settings import Settings, normalize_symbol
 from ibf_core.storage.warehouse import Warehouse
+from ibf_dagster.compat import partition_range_tags
 from ibf_dagster.instance import get_instance
-from ibf_dagster.partitions import SYMBOL_PARTITIONS, date_key_window, date_partitions
+from ibf_dagster.partitions import MODEL_CUTOFFS, SYMBOL_PARTITIONS, date_key_window, date_partitions
 
 
 MODEL_ASSETS = ("trained_models", "predictions", "drift_scores")
@@ -126,8 +127,10 @@ def backfill(
     summaries = []
     for block in contiguous_blocks(known_symbols(instance), wanted):
         tags = {
-            "dagster/asset_partition_range_start": dg.MultiPartitionKey({"date": date_keys[0], "symbol": block[0]}),
-            "dagster/asset_partition_range_end": dg.MultiPartitionKey({"date": date_keys[-1], "symbol": block[-1]}),
+            **partition_range_tags(
+                dg.MultiPartitionKey({"date": date_keys[0], "symbol": block[0]}),
+                dg.MultiPartitionKey({"date": date_keys[-1], "symbol": block[-1]}),
+            ),
             "ibf/launched_by": "ibf backfill",
         }
         run_id = str(uuid.uuid4())
@@ -136,7 +139,7 @@ def backfill(
             result = job.execute_in_process(
                 instance=instance,
                 asset_selection=sorted(selected),
-                tags={k: str(v) for k, v in tags.items()},
+                tags=tags,
                 run_config=run_config,
                 raise_on_error=False,
                 run_id=run_id,
@@ -180,7 +183,6 @@ def _root_message(error) -> str:
 def train(settings: Settings, cutoff: str | dt.date, log_level: str = "WARNING") -> RunSummary:
     """Materialize ``trained_models`` for one cut-off (added as a ``model_cutoff`` partition) in-process."""
     from ibf_core.calendar import all_sessions
-    from ibf_dagster.assets.models import MODEL_CUTOFFS
     from ibf_dagster.definitions import build_definitions
 
     day = to_date(cutoff)

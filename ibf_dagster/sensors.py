@@ -7,7 +7,8 @@ import dagster as dg
 
 from ibf_core.calendar import latest_complete_session, to_date, trading_days
 from ibf_core.settings import Settings
-from ibf_dagster.partitions import SYMBOL_PARTITIONS
+from ibf_dagster.partitions import MODEL_CUTOFFS, SYMBOL_PARTITIONS
+from ibf_dagster.resources import SettingsResource, WarehouseResource
 
 
 def build_universe_sync(settings: Settings) -> dg.SensorDefinition:
@@ -17,7 +18,8 @@ def build_universe_sync(settings: Settings) -> dg.SensorDefinition:
         minimum_interval_seconds=60,
         default_status=dg.DefaultSensorStatus.RUNNING,
     )
-    def universe_sync(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
+    def universe_sync(context: dg.SensorEvaluationContext, ibf: SettingsResource) -> dg.SensorResult | dg.SkipReason:
+        settings = ibf.get()
         known = set(context.instance.get_dynamic_partitions(SYMBOL_PARTITIONS.name))
         missing = [s for s in settings.universe if s not in known]
         if not missing:
@@ -34,14 +36,13 @@ def _check_evaluations(context: dg.SensorEvaluationContext, after: int | None, c
     result is never skipped; evaluations after it may be seen twice, which the consumers make harmless
     (alerts are keyed by evaluation, retrains by run key).
     """
-    from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
+    from ibf_dagster.compat import check_execution_history, is_planned_check_execution
 
-    storage = context.instance.event_log_storage
-    records = [r for key in checks for r in storage.get_asset_check_execution_history(key, limit=1000) if r.id > (after or 0)]
+    records = [r for key in checks for r in check_execution_history(context.instance, key) if r.id > (after or 0)]
     records.sort(key=lambda r: r.id)
     found, cursor, blocked = [], after, False
     for record in records:
-        if record.status == AssetCheckExecutionRecordStatus.PLANNED:
+        if is_planned_check_execution(record):
             blocked = True
             continue
         event = record.event.dagster_event if record.event else None
@@ -64,7 +65,6 @@ def gpu_run_tags() -> dict[str, str]:
 
 def build_retrain_on_drift(settings: Settings) -> dg.SensorDefinition:
     from ibf_dagster.assets.drift import RETRAIN_CHECK
-    from ibf_dagster.assets.models import MODEL_CUTOFFS
 
     @dg.sensor(
         name="retrain_on_drift",
@@ -77,7 +77,8 @@ def build_retrain_on_drift(settings: Settings) -> dg.SensorDefinition:
         minimum_interval_seconds=300,
         default_status=dg.DefaultSensorStatus.RUNNING,
     )
-    def retrain_on_drift(context: dg.SensorEvaluationContext) -> dg.SensorResult:
+    def retrain_on_drift(context: dg.SensorEvaluationContext, ibf: SettingsResource) -> dg.SensorResult:
+        settings = ibf.get()
         cursor = json.loads(context.cursor) if context.cursor else {}
         evaluations, cursor["after"] = _check_evaluations(
             context, cursor.get("after"), [dg.AssetCheckKey(dg.AssetKey("drift_scores"), RETRAIN_CHECK)]
@@ -117,8 +118,7 @@ def build_retrain_on_drift(settings: Settings) -> dg.SensorDefinition:
 
 def build_weekly_training(settings: Settings) -> dg.SensorDefinition:
     from ibf_core.features.table import features_spec
-    from ibf_core.storage.warehouse import Warehouse
-    from ibf_dagster.assets.models import MODEL_CUTOFFS, weekly_cutoffs
+    from ibf_core.models.schedule import latest_weekly_cutoff
 
     @dg.sensor(
         name="weekly_training",
@@ -127,15 +127,11 @@ def build_weekly_training(settings: Settings) -> dg.SensorDefinition:
         minimum_interval_seconds=3600,
         default_status=dg.DefaultSensorStatus.RUNNING,
     )
-    def weekly_training(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
-        today = latest_complete_session()
-        week_ends = weekly_cutoffs(today - dt.timedelta(days=14), today)
-        # the current week is complete only when its last session is also the latest complete one on a Friday
-        complete = [d for d in week_ends if dt.date.fromisoformat(d) < today or dt.date.fromisoformat(d).weekday() == 4]
-        if not complete:
+    def weekly_training(context: dg.SensorEvaluationContext, warehouse: WarehouseResource) -> dg.SensorResult | dg.SkipReason:
+        cutoff = latest_weekly_cutoff(latest_complete_session())
+        if cutoff is None:
             return dg.SkipReason("no complete week yet")
-        cutoff = complete[-1]
-        newest = Warehouse(settings.home_dir).query(f"SELECT max(date) AS d FROM {features_spec().name}")["d"].iloc[0]
+        newest = warehouse.get().query(f"SELECT max(date) AS d FROM {features_spec().name}")["d"].iloc[0]
         if newest is None or str(newest)[:10] < cutoff:
             return dg.SkipReason(f"features reach {newest}, not the week's last session {cutoff} yet")
         return dg.SensorResult(
@@ -153,10 +149,10 @@ def build_check_alerts(settings: Settings) -> dg.SensorDefinition:
         minimum_interval_seconds=30,
         default_status=dg.DefaultSensorStatus.RUNNING,
     )
-    def check_alerts(context: dg.SensorEvaluationContext) -> dg.SensorResult:
+    def check_alerts(context: dg.SensorEvaluationContext, ibf: SettingsResource, warehouse: WarehouseResource) -> dg.SensorResult:
         from ibf_core.alerts import Alert, record_alerts
-        from ibf_core.storage.warehouse import Warehouse
 
+        settings = ibf.get()
         after = int(context.cursor) if context.cursor else None
         checks = sorted(context.repository_def.asset_graph.asset_check_keys, key=lambda k: k.to_user_string())
         evaluations, cursor = _check_evaluations(context, after, checks)
@@ -179,7 +175,7 @@ def build_check_alerts(settings: Settings) -> dg.SensorDefinition:
         ]
         if alerts:
             webhook = settings.alert_webhook.get_secret_value() if settings.alert_webhook else None
-            record_alerts(Warehouse(settings.home_dir), alerts, webhook, log=context.log.warning)
+            record_alerts(warehouse.get(), alerts, webhook, log=context.log.warning)
         return dg.SensorResult(cursor=str(cursor) if cursor is not None else None)
 
     return check_alerts

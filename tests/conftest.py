@@ -26,6 +26,14 @@ def ibf_home(tmp_path, monkeypatch) -> Path:
     get_settings.cache_clear()
 
 
+def sensor_context(defs, instance, cursor=None):
+    """A sensor evaluation context with the definitions' settings and warehouse resources (what the daemon gives)."""
+    import dagster as dg
+
+    resources = {k: v for k, v in defs.resources.items() if k in ("ibf", "warehouse")}
+    return dg.build_sensor_context(instance=instance, cursor=cursor, definitions=defs, resources=resources)
+
+
 def make_bars(symbols=("AAA", "BBB"), start="2021-01-04", end="2021-03-31", seed=0) -> pd.DataFrame:
     """Synthetic but valid bars on real NYSE sessions (random-walk closes, consistent OHLC)."""
     import numpy as np

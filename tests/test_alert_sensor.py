@@ -5,6 +5,7 @@ import dagster as dg
 from ibf_core.settings import get_settings
 from ibf_core.storage.warehouse import Warehouse
 from test_alerts import TOKEN_PATH, Hook
+from conftest import sensor_context
 
 
 def test_failed_checks_become_alerts_and_webhook_posts(monkeypatch):
@@ -23,7 +24,7 @@ def test_failed_checks_become_alerts_and_webhook_posts(monkeypatch):
         defs = build_definitions(settings)
         sensor = defs.get_sensor_def("check_alerts")
         instance = get_instance(settings)
-        result = sensor(dg.build_sensor_context(instance=instance, definitions=defs))
+        result = sensor(sensor_context(defs, instance))
         alerts = Warehouse(settings.home_dir).query("SELECT * FROM alerts")
         failed = sorted(name for name, passed in runs[0].checks.items() if not passed)
         assert sorted(alerts["check_name"]) == failed
@@ -32,6 +33,6 @@ def test_failed_checks_become_alerts_and_webhook_posts(monkeypatch):
         assert all("fresh" in str(b) or "jumps" in str(b) for b in hook.bodies)
         assert TOKEN_PATH not in alerts.to_csv()  # the webhook URL (a secret) is never stored
         # the next tick sees nothing new: no duplicate rows, no second POST
-        sensor(dg.build_sensor_context(instance=instance, cursor=result.cursor, definitions=defs))
+        sensor(sensor_context(defs, instance, result.cursor))
         assert len(Warehouse(settings.home_dir).query("SELECT * FROM alerts")) == len(failed)
         assert hook.requests == len(failed)

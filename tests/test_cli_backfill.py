@@ -29,14 +29,14 @@ def lake_digest(home: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.glob("*.parquet"))}
 
 
-def test_backfill_sample_is_idempotent_and_recorded_in_dagster(ibf_home):
+def test_backfill_sample_is_idempotent_and_recorded_in_dagster(ibf_home, monkeypatch):
     ibf("backfill", "--symbols", "AAPL,MSFT", "--start", "2012-01-03", "--end", "2012-12-31", "--assets", "market_bars")
     counts = json.loads(ibf("sql", "SELECT symbol, count(*) AS n FROM market_bars GROUP BY 1 ORDER BY 1", "-f", "json").stdout)
     assert counts == [{"symbol": "AAPL", "n": 250}, {"symbol": "MSFT", "n": 250}]
     first = lake_digest(ibf_home)
     ibf("backfill", "--symbols", "AAPL,MSFT", "--start", "2012-01-03", "--end", "2012-12-31")
     assert lake_digest(ibf_home) == first  # re-running the rectangle gives identical rows
-    os.environ["DAGSTER_HOME"] = str(ibf_home / "dagster")
+    monkeypatch.setenv("DAGSTER_HOME", str(ibf_home / "dagster"))  # restored after the test
     with dg.DagsterInstance.get() as instance:
         done = instance.get_materialized_partitions(dg.AssetKey("market_bars"))
     assert {"2012-01|AAPL", "2012-12|MSFT"} <= done
@@ -95,7 +95,9 @@ def test_sql_formats_and_read_only(ibf_home):
 
 
 def test_universe_commands_and_bad_input(ibf_home):
-    assert "AAPL *" in ibf("universe", "list").stdout or ibf("universe", "add", "AAPL")
+    assert "AAPL" not in ibf("universe", "list").stdout  # a fresh instance has no symbol partitions yet
+    assert "added: AAPL" in ibf("universe", "add", "AAPL").stdout
+    assert "AAPL *" in ibf("universe", "list").stdout  # * = also in IBF_UNIVERSE (the default universe)
     ibf("universe", "add", "nvda")
     assert "NVDA" in ibf("universe", "list").stdout
     ibf("universe", "remove", "NVDA")

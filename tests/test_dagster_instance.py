@@ -16,6 +16,7 @@ import pytest
 from ibf_core.settings import load_settings
 from ibf_dagster.definitions import build_definitions
 from ibf_dagster.instance import prepare_dagster_home
+from conftest import sensor_context
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -36,11 +37,11 @@ def test_universe_sync_sensor_adds_configured_symbols(monkeypatch):
     sensor = defs.resolve_sensor_def("universe_sync")
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions("symbol", ["AAPL"])  # added by `ibf universe add`: kept
-        result = sensor(dg.build_sensor_context(instance=instance))
+        result = sensor(sensor_context(defs, instance))
         (request,) = result.dynamic_partitions_requests
         assert request.partitions_def_name == "symbol" and list(request.partition_keys) == ["IBM", "MSFT"]
         instance.add_dynamic_partitions("symbol", ["IBM", "MSFT"])
-        assert isinstance(sensor(dg.build_sensor_context(instance=instance)), dg.SkipReason)
+        assert isinstance(sensor(sensor_context(defs, instance)), dg.SkipReason)
 
 
 def test_open_analyst_session_does_not_block_a_backfill(ibf_home):

@@ -11,6 +11,7 @@ from ibf_core.calendar import trading_days
 from ibf_core.monitoring import DriftPolicy, retrain_decision
 from ibf_core.settings import get_settings
 from ibf_core.storage.warehouse import Warehouse
+from conftest import sensor_context
 
 SYMBOLS = ["AAA", "BBB", "CCC", "DDD", "EEE"]
 SHIFT = pd.Timestamp("2012-04-02")
@@ -90,7 +91,7 @@ def sensor_result(settings, cursor=None):
 
     defs = build_definitions(settings)
     sensor = defs.get_sensor_def("retrain_on_drift")
-    context = dg.build_sensor_context(instance=get_instance(settings), cursor=cursor, definitions=defs)
+    context = sensor_context(defs, get_instance(settings), cursor)
     return sensor(context), context
 
 

@@ -2,8 +2,9 @@
 
 Each policy starts from the same model (cut-off the session before ``start``) and walks forward through the
 sessions. Every ``check_every`` sessions the drift monitor runs on what is known at that close (matured
-forecasts, the last ``feature_window`` sessions of features against the model's training reference) exactly
-as the ``drift_scores`` asset does, and ``retrain_decision`` decides. Forecasts for a session always come from
+forecasts, the last ``feature_window`` sessions of features against the model's training reference) with the
+functions the ``drift_scores`` asset uses (``symbol_drift_rows``, ``reference_windows``, the same seeds), and
+``retrain_decision`` decides. Forecasts for a session always come from
 the newest model whose cut-off is before it. Compared on the 1-session forecasts: rolling MASE (MAE relative to
 the random walk over ``window`` sessions), mean cross-sectional rank IC, 80% interval coverage, retrains.
 """
@@ -14,7 +15,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from ibf_core.models.config import ModelConfig
@@ -38,7 +38,7 @@ def backtest_policies(
     from ibf_core.evaluation.metrics import cross_sectional_ic, ic_summary
     from ibf_core.models.predict import forecast, predictions_table
     from ibf_core.models.training import train_models, usable
-    from ibf_core.monitoring import feature_drift_rows, matured_outcomes, performance_rows, retrain_decision
+    from ibf_core.monitoring import matured_outcomes, reference_windows, retrain_decision, symbol_drift_rows
 
     say = progress or (lambda message: None)
     # the comparison is on 1-session forecasts and the monitor watches drift.horizon: both must be trained
@@ -48,6 +48,9 @@ def backtest_policies(
     if len(days) < 2 * check_every:
         raise ValueError(f"only {len(days)} sessions between {start.date()} and {end.date()}")
     first_cutoff = rows.loc[rows["date"] < days[0], "date"].max().date()
+    past_warmup = panel[~panel["warmup"].astype(bool)]
+    by_symbol = {s: g for s, g in past_warmup.groupby("symbol")}
+    no_rows = past_warmup.iloc[:0]
     cache: dict[Any, Any] = {}
 
     def model_at(cutoff):
@@ -62,7 +65,7 @@ def backtest_policies(
         bundle, retrains, history, predictions, reasons = model_at(first_cutoff), [], [], [], []
         train_seconds = cache[first_cutoff][1]
         last_retrain = 0
-        references = _references(panel, bundle, drift)
+        references = reference_windows(panel, bundle.cutoff, drift)
         for i in range(0, len(days), check_every):
             block = days[i : i + check_every]
             origins = rows[rows["date"].isin(block) & rows["symbol"].isin(bundle.facts["symbols"])]
@@ -76,11 +79,8 @@ def backtest_policies(
                 known = pd.concat(predictions, ignore_index=True)
                 outcomes = matured_outcomes(known, panel, check_day)
                 for symbol in bundle.facts["symbols"]:
-                    own = rows[(rows["symbol"] == symbol) & (rows["date"] <= check_day)].tail(drift.feature_window)
-                    recent = own[list(drift.features)].to_numpy(dtype=np.float64)
-                    reference = references.get(symbol, np.empty((0, len(drift.features))))
-                    for r in [*feature_drift_rows(reference, recent, list(drift.features), drift, seed=i), *performance_rows(symbol, outcomes, check_day, drift)]:
-                        history.append({"symbol": symbol, "date": check_day, **r})
+                    own = by_symbol.get(symbol, no_rows)
+                    history += symbol_drift_rows(symbol, check_day, own, references, outcomes, drift, str(bundle.cutoff))
                 decision = retrain_decision(pd.DataFrame(history), check_day, drift)
                 due = decision["retrain"] and i + check_every - last_retrain >= cooldown
                 if due:
@@ -91,7 +91,7 @@ def backtest_policies(
                 train_seconds += cache[cutoff][1]
                 retrains.append(cutoff.isoformat())
                 last_retrain = i + check_every
-                references = _references(panel, bundle, drift)
+                references = reference_windows(panel, bundle.cutoff, drift)
                 say(f"  {policy}: retrained at {cutoff}")
         table = pd.concat(predictions, ignore_index=True)
         outcomes = matured_outcomes(table, panel, days[-1])
@@ -128,13 +128,6 @@ def _tally(reasons: list[str]) -> dict[str, int]:
         rule = "MMD" if "MMD" in reason else "coverage" if "coverage" in reason else "MASE" if "MASE" in reason else reason
         out[rule] = out.get(rule, 0) + 1
     return out
-
-
-def _references(panel: pd.DataFrame, bundle, drift: DriftPolicy) -> dict[str, np.ndarray]:
-    from ibf_core.models.training import usable
-
-    train = usable(panel[panel["date"] <= pd.Timestamp(bundle.cutoff)])  # as the drift_scores asset: up to the cut-off
-    return {s: g.tail(drift.reference_sessions)[list(drift.features)].to_numpy(dtype=np.float64) for s, g in train.groupby("symbol")}
 
 
 def markdown(result: dict[str, Any]) -> str:

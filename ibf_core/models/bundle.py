@@ -48,6 +48,14 @@ class ModelBundle:
     validation: list[dict[str, Any]] = field(default_factory=list)  # one row per (horizon, member)
     facts: dict[str, Any] = field(default_factory=dict)  # device, timings, symbols, fingerprint, dropped features
 
+    def lookback_sessions(self) -> int:
+        """Sessions of panel history to load before an origin (neural inputs, the drift baseline, slack)."""
+        return self.config.input_size + self.config.drift_baseline_sessions + 40
+
+    def min_usable_sessions(self) -> int:
+        """Usable sessions past the warm-up a symbol needs on an origin to be forecast."""
+        return self.config.input_size if set(self.config.members) & set(NEURAL_MEMBERS) else 1
+
     def describe(self) -> dict[str, Any]:
         return {
             "format_version": FORMAT_VERSION,

@@ -12,13 +12,21 @@ import json
 import shutil
 import tempfile
 from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from ibf_core.models import ModelLoadError
 from ibf_core.models.bundle import ModelBundle, load_bundle, save_bundle
 
 ARTIFACT_PATH = "model"
+
+
+class HasCutoff(Protocol):
+    cutoff: dt.date
+
+
+V = TypeVar("V", bound=HasCutoff)
 
 
 @dataclass(frozen=True)
@@ -132,15 +140,25 @@ def list_versions(tracking_uri: str, name: str) -> list[RegisteredModel]:
     return sorted(out, key=lambda m: (m.cutoff, int(m.version)))
 
 
-def version_for(tracking_uri: str, name: str, origin: dt.date) -> RegisteredModel:
-    """The newest version whose cut-off is strictly before ``origin`` (no model trained on the origin's data)."""
-    eligible = [m for m in list_versions(tracking_uri, name) if m.cutoff < origin]
-    if not eligible:
+def newest_before(versions: Sequence[V], origin: dt.date) -> V | None:
+    """The newest of ``versions`` (sorted by cut-off) whose cut-off is strictly before ``origin``, or None.
+
+    Strictly before: no model may have been trained on the origin's own data. Predictions, drift scoring and
+    the policy backtest all choose their model with this rule.
+    """
+    eligible = [v for v in versions if v.cutoff < origin]
+    return eligible[-1] if eligible else None
+
+
+def version_for(tracking_uri: str, name: str, origin: dt.date, versions: Sequence[RegisteredModel] | None = None) -> RegisteredModel:
+    """The registered version an origin must use (``newest_before``); an error naming the origin when none exists."""
+    chosen = newest_before(list_versions(tracking_uri, name) if versions is None else versions, origin)
+    if chosen is None:
         raise ModelLoadError(
             f"no registered version of {name!r} has a cut-off before {origin}: materialize trained_models "
-            "for an earlier cut-off first"
+            "for an earlier cut-off first (ibf train --cutoff DATE)"
         )
-    return eligible[-1]
+    return chosen
 
 
 def load_registered(tracking_uri: str, model: RegisteredModel, cache_dir: Path) -> ModelBundle:

@@ -1,22 +1,19 @@
 """``drift_scores``: data drift of recent features against the model's training reference, rolling forecast
 performance and a residual CUSUM, per symbol and session, with the checks that raise alerts and demand retrains."""
 
-import datetime as dt
 import time
 
 import dagster as dg
 import numpy as np
 import pandas as pd
 
-from ibf_core.calendar import all_sessions
 from ibf_core.monitoring import DriftPolicy
 from ibf_core.settings import Settings
 from ibf_core.features.table import features_spec
-from ibf_core.storage.tables import DRIFT_SCORES, MARKET_BARS, PREDICTIONS
-from ibf_dagster.assets.features import lookback_start
+from ibf_core.storage.tables import DRIFT_SCORES
 from ibf_dagster.metadata import OWNERS, column_schema, plot_if_small
 from ibf_dagster.partitions import context_rectangles, require_upstream, symbol_date_partitions
-from ibf_dagster.resources import WarehouseResource
+from ibf_dagster.resources import SettingsResource, WarehouseResource
 
 ERROR, WARN = dg.AssetCheckSeverity.ERROR, dg.AssetCheckSeverity.WARN
 RETRAIN_CHECK = "retrain_rule"
@@ -58,16 +55,20 @@ def build_drift_scores(settings: Settings) -> dg.AssetsDefinition:
         ],
         automation_condition=dg.AutomationCondition.eager(),
     )
-    def drift_scores(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
-        from ibf_core.monitoring import retrain_decision
+    def drift_scores(context: dg.AssetExecutionContext, ibf: SettingsResource, warehouse: WarehouseResource) -> dg.MaterializeResult:
+        from ibf_core.models.registry import list_versions
+        from ibf_core.monitoring import DriftPolicy, retrain_status, score_rectangle
 
+        settings = ibf.get()
+        policy = DriftPolicy.from_settings(settings)
         require_upstream(context, dg.AssetKey("predictions"))
         store = warehouse.get()
         universe = store.symbols(features_spec())
+        versions = list_versions(settings.mlflow_uri, settings.model_name)
         started = time.perf_counter()
         frames = []
         for rect in context_rectangles(context, settings):
-            frame = score_rectangle(store, settings, policy, universe, rect.symbols, rect.start, rect.end)
+            frame = score_rectangle(store, versions, universe, rect.symbols, rect.start, rect.end, policy)
             store.replace_slice(spec, frame, rect.symbols, rect.start, rect.end)
             frames.append(frame)
         frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=spec.column_names)
@@ -87,11 +88,7 @@ def build_drift_scores(settings: Settings) -> dg.AssetsDefinition:
                 },
             )
         )
-        if as_of is None:
-            decision = {"retrain": False, "reasons": ["no drift rows in this run"], "episode_start": None}
-        else:
-            history = store.read(spec, universe, (as_of - pd.Timedelta(days=policy.lookback_days)).date(), as_of.date())
-            decision = retrain_decision(history, as_of, policy)
+        decision = retrain_status(store, universe, as_of, policy)
         checks.append(
             dg.AssetCheckResult(
                 check_name=RETRAIN_CHECK,
@@ -116,61 +113,6 @@ def build_drift_scores(settings: Settings) -> dg.AssetsDefinition:
         )
 
     return drift_scores
-
-
-def score_rectangle(store, settings: Settings, policy: DriftPolicy, universe: list[str], symbols, start: dt.date, end: dt.date) -> pd.DataFrame:
-    """Every detector for ``symbols`` x the sessions in [start, end] that have features."""
-    from ibf_core.models.registry import list_versions, load_registered
-    from ibf_core.monitoring import feature_drift_rows, matured_outcomes, performance_rows
-
-    first = lookback_start(start, policy.feature_window + policy.window + policy.horizon + 5)
-    features = store.read(features_spec(), list(universe), first, end)
-    features["date"] = pd.to_datetime(features["date"])
-    bars = store.read(MARKET_BARS, list(universe), first, end)
-    predictions = store.read(PREDICTIONS, list(universe), first, end)
-    outcomes = matured_outcomes(predictions, bars, end)
-    versions = list_versions(settings.mlflow_uri, settings.model_name)
-    days = sorted(d for d in features.loc[features["symbol"].isin(symbols), "date"].unique() if pd.Timestamp(start) <= d <= pd.Timestamp(end))
-    references: dict[str, dict[str, np.ndarray]] = {}
-    usable = features[~features["warmup"].astype(bool)]
-    by_symbol = {s: g for s, g in usable.groupby("symbol")}
-    empty = usable.iloc[:0]
-    rows = []
-    for day in days:
-        eligible = [v for v in versions if v.cutoff < pd.Timestamp(day).date()]
-        version = eligible[-1] if eligible else None
-        if version is not None and version.version not in references:
-            bundle = load_registered(settings.mlflow_uri, version, settings.model_cache_dir)
-            references[version.version] = _references(store, universe, bundle.cutoff, policy)
-        for symbol in symbols:
-            own = by_symbol.get(symbol, empty)
-            own = own[own["date"] <= day]
-            recent = own.tail(policy.feature_window)[list(policy.features)].to_numpy(dtype=np.float64)
-            if version is None:
-                reason = f"no model trained before {pd.Timestamp(day).date()}: no reference window"
-                drift_rows = [{"detector": d, "feature": None, "statistic": None, "p_value": None, "threshold": None,
-                               "breached": False, "skipped_reason": reason, "n": 0} for d in ("ks", "cvm", "psi", "mmd")]
-            else:
-                reference = references[version.version].get(symbol, np.empty((0, len(policy.features))))
-                drift_rows = feature_drift_rows(reference, recent, list(policy.features), policy, seed=int(pd.Timestamp(day).value % 2**31))
-            perf = performance_rows(symbol, outcomes, day, policy)
-            for row in [*drift_rows, *perf]:
-                rows.append({"symbol": symbol, "date": pd.Timestamp(day), **row, "model_version": version.version if version else ""})
-    return pd.DataFrame(rows, columns=DRIFT_SCORES.column_names)
-
-
-def _references(store, universe: list[str], cutoff: dt.date, policy: DriftPolicy) -> dict[str, np.ndarray]:
-    """Per symbol: the newest ``reference_sessions`` rows of the drift features up to the model's cut-off.
-
-    Up to the cut-off, not the end of the fitting window: the model saw that data (fitting or calibration),
-    and a retrain must reset the reference, or the window that triggered it would keep firing.
-    """
-    sessions = all_sessions()
-    end = int(sessions.searchsorted(pd.Timestamp(cutoff), side="right")) - 1
-    first = sessions[max(end - policy.reference_sessions - 10, 0)].date()
-    frame = store.read(features_spec(), list(universe), first, cutoff)
-    frame = frame[~frame["warmup"].astype(bool)]
-    return {s: g.tail(policy.reference_sessions)[list(policy.features)].to_numpy(dtype=np.float64) for s, g in frame.groupby("symbol")}
 
 
 def _chart(frame: pd.DataFrame) -> str:

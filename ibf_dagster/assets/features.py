@@ -4,14 +4,14 @@ import dagster as dg
 import pandas as pd
 
 from ibf_core import quality
-from ibf_core.calendar import trading_days
+from ibf_core.calendar import lookback_start
 from ibf_core.report import markdown_table
 from ibf_core.settings import Settings
 from ibf_core.features.table import features_spec
 from ibf_core.storage.tables import MARKET_BARS, NEWS_SENTIMENT
 from ibf_dagster.metadata import OWNERS, check_result, column_schema, plot_if_small
 from ibf_dagster.partitions import context_rectangles, require_upstream, symbol_date_partitions
-from ibf_dagster.resources import WarehouseResource
+from ibf_dagster.resources import SettingsResource, WarehouseResource
 
 ERROR, WARN = dg.AssetCheckSeverity.ERROR, dg.AssetCheckSeverity.WARN
 CHECKS = {
@@ -24,12 +24,6 @@ CHECKS = {
     "schema_matches": (ERROR, "Columns equal the declared feature registry, in order (ERROR)"),
     "news_coverage": (WARN, "Share of sessions with news per symbol (WARN)"),
 }
-
-
-def lookback_start(start, sessions: int):
-    """The date ``sessions`` NYSE sessions before ``start`` (the indicators' warm-up window)."""
-    history = trading_days(pd.Timestamp(start) - pd.Timedelta(days=int(sessions * 1.6) + 10), start)
-    return history[-(sessions + 1)].date() if len(history) > sessions else history[0].date()
 
 
 def build_features(settings: Settings) -> dg.AssetsDefinition:
@@ -66,9 +60,10 @@ def build_features(settings: Settings) -> dg.AssetsDefinition:
         ],
         automation_condition=dg.AutomationCondition.eager(),
     )
-    def features(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
+    def features(context: dg.AssetExecutionContext, ibf: SettingsResource, warehouse: WarehouseResource) -> dg.MaterializeResult:
         from ibf_core.news import daily_news
 
+        settings = ibf.get()
         require_upstream(context, dg.AssetKey(MARKET_BARS.name))
         store = warehouse.get()
         rects = context_rectangles(context, settings)

@@ -11,7 +11,7 @@ from ibf_core.settings import Settings
 from ibf_core.storage.tables import MARKET_BARS
 from ibf_dagster.metadata import OWNERS, check_result, column_schema, plot_if_small
 from ibf_dagster.partitions import context_rectangles, symbol_date_partitions
-from ibf_dagster.resources import BarSourceResource, WarehouseResource
+from ibf_dagster.resources import BarSourceResource, SettingsResource, WarehouseResource
 
 ERROR, WARN = dg.AssetCheckSeverity.ERROR, dg.AssetCheckSeverity.WARN
 # Checks evaluated on every materialized slice, with their severity.
@@ -53,9 +53,10 @@ def build_market_bars(settings: Settings) -> list:
         automation_condition=dg.AutomationCondition.on_cron("0 18 * * 1-5", "America/New_York"),
     )
     def market_bars(
-        context: dg.AssetExecutionContext, warehouse: WarehouseResource, bar_source: BarSourceResource
+        context: dg.AssetExecutionContext, ibf: SettingsResource, warehouse: WarehouseResource, bar_source: BarSourceResource
     ) -> dg.MaterializeResult:
-        store, source = warehouse.get(), bar_source.get()
+        settings = ibf.get()
+        store, source = warehouse.get(), bar_source.get(settings)
         rects = context_rectangles(context, settings)
         written = replaced = 0
         for rect in rects:
@@ -94,7 +95,8 @@ def build_market_bars(settings: Settings) -> list:
             "NYSE sessions behind the latest complete session (WARN)."
         ),
     )
-    def market_bars_fresh(warehouse: WarehouseResource) -> dg.AssetCheckResult:
+    def market_bars_fresh(ibf: SettingsResource, warehouse: WarehouseResource) -> dg.AssetCheckResult:
+        settings = ibf.get()
         latest = warehouse.get().query("SELECT symbol, max(date) AS last FROM market_bars GROUP BY symbol")
         by_symbol = {r.symbol: pd.Timestamp(r.last).date() for r in latest.itertuples()}
         return check_result(quality.check_freshness(by_symbol, settings.freshness_max_sessions), WARN)

@@ -1,13 +1,10 @@
 """``trained_models``: every ensemble member trained up to a cut-off, logged to MLflow and registered.
 
 Partitioned by training cut-off date (a dynamic partition per NYSE session used as a cut-off). The regular
-cadence is weekly, the last session of each week (``weekly_cutoffs``): a global model over the universe on a
-2-core CPU trains in minutes, daily refits would mostly re-learn the same 2,500-session history, and a week
-bounds the staleness of the newest data a forecast's model has seen to 5 sessions. Drift-triggered retrains
-add their own cut-off (the latest complete session) as another partition.
+cadence is weekly (``ibf_core.models.schedule``); drift-triggered retrains add their own cut-off (the latest
+complete session) as another partition.
 """
 
-import datetime as dt
 import tempfile
 import time
 from pathlib import Path
@@ -19,31 +16,11 @@ import pandas as pd
 from ibf_core.calendar import all_sessions, to_date
 from ibf_core.settings import Settings
 from ibf_core.features.table import features_spec
-from ibf_core.storage.tables import MARKET_BARS
 from ibf_dagster.metadata import OWNERS
-from ibf_dagster.resources import WarehouseResource
+from ibf_dagster.partitions import MODEL_CUTOFFS
+from ibf_dagster.resources import SettingsResource, WarehouseResource
 
-MODEL_CUTOFFS = dg.DynamicPartitionsDefinition(name="model_cutoff")
 ERROR = dg.AssetCheckSeverity.ERROR
-
-
-def weekly_cutoffs(start: dt.date, end: dt.date) -> list[str]:
-    """The last NYSE session of every week in [start, end] (ISO dates): the regular training cadence."""
-    sessions = all_sessions()
-    days = sessions[(sessions >= pd.Timestamp(start)) & (sessions <= pd.Timestamp(end))]
-    weeks = pd.Series(days, index=days).groupby(days.to_period("W-FRI")).max()
-    return [d.date().isoformat() for d in weeks]
-
-
-def load_panel(store, settings: Settings, symbols: list[str], start: dt.date | None, end: dt.date):
-    """Bars + stored features -> the modelling panel over [start, end] for ``symbols``."""
-    from ibf_core.models import HORIZONS
-    from ibf_core.models.dataset import build_panel
-
-    first = start or dt.date(1900, 1, 1)
-    bars = store.read(MARKET_BARS, symbols, first, end)
-    features = store.read(features_spec(), symbols, first, end)
-    return build_panel(bars, features, HORIZONS)
 
 
 def build_trained_models(settings: Settings) -> dg.AssetsDefinition:
@@ -90,16 +67,18 @@ def build_trained_models(settings: Settings) -> dg.AssetsDefinition:
         ],
     )
     def trained_models(
-        context: dg.AssetExecutionContext, warehouse: WarehouseResource, mlflow: dg.ResourceParam[Any]
+        context: dg.AssetExecutionContext, ibf: SettingsResource, warehouse: WarehouseResource, mlflow: dg.ResourceParam[Any]
     ) -> dg.MaterializeResult:
         # ``mlflow`` is dagster-mlflow's resource: it opened this Dagster run's MLflow run and proxies the
         # mlflow module's functions; the run is ended here (its atexit handler is removed by design).
 
         from ibf_core.models.config import ModelConfig, resolve_device
+        from ibf_core.models.inputs import load_panel
         from ibf_core.models.registry import log_and_register
         from ibf_core.models.training import train_models
         from ibf_core.report import markdown_table
 
+        settings = ibf.get()
         cutoff = to_date(context.partition_key)
         if pd.Timestamp(cutoff) not in set(all_sessions()):
             raise ValueError(f"cut-off {cutoff} is not an NYSE session")
@@ -109,7 +88,7 @@ def build_trained_models(settings: Settings) -> dg.AssetsDefinition:
             raise ValueError("no features stored: materialize market_bars and features first")
         device = resolve_device(settings.accelerator)
         context.log.info(f"training on {device} (IBF_ACCELERATOR={settings.accelerator})")
-        panel = load_panel(store, settings, symbols, None, cutoff)
+        panel = load_panel(store, symbols, None, cutoff)
         config = ModelConfig.from_settings(settings)
         started = time.perf_counter()
         try:
@@ -162,19 +141,3 @@ def build_trained_models(settings: Settings) -> dg.AssetsDefinition:
         )
 
     return trained_models
-
-
-def build_mlflow_resource(settings: Settings) -> dg.ResourceDefinition:
-    """dagster-mlflow's tracking resource, after creating the experiment with its artifacts under IBF_HOME."""
-    from dagster_mlflow.resources import CONFIG_SCHEMA, MlFlow
-
-    @dg.resource(config_schema=CONFIG_SCHEMA, description="MLflow tracking (dagster-mlflow), SQLite store under IBF_HOME")
-    def mlflow_tracking(init_context):
-        from ibf_core.models.registry import ensure_experiment
-
-        ensure_experiment(settings.mlflow_uri, settings.mlflow_experiment, settings.mlflow_artifacts_dir)
-        return MlFlow(init_context)
-
-    return mlflow_tracking.configured(
-        {"experiment_name": settings.mlflow_experiment, "mlflow_tracking_uri": settings.mlflow_uri, "extra_tags": {"ibf": "trained_models"}}
-    )

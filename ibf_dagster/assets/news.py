@@ -8,7 +8,7 @@ from ibf_core.settings import Settings
 from ibf_core.storage.tables import NEWS_SENTIMENT
 from ibf_dagster.metadata import OWNERS, check_result, column_schema
 from ibf_dagster.partitions import context_rectangles, symbol_date_partitions
-from ibf_dagster.resources import WarehouseResource
+from ibf_dagster.resources import SettingsResource, WarehouseResource
 
 WARN = dg.AssetCheckSeverity.WARN
 
@@ -34,9 +34,10 @@ def build_news_sentiment(settings: Settings) -> dg.AssetsDefinition:
                                        description="Share of sessions with news per symbol (WARN)")],
         automation_condition=dg.AutomationCondition.on_cron("0 18 * * 1-5", "America/New_York"),
     )
-    def news_sentiment(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
+    def news_sentiment(context: dg.AssetExecutionContext, ibf: SettingsResource, warehouse: WarehouseResource) -> dg.MaterializeResult:
         from ibf_core.news import daily_news, load_news
 
+        settings = ibf.get()
         store = warehouse.get()
         rects = context_rectangles(context, settings)
         notes, fetched = [], 0

@@ -1,0 +1,113 @@
+"""Forecasts for a symbol x date rectangle from the registered models: the ``predictions`` asset's logic.
+
+Each origin uses the newest registered version whose cut-off is strictly before it (``newest_before``), so a
+month can span two versions. Every forecastable symbol of the universe is predicted, so ranks are over the
+universe; only the rectangle's symbols are returned.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from ibf_core.calendar import lookback_start
+from ibf_core.features.table import features_spec
+from ibf_core.models import ModelDataError, ModelLoadError
+from ibf_core.models.bundle import ModelBundle
+from ibf_core.models.inputs import load_panel
+from ibf_core.models.registry import RegisteredModel, newest_before
+from ibf_core.storage.tables import PREDICTIONS
+
+
+@dataclass
+class RectanglePredictions:
+    """What ``predict_rectangle`` produced, with what a check needs to judge it."""
+
+    frame: pd.DataFrame  # PREDICTIONS rows of the rectangle's symbols
+    expected: set[tuple[str, pd.Timestamp]] = field(default_factory=set)  # (symbol, origin) pairs that need rows
+    versions: dict[str, str] = field(default_factory=dict)  # model version -> its cut-off (ISO)
+    unranked: dict[str, str] = field(default_factory=dict)  # universe symbols left out of the ranks, with why
+
+
+def origins_by_version(origins: Sequence[dt.date], versions: Sequence[RegisteredModel]) -> dict[str, list[dt.date]]:
+    """Origin sessions grouped by the model version each must use; an origin without one is an error naming it."""
+    by_version: dict[str, list[dt.date]] = {}
+    for day in sorted(origins):
+        version = newest_before(versions, day)
+        if version is None:
+            raise ModelLoadError(
+                f"no registered model has a cut-off before {day}: materialize trained_models for an earlier "
+                f"cut-off (ibf train --cutoff DATE) before predicting {day}"
+            )
+        by_version.setdefault(version.version, []).append(day)
+    return by_version
+
+
+def forecastable(panel: pd.DataFrame, rows: pd.DataFrame, bundle: ModelBundle) -> tuple[pd.Series, dict[str, str]]:
+    """Origins with enough usable history for every member of ``bundle``; the reason per symbol for the others."""
+    from ibf_core.models.training import usable
+
+    need = bundle.min_usable_sessions()
+    counts = usable(panel).groupby("symbol").cumcount() + 1
+    have = counts.reindex(rows.index).fillna(0)
+    ok = have >= need
+    reasons = {
+        s: f"{s}: too little history ({int(have[rows['symbol'] == s].min())} usable sessions past the warm-up, {need} needed)"
+        for s in rows.loc[~ok, "symbol"].unique()
+    }
+    return ok, reasons
+
+
+def predict_rectangle(
+    store,
+    versions: Sequence[RegisteredModel],
+    load: Callable[[RegisteredModel], ModelBundle],
+    universe: list[str],
+    symbols: Sequence[str],
+    start: dt.date,
+    end: dt.date,
+) -> RectanglePredictions:
+    """Forecasts for every origin of ``symbols`` x [start, end] that has stored features.
+
+    A symbol of the rectangle without features on an origin, or with too little history, is an error naming it
+    (before anything is written); other universe symbols that cannot be forecast are only left out of the ranks.
+    """
+    from ibf_core.models.predict import forecast, predictions_table
+
+    stored = store.read(features_spec(), list(symbols), start, end)
+    expected = set(zip(stored["symbol"], pd.to_datetime(stored["date"])))
+    origins = sorted(set(pd.to_datetime(stored["date"]).dt.date))
+    result = RectanglePredictions(frame=pd.DataFrame(columns=PREDICTIONS.column_names), expected=expected)
+    parts = []
+    for version_id, days in origins_by_version(origins, versions).items():
+        model = next(v for v in versions if v.version == version_id)
+        bundle = load(model)
+        panel = load_panel(store, universe, lookback_start(min(days), bundle.lookback_sessions()), max(days))
+        rows = panel[panel["date"].isin(pd.to_datetime(days))]
+        missing = sorted(set(symbols) - set(rows["symbol"]))
+        if missing:
+            raise ModelDataError(f"{', '.join(missing)}: no features on the origin session(s) {days[0]}..{days[-1]}")
+        ok, reasons = forecastable(panel, rows, bundle)
+        bad = sorted(s for s in reasons if s in symbols)
+        if bad:
+            raise ModelDataError("; ".join(reasons[s] for s in bad))
+        result.unranked.update(reasons)
+        table = predictions_table(forecast(bundle, panel, rows[ok]), rows[ok], bundle, version_id)
+        parts.append(table[table["symbol"].isin(list(symbols))])
+        result.versions[version_id] = model.cutoff.isoformat()
+    if parts:
+        result.frame = pd.concat(parts, ignore_index=True)
+    return result
+
+
+def storable(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with its date columns as the table declares them."""
+    if frame.empty:
+        return pd.DataFrame(columns=PREDICTIONS.column_names)
+    out = frame.copy()
+    for column in ("target_date", "model_cutoff"):
+        out[column] = pd.to_datetime(out[column]).dt.date
+    return out
