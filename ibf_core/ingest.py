@@ -16,7 +16,6 @@ from ibf_core.storage.warehouse import Warehouse, WriteResult
 @dataclass(frozen=True)
 class IngestResult:
     write: WriteResult
-    bars: pd.DataFrame
 
 
 def fetch_rectangle(source: BarSource, symbols: Sequence[str], start: dt.date, end: dt.date) -> pd.DataFrame:
@@ -34,4 +33,4 @@ def load_market_bars(
     """Fetch the rectangle, then replace exactly that slice of ``market_bars``; on any error nothing is written."""
     bars = fetch_rectangle(source, symbols, start, end)
     write = warehouse.replace_slice(MARKET_BARS, bars, symbols, start, end)
-    return IngestResult(write=write, bars=bars)
+    return IngestResult(write=write)

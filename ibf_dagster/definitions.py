@@ -30,7 +30,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         sensors=[
             build_universe_sync(settings),
             build_retrain_on_drift(settings),
-            build_weekly_training(settings),
+            build_weekly_training(),
             build_check_alerts(settings),
         ],
         resources=build_resources(settings),

@@ -116,7 +116,7 @@ def build_retrain_on_drift(settings: Settings) -> dg.SensorDefinition:
     return retrain_on_drift
 
 
-def build_weekly_training(settings: Settings) -> dg.SensorDefinition:
+def build_weekly_training() -> dg.SensorDefinition:
     from ibf_core.features.table import features_spec
     from ibf_core.models.schedule import latest_weekly_cutoff
 
@@ -131,9 +131,14 @@ def build_weekly_training(settings: Settings) -> dg.SensorDefinition:
         cutoff = latest_weekly_cutoff(latest_complete_session())
         if cutoff is None:
             return dg.SkipReason("no complete week yet")
+        import pandas as pd
+
         newest = warehouse.get().query(f"SELECT max(date) AS d FROM {features_spec().name}")["d"].iloc[0]
-        if newest is None or str(newest)[:10] < cutoff:
-            return dg.SkipReason(f"features reach {newest}, not the week's last session {cutoff} yet")
+        # an empty table gives NULL (NaT here), which must never pass for a date: no run that cannot succeed
+        if newest is None or pd.isna(newest):
+            return dg.SkipReason("no features stored yet: nothing to train on")
+        if pd.Timestamp(newest).date().isoformat() < cutoff:
+            return dg.SkipReason(f"features reach {pd.Timestamp(newest).date()}, not the week's last session {cutoff} yet")
         return dg.SensorResult(
             run_requests=[dg.RunRequest(run_key=f"weekly-{cutoff}", partition_key=cutoff, tags={**gpu_run_tags(), "ibf/trigger": "weekly"})],
             dynamic_partitions_requests=[MODEL_CUTOFFS.build_add_request([cutoff])],

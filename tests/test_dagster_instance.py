@@ -99,3 +99,16 @@ def test_make_ui_serves_the_asset_graph_on_loopback(ibf_home):
             proc.wait(30)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_weekly_training_launches_nothing_on_an_empty_warehouse():
+    """A fresh instance: the features table is empty (max(date) is NULL) and no run may be requested."""
+    from ibf_core.storage.warehouse import Warehouse
+
+    settings = load_settings()
+    Warehouse(settings.home_dir).ensure_all_tables()
+    defs = build_definitions(settings)
+    sensor = defs.resolve_sensor_def("weekly_training")
+    with dg.instance_for_test() as instance:
+        result = sensor(sensor_context(defs, instance))
+    assert isinstance(result, dg.SkipReason) and "no features stored" in result.skip_message

@@ -154,3 +154,23 @@ def test_evaluate_rejects_bad_input(tmp_path):
     )
     assert result.exit_code == 1 and "too little history" in result.output
     assert not (tmp_path / "x.json").exists()
+
+
+def test_all_symbols_present_fails_when_a_whole_origin_session_is_missing():
+    """Expected rows come from the origins that have features, never from the frame being checked."""
+    from ibf_core.models import HORIZONS
+    from ibf_dagster.assets.predictions import _checks
+
+    days = pd.to_datetime(["2013-01-02", "2013-01-03", "2013-01-04"])
+    rows = [{"symbol": s, "date": d, "horizon": h, "pred_return": 0.0, "pred_price": 1.0, "lower_80": -0.1, "upper_80": 0.1,
+             "lower_95": -0.2, "upper_95": 0.2} for s in ("AAA", "BBB") for d in days for h in HORIZONS]
+    frame = pd.DataFrame(rows)
+    expected = {(s, d) for s in ("AAA", "BBB") for d in days}
+    by_name = {c.check_name: c for c in _checks(frame, expected)}
+    assert by_name["all_symbols_present"].passed
+    without_day = frame[frame["date"] != days[1]]  # every symbol lacks the same session
+    by_name = {c.check_name: c for c in _checks(without_day, expected)}
+    assert not by_name["all_symbols_present"].passed
+    assert by_name["all_symbols_present"].metadata["origins_missing"].value == 2
+    one_horizon_short = frame[~((frame["symbol"] == "AAA") & (frame["horizon"] == 20))]
+    assert not {c.check_name: c for c in _checks(one_horizon_short, expected)}["all_symbols_present"].passed

@@ -1,4 +1,4 @@
-"""Forecast-evaluation metrics of the ibf protocol (shared/notes/evaluation-protocol.md), pure numpy/pandas/scipy."""
+"""Forecast-evaluation metrics of the ibf protocol (docs/evaluation-protocol.md), pure numpy/pandas/scipy."""
 
 from __future__ import annotations
 

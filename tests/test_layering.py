@@ -1,0 +1,32 @@
+"""The layers stay layered: rules measured by scripts/code_metrics.py, enforced here."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("code_metrics", ROOT / "scripts" / "code_metrics.py")
+metrics = importlib.util.module_from_spec(_spec)
+sys.modules["code_metrics"] = metrics
+_spec.loader.exec_module(metrics)
+
+
+def test_ibf_core_never_imports_dagster():
+    offenders = [n for n, p in metrics.modules().items() if n.startswith("ibf_core") and any(i == "dagster" or i.startswith("dagster.") or i.startswith("dagster_") for i in metrics.imports(p))]
+    assert offenders == []
+
+
+def test_only_settings_and_the_instance_helper_read_the_environment():
+    assert sorted(metrics.env_readers()) == ["ibf_core.settings", "ibf_dagster.instance"]
+
+
+def test_dagster_internals_only_in_the_compat_module():
+    assert metrics.dagster_internal_importers() == ["ibf_dagster.compat"]
+
+
+def test_asset_modules_do_not_import_each_other():
+    assert metrics.asset_cross_imports() == []
+
+
+def test_storage_imports_none_of_its_users():
+    assert metrics.storage_user_imports() == []
