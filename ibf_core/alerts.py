@@ -4,7 +4,7 @@ The Dagster side (a sensor reading failed check evaluations) builds :class:`Aler
 :func:`record_alerts`; this module knows nothing about Dagster.
 
 Layout: ``lake/alerts/<YYYYMMDD>-<digest>.parquet``, one file per :func:`record_alerts` call that records
-something, written atomically (``stage_parquet`` + ``os.replace``) under ``Warehouse.lock(lake/alerts, "_table")``;
+something, written atomically (``ibf_core.storage.atomic``) under ``Warehouse.lock(lake/alerts, "_table")``;
 the DuckDB view ``alerts`` reads them all. Recording is idempotent: an alert whose ``alert_id`` (a hash of asset,
 check, partition and evaluation id) is already stored is neither logged, posted nor written again.
 
@@ -23,7 +23,6 @@ import datetime as dt
 import hashlib
 import json
 import logging
-import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +31,8 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 
 from ibf_core.settings import url_secrets
-from ibf_core.storage.tables import Column, TableSpec
+from ibf_core.storage import atomic
+from ibf_core.storage.tables import Column, TableSpec, data_files
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -44,8 +44,8 @@ log = logging.getLogger("ibf.alerts")
 SEVERITIES = ("ERROR", "WARN")
 REDACTED = "***"
 MIN_SECRET_LEN = 4
-_SCHEMA_FILE = "_schema.parquet"
 _TABLE_LOCK = "_table"
+_ALERT_FILES = "[0-9]*.parquet"  # every data file of the table: all written under the table lock
 _MAX_BACKOFF_S = 30.0
 # Slack limits: section text <= 3000 characters, a field's text <= 2000, at most 10 fields.
 _SECTION_MAX = 2900
@@ -56,6 +56,7 @@ ALERTS = TableSpec(
     name="alerts",
     description="One row per failed asset-check evaluation (ERROR or WARN), with the webhook outcome.",
     key=("alert_id",),
+    files="<YYYYMMDD>-<digest>.parquet",
     columns=(
         Column("alert_id", pa.string(), "sha256(asset|check|partition|evaluation_id), first 16 hex digits"),
         Column("raised_at", pa.timestamp("us", tz="UTC"), "When the check failed, UTC"),
@@ -316,25 +317,19 @@ def _send(url: str, alert: Alert, *, timeout: float, attempts: int, wait_s: floa
 
 # ----- the table ------------------------------------------------------------------------------------
 def _folder(warehouse: Warehouse) -> Path:
-    return warehouse.lake_dir / ALERTS.name
-
-
-def _data_files(folder: Path) -> list[Path]:
-    if not folder.exists():
-        return []
-    return sorted(p for p in folder.glob("*.parquet") if p.name != _SCHEMA_FILE)
+    return warehouse.table_dir(ALERTS)
 
 
 def ensure_alerts_table(warehouse: Warehouse) -> None:
     """The folder, its schema file and the DuckDB view ``alerts``."""
-    warehouse.ensure_view(ALERTS.name, _folder(warehouse), ALERTS.schema)
+    warehouse.ensure_table(ALERTS)
 
 
 def _stored_ids(folder: Path) -> set[str]:
     import pyarrow.parquet as pq
 
     ids: set[str] = set()
-    for path in _data_files(folder):
+    for path in data_files(folder):
         ids.update(pq.read_table(path, columns=["alert_id"]).column("alert_id").to_pylist())
     return ids
 
@@ -373,8 +368,6 @@ def record_alerts(
     was unreachable for an earlier alert``) so a dead endpoint costs one retry cycle, not one per alert.
     ``timeout``, ``attempts`` and ``wait_s`` are passed to the webhook POST (see :func:`send_webhook`).
     """
-    from ibf_core.storage.warehouse import stage_parquet
-
     emit = log if log is not None else logging.getLogger("ibf.alerts").warning
     url = (webhook_url or "").strip() or None
     secrets = _usable([*known_secrets(), *url_secrets(url or "")])
@@ -383,6 +376,7 @@ def record_alerts(
     if not alerts:
         return []
     with warehouse.lock(folder, _TABLE_LOCK):
+        atomic.remove_stale_temps(folder, held=[_ALERT_FILES])
         seen = _stored_ids(folder)
         fresh: list[Alert] = []
         for alert in alerts:
@@ -407,7 +401,7 @@ def record_alerts(
         digest = hashlib.sha256("|".join(sorted(r["alert_id"] for r in rows)).encode()).hexdigest()[:16]
         target = folder / f"{min(r['raised_at'] for r in rows):%Y%m%d}-{digest}.parquet"
         table = pa.Table.from_pylist(rows, schema=ALERTS.schema)
-        os.replace(stage_parquet(table, target), target)
+        atomic.write_parquet(target, table)
     return rows
 
 
@@ -416,7 +410,7 @@ def read_alerts(warehouse: Warehouse) -> pd.DataFrame:
     import pandas as pd
     import pyarrow.parquet as pq
 
-    tables = [pq.read_table(p, schema=ALERTS.schema) for p in _data_files(_folder(warehouse))]
+    tables = [pq.read_table(p, schema=ALERTS.schema) for p in data_files(_folder(warehouse))]
     table = pa.concat_tables(tables) if tables else ALERTS.schema.empty_table()
     frame = table.to_pandas()
     frame["raised_at"] = pd.to_datetime(frame["raised_at"], utc=True)

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from ibf_core.calendar import all_sessions
+from ibf_core.storage.tables import ViewSpec
 
 POOLED = "*"  # the symbol value of the pooled (all-symbol) rows
 
@@ -42,8 +43,11 @@ def matured_outcomes(predictions: pd.DataFrame, bars: pd.DataFrame, as_of: dt.da
 
 
 # The same outcome columns as ``matured_outcomes``, always current, for SQL users (a view: nothing to refresh).
-FORECAST_OUTCOMES_SQL = """
-CREATE OR REPLACE VIEW forecast_outcomes AS
+# Declared here, gathered by ``ibf_core.catalog``; a change of the SQL reaches existing warehouses (its version).
+FORECAST_OUTCOMES = ViewSpec(
+    name="forecast_outcomes",
+    description="Matured forecasts with the realized price and return (the columns of matured_outcomes).",
+    sql="""
 SELECT p.symbol, p.date, p.horizon, p.target_date, p.model_version, p.pred_return, p.pred_price,
        b.close AS realized_price, ln(b.adj_close / a.adj_close) AS realized_return,
        abs(p.pred_return - ln(b.adj_close / a.adj_close)) AS abs_error,
@@ -55,7 +59,8 @@ SELECT p.symbol, p.date, p.horizon, p.target_date, p.model_version, p.pred_retur
 FROM predictions p
 JOIN market_bars a ON a.symbol = p.symbol AND a.date = p.date
 JOIN market_bars b ON b.symbol = p.symbol AND b.date = p.target_date
-"""
+""",
+)
 
 
 def window_start(as_of: dt.date | pd.Timestamp, sessions: int) -> pd.Timestamp:

@@ -238,6 +238,41 @@ def test_an_unfinished_session_is_returned_but_not_cached(tmp_path):
         assert trades.end_date_time.startswith("20220630") and trades.duration == "1 D"
 
 
+def test_the_cache_is_written_through_the_atomic_writer(tmp_path, monkeypatch):
+    import os
+
+    import pyarrow.parquet as pq
+
+    from ibf_core.sources.ibkr import BarCache
+
+    cache = BarCache(tmp_path)
+    bars = expected(["AAPL"], "2022-01-03", "2022-01-31").reset_index(drop=True)
+    covered = [(D(2022, 1, 3), D(2022, 1, 31))]
+    cache.save("AAPL", bars, covered)
+    path = cache.path("AAPL")
+    before = path.read_bytes()
+    dead = path.parent / ".AAPL.parquet.deadbeef.tmp"  # left by a writer killed between staging and swap
+    dead.write_bytes(b"half")
+    real_write, real_fsync, synced = pq.write_table, os.fsync, []
+
+    def half_then_fail(table, where, **kw):
+        with open(where, "wb") as handle:
+            handle.write(b"PAR1 half")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(pq, "write_table", half_then_fail)
+    with pytest.raises(OSError, match="disk full"):
+        cache.save("AAPL", bars.assign(close=bars.close * 2), covered)
+    assert path.read_bytes() == before  # the old cache file is intact, and no temp file is left
+    assert not list(path.parent.glob("*.tmp"))
+    monkeypatch.setattr(pq, "write_table", real_write)
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(fd) or real_fsync(fd))
+    cache.save("AAPL", bars.assign(close=bars.close * 2), covered)
+    assert len(synced) == 2  # the staged file and the folder
+    frame, got_covered, _ = cache.load("AAPL")
+    assert frame.close.tolist() == pytest.approx((bars.close * 2).tolist()) and got_covered == covered
+
+
 def test_works_from_a_plain_thread_and_from_inside_a_running_loop(sim):
     results: dict[str, object] = {}
 

@@ -9,6 +9,7 @@ import time
 
 import duckdb
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 
 from conftest import make_bars
@@ -35,10 +36,21 @@ def test_replace_slice_is_idempotent_and_keeps_other_rows(ibf_home):
     assert digest(ibf_home) == before  # byte-identical files on a re-run
     assert result.rows_replaced == len(bars)
     march = bars[(bars.date >= "2021-03-01") & (bars.date <= "2021-03-31") & (bars.symbol == "AAA")]
-    wh.replace_slice(MARKET_BARS, march.assign(close=march.close * 1.0), ["AAA"], "2021-03-01", "2021-03-31")
+    new_march = march.assign(close=march.close * 1.1, high=march.high * 1.1, source="new")
+    wh.replace_slice(MARKET_BARS, new_march, ["AAA"], "2021-03-01", "2021-03-31")
     stored = wh.query("SELECT * FROM market_bars ORDER BY symbol, date")
     assert len(stored) == len(bars)
     assert stored.date.dtype.kind == "M"
+    in_slice = (stored.symbol == "AAA") & stored.date.between("2021-03-01", "2021-03-31")
+    assert in_slice.sum() == len(march) > 0
+    # the slice holds the new values ...
+    assert stored.loc[in_slice, "close"].tolist() == pytest.approx(new_march.close.tolist())
+    assert set(stored.loc[in_slice, "source"]) == {"new"}
+    # ... and every row outside it is as first written
+    outside = stored.loc[~in_slice].reset_index(drop=True)
+    original = bars.loc[~bars.index.isin(march.index)].sort_values(["symbol", "date"]).reset_index(drop=True)
+    assert outside.close.tolist() == pytest.approx(original.close.tolist())
+    assert set(outside.source) == {"test"}
 
 
 def test_slice_rows_outside_the_rectangle_are_refused(ibf_home):
@@ -55,15 +67,15 @@ def test_failure_while_preparing_changes_nothing(ibf_home, monkeypatch):
     wh.replace_slice(MARKET_BARS, bars, ["AAA", "BBB"], "2021-01-01", "2021-03-31")
     before = digest(ibf_home)
     calls = {"n": 0}
-    real_stage = Warehouse._stage
+    real_write = pq.write_table
 
-    def flaky(table, target):
+    def flaky(table, where, **kw):
         calls["n"] += 1
         if calls["n"] == 2:  # the second symbol's file fails after the first was prepared
             raise OSError("disk full")
-        return real_stage(table, target)
+        return real_write(table, where, **kw)
 
-    monkeypatch.setattr(Warehouse, "_stage", staticmethod(flaky))
+    monkeypatch.setattr(pq, "write_table", flaky)
     with pytest.raises(OSError):
         wh.replace_slice(MARKET_BARS, bars.assign(close=bars.close * 1.0001), ["AAA", "BBB"], "2021-01-01", "2021-03-31")
     assert digest(ibf_home) == before
@@ -109,6 +121,11 @@ def test_killed_write_leaves_old_rows_not_a_hole(ibf_home, tmp_path):
     proc.wait()
     stored = wh.query("SELECT source, count(*) AS n FROM market_bars GROUP BY source")
     assert stored.to_dict("records") == [{"source": "old", "n": len(old)}]
+    # the dead writer's staged temp file is removed by the next writer holding the symbol's lock
+    folder = wh.table_dir(MARKET_BARS)
+    assert [p.name.split(".")[1] for p in folder.glob(".*.tmp")] == ["AAA"]
+    wh.replace_slice(MARKET_BARS, old, ["AAA", "BBB"], "2021-01-01", "2021-03-31")
+    assert not list(folder.glob(".*.tmp"))
 
 
 def _writer(home, seed, rounds):
@@ -145,3 +162,68 @@ def test_sql_connection_is_read_only(ibf_home):
         wh.query("CREATE TABLE x AS SELECT 1")
     with pytest.raises(duckdb.Error):
         wh.query("DROP VIEW market_bars")
+
+
+def _view_sql(home, name: str) -> tuple[str, str]:
+    with duckdb.connect(str(home / "warehouse.duckdb"), read_only=True) as con:
+        return con.execute("SELECT sql, comment FROM duckdb_views() WHERE view_name = ?", [name]).fetchone()
+
+
+def test_a_changed_view_definition_reaches_an_existing_warehouse(ibf_home, monkeypatch):
+    import ibf_core.monitoring as monitoring
+    from ibf_core.storage.tables import ViewSpec
+
+    wh = Warehouse(ibf_home)
+    wh.ensure_all_tables()
+    v1 = monitoring.FORECAST_OUTCOMES
+    sql, comment = _view_sql(ibf_home, "forecast_outcomes")
+    assert comment == f"ibf:{v1.version}" and "hit_95" in sql
+    v2 = ViewSpec(v1.name, v1.sql.replace("SELECT p.symbol,", "SELECT 42 AS answer, p.symbol,"))
+    assert v2.version != v1.version
+    monkeypatch.setattr(monitoring, "FORECAST_OUTCOMES", v2)
+    wh.ensure_all_tables()
+    assert "answer" in wh.query("SELECT * FROM forecast_outcomes").columns
+    assert _view_sql(ibf_home, "forecast_outcomes")[1] == f"ibf:{v2.version}"
+
+
+def test_a_view_of_an_older_ibf_without_a_version_is_redefined(ibf_home):
+    wh = Warehouse(ibf_home)
+    wh.ensure_all_tables()
+    with duckdb.connect(str(wh.db_path)) as con:  # what ibf wrote before views carried a version
+        con.execute("CREATE OR REPLACE VIEW alerts AS SELECT 1 AS stale")
+    assert wh.view_versions()["alerts"] is None
+    wh.ensure_all_tables()
+    assert "alert_id" in wh.query("SELECT * FROM alerts").columns
+
+
+def test_ensuring_an_unchanged_warehouse_writes_nothing(ibf_home, monkeypatch):
+    wh = Warehouse(ibf_home)
+    wh.ensure_all_tables()
+
+    def no_write(self, statements):
+        raise AssertionError(f"unexpected write to warehouse.duckdb: {statements}")
+
+    monkeypatch.setattr(Warehouse, "_execute_write", no_write)
+    wh.ensure_all_tables()  # an analyst's read-only session could not block this: it only reads
+    wh.replace_slice(MARKET_BARS, canonical(make_bars()), ["AAA", "BBB"], "2021-01-01", "2021-03-31")
+
+
+def test_a_moved_home_redefines_the_views(ibf_home, tmp_path):
+    wh = Warehouse(ibf_home)
+    wh.replace_slice(MARKET_BARS, canonical(make_bars()), ["AAA", "BBB"], "2021-01-01", "2021-03-31")
+    moved = tmp_path / "moved"
+    ibf_home.rename(moved)
+    Warehouse(moved).ensure_all_tables()
+    assert str(moved / "lake" / "market_bars") in _view_sql(moved, "market_bars")[0]
+    assert Warehouse(moved).query("SELECT count(*) AS n FROM market_bars").n.iloc[0] == 2 * 61
+
+
+def test_storage_imports_none_of_its_users():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "code_metrics.py"
+    spec = importlib.util.spec_from_file_location("code_metrics", path)
+    metrics = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(metrics)
+    assert metrics.storage_user_imports() == []

@@ -1,7 +1,7 @@
 """Raw news in the lake: ``news_articles`` (one row per URL) and ``news_mentions`` (article x ticker), plus the
 per-source fetch progress that lets an Alpha Vantage backfill resume after the daily quota runs out.
 
-Layout (Parquet, replaced atomically with ``stage_parquet`` + ``os.replace`` under ``Warehouse.lock``):
+Layout (Parquet, replaced atomically by ``ibf_core.storage.atomic`` under ``Warehouse.lock``):
 
 - ``lake/news_articles/<YYYY-MM>.parquet``: articles by UTC month of ``published_at``. A URL lives in exactly one
   file: a write first removes its URLs from every file that holds them (a re-published article may change month).
@@ -10,17 +10,17 @@ Layout (Parquet, replaced atomically with ``stage_parquet`` + ``os.replace`` und
   count (the daily quota), for one source (base URL), so a loopback server never marks real data as fetched.
 
 Writes are upserts (the new row for a URL / (symbol, url) replaces the old one), so re-running the same fetch
-gives identical files. All files of one write are staged before the first is swapped in; any failure while
-staging leaves every table as it was.
+gives identical files. All files of one write are staged (one ``AtomicBatch``) before the first is swapped in;
+any failure while staging leaves every table as it was. Leftover temp files of dead writers are removed under the
+locks that cover them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
-import os
 import re
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +28,8 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from ibf_core.storage.tables import Column, TableSpec
+from ibf_core.storage import atomic
+from ibf_core.storage.tables import Column, TableSpec, data_files
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -36,13 +37,14 @@ if TYPE_CHECKING:  # pragma: no cover
     from ibf_core.storage.warehouse import Warehouse
 
 _UTC_TS = pa.timestamp("us", tz="UTC")
-_SCHEMA_FILE = "_schema.parquet"
 _TABLE_LOCK = "_table"
+_MONTH_FILES = "[0-9]*.parquet"  # every news_articles data file: all written under the table lock
 
 NEWS_ARTICLES = TableSpec(
     name="news_articles",
     description="Raw news articles, one row per URL (Alpha Vantage or the user's headline file).",
     key=("url",),
+    files="<YYYY-MM>.parquet",
     columns=(
         Column("url", pa.string(), "Article URL (file rows without one: urn:ibf:news:<hash>)"),
         Column("title", pa.string(), "Headline"),
@@ -150,13 +152,7 @@ def _sorted(spec: TableSpec, frame: pd.DataFrame) -> pd.DataFrame:
 def ensure_news_tables(warehouse: Warehouse) -> None:
     """Folders, schema files and the DuckDB views ``news_articles`` and ``news_mentions``."""
     for spec in NEWS_TABLES:
-        warehouse.ensure_view(spec.name, warehouse.lake_dir / spec.name, spec.schema)
-
-
-def _data_files(folder: Path) -> list[Path]:
-    if not folder.exists():
-        return []
-    return sorted(p for p in folder.glob("*.parquet") if p.name != _SCHEMA_FILE)
+        warehouse.ensure_table(spec)
 
 
 def _month_file(folder: Path, month: str) -> Path:
@@ -195,54 +191,40 @@ def write_news(
     art_dir = warehouse.lake_dir / NEWS_ARTICLES.name
     men_dir = warehouse.lake_dir / NEWS_MENTIONS.name
     symbols = sorted(set(mentions["symbol"]) | set(replace.symbols if replace else ()))
+    mention_files = [_symbol_file(men_dir, s).name for s in symbols]
     locks = [warehouse.lock(art_dir, _TABLE_LOCK)] + [warehouse.lock(men_dir, s) for s in symbols]
-    for lock in locks:  # fixed order (table, then sorted symbols): two writers never deadlock
-        lock.acquire()
-    try:
-        staged: list[tuple[Path | None, Path]] = []
-        try:
-            staged += _stage_articles(art_dir, articles)
-            mention_files, removed = _stage_mentions(men_dir, mentions, symbols, replace)
-            staged += mention_files
-        except BaseException:
-            for tmp, _ in staged:
-                if tmp is not None:
-                    tmp.unlink(missing_ok=True)
-            raise
+    with contextlib.ExitStack() as held:
+        for lock in locks:  # fixed order (table, then sorted symbols): two writers never deadlock
+            held.enter_context(lock)
+        atomic.remove_stale_temps(art_dir, held=[_MONTH_FILES])
+        atomic.remove_stale_temps(men_dir, held=mention_files)
         # Articles first: a crash in between leaves articles without mentions, never mentions without articles.
-        for tmp, target in staged:
-            if tmp is None:
-                target.unlink(missing_ok=True)
-            else:
-                os.replace(tmp, target)
-    finally:
-        for lock in reversed(locks):
-            lock.release()
-    return NewsWriteResult(len(articles), len(mentions), removed, len(staged))
+        with atomic.AtomicBatch() as batch:
+            _stage_articles(batch, art_dir, articles)
+            removed = _stage_mentions(batch, men_dir, mentions, symbols, replace)
+    return NewsWriteResult(len(articles), len(mentions), removed, len(batch))
 
 
-def _stage(spec: TableSpec, frame: pd.DataFrame, target: Path) -> tuple[Path | None, Path]:
-    """A staged file for ``target``, or (None, target) meaning: delete it (nothing left)."""
-    from ibf_core.storage.warehouse import stage_parquet
-
+def _stage(batch: atomic.AtomicBatch, spec: TableSpec, frame: pd.DataFrame, target: Path) -> None:
+    """Stage ``frame`` as ``target``, or its deletion when nothing is left."""
     if frame.empty:
-        return None, target
-    return stage_parquet(_arrow(spec, _sorted(spec, frame)), target), target
+        batch.delete(target)
+    else:
+        batch.stage_parquet(target, _arrow(spec, _sorted(spec, frame)))
 
 
-def _stage_articles(folder: Path, articles: pd.DataFrame) -> list[tuple[Path | None, Path]]:
-
+def _stage_articles(batch: atomic.AtomicBatch, folder: Path, articles: pd.DataFrame) -> None:
+    """Each touched month file: its articles without the incoming URLs, plus the incoming ones of that month."""
     if articles.empty:
-        return []
+        return
     month = articles["published_at"].dt.tz_convert("UTC").dt.strftime("%Y-%m")
     incoming = set(articles["url"])
     targets = {_month_file(folder, m): articles[month == m] for m in sorted(set(month))}
     touched = dict.fromkeys(targets)
-    for path in _data_files(folder):
+    for path in data_files(folder):
         urls = _read(NEWS_ARTICLES, path, ["url"]).column("url").to_pylist()
         if incoming.intersection(urls):
             touched[path] = None
-    staged = []
     for path in sorted(touched):
         parts = []
         if path.exists():
@@ -250,16 +232,20 @@ def _stage_articles(folder: Path, articles: pd.DataFrame) -> list[tuple[Path | N
             parts.append(old[~old["url"].isin(incoming)])
         if path in targets:
             parts.append(targets[path])
-        staged.append(_stage(NEWS_ARTICLES, _concat(parts), path))
-    return staged
+        _stage(batch, NEWS_ARTICLES, _concat(parts), path)
 
 
 def _stage_mentions(
-    folder: Path, mentions: pd.DataFrame, symbols: Sequence[str], replace: ReplaceScope | None
-) -> tuple[list[tuple[Path | None, Path]], int]:
+    batch: atomic.AtomicBatch,
+    folder: Path,
+    mentions: pd.DataFrame,
+    symbols: Sequence[str],
+    replace: ReplaceScope | None,
+) -> int:
+    """Each symbol's mention file upserted (and cut by ``replace``); returns the mentions ``replace`` removed."""
     import pandas as pd
 
-    staged, removed = [], 0
+    removed = 0
     for symbol in symbols:
         path = _symbol_file(folder, symbol)
         new = mentions[mentions["symbol"] == symbol]
@@ -281,8 +267,8 @@ def _stage_mentions(
         elif new.empty:
             continue
         parts.append(new)
-        staged.append(_stage(NEWS_MENTIONS, _concat(parts), path))
-    return staged, removed
+        _stage(batch, NEWS_MENTIONS, _concat(parts), path)
+    return removed
 
 
 def _concat(parts: list[pd.DataFrame]) -> pd.DataFrame:
@@ -305,7 +291,7 @@ def read_mentions(
     import pandas as pd
 
     folder = warehouse.lake_dir / NEWS_MENTIONS.name
-    paths = _data_files(folder) if symbols is None else [p for s in symbols if (p := _symbol_file(folder, s)).exists()]
+    paths = data_files(folder) if symbols is None else [p for s in symbols if (p := _symbol_file(folder, s)).exists()]
     frames = [_to_pandas(NEWS_MENTIONS, _read(NEWS_MENTIONS, p)) for p in paths]
     out = pd.concat(frames, ignore_index=True) if frames else empty_frame(NEWS_MENTIONS)
     if start is not None:
@@ -320,7 +306,7 @@ def read_articles(warehouse: Warehouse, urls: Iterable[str] | None = None) -> pd
     import pandas as pd
 
     folder = warehouse.lake_dir / NEWS_ARTICLES.name
-    frames = [_to_pandas(NEWS_ARTICLES, _read(NEWS_ARTICLES, p)) for p in _data_files(folder)]
+    frames = [_to_pandas(NEWS_ARTICLES, _read(NEWS_ARTICLES, p)) for p in data_files(folder)]
     out = pd.concat(frames, ignore_index=True) if frames else empty_frame(NEWS_ARTICLES)
     if urls is not None:
         out = out[out["url"].isin(set(urls))]
@@ -387,17 +373,9 @@ class NewsProgress:
             raise NewsStoreError(f"{self.path}: not valid JSON ({exc}); delete it to refetch") from None
 
     def _save(self, state: dict[str, Any]) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.folder)
-        try:
-            with os.fdopen(fd, "w") as handle:
-                json.dump(state, handle, indent=1, sort_keys=True)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(name, self.path)
-        except BaseException:
-            Path(name).unlink(missing_ok=True)
-            raise
+        """Replace the file atomically; the caller holds :meth:`_lock`, so a leftover temp file is a dead writer's."""
+        atomic.remove_stale_temps(self.folder, held=[self.path.name])
+        atomic.write_json(self.path, state, indent=1, sort_keys=True)
 
     def covered(self, symbol: str) -> list[Interval]:
         import pandas as pd

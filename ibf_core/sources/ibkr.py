@@ -19,8 +19,6 @@ import datetime as dt
 import importlib
 import json
 import logging
-import os
-import tempfile
 import threading
 import time
 from collections import deque
@@ -233,28 +231,25 @@ class BarCache:
         covered: Sequence[tuple[dt.date, dt.date]],
         quote_covered: Sequence[tuple[dt.date, dt.date]] = (),
     ) -> None:
-        """Write atomically (temp file + os.replace) so readers never see half a file."""
+        """Replace the symbol's file atomically and durably (``ibf_core.storage.atomic``): readers never see half
+        a file, a crash leaves the old one. The symbol's lock is held for the write, so a temp file of the symbol
+        found meanwhile is a dead writer's and is removed."""
         path = self.path(symbol)
         if path is None:
             return
         import pyarrow as pa
-        import pyarrow.parquet as pq
 
-        path.parent.mkdir(parents=True, exist_ok=True)
+        from ibf_core.storage import atomic
+
         table = pa.Table.from_pandas(frame.reset_index(drop=True), preserve_index=False)
         meta = dict(table.schema.metadata or {})
         meta[COVERED_KEY] = json.dumps([[a.isoformat(), b.isoformat()] for a, b in covered]).encode()
         if quote_covered:
             meta[QUOTES_COVERED_KEY] = json.dumps([[a.isoformat(), b.isoformat()] for a, b in quote_covered]).encode()
         table = table.replace_schema_metadata(meta)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{symbol}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            pq.write_table(table, tmp)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic.lock(path.parent, symbol):
+            atomic.remove_stale_temps(path.parent, held=[path.name])
+            atomic.write_parquet(path, table)
 
 
 def _ranges(raw: bytes) -> list[tuple[dt.date, dt.date]]:

@@ -1,10 +1,23 @@
-"""Declared schemas of the warehouse tables (used for storage, Dagster column metadata and docs)."""
+"""Declared tables and views of the warehouse (used for storage, Dagster column metadata and docs).
+
+Each table or view is declared by the module that writes it: the symbol x date tables below, ``features`` in
+``ibf_core.features.table``, the news tables in ``ibf_core.news.store``, ``alerts`` in ``ibf_core.alerts`` and the
+``forecast_outcomes`` view in ``ibf_core.monitoring``. ``ibf_core.catalog`` gathers them into one
+:class:`Catalog`; storage itself imports none of those modules.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import pyarrow as pa
+
+SCHEMA_FILE = "_schema.parquet"  # an empty file of the declared schema in every table folder
+SYMBOL_FILES = "<SYMBOL>.parquet"
+_VIEW_NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
 
 
 @dataclass(frozen=True)
@@ -28,12 +41,17 @@ class Column:
 
 @dataclass(frozen=True)
 class TableSpec:
-    """A symbol x date table: one Parquet file per symbol under ``lake/<name>/``, a DuckDB view ``<name>``."""
+    """A table: Parquet files under ``lake/<name>/`` (named as ``files`` says), a DuckDB view ``<name>`` over all.
+
+    ``files`` is ``<SYMBOL>.parquet`` (one file per symbol, what ``Warehouse.replace_slice`` and ``read`` handle)
+    or another layout whose module writes the files itself, e.g. ``<YYYY-MM>.parquet`` for news articles.
+    """
 
     name: str
     columns: tuple[Column, ...]
     description: str
     key: tuple[str, ...] = ("symbol", "date")
+    files: str = SYMBOL_FILES
 
     @property
     def schema(self) -> pa.Schema:
@@ -42,6 +60,42 @@ class TableSpec:
     @property
     def column_names(self) -> list[str]:
         return [c.name for c in self.columns]
+
+    @property
+    def per_symbol(self) -> bool:
+        return self.files == SYMBOL_FILES
+
+
+@dataclass(frozen=True)
+class ViewSpec:
+    """A DuckDB view ``name AS sql`` (a SELECT); ``version`` tells an existing warehouse that ``sql`` changed."""
+
+    name: str
+    sql: str
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if not _VIEW_NAME.match(self.name):
+            raise ValueError(f"view name {self.name!r} must be a lower-case SQL identifier")
+
+    @property
+    def version(self) -> str:
+        return hashlib.sha256(self.sql.encode("utf-8")).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """Every table and view ibf writes; views come after the tables they read."""
+
+    tables: tuple[TableSpec, ...]
+    views: tuple[ViewSpec, ...] = ()
+
+
+def data_files(folder: Path) -> list[Path]:
+    """The table's Parquet data files in ``folder`` (the empty schema file left out), sorted."""
+    if not folder.exists():
+        return []
+    return sorted(p for p in folder.glob("*.parquet") if p.name != SCHEMA_FILE)
 
 
 MARKET_BARS = TableSpec(

@@ -2,18 +2,23 @@
 
 Why not tables inside the DuckDB file: DuckDB admits one writing process *or* many readers. If runs wrote into
 ``warehouse.duckdb`` an analyst's open session would block them and their writes would break ``ibf sql``.
-Here writers only ever replace Parquet files (write a temp file, then ``os.replace``: a crash leaves the old
-file, never a hole); ``warehouse.duckdb`` holds nothing but views over those files, so any number of readers
-open it read-only while runs write. Per-symbol file locks make two concurrent writers safe as well.
+Here writers only ever replace Parquet files (``ibf_core.storage.atomic``: stage a temp file, fsync, swap it in
+with ``os.replace``; a crash leaves the old file, never a hole); ``warehouse.duckdb`` holds nothing but views
+over those files, so any number of readers open it read-only while runs write. Per-symbol file locks make two
+concurrent writers safe as well.
+
+Views carry their version (a hash of their SQL) as a DuckDB comment ``ibf:<version>``; ensuring compares on a
+read-only connection and writes only the views whose version differs, so a changed definition reaches existing
+warehouses and an unchanged one never waits for an analyst's session. Which tables and views exist is the
+registered catalog's business (``ibf_core.catalog``); storage imports none of the modules declaring them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
-import os
 import re
-import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,11 +30,12 @@ import pyarrow.parquet as pq
 from filelock import FileLock
 from tenacity import retry, retry_if_exception, stop_after_delay, wait_exponential
 
-from ibf_core.storage.tables import TABLES, TableSpec
+from ibf_core.storage import atomic
+from ibf_core.storage.registry import registered_catalog
+from ibf_core.storage.tables import SCHEMA_FILE, Catalog, TableSpec, ViewSpec, data_files
 
-_SCHEMA_FILE = "_schema.parquet"
-_LOCK_WAIT_S = 120.0
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.\-_]*$")
+_VERSION_TAG = "ibf:"
 
 
 class WarehouseError(RuntimeError):
@@ -47,21 +53,6 @@ _retry_on_lock = retry(
     stop=stop_after_delay(30),
     reraise=True,
 )
-
-
-def stage_parquet(table: pa.Table, target: Path) -> Path:
-    """Write ``table`` durably (fsync) to a hidden temp file beside ``target``; the caller ``os.replace``s it in."""
-    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        pq.write_table(table, tmp, compression="zstd")
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return tmp
 
 
 class _ConcurrentSwap(Exception):
@@ -90,6 +81,25 @@ def _date_bounds(start: dt.date | str, end: dt.date | str) -> tuple[pd.Timestamp
     return pd.Timestamp(start).normalize(), pd.Timestamp(end).normalize()
 
 
+def _symbol_rows(table: pa.Table) -> dict[str, tuple[int, int]]:
+    """(start, stop) of each symbol's rows in ``table``, which is sorted by symbol (so they are contiguous)."""
+    symbol_col = table.column("symbol").to_numpy(zero_copy_only=False)
+    if not len(symbol_col):
+        return {}
+    change = np.flatnonzero(symbol_col[1:] != symbol_col[:-1]) + 1
+    starts = np.concatenate([[0], change])
+    stops = np.concatenate([change, [len(symbol_col)]])
+    return {symbol_col[a]: (a, b) for a, b in zip(starts, stops)}
+
+
+def _view_statements(view: ViewSpec) -> list[str]:
+    """Define the view, then stamp its version (``CREATE OR REPLACE`` drops the comment, so always both)."""
+    return [
+        f"CREATE OR REPLACE VIEW {view.name} AS {view.sql}",
+        f"COMMENT ON VIEW {view.name} IS '{_VERSION_TAG}{view.version}'",
+    ]
+
+
 class Warehouse:
     """Read and write symbol x date tables under ``home``; SQL through ``warehouse.duckdb``."""
 
@@ -103,69 +113,80 @@ class Warehouse:
         return self.lake_dir / spec.name
 
     def _symbol_file(self, spec: TableSpec, symbol: str) -> Path:
+        if not spec.per_symbol:
+            raise WarehouseError(f"{spec.name}: files are {spec.files}, not one per symbol")
         if not _SAFE_NAME.match(symbol):
             raise WarehouseError(f"{spec.name}: symbol {symbol!r} cannot be stored")
         return self.table_dir(spec) / f"{symbol}.parquet"
 
-    def _lock(self, spec: TableSpec, symbol: str) -> FileLock:
-        return self.lock(self.table_dir(spec), symbol)
+    def lock(self, folder: Path, name: str) -> FileLock:
+        """An inter-process lock for read-modify-write of files under ``folder`` (see ``atomic.lock``)."""
+        return atomic.lock(folder, name)
+
+    @contextlib.contextmanager
+    def _locks(self, folder: Path, names: Sequence[str]) -> Iterator[None]:
+        """Hold the locks of ``names`` in sorted order, so two writers never deadlock."""
+        with contextlib.ExitStack() as stack:
+            for name in sorted(names):
+                stack.enter_context(self.lock(folder, name))
+            yield
+
+    # ----- tables and views ---------------------------------------------------------------------
+    def table_view(self, spec: TableSpec) -> ViewSpec:
+        """The view over every Parquet file of the table's folder (its version changes when the folder does)."""
+        pattern = str(self.table_dir(spec) / "*.parquet").replace("'", "''")
+        return ViewSpec(spec.name, f"SELECT * FROM read_parquet('{pattern}', union_by_name = true)")
+
+    def _ensure_folder(self, spec: TableSpec) -> None:
+        """The table folder with its empty schema file, so the view reads no rows rather than failing."""
+        schema_file = self.table_dir(spec) / SCHEMA_FILE
+        if not schema_file.exists():
+            atomic.write_parquet(schema_file, spec.schema.empty_table())
 
     def ensure_table(self, spec: TableSpec) -> None:
-        """Create the table folder, its empty schema file and its view (only when missing or moved)."""
-        self.ensure_view(spec.name, self.table_dir(spec), spec.schema)
+        """Create the table folder, its empty schema file and its view (only when missing or changed)."""
+        self._ensure_folder(spec)
+        self.ensure_views([self.table_view(spec)])
+
+    def ensure_catalog(self, catalog: Catalog) -> None:
+        """Folders, schema files and views of every table of ``catalog``, then its views."""
+        for spec in catalog.tables:
+            self._ensure_folder(spec)
+        self.ensure_views([*(self.table_view(s) for s in catalog.tables), *catalog.views])
 
     def ensure_all_tables(self) -> None:
-        """Views for every table ibf writes, so SQL on a table not yet materialized returns no rows, not an error."""
-        from ibf_core.alerts import ensure_alerts_table
-        from ibf_core.news.store import ensure_news_tables
-        from ibf_core.features.table import features_spec
+        """Views for every table ibf writes (the registered catalog), so SQL on a table not yet materialized
+        returns no rows, not an error."""
+        self.ensure_catalog(registered_catalog())
 
-        for spec in (*TABLES.values(), features_spec()):
-            self.ensure_table(spec)
-        ensure_news_tables(self)
-        ensure_alerts_table(self)
-        if not self._view_matches("forecast_outcomes", "AS hit_95"):  # defined once; a read-only session never blocks it
-            from ibf_core.monitoring import FORECAST_OUTCOMES_SQL
-
-            self._execute_write(FORECAST_OUTCOMES_SQL)
+    def ensure_views(self, views: Sequence[ViewSpec]) -> None:
+        """(Re)define the views whose stored version differs. The comparison reads on a read-only connection,
+        so when nothing changed nothing is written and an analyst's read-only session never blocks it."""
+        stored = self.view_versions()
+        stale = [v for v in views if stored.get(v.name) != v.version]
+        if stale:
+            self._execute_write([sql for v in stale for sql in _view_statements(v)])
 
     @_retry_on_lock
-    def _view_matches(self, name: str, folder: str) -> bool:
+    def view_versions(self) -> dict[str, str | None]:
+        """Version of each view defined in ``warehouse.duckdb`` (None for a view without an ibf version)."""
         if not self.db_path.exists():
-            return False
+            return {}
         with duckdb.connect(str(self.db_path), read_only=True) as con:
-            rows = con.execute("SELECT sql FROM duckdb_views() WHERE view_name = ?", [name]).fetchall()
-        return bool(rows) and folder in rows[0][0]
+            rows = con.execute("SELECT view_name, comment FROM duckdb_views() WHERE NOT internal").fetchall()
+        return {name: c[len(_VERSION_TAG):] if c and c.startswith(_VERSION_TAG) else None for name, c in rows}
 
     @_retry_on_lock
-    def _execute_write(self, sql: str) -> None:
-        """The only write to ``warehouse.duckdb``: (re)defining a view, held for milliseconds."""
+    def _execute_write(self, statements: Sequence[str]) -> None:
+        """The only write to ``warehouse.duckdb``: (re)defining views in one transaction, held for milliseconds."""
         self.home.mkdir(parents=True, exist_ok=True)
         with duckdb.connect(str(self.db_path)) as con:
-            con.execute(sql)
+            con.begin()
+            for sql in statements:
+                con.execute(sql)
+            con.commit()
 
     # ----- writes -------------------------------------------------------------------------------
-    @staticmethod
-    def _stage(table: pa.Table, target: Path) -> Path:
-        return stage_parquet(table, target)
-
-    def ensure_view(self, name: str, folder: Path, schema: pa.Schema) -> None:
-        """A DuckDB view ``name`` over ``folder/*.parquet`` for tables not keyed by symbol x date (e.g. raw news)."""
-        folder.mkdir(parents=True, exist_ok=True)
-        schema_file = folder / _SCHEMA_FILE
-        if not schema_file.exists():
-            os.replace(stage_parquet(schema.empty_table(), schema_file), schema_file)
-        pattern = str(folder / "*.parquet").replace("'", "''")
-        sql = f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM read_parquet('{pattern}', union_by_name = true)"
-        if not self._view_matches(name, str(folder)):
-            self._execute_write(sql)
-
-    def lock(self, folder: Path, name: str) -> FileLock:
-        """An inter-process lock for read-modify-write of one file under ``folder``."""
-        lock_dir = folder / ".locks"
-        lock_dir.mkdir(parents=True, exist_ok=True)
-        return FileLock(str(lock_dir / f"{name}.lock"), timeout=_LOCK_WAIT_S)
-
     def _to_arrow(self, spec: TableSpec, frame: pd.DataFrame) -> pa.Table:
         """The whole frame as one Arrow table of the declared schema, sorted by key."""
         missing = [c.name for c in spec.columns if c.name not in frame.columns and not c.optional]
@@ -175,6 +196,38 @@ class Warehouse:
         data = frame.assign(**absent)[spec.column_names].sort_values(list(spec.key), kind="stable")
         data = data.assign(date=pd.to_datetime(data["date"]).to_numpy().astype("datetime64[D]"))
         return pa.Table.from_pandas(data, schema=spec.schema, preserve_index=False)
+
+    def _check_slice(
+        self, spec: TableSpec, frame: pd.DataFrame, symbols: Sequence[str], lo: pd.Timestamp, hi: pd.Timestamp
+    ) -> None:
+        """Every row lies in ``symbols`` x [lo, hi] and no key repeats."""
+        dates = pd.to_datetime(frame["date"])
+        outside = ~frame["symbol"].isin(list(symbols)) | ~dates.between(lo, hi)
+        if outside.any():
+            bad = frame.loc[outside].iloc[0]
+            when = pd.Timestamp(bad["date"]).date()
+            raise WarehouseError(f"{spec.name}: row {bad['symbol']} {when} lies outside the slice being written")
+        if frame.assign(date=dates).duplicated(list(spec.key)).any():
+            raise WarehouseError(f"{spec.name}: duplicate {spec.key} rows in the frame being written")
+
+    @staticmethod
+    def _merge(
+        spec: TableSpec, target: Path, new: pa.Table, lo: pd.Timestamp, hi: pd.Timestamp
+    ) -> tuple[pa.Table, int]:
+        """``target``'s rows outside [lo, hi] plus ``new``, by date; and how many stored rows were in [lo, hi]."""
+        import pyarrow.compute as pc
+
+        if not target.exists():
+            return new, 0
+        old = pq.read_table(target, schema=spec.schema)
+        lo_d, hi_d = pa.scalar(lo.date(), pa.date32()), pa.scalar(hi.date(), pa.date32())
+        in_slice = pc.and_(pc.greater_equal(old["date"], lo_d), pc.less_equal(old["date"], hi_d))
+        replaced = pc.sum(in_slice).as_py() or 0
+        kept = old.filter(pc.invert(in_slice))
+        if not kept.num_rows:
+            return new, replaced
+        merged = pa.concat_tables([kept, new])
+        return merged.take(pc.sort_indices(merged, [("date", "ascending")])), replaced
 
     def replace_slice(
         self,
@@ -187,61 +240,27 @@ class Warehouse:
         """Make the rows of ``symbols`` x ``[start, end]`` exactly ``frame``'s rows; other rows are kept.
 
         Idempotent: the same inputs give byte-identical files. Each symbol's file is replaced atomically; all
-        new files are prepared before the first is swapped in, so a failure while preparing changes nothing.
+        new files are staged (one ``AtomicBatch``) before the first is swapped in, so a failure while preparing
+        changes nothing. Leftover temp files of the symbols' dead writers are removed under their locks.
         """
-        import pyarrow.compute as pc
-
         lo, hi = _date_bounds(start, end)
-        dates = pd.to_datetime(frame["date"])
-        outside = ~frame["symbol"].isin(list(symbols)) | ~dates.between(lo, hi)
-        if outside.any():
-            bad = frame.loc[outside].iloc[0]
-            raise WarehouseError(
-                f"{spec.name}: row {bad['symbol']} {pd.Timestamp(bad['date']).date()} lies outside the slice being written"
-            )
-        if frame.assign(date=dates).duplicated(list(spec.key)).any():
-            raise WarehouseError(f"{spec.name}: duplicate {spec.key} rows in the frame being written")
+        self._check_slice(spec, frame, symbols, lo, hi)
         new_table = self._to_arrow(spec, frame)
-        # rows are sorted by symbol: each symbol's new rows are one contiguous slice of new_table
-        symbol_col = new_table.column("symbol").to_numpy(zero_copy_only=False)
-        bounds = {}
-        if len(symbol_col):
-            change = np.flatnonzero(symbol_col[1:] != symbol_col[:-1]) + 1
-            starts = np.concatenate([[0], change])
-            stops = np.concatenate([change, [len(symbol_col)]])
-            bounds = {symbol_col[a]: (a, b) for a, b in zip(starts, stops)}
-        lo_d, hi_d = pa.scalar(lo.date(), pa.date32()), pa.scalar(hi.date(), pa.date32())
+        rows = _symbol_rows(new_table)
+        names = sorted(set(symbols))
+        targets = {s: self._symbol_file(spec, s) for s in names}
         self.ensure_table(spec)
-        locks = [self._lock(spec, s) for s in sorted(set(symbols))]
-        for lock in locks:  # sorted order: two writers never deadlock
-            lock.acquire()
-        try:
-            staged: list[tuple[Path, Path]] = []
-            replaced = 0
-            try:
-                for symbol in sorted(set(symbols)):
-                    target = self._symbol_file(spec, symbol)
-                    a, b = bounds.get(symbol, (0, 0))
-                    merged = new_table.slice(a, b - a)
-                    if target.exists():
-                        old = pq.read_table(target, schema=spec.schema)
-                        in_slice = pc.and_(pc.greater_equal(old["date"], lo_d), pc.less_equal(old["date"], hi_d))
-                        replaced += pc.sum(in_slice).as_py() or 0
-                        kept = old.filter(pc.invert(in_slice))
-                        if kept.num_rows:
-                            merged = pa.concat_tables([kept, merged])
-                            merged = merged.take(pc.sort_indices(merged, [("date", "ascending")]))
-                    staged.append((self._stage(merged, target), target))
-            except BaseException:
-                for tmp, _ in staged:
-                    tmp.unlink(missing_ok=True)
-                raise
-            for tmp, target in staged:
-                os.replace(tmp, target)
-        finally:
-            for lock in reversed(locks):
-                lock.release()
-        return WriteResult(spec.name, tuple(sorted(set(symbols))), lo.date(), hi.date(), len(frame), replaced)
+        folder = self.table_dir(spec)
+        replaced = 0
+        with self._locks(folder, names):
+            atomic.remove_stale_temps(folder, held=[t.name for t in targets.values()])
+            with atomic.AtomicBatch() as batch:
+                for symbol, target in targets.items():
+                    a, b = rows.get(symbol, (0, 0))
+                    merged, n = self._merge(spec, target, new_table.slice(a, b - a), lo, hi)
+                    replaced += n
+                    batch.stage_parquet(target, merged)
+        return WriteResult(spec.name, tuple(names), lo.date(), hi.date(), len(frame), replaced)
 
     # ----- reads --------------------------------------------------------------------------------
     def _lake_version(self) -> tuple[int, ...]:
@@ -262,10 +281,7 @@ class Warehouse:
             raise
 
     def symbols(self, spec: TableSpec) -> list[str]:
-        folder = self.table_dir(spec)
-        if not folder.exists():
-            return []
-        return sorted(p.stem for p in folder.glob("*.parquet") if p.name != _SCHEMA_FILE)
+        return [p.stem for p in data_files(self.table_dir(spec))]
 
     def read(
         self,

@@ -1,0 +1,29 @@
+"""The catalog: every table and view ibf writes, gathered from the modules that declare them.
+
+Storage (``ibf_core.storage``) must not import its users, so this module, outside storage, gathers them and
+registers :func:`catalog` with ``ibf_core.storage.registry`` when ``ibf_core`` is imported. The declaring modules
+are imported only when the catalog is asked for, so importing ``ibf_core`` stays cheap.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ibf_core.storage.registry import register_catalog
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ibf_core.storage.tables import Catalog
+
+
+def catalog() -> Catalog:
+    """The symbol x date tables, ``features``, the news tables, ``alerts``, then the views reading them."""
+    from ibf_core.alerts import ALERTS
+    from ibf_core.features.table import features_spec
+    from ibf_core.monitoring import FORECAST_OUTCOMES
+    from ibf_core.news.store import NEWS_TABLES
+    from ibf_core.storage.tables import TABLES, Catalog
+
+    return Catalog(tables=(*TABLES.values(), features_spec(), *NEWS_TABLES, ALERTS), views=(FORECAST_OUTCOMES,))
+
+
+register_catalog(catalog)

@@ -1,0 +1,232 @@
+"""The one way ibf replaces a file: stage a hidden temp file beside it, fsync it, ``os.replace`` it in, fsync
+the folder. A reader sees the old file or the new one, never half a file; a crash leaves the old file (and at
+worst a temp file, which :func:`remove_stale_temps` clears later).
+
+A write of several files is one :class:`AtomicBatch`: every file is staged before the first swap, so a failure
+while staging changes nothing. Any failure (``BaseException``, a ``KeyboardInterrupt`` included) removes the
+batch's temp files that were not swapped in yet.
+
+Locking: the writer takes no lock. A read-modify-write must hold the target's :func:`lock` from its read to its
+swap, which a lock taken inside the write cannot do; a blind overwrite needs none (the last writer wins). A
+caller holding a target's lock may clear that target's leftover temp files by name (:func:`remove_stale_temps`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from fnmatch import fnmatchcase
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from filelock import FileLock
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pyarrow as pa
+
+LOCK_WAIT_S = 120.0
+# A temp file this old belongs to a dead writer whatever its name: no live write stages a file for an hour.
+STALE_AFTER_S = 3600.0
+_TEMP_SUFFIX = ".tmp"
+# ".<target name>.<mkstemp's 8 random characters>.tmp"
+_TEMP_NAME = re.compile(r"^\.(?P<target>.+)\.[A-Za-z0-9_]{8}\.tmp$")
+
+
+def lock(folder: Path, name: str, timeout: float = LOCK_WAIT_S) -> FileLock:
+    """An inter-process lock ``folder/.locks/<name>.lock`` for a read-modify-write of files under ``folder``."""
+    lock_dir = folder / ".locks"
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(lock_dir / f"{name}.lock"), timeout=timeout)
+
+
+# ----- staging --------------------------------------------------------------------------------------
+def _stage(target: Path, write: Callable[[Path], None]) -> Path:
+    """``write`` into a new hidden temp file beside ``target`` and fsync it; the temp file is gone on failure."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=_TEMP_SUFFIX, dir=target.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp
+
+
+def _parquet_writer(table: pa.Table) -> Callable[[Path], None]:
+    def write(tmp: Path) -> None:
+        import pyarrow.parquet as pq  # looked up per call: tests replace pq.write_table to fail midway
+
+        pq.write_table(table, tmp, compression="zstd")
+
+    return write
+
+
+def _bytes_writer(data: bytes) -> Callable[[Path], None]:
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+
+    return write
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the swap itself durable (the rename lives in the folder's entry table)."""
+    if os.name != "posix":  # pragma: no cover - folders cannot be opened for fsync elsewhere
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# ----- the batch ------------------------------------------------------------------------------------
+class AtomicBatch:
+    """Files staged now and swapped in (in the order staged) by :meth:`commit`; deletions happen in that order too.
+
+    As a context manager it commits on a clean exit and discards (removes every temp file) on any exception.
+    """
+
+    def __init__(self) -> None:
+        self._ops: list[tuple[Path | None, Path]] = []  # (temp file, target); None: delete the target
+        self._done = False
+
+    def __len__(self) -> int:
+        return len(self._ops)
+
+    def _add(self, target: Path, write: Callable[[Path], None]) -> None:
+        if self._done:
+            raise RuntimeError("this batch was already committed or discarded")
+        try:
+            self._ops.append((_stage(target, write), target))
+        except BaseException:
+            self.discard()  # a failure while staging changes nothing: no temp file of this batch survives
+            raise
+
+    def stage_parquet(self, target: Path, table: pa.Table) -> None:
+        self._add(target, _parquet_writer(table))
+
+    def stage_bytes(self, target: Path, data: bytes) -> None:
+        self._add(target, _bytes_writer(data))
+
+    def stage_text(self, target: Path, text: str, encoding: str = "utf-8") -> None:
+        self.stage_bytes(target, text.encode(encoding))
+
+    def stage_json(self, target: Path, value: Any, **dumps: Any) -> None:
+        """``value`` as JSON text; ``dumps`` are passed to :func:`json.dumps` (e.g. ``indent``, ``sort_keys``)."""
+        self.stage_text(target, json.dumps(value, **dumps))
+
+    def delete(self, target: Path) -> None:
+        """Remove ``target`` (if present) at its place in the commit order."""
+        if self._done:
+            raise RuntimeError("this batch was already committed or discarded")
+        self._ops.append((None, target))
+
+    def commit(self) -> int:
+        """Swap every staged file in and apply the deletions; returns how many. On a failure the files not yet
+        swapped in are discarded (the ones before stay swapped in: a rename cannot be taken back)."""
+        if self._done:
+            raise RuntimeError("this batch was already committed or discarded")
+        self._done = True
+        folders: dict[Path, None] = {}
+        for i, (tmp, target) in enumerate(self._ops):
+            try:
+                if tmp is None:
+                    target.unlink(missing_ok=True)
+                else:
+                    os.replace(tmp, target)
+            except BaseException:
+                _unlink_temps(self._ops[i:])
+                raise
+            folders[target.parent] = None
+        for folder in folders:
+            _fsync_dir(folder)
+        return len(self._ops)
+
+    def discard(self) -> None:
+        """Remove every staged temp file; nothing is swapped in."""
+        self._done = True
+        _unlink_temps(self._ops)
+
+    def __enter__(self) -> AtomicBatch:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        if kind is None:
+            self.commit()
+        else:
+            self.discard()
+
+
+def _unlink_temps(ops: Iterable[tuple[Path | None, Path]]) -> None:
+    for tmp, _ in ops:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+
+
+# ----- one file -------------------------------------------------------------------------------------
+def write_parquet(target: Path, table: pa.Table) -> None:
+    """Replace ``target`` by ``table`` as zstd-compressed Parquet, atomically and durably."""
+    with AtomicBatch() as batch:
+        batch.stage_parquet(target, table)
+
+
+def write_bytes(target: Path, data: bytes) -> None:
+    with AtomicBatch() as batch:
+        batch.stage_bytes(target, data)
+
+
+def write_text(target: Path, text: str, encoding: str = "utf-8") -> None:
+    with AtomicBatch() as batch:
+        batch.stage_text(target, text, encoding)
+
+
+def write_json(target: Path, value: Any, **dumps: Any) -> None:
+    with AtomicBatch() as batch:
+        batch.stage_json(target, value, **dumps)
+
+
+# ----- leftovers ------------------------------------------------------------------------------------
+def temp_target(path: Path) -> str | None:
+    """The target's file name when ``path`` is a temp file of this module, else None."""
+    match = _TEMP_NAME.match(path.name)
+    return match.group("target") if match else None
+
+
+def remove_stale_temps(
+    folder: Path, held: Iterable[str] = (), *, max_age_s: float = STALE_AFTER_S, now: float | None = None
+) -> list[Path]:
+    """Remove temp files of dead writers in ``folder``; returns the paths removed.
+
+    ``held``: file-name patterns (``fnmatch``, e.g. ``"AAPL.parquet"`` or ``"[0-9]*.parquet"``) of targets whose
+    lock the caller holds; every writer of such a target holds that lock, so its temp files are a dead writer's
+    whatever their age. Any other temp file is removed once older than ``max_age_s``.
+    """
+    if not folder.is_dir():
+        return []
+    patterns = list(held)
+    now = time.time() if now is None else now
+    removed = []
+    for path in folder.iterdir():
+        target = temp_target(path)
+        if target is None:
+            continue
+        try:
+            locked = any(fnmatchcase(target, p) for p in patterns)
+            if locked or now - path.stat().st_mtime > max_age_s:
+                path.unlink()
+                removed.append(path)
+        except FileNotFoundError:  # swapped in or removed meanwhile by its (live) writer
+            continue
+    return sorted(removed)

@@ -1,0 +1,137 @@
+"""The one atomic writer (ibf_core.storage.atomic): stage, fsync, swap, fsync the folder; nothing half-done."""
+
+import json
+import os
+import time
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from ibf_core.storage import atomic
+
+
+def table(value: float) -> pa.Table:
+    return pa.table({"x": pa.array([value, value + 1], pa.float64())})
+
+
+def temps(folder) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.endswith(".tmp"))
+
+
+def failing_midway(monkeypatch, fail_on: int = 1, error: type[BaseException] = OSError) -> dict[str, int]:
+    """Make the ``fail_on``-th Parquet write write half a file, then raise."""
+    real = pq.write_table
+    calls = {"n": 0}
+
+    def write(tbl, where, **kw):
+        calls["n"] += 1
+        if calls["n"] == fail_on:
+            with open(where, "wb") as handle:
+                handle.write(b"PAR1 half a file")
+            raise error("disk full")
+        return real(tbl, where, **kw)
+
+    monkeypatch.setattr(pq, "write_table", write)
+    return calls
+
+
+def test_write_parquet_replaces_the_file_and_leaves_no_temp(tmp_path):
+    target = tmp_path / "t" / "a.parquet"
+    atomic.write_parquet(target, table(1.0))
+    atomic.write_parquet(target, table(5.0))
+    assert pq.read_table(target).column("x").to_pylist() == [5.0, 6.0]
+    assert pq.ParquetFile(target).metadata.row_group(0).column(0).compression == "ZSTD"
+    assert temps(target.parent) == []
+
+
+@pytest.mark.parametrize("error", [OSError, KeyboardInterrupt])
+def test_a_failure_while_staging_leaves_the_old_file_byte_identical(tmp_path, monkeypatch, error):
+    target = tmp_path / "a.parquet"
+    atomic.write_parquet(target, table(1.0))
+    before = target.read_bytes()
+    failing_midway(monkeypatch, error=error)
+    with pytest.raises(error):
+        atomic.write_parquet(target, table(2.0))
+    assert target.read_bytes() == before
+    assert temps(tmp_path) == []
+
+
+def test_a_batch_whose_second_of_three_stagings_fails_swaps_nothing(tmp_path, monkeypatch):
+    a, b, c = (tmp_path / f"{n}.parquet" for n in "abc")
+    atomic.write_parquet(a, table(1.0))
+    atomic.write_parquet(b, table(2.0))
+    before = {p.name: p.read_bytes() for p in (a, b)}
+    calls = failing_midway(monkeypatch, fail_on=2)
+    with pytest.raises(OSError, match="disk full"):
+        with atomic.AtomicBatch() as batch:
+            batch.stage_parquet(a, table(10.0))
+            batch.stage_parquet(b, table(20.0))
+            batch.stage_parquet(c, table(30.0))
+    assert calls["n"] == 2  # the third was never staged
+    assert {p.name: p.read_bytes() for p in (a, b)} == before and not c.exists()
+    assert temps(tmp_path) == []
+
+
+def test_a_failure_during_the_swaps_removes_the_remaining_temps(tmp_path, monkeypatch):
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    real = os.replace
+
+    def replace(src, dst):
+        if str(dst).endswith("b.json"):
+            raise OSError("gone")
+        real(src, dst)
+
+    monkeypatch.setattr(atomic.os, "replace", replace)
+    batch = atomic.AtomicBatch()
+    batch.stage_json(a, {"a": 1})
+    batch.stage_json(b, {"b": 2})
+    with pytest.raises(OSError, match="gone"):
+        batch.commit()
+    assert json.loads(a.read_text()) == {"a": 1} and not b.exists()
+    assert temps(tmp_path) == []
+
+
+def test_the_file_and_the_folder_are_fsynced(tmp_path, monkeypatch):
+    real = os.fsync
+    synced = []
+
+    def fsync(fd):
+        synced.append(os.path.isdir(f"/proc/self/fd/{fd}"))
+        real(fd)
+
+    monkeypatch.setattr(atomic.os, "fsync", fsync)
+    atomic.write_text(tmp_path / "a.txt", "hello")
+    assert synced == [False, True]  # the staged file before the swap, the folder after it
+    assert (tmp_path / "a.txt").read_text() == "hello"
+
+
+def test_batch_order_and_deletions(tmp_path):
+    old = tmp_path / "old.bin"
+    atomic.write_bytes(old, b"x")
+    with atomic.AtomicBatch() as batch:
+        batch.stage_bytes(tmp_path / "new.bin", b"y")
+        batch.delete(old)
+        batch.delete(tmp_path / "never-existed.bin")
+    assert len(batch) == 3
+    assert not old.exists() and (tmp_path / "new.bin").read_bytes() == b"y"
+    with pytest.raises(RuntimeError):
+        batch.stage_bytes(tmp_path / "late.bin", b"z")
+
+
+def test_stale_temp_cleanup_removes_dead_writers_temps_only(tmp_path):
+    # writers that died after staging: their temp files are still there
+    dead_held = atomic._stage(tmp_path / "AAA.parquet", lambda p: p.write_bytes(b"a"))
+    dead_old = atomic._stage(tmp_path / "BBB.parquet", lambda p: p.write_bytes(b"b"))
+    live = atomic._stage(tmp_path / "CCC.parquet", lambda p: p.write_bytes(b"c"))
+    data = tmp_path / "AAA.parquet"
+    data.write_bytes(b"data")
+    hour_ago = time.time() - atomic.STALE_AFTER_S - 60
+    os.utime(dead_old, (hour_ago, hour_ago))
+    assert atomic.temp_target(dead_held) == "AAA.parquet" and atomic.temp_target(data) is None
+
+    removed = atomic.remove_stale_temps(tmp_path, held=["AAA.parquet"])
+    assert removed == sorted([dead_held, dead_old])  # held by the caller's lock, or older than an hour
+    assert live.exists() and data.read_bytes() == b"data"  # a fresh temp of a target not locked may be live
+    assert atomic.remove_stale_temps(tmp_path, held=["[A-Z]*.parquet"]) == [live]
+    assert atomic.remove_stale_temps(tmp_path / "missing") == []
