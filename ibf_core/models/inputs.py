@@ -1,4 +1,4 @@
-"""The modelling panel read from the warehouse: stored bars + stored features over a date range."""
+"""Models from the warehouse: the modelling panel (stored bars + features) and training at a cut-off."""
 
 from __future__ import annotations
 
@@ -22,3 +22,26 @@ def load_panel(store, symbols: list[str], start: dt.date | None, end: dt.date) -
     bars = store.read(MARKET_BARS, symbols, first, end)
     features = store.read(features_spec(), symbols, first, end)
     return build_panel(bars, features, HORIZONS)
+
+
+def train_from_warehouse(store, settings, cutoff: dt.date, progress=None):
+    """Train every configured member on all stored symbols up to ``cutoff``: the ``trained_models`` asset's logic.
+
+    Returns the bundle. A cut-off that is not a session, or a warehouse without features, is an error that
+    names it before any training starts.
+    """
+    from ibf_core.calendar import all_sessions
+    from ibf_core.models import ModelDataError
+    from ibf_core.models.config import ModelConfig, resolve_device
+    from ibf_core.models.training import train_models
+
+    if pd.Timestamp(cutoff) not in set(all_sessions()):
+        raise ModelDataError(f"cut-off {cutoff} is not an NYSE session")
+    symbols = store.symbols(features_spec())
+    if not symbols:
+        raise ModelDataError("no features stored: materialize market_bars and features first")
+    device = resolve_device(settings.accelerator)
+    if progress is not None:
+        progress(f"training on {device} (IBF_ACCELERATOR={settings.accelerator})")
+    panel = load_panel(store, symbols, None, cutoff)
+    return train_models(panel, cutoff, ModelConfig.from_settings(settings), device=device, progress=progress)

@@ -13,9 +13,8 @@ from typing import Any
 import dagster as dg
 import pandas as pd
 
-from ibf_core.calendar import all_sessions, to_date
+from ibf_core.calendar import to_date
 from ibf_core.settings import Settings
-from ibf_core.features.table import features_spec
 from ibf_dagster.metadata import OWNERS
 from ibf_dagster.partitions import MODEL_CUTOFFS
 from ibf_dagster.resources import SettingsResource, WarehouseResource
@@ -72,72 +71,65 @@ def build_trained_models(settings: Settings) -> dg.AssetsDefinition:
         # ``mlflow`` is dagster-mlflow's resource: it opened this Dagster run's MLflow run and proxies the
         # mlflow module's functions; the run is ended here (its atexit handler is removed by design).
 
-        from ibf_core.models.config import ModelConfig, resolve_device
-        from ibf_core.models.inputs import load_panel
+        from ibf_core.models.inputs import train_from_warehouse
         from ibf_core.models.registry import log_and_register
-        from ibf_core.models.training import train_models
-        from ibf_core.report import markdown_table
 
         settings = ibf.get()
         cutoff = to_date(context.partition_key)
-        if pd.Timestamp(cutoff) not in set(all_sessions()):
-            raise ValueError(f"cut-off {cutoff} is not an NYSE session")
-        store = warehouse.get()
-        symbols = store.symbols(features_spec())
-        if not symbols:
-            raise ValueError("no features stored: materialize market_bars and features first")
-        device = resolve_device(settings.accelerator)
-        context.log.info(f"training on {device} (IBF_ACCELERATOR={settings.accelerator})")
-        panel = load_panel(store, symbols, None, cutoff)
-        config = ModelConfig.from_settings(settings)
         started = time.perf_counter()
         try:
-            bundle = train_models(panel, cutoff, config, device=device, progress=context.log.info)
+            bundle = train_from_warehouse(warehouse.get(), settings, cutoff, progress=context.log.info)
             with tempfile.TemporaryDirectory(prefix="ibf-bundle-") as work:
                 registered = log_and_register(bundle, settings.model_name, Path(work))
             mlflow.end_run("FINISHED")
         except BaseException:
             mlflow.end_run("FAILED")
             raise
-        elapsed = time.perf_counter() - started
-        validation = pd.DataFrame(bundle.validation)
-        table = validation[["horizon", "member", "n", "mae", "rel_mae_vs_naive", "da", "rank_ic_mean", "dm_pvalue", "coverage_80", "coverage_95"]]
-        finite = validation[["mae", "rel_mae_vs_naive"]].notna().all().all() and len(bundle.conformal) > 0
-        weights = {h: {"method": c["method"], **{m: round(w, 3) for m, w in c["weights"].items()}} for h, c in bundle.ensemble.items()}
         # The MLflow UI path of the run (open it with `mlflow ui --backend-store-uri <IBF_HOME mlflow.db>`).
         experiment_id = mlflow.get_experiment_by_name(settings.mlflow_experiment).experiment_id
         run_link = f"http://127.0.0.1:5000/#/experiments/{experiment_id}/runs/{registered.run_id}"
-        return dg.MaterializeResult(
-            metadata={
-                "model_name": registered.name,
-                "model_version": registered.version,
-                "cutoff": cutoff.isoformat(),
-                "train_end": bundle.train_end.isoformat(),
-                "validation_window": f"{bundle.validation_start} .. {bundle.validation_end}",
-                "device": bundle.facts["device"],
-                "accelerator_setting": settings.accelerator,
-                "training_seconds": round(elapsed, 1),
-                "member_seconds": dg.MetadataValue.json({m: round(f["seconds"], 1) for m, f in bundle.facts["members"].items()}),
-                "symbols": dg.MetadataValue.json(bundle.facts["symbols"]),
-                "excluded_symbols": dg.MetadataValue.json(bundle.facts["excluded_symbols"]),
-                "dropped_all_nan_features": dg.MetadataValue.json(bundle.facts["dropped_features"]),
-                "ensemble_weights": dg.MetadataValue.json(weights),
-                "validation": dg.MetadataValue.md(markdown_table(table, max_rows=len(table))),
-                "mlflow_run": dg.MetadataValue.url(run_link),
-                "mlflow_store": settings.mlflow_uri,
-                "mlflow_run_id": registered.run_id,
-                "artifact_uri": registered.source,
-                "manifest_sha256": registered.manifest_sha256,
-                "data_fingerprint": bundle.facts["fingerprint"],
-            },
-            check_results=[
-                dg.AssetCheckResult(
-                    check_name="validation_complete",
-                    passed=bool(finite),
-                    severity=ERROR,
-                    metadata={"rows": len(validation), "members": ",".join(sorted(validation["member"].unique()))},
-                )
-            ],
-        )
+        return _result(bundle, registered, settings, time.perf_counter() - started, run_link)
 
     return trained_models
+
+
+def _result(bundle, registered, settings: Settings, elapsed: float, run_link: str) -> dg.MaterializeResult:
+    """The materialization's metadata (validation table, weights, provenance) and its check."""
+    from ibf_core.report import markdown_table
+
+    validation = pd.DataFrame(bundle.validation)
+    table = validation[["horizon", "member", "n", "mae", "rel_mae_vs_naive", "da", "rank_ic_mean", "dm_pvalue", "coverage_80", "coverage_95"]]
+    finite = validation[["mae", "rel_mae_vs_naive"]].notna().all().all() and len(bundle.conformal) > 0
+    weights = {h: {"method": c["method"], **{m: round(w, 3) for m, w in c["weights"].items()}} for h, c in bundle.ensemble.items()}
+    return dg.MaterializeResult(
+        metadata={
+            "model_name": registered.name,
+            "model_version": registered.version,
+            "cutoff": bundle.cutoff.isoformat(),
+            "train_end": bundle.train_end.isoformat(),
+            "validation_window": f"{bundle.validation_start} .. {bundle.validation_end}",
+            "device": bundle.facts["device"],
+            "accelerator_setting": settings.accelerator,
+            "training_seconds": round(elapsed, 1),
+            "member_seconds": dg.MetadataValue.json({m: round(f["seconds"], 1) for m, f in bundle.facts["members"].items()}),
+            "symbols": dg.MetadataValue.json(bundle.facts["symbols"]),
+            "excluded_symbols": dg.MetadataValue.json(bundle.facts["excluded_symbols"]),
+            "dropped_all_nan_features": dg.MetadataValue.json(bundle.facts["dropped_features"]),
+            "ensemble_weights": dg.MetadataValue.json(weights),
+            "validation": dg.MetadataValue.md(markdown_table(table, max_rows=len(table))),
+            "mlflow_run": dg.MetadataValue.url(run_link),
+            "mlflow_store": settings.mlflow_uri,
+            "mlflow_run_id": registered.run_id,
+            "artifact_uri": registered.source,
+            "manifest_sha256": registered.manifest_sha256,
+            "data_fingerprint": bundle.facts["fingerprint"],
+        },
+        check_results=[
+            dg.AssetCheckResult(
+                check_name="validation_complete",
+                passed=bool(finite),
+                severity=ERROR,
+                metadata={"rows": len(validation), "members": ",".join(sorted(validation["member"].unique()))},
+            )
+        ],
+    )
