@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from ibf_core.models import HORIZONS, TRAINED_MEMBERS
+from ibf_core.models.members import trained_members
 
 # Compact, dense, scale-free inputs for the neural members; GBDT takes every feature that has data.
 DEFAULT_NEURAL_FEATURES: tuple[str, ...] = (
@@ -64,9 +65,11 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if not self.horizons or any(h < 1 for h in self.horizons):
             raise ValueError(f"horizons must be positive integers, got {self.horizons}")
-        unknown = set(self.members) - set(TRAINED_MEMBERS)
+        unknown = sorted(set(self.members) - set(trained_members()))
         if unknown:
-            raise ValueError(f"unknown member(s) {sorted(unknown)}; choose from {TRAINED_MEMBERS}")
+            raise ValueError(f"unknown member(s) {unknown}; choose from {trained_members()}")
+        if len(set(self.members)) != len(self.members):
+            raise ValueError(f"members repeat: {self.members}")
         if self.max_steps < 1:
             raise ValueError("max_steps must be at least 1")
 

@@ -20,10 +20,11 @@ import numpy as np
 import pandas as pd
 
 from ibf_core.calendar import all_sessions
-from ibf_core.models import NEURAL_MEMBERS, ModelDataError
+from ibf_core.models import ModelDataError
 from ibf_core.models.bundle import ModelBundle
 from ibf_core.models.config import ModelConfig, device_description
 from ibf_core.models.dataset import RobustScaler, fingerprint, truncate
+from ibf_core.models.members import bundle_members, member_class
 
 Progress = Callable[[str], None]
 
@@ -59,7 +60,7 @@ def train_models(
     """Fit the members in ``config.members`` on ``panel`` rows up to ``cutoff``; see the module docstring."""
     from ibf_core.evaluation.metrics import member_metrics
     from ibf_core.features.pipeline import feature_columns
-    from ibf_core.models import ensemble, gbdt, neural
+    from ibf_core.models import ensemble, gbdt
     from ibf_core.models.predict import forecast, point_forecasts
 
     say = progress or (lambda message: None)
@@ -85,7 +86,8 @@ def train_models(
     }
     facts["fingerprint"] = fingerprint(data, ["symbol", "date", "adj_close", *feature_columns()])
 
-    scaler = RobustScaler.fit(train, list(config.neural_features)) if set(config.members) & set(NEURAL_MEMBERS) else None
+    scaled = any(member_class(m).scaled_inputs for m in config.members)
+    scaler = RobustScaler.fit(train, list(config.neural_features)) if scaled else None
     y_sigma = float(np.nanstd(train["y"]))
     vol_fallback = float(np.nanmedian(train["vol"]))
     gbdt_features, dropped = gbdt.usable_features(train, feature_columns())
@@ -105,12 +107,12 @@ def train_models(
     bundle.up_rate = {str(h): float(np.nanmean(train[f"target_{h}"] > 0)) for h in config.horizons}
 
     started = time.perf_counter()
-    for member in config.members:
-        say(f"training {member} on {len(train):,} rows ({len(facts['symbols'])} symbols) on {facts['device']}")
-        if member in NEURAL_MEMBERS:
-            bundle.neural[member], facts["members"][member] = neural.fit(member, train, config, scaler, y_sigma, device)
-        elif member == "gbdt":
-            bundle.gbdt, facts["members"][member] = gbdt.fit(train, gbdt_features, config, )
+    inputs = bundle.inputs()
+    for name in bundle_members(config):
+        member = bundle.members[name] = member_class(name)(inputs)
+        if member.trained:
+            say(f"training {name} on {len(train):,} rows ({len(facts['symbols'])} symbols) on {facts['device']}")
+            facts["members"][name] = member.fit(train, device)
     facts["training_seconds"] = time.perf_counter() - started
 
     # Validation: origins after the embargo whose every target is realized by the cut-off.
