@@ -44,6 +44,7 @@ class Member(ABC):
     neural: ClassVar[bool] = False  # torch-backed (NeuralForecast)
     scaled_inputs: ClassVar[bool] = False  # reads the robust-scaled neural features: the bundle fits a scaler
     finite: ClassVar[bool] = True  # False: NaN forecasts are allowed (too little history for the baseline)
+    reported: ClassVar[bool] = True  # False: no ``pred_<name>`` column in the predictions table
     folder: ClassVar[str | None] = None  # bundle sub-folder its files go into; None: nothing on disk
 
     def __init__(self, inputs: Inputs) -> None:
@@ -137,6 +138,7 @@ class Naive(Member):
 
     name = "naive"
     trained = False
+    reported = False  # always 0: a column of zeros says nothing
 
     def predict(self, panel: pd.DataFrame, origins: pd.DataFrame) -> pd.DataFrame:
         return self._columns({h: np.zeros(len(origins)) for h in self.config.horizons})

@@ -93,7 +93,7 @@ def predictions_table(long: pd.DataFrame, origins: pd.DataFrame, bundle: ModelBu
     """One row per (symbol, date, horizon): the ensemble's return/price forecast, bounds, members, rank."""
     from ibf_core.calendar import all_sessions
 
-    members = [m for m in long["member"].unique() if m not in ("ensemble", "naive")]
+    members = [m for m in long["member"].unique() if m != "ensemble" and bundle.members[m].reported]
     main = "ensemble" if "ensemble" in set(long["member"]) else members[0]
     table = long[long["member"] == main].drop(columns="member").rename(columns={"pred": "pred_return"})
     for member in members:
