@@ -40,7 +40,7 @@ class Member(ABC):
     """One forecaster of the ensemble; subclasses set the class-level capabilities and implement the methods."""
 
     name: ClassVar[str]
-    trained: ClassVar[bool] = True  # False: a baseline (nothing to fit, nothing saved, not weighted alone)
+    trained: ClassVar[bool] = True  # False: a baseline (nothing to fit or save, no ensemble weight)
     neural: ClassVar[bool] = False  # torch-backed (NeuralForecast)
     scaled_inputs: ClassVar[bool] = False  # reads the robust-scaled neural features: the bundle fits a scaler
     finite: ClassVar[bool] = True  # False: NaN forecasts are allowed (too little history for the baseline)
