@@ -69,8 +69,7 @@ def bench_inference(bundle_dirs: dict[str, Path], n_symbols: int, loop_symbols: 
     bundle = ModelBundle(**{k: getattr(first, k) for k in ("cutoff", "train_end", "validation_start", "validation_end", "y_sigma", "vol_fallback", "gbdt_features")},
                          config=first.config.replace(members=list(parts)), scaler=next((p.scaler for p in parts.values() if p.scaler), None))
     for member, part in parts.items():
-        bundle.neural.update(part.neural)
-        bundle.gbdt.update(part.gbdt)
+        bundle.members.update(part.members)  # the baselines too (the same in every part)
         bundle.conformal.update(part.conformal)
     bundle.ensemble = {str(h): {"method": "equal", "weights": {m: 1 / len(parts) for m in parts}} for h in bundle.config.horizons}
     origin = panel["date"].max()

@@ -2,6 +2,7 @@
 
 import datetime as dt
 import json
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -10,17 +11,20 @@ import pytest
 
 from ibf_core.features.pipeline import compute_features
 from ibf_core.models import ModelDataError, ModelLoadError
-from ibf_core.models.bundle import load_bundle, save_bundle
+from ibf_core.models.bundle import LOOKBACK_MARGIN, load_bundle, save_bundle
 from ibf_core.models.config import ModelConfig
 from ibf_core.models.dataset import build_panel, truncate
+from ibf_core.models.members import Inputs, Member, member_class, register, unregister
 from ibf_core.models.predict import forecast, origin_rows, predictions_table
-from ibf_core.models.training import train_models, windows
+from ibf_core.models.training import select, train_models, windows
 from ibf_core.sources.sample import load_sample_bars
 
 SYMBOLS = ["AAPL", "GOOG", "IBM", "MSFT"]
 CUTOFF = dt.date(2012, 6, 29)
 FAST = ModelConfig(members=("gbdt",), gbdt_rounds=60)
 TINY_NEURAL = ModelConfig(members=("lstm", "gbdt"), max_steps=6, val_check_steps=3, gbdt_rounds=40, input_size=30)
+ROOT = Path(__file__).resolve().parents[1]
+OLD_BUNDLE = ROOT / "tests" / "fixtures" / "models_v1"  # written by the code before the member protocol
 
 
 @pytest.fixture(scope="module")
@@ -97,6 +101,9 @@ def test_validation_table_ensemble_and_intervals(gbdt_bundle):
     table = pd.DataFrame(gbdt_bundle.validation)
     assert set(table["member"]) == {"naive", "drift", "gbdt", "ensemble"}
     assert set(table["horizon"]) == set(FAST.horizons)
+    assert len(table) == 4 * len(FAST.horizons)  # one row per (horizon, member)
+    assert set(gbdt_bundle.conformal) == {"naive", "drift", "gbdt", "ensemble"}
+    assert set(gbdt_bundle.ensemble) == {str(h) for h in FAST.horizons}
     naive = table[table["member"] == "naive"]
     assert (naive["rel_mae_vs_naive"] == 1.0).all()
     for h, choice in gbdt_bundle.ensemble.items():
@@ -155,6 +162,18 @@ def test_neural_members_reproducible_with_a_fixed_seed(tmp_path, panel):
     digest = save_bundle(first, tmp_path / "n")
     assert not list((tmp_path / "n").rglob("*.pkl"))  # NeuralForecast's safetensors + JSON format only
     pd.testing.assert_frame_equal(a, forecast(load_bundle(tmp_path / "n", digest), panel, origins))
+    # The documented layout: bundle.json, neural/<member>/ (safetensors), gbdt/h<h>.txt, manifest.json.
+    root = tmp_path / "n"
+    files = {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
+    assert {f.split("/")[0] for f in files} == {"bundle.json", "manifest.json", "neural", "gbdt"}
+    assert {f for f in files if f.startswith("gbdt/")} == {f"gbdt/h{h}.txt" for h in TINY_NEURAL.horizons}
+    assert {f.split("/")[1] for f in files if f.startswith("neural/")} == {"lstm"}
+    assert any(f.startswith("neural/lstm/") and f.endswith(".safetensors") for f in files)
+    assert set(json.loads((root / "manifest.json").read_text())) == files - {"manifest.json"}
+    assert json.loads((root / "bundle.json").read_text())["format_version"] == 1
+    # What a caller must load and require: the LSTM reads input_size sessions, the drift baseline its window.
+    assert first.min_usable_sessions() == TINY_NEURAL.input_size
+    assert first.lookback_sessions() == max(TINY_NEURAL.input_size, TINY_NEURAL.drift_baseline_sessions) + LOOKBACK_MARGIN
 
 
 def test_registry_round_trip_picks_the_newest_cutoff_before_the_origin(tmp_path, panel, gbdt_bundle):
@@ -187,3 +206,130 @@ def test_registry_round_trip_picks_the_newest_cutoff_before_the_origin(tmp_path,
     cached.write_text(cached.read_text().replace('"seed": 7', '"seed": 8'))
     with pytest.raises(ModelLoadError, match="v1: .*checksum mismatch"):
         load_registered(uri, registered[0], tmp_path / "cache")
+
+
+def test_a_bundle_saved_before_the_member_protocol_still_loads(panel):
+    """The format-1 fixture (LSTM + GBDT) loads through the registry and forecasts what the old code did."""
+    digest = (OLD_BUNDLE / "digest.txt").read_text().strip()
+    bundle = load_bundle(OLD_BUNDLE / "bundle", digest)
+    assert list(bundle.members) == ["naive", "drift", "lstm", "gbdt"]
+    assert bundle.scaler is not None and bundle.min_usable_sessions() == bundle.config.input_size == 20
+    origins = origin_rows(panel, SYMBOLS, [pd.Timestamp("2012-07-02")])
+    expected = pd.read_csv(OLD_BUNDLE / "forecast.csv", parse_dates=["date"])
+    got = forecast(bundle, panel, origins)
+    pd.testing.assert_frame_equal(got, expected, check_dtype=False, check_exact=False, rtol=1e-9)
+
+
+def test_gbdt_only_bundle_needs_one_session_and_the_drift_window(gbdt_bundle):
+    assert list(gbdt_bundle.members) == ["naive", "drift", "gbdt"]
+    assert gbdt_bundle.min_usable_sessions() == 1
+    assert gbdt_bundle.lookback_sessions() == FAST.drift_baseline_sessions + LOOKBACK_MARGIN
+
+
+def test_select_excludes_short_symbols_with_a_reason_and_fits_a_scaler_only_when_a_member_reads_it(panel):
+    short = panel[(panel["symbol"] != "IBM") | (panel["date"] >= "2011-09-01")].assign(rsi_14=np.nan)
+    chosen = select(short, CUTOFF, FAST)
+    assert chosen.symbols == ["AAPL", "GOOG", "MSFT"] and list(chosen.excluded) == ["IBM"]
+    need = FAST.input_size + FAST.max_horizon + FAST.early_stopping_sessions
+    assert chosen.excluded["IBM"].endswith(f"usable sessions < {need}")
+    assert set(chosen.train["symbol"]) == set(chosen.symbols)
+    assert chosen.train["date"].max() <= pd.Timestamp(chosen.span["train_end"])
+    assert chosen.data["date"].max() <= pd.Timestamp(CUTOFF)
+    assert chosen.inputs.scaler is None  # no GBDT-only member reads the scaled neural inputs
+    assert "rsi_14" in chosen.dropped_features and "rsi_14" not in chosen.inputs.features
+    scaled = select(panel, CUTOFF, TINY_NEURAL).inputs.scaler
+    assert scaled is not None and list(scaled.center) == list(TINY_NEURAL.neural_features)
+
+
+def test_member_names_come_from_the_registry():
+    from ibf_core.models import NEURAL_MEMBERS, TRAINED_MEMBERS
+
+    assert NEURAL_MEMBERS == ("lstm", "tft") and TRAINED_MEMBERS == ("lstm", "tft", "gbdt")
+    assert member_class("lstm").folder == "neural/lstm" and member_class("gbdt").folder == "gbdt"
+    assert not member_class("naive").trained and member_class("drift").folder is None
+    with pytest.raises(ValueError, match=r"unknown member\(s\) \['naive'\]"):
+        ModelConfig(members=("naive",))  # baselines are always in a bundle, never configured
+    with pytest.raises(ValueError, match="repeat"):
+        ModelConfig(members=("gbdt", "gbdt"))
+    with pytest.raises(ValueError, match="already registered"):
+        register(type("Other", (member_class("gbdt"),), {"name": "gbdt"}))
+    # training, prediction and the bundle name no member: they ask the registry
+    for module in ("training", "predict", "bundle"):
+        source = (ROOT / "ibf_core" / "models" / f"{module}.py").read_text()
+        assert "NEURAL_MEMBERS" not in source and not any(f'"{m}"' in source for m in ("lstm", "tft", "gbdt", "naive", "drift"))
+
+
+def test_model_config_defaults_are_the_settings_defaults():
+    from ibf_core.settings import Settings, get_settings
+
+    fields = Settings.model_fields
+    config = ModelConfig()
+    assert config.members == tuple(fields["model_members"].get_default(call_default_factory=True))
+    assert (config.max_steps, config.input_size, config.validation_sessions, config.seed) == tuple(
+        fields[f"model_{name}"].default for name in ("max_steps", "input_size", "validation_sessions", "seed")
+    )
+    assert ModelConfig.from_settings(get_settings()) == config  # no IBF_* variable set (conftest)
+
+
+class Ridge(Member):
+    """A member defined outside ibf_core: ridge regression of each h-day return on two raw features."""
+
+    name = "ridge"
+    folder = "ridge"
+    features = ("logret_5", "rsi_14")
+
+    def __init__(self, inputs: Inputs, coef: dict[int, np.ndarray] | None = None) -> None:
+        super().__init__(inputs)
+        self.coef = coef or {}
+
+    def design(self, rows: pd.DataFrame) -> np.ndarray:
+        x = np.nan_to_num(rows[list(self.features)].to_numpy(dtype=np.float64))
+        return np.column_stack([np.ones(len(rows)), x])
+
+    def fit(self, train: pd.DataFrame, device: str = "cpu") -> dict:
+        for h in self.config.horizons:
+            rows = train[np.isfinite(train[f"target_{h}"].to_numpy(dtype=np.float64))]
+            x, y = self.design(rows), rows[f"target_{h}"].to_numpy()
+            self.coef[h] = np.linalg.solve(x.T @ x + np.eye(x.shape[1]), x.T @ y)
+        return {"seconds": 0.0, "steps": 1, "rows": len(train)}
+
+    def predict(self, panel: pd.DataFrame, origins: pd.DataFrame) -> pd.DataFrame:
+        return self._columns({h: self.design(origins) @ self.coef[h] for h in self.config.horizons})
+
+    def save(self, folder: Path) -> None:
+        folder.mkdir(parents=True)
+        (folder / "coef.json").write_text(json.dumps({str(h): c.tolist() for h, c in self.coef.items()}))
+
+    @classmethod
+    def load(cls, folder: Path, inputs: Inputs) -> "Ridge":
+        data = json.loads((folder / "coef.json").read_text())
+        return cls(inputs, {int(h): np.array(c) for h, c in data.items()})
+
+
+@pytest.fixture
+def ridge():
+    register(Ridge)
+    yield Ridge
+    unregister("ridge")
+
+
+def test_a_registered_member_trains_predicts_saves_and_loads_with_no_other_change(tmp_path, panel, ridge):
+    config = ModelConfig(members=("ridge", "gbdt"), gbdt_rounds=40)
+    bundle = train_models(panel, CUTOFF, config)
+    assert list(bundle.members) == ["naive", "drift", "ridge", "gbdt"]
+    assert bundle.scaler is None and set(bundle.facts["members"]) == {"ridge", "gbdt"}
+    assert all(set(choice["weights"]) == {"ridge", "gbdt"} for choice in bundle.ensemble.values())
+    assert {"ridge", "ensemble"} <= set(bundle.conformal)
+    assert {"ridge", "ensemble"} <= set(pd.DataFrame(bundle.validation)["member"])
+    origins = origin_rows(panel, SYMBOLS, [pd.Timestamp("2012-07-02")])
+    long = forecast(bundle, panel, origins)
+    fitted = bundle.members["ridge"]
+    np.testing.assert_allclose(long[(long["member"] == "ridge") & (long["horizon"] == 5)]["pred"], fitted.design(origins) @ fitted.coef[5])
+    table = predictions_table(long, origins, bundle, "1")
+    assert "pred_ridge" in table and np.isfinite(table["pred_ridge"]).all()
+    digest = save_bundle(bundle, tmp_path / "r")
+    assert (tmp_path / "r" / "ridge" / "coef.json").is_file()
+    pd.testing.assert_frame_equal(long, forecast(load_bundle(tmp_path / "r", digest), panel, origins))
+    unregister("ridge")  # a process that does not know the member refuses the bundle with its name
+    with pytest.raises(ModelLoadError, match=r"unknown member\(s\) \['ridge'\]"):
+        load_bundle(tmp_path / "r", digest)

@@ -1,16 +1,27 @@
 """Forecasting models: one global model per member across the whole universe, multi-horizon, with intervals.
 
 Modules: ``config`` (hyper-parameters and horizons), ``dataset`` (bars + features -> the modelling panel,
-targets and scalers), ``neural`` (NeuralForecast LSTM/TFT), ``gbdt`` (LightGBM per horizon), ``ensemble``
-(weights and conformal intervals), ``training`` (train every member up to a cut-off into a ``ModelBundle``),
-``bundle`` (save/load with checksums), ``predict`` (batch inference and ranking), ``registry`` (MLflow).
+targets and scalers), ``members`` (the member protocol and registry: baselines, LSTM/TFT, GBDT), ``neural``
+(NeuralForecast LSTM/TFT), ``gbdt`` (LightGBM per horizon), ``ensemble`` (weights and conformal intervals),
+``training`` (train every member up to a cut-off into a ``ModelBundle``), ``bundle`` (save/load with
+checksums), ``predict`` (batch inference and ranking), ``registry`` (MLflow).
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 HORIZONS: tuple[int, ...] = (1, 3, 5, 10, 15, 20)
-NEURAL_MEMBERS: tuple[str, ...] = ("lstm", "tft")
-TRAINED_MEMBERS: tuple[str, ...] = ("lstm", "tft", "gbdt")
+
+
+def __getattr__(name: str) -> Any:
+    # NEURAL_MEMBERS and TRAINED_MEMBERS are read from the member registry when asked for, so a member
+    # registered later is included and importing this package does not import the members.
+    if name in ("NEURAL_MEMBERS", "TRAINED_MEMBERS"):
+        from ibf_core.models import members
+
+        return members.neural_members() if name == "NEURAL_MEMBERS" else members.trained_members()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class ModelDataError(ValueError):

@@ -3,9 +3,13 @@
 On disk::
 
     bundle.json       config, cut-off, windows, scalers, ensemble weights, conformal quantiles, validation
-    neural/<member>/  NeuralForecast's safetensors + JSON format (never pickle: loaded with allow_pickle=False)
-    gbdt/h<h>.txt     LightGBM text models
+    <member folder>/  each trained member's files, in the sub-folder its class declares (``Member.folder``):
+      neural/<member>/  LSTM/TFT: NeuralForecast's safetensors + JSON (never pickle: loaded with allow_pickle=False)
+      gbdt/h<h>.txt     GBDT: LightGBM text models
     manifest.json     SHA-256 of every file above
+
+Baselines save nothing; ``load_bundle`` rebuilds every member of ``bundle_members(config)`` through the
+member registry, so a folder written before the member protocol loads unchanged (format 1).
 
 ``load_bundle`` refuses a folder whose files do not match the manifest, or whose manifest does not match
 the digest the registry recorded at training time.
@@ -20,11 +24,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ibf_core.models import NEURAL_MEMBERS, ModelLoadError
+from ibf_core.models import ModelLoadError
 from ibf_core.models.config import ModelConfig
 from ibf_core.models.dataset import RobustScaler
+from ibf_core.models.members import Inputs, Member, bundle_members, member_class
 
 FORMAT_VERSION = 1
+# Sessions loaded before an origin beyond the longest member look-back: the first loaded row has no 1-day
+# return and the trailing volatility that scales the intervals reads VOL_WINDOW returns; 40 leaves room.
+LOOKBACK_MARGIN = 40
 
 
 @dataclass
@@ -40,21 +48,24 @@ class ModelBundle:
     y_sigma: float
     vol_fallback: float
     gbdt_features: list[str]
-    neural: dict[str, Any] = field(default_factory=dict)
-    gbdt: dict[int, Any] = field(default_factory=dict)
+    members: dict[str, Member] = field(default_factory=dict)  # name -> fitted member, baselines first
     ensemble: dict[str, dict[str, Any]] = field(default_factory=dict)  # str(h) -> choice
     conformal: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)  # member -> str(h) -> q
     up_rate: dict[str, float] = field(default_factory=dict)  # str(h) -> training share of positive targets
     validation: list[dict[str, Any]] = field(default_factory=list)  # one row per (horizon, member)
     facts: dict[str, Any] = field(default_factory=dict)  # device, timings, symbols, fingerprint, dropped features
 
+    def inputs(self) -> Inputs:
+        """What every member of this bundle was built from."""
+        return Inputs(self.config, self.scaler, self.y_sigma, self.gbdt_features)
+
     def lookback_sessions(self) -> int:
-        """Sessions of panel history to load before an origin (neural inputs, the drift baseline, slack)."""
-        return self.config.input_size + self.config.drift_baseline_sessions + 40
+        """Sessions of panel history to load before an origin so that every member reads all it reads."""
+        return max((m.lookback_sessions(self.config) for m in self.members.values()), default=0) + LOOKBACK_MARGIN
 
     def min_usable_sessions(self) -> int:
-        """Usable sessions past the warm-up a symbol needs on an origin to be forecast."""
-        return self.config.input_size if set(self.config.members) & set(NEURAL_MEMBERS) else 1
+        """Usable sessions past the feature warm-up, ending at the origin, a symbol needs for a forecast."""
+        return max((m.history_sessions(self.config) for m in self.members.values()), default=1)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -90,17 +101,14 @@ def manifest_digest(manifest: dict[str, str]) -> str:
 
 def save_bundle(bundle: ModelBundle, folder: Path) -> str:
     """Write the bundle into an empty or new ``folder``; returns the manifest digest to record in the registry."""
-    from ibf_core.models import gbdt, neural
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     if any(folder.iterdir()):
         raise FileExistsError(f"{folder} is not empty")
     (folder / "bundle.json").write_text(json.dumps(bundle.describe(), indent=1, default=_json_default))
-    for member, nf in bundle.neural.items():
-        neural.save(nf, folder / "neural" / member)
-    if bundle.gbdt:
-        gbdt.save(bundle.gbdt, folder / "gbdt")
+    for member in bundle.members.values():
+        if member.folder is not None:
+            member.save(folder / member.folder)
     manifest = {
         str(path.relative_to(folder)): _sha256(path) for path in sorted(folder.rglob("*")) if path.is_file()
     }
@@ -131,14 +139,16 @@ def verify_bundle(folder: Path, expected_digest: str | None = None) -> dict[str,
 
 
 def load_bundle(folder: Path, expected_digest: str | None = None) -> ModelBundle:
-    from ibf_core.models import gbdt, neural
-
+    """The bundle saved in ``folder`` after ``verify_bundle``; every member is loaded through the registry."""
     folder = Path(folder)
     verify_bundle(folder, expected_digest)
     data = json.loads((folder / "bundle.json").read_text())
     if data.get("format_version") != FORMAT_VERSION:
         raise ModelLoadError(f"{folder}: bundle format {data.get('format_version')} is not {FORMAT_VERSION}")
-    config = ModelConfig.from_dict(data["config"])
+    try:
+        config = ModelConfig.from_dict(data["config"])
+    except ValueError as exc:  # e.g. a member this process has not registered
+        raise ModelLoadError(f"{folder}: {exc}") from exc
     bundle = ModelBundle(
         config=config,
         cutoff=dt.date.fromisoformat(data["cutoff"]),
@@ -155,12 +165,11 @@ def load_bundle(folder: Path, expected_digest: str | None = None) -> ModelBundle
         validation=data["validation"],
         facts=data["facts"],
     )
+    inputs = bundle.inputs()
     try:
-        for member in config.members:
-            if member in NEURAL_MEMBERS:
-                bundle.neural[member] = neural.load(folder / "neural" / member)
-        if "gbdt" in config.members:
-            bundle.gbdt = gbdt.load(folder / "gbdt", config.horizons)
+        for name in bundle_members(config):
+            cls = member_class(name)
+            bundle.members[name] = cls.load(folder / cls.folder if cls.folder else folder, inputs)
     except ModelLoadError:
         raise
     except Exception as exc:  # a library's own load error, reported with the bundle it came from

@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from ibf_core.models import HORIZONS, TRAINED_MEMBERS
+from ibf_core.models import HORIZONS
+from ibf_core.models.members import trained_members
+from ibf_core.settings import Settings
 
 # Compact, dense, scale-free inputs for the neural members; GBDT takes every feature that has data.
 DEFAULT_NEURAL_FEATURES: tuple[str, ...] = (
@@ -25,6 +27,12 @@ DEFAULT_NEURAL_FEATURES: tuple[str, ...] = (
 )
 
 
+def _setting_default(name: str) -> Any:
+    """The default ``Settings`` declares for ``name``: a default both define is written once, there."""
+    value = Settings.model_fields[name].get_default(call_default_factory=True)
+    return tuple(value) if isinstance(value, list) else value
+
+
 # Fields renamed because their names said "days" for session counts (bundles saved earlier still load).
 _RENAMED = {"validation_days": "validation_sessions", "inner_validation_days": "early_stopping_sessions", "drift_window": "drift_baseline_sessions"}
 
@@ -34,15 +42,15 @@ class ModelConfig:
     """Everything that decides a trained model besides the data and the cut-off."""
 
     horizons: tuple[int, ...] = HORIZONS
-    members: tuple[str, ...] = TRAINED_MEMBERS
+    members: tuple[str, ...] = _setting_default("model_members")  # trained members (baselines are always in)
     # Windows (sessions). Validation origins sit after a purge gap of max(horizons) sessions behind the
     # training data, so no validation target overlaps a training target.
-    validation_sessions: int = 60
+    validation_sessions: int = _setting_default("model_validation_sessions")
     early_stopping_sessions: int = 40  # tail of the training window used for early stopping
     drift_baseline_sessions: int = 252  # trailing sessions of the drift baseline's mean return
     # Neural members
-    input_size: int = 60
-    max_steps: int = 200
+    input_size: int = _setting_default("model_input_size")
+    max_steps: int = _setting_default("model_max_steps")
     val_check_steps: int = 20
     early_stop_patience: int = 5  # validation checks without improvement
     lr_patience: int = 2  # checks without improvement before the learning rate is halved
@@ -58,15 +66,17 @@ class ModelConfig:
     gbdt_leaves: int = 15
     gbdt_min_leaf: int = 100
     gbdt_early_stopping: int = 40
-    seed: int = 7
+    seed: int = _setting_default("model_seed")
     threads: int = 2
 
     def __post_init__(self) -> None:
         if not self.horizons or any(h < 1 for h in self.horizons):
             raise ValueError(f"horizons must be positive integers, got {self.horizons}")
-        unknown = set(self.members) - set(TRAINED_MEMBERS)
+        unknown = sorted(set(self.members) - set(trained_members()))
         if unknown:
-            raise ValueError(f"unknown member(s) {sorted(unknown)}; choose from {TRAINED_MEMBERS}")
+            raise ValueError(f"unknown member(s) {unknown}; choose from {trained_members()}")
+        if len(set(self.members)) != len(self.members):
+            raise ValueError(f"members repeat: {self.members}")
         if self.max_steps < 1:
             raise ValueError("max_steps must be at least 1")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ibf_core.models import NEURAL_MEMBERS, ModelDataError
+from ibf_core.models import ModelDataError
 from ibf_core.models.bundle import ModelBundle
 from ibf_core.models.ensemble import combine, interval_scale, intervals
 
@@ -34,23 +34,16 @@ def drift_forecast(panel: pd.DataFrame, window: int) -> pd.Series:
 
 def point_forecasts(bundle: ModelBundle, panel: pd.DataFrame, origins: pd.DataFrame) -> dict[str, pd.DataFrame]:
     """member -> frame aligned with ``origins`` (rows of ``panel``) holding one ``h<h>`` column per horizon."""
-    from ibf_core.models import gbdt, neural
-
-    config = bundle.config
-    origins = origins.assign(_row=origins.index).reset_index(drop=True)
+    columns = [f"h{h}" for h in bundle.config.horizons]
     out: dict[str, pd.DataFrame] = {}
-    out["naive"] = pd.DataFrame({f"h{h}": np.zeros(len(origins)) for h in config.horizons})
-    rate = drift_forecast(panel, config.drift_baseline_sessions).reindex(origins["_row"]).to_numpy()
-    out["drift"] = pd.DataFrame({f"h{h}": rate * h for h in config.horizons})
-    for member in config.members:
-        if member in NEURAL_MEMBERS:
-            frame = neural.predict(bundle.neural[member], member, panel, origins, config, bundle.scaler, bundle.y_sigma)
-            out[member] = frame[[f"h{h}" for h in config.horizons]].reset_index(drop=True)
-        elif member == "gbdt":
-            out[member] = gbdt.predict(bundle.gbdt, origins, bundle.gbdt_features).reset_index(drop=True)
-    for name, frame in out.items():
-        if not np.isfinite(frame.to_numpy(dtype=np.float64)).all() and name != "drift":
+    for name, member in bundle.members.items():
+        frame = member.predict(panel, origins)
+        if list(frame.columns) != columns or len(frame) != len(origins):
+            raise ValueError(f"member {name} returned columns {list(frame.columns)} x {len(frame)} rows, not {columns} x {len(origins)}")
+        frame = frame.reset_index(drop=True)
+        if member.finite and not np.isfinite(frame.to_numpy(dtype=np.float64)).all():
             raise ModelDataError(f"member {name} produced non-finite forecasts")
+        out[name] = frame
     return out
 
 
@@ -100,7 +93,7 @@ def predictions_table(long: pd.DataFrame, origins: pd.DataFrame, bundle: ModelBu
     """One row per (symbol, date, horizon): the ensemble's return/price forecast, bounds, members, rank."""
     from ibf_core.calendar import all_sessions
 
-    members = [m for m in long["member"].unique() if m not in ("ensemble", "naive")]
+    members = [m for m in long["member"].unique() if m != "ensemble" and bundle.members[m].reported]
     main = "ensemble" if "ensemble" in set(long["member"]) else members[0]
     table = long[long["member"] == main].drop(columns="member").rename(columns={"pred": "pred_return"})
     for member in members:

@@ -1,0 +1,261 @@
+"""The member protocol and the one registry of members (name -> class) that training, prediction and the bundle use.
+
+A member declares what it is (trained or a baseline, torch-backed, whether it reads the robust-scaled neural
+inputs, the sessions of history one forecast needs and reads, the bundle sub-folder it saves into) and
+implements ``fit``, ``predict``, ``save`` and ``load``. Every member of a bundle is built from the same
+``Inputs`` (the configuration and the training-window statistics the select step fixed), so adding a member
+is one class and one ``register`` call: ``train_models``, ``forecast``, ``save_bundle`` and ``load_bundle``
+need no change.
+
+Built-in members: ``naive`` (random walk: zero return) and ``drift`` (trailing mean return) are baselines
+every bundle holds; ``lstm`` and ``tft`` wrap ``neural.py``; ``gbdt`` wraps ``gbdt.py``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+import pandas as pd
+
+if TYPE_CHECKING:
+    from ibf_core.models.config import ModelConfig
+    from ibf_core.models.dataset import RobustScaler
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """What every member of one bundle shares: the configuration and statistics of the training window."""
+
+    config: ModelConfig
+    scaler: RobustScaler | None  # fitted when a member has ``scaled_inputs``
+    y_sigma: float  # standard deviation of the daily log return (the neural members' target scale)
+    features: list[str]  # tabular features with data in the training window (``gbdt_features`` in bundle.json)
+
+
+class Member(ABC):
+    """One forecaster of the ensemble; subclasses set the class-level capabilities and implement the methods."""
+
+    name: ClassVar[str]
+    trained: ClassVar[bool] = True  # False: a baseline (nothing to fit or save, no ensemble weight)
+    neural: ClassVar[bool] = False  # torch-backed (NeuralForecast)
+    scaled_inputs: ClassVar[bool] = False  # reads the robust-scaled neural features: the bundle fits a scaler
+    finite: ClassVar[bool] = True  # False: NaN forecasts are allowed (too little history for the baseline)
+    reported: ClassVar[bool] = True  # False: no ``pred_<name>`` column in the predictions table
+    folder: ClassVar[str | None] = None  # bundle sub-folder its files go into; None: nothing on disk
+
+    def __init__(self, inputs: Inputs) -> None:
+        self.inputs = inputs
+
+    @property
+    def config(self) -> ModelConfig:
+        return self.inputs.config
+
+    @classmethod
+    def history_sessions(cls, config: ModelConfig) -> int:
+        """Usable sessions past the feature warm-up, ending at the origin, that one forecast needs."""
+        return 1
+
+    @classmethod
+    def lookback_sessions(cls, config: ModelConfig) -> int:
+        """Sessions of panel rows before an origin that one forecast reads (may exceed what it needs)."""
+        return cls.history_sessions(config)
+
+    def fit(self, train: pd.DataFrame, device: str = "cpu") -> dict[str, Any]:
+        """Fit on the usable training rows; returns facts for the record (``seconds``, ``steps``, ...)."""
+        return {}
+
+    @abstractmethod
+    def predict(self, panel: pd.DataFrame, origins: pd.DataFrame) -> pd.DataFrame:
+        """One ``h<h>`` column per horizon, row i for ``origins`` row i (``origins`` are rows of ``panel``)."""
+
+    def save(self, folder: Path) -> None:
+        """Write the fitted state into ``folder`` (the bundle's ``folder`` sub-folder)."""
+
+    @classmethod
+    def load(cls, folder: Path, inputs: Inputs) -> Member:
+        """The member saved in ``folder``; a baseline is rebuilt from ``inputs`` alone."""
+        return cls(inputs)
+
+    def _columns(self, values: dict[int, np.ndarray]) -> pd.DataFrame:
+        return pd.DataFrame({f"h{h}": values[h] for h in self.config.horizons})
+
+
+_REGISTRY: dict[str, type[Member]] = {}
+
+
+def register(cls: type[Member], replace: bool = False) -> type[Member]:
+    """Add a member class under ``cls.name`` (usable as a class decorator)."""
+    if not getattr(cls, "name", None):
+        raise ValueError(f"{cls.__name__} has no member name")
+    if cls.name == "ensemble":
+        raise ValueError("'ensemble' names the weighted combination of the members, it cannot be a member")
+    if cls.name in _REGISTRY and not replace and _REGISTRY[cls.name] is not cls:
+        raise ValueError(f"member {cls.name!r} is already registered ({_REGISTRY[cls.name].__name__})")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def unregister(name: str) -> None:
+    _REGISTRY.pop(name, None)
+
+
+def member_class(name: str) -> type[Member]:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown member {name!r}; registered: {', '.join(_REGISTRY)}") from None
+
+
+def registered() -> dict[str, type[Member]]:
+    """Every registered member class by name, in registration order."""
+    return dict(_REGISTRY)
+
+
+def trained_members() -> tuple[str, ...]:
+    return tuple(n for n, c in _REGISTRY.items() if c.trained)
+
+
+def baseline_members() -> tuple[str, ...]:
+    return tuple(n for n, c in _REGISTRY.items() if not c.trained)
+
+
+def neural_members() -> tuple[str, ...]:
+    return tuple(n for n, c in _REGISTRY.items() if c.neural)
+
+
+def bundle_members(config: ModelConfig) -> tuple[str, ...]:
+    """The members a bundle of ``config`` holds: every baseline, then ``config.members`` in their order."""
+    return (*baseline_members(), *config.members)
+
+
+@register
+class Naive(Member):
+    """Random walk: the h-day log return forecast is zero."""
+
+    name = "naive"
+    trained = False
+    reported = False  # always 0: a column of zeros says nothing
+
+    def predict(self, panel: pd.DataFrame, origins: pd.DataFrame) -> pd.DataFrame:
+        return self._columns({h: np.zeros(len(origins)) for h in self.config.horizons})
+
+
+@register
+class Drift(Member):
+    """Trailing mean daily log return x h (NaN where fewer than 20 sessions of returns exist)."""
+
+    name = "drift"
+    trained = False
+    finite = False
+
+    @classmethod
+    def lookback_sessions(cls, config: ModelConfig) -> int:
+        return config.drift_baseline_sessions
+
+    def predict(self, panel: pd.DataFrame, origins: pd.DataFrame) -> pd.DataFrame:
+        from ibf_core.models.predict import drift_forecast
+
+        rate = drift_forecast(panel, self.config.drift_baseline_sessions).reindex(origins.index).to_numpy()
+        return self._columns({h: rate * h for h in self.config.horizons})
+
+
+class NeuralMember(Member):
+    """A global NeuralForecast model (``neural.py``) saved as safetensors + JSON under ``neural/<name>/``."""
+
+    neural = True
+    scaled_inputs = True
+
+    def __init__(self, inputs: Inputs, model: Any = None) -> None:
+        super().__init__(inputs)
+        self.model = model  # a fitted NeuralForecast
+
+    @classmethod
+    def history_sessions(cls, config: ModelConfig) -> int:
+        return config.input_size
+
+    def fit(self, train: pd.DataFrame, device: str = "cpu") -> dict[str, Any]:
+        from ibf_core.models import neural
+
+        self.model, facts = neural.fit(self.name, train, self.config, self.inputs.scaler, self.inputs.y_sigma, device)
+        return facts
+
+    def predict(self, panel: pd.DataFrame, origins: pd.DataFrame) -> pd.DataFrame:
+        from ibf_core.models import neural
+
+        frame = neural.predict(self.model, self.name, panel, origins, self.config, self.inputs.scaler, self.inputs.y_sigma)
+        return frame[[f"h{h}" for h in self.config.horizons]].reset_index(drop=True)
+
+    def save(self, folder: Path) -> None:
+        from ibf_core.models import neural
+
+        neural.save(self.model, folder)
+
+    @classmethod
+    def load(cls, folder: Path, inputs: Inputs) -> Member:
+        from ibf_core.models import neural
+
+        return cls(inputs, neural.load(folder))
+
+
+@register
+class LSTM(NeuralMember):
+    name = "lstm"
+    folder = "neural/lstm"
+
+
+@register
+class TFT(NeuralMember):
+    name = "tft"
+    folder = "neural/tft"
+
+
+@register
+class GBDT(Member):
+    """One LightGBM booster per horizon on every feature with data (``gbdt.py``), text models ``gbdt/h<h>.txt``."""
+
+    name = "gbdt"
+    folder = "gbdt"
+
+    def __init__(self, inputs: Inputs, boosters: dict[int, Any] | None = None) -> None:
+        super().__init__(inputs)
+        self.boosters = boosters or {}
+
+    def fit(self, train: pd.DataFrame, device: str = "cpu") -> dict[str, Any]:
+        from ibf_core.models import gbdt
+
+        self.boosters, facts = gbdt.fit(train, self.inputs.features, self.config)
+        return facts
+
+    def predict(self, panel: pd.DataFrame, origins: pd.DataFrame) -> pd.DataFrame:
+        from ibf_core.models import gbdt
+
+        return gbdt.predict(self.boosters, origins, self.inputs.features).reset_index(drop=True)
+
+    def save(self, folder: Path) -> None:
+        from ibf_core.models import gbdt
+
+        gbdt.save(self.boosters, folder)
+
+    @classmethod
+    def load(cls, folder: Path, inputs: Inputs) -> Member:
+        from ibf_core.models import gbdt
+
+        return cls(inputs, gbdt.load(folder, inputs.config.horizons))
+
+
+__all__ = [
+    "Inputs",
+    "Member",
+    "baseline_members",
+    "bundle_members",
+    "member_class",
+    "neural_members",
+    "register",
+    "registered",
+    "trained_members",
+    "unregister",
+]
