@@ -133,7 +133,7 @@ class Settings(BaseSettings):
         "auto", description="Training device: auto = CUDA when torch sees one, else CPU; gpu fails without CUDA"
     )
     model_members: Annotated[list[str], NoDecode] = Field(
-        default_factory=lambda: ["lstm", "tft", "gbdt"], description="Trained ensemble members (comma list of lstm, tft, gbdt)"
+        default_factory=lambda: ["lstm", "tft", "gbdt"], description="Trained ensemble members (comma list of registered members: lstm, tft, gbdt)"
     )
     model_max_steps: int = Field(200, ge=1, description="Maximum optimizer steps per neural member (early stopping may end sooner)")
     model_input_size: int = Field(60, ge=5, description="Sessions of history the neural members read per forecast")
@@ -215,10 +215,13 @@ class Settings(BaseSettings):
     @field_validator("model_members")
     @classmethod
     def _members(cls, value: list[str]) -> list[str]:
+        from ibf_core.models.members import trained_members  # the member registry is the one list of names
+
+        known = trained_members()
         members = [m.strip().lower() for m in value]
-        unknown = sorted(set(members) - {"lstm", "tft", "gbdt"})
+        unknown = sorted(set(members) - set(known))
         if unknown or not members:
-            raise ValueError(f"members must be a non-empty comma list of lstm, tft, gbdt (unknown: {unknown})")
+            raise ValueError(f"members must be a non-empty comma list of {', '.join(known)} (unknown: {unknown})")
         return list(dict.fromkeys(members))
 
     @field_validator("ib_ports")

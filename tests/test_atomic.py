@@ -135,3 +135,29 @@ def test_stale_temp_cleanup_removes_dead_writers_temps_only(tmp_path):
     assert live.exists() and data.read_bytes() == b"data"  # a fresh temp of a target not locked may be live
     assert atomic.remove_stale_temps(tmp_path, held=["[A-Z]*.parquet"]) == [live]
     assert atomic.remove_stale_temps(tmp_path / "missing") == []
+
+
+def test_publish_folder_is_whole_or_nothing_and_first_writer_wins(tmp_path):
+    target = tmp_path / "cache" / "model" / "1"
+
+    def failing(staging):
+        (staging / "half.json").write_text("{")
+        raise RuntimeError("download broke")
+
+    with pytest.raises(RuntimeError, match="download broke"):
+        atomic.publish_folder(target, failing)
+    assert not target.exists() and list(target.parent.iterdir()) == []  # no half folder, no staging left
+
+    def build(staging):
+        (staging / "out").mkdir()
+        (staging / "out" / "bundle.json").write_text("{}")
+        return staging / "out"
+
+    assert atomic.publish_folder(target, build) is True
+    assert (target / "bundle.json").read_text() == "{}"
+    def other(staging):
+        (staging / "other").write_text("x")
+
+    assert atomic.publish_folder(target, other) is False  # already published: the first copy stays
+    assert sorted(p.name for p in target.iterdir()) == ["bundle.json"]
+    assert [p.name for p in target.parent.iterdir()] == ["1"]

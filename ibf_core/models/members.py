@@ -18,10 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-import numpy as np
-import pandas as pd
 
 if TYPE_CHECKING:
+    import numpy as np
+    import pandas as pd
+
     from ibf_core.models.config import ModelConfig
     from ibf_core.models.dataset import RobustScaler
 
@@ -81,6 +82,8 @@ class Member(ABC):
         return cls(inputs)
 
     def _columns(self, values: dict[int, np.ndarray]) -> pd.DataFrame:
+        import pandas as pd
+
         return pd.DataFrame({f"h{h}": values[h] for h in self.config.horizons})
 
 
@@ -141,6 +144,8 @@ class Naive(Member):
     reported = False  # always 0: a column of zeros says nothing
 
     def predict(self, panel: pd.DataFrame, origins: pd.DataFrame) -> pd.DataFrame:
+        import numpy as np
+
         return self._columns({h: np.zeros(len(origins)) for h in self.config.horizons})
 
 

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import shutil
-import tempfile
 from dataclasses import dataclass
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,6 +16,7 @@ from typing import Any, Protocol, TypeVar
 
 from ibf_core.models import ModelLoadError
 from ibf_core.models.bundle import ModelBundle, load_bundle, save_bundle
+from ibf_core.storage import atomic
 
 ARTIFACT_PATH = "model"
 
@@ -167,20 +166,15 @@ def load_registered(tracking_uri: str, model: RegisteredModel, cache_dir: Path) 
 
     target = Path(cache_dir) / model.name / model.version
     if not target.is_dir():
-        Path(cache_dir).mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix="download-", dir=cache_dir))
-        try:
-            mlflow.set_tracking_uri(tracking_uri)
-            local = mlflow.artifacts.download_artifacts(artifact_uri=model.source, dst_path=str(staging))
-        except Exception as exc:  # noqa: BLE001
-            shutil.rmtree(staging, ignore_errors=True)
-            raise ModelLoadError(f"{model.name} v{model.version}: cannot download {model.source} ({exc})") from exc
-        target.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            Path(local).rename(target)
-        except OSError:
-            pass  # another process cached it first
-        shutil.rmtree(staging, ignore_errors=True)
+
+        def download(staging: Path) -> Path:
+            try:
+                mlflow.set_tracking_uri(tracking_uri)
+                return Path(mlflow.artifacts.download_artifacts(artifact_uri=model.source, dst_path=str(staging)))
+            except Exception as exc:  # noqa: BLE001 - any download failure is reported with the version
+                raise ModelLoadError(f"{model.name} v{model.version}: cannot download {model.source} ({exc})") from exc
+
+        atomic.publish_folder(target, download)  # False: another process cached it first, equally good
     try:
         return load_bundle(target, model.manifest_sha256)
     except ModelLoadError as exc:

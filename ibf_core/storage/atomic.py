@@ -230,3 +230,31 @@ def remove_stale_temps(
         except FileNotFoundError:  # swapped in or removed meanwhile by its (live) writer
             continue
     return sorted(removed)
+
+
+# ----- folders ------------------------------------------------------------------------------------
+def publish_folder(target: Path, build: Callable[[Path], Path | None]) -> bool:
+    """Create the folder ``target`` whole or not at all: ``build(staging)`` fills a hidden folder beside it (and may
+    return the sub-folder that holds the result), its files are fsynced, then it is renamed into place.
+
+    First writer wins: when ``target`` already exists (another process published it) nothing changes and False is
+    returned. The staging folder is removed in every case.
+    """
+    import shutil
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=_TEMP_SUFFIX, dir=target.parent))
+    try:
+        built = Path(build(staging) or staging)
+        for path in sorted(built.rglob("*")):
+            if path.is_file():
+                with open(path, "rb") as handle:
+                    os.fsync(handle.fileno())
+        try:
+            os.rename(built, target)
+        except OSError:  # the target exists: published meanwhile by another process
+            return False
+        _fsync_dir(target.parent)
+        return True
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
