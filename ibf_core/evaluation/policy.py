@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
@@ -21,6 +22,32 @@ from ibf_core.models.config import ModelConfig
 from ibf_core.monitoring import DriftPolicy
 
 POLICIES = ("never", "fixed", "drift")
+
+
+@dataclass
+class _Backtest:
+    """What every simulated policy shares: the data, the sessions, the monitor's settings and the model cache."""
+
+    panel: pd.DataFrame
+    rows: pd.DataFrame  # usable panel rows (past the warm-up, defined return)
+    days: pd.DatetimeIndex
+    config: ModelConfig
+    drift: DriftPolicy
+    cadence: int
+    check_every: int
+    cooldown: int
+    say: Callable[[str], None]
+    by_symbol: dict[str, pd.DataFrame] = field(default_factory=dict)  # feature rows past the warm-up
+    models: dict[Any, tuple[Any, float]] = field(default_factory=dict)  # cut-off -> (bundle, training seconds)
+
+    def model_at(self, cutoff) -> tuple[Any, float]:
+        """The bundle trained at ``cutoff`` and its training time (each cut-off is trained once for all policies)."""
+        from ibf_core.models.training import train_models
+
+        if cutoff not in self.models:
+            began = time.perf_counter()
+            self.models[cutoff] = (train_models(self.panel, cutoff, self.config), time.perf_counter() - began)
+        return self.models[cutoff]
 
 
 def backtest_policies(
@@ -35,90 +62,89 @@ def backtest_policies(
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Simulate the three policies on ``panel`` over [start, end]; returns the summary table and the series."""
-    from ibf_core.evaluation.metrics import cross_sectional_ic, ic_summary
-    from ibf_core.models.predict import forecast, predictions_table
-    from ibf_core.models.training import train_models, usable
-    from ibf_core.monitoring import matured_outcomes, reference_windows, retrain_decision, symbol_drift_rows
+    from ibf_core.models.training import usable
 
-    say = progress or (lambda message: None)
     # the comparison is on 1-session forecasts and the monitor watches drift.horizon: both must be trained
     config = config.replace(horizons=sorted({*config.horizons, 1, drift.horizon}))
     rows = usable(panel)
     days = pd.DatetimeIndex(sorted(d for d in rows["date"].unique() if start <= d <= end))
     if len(days) < 2 * check_every:
         raise ValueError(f"only {len(days)} sessions between {start.date()} and {end.date()}")
-    first_cutoff = rows.loc[rows["date"] < days[0], "date"].max().date()
     past_warmup = panel[~panel["warmup"].astype(bool)]
-    by_symbol = {s: g for s, g in past_warmup.groupby("symbol")}
-    no_rows = past_warmup.iloc[:0]
-    cache: dict[Any, Any] = {}
-
-    def model_at(cutoff):
-        if cutoff not in cache:
-            began = time.perf_counter()
-            cache[cutoff] = (train_models(panel, cutoff, config), time.perf_counter() - began)
-        return cache[cutoff][0]
-
+    run = _Backtest(panel, rows, days, config, drift, cadence, check_every, cooldown, progress or (lambda message: None),
+                    by_symbol={s: g for s, g in past_warmup.groupby("symbol")})
+    first_cutoff = rows.loc[rows["date"] < days[0], "date"].max().date()
     summary, series = [], {}
     for policy in POLICIES:
-        say(f"policy {policy}: {len(days)} sessions from {days[0].date()}")
-        bundle, retrains, history, predictions, reasons = model_at(first_cutoff), [], [], [], []
-        train_seconds = cache[first_cutoff][1]
-        last_retrain = 0
-        references = reference_windows(panel, bundle.cutoff, drift)
-        for i in range(0, len(days), check_every):
-            block = days[i : i + check_every]
-            origins = rows[rows["date"].isin(block) & rows["symbol"].isin(bundle.facts["symbols"])]
-            long = forecast(bundle, panel[panel["date"] <= block[-1]], origins)
-            predictions.append(predictions_table(long, origins, bundle, str(bundle.cutoff)))
-            check_day = block[-1]
-            due = False
-            if policy == "fixed":
-                due = i + check_every - last_retrain >= cadence
-            elif policy == "drift":
-                known = pd.concat(predictions, ignore_index=True)
-                outcomes = matured_outcomes(known, panel, check_day)
-                for symbol in bundle.facts["symbols"]:
-                    own = by_symbol.get(symbol, no_rows)
-                    history += symbol_drift_rows(symbol, check_day, own, references, outcomes, drift, str(bundle.cutoff))
-                decision = retrain_decision(pd.DataFrame(history), check_day, drift)
-                due = decision["retrain"] and i + check_every - last_retrain >= cooldown
-                if due:
-                    reasons.extend(decision["reasons"])
-            if due and i + check_every < len(days):
-                cutoff = check_day.date()
-                bundle = model_at(cutoff)
-                train_seconds += cache[cutoff][1]
-                retrains.append(cutoff.isoformat())
-                last_retrain = i + check_every
-                references = reference_windows(panel, bundle.cutoff, drift)
-                say(f"  {policy}: retrained at {cutoff}")
-        table = pd.concat(predictions, ignore_index=True)
-        outcomes = matured_outcomes(table, panel, days[-1])
-        one = outcomes[outcomes["horizon"] == 1].copy()
-        daily = one.groupby("date").agg(err=("abs_error", "mean"), naive=("realized_return", lambda r: r.abs().mean()))
-        rolling = daily["err"].rolling(drift.window).sum() / daily["naive"].rolling(drift.window).sum()
-        ic = cross_sectional_ic(one, "pred_return", "realized_return", "spearman")
-        ic_stats = ic_summary(ic, 1)
-        summary.append(
-            {
-                "policy": policy,
-                "retrains": len(retrains),
-                "mase": float(one["abs_error"].mean() / one["realized_return"].abs().mean()),
-                "rolling_mase_median": float(rolling.median()),
-                "rolling_mase_max": float(rolling.max()),
-                "rank_ic_mean": ic_stats["mean"],
-                "rank_ic_t": ic_stats["t"],
-                "coverage_80": float(one["hit_80"].mean()),
-                "train_seconds": round(train_seconds, 1),
-                "retrain_dates": retrains,
-                "retrain_reasons": _tally(reasons),
-            }
-        )
-        series[policy] = rolling
+        run.say(f"policy {policy}: {len(days)} sessions from {days[0].date()}")
+        table, retrains, reasons, train_seconds = _simulate(run, policy, first_cutoff)
+        row, series[policy] = _score(run, table)
+        summary.append({"policy": policy, "retrains": len(retrains), **row, "train_seconds": round(train_seconds, 1),
+                        "retrain_dates": retrains, "retrain_reasons": _tally(reasons)})
     window = f"{days[0].date()} .. {days[-1].date()}"
     return {"window": window, "cadence_sessions": cadence, "check_every": check_every, "table": summary, "rolling_mase": series,
             "first_cutoff": first_cutoff.isoformat(), "members": list(config.members)}
+
+
+def _simulate(run: _Backtest, policy: str, first_cutoff) -> tuple[pd.DataFrame, list[str], list[str], float]:
+    """Walk one policy through the sessions: (its predictions, retrain dates, retrain reasons, training seconds)."""
+    from ibf_core.models.predict import forecast, predictions_table
+    from ibf_core.monitoring import matured_outcomes, reference_windows, retrain_decision, symbol_drift_rows
+
+    drift, days, every = run.drift, run.days, run.check_every
+    bundle, train_seconds = run.model_at(first_cutoff)
+    retrains, history, predictions, reasons = [], [], [], []
+    last_retrain = 0
+    references = reference_windows(run.panel, bundle.cutoff, drift)
+    no_rows = run.rows.iloc[:0]
+    for i in range(0, len(days), every):
+        block = days[i : i + every]
+        origins = run.rows[run.rows["date"].isin(block) & run.rows["symbol"].isin(bundle.facts["symbols"])]
+        long = forecast(bundle, run.panel[run.panel["date"] <= block[-1]], origins)
+        predictions.append(predictions_table(long, origins, bundle, str(bundle.cutoff)))
+        check_day = block[-1]
+        due = False
+        if policy == "fixed":
+            due = i + every - last_retrain >= run.cadence
+        elif policy == "drift":
+            outcomes = matured_outcomes(pd.concat(predictions, ignore_index=True), run.panel, check_day)
+            for symbol in bundle.facts["symbols"]:
+                own = run.by_symbol.get(symbol, no_rows)
+                history += symbol_drift_rows(symbol, check_day, own, references, outcomes, drift, str(bundle.cutoff))
+            decision = retrain_decision(pd.DataFrame(history), check_day, drift)
+            due = decision["retrain"] and i + every - last_retrain >= run.cooldown
+            if due:
+                reasons.extend(decision["reasons"])
+        if due and i + every < len(days):
+            cutoff = check_day.date()
+            bundle, seconds = run.model_at(cutoff)
+            train_seconds += seconds
+            retrains.append(cutoff.isoformat())
+            last_retrain = i + every
+            references = reference_windows(run.panel, bundle.cutoff, drift)
+            run.say(f"  {policy}: retrained at {cutoff}")
+    return pd.concat(predictions, ignore_index=True), retrains, reasons, train_seconds
+
+
+def _score(run: _Backtest, table: pd.DataFrame) -> tuple[dict[str, Any], pd.Series]:
+    """The 1-session comparison of one policy's predictions, and its rolling MASE."""
+    from ibf_core.evaluation.metrics import cross_sectional_ic, ic_summary
+    from ibf_core.monitoring import matured_outcomes
+
+    outcomes = matured_outcomes(table, run.panel, run.days[-1])
+    one = outcomes[outcomes["horizon"] == 1].copy()
+    daily = one.groupby("date").agg(err=("abs_error", "mean"), naive=("realized_return", lambda r: r.abs().mean()))
+    rolling = daily["err"].rolling(run.drift.window).sum() / daily["naive"].rolling(run.drift.window).sum()
+    ic_stats = ic_summary(cross_sectional_ic(one, "pred_return", "realized_return", "spearman"), 1)
+    row = {
+        "mase": float(one["abs_error"].mean() / one["realized_return"].abs().mean()),
+        "rolling_mase_median": float(rolling.median()),
+        "rolling_mase_max": float(rolling.max()),
+        "rank_ic_mean": ic_stats["mean"],
+        "rank_ic_t": ic_stats["t"],
+        "coverage_80": float(one["hit_80"].mean()),
+    }
+    return row, rolling
 
 
 def _tally(reasons: list[str]) -> dict[str, int]:
