@@ -161,3 +161,22 @@ def test_publish_folder_is_whole_or_nothing_and_first_writer_wins(tmp_path):
     assert atomic.publish_folder(target, other) is False  # already published: the first copy stays
     assert sorted(p.name for p in target.iterdir()) == ["bundle.json"]
     assert [p.name for p in target.parent.iterdir()] == ["1"]
+
+
+@pytest.mark.parametrize("umask, file_mode, folder_mode", [(0o002, 0o664, 0o775), (0o022, 0o644, 0o755)])
+def test_written_files_and_published_folders_respect_the_umask(tmp_path, umask, file_mode, folder_mode):
+    """mkstemp/mkdtemp would make them 0600/0700 whatever the umask: a shared analyst account could not read them."""
+    import stat
+
+    previous = os.umask(umask)
+    try:
+        atomic.write_parquet(tmp_path / "a.parquet", table(1.0))
+        atomic.write_json(tmp_path / "b.json", {"x": 1})
+        with atomic.AtomicBatch() as batch:
+            batch.stage_text(tmp_path / "c.txt", "c")
+        assert atomic.publish_folder(tmp_path / "model", lambda staging: (staging / "weights.bin").write_bytes(b"w") and None)
+    finally:
+        os.umask(previous)
+    for name in ("a.parquet", "b.json", "c.txt", "model/weights.bin"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == file_mode, name
+    assert stat.S_IMODE((tmp_path / "model").stat().st_mode) == folder_mode

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
+import secrets
 import time
 from collections.abc import Callable, Iterable
 from fnmatch import fnmatchcase
@@ -33,7 +33,7 @@ LOCK_WAIT_S = 120.0
 # A temp file this old belongs to a dead writer whatever its name: no live write stages a file for an hour.
 STALE_AFTER_S = 3600.0
 _TEMP_SUFFIX = ".tmp"
-# ".<target name>.<mkstemp's 8 random characters>.tmp"
+# ".<target name>.<8 random hex characters>.tmp" (mkstemp's 8 characters in files of older ibf versions)
 _TEMP_NAME = re.compile(r"^\.(?P<target>.+)\.[A-Za-z0-9_]{8}\.tmp$")
 
 
@@ -45,12 +45,34 @@ def lock(folder: Path, name: str, timeout: float = LOCK_WAIT_S) -> FileLock:
 
 
 # ----- staging --------------------------------------------------------------------------------------
+def _create_temp(folder: Path, target_name: str, make: Callable[[Path], None]) -> Path:
+    """A new hidden ``.<target>.<8 random characters>.tmp`` beside the target, created by ``make``.
+
+    Not ``tempfile.mkstemp``/``mkdtemp``: they create 0600 files and 0700 folders whatever the umask, so a shared
+    analyst account could not read the lake. ``make`` creates with 0666/0777 and the kernel applies the umask.
+    """
+    for _ in range(100):
+        path = folder / f".{target_name}.{secrets.token_hex(4)}{_TEMP_SUFFIX}"
+        try:
+            make(path)
+        except FileExistsError:
+            continue
+        return path
+    raise FileExistsError(f"no free temp name beside {folder / target_name}")  # pragma: no cover
+
+
+def _new_file(path: Path) -> None:
+    os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+
+
+def _new_folder(path: Path) -> None:
+    os.mkdir(path, 0o777)
+
+
 def _stage(target: Path, write: Callable[[Path], None]) -> Path:
     """``write`` into a new hidden temp file beside ``target`` and fsync it; the temp file is gone on failure."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=_TEMP_SUFFIX, dir=target.parent)
-    os.close(fd)
-    tmp = Path(name)
+    tmp = _create_temp(target.parent, target.name, _new_file)
     try:
         write(tmp)
         with open(tmp, "rb+") as handle:
@@ -243,7 +265,7 @@ def publish_folder(target: Path, build: Callable[[Path], Path | None]) -> bool:
     import shutil
 
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=_TEMP_SUFFIX, dir=target.parent))
+    staging = _create_temp(target.parent, target.name, _new_folder)
     try:
         built = Path(build(staging) or staging)
         for path in sorted(built.rglob("*")):
