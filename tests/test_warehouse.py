@@ -15,7 +15,7 @@ import pytest
 from conftest import make_bars
 from ibf_core.bars import validate_bars
 from ibf_core.storage.tables import MARKET_BARS
-from ibf_core.storage.warehouse import Warehouse, WarehouseError
+from ibf_core.storage.warehouse import QueryRefused, Warehouse, WarehouseError
 
 
 def canonical(frame: pd.DataFrame, source="test") -> pd.DataFrame:
@@ -158,10 +158,38 @@ def test_concurrent_writers_and_sql_readers(ibf_home):
 def test_sql_connection_is_read_only(ibf_home):
     wh = Warehouse(ibf_home)
     wh.ensure_all_tables()
-    with pytest.raises(duckdb.Error):
+    with pytest.raises(QueryRefused, match="CREATE"):
         wh.query("CREATE TABLE x AS SELECT 1")
-    with pytest.raises(duckdb.Error):
+    with pytest.raises(QueryRefused, match="DROP"):
         wh.query("DROP VIEW market_bars")
+
+
+def test_no_query_can_write_or_reach_outside_the_lake(ibf_home, tmp_path):
+    wh = Warehouse(ibf_home)
+    wh.replace_slice(MARKET_BARS, canonical(make_bars()), ["AAA", "BBB"], "2021-01-01", "2021-03-31")
+    before = digest(ibf_home)
+    aaa = wh.table_dir(MARKET_BARS) / "AAA.parquet"
+    attempts = {
+        f"COPY (SELECT 1 AS x) TO '{aaa}' (FORMAT parquet)": "COPY",
+        f"SELECT 1; COPY (SELECT 1 AS x) TO '{aaa}'": "COPY",
+        f"EXPORT DATABASE '{tmp_path / 'export'}'": "EXPORT",
+        f"ATTACH '{wh.lake_dir / 'x.duckdb'}' AS x": "ATTACH",
+        "INSTALL httpfs": "LOAD",
+        "LOAD httpfs": "LOAD",
+        "SET enable_external_access = true": "SET",
+        "PRAGMA enable_profiling": "PRAGMA",
+        "SELECT * FROM read_csv('/etc/passwd')": "read only the lake",
+        f"SELECT * FROM read_parquet('{wh.lake_dir}/../warehouse.duckdb')": "read only the lake",
+        "SELECT * FROM glob('/etc/*')": "read only the lake",
+    }
+    for sql, refusal in attempts.items():
+        with pytest.raises(QueryRefused, match=refusal):
+            wh.query(sql)
+    assert digest(ibf_home) == before
+    assert sorted(p.name for p in wh.lake_dir.iterdir()) == ["market_bars"]
+    assert not (tmp_path / "export").exists()
+    # reading the lake's own files directly is allowed
+    assert wh.query(f"SELECT count(*) AS n FROM read_parquet('{aaa}')").n.iloc[0] == 61
 
 
 def _view_sql(home, name: str) -> tuple[str, str]:
@@ -227,3 +255,18 @@ def test_storage_imports_none_of_its_users():
     metrics = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(metrics)
     assert metrics.storage_user_imports() == []
+
+
+@pytest.mark.parametrize("umask, mode", [(0o002, 0o664), (0o022, 0o644)])
+def test_lake_files_are_readable_by_the_group_the_umask_allows(tmp_path, umask, mode):
+    import stat
+
+    previous = os.umask(umask)
+    try:
+        wh = Warehouse(tmp_path / "home")
+        wh.replace_slice(MARKET_BARS, canonical(make_bars()), ["AAA", "BBB"], "2021-01-01", "2021-03-31")
+    finally:
+        os.umask(previous)
+    files = [p for p in (tmp_path / "home" / "lake").rglob("*") if p.is_file() and ".locks" not in p.parts]
+    assert {p.name for p in files} >= {"AAA.parquet", "BBB.parquet", "_schema.parquet"}
+    assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in files} == {p.name: mode for p in files}

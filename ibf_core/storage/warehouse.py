@@ -7,18 +7,33 @@ with ``os.replace``; a crash leaves the old file, never a hole); ``warehouse.duc
 over those files, so any number of readers open it read-only while runs write. Per-symbol file locks make two
 concurrent writers safe as well.
 
-Views carry their version (a hash of their SQL) as a DuckDB comment ``ibf:<version>``; ensuring compares on a
-read-only connection and writes only the views whose version differs, so a changed definition reaches existing
-warehouses and an unchanged one never waits for an analyst's session. Which tables and views exist is the
-registered catalog's business (``ibf_core.catalog``); storage imports none of the modules declaring them.
+Views carry their version (a hash of their SQL) as a DuckDB comment ``ibf:<version>``; ensuring writes only the
+views whose version differs, so a changed definition reaches existing warehouses. Even a read-only open of
+``warehouse.duckdb`` conflicts with a read-write session (the DuckDB CLI's default), so the versions ibf last saw
+are kept beside it (``.warehouse-views.json``, with the file's inode, size and mtime): while the file is unchanged
+and the versions are current, a writer never opens it. When it must, and another process holds the file, it fails
+within seconds naming that process.
+
+Reads never open ``warehouse.duckdb`` either: :meth:`Warehouse.query` defines the views it needs on an in-memory
+DuckDB, and every read connection is locked down (SELECT statements only; no file outside the lake; no
+extension, ATTACH or configuration change), so no query can damage the lake. A damaged (e.g. truncated) Parquet
+file is named in the error of a read; the next write of that symbol's slice quarantines it under
+``lake/_quarantine/`` and writes the slice.
+
+Which tables and views exist is the registered catalog's business (``ibf_core.catalog``); storage imports none of
+the modules declaring them.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import hashlib
+import json
+import logging
+import os
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,23 +51,95 @@ from ibf_core.storage.tables import SCHEMA_FILE, Catalog, TableSpec, ViewSpec, d
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.\-_]*$")
 _VERSION_TAG = "ibf:"
+_IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]*")
+_LOCK_HOLDER = re.compile(r"Conflicting lock is held in (?P<program>.*?) \(PID (?P<pid>\d+)\)")
+# ibf itself holds warehouse.duckdb for milliseconds (defining views); anything longer is someone's session.
+LOCK_WAIT_S = 3.0
+VIEWS_FILE = ".warehouse-views.json"
+QUARANTINE = "_quarantine"
+# Every read connection: nothing outside the allowed folders, no extension, and no way to undo these settings.
+_LOCKDOWN = (
+    "SET enable_external_access = false",
+    "SET autoinstall_known_extensions = false",
+    "SET autoload_known_extensions = false",
+    "SET allow_community_extensions = false",
+    "SET enable_progress_bar = false",
+    "SET lock_configuration = true",
+)
+
+log = logging.getLogger(__name__)
 
 
 class WarehouseError(RuntimeError):
     """The warehouse could not be read or written."""
 
 
+class QueryRefused(WarehouseError):
+    """A query tried to write, or to reach outside the lake; nothing ran."""
+
+
+class WarehouseLocked(WarehouseError):
+    """Another process holds ``warehouse.duckdb`` while ibf must (re)define a view; the message names it."""
+
+
+class DamagedFile(WarehouseError):
+    """A Parquet file of the lake cannot be read (e.g. truncated); the message names it and how to repair it."""
+
+
 def _is_lock_conflict(exc: BaseException) -> bool:
     return isinstance(exc, duckdb.IOException) and "lock" in str(exc).lower()
 
 
-# A writer refreshing views holds the file for milliseconds; readers and writers wait for each other briefly.
 _retry_on_lock = retry(
     retry=retry_if_exception(_is_lock_conflict),
-    wait=wait_exponential(multiplier=0.05, max=1.0),
-    stop=stop_after_delay(30),
+    wait=wait_exponential(multiplier=0.05, max=0.5),
+    stop=stop_after_delay(LOCK_WAIT_S),
     reraise=True,
 )
+
+
+def _command_line(pid: int) -> str | None:
+    """The command line of a local process (``/proc``), to name who holds the warehouse."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+    text = " ".join(part for part in raw.decode(errors="replace").split("\0") if part)
+    return text[:117] + "..." if len(text) > 120 else text or None
+
+
+def _holder(exc: BaseException) -> str:
+    """``PID 4242 (duckdb .ibf/warehouse.duckdb)`` from DuckDB's lock error (it names the PID and the program)."""
+    match = _LOCK_HOLDER.search(str(exc))
+    if match is None:
+        return "another process"
+    pid = int(match["pid"])
+    return f"PID {pid} ({_command_line(pid) or match['program']})"
+
+
+def _sql_string(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _refuse_writes(sql: str) -> None:
+    """Only SELECT statements run on a read connection (COPY, EXPORT, ATTACH, INSTALL, LOAD, SET ... never)."""
+    statements = duckdb.extract_statements(sql)
+    if not statements:
+        raise QueryRefused("empty query")
+    for statement in statements:
+        if statement.type != duckdb.StatementType.SELECT:
+            raise QueryRefused(f"{statement.type.name} statements are refused: queries here are read-only (SELECT only)")
+
+
+def _damage(path: Path) -> str | None:
+    """Why ``path`` is not a readable Parquet file, or None when it is (or is gone, or not ours to judge)."""
+    try:
+        pq.ParquetFile(path).read()
+    except (FileNotFoundError, PermissionError):
+        return None
+    except (pa.ArrowException, OSError) as exc:
+        return str(exc).split(". ")[0].strip()
+    return None
 
 
 class _ConcurrentSwap(Exception):
@@ -75,6 +162,7 @@ class WriteResult:
     end: dt.date
     rows_written: int
     rows_replaced: int
+    quarantined: tuple[str, ...] = ()  # damaged files that were moved to lake/_quarantine/ (the slice replaced them)
 
 
 def _date_bounds(start: dt.date | str, end: dt.date | str) -> tuple[pd.Timestamp, pd.Timestamp]:
@@ -107,6 +195,8 @@ class Warehouse:
         self.home = Path(home).expanduser().resolve()
         self.db_path = self.home / "warehouse.duckdb"
         self.lake_dir = self.home / "lake"
+        self.views_file = self.home / VIEWS_FILE
+        self.quarantine_dir = self.lake_dir / QUARANTINE
 
     # ----- layout -------------------------------------------------------------------------------
     def table_dir(self, spec: TableSpec) -> Path:
@@ -160,25 +250,77 @@ class Warehouse:
         self.ensure_catalog(registered_catalog())
 
     def ensure_views(self, views: Sequence[ViewSpec]) -> None:
-        """(Re)define the views whose stored version differs. The comparison reads on a read-only connection,
-        so when nothing changed nothing is written and an analyst's read-only session never blocks it."""
+        """(Re)define the views whose stored version differs. While ``warehouse.duckdb`` is unchanged since ibf last
+        saw it and its versions are current, the file is not even opened, so no session on it blocks this."""
+        known = self._known_versions()
+        if known is not None and all(known.get(v.name) == v.version for v in views):
+            return
         stored = self.view_versions()
         stale = [v for v in views if stored.get(v.name) != v.version]
         if stale:
             self._execute_write([sql for v in stale for sql in _view_statements(v)])
+            stored = {**stored, **{v.name: v.version for v in stale}}
+        self._remember_versions(stored)
 
-    @_retry_on_lock
+    def _db_stamp(self) -> list[int] | None:
+        try:
+            stat = self.db_path.stat()
+        except FileNotFoundError:
+            return None
+        return [stat.st_ino, stat.st_size, stat.st_mtime_ns]
+
+    def _known_versions(self) -> dict[str, str | None] | None:
+        """The view versions ibf last read or wrote, if ``warehouse.duckdb`` has not changed since (else None)."""
+        try:
+            recorded = json.loads(self.views_file.read_text())
+        except (OSError, ValueError):
+            return None
+        stamp = self._db_stamp()
+        if stamp is None or not isinstance(recorded, dict) or recorded.get("db") != stamp:
+            return None
+        views = recorded.get("views")
+        return views if isinstance(views, dict) else None
+
+    def _remember_versions(self, versions: dict[str, str | None]) -> None:
+        stamp = self._db_stamp()
+        if stamp is not None:
+            atomic.write_json(self.views_file, {"db": stamp, "views": versions}, sort_keys=True)
+
     def view_versions(self) -> dict[str, str | None]:
         """Version of each view defined in ``warehouse.duckdb`` (None for a view without an ibf version)."""
         if not self.db_path.exists():
             return {}
-        with duckdb.connect(str(self.db_path), read_only=True) as con:
-            rows = con.execute("SELECT view_name, comment FROM duckdb_views() WHERE NOT internal").fetchall()
+        try:
+            rows = self._view_rows()
+        except duckdb.IOException as exc:
+            if _is_lock_conflict(exc):
+                raise self._locked(exc) from exc
+            raise
         return {name: c[len(_VERSION_TAG):] if c and c.startswith(_VERSION_TAG) else None for name, c in rows}
 
     @_retry_on_lock
+    def _view_rows(self) -> list[tuple[str, str | None]]:
+        with duckdb.connect(str(self.db_path), read_only=True) as con:
+            return con.execute("SELECT view_name, comment FROM duckdb_views() WHERE NOT internal").fetchall()
+
+    def _locked(self, exc: BaseException) -> WarehouseLocked:
+        return WarehouseLocked(
+            f"{self.db_path} is held by {_holder(exc)}, and ibf must (re)define its views there (a table appeared, "
+            "its folder moved or its definition changed): close that session (open the warehouse read-only, "
+            "`duckdb -readonly`, or use `ibf sql`), then re-run"
+        )
+
     def _execute_write(self, statements: Sequence[str]) -> None:
         """The only write to ``warehouse.duckdb``: (re)defining views in one transaction, held for milliseconds."""
+        try:
+            self._write_views(statements)
+        except duckdb.IOException as exc:
+            if _is_lock_conflict(exc):
+                raise self._locked(exc) from exc
+            raise
+
+    @_retry_on_lock
+    def _write_views(self, statements: Sequence[str]) -> None:
         self.home.mkdir(parents=True, exist_ok=True)
         with duckdb.connect(str(self.db_path)) as con:
             con.begin()
@@ -210,16 +352,38 @@ class Warehouse:
         if frame.assign(date=dates).duplicated(list(spec.key)).any():
             raise WarehouseError(f"{spec.name}: duplicate {spec.key} rows in the frame being written")
 
+    def _stored(self, spec: TableSpec, target: Path, lo: pd.Timestamp, hi: pd.Timestamp) -> tuple[pa.Table | None, str | None]:
+        """The rows stored in ``target`` (None: no file), and where a damaged ``target`` was quarantined.
+
+        A damaged file (truncated, not Parquet) is copied to ``lake/_quarantine/<table>/`` and counts as empty: the
+        slice being written replaces it, and the rows it may have held outside the slice are kept there.
+        """
+        if not target.exists():
+            return None, None
+        try:
+            return pq.read_table(target, schema=spec.schema), None
+        except (pa.ArrowException, OSError):
+            reason = _damage(target)
+            if reason is None:
+                raise
+        data = target.read_bytes()
+        kept = self.quarantine_dir / spec.name / f"{target.stem}.{hashlib.sha256(data).hexdigest()[:12]}{target.suffix}"
+        if not kept.exists():
+            atomic.write_bytes(kept, data)
+        log.warning(
+            "%s is damaged (%s): quarantined as %s and replaced by the slice %s..%s being written; rows it held "
+            "outside that slice are only in the quarantined copy",
+            target, reason, kept, lo.date(), hi.date(),
+        )
+        return None, str(kept)
+
     @staticmethod
-    def _merge(
-        spec: TableSpec, target: Path, new: pa.Table, lo: pd.Timestamp, hi: pd.Timestamp
-    ) -> tuple[pa.Table, int]:
-        """``target``'s rows outside [lo, hi] plus ``new``, by date; and how many stored rows were in [lo, hi]."""
+    def _merge(old: pa.Table | None, new: pa.Table, lo: pd.Timestamp, hi: pd.Timestamp) -> tuple[pa.Table, int]:
+        """``old``'s rows outside [lo, hi] plus ``new``, by date; and how many stored rows were in [lo, hi]."""
         import pyarrow.compute as pc
 
-        if not target.exists():
+        if old is None:
             return new, 0
-        old = pq.read_table(target, schema=spec.schema)
         lo_d, hi_d = pa.scalar(lo.date(), pa.date32()), pa.scalar(hi.date(), pa.date32())
         in_slice = pc.and_(pc.greater_equal(old["date"], lo_d), pc.less_equal(old["date"], hi_d))
         replaced = pc.sum(in_slice).as_py() or 0
@@ -251,16 +415,18 @@ class Warehouse:
         targets = {s: self._symbol_file(spec, s) for s in names}
         self.ensure_table(spec)
         folder = self.table_dir(spec)
-        replaced = 0
+        replaced, quarantined = 0, []
         with self._locks(folder, names):
             atomic.remove_stale_temps(folder, held=[t.name for t in targets.values()])
             with atomic.AtomicBatch() as batch:
                 for symbol, target in targets.items():
                     a, b = rows.get(symbol, (0, 0))
-                    merged, n = self._merge(spec, target, new_table.slice(a, b - a), lo, hi)
+                    old, kept = self._stored(spec, target, lo, hi)
+                    quarantined += [kept] if kept else []
+                    merged, n = self._merge(old, new_table.slice(a, b - a), lo, hi)
                     replaced += n
                     batch.stage_parquet(target, merged)
-        return WriteResult(spec.name, tuple(names), lo.date(), hi.date(), len(frame), replaced)
+        return WriteResult(spec.name, tuple(names), lo.date(), hi.date(), len(frame), replaced, tuple(quarantined))
 
     # ----- reads --------------------------------------------------------------------------------
     def _lake_version(self) -> tuple[int, ...]:
@@ -280,6 +446,41 @@ class Warehouse:
                 raise _ConcurrentSwap() from exc
             raise
 
+    def _read_connection(self) -> duckdb.DuckDBPyConnection:
+        """An in-memory DuckDB that reads the lake and nothing else: no file outside it, no extension, no way to
+        change that. It can still write inside the lake (``COPY ... TO``), hence :func:`_refuse_writes` too."""
+        spill = self.home / "tmp" / "duckdb"  # where a query larger than memory may spill
+        con = duckdb.connect(":memory:")
+        try:
+            allowed = ", ".join(_sql_string(str(p) + os.sep) for p in (self.lake_dir, spill))
+            con.execute(f"SET allowed_directories = [{allowed}]")
+            con.execute(f"SET temp_directory = {_sql_string(str(spill))}")
+            for setting in _LOCKDOWN:
+                con.execute(setting)
+        except BaseException:
+            con.close()
+            raise
+        return con
+
+    def _damaged(self, files: Iterable[Path]) -> list[tuple[Path, str]]:
+        found = []
+        for path in files:
+            reason = _damage(path)
+            if reason is not None:
+                found.append((path, reason))
+        return found
+
+    def _damage_error(self, damaged: list[tuple[Path, str]]) -> DamagedFile:
+        path, reason = damaged[0]
+        table = path.parent.name
+        fix = f"backfill {path.stem} ({table}) to replace it" if table in self._per_symbol_tables() else "re-run the asset that writes it"
+        more = f" (and {len(damaged) - 1} more damaged file(s))" if len(damaged) > 1 else ""
+        return DamagedFile(f"{path} is damaged: {reason}; {fix}{more}")
+
+    @staticmethod
+    def _per_symbol_tables() -> set[str]:
+        return {t.name for t in registered_catalog().tables if t.per_symbol}
+
     def symbols(self, spec: TableSpec) -> list[str]:
         return [p.stem for p in data_files(self.table_dir(spec))]
 
@@ -290,7 +491,8 @@ class Warehouse:
         start: dt.date | str | None = None,
         end: dt.date | str | None = None,
     ) -> pd.DataFrame:
-        """Rows of a table (optionally a symbol x date slice), sorted by key; ``date`` as datetime64."""
+        """Rows of a table (optionally a symbol x date slice), sorted by key; ``date`` as datetime64.
+        Only the requested symbols' files are opened; a damaged one raises :class:`DamagedFile` naming it."""
         wanted = self.symbols(spec) if symbols is None else [s for s in symbols if s in set(self.symbols(spec))]
         files = [str(self._symbol_file(spec, s)) for s in wanted]
         if not files:
@@ -309,24 +511,91 @@ class Warehouse:
         @_retry_after_swap
         def run() -> pd.DataFrame:
             def once() -> pd.DataFrame:
-                with duckdb.connect(":memory:") as con:
+                with self._read_connection() as con:
                     return con.execute(sql, [files, *params]).df()
 
             return self._read_consistently(once)
 
-        out = run()
+        try:
+            out = run()
+        except duckdb.Error:
+            damaged = self._damaged(Path(f) for f in files)
+            if damaged:
+                raise self._damage_error(damaged) from None
+            raise
         out["date"] = pd.to_datetime(out["date"])
         return out
 
-    @_retry_after_swap
-    @_retry_on_lock
-    def query(self, sql: str, params: Sequence[object] | None = None) -> pd.DataFrame:
-        """Run SQL on a read-only connection to ``warehouse.duckdb`` (it cannot change the warehouse)."""
-        if not self.db_path.exists():
-            self.ensure_all_tables()
+    def query(
+        self,
+        sql: str,
+        params: Sequence[object] | None = None,
+        on_damaged: Callable[[Path, str], None] | None = None,
+    ) -> pd.DataFrame:
+        """Run read-only SQL over the warehouse's views; it cannot change anything, and never opens
+        ``warehouse.duckdb`` (so no session on that file blocks it).
 
+        Only SELECT statements run (:class:`QueryRefused` otherwise), files outside the lake cannot be read. A
+        damaged Parquet file raises :class:`DamagedFile` naming it; with ``on_damaged`` it is left out of the
+        views instead, and ``on_damaged(path, reason)`` says so.
+        """
+        _refuse_writes(sql)
+        catalog = registered_catalog()
+        names = self._views_needed(catalog, sql)
+        left_out: set[Path] = set()
+        while True:
+            try:
+                return self._query_once(catalog, names, left_out, sql, params)
+            except duckdb.PermissionException as exc:
+                raise QueryRefused(f"{str(exc).splitlines()[0]}: queries here read only the lake ({self.lake_dir})") from None
+            except duckdb.Error:
+                folders = [self.table_dir(t) for t in catalog.tables if t.name in names]
+                damaged = [d for d in self._damaged(p for f in folders for p in sorted(f.glob("*.parquet"))) if d[0] not in left_out]
+                if not damaged:
+                    raise
+                if on_damaged is None:
+                    raise self._damage_error(damaged) from None
+                for path, reason in damaged:
+                    on_damaged(path, reason)
+                    left_out.add(path)
+
+    @staticmethod
+    def _views_needed(catalog: Catalog, sql: str) -> set[str]:
+        """The catalog's tables and views ``sql`` may read (names it mentions, and what those views read)."""
+        known = {t.name for t in catalog.tables} | {v.name for v in catalog.views}
+        views = {v.name: v for v in catalog.views}
+        needed = known & set(_IDENTIFIER.findall(sql.lower()))
+        pending = [n for n in needed if n in views]
+        while pending:
+            more = (known & set(_IDENTIFIER.findall(views[pending.pop()].sql.lower()))) - needed
+            needed |= more
+            pending += [n for n in more if n in views]
+        return needed
+
+    def _memory_view_sql(self, spec: TableSpec, left_out: set[Path]) -> str:
+        """What the table's view reads on a query connection: its files (less any left out), or no rows."""
+        files = sorted(self.table_dir(spec).glob("*.parquet"))
+        kept = [f for f in files if f not in left_out]
+        if not kept:
+            columns = ", ".join(f'CAST(NULL AS {c.sql_type}) AS "{c.name}"' for c in spec.columns)
+            return f"SELECT {columns} WHERE false"
+        if len(kept) == len(files):
+            return self.table_view(spec).sql
+        listed = ", ".join(_sql_string(str(f)) for f in kept)
+        return f"SELECT * FROM read_parquet([{listed}], union_by_name = true)"
+
+    @_retry_after_swap
+    def _query_once(
+        self, catalog: Catalog, names: set[str], left_out: set[Path], sql: str, params: Sequence[object] | None
+    ) -> pd.DataFrame:
         def once() -> pd.DataFrame:
-            with duckdb.connect(str(self.db_path), read_only=True) as con:
+            with self._read_connection() as con:
+                for spec in catalog.tables:
+                    if spec.name in names:
+                        con.execute(f"CREATE VIEW {spec.name} AS {self._memory_view_sql(spec, left_out)}")
+                for view in catalog.views:
+                    if view.name in names:
+                        con.execute(f"CREATE VIEW {view.name} AS {view.sql}")
                 return con.execute(sql, params or []).df()
 
         return self._read_consistently(once)
