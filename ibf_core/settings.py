@@ -112,6 +112,9 @@ class Settings(BaseSettings):
     freshness_max_sessions: int = Field(
         3, ge=0, description="market_bars is stale when a symbol's newest bar is more sessions behind than this"
     )
+    pool_wait_timeout: float = Field(
+        120.0, gt=0, description="Seconds a run waits for a concurrency-pool slot (duckdb, gpu) before failing, naming the holder"
+    )
     ib_host: str = Field("127.0.0.1", description="TWS / IB Gateway host")
     ib_ports: Annotated[list[int], NoDecode] = Field(default_factory=lambda: [7497, 7496, 4002, 4001], description="Ports tried in order")
     ib_client_id: int = Field(1, ge=0, le=2**31 - 1, description="API client id")

@@ -6,6 +6,10 @@ that test names what moved, and this module is the only one to mend.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import dagster as dg
@@ -49,3 +53,112 @@ def mlflow_tracking_resource(experiment: str, tracking_uri: str, on_init) -> dg.
         return MlFlow(init_context)
 
     return mlflow_tracking.configured({"experiment_name": experiment, "mlflow_tracking_uri": tracking_uri, "extra_tags": {"ibf": "trained_models"}})
+
+
+# ----- concurrency pools ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PoolClaim:
+    """A step of a run holding (``claimed``) or waiting for (not ``claimed``) a slot of a concurrency pool."""
+
+    pool: str
+    run_id: str
+    step_key: str
+    claimed: bool
+
+
+def pool_claims(instance: dg.DagsterInstance, pools: Sequence[str] | None = None) -> list[PoolClaim]:
+    """Every claimed slot and waiting step of ``pools`` (all pools when None); the instance has no public API."""
+    storage = instance.event_log_storage
+    if not storage.supports_global_concurrency_limits:
+        return []
+    keys = sorted(storage.get_concurrency_keys()) if pools is None else list(pools)
+    out: list[PoolClaim] = []
+    for key, info in storage.get_concurrency_infos(keys).items():
+        held = {(slot.run_id, slot.step_key) for slot in info.claimed_slots}
+        out += [PoolClaim(key, run_id, step_key, True) for run_id, step_key in sorted(held)]
+        out += [
+            PoolClaim(key, p.run_id, p.step_key, False) for p in info.pending_steps if (p.run_id, p.step_key) not in held
+        ]
+    return out
+
+
+def release_pool_slots(instance: dg.DagsterInstance, run_id: str) -> list[str]:
+    """Free every slot ``run_id`` holds or waits for (what the UI's "free slots" button does); returns the pools."""
+    pools = sorted({claim.pool for claim in pool_claims(instance) if claim.run_id == run_id})
+    if pools:
+        instance.event_log_storage.free_concurrency_slots_for_run(run_id)
+    return pools
+
+
+# Called as hook(run_id, pool, step_key) each time the in-process executor finds a step still waiting for a pool
+# slot (about once a second); it may raise to end the wait (the run then fails and its pending claims are freed).
+PoolWaitHook = Callable[[str, str, str], None]
+_pool_wait_hooks: dict[str, PoolWaitHook] = {}
+POOL_POLL_S = 1.0
+
+
+def _patch_pool_waits() -> None:
+    """Patch Dagster's per-run concurrency context once: call the hooks of a blocked claim, and sleep between tries.
+
+    Dagster 1.13.27's ``interval_to_next_pending_claim_check`` returns ``min(0, ...)``, never a positive number, so
+    the in-process executor loops without sleeping while a step waits for a slot: 100% CPU for as long as the
+    holder keeps it, and forever when the holder is dead. The patched interval sleeps until the next try (at most
+    ``POOL_POLL_S``, so a hook sees timeouts and interrupts promptly).
+    """
+    from dagster._core.execution.plan.instance_concurrency_context import InstanceConcurrencyContext as Context
+
+    if getattr(Context, "_ibf_patched", False):
+        return
+    original_claim = Context.claim
+
+    def claim(self, concurrency_key: str, step_key: str, step_priority: int = 0) -> bool:
+        claimed = original_claim(self, concurrency_key, step_key, step_priority)
+        hook = _pool_wait_hooks.get(self._run_id)
+        if not claimed and hook is not None:
+            hook(self._run_id, concurrency_key, step_key)
+        return claimed
+
+    def interval_to_next_pending_claim_check(self) -> float:
+        if not self._pending_claims:
+            return 0.0
+        now = time.time()
+        return max(0.0, min([POOL_POLL_S, *(ready - now for ready in self._pending_timeouts.values())]))
+
+    Context._ibf_unpatched = {"claim": original_claim, "interval": Context.interval_to_next_pending_claim_check}
+    Context.claim = claim
+    Context.interval_to_next_pending_claim_check = interval_to_next_pending_claim_check
+    Context._ibf_patched = True
+
+
+@contextmanager
+def pool_wait_hook(run_id: str, hook: PoolWaitHook) -> Iterator[None]:
+    """While inside, ``hook`` is told about every blocked pool claim of the in-process run ``run_id``."""
+    _patch_pool_waits()
+    _pool_wait_hooks[run_id] = hook
+    try:
+        yield
+    finally:
+        _pool_wait_hooks.pop(run_id, None)
+
+
+# ----- interrupts -----------------------------------------------------------------------------------
+def interrupt_requested() -> bool:
+    """Whether Dagster has captured a SIGINT/SIGTERM it has not raised yet (it raises them only inside op code)."""
+    from dagster._utils.interrupts import check_captured_interrupt
+
+    return check_captured_interrupt()
+
+
+def was_interrupted(result: dg.ExecuteInProcessResult) -> bool:
+    """Whether an in-process run ended because it was interrupted (Ctrl-C, SIGTERM), not because a step failed."""
+    from dagster._core.events import RunFailureReason
+
+    for event in result.all_events:
+        if event.is_step_failure and event.step_failure_data and event.step_failure_data.error:
+            if event.step_failure_data.error.cls_name in ("DagsterExecutionInterruptedError", "KeyboardInterrupt"):
+                return True
+        if event.event_type == dg.DagsterEventType.RUN_FAILURE:
+            data = event.event_specific_data
+            if getattr(data, "failure_reason", None) == RunFailureReason.UNEXPECTED_TERMINATION:
+                return True
+    return False

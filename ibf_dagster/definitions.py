@@ -12,7 +12,13 @@ from ibf_dagster.assets.models import build_trained_models
 from ibf_dagster.assets.news import build_news_sentiment
 from ibf_dagster.assets.predictions import build_predictions
 from ibf_dagster.resources import build_resources
-from ibf_dagster.sensors import build_check_alerts, build_retrain_on_drift, build_universe_sync, build_weekly_training
+from ibf_dagster.sensors import (
+    build_check_alerts,
+    build_retrain_on_drift,
+    build_run_recovery,
+    build_universe_sync,
+    build_weekly_training,
+)
 
 
 def build_definitions(settings: Settings) -> dg.Definitions:
@@ -32,6 +38,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
             build_retrain_on_drift(settings),
             build_weekly_training(),
             build_check_alerts(settings),
+            build_run_recovery(),
         ],
         resources=build_resources(settings),
     )

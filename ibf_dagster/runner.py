@@ -14,12 +14,13 @@ import dagster as dg
 import pandas as pd
 
 from ibf_core.calendar import to_date
-from ibf_core.progress import report_progress
+from ibf_core.progress import report_notice, report_progress
 from ibf_core.settings import Settings, normalize_symbol
 from ibf_core.storage.warehouse import Warehouse
-from ibf_dagster.compat import partition_range_tags
+from ibf_dagster.compat import partition_range_tags, was_interrupted
 from ibf_dagster.instance import get_instance
 from ibf_dagster.partitions import MODEL_CUTOFFS, SYMBOL_PARTITIONS, date_key_window, date_partitions
+from ibf_dagster.recovery import PoolWait, RunInterrupted, guarded_run, launch_tags, recover_dead_runs
 
 
 MODEL_ASSETS = ("trained_models", "predictions", "drift_scores")
@@ -100,6 +101,7 @@ def backfill(
     if start_d and end_d and start_d > end_d:
         raise BackfillError(f"--start {start_d} is after --end {end_d}")
     instance = get_instance(settings)
+    start_runs(instance)
     Warehouse(settings.home_dir).ensure_all_tables()
     sync_universe(instance, settings.universe)
     wanted = [normalize_symbol(s) for s in symbols] if symbols else known_symbols(instance)
@@ -132,10 +134,14 @@ def backfill(
                 dg.MultiPartitionKey({"date": date_keys[-1], "symbol": block[-1]}),
             ),
             "ibf/launched_by": "ibf backfill",
+            **launch_tags(),
         }
         run_id = str(uuid.uuid4())
         expected = len(date_keys) * len(block) * len(selected)
-        with _report_recorded_partitions(instance, run_id, expected):
+        with (
+            _report_recorded_partitions(instance, run_id, expected),
+            guarded_run(instance, run_id, settings.pool_wait_timeout, report_notice) as wait,
+        ):
             result = job.execute_in_process(
                 instance=instance,
                 asset_selection=sorted(selected),
@@ -144,8 +150,23 @@ def backfill(
                 raise_on_error=False,
                 run_id=run_id,
             )
+        _raise_if_stopped(result, wait)
         summaries.append(_summarize(result, block, (date_keys[0], date_keys[-1])))
     return summaries
+
+
+def start_runs(instance: dg.DagsterInstance) -> None:
+    """Before a run starts: runs whose process is gone are marked FAILED and their pool slots freed (one line each)."""
+    for freed in recover_dead_runs(instance):
+        report_notice(freed.line())
+
+
+def _raise_if_stopped(result: dg.ExecuteInProcessResult, wait: PoolWait) -> None:
+    """A run that gave up waiting for a pool, or was interrupted, stops the whole command (no further runs)."""
+    if wait.error:
+        raise BackfillError(wait.error)
+    if wait.interrupted or was_interrupted(result):
+        raise RunInterrupted(f"interrupted: run {result.run_id} marked FAILED, its pool slots released")
 
 
 @contextmanager
@@ -190,18 +211,23 @@ def train(settings: Settings, cutoff: str | dt.date, log_level: str = "WARNING")
     if pd.Timestamp(day) not in set(sessions):
         raise BackfillError(f"cut-off {day} is not an NYSE session")
     instance = get_instance(settings)
+    start_runs(instance)
     if not instance.has_dynamic_partition(MODEL_CUTOFFS.name, day.isoformat()):
         instance.add_dynamic_partitions(MODEL_CUTOFFS.name, [day.isoformat()])
     defs = build_definitions(settings)
     job = defs.resolve_implicit_global_asset_job_def()
-    result = job.execute_in_process(
-        instance=instance,
-        asset_selection=[dg.AssetKey("trained_models")],
-        partition_key=day.isoformat(),
-        tags={"ibf/launched_by": "ibf train"},
-        run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
-        raise_on_error=False,
-    )
+    run_id = str(uuid.uuid4())
+    with guarded_run(instance, run_id, settings.pool_wait_timeout, report_notice) as wait:
+        result = job.execute_in_process(
+            instance=instance,
+            asset_selection=[dg.AssetKey("trained_models")],
+            partition_key=day.isoformat(),
+            tags={"ibf/launched_by": "ibf train", **launch_tags()},
+            run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
+            raise_on_error=False,
+            run_id=run_id,
+        )
+    _raise_if_stopped(result, wait)
     return _summarize(result, [], (day.isoformat(), day.isoformat()))
 
 

@@ -184,3 +184,27 @@ def build_check_alerts(settings: Settings) -> dg.SensorDefinition:
         return dg.SensorResult(cursor=str(cursor) if cursor is not None else None)
 
     return check_alerts
+
+
+def build_run_recovery() -> dg.SensorDefinition:
+    """Runs whose worker died while the daemon lives (killed, out of memory): Dagster's default launcher has no
+    worker health check, so without this they stay STARTED and keep their pool slot until someone notices."""
+
+    @dg.sensor(
+        name="run_recovery",
+        description=(
+            "Marks STARTED runs whose process is gone (pid and start time checked) FAILED and frees their "
+            "concurrency-pool slots, so a crashed run never blocks the duckdb or gpu pool."
+        ),
+        minimum_interval_seconds=60,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+    )
+    def run_recovery(context: dg.SensorEvaluationContext) -> dg.SkipReason:
+        from ibf_dagster.recovery import recover_dead_runs
+
+        freed = recover_dead_runs(context.instance)
+        for run in freed:
+            context.log.warning(run.line())
+        return dg.SkipReason("; ".join(run.line() for run in freed) or "every unfinished run's process is alive")
+
+    return run_recovery
