@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import os
+import signal
+import subprocess
 import sys
 import time
+import traceback
 import warnings
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from ibf_core.settings import SettingsError, get_settings, load_settings, normalize_symbol
 
@@ -20,10 +25,26 @@ universe_app = typer.Typer(help="The symbols partitioned by every per-symbol ass
 app.add_typer(universe_app, name="universe")
 err = Console(stderr=True)
 out = Console(soft_wrap=True)  # tables are wider than 80 columns; never re-wrap them
+_options = {"debug": False}
+# `ibf ui`: after Ctrl-C/SIGTERM, dagster dev gets this long to shut down on SIGINT, then SIGTERM, then SIGKILL.
+UI_STOP_GRACE_S = (4.0, 2.0)
+
+
+@app.callback()
+def _global_options(
+    debug: Annotated[bool, typer.Option("--debug", help="Show the traceback of an error (otherwise one error: line)")] = False,
+) -> None:
+    _options["debug"] = debug
+
+
+def _print_error(message: str) -> None:
+    err.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
 
 
 def _fail(message: str, code: int = 1) -> None:
-    err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    if _options["debug"] and sys.exc_info()[1] is not None:
+        err.print(traceback.format_exc().rstrip(), highlight=False, markup=False, soft_wrap=True)
+    _print_error(message)
     raise typer.Exit(code)
 
 
@@ -116,12 +137,19 @@ def sql(
 
     from ibf_core.storage.warehouse import Warehouse
 
+    from ibf_core.storage.warehouse import WarehouseError
+
     if format not in ("table", "csv", "json"):
         _fail("--format must be table, csv or json", 2)
+
+    def left_out(path: Path, reason: str) -> None:
+        err.print(f"warning: left out {path} ({reason}); its rows are missing from this result until a backfill of "
+                  f"{path.stem} replaces it", highlight=False, markup=False, soft_wrap=True)
+
     try:
-        frame = Warehouse(_settings().home_dir).query(query)
-    except duckdb.Error as exc:
-        _fail(str(exc).splitlines()[0])
+        frame = Warehouse(_settings().home_dir).query(query, on_damaged=left_out)
+    except (duckdb.Error, WarehouseError) as exc:
+        _fail(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
     for column in frame.columns:
         values = frame[column]
         if str(values.dtype).startswith("datetime64") and (values.dropna().dt.normalize() == values.dropna()).all():
@@ -424,18 +452,117 @@ def evaluate(
 @app.command()
 def ui(port: Annotated[int, typer.Option(help="Port of the Dagster UI")] = 3000) -> None:
     """Start the Dagster UI and daemon (dagster dev) on 127.0.0.1 with the instance under IBF_HOME."""
-    from ibf_dagster.instance import prepare_dagster_home
+    from ibf_dagster.instance import get_instance
+    from ibf_dagster.runner import start_runs
 
     settings = _settings()
-    prepare_dagster_home(settings)
+    instance = get_instance(settings)
+    start_runs(instance)  # runs a crashed dagster dev left STARTED, with their pool slots
     workspace = Path(__file__).resolve().parents[1] / "workspace.yaml"
     dagster = str(Path(sys.executable).with_name("dagster"))
-    os.execv(dagster, [dagster, "dev", "-h", "127.0.0.1", "-p", str(port), "-w", str(workspace)])
+    # Its own process group: Ctrl-C reaches ibf, which stops the whole group (webserver, daemon, code server, run
+    # workers) and escalates, since dagster dev may take minutes to act on a SIGTERM.
+    proc = subprocess.Popen([dagster, "dev", "-h", "127.0.0.1", "-p", str(port), "-w", str(workspace)], start_new_session=True)
+    code = _supervise(proc)
+    start_runs(instance)  # runs whose workers went down with it
+    raise typer.Exit(code)
+
+
+def _supervise(proc: subprocess.Popen) -> int:
+    """Wait for ``proc``; on SIGINT/SIGTERM stop its process group (SIGINT, then SIGTERM, then SIGKILL)."""
+    stop: list[int] = []
+    previous = {sig: signal.signal(sig, lambda signum, _frame: stop.append(signum)) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while proc.poll() is None and not stop:
+            time.sleep(0.2)
+        if proc.poll() is None:
+            err.print("stopping dagster dev ...", highlight=False)
+            _stop_group(proc)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 128 + stop[0] if stop else proc.returncode
+
+
+def _stop_group(proc: subprocess.Popen) -> None:
+    """Stop ``proc``'s process group: SIGINT (dagster dev's clean shutdown), then SIGTERM, then SIGKILL."""
+    for sig, grace in ((signal.SIGINT, UI_STOP_GRACE_S[0]), (signal.SIGTERM, UI_STOP_GRACE_S[1]), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            continue
+        # dagster dev is gone; its children may not be: anything left in the group gets the same signal
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        return
+
+
+def _interrupt(signum: int, _frame) -> None:
+    """SIGTERM stops ibf like Ctrl-C does: cleanly, so a run it executes ends FAILED and frees its pool slots."""
+    raise KeyboardInterrupt()
+
+
+def _report(exc: BaseException) -> int:
+    """One error line for ``exc`` (its traceback first with --debug); returns the exit code."""
+    if _options["debug"]:
+        err.print("".join(traceback.format_exception(exc)).rstrip(), highlight=False, markup=False, soft_wrap=True)
+    if isinstance(exc, KeyboardInterrupt):
+        _print_error(str(exc) or "interrupted")
+        return 130
+    text = str(exc).strip()
+    message = text.splitlines()[0] if text else type(exc).__name__
+    if not type(exc).__module__.startswith(("ibf_core", "ibf_dagster")):
+        message = f"{type(exc).__name__}: {message}" + ("" if _options["debug"] else " (ibf --debug shows the traceback)")
+    _print_error(message)
+    return 2 if isinstance(exc, SettingsError) else 1
+
+
+def _setup_output() -> None:
+    """Notices (a freed run, a pool wait) and storage warnings (a quarantined file) reach the terminal."""
+    import logging
+
+    from ibf_core.progress import set_notice_sink
+
+    set_notice_sink(lambda line: err.print(line, highlight=False, markup=False, soft_wrap=True))
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("warning: %(message)s"))
+    handler.setLevel(logging.WARNING)
+    logging.getLogger("ibf_core.storage").addHandler(handler)
+
+
+def _guarded(command):
+    """``command`` with ibf's error policy: any failure is one ``error:`` line (the traceback first with --debug)."""
+
+    @functools.wraps(command)
+    def run(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except (typer.Exit, typer.Abort, typer.TyperException):  # typer's own exits and usage errors
+            raise
+        except (Exception, KeyboardInterrupt) as exc:
+            raise typer.Exit(_report(exc)) from None
+
+    return run
+
+
+def _guard_commands(group: typer.Typer) -> None:
+    for info in group.registered_commands:
+        if info.callback is not None and not hasattr(info.callback, "__wrapped__"):
+            info.callback = _guarded(info.callback)
+    for sub in group.registered_groups:
+        if sub.typer_instance is not None:
+            _guard_commands(sub.typer_instance)
 
 
 def main() -> None:
+    """The console script: every failure is one ``error:`` line and exit 1 (2 for settings), 130 when interrupted."""
+    signal.signal(signal.SIGTERM, _interrupt)
+    _setup_output()
+    _guard_commands(app)
     app()
-
-
-if __name__ == "__main__":
-    main()
