@@ -236,6 +236,20 @@ def test_ensuring_an_unchanged_warehouse_writes_nothing(ibf_home, monkeypatch):
     wh.replace_slice(MARKET_BARS, canonical(make_bars()), ["AAA", "BBB"], "2021-01-01", "2021-03-31")
 
 
+def test_current_views_are_not_even_read(ibf_home, monkeypatch):
+    """A read-write DuckDB session conflicts even with a read-only open: writers must not open the file at all."""
+    wh = Warehouse(ibf_home)
+    wh.ensure_all_tables()
+
+    def no_open(self):
+        raise AssertionError("warehouse.duckdb was opened although its views are current")
+
+    monkeypatch.setattr(Warehouse, "_view_rows", no_open)
+    wh.ensure_all_tables()
+    wh.replace_slice(MARKET_BARS, canonical(make_bars()), ["AAA", "BBB"], "2021-01-01", "2021-03-31")
+    assert wh.query("SELECT count(*) AS n FROM market_bars").n.iloc[0] == 2 * 61
+
+
 def test_a_moved_home_redefines_the_views(ibf_home, tmp_path):
     wh = Warehouse(ibf_home)
     wh.replace_slice(MARKET_BARS, canonical(make_bars()), ["AAA", "BBB"], "2021-01-01", "2021-03-31")
