@@ -259,10 +259,12 @@ def test_a_truncated_parquet_file_is_named_and_a_backfill_of_its_symbol_repairs_
     assert counts.stdout.splitlines() == ["symbol,n", "AAPL,40", "MSFT,40"] and "warning" not in counts.stderr
 
 
-def test_debug_shows_the_traceback_and_plain_errors_are_one_line(ibf_home):
-    plain = run_ibf("sql", "COPY (SELECT 1) TO 'x.csv'")
+def test_debug_shows_the_traceback_and_plain_errors_are_one_line(ibf_home, tmp_path):
+    copy = f"COPY (SELECT 1) TO '{tmp_path / 'x.csv'}'"
+    plain = run_ibf("sql", copy)
     assert plain.returncode == 1 and plain.stderr.splitlines() == ["error: COPY statements are refused: queries here are read-only (SELECT only)"]
-    debug = run_ibf("--debug", "sql", "COPY (SELECT 1) TO 'x.csv'")
+    assert not (tmp_path / "x.csv").exists()
+    debug = run_ibf("--debug", "sql", copy)
     assert debug.returncode == 1 and "Traceback (most recent call last)" in debug.stderr and "QueryRefused" in debug.stderr
     assert debug.stderr.splitlines()[-1] == plain.stderr.splitlines()[0]
     settings = run_ibf("sql", "SELECT 1", env={"IBF_POOL_WAIT_TIMEOUT": "soon"})
