@@ -171,6 +171,7 @@ def test_a_pool_wait_names_the_holder_does_not_spin_and_times_out(ibf_home, gate
     assert gave_up_after < 30
     with instance_of(ibf_home) as instance:
         assert all(c.run_id == holder_run for c in pool_claims(instance))  # the waiter claims nothing any more
+    print(f"pool wait: {waited_cpu:.2f} s CPU in 5 s of waiting; gave up {gave_up_after:.1f} s after the first wait line")
 
 
 HOLDER = textwrap.dedent(
@@ -209,6 +210,7 @@ def test_a_read_write_session_blocks_only_a_backfill_that_must_change_a_view(ibf
     assert f"is held by PID {holder.pid} (" in line and "warehouse.duckdb" in line, line
     assert "Traceback" not in third.stderr
     assert took < 60, f"{took:.1f} s"  # the old code retried 30 s, then died with a traceback
+    print(f"backfill needing a view change, warehouse held read-write: failed in {took:.1f} s")
     assert lake_digest(ibf_home) == before
     fourth = run_ibf("backfill", *month, "--start", "2012-03-01", "--end", "2012-03-30")
     assert fourth.returncode == 0, fourth.stderr
