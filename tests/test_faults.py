@@ -71,7 +71,10 @@ def wait_for_pool_holder(home: Path, proc: subprocess.Popen, timeout: float = 18
     deadline = time.time() + timeout
     while time.time() < deadline:
         assert proc.poll() is None, "the backfill ended before its run held the pool"
-        if (home / "dagster" / "dagster.yaml").exists():
+        # A run's own event database exists once the backfill has created the instance's storage: opening the
+        # instance earlier would race its creation (both processes would create the same SQLite tables).
+        run_dbs = [p for p in (home / "dagster" / "history" / "runs").glob("*.db") if p.name != "index.db"]
+        if run_dbs:
             with instance_of(home) as instance:
                 for claim in pool_claims(instance, ["duckdb"]):
                     run = instance.get_run_by_id(claim.run_id)
