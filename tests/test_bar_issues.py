@@ -308,3 +308,13 @@ def test_issue_summary_line():
     assert summary.by_rule == {"close_outside_range": 1, "duplicate_date": 1, "high_below_low": 1,
                                "nonpositive_price": 1, "open_outside_range": 1}
     assert BAR_ISSUES.column_names == ["symbol", "date", "rule", "action", "detail", "source", "recorded_at"]
+
+
+def test_a_clean_reload_clears_the_slices_issues(tmp_path):
+    frame, _ = glitchy_bars()
+    warehouse = Warehouse(tmp_path / "home")
+    load_market_bars(CsvSource(write(tmp_path / "v.csv", frame), REPAIR), warehouse, ["AAA", "BBB"], *Q1)
+    assert len(warehouse.query("SELECT * FROM bar_issues")) == 8
+    load_market_bars(CsvSource(write(tmp_path / "v.csv", make_bars()), REPAIR), warehouse, ["AAA", "BBB"], *Q1)
+    assert warehouse.query("SELECT count(*) AS n FROM bar_issues")["n"].item() == 0
+    assert not (warehouse.lake_dir / "bar_issues" / "AAA.parquet").exists()
