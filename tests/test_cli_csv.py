@@ -94,7 +94,7 @@ def test_bad_input_is_one_error_line_exit_1_and_changes_nothing(ibf_home, tmp_pa
     (tmp_path / "header.csv").write_text("date,symbol,open,high,low,close,volume\n")
     day_first = make_bars().assign(date=lambda f: pd.to_datetime(f.date).dt.strftime("%d/%m/%Y"))
     day_first.to_csv(tmp_path / "eu.csv", index=False)
-    glitches = make_bars()
+    glitches = make_bars(symbols=("CCC", "DDD"))  # a rectangle not loaded yet: a run would write news for it
     glitches.loc[4, "open"] = glitches.loc[4, "high"] * 1.002
     glitches.loc[9, "low"] = glitches.loc[9, "high"] * 1.2
     glitches.loc[12, "close"] = -3
@@ -123,8 +123,8 @@ def test_bad_input_is_one_error_line_exit_1_and_changes_nothing(ibf_home, tmp_pa
     first, *rest = proc.stderr.strip().splitlines()[-4:]
     assert proc.returncode == 1 and first.startswith("error: ") and "3 bad rows (IBF_BAR_POLICY=strict rejects the input): " in first
     assert "1 zero or negative price, 1 high below low, 1 open outside the high-low range" in first
-    assert rest == ["  zero or negative price (1): row 14 (AAA 2021-01-21)", "  high below low (1): row 11 (AAA 2021-01-15)",
-                    "  open outside the high-low range (1): row 6 (AAA 2021-01-08)"]
+    assert rest == ["  zero or negative price (1): row 14 (CCC 2021-01-21)", "  high below low (1): row 11 (CCC 2021-01-15)",
+                    "  open outside the high-low range (1): row 6 (CCC 2021-01-08)"]
     assert lake_state(ibf_home) == before
 
     monkeypatch.setenv("IBF_BAR_POLICY", "repair")
