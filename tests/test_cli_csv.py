@@ -50,6 +50,12 @@ def test_csv_without_symbols_loads_every_symbol_and_says_what_it_repaired(ibf_ho
     with dg.DagsterInstance.get() as instance:
         features = instance.get_materialized_partitions(dg.AssetKey("features"))
         news = instance.get_materialized_partitions(dg.AssetKey("news_sentiment"))
+        bars = instance.get_latest_materialization_event(dg.AssetKey("market_bars")).asset_materialization.metadata
+        check = instance.get_latest_asset_check_evaluation_record(
+            dg.AssetCheckKey(dg.AssetKey("market_bars"), "ohlc_consistent")).evaluation.metadata
+    assert bars["bar_issues"].value == "1 row repaired, 1 dropped (4 missing sessions), see bar_issues"
+    assert (bars["rows_repaired"].value, bars["rows_dropped"].value) == (1, 1)
+    assert (check["rows_repaired"].value, check["rows_dropped"].value, check["bad_rows"].value) == (1, 1, 0)
     assert {"2021-01|AAA", "2021-03|CCC"} <= features and not news  # exactly the two listed assets
     assert not any(k.startswith("2021-04") for k in features)  # the file's dates, not the whole history
     bars_before = {k: v for k, v in lake_state(ibf_home).items() if k.startswith("market_bars")}
