@@ -1,21 +1,37 @@
-"""The daily-bar frame every source returns: schema, validation with row-level errors, split adjustment."""
+"""The daily-bar frame every source returns: schema, parsing with row-level errors, split adjustment.
+
+Parsing (:func:`parse_bars`) turns raw input into typed columns and stops at the first *format* error: a missing
+required column, an invalid symbol, a date that is not ISO (or not in ``IBF_CSV_DATE_FORMAT``), text in a numeric
+column. What happens to rows that parse but cannot be right (OHLC glitches, duplicates, non-positive prices) is
+the bar policy's business (:mod:`ibf_core.bar_checks`): repaired or dropped and recorded, or rejected all at once.
+"""
 
 from __future__ import annotations
 
+import datetime as dt
 from fractions import Fraction
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
-from ibf_core.calendar import all_sessions
 from ibf_core.settings import SYMBOL_PATTERN
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ibf_core.bar_checks import BarPolicy
 
 BAR_COLUMNS = ["symbol", "date", "open", "high", "low", "close", "adj_close", "volume"]
 # Optional: relative quoted spread (ask - bid) / mid of the day, from IB BID_ASK bars; NaN when unknown.
 OPTIONAL_COLUMNS = ["spread"]
 PRICE_COLUMNS = ["open", "high", "low", "close", "adj_close"]
 NUMERIC_COLUMNS = [*PRICE_COLUMNS, "volume"]
-REQUIRED_INPUT_COLUMNS = ["date", "symbol", "open", "high", "low", "close", "volume"]
+# Only these must be in the input: open/high/low default from close, adj_close to close, volume to NULL
+# (each recorded as an issue by the bar policy).
+REQUIRED_INPUT_COLUMNS = ["date", "symbol", "close"]
+# Vendor spellings of our column names (after lower-casing and spaces -> "_").
+COLUMN_ALIASES = {"ticker": "symbol", "adjclose": "adj_close", "adjusted_close": "adj_close", "adj._close": "adj_close"}
+# Cell texts that mean "no value" (Yahoo writes null); read as missing, never as text.
+MISSING_TOKENS = frozenset({"", "null", "nan", "na", "n/a", "#n/a", "none", "-", "<na>"})
 BAR_DTYPES = {
     "symbol": "string",
     "date": "datetime64[ns]",
@@ -37,51 +53,43 @@ def empty_bars() -> pd.DataFrame:
     return pd.DataFrame({c: pd.Series(dtype=t) for c, t in BAR_DTYPES.items()})[BAR_COLUMNS]
 
 
-def _where(frame: pd.DataFrame, mask: pd.Series) -> list[str]:
-    """Describe offending rows as 'row N (SYMBOL 2012-01-03)' using the reader's line numbers when present."""
+def describe_rows(frame: pd.DataFrame, mask: pd.Series, limit: int = MAX_ERRORS_SHOWN) -> list[str]:
+    """Offending rows as 'row N (SYMBOL 2012-01-03)' (the reader's line numbers, the file when several)."""
     rows = frame.loc[mask]
+    several_files = "_file" in rows.columns and frame["_file"].nunique() > 1
     out = []
-    for idx, row in rows.head(MAX_ERRORS_SHOWN).iterrows():
-        line = row["_line"] if "_line" in rows.columns else idx
-        date = row.get("date")
-        date_txt = pd.Timestamp(date).date().isoformat() if isinstance(date, pd.Timestamp | np.datetime64) else date
-        out.append(f"row {line} ({row.get('symbol')} {date_txt})")
-    more = len(rows) - MAX_ERRORS_SHOWN
+    for idx, row in rows.head(limit).iterrows():
+        out.append(row_label(row, idx, several_files))
+    more = len(rows) - limit
     return out + ([f"and {more} more"] if more > 0 else [])
 
 
+def row_label(row: pd.Series, idx: object, with_file: bool = False) -> str:
+    """'row N (SYMBOL date)', 'row N of FILE (...)' when the input has several files."""
+    line = row["_line"] if "_line" in row.index else idx
+    date = row.get("date")
+    date_txt = pd.Timestamp(date).date().isoformat() if isinstance(date, pd.Timestamp | np.datetime64) else date
+    where = f"row {line} of {row['_file']}" if with_file else f"row {line}"
+    return f"{where} ({row.get('symbol')} {date_txt})"
+
+
 def _fail(origin: str, problem: str, frame: pd.DataFrame, mask: pd.Series) -> None:
-    raise BarsValidationError(f"{origin}: {problem} at {', '.join(_where(frame, mask))}")
+    raise BarsValidationError(f"{origin}: {problem} at {', '.join(describe_rows(frame, mask))}")
 
 
-def _parse_dates(values: pd.Series) -> pd.Series:
-    """ISO dates fast; anything else (US formats, timestamps) through pandas' per-element parser."""
-    if pd.api.types.is_datetime64_any_dtype(values):
-        return values
-    try:
-        return pd.to_datetime(values, format="ISO8601")
-    except (ValueError, TypeError):
-        return pd.to_datetime(values, errors="coerce", format="mixed")
-
-
-def validate_bars(raw: pd.DataFrame, origin: str, symbols: list[str] | None = None) -> pd.DataFrame:
-    """Check and normalise raw bars into the canonical frame, raising one clear error on the first problem.
-
-    ``raw`` needs the input columns (adj_close optional: it defaults to close, i.e. no dividend adjustment).
-    A ``_line`` column, when present, is used for row numbers in messages. Nothing is modified in place.
-    """
+def normalise_columns(raw: pd.DataFrame, origin: str) -> pd.DataFrame:
+    """Column names in any case and with spaces (``Adj Close``) as ours; the required ones must be there."""
     frame = raw.copy()
-    frame.columns = [str(c).strip().lower().replace(" ", "_") for c in frame.columns]
-    if "ticker" in frame.columns and "symbol" not in frame.columns:
-        frame = frame.rename(columns={"ticker": "symbol"})
+    names = [str(c).strip().lower().replace(" ", "_") for c in frame.columns]
+    frame.columns = [COLUMN_ALIASES.get(n, n) if COLUMN_ALIASES.get(n, n) not in names else n for n in names]
     missing = [c for c in REQUIRED_INPUT_COLUMNS if c not in frame.columns]
     if missing:
-        raise BarsValidationError(f"{origin}: missing column(s) {', '.join(missing)} (have {', '.join(frame.columns)})")
-    if frame.empty:
-        return empty_bars()
-    if "adj_close" not in frame.columns:
-        frame["adj_close"] = frame["close"]
+        have = ", ".join(c for c in frame.columns if not c.startswith("_"))
+        raise BarsValidationError(f"{origin}: missing column(s) {', '.join(missing)} (have {have})")
+    return frame
 
+
+def _parse_symbols(frame: pd.DataFrame, origin: str) -> pd.Series:
     # String work on the distinct symbols only: a 10-year file repeats each symbol thousands of times.
     codes, uniques = pd.factorize(frame["symbol"], use_na_sentinel=True)
     cleaned = pd.Series(uniques, dtype="string").str.strip().str.upper()
@@ -89,65 +97,113 @@ def validate_bars(raw: pd.DataFrame, origin: str, symbols: list[str] | None = No
     bad_symbol = pd.Series((codes < 0) | ~valid[codes.clip(min=0)], index=frame.index)
     if bad_symbol.any():
         _fail(origin, "invalid symbol", frame, bad_symbol)
-    frame["symbol"] = pd.Categorical.from_codes(codes, categories=cleaned.to_numpy()).astype("string")
+    return pd.Series(pd.Categorical.from_codes(codes, categories=cleaned.to_numpy()), index=frame.index).astype("string")
 
-    dates = _parse_dates(frame["date"])
-    bad_date = dates.isna()
-    if bad_date.any():
-        _fail(origin, "unparseable date", frame, bad_date)
-    if getattr(dates.dt, "tz", None) is not None:
-        dates = dates.dt.tz_localize(None)
-    frame["date"] = dates.dt.normalize()
 
-    for column in NUMERIC_COLUMNS:
-        values = pd.to_numeric(frame[column], errors="coerce")
-        was_text = values.isna() & frame[column].notna()
+def _holds_dates(values: pd.Series) -> bool:
+    """Already dates (Parquet date/timestamp columns), not text to parse."""
+    if pd.api.types.is_datetime64_any_dtype(values):
+        return True
+    first = values.dropna().head(1)
+    return len(first) == 1 and isinstance(first.iloc[0], dt.date)
+
+
+def _date_hint(value: str, date_format: str | None) -> str:
+    if date_format:
+        return f"{value!r} does not match IBF_CSV_DATE_FORMAT={date_format!r}"
+    return f"{value!r} is not an ISO date (YYYY-MM-DD); set IBF_CSV_DATE_FORMAT (e.g. %d/%m/%Y) to read another format"
+
+
+def parse_dates(frame: pd.DataFrame, origin: str, date_format: str | None = None) -> pd.Series:
+    """ISO dates, or every date in ``date_format`` (one strptime format for the whole input): never guessed per
+    row, since a guess reads 04/01 as 4 January on one row and as 1 April on the next."""
+    values = frame["date"]
+    if _holds_dates(values):
+        parsed = pd.to_datetime(values)
+    else:
+        fmt = date_format or "ISO8601"
+        parsed = pd.to_datetime(values, format=fmt, errors="coerce")
+        if not pd.api.types.is_datetime64_any_dtype(parsed):
+            raise BarsValidationError(f"{origin}: dates mix time-zone offsets (first value {values.iloc[0]!r})")
+        bad = parsed.isna()
+        if bad.any():  # surrounding spaces are not an error: strip only the cells that failed (stripping all is slow)
+            retry = pd.to_datetime(values[bad].astype("string").str.strip(), format=fmt, errors="coerce")
+            parsed.loc[bad.to_numpy()] = retry.to_numpy()
+            bad = parsed.isna()
+        if bad.any():
+            first = frame.index[bad.to_numpy()][0]
+            where = ", ".join(describe_rows(frame, bad))
+            raise BarsValidationError(f"{origin}: unparseable date at {where}: {_date_hint(str(values.loc[first]), date_format)}")
+    if getattr(parsed.dt, "tz", None) is not None:
+        parsed = parsed.dt.tz_localize(None)
+    return parsed.dt.normalize()
+
+
+def _parse_number_column(frame: pd.DataFrame, column: str, origin: str) -> pd.Series:
+    raw = frame[column]
+    if pd.api.types.is_numeric_dtype(raw) and not pd.api.types.is_bool_dtype(raw):
+        return raw.astype("float64")
+    values = pd.to_numeric(raw, errors="coerce")
+    failed = values.isna()
+    if failed.any():  # string work on the failed cells only: a missing token, or text (an error)
+        text = raw[failed].astype("string").str.strip().str.lower()
+        was_text = pd.Series(False, index=raw.index)
+        was_text.loc[failed.to_numpy()] = (~(text.isna() | text.isin(MISSING_TOKENS))).to_numpy()
         if was_text.any():
-            _fail(origin, f"non-numeric value in column '{column}'", frame, was_text)
-        if values.isna().any():
-            _fail(origin, f"missing value in column '{column}'", frame, values.isna())
-        if not np.isfinite(values).all():
-            _fail(origin, f"infinite value in column '{column}'", frame, ~np.isfinite(values))
-        frame[column] = values.astype("float64")
+            first = frame.index[was_text.to_numpy()][0]
+            where = ", ".join(describe_rows(frame, was_text))
+            raise BarsValidationError(f"{origin}: non-numeric value in column '{column}' at {where}: {raw.loc[first]!r}")
+    return values.astype("float64")
 
-    nonpositive = (frame[PRICE_COLUMNS] <= 0).any(axis=1)
-    if nonpositive.any():
-        _fail(origin, "zero or negative price", frame, nonpositive)
-    if (frame["volume"] < 0).any():
-        _fail(origin, "negative volume", frame, frame["volume"] < 0)
-    slack = frame["high"] * OHLC_TOLERANCE
-    high_low = frame["high"] < frame["low"] - slack
-    if high_low.any():
-        _fail(origin, "high below low", frame, high_low)
-    outside = (frame[["open", "close"]].max(axis=1) > frame["high"] + slack) | (
-        frame[["open", "close"]].min(axis=1) < frame["low"] - slack
-    )
-    if outside.any():
-        _fail(origin, "open/close outside the high-low range", frame, outside)
 
-    dup = frame.duplicated(["symbol", "date"], keep=False)
-    if dup.any():
-        _fail(origin, "duplicate (symbol, date)", frame, dup)
-    off_calendar = ~frame["date"].isin(all_sessions())
-    if off_calendar.any():
-        _fail(origin, "date is not an NYSE trading day", frame, off_calendar)
-
-    if symbols is not None:
-        present = set(frame["symbol"].unique())
-        unknown = [s for s in symbols if s not in present]
-        if unknown:
-            raise BarsValidationError(f"{origin}: no bars for symbol(s) {', '.join(unknown)}")
-        frame = frame[frame["symbol"].isin(symbols)]
-
-    columns = BAR_COLUMNS + [c for c in OPTIONAL_COLUMNS if c in frame.columns]
+def parse_bars(raw: pd.DataFrame, origin: str, date_format: str | None = None) -> pd.DataFrame:
+    """Typed columns (symbol, date, the numeric columns present, ``_line``/``_file`` when given), raising one
+    clear error on the first format problem. Values that parse are not judged here (see ``bar_checks``)."""
+    frame = normalise_columns(raw, origin)
+    if frame.empty:
+        return frame
+    frame["symbol"] = _parse_symbols(frame, origin)
+    frame["date"] = parse_dates(frame, origin, date_format)
+    for column in NUMERIC_COLUMNS:
+        if column in frame.columns:
+            frame[column] = _parse_number_column(frame, column, origin)
     if "spread" in frame.columns:
         spread = pd.to_numeric(frame["spread"], errors="coerce")
-        bad_spread = (spread < 0) | np.isinf(spread) | (spread.isna() & frame["spread"].notna() & (frame["spread"].astype(str).str.strip() != ""))
+        blank = frame["spread"].isna() | (frame["spread"].astype(str).str.strip() == "")
+        bad_spread = (spread < 0) | np.isinf(spread) | (spread.isna() & ~blank)
         if bad_spread.any():
             _fail(origin, "spread must be a non-negative number", frame, bad_spread)
         frame["spread"] = spread.astype("float64")
-    out = frame[columns].astype({**BAR_DTYPES, **{c: "float64" for c in OPTIONAL_COLUMNS if c in columns}})
+    return frame
+
+
+def to_canonical(frame: pd.DataFrame) -> pd.DataFrame:
+    """The canonical columns (spread when present) with their dtypes, sorted by symbol and date."""
+    columns = BAR_COLUMNS + [c for c in OPTIONAL_COLUMNS if c in frame.columns]
+    dtypes = {**BAR_DTYPES, **{c: "float64" for c in OPTIONAL_COLUMNS if c in columns}}
+    out = frame[columns].astype(dtypes)
     return out.sort_values(["symbol", "date"], kind="stable").reset_index(drop=True)
+
+
+def validate_bars(
+    raw: pd.DataFrame, origin: str, symbols: list[str] | None = None, policy: BarPolicy | None = None
+) -> pd.DataFrame:
+    """Check and normalise raw bars into the canonical frame; strict by default (any bad row is an error listing
+    every problem). For a source that records repairs, use ``bar_checks.check_bars`` and keep its issues.
+
+    ``raw`` needs date, symbol and close; a ``_line`` column, when present, is used for row numbers in messages.
+    Nothing is modified in place.
+    """
+    from ibf_core.bar_checks import STRICT, check_bars
+
+    bars = check_bars(raw, origin, policy or STRICT).bars
+    if symbols is not None:
+        present = set(bars["symbol"].unique())
+        unknown = [s for s in symbols if s not in present]
+        if unknown:
+            raise BarsValidationError(f"{origin}: no bars for symbol(s) {', '.join(unknown)}")
+        bars = bars[bars["symbol"].isin(symbols)].reset_index(drop=True)
+    return bars
 
 
 def _nearest_split_ratio(jump: float) -> Fraction:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from ibf_core.bar_issues import IssueSummary
 from ibf_core.bars import OHLC_TOLERANCE, unexplained_jumps
 from ibf_core.calendar import latest_complete_session, trading_days
 
@@ -28,23 +29,31 @@ def _examples(frame: pd.DataFrame) -> list[str]:
     return [f"{r.symbol} {pd.Timestamp(r.date).date()}" for r in frame.head(MAX_EXAMPLES).itertuples()]
 
 
-def check_ohlc_consistency(bars: pd.DataFrame) -> QualityResult:
-    """Prices positive and open/close inside [low, high]."""
+def check_ohlc_consistency(bars: pd.DataFrame, issues: pd.DataFrame | None = None) -> QualityResult:
+    """Stored prices positive and open/close inside [low, high] (volume may be NULL: a source without one).
+
+    It judges the rows as stored, i.e. after the bar policy's repairs; ``issues`` (what the load recorded in
+    ``bar_issues`` for this slice) adds how many rows were repaired or dropped to get there.
+    """
     slack = bars["high"] * OHLC_TOLERANCE
+    prices = ["open", "high", "low", "close", "adj_close"]
     bad = (
-        (bars[["open", "high", "low", "close", "adj_close"]] <= 0).any(axis=1)
+        (bars[prices] <= 0).any(axis=1)
         | (bars["high"] < bars["low"] - slack)
         | (bars[["open", "close"]].max(axis=1) > bars["high"] + slack)
         | (bars[["open", "close"]].min(axis=1) < bars["low"] - slack)
-        | bars[["open", "high", "low", "close", "adj_close", "volume"]].isna().any(axis=1)
+        | bars[prices].isna().any(axis=1)
     )
     n = int(bad.sum())
-    return QualityResult(
-        "ohlc_consistent",
-        n == 0,
-        f"{n} of {len(bars)} rows break OHLC ordering or have non-positive/missing prices",
-        {"bad_rows": n, "examples": _examples(bars[bad])},
-    )
+    summary = f"{n} of {len(bars)} stored rows break OHLC ordering or have non-positive/missing prices"
+    details: dict[str, object] = {"bad_rows": n, "examples": _examples(bars[bad])}
+    if issues is not None:
+        recorded = IssueSummary.of(issues)
+        summary += f"; the load: {recorded.line()}"
+        details.update(
+            rows_repaired=recorded.rows_repaired, rows_dropped=recorded.rows_dropped, issues_by_rule=recorded.by_rule
+        )
+    return QualityResult("ohlc_consistent", n == 0, summary, details)
 
 
 def check_unique_key(bars: pd.DataFrame) -> QualityResult:
@@ -71,7 +80,7 @@ def check_missing_days(bars: pd.DataFrame) -> QualityResult:
     return QualityResult(
         "no_missing_trading_days",
         missing.empty,
-        f"{len(missing)} NYSE sessions missing inside the stored range",
+        f"{len(missing)} NYSE sessions missing inside the stored range (each one a missing_session row of bar_issues)",
         {"missing_by_symbol": {k: int(v) for k, v in per_symbol.items()}, "examples": _examples(missing)},
     )
 

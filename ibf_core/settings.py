@@ -102,6 +102,22 @@ class Settings(BaseSettings):
     home: Path = Field(Path(".ibf"), description="State folder: warehouse, Dagster instance, MLflow store")
     source: Literal["sample", "csv", "ibkr"] = Field("sample", description="Where market bars come from")
     csv_path: Path | None = Field(None, description="CSV/Parquet file or folder for IBF_SOURCE=csv")
+    csv_date_format: str | None = Field(
+        None,
+        description="strptime format of every date in the csv source's files (e.g. %d/%m/%Y); unset: ISO dates only",
+    )
+    bar_policy: Literal["repair", "strict"] = Field(
+        "repair",
+        description="Bad rows of the csv source: repair small OHLC glitches and drop untrustworthy rows (recorded in "
+        "bar_issues), or strict: reject the input listing every problem",
+    )
+    bar_repair_tolerance: float = Field(
+        0.01,
+        ge=0,
+        lt=0.5,
+        description="Largest relative OHLC violation (open/close outside [low, high], high below low) that repair "
+        "widens the range for; larger ones drop the row",
+    )
     universe: Annotated[list[str], NoDecode] = Field(default_factory=lambda: list(DEFAULT_UNIVERSE), description="Symbols (comma list)")
     history_start: dt.date = Field(
         dt.date(2000, 3, 1), description="First date of the partitions (the sample starts 2000-03-01)"
@@ -232,6 +248,21 @@ class Settings(BaseSettings):
     def _ports(cls, value: list[int]) -> list[int]:
         if not value or any(not 0 < p < 65536 for p in value):
             raise ValueError("ports must be integers in 1..65535")
+        return value
+
+    @field_validator("csv_date_format")
+    @classmethod
+    def _date_format(cls, value: str | None) -> str | None:
+        """A format that cannot give back day, month and year would mis-date rows silently."""
+        if value is None or not value.strip():
+            return None
+        probe = dt.datetime(2021, 11, 23)
+        try:
+            parsed = dt.datetime.strptime(probe.strftime(value), value)
+        except ValueError as exc:
+            raise ValueError(f"not a strptime format ({exc})") from None
+        if parsed.date() != probe.date():
+            raise ValueError("the format must hold the day, month and year (e.g. %d/%m/%Y)")
         return value
 
     @field_validator("benchmark")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -44,6 +45,7 @@ def _print_error(message: str) -> None:
 def _fail(message: str, code: int = 1) -> None:
     if _options["debug"] and sys.exc_info()[1] is not None:
         err.print(traceback.format_exc().rstrip(), highlight=False, markup=False, soft_wrap=True)
+    # escaped: a file name or value like "[low, high]" must print as it is, not as console markup
     _print_error(message)
     raise typer.Exit(code)
 
@@ -107,10 +109,10 @@ def run_backfill(settings, symbols, start, end, assets, source, csv, log_level="
 
 @app.command()
 def backfill(
-    symbols: Annotated[str | None, typer.Option(help="Comma list; default: the whole universe")] = None,
-    start: Annotated[str | None, typer.Option(help="First date (YYYY-MM-DD); default: IBF_HISTORY_START")] = None,
-    end: Annotated[str | None, typer.Option(help="Last date; default: the newest partition")] = None,
-    assets: Annotated[str, typer.Option(help="Dagster asset selection: market_bars, 'market_bars*', '*'")] = "*",
+    symbols: Annotated[str | None, typer.Option(help="Comma list; default: the whole universe (with --csv: the file's symbols)")] = None,
+    start: Annotated[str | None, typer.Option(help="First date (YYYY-MM-DD); default: IBF_HISTORY_START (with --csv: the file's first)")] = None,
+    end: Annotated[str | None, typer.Option(help="Last date; default: the newest partition (with --csv: the file's last date)")] = None,
+    assets: Annotated[str, typer.Option(help="Dagster asset selection (market_bars, 'market_bars*', '*') or a comma list of asset names")] = "*",
     source: Annotated[str | None, typer.Option(help="Override IBF_SOURCE: sample, csv, ibkr")] = None,
     csv: Annotated[Path | None, typer.Option(help="CSV/Parquet file or folder (implies --source csv)")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Dagster's and ib_insync's logs")] = False,
@@ -122,9 +124,101 @@ def backfill(
     settings = _settings(source=source, csv_path=csv)
     if csv is not None and not csv.exists():
         _fail(f"{csv}: no such file or folder")
-    started = time.perf_counter()
-    run_backfill(settings, _split(symbols), start, end, assets, source, str(csv) if csv else None, log_level)
+    wanted, first, last = _symbols_option(symbols), _date_option("start", start), _date_option("end", end)
+    if settings.source == "csv":
+        wanted, first, last = _csv_input(settings, wanted, first, last)
+    selection = _assets_option(assets, settings)
+    started, recorded_since = time.perf_counter(), dt.datetime.now(dt.timezone.utc)
+    summaries = run_backfill(settings, wanted, first, last, selection, source, str(csv) if csv else None, log_level)
+    if any("ohlc_consistent" in s.checks for s in summaries):  # market_bars ran: say what its loads recorded
+        _print_bar_issues(settings, sorted({sym for s in summaries for sym in s.symbols}), recorded_since)
     err.print(f"done in {time.perf_counter() - started:.1f} s", highlight=False)
+
+
+def _symbols_option(value: str | None) -> list[str] | None:
+    """--symbols as normalized symbols; an invalid one is one error line."""
+    try:
+        return [normalize_symbol(s) for s in _split(value)] if value else None
+    except ValueError as exc:
+        _fail(f"--symbols: {exc}")
+
+
+def _date_option(name: str, value: str | None) -> str | None:
+    """--start/--end as an ISO date; anything else is one error line naming the value."""
+    from ibf_core.calendar import to_date
+
+    if value is None:
+        return None
+    try:
+        return to_date(value).isoformat()
+    except ValueError as exc:
+        _fail(f"--{name} {value!r} is not a date (YYYY-MM-DD): {exc}")
+
+
+_ASSET_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _assets_option(value: str, settings) -> str:
+    """A comma list of asset names as the Dagster selection ``key:a or key:b`` (names checked, since Dagster
+    ignores an unknown key in such a string); anything else is passed on as a selection string."""
+    if "," not in value:
+        return value
+    names = _split(value) or []
+    not_names = [n for n in names if not _ASSET_NAME.match(n)]
+    if not_names:
+        _fail(
+            f"--assets {value!r}: a comma list takes asset names only, not {', '.join(not_names)}; "
+            "use one Dagster selection string for operators (e.g. 'market_bars*')"
+        )
+    from ibf_dagster.definitions import build_definitions
+
+    known = sorted(k.to_user_string() for k in build_definitions(settings).resolve_asset_graph().get_all_asset_keys())
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        _fail(f"--assets: unknown asset(s) {', '.join(unknown)} (assets: {', '.join(known)})")
+    return " or ".join(f"key:{n}" for n in names)
+
+
+def _csv_input(settings, symbols: list[str] | None, start: str | None, end: str | None):
+    """Read and check the whole csv input before any run, so a bad file changes nothing; without --symbols
+    take every symbol in it, without --start/--end its first/last date."""
+    from ibf_core.bars import BarsValidationError
+    from ibf_core.sources import make_source
+    from ibf_core.sources.errors import SourceError
+
+    try:
+        checked = make_source(settings).read()
+    except (BarsValidationError, SourceError) as exc:
+        _fail(str(exc))
+    in_file = checked.symbols()
+    unknown = sorted(set(symbols or []) - set(in_file))
+    if unknown:
+        _fail(f"unknown symbol(s) {', '.join(unknown)}: not in {settings.csv_path} (it has {_listed(in_file)})")
+    wanted = symbols or in_file
+    dates = checked.bars.loc[checked.bars["symbol"].isin(wanted), "date"]
+    first, last = start or str(dates.min().date()), end or str(dates.max().date())
+    if dates.min().date() < settings.history_start and (start is None or start < settings.history_start.isoformat()):
+        err.print(
+            f"note: bars before IBF_HISTORY_START ({settings.history_start}) are not loaded: the partitions start there",
+            highlight=False,
+        )
+    return wanted, first, last
+
+
+def _listed(items: list[str], limit: int = 10) -> str:
+    return ", ".join(items[:limit]) + (f" and {len(items) - limit} more" if len(items) > limit else "")
+
+
+def _print_bar_issues(settings, symbols: list[str], since: dt.datetime) -> None:
+    """'market_bars: N rows repaired, M dropped, see bar_issues' for what this backfill's loads recorded."""
+    import pandas as pd
+
+    from ibf_core.bar_issues import IssueSummary, read_issues
+    from ibf_core.storage.warehouse import Warehouse
+
+    issues = read_issues(Warehouse(settings.home_dir), symbols)
+    mine = issues[pd.to_datetime(issues["recorded_at"], utc=True) >= pd.Timestamp(since)]
+    err.print(f"market_bars: {IssueSummary.of(mine).line()}", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -384,8 +478,8 @@ def evaluate(
     json_out: Annotated[Path, typer.Option("--json", help="Where to write the metrics JSON")] = Path("evaluation.json"),
     report: Annotated[Path | None, typer.Option(help="Markdown report path (default: next to --json)")] = None,
     source: Annotated[str | None, typer.Option(help="sample, csv or ibkr (default: IBF_SOURCE)")] = None,
-    csv: Annotated[str | None, typer.Option(help="CSV/Parquet file or folder for --source csv")] = None,
-    symbols: Annotated[str | None, typer.Option(help="Comma list (default: IBF_UNIVERSE)")] = None,
+    csv: Annotated[str | None, typer.Option(help="CSV/Parquet file or folder (implies --source csv)")] = None,
+    symbols: Annotated[str | None, typer.Option(help="Comma list (default: IBF_UNIVERSE; with --source csv: the file's symbols)")] = None,
     start: Annotated[str | None, typer.Option(help="First bar date to load (default: IBF_HISTORY_START)")] = None,
     max_steps: Annotated[int | None, typer.Option(help="Neural training steps (default: IBF_MODEL_MAX_STEPS)")] = None,
     members: Annotated[str | None, typer.Option(help="Trained members, e.g. gbdt or lstm,tft,gbdt")] = None,
@@ -408,6 +502,8 @@ def evaluate(
     from ibf_core.sources.errors import SourceError
 
     _quiet_dagster()
+    if csv is not None and source is None:
+        source = "csv"  # as in backfill: a file given means the file is read, never the sample instead
     settings = _settings(source=source, csv_path=csv, universe=symbols, model_members=members)
     try:
         wanted = tuple(sorted({int(h) for h in horizons.split(",") if h.strip()}))
@@ -417,7 +513,10 @@ def evaluate(
         _fail(str(exc), 2)
     first = to_date(start) if start else settings.history_start
     try:
-        bars = make_source(settings).fetch_daily_bars(settings.universe, first, dt.date.today())
+        bar_source = make_source(settings)
+        # --csv without --symbols: every symbol in the file (the default universe would be "unknown symbol")
+        wanted = bar_source.read().symbols() if settings.source == "csv" and not symbols else settings.universe
+        bars = bar_source.fetch_daily_bars(wanted, first, dt.date.today())
         err.print(f"{len(bars):,} bars of {bars['symbol'].nunique()} symbols from {settings.source}", highlight=False)
         features = compute_features(bars, benchmark=settings.benchmark)
         panel = build_panel(bars, features, config.horizons)

@@ -3,6 +3,7 @@ import pandas as pd
 import pytest
 
 from conftest import make_bars
+from ibf_core.bar_checks import BarPolicy
 from ibf_core.bars import BarsValidationError, split_adjust, split_events, validate_bars
 from ibf_core.sources.csv import CsvSource, read_bars_path
 from ibf_core.sources.errors import SourceError, UnknownSymbolError
@@ -32,28 +33,68 @@ def test_parquet_and_folder_of_files(tmp_path):
     assert (bbb.adj_close == bbb.close).all()  # adj_close defaults to close when the file has none
 
 
+JAN, DEC = pd.Timestamp("2021-01-01").date(), pd.Timestamp("2021-12-31").date()
+STRICT_POLICY, REPAIR_POLICY = BarPolicy(mode="strict"), BarPolicy(mode="repair")
+
+
+@pytest.mark.parametrize("policy", [STRICT_POLICY, REPAIR_POLICY], ids=["strict", "repair"])
 @pytest.mark.parametrize(
     "mutate,message",
     [
-        (lambda f: f.drop(columns=["high"]), "missing column"),
+        (lambda f: f.drop(columns=["close"]), "missing column(s) close"),
         (lambda f: f.assign(close=f.close.astype(str)).pipe(lambda g: g.assign(close=g.close.where(g.index != 5, "abc"))), "non-numeric value in column 'close' at row 7"),
-        (lambda f: f.assign(open=f.open.where(f.index != 3, -1.0)), "zero or negative price at row 5"),
-        (lambda f: f.assign(low=f.low.where(f.index != 4, f.high * 2)), "high below low at row 6"),
-        (lambda f: pd.concat([f, f.iloc[[2]]]), "duplicate (symbol, date)"),
-        (lambda f: f.assign(date=f.date.where(f.index != 0, "2021-01-02")), "not an NYSE trading day at row 2"),
-        (lambda f: f.assign(date=f.date.where(f.index != 0, "2021-01-18")), "not an NYSE trading day"),  # MLK day
-        (lambda f: f.assign(volume=f.volume.astype(float).where(f.index != 9, np.nan)), "missing value in column 'volume' at row 11"),
         (lambda f: f.assign(date=f.date.where(f.index != 1, "31/31/2021")), "unparseable date at row 3"),
         (lambda f: f.assign(symbol=f.symbol.where(f.index != 0, "BAD|X")), "invalid symbol at row 2"),
     ],
 )
-def test_bad_csv_gives_one_clear_error(tmp_path, mutate, message):
+def test_format_errors_stop_the_load_in_both_modes(tmp_path, mutate, message, policy):
     path = write_csv(tmp_path / "bad.csv", mutate(make_bars()))
     with pytest.raises(BarsValidationError) as info:
-        CsvSource(path).fetch_daily_bars(["AAA"], pd.Timestamp("2021-01-01").date(), pd.Timestamp("2021-12-31").date())
+        CsvSource(path, policy).fetch_daily_bars(["AAA"], JAN, DEC)
     text = str(info.value)
     assert str(path) in text and message in text
     assert "\n" not in text
+
+
+# (mutation, strict message, rule recorded in repair mode, its action, index of the row concerned)
+GLITCHES = [
+    (lambda f: f.assign(open=f.open.where(f.index != 3, -1.0)), "zero or negative price at row 5", "nonpositive_price", "dropped", 3),
+    (lambda f: f.assign(low=f.low.where(f.index != 4, f.high * 2)), "high below low at row 6", "high_below_low", "dropped", 4),
+    (lambda f: pd.concat([f, f.iloc[[2]]]), "duplicate (symbol, date) at row 4", "duplicate_date", "dropped", 2),
+    (lambda f: f.assign(date=f.date.where(f.index != 0, "2021-01-02")), "not an NYSE trading day at row 2", "not_a_session", "dropped", 0),
+    (lambda f: f.assign(date=f.date.where(f.index != 0, "2021-01-18")), "not an NYSE trading day at row 2", "not_a_session", "dropped", 0),  # MLK day
+    (lambda f: f.assign(volume=f.volume.astype(float).where(f.index != 9, np.nan)), "missing value in column 'volume' at row 11", "missing_volume", "reported", 9),
+]
+
+
+@pytest.mark.parametrize("mutate,message,rule,action,row", GLITCHES)
+def test_strict_rejects_a_bad_row_naming_it(tmp_path, mutate, message, rule, action, row):
+    path = write_csv(tmp_path / "bad.csv", mutate(make_bars()))
+    with pytest.raises(BarsValidationError) as info:
+        CsvSource(path, STRICT_POLICY).fetch_daily_bars(["AAA"], JAN, DEC)
+    text = str(info.value)
+    assert str(path) in text and message in text and "1 bad row" in text and "IBF_BAR_POLICY=strict" in text
+    assert "\n" not in text
+
+
+@pytest.mark.parametrize("mutate,message,rule,action,row", GLITCHES)
+def test_repair_loads_the_rest_and_records_the_row(tmp_path, mutate, message, rule, action, row):
+    frame = mutate(make_bars())
+    path = write_csv(tmp_path / "bad.csv", frame)
+    loaded = CsvSource(path, REPAIR_POLICY).fetch_checked(["AAA", "BBB"], JAN, DEC)
+    issues = loaded.issues
+    assert issues[["rule", "action"]].values.tolist() == [[rule, action]]
+    day = pd.Timestamp(frame.iloc[row]["date"])
+    assert issues["date"].iloc[0] == day and issues["symbol"].iloc[0] == "AAA"
+    stored = loaded.bars[(loaded.bars.symbol == "AAA") & (loaded.bars.date == day)]
+    if rule == "duplicate_date":  # the last copy is kept, the earlier one dropped
+        assert len(stored) == 1 and "row 4" in issues["detail"].iloc[0] and "is kept" in issues["detail"].iloc[0]
+    elif rule == "missing_volume":  # the row stays, its volume NULL (never 0)
+        assert len(stored) == 1 and stored["volume"].isna().all()
+    else:
+        assert stored.empty
+    assert len(loaded.bars) == len(make_bars()) - (action == "dropped" and rule != "duplicate_date")
+    assert "bad.csv" in issues["detail"].iloc[0]
 
 
 def test_unknown_symbol_and_missing_file(tmp_path):

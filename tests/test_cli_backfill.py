@@ -42,23 +42,34 @@ def test_backfill_sample_is_idempotent_and_recorded_in_dagster(ibf_home, monkeyp
     assert not any(k.startswith("2013") for k in done)
 
 
-def test_bad_csv_exits_non_zero_and_changes_nothing(ibf_home, tmp_path):
+def test_bad_csv_exits_non_zero_and_changes_nothing(ibf_home, tmp_path, monkeypatch):
+    from test_cli_csv import lake_state
+
     good = tmp_path / "good.csv"
     make_bars().to_csv(good, index=False)
     ibf("backfill", "--csv", str(good), "--symbols", "AAA,BBB", "--start", "2021-01-04", "--end", "2021-03-31")
-    before = lake_digest(ibf_home)
+    before, lake_before = lake_digest(ibf_home), lake_state(ibf_home)
     bad_frame = make_bars(seed=5)
     bad_frame.loc[7, "low"] = bad_frame.loc[7, "high"] * 2
     bad = tmp_path / "bad.csv"
     bad_frame.to_csv(bad, index=False)
+    monkeypatch.setenv("IBF_BAR_POLICY", "strict")
     proc = ibf("backfill", "--csv", str(bad), "--symbols", "AAA,BBB", "--start", "2021-01-04", "--end", "2021-03-31", check=False)
-    assert proc.returncode != 0
+    assert proc.returncode == 1
     error_lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(error_lines) == 1 and "bad.csv" in error_lines[0] and "row 9" in error_lines[0] and "high below low" in error_lines[0]
-    assert lake_digest(ibf_home) == before
+    assert lake_digest(ibf_home) == before and lake_state(ibf_home) == lake_before  # news and bar_issues too
     proc = ibf("backfill", "--csv", str(good), "--symbols", "ZZZ", check=False)
     assert proc.returncode != 0 and "ZZZ" in proc.stderr
     assert lake_digest(ibf_home) == before
+    # the same file under the default policy: the row is dropped, recorded, the rest loads
+    monkeypatch.setenv("IBF_BAR_POLICY", "repair")
+    proc = ibf("backfill", "--csv", str(bad), "--symbols", "AAA,BBB", "--start", "2021-01-04", "--end", "2021-03-31")
+    assert "0 rows repaired, 1 dropped (1 missing sessions), see bar_issues" in proc.stderr
+    issues = json.loads(ibf("sql", "SELECT symbol, date, rule, action FROM bar_issues ORDER BY rule", "-f", "json").stdout)
+    day = bad_frame.loc[7, "date"]
+    assert issues == [{"symbol": "AAA", "date": f"{day}T00:00:00.000", "rule": "high_below_low", "action": "dropped"},
+                      {"symbol": "AAA", "date": f"{day}T00:00:00.000", "rule": "missing_session", "action": "reported"}]
 
 
 def test_two_concurrent_backfills_and_sql_while_running(ibf_home):

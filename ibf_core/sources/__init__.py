@@ -13,10 +13,11 @@ def make_source(settings: Settings) -> BarSource:
 
         return SampleSource()
     if settings.source == "csv":
+        from ibf_core.bar_checks import BarPolicy
         from ibf_core.sources.csv import CsvSource
 
         assert settings.csv_path is not None  # guaranteed by Settings validation
-        return CsvSource(settings.csv_path)
+        return CsvSource(settings.csv_path, BarPolicy.from_settings(settings))
     from ibf_core.sources.ibkr import IbkrSource
 
     return IbkrSource.from_settings(settings)

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import pandas as pd
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ibf_core.bar_checks import BarSlice
 
 
 @runtime_checkable
@@ -21,3 +24,19 @@ class BarSource(Protocol):
     name: str
 
     def fetch_daily_bars(self, symbols: Sequence[str], start: dt.date, end: dt.date) -> pd.DataFrame: ...
+
+
+@runtime_checkable
+class IssueReportingSource(BarSource, Protocol):
+    """A source that repairs or drops rows under the bar policy and says which (the csv source)."""
+
+    def fetch_checked(self, symbols: Sequence[str], start: dt.date, end: dt.date) -> BarSlice: ...
+
+
+def fetch_slice(source: BarSource, symbols: Sequence[str], start: dt.date, end: dt.date) -> BarSlice:
+    """The rectangle's bars and issues; a source that reports none (sample, ibkr: strict) gives no issues."""
+    from ibf_core.bar_checks import BarSlice, empty_issues
+
+    if isinstance(source, IssueReportingSource):
+        return source.fetch_checked(symbols, start, end)
+    return BarSlice(source.fetch_daily_bars(symbols, start, end), empty_issues())

@@ -1,7 +1,16 @@
-"""The user's own daily bars: CSV or Parquet files in long format ``date,symbol,open,high,low,close,volume[,adj_close]``.
+"""The user's own daily bars: CSV or Parquet files, one file or a folder of them.
 
-``path`` may be one file or a folder (every ``*.csv``, ``*.csv.gz`` and ``*.parquet`` in it, sorted). Every file is
-validated as a whole before anything is returned, so one bad row fails the load with its file and line number.
+Two layouts, told apart per file by whether it has a symbol column:
+
+* long: ``date,symbol,open,high,low,close,volume[,adj_close]`` (``ticker`` also names the symbol);
+* one file per symbol named ``SYMBOL.csv`` (Yahoo's download: ``Date,Open,High,Low,Close,Adj Close,Volume``),
+  the symbol taken from the file name.
+
+Headers may be in any case and hold spaces (``Adj Close``). Dates are ISO, or all in the one strptime format of
+``IBF_CSV_DATE_FORMAT``; they are never guessed row by row. Only date, symbol and close are required (see
+``ibf_core.bar_checks`` for what a missing open/high/low/volume becomes). ``path`` may be one file or a folder
+(every ``*.csv``, ``*.csv.gz`` and ``*.parquet`` in it, sorted); the whole input is read and checked before
+anything is returned, so a format error names its file and line before a byte is written.
 """
 
 from __future__ import annotations
@@ -12,7 +21,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from ibf_core.bars import BarsValidationError, split_adjust, validate_bars
+from ibf_core.bar_checks import BarPolicy, BarSlice, CheckedBars, apply_policy
+from ibf_core.bars import BarsValidationError, parse_bars
+from ibf_core.settings import normalize_symbol
 from ibf_core.sources.errors import SourceError, UnknownSymbolError
 
 SUFFIXES = (".csv", ".csv.gz", ".parquet")
@@ -20,7 +31,7 @@ SUFFIXES = (".csv", ".csv.gz", ".parquet")
 
 def _files(path: Path) -> list[Path]:
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.name.endswith(SUFFIXES))
+        files = sorted(p for p in path.iterdir() if p.name.endswith(SUFFIXES) and not p.name.startswith("."))
         if not files:
             raise SourceError(f"{path}: no {', '.join(SUFFIXES)} files in this folder")
         return files
@@ -29,29 +40,62 @@ def _files(path: Path) -> list[Path]:
     return [path]
 
 
-def read_bars_file(path: Path) -> pd.DataFrame:
-    """Read and validate one file; errors name the file and the line (CSV) or row (Parquet)."""
+def symbol_from_file_name(path: Path) -> str:
+    """``AAPL.csv`` / ``brk-b.csv.gz`` / ``IBM.parquet`` -> the symbol; a name that is not one is an error."""
+    stem = path.name
+    for suffix in sorted(SUFFIXES, key=len, reverse=True):
+        if stem.endswith(suffix):
+            stem = stem[: -len(suffix)]
+            break
+    try:
+        return normalize_symbol(stem)
+    except ValueError:
+        raise BarsValidationError(
+            f"{path}: no symbol column, and the file name {stem!r} is not a symbol "
+            "(one file per symbol must be named SYMBOL.csv; letters, digits, '.', '-')"
+        ) from None
+
+
+def _read_table(path: Path) -> pd.DataFrame:
+    """The file as text cells (CSV) or typed columns (Parquet), with ``_line`` as the user counts lines."""
     try:
         if path.name.endswith(".parquet"):
             raw = pd.read_parquet(path)
-            raw["_line"] = raw.index + 1
-        else:
-            # Everything as text first, so validation can name the exact cell that is not a number.
-            raw = pd.read_csv(path, dtype=str, skipinitialspace=True)
-            raw["_line"] = raw.index + 2
+            return raw.assign(_line=raw.index + 1)
+        # Text first, so the parser can name the exact cell that is not a number; no NA guessing either
+        # (a ticker "NA" is a symbol), missing tokens are handled per numeric column.
+        raw = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True, encoding="utf-8-sig")
+        return raw.assign(_line=raw.index + 2)
+    except pd.errors.EmptyDataError:
+        raise BarsValidationError(f"{path}: empty file (no header, no rows)") from None
     except (OSError, ValueError, pd.errors.ParserError) as exc:
         raise BarsValidationError(f"{path}: cannot read ({str(exc).splitlines()[0]})") from exc
-    return validate_bars(raw, origin=str(path))
 
 
-def read_bars_path(path: Path) -> pd.DataFrame:
-    """All bars under ``path`` (one file or a folder), validated together (no duplicate symbol/date across files)."""
-    frames = [read_bars_file(f) for f in _files(path)]
-    bars = pd.concat(frames, ignore_index=True)
-    if len(frames) > 1:
-        bars["_line"] = bars.index
-        bars = validate_bars(bars, origin=f"{path} (all files)")
-    return split_adjust(bars)
+def read_bars_file(path: Path, date_format: str | None = None) -> pd.DataFrame:
+    """One file parsed (format errors name the file and line), the symbol from the file name when it has none."""
+    raw = _read_table(path)
+    names = {str(c).strip().lower() for c in raw.columns}
+    if not names & {"symbol", "ticker"}:
+        raw = raw.assign(symbol=symbol_from_file_name(path))
+    return parse_bars(raw.assign(_file=path.name), origin=str(path), date_format=date_format)
+
+
+def read_checked(path: Path, policy: BarPolicy | None = None) -> CheckedBars:
+    """All bars under ``path`` with the policy applied once over every file (a duplicate across files is one),
+    split-adjusted."""
+    policy = policy or BarPolicy()
+    frames = [read_bars_file(f, policy.date_format) for f in _files(path)]
+    frames = [f for f in frames if len(f)]
+    if not frames:
+        raise BarsValidationError(f"{path}: no bars (header only, no rows)")
+    parsed = pd.concat(frames, ignore_index=True)
+    return apply_policy(parsed, str(path), policy).split_adjusted()
+
+
+def read_bars_path(path: Path, policy: BarPolicy | None = None) -> pd.DataFrame:
+    """All bars under ``path`` (one file or a folder) as the canonical frame."""
+    return read_checked(path, policy).bars
 
 
 class CsvSource:
@@ -59,13 +103,21 @@ class CsvSource:
 
     name = "csv"
 
-    def __init__(self, path: Path | str):
+    def __init__(self, path: Path | str, policy: BarPolicy | None = None):
         self.path = Path(path).expanduser()
+        self.policy = policy or BarPolicy()
 
-    def fetch_daily_bars(self, symbols: Sequence[str], start: dt.date, end: dt.date) -> pd.DataFrame:
-        bars = read_bars_path(self.path)
-        unknown = sorted(set(symbols) - set(bars["symbol"].unique()))
+    def read(self) -> CheckedBars:
+        """The whole input, checked (raises on a format error, and on any bad row under the strict policy)."""
+        return read_checked(self.path, self.policy)
+
+    def fetch_checked(self, symbols: Sequence[str], start: dt.date, end: dt.date) -> BarSlice:
+        """The rectangle's bars and the issues the policy recorded for it."""
+        checked = self.read()
+        unknown = sorted(set(symbols) - set(checked.symbols()))
         if unknown:
             raise UnknownSymbolError(", ".join(unknown), f"not in {self.path}")
-        mask = bars["symbol"].isin(list(symbols)) & bars["date"].between(pd.Timestamp(start), pd.Timestamp(end))
-        return bars.loc[mask].reset_index(drop=True)
+        return checked.cut(symbols, start, end)
+
+    def fetch_daily_bars(self, symbols: Sequence[str], start: dt.date, end: dt.date) -> pd.DataFrame:
+        return self.fetch_checked(symbols, start, end).bars

@@ -5,6 +5,7 @@ import dagster as dg
 import pandas as pd
 
 from ibf_core import quality
+from ibf_core.bar_issues import IssueSummary
 from ibf_core.ingest import load_market_bars
 from ibf_core.report import line_plot_markdown, markdown_table
 from ibf_core.settings import Settings
@@ -16,7 +17,12 @@ from ibf_dagster.resources import BarSourceResource, SettingsResource, Warehouse
 ERROR, WARN = dg.AssetCheckSeverity.ERROR, dg.AssetCheckSeverity.WARN
 # Checks evaluated on every materialized slice, with their severity.
 SLICE_CHECKS = {
-    "ohlc_consistent": (ERROR, "Prices positive and open/close within [low, high] (ERROR)", quality.check_ohlc_consistency),
+    "ohlc_consistent": (
+        ERROR,
+        "Stored prices positive and open/close within [low, high], after the bar policy's repairs; metadata counts "
+        "the rows the load repaired and dropped (ERROR)",
+        quality.check_ohlc_consistency,
+    ),
     "unique_symbol_date": (ERROR, "At most one bar per (symbol, date) (ERROR)", quality.check_unique_key),
     "no_missing_trading_days": (WARN, "No NYSE session missing inside the stored range (WARN)", quality.check_missing_days),
     "no_unexplained_jumps": (
@@ -59,15 +65,23 @@ def build_market_bars(settings: Settings) -> list:
         store, source = warehouse.get(), bar_source.get(settings)
         rects = context_rectangles(context, settings)
         written = replaced = 0
+        recorded = []
         for rect in rects:
             context.log.info(f"{source.name}: {len(rect.symbols)} symbols, {rect.start}..{rect.end}")
             result = load_market_bars(source, store, rect.symbols, rect.start, rect.end)
             written += result.write.rows_written
             replaced += result.write.rows_replaced
+            recorded.append(result.issues)
         symbols = sorted({s for r in rects for s in r.symbols})
         start, end = min(r.start for r in rects), max(r.end for r in rects)
         stored = store.read(MARKET_BARS, symbols, start, end)
-        checks = [check_result(fn(stored), sev) for name, (sev, _, fn) in SLICE_CHECKS.items()]
+        issues = pd.concat(recorded, ignore_index=True)
+        summary = IssueSummary.of(issues)
+        checks = [
+            check_result(quality.check_ohlc_consistency(stored, issues) if name == "ohlc_consistent" else fn(stored), sev)
+            for name, (sev, _, fn) in SLICE_CHECKS.items()
+        ]
+        context.log.info(f"market_bars: {summary.line()}")
         preview = stored.groupby("symbol").tail(2)[["symbol", "date", "open", "high", "low", "close", "adj_close", "volume"]]
         return dg.MaterializeResult(
             metadata={
@@ -79,6 +93,10 @@ def build_market_bars(settings: Settings) -> list:
                 "first_date": str(stored["date"].min().date()) if len(stored) else "none",
                 "last_date": str(stored["date"].max().date()) if len(stored) else "none",
                 "rectangles": len(rects),
+                "bar_issues": summary.line(),
+                "rows_repaired": summary.rows_repaired,
+                "rows_dropped": summary.rows_dropped,
+                "issues_by_rule": dg.MetadataValue.json(summary.by_rule),
                 "preview": dg.MetadataValue.md(markdown_table(preview.assign(date=preview["date"].dt.date))),
                 "closes": plot_if_small(
                     context, lambda: line_plot_markdown(stored, "date", "close", "symbol", "close (split-adjusted)")

@@ -1,0 +1,292 @@
+"""``bar_issues``: what a load of market bars repaired, dropped, filled or reported, and every NYSE session missing
+inside a symbol's stored range -- written with the bars of the same load, queryable as the DuckDB view ``bar_issues``.
+
+Layout: ``lake/bar_issues/<SYMBOL>.parquet``, one file per symbol like ``market_bars``. A load of symbols x
+[start, end] replaces, per symbol, the issues dated inside [start, end] (so loading a slice twice records it once)
+and recomputes the symbol's ``missing_session`` rows over its whole stored range, so they always describe the
+stored bars (a missing session outside the slice keeps the row that first recorded it).
+
+Writing: under the ``bar_issues`` lock of each symbol (every market_bars load goes through here, so loads of the
+same symbol are serialized), the issue files are staged first, then ``Warehouse.replace_slice`` writes the bars
+(itself all-or-nothing), then the staged issue files are swapped in. A failure before the bars swap changes
+neither table; the issue swap right after the bars swap is renames only, and re-running the load repairs the one
+window a crash could leave (bars new, issues old).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ibf_core.bar_checks import DROPPED, FILLED, REPAIRED, REPORTED, BarSlice
+from ibf_core.calendar import trading_days
+from ibf_core.storage import atomic
+from ibf_core.storage.tables import MARKET_BARS, Column, TableSpec
+from ibf_core.storage.warehouse import Warehouse, WriteResult
+
+MISSING_SESSION = "missing_session"
+
+BAR_ISSUES = TableSpec(
+    name="bar_issues",
+    description=(
+        "Every bar a load repaired, dropped or filled, each format fact it reported (no volume, close-only), and "
+        "every NYSE session missing inside a symbol's stored range."
+    ),
+    key=("symbol", "date", "rule", "detail"),
+    columns=(
+        Column("symbol", pa.string(), "Ticker symbol"),
+        Column("date", pa.date32(), "Date of the row concerned; for a per-symbol issue the first row of the slice it covers"),
+        Column(
+            "rule",
+            pa.string(),
+            "What was wrong: open_outside_range, close_outside_range, high_below_low, duplicate_date, not_a_session, "
+            "missing_close, nonpositive_price, infinite_value, negative_volume, missing_open/high/low/adj_close/volume, "
+            "constant_volume, close_only, missing_session",
+        ),
+        Column("action", pa.string(), "repaired, dropped, filled or reported"),
+        Column("detail", pa.string(), "Where (file and row) and what: the values before and after, or why"),
+        Column("source", pa.string(), "Source of the load that recorded it: csv, sample or ibkr"),
+        Column("recorded_at", pa.timestamp("us", tz="UTC"), "When that load wrote it, UTC"),
+    ),
+)
+_COLUMNS = [c.name for c in BAR_ISSUES.columns]
+
+
+@dataclass(frozen=True)
+class IssueSummary:
+    """What a load recorded, counted (what the CLI and the asset metadata say)."""
+
+    rows_repaired: int = 0
+    rows_dropped: int = 0
+    filled: int = 0
+    reported: int = 0
+    missing_sessions: int = 0
+    by_rule: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, issues: pd.DataFrame) -> IssueSummary:
+        actions = issues["action"].value_counts().to_dict() if len(issues) else {}
+        missing = int((issues["rule"] == MISSING_SESSION).sum()) if len(issues) else 0
+        by_rule = {str(k): int(v) for k, v in issues["rule"].value_counts().sort_index().items()} if len(issues) else {}
+        return cls(
+            int(actions.get(REPAIRED, 0)),
+            int(actions.get(DROPPED, 0)),
+            int(actions.get(FILLED, 0)),
+            int(actions.get(REPORTED, 0)) - missing,
+            missing,
+            by_rule,
+        )
+
+    def line(self) -> str:
+        """'N rows repaired, M dropped, see bar_issues' (+ filled columns, reports and missing sessions)."""
+        extra = [
+            f"{n} {what}"
+            for n, what in (
+                (self.filled, "column fills"),
+                (self.reported, "reports"),
+                (self.missing_sessions, "missing sessions"),
+            )
+            if n
+        ]
+        more = f" ({', '.join(extra)})" if extra else ""
+        rows = "row" if self.rows_repaired == 1 else "rows"
+        return f"{self.rows_repaired} {rows} repaired, {self.rows_dropped} dropped{more}, see bar_issues"
+
+
+# ----- writing --------------------------------------------------------------------------------------------
+def write_bars_and_issues(
+    warehouse: Warehouse,
+    loaded: BarSlice,
+    symbols: Sequence[str],
+    start: dt.date,
+    end: dt.date,
+    source: str,
+    now: dt.datetime | None = None,
+) -> tuple[WriteResult, pd.DataFrame]:
+    """Replace the market_bars slice by ``loaded.bars`` and the slice's issues by ``loaded.issues`` (plus the
+    missing sessions); returns the bars write and the issues recorded inside the slice."""
+    names = sorted(set(symbols))
+    lo, hi = pd.Timestamp(start).normalize(), pd.Timestamp(end).normalize()
+    recorded_at = pd.Timestamp(now or dt.datetime.now(dt.timezone.utc)).tz_convert("UTC").floor("us")
+    for spec in (MARKET_BARS, BAR_ISSUES):  # their views, so the stored dates can be queried
+        warehouse.ensure_table(spec)
+    folder = warehouse.table_dir(BAR_ISSUES)
+    new = {str(s): g for s, g in loaded.issues.assign(source=source, recorded_at=recorded_at).groupby("symbol")}
+    context = _LoadContext.of(loaded.bars, lo, hi, source, recorded_at)
+    with _locks(warehouse, folder, names):
+        atomic.remove_stale_temps(folder, held=[f"{s}.parquet" for s in names])
+        dates = _dates_after_write(warehouse, loaded.bars, names, lo, hi)
+        recorded = []
+        with atomic.AtomicBatch() as batch:
+            for symbol in names:
+                rows = _stage_symbol(batch, folder / f"{symbol}.parquet", symbol, new.get(symbol), dates.get(symbol), context)
+                if rows is not None:
+                    recorded.append(rows[rows["date"].between(lo, hi)])
+            # Inside the batch: if the bars write fails, the staged issue files are discarded with it.
+            write = warehouse.replace_slice(MARKET_BARS, loaded.bars, symbols, start, end)
+    recorded = [r for r in recorded if len(r)]
+    return write, pd.concat(recorded, ignore_index=True) if recorded else _empty()
+
+
+def _stage_symbol(
+    batch: atomic.AtomicBatch,
+    target: Path,
+    symbol: str,
+    new: pd.DataFrame | None,
+    dates: np.ndarray | None,
+    context: _LoadContext,
+) -> pd.DataFrame | None:
+    """Stage the symbol's issue file as it will be after the load (removed when nothing is left); its rows."""
+    old = _read(target)
+    rows = _symbol_rows(symbol, old, new, dates, context)
+    if rows is not None:
+        batch.stage_parquet(target, _to_arrow(rows))
+    elif old is not None:
+        batch.delete(target)
+    return rows
+
+
+@contextlib.contextmanager
+def _locks(warehouse: Warehouse, folder: Path, names: Sequence[str]) -> Iterator[None]:
+    """Each symbol's bar_issues lock, in sorted order (two loads never deadlock)."""
+    with contextlib.ExitStack() as stack:
+        for name in sorted(names):
+            stack.enter_context(warehouse.lock(folder, name))
+        yield
+
+
+def _dates_after_write(
+    warehouse: Warehouse, bars: pd.DataFrame, names: Sequence[str], lo: pd.Timestamp, hi: pd.Timestamp
+) -> dict[str, np.ndarray]:
+    """Each symbol's stored dates (sorted datetime64) as they will be once the slice is replaced: outside it
+    kept, inside it the new bars. Safe to read now: every writer of these symbols' bars holds our locks."""
+    stored = warehouse.query(
+        "SELECT symbol, date FROM market_bars WHERE list_contains(?, symbol) AND (date < ? OR date > ?) "
+        "ORDER BY symbol, date",
+        [list(names), lo.date(), hi.date()],
+    )
+    out: dict[str, np.ndarray] = {}
+    for frame in (stored, bars):  # each sorted by symbol and date; the two never share a date
+        for symbol, days in _dates_by_symbol(frame):
+            out[symbol] = np.union1d(out[symbol], days) if symbol in out else days
+    return out
+
+
+def _dates_by_symbol(frame: pd.DataFrame) -> list[tuple[str, np.ndarray]]:
+    """(symbol, its dates) of a frame sorted by symbol, split at the symbol changes (no sort, no hashing)."""
+    if frame.empty:
+        return []
+    symbols = frame["symbol"].to_numpy(dtype=object)
+    days = pd.to_datetime(frame["date"]).to_numpy(dtype="datetime64[ns]")
+    cuts = np.flatnonzero(symbols[1:] != symbols[:-1]) + 1
+    heads = np.concatenate([[0], cuts])
+    return [(str(symbols[h]), d) for h, d in zip(heads, np.split(days, cuts))]
+
+
+@dataclass(frozen=True)
+class _LoadContext:
+    """What a missing session's detail says: how many symbols of the load have a bar that day."""
+
+    lo: pd.Timestamp
+    hi: pd.Timestamp
+    n_symbols: int
+    present: dict[pd.Timestamp, int]
+    source: str
+    recorded_at: pd.Timestamp
+
+    @classmethod
+    def of(cls, bars: pd.DataFrame, lo: pd.Timestamp, hi: pd.Timestamp, source: str, recorded_at: pd.Timestamp) -> _LoadContext:
+        present = bars.groupby("date")["symbol"].nunique().to_dict() if len(bars) else {}
+        return cls(lo, hi, int(bars["symbol"].nunique()), present, source, recorded_at)
+
+    def detail(self, day: pd.Timestamp, first: pd.Timestamp, last: pd.Timestamp) -> str:
+        span = f"inside the stored range {first.date()}..{last.date()}"
+        if not self.lo <= day <= self.hi:
+            return f"no bar on this NYSE session, {span} (found when loading {self.lo.date()}..{self.hi.date()})"
+        if self.n_symbols < 2:
+            return f"no bar on this NYSE session, {span}"
+        have = self.present.get(day, 0)
+        if have == 0:
+            return f"vendor-wide gap: none of the {self.n_symbols} symbols loaded has a bar on this session ({span})"
+        return f"{have} of the {self.n_symbols} symbols loaded have a bar on this session, this one not ({span})"
+
+
+def _missing_sessions(dates: np.ndarray) -> pd.DatetimeIndex:
+    """NYSE sessions between the first and last of ``dates`` (sorted sessions) that are not among them."""
+    expected = trading_days(pd.Timestamp(dates[0]).date(), pd.Timestamp(dates[-1]).date())
+    if len(expected) == len(dates):  # dates are sessions (the policy drops others): none missing
+        return expected[:0]
+    return expected.difference(pd.DatetimeIndex(dates))
+
+
+def _missing_rows(symbol: str, dates: np.ndarray | None, old: pd.DataFrame | None, context: _LoadContext) -> pd.DataFrame | None:
+    """One ``missing_session`` row per NYSE session without a bar inside the symbol's stored range."""
+    if dates is None or not len(dates):
+        return None
+    missing = _missing_sessions(dates)
+    if missing.empty:
+        return None
+    first, last = pd.Timestamp(dates[0]), pd.Timestamp(dates[-1])
+    known = old[old["rule"] == MISSING_SESSION].set_index("date") if old is not None else _empty().set_index("date")
+    rows = []
+    for day in missing:
+        if not context.lo <= day <= context.hi and day in known.index:  # recorded by the load of its own slice
+            rows.append({"symbol": symbol, "date": day, **known.loc[day, _COLUMNS[2:]].to_dict()})
+            continue
+        detail = context.detail(day, first, last)
+        rows.append({"symbol": symbol, "date": day, "rule": MISSING_SESSION, "action": REPORTED, "detail": detail,
+                     "source": context.source, "recorded_at": context.recorded_at})
+    return pd.DataFrame(rows, columns=_COLUMNS)
+
+
+def _symbol_rows(
+    symbol: str, old: pd.DataFrame | None, new: pd.DataFrame | None, dates: np.ndarray | None, context: _LoadContext
+) -> pd.DataFrame | None:
+    """The symbol's issues after the load (None: none): other slices' rows, this slice's, the missing sessions."""
+    keep = None
+    if old is not None:
+        keep = old[~old["date"].between(context.lo, context.hi) & (old["rule"] != MISSING_SESSION)]
+    parts = [p for p in (keep, new, _missing_rows(symbol, dates, old, context)) if p is not None and len(p)]
+    if not parts:
+        return None
+    rows = pd.concat([p[_COLUMNS] for p in parts], ignore_index=True)
+    return rows.sort_values(["date", "rule", "action", "detail"], kind="stable").reset_index(drop=True)
+
+
+# ----- files ----------------------------------------------------------------------------------------------
+def _empty() -> pd.DataFrame:
+    frame = pd.DataFrame({c: pd.Series(dtype="object") for c in _COLUMNS})
+    return frame.assign(date=pd.Series(dtype="datetime64[ns]"), recorded_at=pd.Series(dtype="datetime64[ns, UTC]"))
+
+
+def _read(path: Path) -> pd.DataFrame | None:
+    if not path.exists():
+        return None
+    frame = pq.read_table(path, schema=BAR_ISSUES.schema).to_pandas()
+    return frame.assign(date=pd.to_datetime(frame["date"]))
+
+
+def _to_arrow(rows: pd.DataFrame) -> pa.Table:
+    data = rows[_COLUMNS].assign(
+        date=pd.to_datetime(rows["date"]).to_numpy().astype("datetime64[D]"),
+        recorded_at=pd.to_datetime(rows["recorded_at"], utc=True),
+    )
+    return pa.Table.from_pandas(data, schema=BAR_ISSUES.schema, preserve_index=False)
+
+
+def read_issues(
+    warehouse: Warehouse, symbols: Sequence[str] | None = None, start: dt.date | None = None, end: dt.date | None = None
+) -> pd.DataFrame:
+    """Stored issues (optionally a symbol x date slice), sorted by symbol, date, rule."""
+    return warehouse.read(BAR_ISSUES, symbols, start, end)
+
+
+__all__ = ["BAR_ISSUES", "IssueSummary", "MISSING_SESSION", "read_issues", "write_bars_and_issues"]
