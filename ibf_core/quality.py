@@ -133,23 +133,61 @@ def check_no_infinities(frame: pd.DataFrame, columns: list[str]) -> QualityResul
 
 
 def check_nan_share_after_warmup(
-    frame: pd.DataFrame, columns: list[str], allowed_sparse: set[str], threshold: float = MAX_NAN_SHARE_AFTER_WARMUP
+    frame: pd.DataFrame,
+    columns: list[str],
+    allowed_sparse: set[str],
+    threshold: float = MAX_NAN_SHARE_AFTER_WARMUP,
+    support: pd.DataFrame | None = None,
 ) -> QualityResult:
-    """Share of NaN per feature on rows past the warm-up; sparse-by-nature columns are reported, not judged."""
-    ready = frame.loc[~frame["warmup"].astype(bool), columns]
-    if ready.empty:
-        return QualityResult("nan_share_after_warmup", True, "no rows past the warm-up in this slice", {})
-    shares = ready.isna().mean()
-    judged = shares[[c for c in columns if c not in allowed_sparse]]
-    over = judged[judged > threshold].sort_values(ascending=False)
+    """Share of NaN per feature after *its own* warm-up; sparse-by-nature columns are reported, not judged.
+
+    ``support``: the support-state frame of ``frame``'s rows (``compute_features_with_support``). A feature is
+    then judged only on the rows where the data supports it (past its own ``min_history`` bars, every bar input
+    it reads present); a feature no row supports (a close-only file has no volume features) is reported with
+    the reason, not judged. Without ``support`` the rows past the common ``warmup`` flag are judged.
+    """
+    judged = [c for c in columns if c not in allowed_sparse]
+    if support is None:
+        ready = frame.loc[~frame["warmup"].astype(bool), columns]
+        if ready.empty:
+            return QualityResult("nan_share_after_warmup", True, "no rows past the warm-up in this slice", {})
+        shares, sparse_shares, unsupported = ready[judged].isna().mean(), ready.isna().mean(), {}
+    else:
+        shares, sparse_shares, unsupported = _supported_nan_shares(frame, support, columns, judged)
+    over = shares[shares > threshold].sort_values(ascending=False)
+    note = f"; {len(unsupported)} not supported by the data (not judged)" if unsupported else ""
     return QualityResult(
         "nan_share_after_warmup",
         over.empty,
-        f"{len(over)} features above {threshold:.0%} NaN after warm-up (worst: "
-        f"{over.index[0] if len(over) else '-'} {over.iloc[0] if len(over) else 0:.1%})",
+        f"{len(over)} of {len(shares)} features above {threshold:.0%} NaN after their warm-up (worst: "
+        f"{over.index[0] if len(over) else '-'} {over.iloc[0] if len(over) else 0:.1%}){note}",
         {"over_threshold": {k: round(float(v), 4) for k, v in over.items()},
-         "sparse_columns": {c: round(float(shares[c]), 4) for c in columns if c in allowed_sparse}},
+         "sparse_columns": {c: round(float(sparse_shares[c]), 4) for c in columns if c in allowed_sparse and c in sparse_shares},
+         "not_supported": unsupported},
     )
+
+
+def _supported_nan_shares(
+    frame: pd.DataFrame, support: pd.DataFrame, columns: list[str], judged: list[str]
+) -> tuple[pd.Series, pd.Series, dict[str, str]]:
+    """(NaN share of each judged feature on its supported rows, NaN share of every column, unsupported -> why)."""
+    from ibf_core.features.pipeline import unsupported_reasons
+
+    if len(support) != len(frame):
+        raise ValueError(f"support frame has {len(support)} rows, the features {len(frame)}")
+    return nan_shares_where_supported(frame, support, judged), frame[columns].isna().mean(), unsupported_reasons(support, judged)
+
+
+def nan_shares_where_supported(frame: pd.DataFrame, support: pd.DataFrame, columns: list[str]) -> pd.Series:
+    """NaN share of each feature on the rows where the data supports it; features no row supports are left out."""
+    from ibf_core.features.pipeline import SUPPORTED
+
+    shares = {}
+    for column in columns:
+        ok = support[column].to_numpy() == SUPPORTED
+        if ok.any():
+            shares[column] = float(np.isnan(frame[column].to_numpy(dtype=np.float64)[ok]).mean())
+    return pd.Series(shares, dtype=float)
 
 
 def check_schema(frame: pd.DataFrame, expected: list[str]) -> QualityResult:

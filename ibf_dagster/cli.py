@@ -541,11 +541,24 @@ def evaluate(
     json_path, report_path = write_outputs(result, json_out, report, policy)
     for h, verdict in result.results["verdicts"].items():
         out.print(verdict["statement"], highlight=False)
+        out.print(_factor_line(h, result.results["factors"]["horizons"].get(h, {})), highlight=False)
     if policy is not None:
         from ibf_core.evaluation.policy import markdown
 
         out.print(markdown(policy), highlight=False)
     out.print(f"wrote {json_path} and {report_path}", highlight=False)
+
+
+def _factor_line(h: str, factors: dict) -> str:
+    """``h=5 factors (rank IC, t): reversal_1 0.031 (1.2), ...``; an unavailable factor says why."""
+    parts = []
+    for name, metrics in factors.items():
+        if not metrics.get("available"):
+            parts.append(f"{name} unavailable ({metrics.get('reason')})")
+            continue
+        ic, t = metrics.get("rank_ic_mean"), metrics.get("rank_ic_t")
+        parts.append(f"{name} {ic:.3f} ({'-' if t is None else f'{t:.1f}'})")
+    return f"h={h} factors (rank IC, t): " + ", ".join(parts)
 
 
 @app.command()

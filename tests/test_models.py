@@ -13,7 +13,7 @@ from ibf_core.features.pipeline import compute_features
 from ibf_core.models import ModelDataError, ModelLoadError
 from ibf_core.models.bundle import LOOKBACK_MARGIN, load_bundle, save_bundle
 from ibf_core.models.config import ModelConfig
-from ibf_core.models.dataset import build_panel, truncate
+from ibf_core.models.dataset import build_panel, missing_sessions, truncate
 from ibf_core.models.members import Inputs, Member, member_class, register, unregister
 from ibf_core.models.predict import forecast, origin_rows, predictions_table
 from ibf_core.models.training import select, train_models, windows
@@ -65,10 +65,20 @@ def test_truncate_blanks_every_target_that_reaches_past_the_cut(panel):
         assert cut.loc[cut["session"] + h <= reach, f"target_{h}"].notna().all()
 
 
-def test_a_symbol_with_a_gap_is_named(bars):
+def test_a_gap_blanks_exactly_the_targets_and_returns_that_span_it(bars):
+    """A missing bar is no longer refused: the targets and the daily return across it are NULL, the rest stay."""
     holed = bars.drop(bars[(bars["symbol"] == "IBM") & (bars["date"] == "2010-03-03")].index)
-    with pytest.raises(ModelDataError, match=r"IBM: 1 gap\(s\).*2010-03-02"):
-        build_panel(holed, compute_features(holed, benchmark=None), (1,))
+    panel = build_panel(holed, compute_features(holed, benchmark=None), (1, 5))
+    ibm = panel[panel["symbol"] == "IBM"].set_index("date")
+    full = build_panel(bars, compute_features(bars, benchmark=None), (1, 5))
+    ref = full[full["symbol"] == "IBM"].set_index("date")
+    assert np.isnan(ibm.loc["2010-03-02", "target_1"]) and np.isnan(ibm.loc["2010-03-04", "y"])
+    for day in ("2010-02-24", "2010-02-25", "2010-02-26", "2010-03-01", "2010-03-02"):  # t + 5 sessions is 03-03
+        assert np.isnan(ibm.loc[day, "target_5"]) == (day == "2010-02-24"), day
+    kept = ibm.index.difference(pd.to_datetime(["2010-02-24", "2010-03-02", "2010-03-04"]))
+    for column in ("target_1", "y"):
+        np.testing.assert_allclose(ibm.loc[kept, column], ref.loc[kept, column], err_msg=column)
+    assert missing_sessions(panel) == {"IBM": 1}
 
 
 def test_windows_purge_and_embargo():
@@ -87,7 +97,7 @@ def test_training_ignores_everything_after_the_cutoff(panel, gbdt_bundle):
     future = panel["date"] > pd.Timestamp(CUTOFF)
     poisoned = panel.copy()
     rng = np.random.default_rng(1)
-    numeric = [c for c in panel.columns if c not in ("symbol", "date", "session", "warmup")]
+    numeric = [c for c in panel.columns if c not in ("symbol", "date", "session") and panel[c].dtype != bool]
     poisoned.loc[future, numeric] = rng.normal(size=(int(future.sum()), len(numeric)))
     again = train_models(poisoned, CUTOFF, FAST)
     assert again.facts["fingerprint"] == gbdt_bundle.facts["fingerprint"]
@@ -140,14 +150,22 @@ def test_bundle_round_trip_and_tampering(tmp_path, panel, gbdt_bundle):
         load_bundle(tmp_path / "b", digest)
 
 
-def test_too_little_history_and_all_nan_features(panel):
-    short = panel[panel["date"] >= "2011-06-01"]
-    with pytest.raises(ModelDataError, match="too little history"):
+def test_too_little_history_names_the_computed_minimum_and_an_empty_neural_input_is_left_out(panel):
+    from ibf_core.calendar import trading_days
+
+    short = panel[panel["date"] >= "2011-12-01"]
+    have = len(trading_days("2011-12-01", "2012-03-30"))
+    assert have == 83
+    # GBDT: fitting origins (20) + purge (20) + early stopping (20) + their targets (20) + validation (20) + H (20)
+    with pytest.raises(ModelDataError, match=r"too little history for cut-off 2012-03-30: training needs 120 sessions "
+                       rf"\(gbdt 120\).*AAPL has {have} \(the longest history\)"):
         train_models(short, dt.date(2012, 3, 30), FAST)
     blank = panel.copy()
     blank["rsi_14"] = np.nan
-    with pytest.raises(ModelDataError, match="'rsi_14' has no finite value"):
-        train_models(blank, CUTOFF, TINY_NEURAL)
+    chosen = select(blank, CUTOFF, TINY_NEURAL)  # the neural inputs adapt instead of failing
+    assert chosen.neural_left_out == {"rsi_14": "all NaN in the training window"}
+    assert list(chosen.inputs.scaler.center) == [f for f in TINY_NEURAL.neural_features if f != "rsi_14"]
+    assert chosen.left_out_features["rsi_14"] == "all NaN in the training window"
 
 
 def test_neural_members_reproducible_with_a_fixed_seed(tmp_path, panel):
@@ -226,17 +244,24 @@ def test_gbdt_only_bundle_needs_one_session_and_the_drift_window(gbdt_bundle):
     assert gbdt_bundle.lookback_sessions() == FAST.drift_baseline_sessions + LOOKBACK_MARGIN
 
 
-def test_select_excludes_short_symbols_with_a_reason_and_fits_a_scaler_only_when_a_member_reads_it(panel):
-    short = panel[(panel["symbol"] != "IBM") | (panel["date"] >= "2011-09-01")].assign(rsi_14=np.nan)
+def test_select_keeps_short_symbols_for_gbdt_the_neural_series_leave_them_out_with_a_reason(panel):
+    from ibf_core.models import neural
+
+    short = panel[(panel["symbol"] != "IBM") | (panel["date"] >= "2011-12-01")].assign(rsi_14=np.nan)
     chosen = select(short, CUTOFF, FAST)
-    assert chosen.symbols == ["AAPL", "GOOG", "MSFT"] and list(chosen.excluded) == ["IBM"]
-    need = FAST.input_size + FAST.max_horizon + FAST.early_stopping_sessions
-    assert chosen.excluded["IBM"].endswith(f"usable sessions < {need}")
+    assert chosen.symbols == SYMBOLS and not chosen.excluded  # GBDT learns from every origin with a target
     assert set(chosen.train["symbol"]) == set(chosen.symbols)
     assert chosen.train["date"].max() <= pd.Timestamp(chosen.span["train_end"])
     assert chosen.data["date"].max() <= pd.Timestamp(CUTOFF)
     assert chosen.inputs.scaler is None  # no GBDT-only member reads the scaled neural inputs
     assert "rsi_14" in chosen.dropped_features and "rsi_14" not in chosen.inputs.features
+    assert chosen.plan.note is None and chosen.plan.validation == FAST.validation_sessions  # long history: as configured
+    tiny = select(short, CUTOFF, TINY_NEURAL)
+    hist = list(tiny.inputs.scaler.center)
+    grid, excluded = neural.training_series(tiny.train, tiny.config, hist, neural.future_known_features())
+    need = TINY_NEURAL.input_size + TINY_NEURAL.early_stopping_sessions + 1
+    assert set(excluded) == {"IBM"} and excluded["IBM"].endswith(f"< {need} needed")
+    assert set(grid["symbol_key"]) == {"AAPL", "GOOG", "MSFT"}
     scaled = select(panel, CUTOFF, TINY_NEURAL).inputs.scaler
     assert scaled is not None and list(scaled.center) == list(TINY_NEURAL.neural_features)
 

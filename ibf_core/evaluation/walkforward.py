@@ -5,6 +5,10 @@ into folds of ``refit_every`` consecutive origins; for each fold the members are
 ``embargo`` sessions before the fold's first origin (``train_models`` truncates the data at the cut-off, so
 no target, scaler statistic, weight or interval quantile can see the fold). Every origin of the fold is
 then forecast by that model.
+
+Beside the members, the textbook factors (``factors``: 1- and 5-session reversal, 20-session and 12-1 momentum)
+are scored on the same origins (``results["factors"]``). Each fold's window plan (shrunk on a short history)
+and the members it could not train are recorded in ``results["config"]["folds_detail"]``.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ def walk_forward(
     device: str = "cpu",
     progress: Callable[[str], None] | None = None,
 ) -> WalkForwardResult:
+    from ibf_core.evaluation.factors import factor_ics
     from ibf_core.evaluation.metrics import member_metrics, skill_verdict
     from ibf_core.models.predict import forecast
     from ibf_core.models.training import train_models, usable
@@ -57,12 +62,12 @@ def walk_forward(
     dates = np.sort(realized_ok["date"].unique())
     if len(dates) < test_days:
         raise ModelDataError(
-            f"too little history: {len(dates)} sessions past the feature warm-up have a realized {h_max}-day return, "
+            f"too little history: {len(dates)} sessions have a realized {h_max}-day return, "
             f"fewer than the {test_days} test origins asked for (plus the training window before them)"
         )
     test_dates = pd.DatetimeIndex(dates[-test_days:])
     sessions = all_sessions()
-    frames = []
+    frames, details = [], []
     for fold, start in enumerate(range(0, test_days, refit_every)):
         fold_dates = test_dates[start : start + refit_every]
         first = int(sessions.get_loc(fold_dates[0]))
@@ -78,6 +83,7 @@ def walk_forward(
         long = long.merge(realized, on=["symbol", "date", "horizon"], how="left")
         long["fold"], long["model_cutoff"] = fold + 1, pd.Timestamp(cutoff)
         frames.append((long, bundle.up_rate))
+        details.append(_fold_detail(fold + 1, cutoff, bundle))
     forecasts = pd.concat([f for f, _ in frames], ignore_index=True)
     up_rate = {h: float(np.mean([u[str(h)] for _, u in frames])) for h in config.horizons}
 
@@ -91,6 +97,8 @@ def walk_forward(
             per_member[member] = member_metrics(part, h, p0=up_rate[h], cost_bps=cost_bps)
         results["horizons"][str(h)] = per_member
         results["verdicts"][str(h)] = skill_verdict(per_member, h=h)
+    naive = forecasts[forecasts["member"] == "naive"]
+    results["factors"] = factor_ics(panel, {h: naive[naive["horizon"] == h] for h in config.horizons})
     results["config"] = {
         "symbols": sorted(forecasts["symbol"].unique()),
         "test_origins": f"{test_dates[0].date()} .. {test_dates[-1].date()} ({test_days} sessions)",
@@ -100,8 +108,23 @@ def walk_forward(
         "cost_bps_per_side": cost_bps,
         "device": device,
         "model": config.to_dict(),
+        "folds_detail": details,
     }
     return WalkForwardResult(results, forecasts)
+
+
+def _fold_detail(fold: int, cutoff: dt.date, bundle) -> dict[str, Any]:
+    """What one fold's training decided: windows (and why they shrank), members left out, symbols."""
+    plan = bundle.facts.get("windows", {})
+    return {
+        "fold": fold,
+        "cutoff": cutoff.isoformat(),
+        "members": list(bundle.config.members),
+        "members_left_out": plan.get("members_left_out", {}),
+        "windows": {k: plan.get(k) for k in ("embargo", "validation", "early_stopping")},
+        "note": plan.get("note"),
+        "symbols": len(bundle.facts["symbols"]),
+    }
 
 
 def _upto(panel: pd.DataFrame, last: pd.Timestamp) -> pd.DataFrame:
@@ -123,6 +146,10 @@ def write_outputs(
     json_path.parent.mkdir(parents=True, exist_ok=True)
     payload = dict(result.results)
     sections = []
+    if "factors" in result.results:
+        from ibf_core.evaluation.factors import markdown as factor_markdown
+
+        sections.append(factor_markdown(result.results["factors"], result.results["horizons"]))
     if policy is not None:
         from ibf_core.evaluation.policy import markdown
 

@@ -8,7 +8,11 @@ This module holds what every feature module shares:
   ``(dates, symbols)`` grid for per-date cross-sections);
 * :class:`TalibCall` / :func:`run_talib`: TA-Lib is 1-D, so every trailing-window computation is one TA-Lib
   call per symbol on a contiguous slice, written straight into the caller's output row. A window therefore
-  never crosses into another symbol and a symbol's values never depend on another symbol's bars.
+  never crosses into another symbol and a symbol's values never depend on another symbol's bars;
+* the *input flags* (:meth:`Panel.input_missing`): per bar, whether its volume and its intraday range (open,
+  high, low) are real measurements. A close-only file (open = high = low = close), a file without volume
+  (NULL volume) or a constant volume column gives bars without them; a feature that reads a missing input is
+  NULL wherever its own window holds such a bar (:attr:`Feature.inputs`), never 0 and never an error.
 
 The public API (``compute_features``, ``FEATURES``, ...) lives in :mod:`ibf_core.features.pipeline` and is
 re-exported here lazily (the feature modules import this package first).
@@ -30,6 +34,13 @@ Group = Literal["technical", "returns", "microstructure", "cross_asset", "calend
 SEED_TOLERANCE = 1e-9
 TRADING_DAYS_PER_YEAR = 252
 _NS_PER_DAY = 86_400_000_000_000
+# Bar inputs a feature may read besides the close (the close and adj_close are always measured).
+VOLUME = "volume"
+RANGE = "range"  # the bar's open, high and low
+INPUT_NAMES = {VOLUME: "volume", RANGE: "open/high/low"}
+# A volume repeated this many bars in a row (or repeated from a symbol's first bar on) is a filler, not a
+# measurement: real daily volumes never stay exactly equal for a week.
+CONSTANT_VOLUME_RUN = 5
 
 
 @dataclass(frozen=True)
@@ -43,6 +54,7 @@ class Feature:
     future_known: bool = False  # known in advance for future dates (calendar): usable as a future covariate
     lookback: int = 0  # bars that fully determine the value (> min_history for recursive indicators); 0 = min_history
     ffill: bool = True  # interior gaps are forward-filled (news is joined as-is)
+    inputs: frozenset[str] = frozenset()  # bar inputs it reads besides the close: VOLUME, RANGE
 
     @property
     def history_needed(self) -> int:
@@ -127,8 +139,10 @@ class Panel:
     low: np.ndarray
     close: np.ndarray
     adj_close: np.ndarray
-    volume: np.ndarray
+    volume: np.ndarray  # 0 where the bar has no volume (see ``input_missing``)
     spread: np.ndarray | None  # relative quoted spread, None when the bars have no such column
+    raw_volume: np.ndarray  # volume as delivered (NaN where unknown)
+    raw_range: np.ndarray  # False where open, high or low is not a number (the computing arrays hold the close)
 
     def __post_init__(self) -> None:
         self._cache: dict[str, Any] = {}
@@ -152,14 +166,25 @@ class Panel:
         days, day = _date_index(dates)
 
         def column(name: str) -> np.ndarray:
-            values = bars[name].to_numpy(dtype=np.float64)
+            if name not in bars.columns:  # a file without volume (or without open/high/low)
+                return np.full(n, np.nan)
+            values = pd.to_numeric(bars[name], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
             return np.ascontiguousarray(values[order] if order is not None else values)
 
+        close = column("close")
+        raw_volume = column("volume")
+        # TA-Lib's running sums must never see a NaN (it would poison every later window): an unknown volume
+        # computes as 0 and an unknown open/high/low as the close; the input flags then blank what read them.
+        volume = np.where(np.isfinite(raw_volume) & (raw_volume >= 0), raw_volume, 0.0)
+        prices = {name: column(name) for name in ("open", "high", "low")}
+        raw_range = np.logical_and.reduce([np.isfinite(v) for v in prices.values()])
+        prices = {name: np.where(np.isfinite(v), v, close) for name, v in prices.items()}
         panel = cls(
             symbols=symbol_values[starts], starts=starts, counts=counts, sym=sym, pos=pos, dates=dates,
-            days=days, day=day, open=column("open"), high=column("high"), low=column("low"),
-            close=column("close"), adj_close=column("adj_close") if "adj_close" in bars.columns else column("close"),
-            volume=column("volume"), spread=column("spread") if "spread" in bars.columns else None,
+            days=days, day=day, open=prices["open"], high=prices["high"], low=prices["low"],
+            close=close, adj_close=column("adj_close") if "adj_close" in bars.columns else close,
+            volume=volume, spread=column("spread") if "spread" in bars.columns else None,
+            raw_volume=raw_volume, raw_range=raw_range,
         )
         return panel, order
 
@@ -220,6 +245,35 @@ class Panel:
         out[:k] = np.nan
         out[self.head_rows(k)] = np.nan
         return out
+
+    def window_count(self, flag: np.ndarray, k: int) -> np.ndarray:
+        """Per row: how many of the last k bars of its symbol (the row included) have ``flag`` set."""
+        total = np.concatenate([[0], np.cumsum(flag, dtype=np.int64)])
+        rows = np.arange(self.n)
+        first = np.maximum(rows - k + 1, self.starts[self.sym]) if self.n else rows
+        return total[rows + 1] - total[first]
+
+    def input_missing(self) -> dict[str, np.ndarray]:
+        """Per input (``VOLUME``, ``RANGE``): True on bars where it is not a real measurement.
+
+        Volume: not a number, negative, or a filler (the same value ``CONSTANT_VOLUME_RUN`` bars in a row, or
+        since the symbol's first bar). Range: open, high or low not a number, or high == low (a close-only bar:
+        no intraday range was recorded). Each flag reads only the bar and earlier bars of its symbol.
+        """
+        def make() -> dict[str, np.ndarray]:
+            volume = self.raw_volume
+            repeated = np.zeros(self.n, dtype=bool)
+            if self.n > 1:
+                repeated[1:] = (volume[1:] == volume[:-1]) & (self.pos[1:] > 0)
+            run = self.window_count(repeated, CONSTANT_VOLUME_RUN - 1)
+            # all repeats since the first bar: the run reaches back to the symbol's first row
+            from_start = (run == self.pos) & (self.pos > 0)
+            filler = repeated & ((run >= CONSTANT_VOLUME_RUN - 1) | from_start)
+            no_volume = ~(np.isfinite(volume) & (volume >= 0)) | filler
+            no_range = ~self.raw_range | (self.high == self.low)
+            return {VOLUME: no_volume, RANGE: no_range}
+
+        return self.cache_get("input_missing", make)
 
     def rows_after(self, mask: np.ndarray, k: int) -> np.ndarray:
         """Rows k bars after the rows where ``mask`` holds, within the same symbol."""

@@ -41,15 +41,16 @@ def _f(name: str, description: str, min_history: int, lookback: int = 0) -> Feat
 
 
 def features(source: Mapping[str, Feature]) -> list[Feature]:
-    """Registry entries; ranks inherit the history needs of the feature they rank."""
+    """Registry entries; ranks inherit the history needs and bar inputs of the feature they rank."""
     return [
         _f("beta_60", "Beta of daily log returns to the benchmark over 60 sessions (benchmark: the configured "
            "symbol when present, else the leave-one-out equal-weighted universe)", BETA_WINDOW),
         _f("corr_60", "Correlation of daily log returns with the benchmark over 60 sessions", BETA_WINDOW),
         *(_f(f"rel_strength_{k}", f"{k}-session log return minus the universe mean that date", k + 1)
           for k in RELATIVE_HORIZONS),
-        *(_f(rank, f"Cross-sectional percentile rank (0..1] of {name} that date", source[name].min_history,
-             source[name].lookback) for name, rank in RANKED.items()),
+        *(Feature(rank, f"Cross-sectional percentile rank (0..1] of {name} that date", "cross_asset",
+                  source[name].min_history, lookback=source[name].lookback, inputs=source[name].inputs)
+          for name, rank in RANKED.items()),
     ]
 
 

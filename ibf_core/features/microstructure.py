@@ -14,7 +14,7 @@ from collections.abc import Mapping
 import numpy as np
 import talib
 
-from ibf_core.features import Feature, Panel, TalibCall, nan_aware, run_talib, scratch_names
+from ibf_core.features import RANGE, VOLUME, Feature, Panel, TalibCall, nan_aware, run_talib, scratch_names
 from ibf_core.features.technical import log_returns
 
 WINDOW = 20
@@ -44,22 +44,24 @@ SPREAD_CALLS: list[TalibCall] = [
 ]
 
 
-def _f(name: str, description: str, min_history: int) -> Feature:
-    return Feature(name, description, "microstructure", min_history)
+def _f(name: str, description: str, min_history: int, inputs: tuple[str, ...] = ()) -> Feature:
+    return Feature(name, description, "microstructure", min_history, inputs=frozenset(inputs))
 
 
 FEATURES: list[Feature] = [
     _f("cs_spread_20", "Corwin-Schultz high-low spread estimate, mean of 2-day estimates over 20 sessions "
-       "(overnight-gap adjusted; negative 2-day estimates set to 0 as in the paper)", WINDOW + 1),
+       "(overnight-gap adjusted; negative 2-day estimates set to 0 as in the paper)", WINDOW + 1, (RANGE,)),
     _f("roll_spread_20", "Roll implied spread 2 sqrt(-cov(dp_t, dp_t-1)) over 20 sessions of log close changes, "
        "signed: -2 sqrt(cov) when the autocovariance is positive (where Roll is undefined)", WINDOW + 2),
-    _f("amihud_20", "log of Amihud illiquidity: mean over 20 sessions of |log return| per $1M traded", WINDOW),
-    _f("volume_z_20", "Volume z-score against the trailing 20 sessions (today included; population std)", WINDOW),
+    _f("amihud_20", "log of Amihud illiquidity: mean over 20 sessions of |log return| per $1M traded", WINDOW,
+       (VOLUME,)),
+    _f("volume_z_20", "Volume z-score against the trailing 20 sessions (today included; population std)", WINDOW,
+       (VOLUME,)),
     _f("turnover_proxy_20", "log(mean volume 20 sessions / mean volume 200 sessions): turnover relative to "
-       "the symbol's norm (shares outstanding unknown)", LONG_VOLUME_WINDOW),
-    _f("gap_overnight", "open / previous close - 1", 2),
-    _f("intraday_ret", "log(close / open)", 1),
-    _f("hl_range", "log(high / low): the day's range", 1),
+       "the symbol's norm (shares outstanding unknown)", LONG_VOLUME_WINDOW, (VOLUME,)),
+    _f("gap_overnight", "open / previous close - 1", 2, (RANGE,)),
+    _f("intraday_ret", "log(close / open)", 1, (RANGE,)),
+    _f("hl_range", "log(high / low): the day's range", 1, (RANGE,)),
     _f("spread_quoted", "Real relative quoted spread (ask - bid) / mid from IB BID_ASK bars; NaN when unknown", 1),
     _f("spread_quoted_mean_20", "Mean real quoted spread over 20 sessions (at least 10 known); NaN when unknown",
        WINDOW),

@@ -7,6 +7,26 @@ module writes into in place, then wrapped by a DataFrame without copying.
 Missing values: infinities become NaN; interior gaps are forward-filled within the symbol (never backward,
 never across symbols); leading gaps (warm-up) stay NaN; nothing is zero-filled. News columns are joined as
 they come (a session without a news row has NaN there).
+
+Warm-up is per feature: a value exists from the symbol's ``min_history``-th bar on (a 200-session SMA is NULL
+until 200 bars exist, a 5-session return from the 6th bar). ``warmup`` flags rows before the longest window
+(200 bars) for readers that want every feature at once; models use each feature where it exists.
+
+Missing inputs: a feature that reads the volume or the intraday range (``Feature.inputs``) is NULL on every row
+whose own window (``min_history`` bars) holds a bar without that input (``Panel.input_missing``: NULL or
+filler volume, high == low). A close-only file therefore gets NULL volume and range features, never zeros,
+and the window recovers ``min_history`` bars after the input returns. ``compute_features_with_support`` also
+returns where each feature *can* exist (past its own warm-up, inputs present): the ``features`` checks judge
+missing values only there.
+
+Missing sessions (a gap in a symbol's bars): every window counts *bars*, not sessions (TA-Lib is 1-D). Across a
+gap of g sessions, ``logret_1`` spans g + 1 sessions, ``logret_k`` and every k-bar window (SMA, RSI, volatility,
+Amihud, beta) cover k bars = k + g sessions, recursive indicators (EMA, Wilder's RSI/ATR/ADX) take one step for
+the g + 1 sessions, and ``gap_overnight`` compares with the last close before the gap. Values stay defined
+(nothing crashes, nothing is interpolated); a feature of a bar after a gap describes a slightly longer
+stretch of time. Targets and the neural members' daily return are defined on NYSE sessions instead and are
+NULL across a gap (``ibf_core.models.dataset``). Cross-sectional features use the symbols that have a bar
+that date.
 """
 
 from __future__ import annotations
@@ -17,7 +37,7 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
-from ibf_core.features import Feature, Panel, calendar_features, cross_asset, microstructure, technical
+from ibf_core.features import INPUT_NAMES, RANGE, VOLUME, Feature, Panel, calendar_features, cross_asset, microstructure, technical
 
 __all__ = [
     "FEATURES",
@@ -25,6 +45,10 @@ __all__ = [
     "WARMUP_SESSIONS",
     "compute_features",
     "compute_features_for_range",
+    "compute_features_with_support",
+    "feature_by_name",
+    "input_flags",
+    "unsupported_reasons",
     "feature_columns",
     "features_by_group",
     "lookback_sessions",
@@ -90,30 +114,52 @@ def compute_features(
 ) -> pd.DataFrame:
     """``symbol, date`` + ``feature_columns()`` + ``warmup``, one row per bar, sorted by symbol and date.
 
-    ``bars``: the canonical bar frame (``ibf_core.bars``), any order. ``news``: optional daily frame
-    ``symbol, date`` + :data:`NEWS_COLUMNS`, left-joined as is. ``benchmark``: symbol for beta/correlation;
-    when None or absent from ``bars`` the leave-one-out equal-weighted universe is used.
+    ``bars``: the canonical bar frame (``ibf_core.bars``), any order; ``volume`` (and ``open``/``high``/``low``)
+    may be NULL or absent. ``news``: optional daily frame ``symbol, date`` + :data:`NEWS_COLUMNS`, left-joined
+    as is. ``benchmark``: symbol for beta/correlation; when None or absent from ``bars`` the leave-one-out
+    equal-weighted universe is used.
+    """
+    return compute_features_with_support(bars, news, benchmark)[0]
+
+
+def compute_features_with_support(
+    bars: pd.DataFrame, news: pd.DataFrame | None = None, benchmark: str | None = cross_asset.DEFAULT_BENCHMARK
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(``compute_features``' frame, a frame of the same keys saying per feature why a row cannot have a value).
+
+    The second frame holds one int8 column per feature: ``SUPPORTED`` (0) where the data supports a value,
+    else the sum of ``WARMING_UP`` (before the feature's own ``min_history`` bars) and ``NO_VOLUME`` /
+    ``NO_RANGE`` (its window holds a bar without an input it reads). Calendar and news columns are 0.
     """
     if bars.empty:
-        return _empty_frame()
+        empty = _empty_frame()
+        return empty, empty.drop(columns="warmup").astype({c: np.int8 for c in feature_columns()})
     panel, order = Panel.from_bars(bars)
     matrix = np.empty((len(FEATURES), panel.n))
     rows = {f.name: matrix[i] for i, f in enumerate(FEATURES)}
+    state = _support_state(panel)
 
     technical.compute(panel, rows)
     technical.compute_returns(panel, rows)
     microstructure.compute(panel, rows)
     _clean(panel, rows, _PER_SYMBOL)
+    _blank_missing_inputs(rows, state, _PER_SYMBOL)
     cross_asset.compute(panel, rows, benchmark)
     _clean(panel, rows, _CROSS)
+    _blank_missing_inputs(rows, state, _CROSS)
     calendar_features.compute(panel, rows)
     _join_news(panel, news, rows)
 
-    frame = pd.DataFrame(matrix.T, columns=feature_columns(), copy=False)
     symbols = bars["symbol"].to_numpy()
-    frame.insert(0, "date", panel.dates)
-    frame.insert(0, "symbol", symbols if order is None else symbols[order])
+    symbols = symbols if order is None else symbols[order]
+    frame = _keyed(pd.DataFrame(matrix.T, columns=feature_columns(), copy=False), symbols, panel.dates)
     frame["warmup"] = panel.pos + 1 < WARMUP_SESSIONS
+    return frame, _keyed(pd.DataFrame(state, copy=False), symbols, panel.dates)
+
+
+def _keyed(frame: pd.DataFrame, symbols: np.ndarray, dates: np.ndarray) -> pd.DataFrame:
+    frame.insert(0, "date", dates)
+    frame.insert(0, "symbol", symbols)
     return frame
 
 
@@ -123,11 +169,74 @@ def compute_features_for_range(
     end: str | dt.date | pd.Timestamp,
     news: pd.DataFrame | None = None,
     benchmark: str | None = cross_asset.DEFAULT_BENCHMARK,
-) -> pd.DataFrame:
-    """Features for dates in [start, end]; ``bars`` must include ``lookback_sessions()`` sessions before start."""
-    frame = compute_features(bars, news=news, benchmark=benchmark)
-    keep = (frame["date"] >= pd.Timestamp(start)) & (frame["date"] <= pd.Timestamp(end))
-    return frame.loc[keep].reset_index(drop=True)
+    with_support: bool = False,
+) -> pd.DataFrame | tuple[pd.DataFrame, pd.DataFrame]:
+    """Features for dates in [start, end]; ``bars`` must include ``lookback_sessions()`` sessions before start.
+
+    ``with_support``: also return the support-state frame of those rows (``compute_features_with_support``).
+    """
+    frame, support = compute_features_with_support(bars, news=news, benchmark=benchmark)
+    keep = ((frame["date"] >= pd.Timestamp(start)) & (frame["date"] <= pd.Timestamp(end))).to_numpy()
+    frame = frame.loc[keep].reset_index(drop=True)
+    return (frame, support.loc[keep].reset_index(drop=True)) if with_support else frame
+
+
+def feature_by_name() -> dict[str, Feature]:
+    return {f.name: f for f in FEATURES}
+
+
+def input_flags(bars: pd.DataFrame) -> pd.DataFrame:
+    """``symbol, date`` + one bool column per bar input (``volume``, ``range``): True where the bar lacks it."""
+    panel, order = Panel.from_bars(bars)
+    symbols = bars["symbol"].to_numpy()
+    flags = pd.DataFrame(panel.input_missing())
+    return _keyed(flags, symbols if order is None else symbols[order], panel.dates)
+
+
+# Support states (bits) of a feature on a row: why the data cannot give it a value there.
+SUPPORTED, WARMING_UP, NO_VOLUME, NO_RANGE = 0, 1, 2, 4
+_INPUT_BITS = {VOLUME: NO_VOLUME, RANGE: NO_RANGE}
+
+
+def _support_state(panel: Panel) -> dict[str, np.ndarray]:
+    """Feature -> int8 state per row (``SUPPORTED`` or the bits of what is missing)."""
+    missing = panel.input_missing()
+    lacking: dict[tuple[str, int], np.ndarray] = {}  # (input, window) -> rows whose window lacks it
+    out: dict[str, np.ndarray] = {}
+    for feature in FEATURES:
+        state = np.zeros(panel.n, dtype=np.int8)
+        if feature.group not in ("calendar", "news"):
+            state[panel.pos + 1 < feature.min_history] |= WARMING_UP
+            for name in sorted(feature.inputs):
+                key = (name, feature.min_history)
+                if key not in lacking:
+                    lacking[key] = panel.window_count(missing[name], feature.min_history) > 0 if missing[name].any() else None
+                if lacking[key] is not None:
+                    state[lacking[key]] |= _INPUT_BITS[name]
+        out[feature.name] = state
+    return out
+
+
+def _blank_missing_inputs(rows: Mapping[str, np.ndarray], state: Mapping[str, np.ndarray], features: list[Feature]) -> None:
+    """NULL where a feature read a missing bar input (after the forward fill, so no fill reaches those rows)."""
+    for feature in features:
+        if feature.inputs:
+            rows[feature.name][(state[feature.name] & (NO_VOLUME | NO_RANGE)) != 0] = np.nan
+
+
+def unsupported_reasons(state: pd.DataFrame, columns: list[str]) -> dict[str, str]:
+    """Feature -> why no row of ``state`` (a support frame) supports it; features with a supported row are absent."""
+    reasons = {}
+    for column in columns:
+        values = state[column].to_numpy()
+        if len(values) and (values == SUPPORTED).any():
+            continue
+        missing = [INPUT_NAMES[name] for name, bit in _INPUT_BITS.items() if (values & bit).any()]
+        if missing:
+            reasons[column] = f"missing input: {', '.join(missing)}"
+        else:
+            reasons[column] = f"warm-up: needs {feature_by_name()[column].min_history} bars of history"
+    return reasons
 
 
 def _empty_frame() -> pd.DataFrame:

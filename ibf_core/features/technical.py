@@ -18,7 +18,17 @@ from collections.abc import Mapping
 import numpy as np
 import talib
 
-from ibf_core.features import TRADING_DAYS_PER_YEAR, Feature, Panel, TalibCall, run_talib, scratch_names, seed_settle
+from ibf_core.features import (
+    RANGE,
+    TRADING_DAYS_PER_YEAR,
+    VOLUME,
+    Feature,
+    Panel,
+    TalibCall,
+    run_talib,
+    scratch_names,
+    seed_settle,
+)
 
 MA_WINDOWS = (5, 10, 20, 50, 200)
 # EMA stops at 20: a longer EMA remembers its seed for years (EMA-200 needs ~4000 sessions to forget it to
@@ -82,8 +92,11 @@ TALIB_CALLS: list[TalibCall] = [
 ]
 
 
-def _f(name: str, description: str, min_history: int, lookback: int = 0) -> Feature:
-    return Feature(name, description, "technical", min_history, lookback=lookback)
+def _f(name: str, description: str, min_history: int, lookback: int = 0, inputs: tuple[str, ...] = ()) -> Feature:
+    return Feature(name, description, "technical", min_history, lookback=lookback, inputs=frozenset(inputs))
+
+
+R, V, RV = (RANGE,), (VOLUME,), (RANGE, VOLUME)
 
 
 FEATURES: list[Feature] = [
@@ -94,27 +107,30 @@ FEATURES: list[Feature] = [
     _f("macd_line", "MACD(12,26) line / close", 34, 34 + _ema(26, 2)),
     _f("macd_signal", "MACD signal line (EMA 9 of the line) / close", 34, 34 + _ema(26, 2)),
     _f("macd_hist", "MACD histogram (line - signal) / close", 34, 34 + _ema(26, 2)),
-    _f("stoch_k", "Stochastic slow %K (14,3), 0..100", 18),
-    _f("stoch_d", "Stochastic slow %D (3-day SMA of %K), 0..100", 18),
-    _f("cci_20", "Commodity Channel Index (20)", 20),
-    _f("willr_14", "Williams %R (14), -100..0", 14),
+    _f("stoch_k", "Stochastic slow %K (14,3), 0..100", 18, inputs=R),
+    _f("stoch_d", "Stochastic slow %D (3-day SMA of %K), 0..100", 18, inputs=R),
+    _f("cci_20", "Commodity Channel Index (20)", 20, inputs=R),
+    _f("willr_14", "Williams %R (14), -100..0", 14, inputs=R),
     _f("bb_pctb_20", "Bollinger %b: (close - lower) / (upper - lower), bands SMA(20) +- 2 sd", 20),
     _f("bb_width_20", "Bollinger width: (upper - lower) / middle band", 20),
-    _f("natr_14", "Normalized ATR(14) = 100 x ATR / close (TA-Lib NATR; the scale-free ATR)", 15, 15 + _wilder(14)),
+    _f("natr_14", "Normalized ATR(14) = 100 x ATR / close (TA-Lib NATR; the scale-free ATR)", 15, 15 + _wilder(14),
+       inputs=R),
     _f("ret_std_5", "Population std of daily log returns (adj_close) over 5 sessions (TA-Lib STDDEV)", 6),
     *(_f(f"hv_{n}", f"Historical volatility: population std of daily log returns over {n} sessions x sqrt(252)",
          n + 1) for n in HV_WINDOWS),
-    _f("obv_flow_20", "OBV change over 20 sessions / 20-session volume (scale-free OBV)", FLOW_WINDOW + 1),
+    _f("obv_flow_20", "OBV change over 20 sessions / 20-session volume (scale-free OBV)", FLOW_WINDOW + 1, inputs=V),
     _f("cmf_20", "Chaikin Money Flow (20) = AD change over 20 sessions / 20-session volume (from TA-Lib AD)",
-       FLOW_WINDOW + 1),
+       FLOW_WINDOW + 1, inputs=RV),
     _f("adosc_3_10", "Chaikin A/D oscillator (3,10) / mean daily volume over 20 sessions", FLOW_WINDOW,
-       FLOW_WINDOW + _ema(10)),
-    _f("vwap_ratio_20", "close / rolling 20-session VWAP (typical price weighted by volume) - 1", FLOW_WINDOW),
+       FLOW_WINDOW + _ema(10), inputs=RV),
+    _f("vwap_ratio_20", "close / rolling 20-session VWAP (typical price weighted by volume) - 1", FLOW_WINDOW,
+       inputs=RV),
     _f("roc_10", "Rate of change of close over 10 sessions, percent", 11),
-    _f("vroc_10", "Rate of change of volume over 10 sessions, percent (NaN when volume 10 sessions ago is 0)", 11),
-    _f("adx_14", "Average Directional Index (14)", 28, 28 + _wilder(14, 2)),
-    _f("plus_di_14", "+DI (14)", 15, 15 + _wilder(14)),
-    _f("minus_di_14", "-DI (14)", 15, 15 + _wilder(14)),
+    _f("vroc_10", "Rate of change of volume over 10 sessions, percent (NaN when volume 10 sessions ago is 0)", 11,
+       inputs=V),
+    _f("adx_14", "Average Directional Index (14)", 28, 28 + _wilder(14, 2), inputs=R),
+    _f("plus_di_14", "+DI (14)", 15, 15 + _wilder(14), inputs=R),
+    _f("minus_di_14", "-DI (14)", 15, 15 + _wilder(14), inputs=R),
 ]
 
 RETURN_FEATURES: list[Feature] = [

@@ -1,10 +1,14 @@
 """Bars + features -> the modelling panel: session ordinals, daily and h-day log-return targets, scalers.
 
-Targets come from split- and dividend-adjusted closes (``adj_close``): ``target_h`` at origin t is
-log(adj_close[t+h] / adj_close[t]) over *trading* sessions of the same symbol, NaN where t+h is not in the
-data yet. ``y`` (what the neural members model) is the 1-day log return ending at t, so the h-day return is
-the sum of the next h values of ``y``. Sessions are ordinals of the NYSE calendar (``session``), which is the
+Targets are defined on the NYSE calendar from split- and dividend-adjusted closes (``adj_close``): ``target_h``
+at origin t is log(adj_close[session t + h] / adj_close[t]), where t + h counts NYSE sessions; it is NULL when
+the bar at t + h is missing (a gap, or not in the data yet), so a missing bar never turns a 5-day target into a
+6-day one. ``y`` (what the neural members model) is the same-session daily return log(adj_close[t] /
+adj_close[t - 1 session]), NULL after a missing session. The h-day return is the sum of the next h values of
+``y`` where no session is missing. Sessions are ordinals of the NYSE calendar (``session``), which is the
 trading-day frequency NeuralForecast sees (``freq=1`` on integer time stamps: no weekends, no holidays).
+``no_volume`` / ``no_range`` carry the features' input flags (``ibf_core.features.Panel.input_missing``), so
+training can say why a feature is left out.
 """
 
 from __future__ import annotations
@@ -35,11 +39,14 @@ def session_ordinals(dates: pd.Series | pd.DatetimeIndex) -> np.ndarray:
 
 
 def build_panel(bars: pd.DataFrame, features: pd.DataFrame, horizons: tuple[int, ...]) -> pd.DataFrame:
-    """One row per (symbol, session): bars' prices, every feature, ``session``, ``y``, ``target_<h>``, ``vol`` (trailing daily volatility).
+    """One row per (symbol, session with a bar): prices, every feature, ``session``, ``y``, ``target_<h>``, ``vol``.
 
-    Raises ``ModelDataError`` naming the symbol when its sessions have gaps (a missing bar would silently
-    turn a 5-day target into a 6-day one) or when bars and features disagree.
+    ``vol`` is the trailing daily volatility (of the defined ``y`` among the last 20 bars). Gaps in a symbol's
+    sessions are allowed: targets and ``y`` that would span one are NULL. Raises ``ModelDataError`` naming the
+    symbol and date when bars and features disagree.
     """
+    from ibf_core.features.pipeline import input_flags
+
     if bars.empty:
         raise ModelDataError("no bars to model")
     prices = bars[["symbol", "date", "close", "adj_close"]].copy()
@@ -55,38 +62,41 @@ def build_panel(bars: pd.DataFrame, features: pd.DataFrame, horizons: tuple[int,
         raise ModelDataError(f"{first['symbol']}: no feature row for {first['date'].date()} (materialize features)")
     panel = panel.sort_values(["symbol", "date"], kind="stable").reset_index(drop=True)
     panel["session"] = session_ordinals(panel["date"])
-    check_gaps(panel)
+    flags = input_flags(bars.assign(symbol=bars["symbol"].astype(str)))
+    flags["date"] = pd.to_datetime(flags["date"]).dt.normalize()
+    panel = panel.merge(flags.rename(columns={"volume": "no_volume", "range": "no_range"}), on=["symbol", "date"], how="left")
 
     log_price = np.log(panel["adj_close"].to_numpy(dtype=np.float64))
-    same = panel["symbol"].to_numpy()
-    y = np.full(len(panel), np.nan)
-    y[1:] = np.where(same[1:] == same[:-1], log_price[1:] - log_price[:-1], np.nan)
-    panel["y"] = y
+    panel["y"] = log_price - session_shift(panel, log_price, -1)
     for h in horizons:
-        ahead = np.full(len(panel), np.nan)
-        ahead[:-h] = np.where(same[h:] == same[:-h], log_price[h:] - log_price[:-h], np.nan)
-        panel[f"target_{h}"] = ahead
+        panel[f"target_{h}"] = session_shift(panel, log_price, h) - log_price
     rolling = panel.groupby("symbol", sort=False)["y"].rolling(VOL_WINDOW, min_periods=VOL_WINDOW // 2)
     panel["vol"] = rolling.std().reset_index(level=0, drop=True)
     return panel
 
 
-def check_gaps(panel: pd.DataFrame) -> None:
-    """Every symbol's sessions must be consecutive NYSE sessions."""
-    step = np.diff(panel["session"].to_numpy())
-    same = panel["symbol"].to_numpy()[1:] == panel["symbol"].to_numpy()[:-1]
-    bad = np.flatnonzero(same & (step != 1))
-    if len(bad):
-        i = bad[0]
-        symbol = panel["symbol"].iat[i]
-        count = int((same & (step != 1) & (panel["symbol"].to_numpy()[1:] == symbol)).sum())
-        sessions = all_sessions()
-        lost = int(step[i]) - 1
-        raise ModelDataError(
-            f"{symbol}: {count} gap(s) in its sessions, the first after {panel['date'].iat[i].date()} "
-            f"({lost} session(s) missing, next bar {sessions[panel['session'].iat[i + 1]].date()}); "
-            "backfill the missing bars or drop the symbol"
-        )
+def session_shift(panel: pd.DataFrame, values: np.ndarray, k: int) -> np.ndarray:
+    """``values`` of the same symbol's bar k NYSE sessions later (k < 0: earlier); NaN where that bar is missing.
+
+    ``panel`` is sorted by symbol, then session (``build_panel``'s order).
+    """
+    codes = pd.factorize(panel["symbol"], sort=False)[0].astype(np.int64)
+    stride = np.int64(len(all_sessions()) + abs(k) + 1)  # keys of two symbols never meet
+    keys = codes * stride + panel["session"].to_numpy(dtype=np.int64)
+    wanted = keys + k
+    at = np.searchsorted(keys, wanted)
+    hit = at < len(keys)
+    hit[hit] = keys[at[hit]] == wanted[hit]
+    out = np.full(len(keys), np.nan)
+    out[hit] = np.asarray(values, dtype=np.float64)[at[hit]]
+    return out
+
+
+def missing_sessions(panel: pd.DataFrame) -> dict[str, int]:
+    """Per symbol with gaps: NYSE sessions between its first and last bar that have no bar."""
+    span = panel.groupby("symbol")["session"].agg(["min", "max", "size"])
+    missing = span["max"] - span["min"] + 1 - span["size"]
+    return {str(s): int(n) for s, n in missing[missing > 0].items()}
 
 
 def truncate(panel: pd.DataFrame, last_date: dt.date | pd.Timestamp) -> pd.DataFrame:
@@ -98,6 +108,38 @@ def truncate(panel: pd.DataFrame, last_date: dt.date | pd.Timestamp) -> pd.DataF
         h = int(column.split("_")[1])
         out.loc[out["session"] + h > last_session, column] = np.nan
     return out
+
+
+def select_features(train: pd.DataFrame, candidates: list[str]) -> tuple[list[str], dict[str, str]]:
+    """(features a model can use on ``train``, left-out feature -> why): all NaN, constant, or a missing input.
+
+    A feature is left out when it has no finite value on the training rows (then the reason names the bar
+    input it reads that is missing, or its warm-up when no symbol has that much history) or one value only.
+    """
+    from ibf_core.features import INPUT_NAMES
+    from ibf_core.features.pipeline import feature_by_name
+
+    registry = feature_by_name()
+    values = train[candidates].to_numpy(dtype=np.float64)
+    finite = np.isfinite(values)
+    kept, reasons = [], {}
+    for i, name in enumerate(candidates):
+        column = values[finite[:, i], i]
+        if len(column) and column.min() < column.max():
+            kept.append(name)
+            continue
+        if len(column):
+            reasons[name] = f"constant ({column[0]:g}) in the training window"
+            continue
+        feature = registry.get(name)
+        lacking = [INPUT_NAMES[k] for k in sorted(feature.inputs) if f"no_{k}" in train and train[f"no_{k}"].fillna(False).any()] if feature else []
+        if lacking:
+            reasons[name] = f"missing input: {', '.join(lacking)}"
+        elif feature and len(train) and train.groupby("symbol").size().max() < feature.min_history:
+            reasons[name] = f"warm-up: needs {feature.min_history} bars of history"
+        else:
+            reasons[name] = "all NaN in the training window"
+    return kept, reasons
 
 
 @dataclass(frozen=True)

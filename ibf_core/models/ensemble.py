@@ -9,6 +9,9 @@ all three are compared on the second half; the winner is refitted on the whole v
 Intervals are split-conformal and volatility-scaled: the score of a validation forecast is
 (realized - forecast) / (trailing daily volatility x sqrt(h)); its empirical quantiles (with the (n+1)
 finite-sample correction) set the 80% and 95% bounds for every later origin.
+
+A member without a forecast for an origin (a neural member whose input window has too few observed sessions)
+leaves the ensemble to the other members there: their weights are renormalized (``combine``).
 """
 
 from __future__ import annotations
@@ -63,8 +66,23 @@ def choose_weights(validation: pd.DataFrame, members: list[str]) -> dict[str, An
 
 
 def combine(frame: pd.DataFrame, choice: dict[str, Any]) -> np.ndarray:
+    """The weighted forecast per row; where members have no forecast (NaN) the weights of the others are renormalized.
+
+    A row whose forecasting members all carry weight 0 gets their equal-weighted mean; a row no member
+    forecasts is NaN.
+    """
     members = list(choice["weights"])
-    return _combine(frame[members].to_numpy(dtype=np.float64), choice["weights"], members)
+    preds = frame[members].to_numpy(dtype=np.float64)
+    weights = np.array([choice["weights"][m] for m in members])
+    present = np.isfinite(preds)
+    if present.all():
+        return _combine(preds, choice["weights"], members)
+    filled = np.where(present, preds, 0.0)
+    mass = present @ weights
+    weighted = np.divide(filled @ weights, mass, out=np.full(len(preds), np.nan), where=mass > 0)
+    count = present.sum(axis=1)
+    equal = np.divide(filled.sum(axis=1), count, out=np.full(len(preds), np.nan), where=count > 0)
+    return np.where(mass > 0, weighted, equal)
 
 
 def interval_scale(vol: np.ndarray, h: int, fallback: float) -> np.ndarray:

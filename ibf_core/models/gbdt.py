@@ -1,8 +1,10 @@
 """The GBDT member: one global LightGBM regressor per horizon on every feature, predicting the h-day log return.
 
 Training rows are origins whose h-day target lies inside the training window (purged at the window's end);
-the last ``early_stopping_sessions`` origins are the early-stopping set. Models are stored in LightGBM's own
-text format (no pickle).
+the last ``early_stopping_sessions`` origins are the early-stopping set. Every origin with a realized target
+is a training row, also before a feature's warm-up ends: LightGBM routes missing values natively, and a
+listing younger than the longest window is exactly what it meets at prediction time. Models are stored in
+LightGBM's own text format (no pickle).
 """
 
 from __future__ import annotations
@@ -16,16 +18,6 @@ import pandas as pd
 
 from ibf_core.models import ModelDataError
 from ibf_core.models.config import ModelConfig
-
-
-def usable_features(train: pd.DataFrame, candidates: list[str]) -> tuple[list[str], list[str]]:
-    """(features with at least one finite training value, all-NaN ones that are left out and reported)."""
-    finite = np.isfinite(train[candidates].to_numpy(dtype=np.float64)).any(axis=0)
-    kept = [c for c, ok in zip(candidates, finite) if ok]
-    dropped = [c for c, ok in zip(candidates, finite) if not ok]
-    if not kept:
-        raise ModelDataError("every feature is NaN in the training window: nothing to train the GBDT member on")
-    return kept, dropped
 
 
 def fit(train: pd.DataFrame, features: list[str], config: ModelConfig) -> tuple[dict[int, Any], dict[str, Any]]:
@@ -50,6 +42,7 @@ def fit(train: pd.DataFrame, features: list[str], config: ModelConfig) -> tuple[
     started = time.perf_counter()
     boosters: dict[int, Any] = {}
     rounds: dict[str, int] = {}
+    stopped_early: dict[str, bool] = {}
     for h in config.horizons:
         rows = train[np.isfinite(train[f"target_{h}"].to_numpy(dtype=np.float64))]
         if len(rows) < 2 * config.gbdt_min_leaf:
@@ -62,7 +55,8 @@ def fit(train: pd.DataFrame, features: list[str], config: ModelConfig) -> tuple[
         fit_rows = rows[rows["session"] <= split - h]
         stop_rows = rows[rows["session"] > split]
         if len(fit_rows) < 2 * config.gbdt_min_leaf or stop_rows.empty:
-            fit_rows, stop_rows = rows, None
+            fit_rows, stop_rows = rows, None  # recorded: no early stopping at this horizon
+        stopped_early[str(h)] = stop_rows is not None
         data = lgb.Dataset(fit_rows[features].to_numpy(dtype=np.float64), fit_rows[f"target_{h}"].to_numpy(), feature_name=features, free_raw_data=True)
         valid = []
         callbacks = []
@@ -72,7 +66,13 @@ def fit(train: pd.DataFrame, features: list[str], config: ModelConfig) -> tuple[
         booster = lgb.train(params, data, num_boost_round=config.gbdt_rounds, valid_sets=valid, callbacks=callbacks)
         boosters[h] = booster
         rounds[str(h)] = int(booster.best_iteration or booster.current_iteration())
-    facts = {"seconds": time.perf_counter() - started, "rounds": rounds, "steps": sum(rounds.values()), "features": len(features)}
+    facts = {
+        "seconds": time.perf_counter() - started,
+        "rounds": rounds,
+        "steps": sum(rounds.values()),
+        "features": len(features),
+        "early_stopping": stopped_early,
+    }
     return boosters, facts
 
 

@@ -11,6 +11,7 @@ import datetime as dt
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import pandas as pd
 
 from ibf_core.calendar import lookback_start
@@ -47,15 +48,20 @@ def origins_by_version(origins: Sequence[dt.date], versions: Sequence[Registered
 
 
 def forecastable(panel: pd.DataFrame, rows: pd.DataFrame, bundle: ModelBundle) -> tuple[pd.Series, dict[str, str]]:
-    """Origins with enough usable history for every member of ``bundle``; the reason per symbol for the others."""
-    from ibf_core.models.training import usable
+    """Origins at least one trained member of ``bundle`` can forecast (so the ensemble has a value); why not, per symbol.
 
-    need = bundle.min_usable_sessions()
-    counts = usable(panel).groupby("symbol").cumcount() + 1
-    have = counts.reindex(rows.index).fillna(0)
-    ok = have >= need
+    GBDT forecasts every bar (missing features are native to it); a neural member needs enough observed
+    sessions in its input window (``neural.forecastable``).
+    """
+    able = np.zeros(len(rows), dtype=bool)
+    for member in bundle.members.values():
+        if member.trained:
+            able |= np.asarray(member.forecastable(panel, rows), dtype=bool)
+    ok = pd.Series(able, index=rows.index)
+    trained = ", ".join(m for m, member in bundle.members.items() if member.trained)
     reasons = {
-        s: f"{s}: too little history ({int(have[rows['symbol'] == s].min())} usable sessions past the warm-up, {need} needed)"
+        s: f"{s}: too little history for {trained} at {pd.Timestamp(rows.loc[(rows['symbol'] == s) & ~ok, 'date'].min()).date()} "
+           f"(too few observed sessions in the {bundle.config.input_size}-session input window)"
         for s in rows.loc[~ok, "symbol"].unique()
     }
     return ok, reasons
@@ -87,9 +93,12 @@ def predict_rectangle(
         bundle = load(model)
         panel = load_panel(store, universe, lookback_start(min(days), bundle.lookback_sessions()), max(days))
         rows = panel[panel["date"].isin(pd.to_datetime(days))]
-        missing = sorted(set(symbols) - set(rows["symbol"]))
+        # an origin is predicted for every symbol with a bar (and features) that session: a gap has no row
+        wanted = {(s, d) for s, d in expected if d.date() in set(days)}
+        missing = sorted(wanted - set(zip(rows["symbol"], rows["date"])))
         if missing:
-            raise ModelDataError(f"{', '.join(missing)}: no features on the origin session(s) {days[0]}..{days[-1]}")
+            shown = ", ".join(f"{s} {d.date()}" for s, d in missing[:5])
+            raise ModelDataError(f"{shown}: features stored but no bar to forecast from (is the symbol in the universe?)")
         ok, reasons = forecastable(panel, rows, bundle)
         bad = sorted(s for s in reasons if s in symbols)
         if bad:

@@ -44,7 +44,7 @@ class Member(ABC):
     trained: ClassVar[bool] = True  # False: a baseline (nothing to fit or save, no ensemble weight)
     neural: ClassVar[bool] = False  # torch-backed (NeuralForecast)
     scaled_inputs: ClassVar[bool] = False  # reads the robust-scaled neural features: the bundle fits a scaler
-    finite: ClassVar[bool] = True  # False: NaN forecasts are allowed (too little history for the baseline)
+    finite: ClassVar[bool] = True  # False: NaN forecasts are allowed even where ``forecastable`` holds
     reported: ClassVar[bool] = True  # False: no ``pred_<name>`` column in the predictions table
     folder: ClassVar[str | None] = None  # bundle sub-folder its files go into; None: nothing on disk
 
@@ -64,6 +64,17 @@ class Member(ABC):
     def lookback_sessions(cls, config: ModelConfig) -> int:
         """Sessions of panel rows before an origin that one forecast reads (may exceed what it needs)."""
         return cls.history_sessions(config)
+
+    @classmethod
+    def train_sessions(cls, config: ModelConfig) -> int:
+        """Sessions of history up to the training end one fit needs (``config``'s early-stopping tail included)."""
+        return 0
+
+    def forecastable(self, panel: pd.DataFrame, origins: pd.DataFrame) -> np.ndarray:
+        """Per origin: whether this member can forecast it (its ``predict`` gives NaN for the others)."""
+        import numpy as np
+
+        return np.ones(len(origins), dtype=bool)
 
     def fit(self, train: pd.DataFrame, device: str = "cpu") -> dict[str, Any]:
         """Fit on the usable training rows; returns facts for the record (``seconds``, ``steps``, ...)."""
@@ -182,6 +193,16 @@ class NeuralMember(Member):
     def history_sessions(cls, config: ModelConfig) -> int:
         return config.input_size
 
+    @classmethod
+    def train_sessions(cls, config: ModelConfig) -> int:
+        # inputs warm up first (nothing is back-filled), then one window and the early-stopping tail
+        return neural_warmup(config) + config.input_size + config.max_horizon + config.early_stopping_sessions
+
+    def forecastable(self, panel: pd.DataFrame, origins: pd.DataFrame) -> np.ndarray:
+        from ibf_core.models import neural
+
+        return neural.forecastable(panel, origins, self.config, list(self.inputs.scaler.center))
+
     def fit(self, train: pd.DataFrame, device: str = "cpu") -> dict[str, Any]:
         from ibf_core.models import neural
 
@@ -229,6 +250,11 @@ class GBDT(Member):
         super().__init__(inputs)
         self.boosters = boosters or {}
 
+    @classmethod
+    def train_sessions(cls, config: ModelConfig) -> int:
+        # fitting origins (at least one horizon of them), a purge of h, the early-stopping origins, their targets
+        return 3 * config.max_horizon + config.early_stopping_sessions
+
     def fit(self, train: pd.DataFrame, device: str = "cpu") -> dict[str, Any]:
         from ibf_core.models import gbdt
 
@@ -252,6 +278,14 @@ class GBDT(Member):
         return cls(inputs, gbdt.load(folder, inputs.config.horizons))
 
 
+def neural_warmup(config: ModelConfig) -> int:
+    """Bars before every configured neural input exists (the longest of their own warm-ups)."""
+    from ibf_core.features.pipeline import feature_by_name
+
+    registry = feature_by_name()
+    return max((registry[name].min_history for name in config.neural_features if name in registry), default=1) - 1
+
+
 __all__ = [
     "Inputs",
     "Member",
@@ -259,6 +293,7 @@ __all__ = [
     "bundle_members",
     "member_class",
     "neural_members",
+    "neural_warmup",
     "register",
     "registered",
     "trained_members",

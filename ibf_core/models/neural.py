@@ -8,6 +8,25 @@ sources, so none are passed. Time stamps are NYSE session ordinals with ``freq=1
 
 Inference for many (symbol, origin) pairs is one ``predict`` call: every pair becomes its own short series
 ``<symbol>|<session>`` holding the last ``input_size`` sessions up to the origin.
+
+**Missing sessions and undefined inputs.** A step of a series is one NYSE session. A step is *observed* when
+the symbol has a bar that session, its daily return ``y`` is a same-session return (``y`` is NULL across a gap:
+a 2-session return is not a daily return) and every historical input is defined. Splitting the series at every
+gap was rejected: a vendor missing a handful of sessions a year would leave no run of ``input_size`` + 20
+sessions, and the neural members could never train or forecast. Instead:
+
+* series sit on the NYSE session grid: a missing session is a step of its own, never skipped, so step k of a
+  forecast is always k sessions ahead and calendar inputs line up;
+* an unobserved step enters the network as zeros (the scaled training median and a zero return) together with
+  the historical input ``observed`` = 0, so the network is told which steps are missing; it is
+  ``available_mask`` = 0 for NeuralForecast, so it is never a training or early-stopping target;
+* training windows and forecast origins need at least ``MIN_OBSERVED_SHARE`` of their ``input_size`` input steps
+  observed; an origin with fewer (too young, behind a long gap, inputs still warming up) is not forecastable by
+  the neural members: its forecast is NaN and the ensemble uses the other members there;
+* leading steps before every selected input exists (each feature's own warm-up) are not part of a training
+  series at all: nothing is back-filled.
+
+Bundles trained before ``observed`` existed are fed exactly as they were trained (no ``observed`` input).
 """
 
 from __future__ import annotations
@@ -25,6 +44,9 @@ from ibf_core.calendar import all_sessions
 from ibf_core.models import ModelDataError
 from ibf_core.models.config import ModelConfig
 from ibf_core.models.dataset import RobustScaler
+
+OBSERVED = "observed"  # historical input: 1 on an observed step, 0 on a missing session or incomplete bar
+MIN_OBSERVED_SHARE = 0.75  # of a window's input steps; NeuralForecast filters training windows the same way
 
 
 def future_known_features() -> list[str]:
@@ -96,6 +118,8 @@ def build_model(kind: str, config: ModelConfig, hist: list[str], futr: list[str]
         logger=False,
         enable_checkpointing=False,
         callbacks=callbacks,
+        # windows with too few observed input steps are not trained on (the same rule as forecasting)
+        training_data_availability_threshold=[MIN_OBSERVED_SHARE, 0.0],
     )
     if kind == "lstm":
         return LSTM(
@@ -109,14 +133,77 @@ def build_model(kind: str, config: ModelConfig, hist: list[str], futr: list[str]
     raise ValueError(f"unknown neural member {kind!r}")
 
 
-def _frame(panel: pd.DataFrame, ids: np.ndarray, scaler: RobustScaler, y_sigma: float, futr: list[str]) -> pd.DataFrame:
+def _frame(panel: pd.DataFrame, ids: np.ndarray, scaler: RobustScaler, y_sigma: float, futr: list[str], observed: bool) -> pd.DataFrame:
+    """NeuralForecast's long frame of ``panel`` rows (missing sessions: rows with NaN values and no ``symbol``).
+
+    ``observed``: add the ``observed`` input and ``available_mask`` (bundles trained before them get neither).
+    """
     frame = scaler.transform(panel)
     frame.insert(0, "y", np.nan_to_num(panel["y"].to_numpy(dtype=np.float64) / y_sigma))
     frame.insert(0, "ds", panel["session"].to_numpy())
     frame.insert(0, "unique_id", ids)
+    if observed:
+        seen = observed_steps(panel, list(scaler.center)).astype(np.float64)
+        frame[OBSERVED] = seen
+        frame["available_mask"] = seen
     for column in futr:
         frame[column] = panel[column].to_numpy(dtype=np.float64)
     return frame.reset_index(drop=True)
+
+
+def observed_steps(panel: pd.DataFrame, hist: list[str]) -> np.ndarray:
+    """Per row: a bar with a same-session daily return and every historical input defined."""
+    ok = np.isfinite(panel["y"].to_numpy(dtype=np.float64)) & panel["symbol"].notna().to_numpy()
+    if hist:
+        ok &= np.isfinite(panel[hist].to_numpy(dtype=np.float64)).all(axis=1)
+    return ok
+
+
+def on_session_grid(rows: pd.DataFrame, symbol_sessions: pd.DataFrame, futr: list[str]) -> pd.DataFrame:
+    """``symbol_sessions`` (``key, session``) filled with the matching ``rows`` (``symbol, session, ...``).
+
+    A (key, session) without a row is a missing session: NaN values, no ``symbol``; its future-known
+    calendar inputs are still filled (they are known for every session).
+    """
+    from ibf_core.features.calendar_features import calendar_table
+
+    merged = symbol_sessions.merge(rows, left_on=["symbol_key", "session"], right_on=["symbol", "session"], how="left")
+    missing = merged["symbol"].isna().to_numpy()
+    if missing.any() and futr:
+        table = calendar_table(all_sessions()[merged.loc[missing, "session"].to_numpy()])
+        for column in futr:
+            merged.loc[missing, column] = np.asarray(table[column], dtype=np.float64)
+    return merged
+
+
+def training_series(
+    train: pd.DataFrame, config: ModelConfig, hist: list[str], futr: list[str]
+) -> tuple[pd.DataFrame, dict[str, str]]:
+    """Each symbol's training rows on the session grid from its first row with every input defined.
+
+    Returns (grid rows with ``symbol_key``, symbols left out -> why): a symbol needs ``input_size`` + the
+    early-stopping sessions + 1 on the grid (NeuralForecast's minimum: one training window with a step to
+    learn beyond its input, and the early-stopping tail). The window plan sizes the history so the longest
+    symbol has complete windows (``NeuralMember.train_sessions``); shorter ones contribute what they have.
+    """
+    complete = np.isfinite(train[hist].to_numpy(dtype=np.float64)).all(axis=1) if hist else np.ones(len(train), bool)
+    starts = train.loc[complete].groupby("symbol")["session"].min()
+    ends = train.groupby("symbol")["session"].max()
+    need = config.input_size + config.early_stopping_sessions + 1
+    grids, excluded = [], {}
+    for symbol in sorted(ends.index):
+        if symbol not in starts.index:
+            excluded[symbol] = "no session with every neural input defined"
+            continue
+        length = int(ends[symbol] - starts[symbol] + 1)
+        if length < need:
+            excluded[symbol] = f"{length} sessions with every neural input defined < {need} needed"
+            continue
+        grids.append(pd.DataFrame({"symbol_key": symbol, "session": np.arange(starts[symbol], ends[symbol] + 1)}))
+    if not grids:
+        return pd.DataFrame(), excluded
+    grid = on_session_grid(train, pd.concat(grids, ignore_index=True), futr)
+    return grid, excluded
 
 
 def fit(
@@ -130,19 +217,32 @@ def fit(
     torch.set_num_threads(config.threads)
     futr = future_known_features()
     hist = list(scaler.center)
-    frame = _frame(train, train["symbol"].to_numpy(), scaler, y_sigma, futr)
+    grid, excluded = training_series(train, config, hist, futr)
+    if grid.empty:
+        raise ModelDataError(
+            f"{kind}: no symbol has {config.input_size + config.early_stopping_sessions + 1} "
+            f"sessions with every neural input defined before the training end ({'; '.join(f'{s}: {r}' for s, r in excluded.items())})"
+        )
+    frame = _frame(grid, grid["symbol_key"].to_numpy(), scaler, y_sigma, futr, observed=True)
     plateau = _plateau_callback(config.lr_patience)
-    model = build_model(kind, config, hist, futr, device, [plateau])
+    model = build_model(kind, config, [*hist, OBSERVED], futr, device, [plateau])
     nf = NeuralForecast(models=[model], freq=1)
     started = time.perf_counter()
     nf.fit(frame, val_size=config.early_stopping_sessions)
+    steps = len(frame)
+    unobserved = int((frame[OBSERVED] == 0).sum())
     facts = {
         "seconds": time.perf_counter() - started,
         "steps": plateau.steps,
         "lr_reductions": plateau.reductions,
         "best_val_loss": None if plateau.best == float("inf") else plateau.best,
         "series": int(frame["unique_id"].nunique()),
-        "rows": len(frame),
+        "rows": steps,
+        "inputs": hist,
+        # the record of what was masked: missing sessions, returns across a gap, undefined inputs
+        "unobserved_steps": unobserved,
+        "missing_sessions": int(grid["symbol"].isna().sum()),
+        "excluded_symbols": excluded,
     }
     return nf, facts
 
@@ -152,61 +252,61 @@ def predict(
 ) -> pd.DataFrame:
     """Cumulative h-day log-return forecasts: ``symbol, date`` + one column ``h<h>`` per horizon.
 
-    ``origins``: rows of ``panel`` (symbol, date, session) to forecast from; each needs ``input_size``
-    sessions of history in ``panel`` ending at the origin.
+    ``origins``: rows of ``panel`` (symbol, date, session) to forecast from. An origin whose last
+    ``input_size`` sessions hold too few observed steps (``forecastable``) gets NaN.
     """
     _quiet()
     futr = future_known_features()
     n = config.input_size
-    windows, ids = _windows(panel, origins, n)
-    ids_frame = _frame(windows, np.repeat(ids, n), scaler, y_sigma, futr)
-    future = _future_calendar(origins, ids, config.max_horizon, futr)
+    hist_inputs = list(nf.models[0].hist_exog_list)
+    with_observed = OBSERVED in hist_inputs
+    able = forecastable(panel, origins, config, list(scaler.center))
+    out = pd.DataFrame({"symbol": origins["symbol"].to_numpy(), "date": origins["date"].to_numpy()})
+    for h in config.horizons:
+        out[f"h{h}"] = np.nan
+    if not able.any():
+        return out
+    chosen = origins[able]
+    windows, ids = _windows(panel, chosen, n, futr)
+    ids_frame = _frame(windows, np.repeat(ids, n), scaler, y_sigma, futr, observed=with_observed)
+    future = _future_calendar(chosen, ids, config.max_horizon, futr)
     forecast = nf.predict(df=ids_frame, futr_df=future)
     forecast = forecast.sort_values(["unique_id", "ds"], kind="stable")
     steps = forecast[kind].to_numpy(dtype=np.float64).reshape(len(ids), config.max_horizon) * y_sigma
     order = forecast["unique_id"].to_numpy()[:: config.max_horizon]
-    cumulative = np.cumsum(steps, axis=1)
-    out = pd.DataFrame({"key": order})
+    cumulative = pd.DataFrame(np.cumsum(steps, axis=1), index=order).reindex(ids).to_numpy()
     for h in config.horizons:
-        out[f"h{h}"] = cumulative[:, h - 1]
-    keys = pd.DataFrame({"key": ids, "symbol": origins["symbol"].to_numpy(), "date": origins["date"].to_numpy()})
-    return keys.merge(out, on="key", how="left").drop(columns="key")
+        out.loc[able, f"h{h}"] = cumulative[:, h - 1]
+    return out
 
 
-def _windows(panel: pd.DataFrame, origins: pd.DataFrame, n: int) -> tuple[pd.DataFrame, np.ndarray]:
-    """The ``n`` sessions ending at each origin, stacked, and one id ``<symbol>|<session>`` per origin."""
-    row_of = pd.Series(np.arange(len(panel)), index=pd.MultiIndex.from_arrays([panel["symbol"], panel["session"]]))
-    end = row_of.reindex(pd.MultiIndex.from_arrays([origins["symbol"], origins["session"]])).to_numpy()
-    if np.isnan(end).any():
-        bad = origins.iloc[int(np.flatnonzero(np.isnan(end))[0])]
-        raise ModelDataError(f"{bad['symbol']}: no row for origin {pd.Timestamp(bad['date']).date()}")
-    end = end.astype(np.int64)
-    symbol = panel["symbol"].to_numpy()
-    start = end - (n - 1)
-    first_usable = _first_usable_rows(panel)
-    short = (start < 0) | (start < first_usable[np.clip(end, 0, None)])
-    if short.any():
-        bad = origins.iloc[int(np.flatnonzero(short)[0])]
-        have = int(end[np.flatnonzero(short)[0]] - first_usable[end[np.flatnonzero(short)[0]]] + 1)
-        raise ModelDataError(
-            f"{bad['symbol']}: too little history at {pd.Timestamp(bad['date']).date()} "
-            f"({max(have, 0)} usable sessions past the feature warm-up, the neural members need {n})"
-        )
-    rows = (start[:, None] + np.arange(n)[None, :]).ravel()
-    assert (symbol[rows] == np.repeat(symbol[end], n)).all()
+def forecastable(panel: pd.DataFrame, origins: pd.DataFrame, config: ModelConfig, hist: list[str]) -> np.ndarray:
+    """Per origin: at least ``MIN_OBSERVED_SHARE`` of its ``input_size`` input sessions are observed steps."""
+    n = config.input_size
+    seen = observed_steps(panel, hist)
+    rows = _row_lookup(panel)
+    sessions = origins["session"].to_numpy()[:, None] - np.arange(n - 1, -1, -1)[None, :]
+    at = rows(np.repeat(origins["symbol"].to_numpy(), n), sessions.ravel()).reshape(len(origins), n)
+    observed = np.where(at >= 0, seen[np.clip(at, 0, None)], False)
+    return observed.sum(axis=1) >= MIN_OBSERVED_SHARE * n
+
+
+def _row_lookup(panel: pd.DataFrame):
+    """A function (symbols, sessions) -> row of ``panel`` holding that bar, -1 where there is none."""
+    index = pd.MultiIndex.from_arrays([panel["symbol"].to_numpy(), panel["session"].to_numpy()])
+
+    def rows(symbols: np.ndarray, sessions: np.ndarray) -> np.ndarray:
+        return index.get_indexer(pd.MultiIndex.from_arrays([symbols, sessions]))
+
+    return rows
+
+
+def _windows(panel: pd.DataFrame, origins: pd.DataFrame, n: int, futr: list[str]) -> tuple[pd.DataFrame, np.ndarray]:
+    """The ``n`` sessions ending at each origin (missing sessions as empty steps), stacked, one id per origin."""
     ids = np.array([f"{s}|{q}" for s, q in zip(origins["symbol"], origins["session"])], dtype=object)
-    return panel.iloc[rows].reset_index(drop=True), ids
-
-
-def _first_usable_rows(panel: pd.DataFrame) -> np.ndarray:
-    """Per row: the first row of its symbol past the warm-up (where every input is defined)."""
-    usable = ~panel["warmup"].to_numpy(dtype=bool) & np.isfinite(panel["y"].to_numpy(dtype=np.float64))
-    index = np.where(usable, np.arange(len(panel)), len(panel))
-    symbol = panel["symbol"].to_numpy()
-    starts = np.flatnonzero(np.r_[True, symbol[1:] != symbol[:-1]])
-    first = np.minimum.reduceat(index, starts)
-    counts = np.diff(np.r_[starts, len(panel)])
-    return np.repeat(first, counts)
+    sessions = origins["session"].to_numpy()[:, None] - np.arange(n - 1, -1, -1)[None, :]
+    steps = pd.DataFrame({"symbol_key": np.repeat(origins["symbol"].to_numpy(), n), "session": sessions.ravel()})
+    return on_session_grid(panel, steps, futr), ids
 
 
 def _future_calendar(origins: pd.DataFrame, ids: np.ndarray, h: int, futr: list[str]) -> pd.DataFrame:

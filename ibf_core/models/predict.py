@@ -41,8 +41,11 @@ def point_forecasts(bundle: ModelBundle, panel: pd.DataFrame, origins: pd.DataFr
         if list(frame.columns) != columns or len(frame) != len(origins):
             raise ValueError(f"member {name} returned columns {list(frame.columns)} x {len(frame)} rows, not {columns} x {len(origins)}")
         frame = frame.reset_index(drop=True)
-        if member.finite and not np.isfinite(frame.to_numpy(dtype=np.float64)).all():
+        able = np.asarray(member.forecastable(panel, origins), dtype=bool)
+        values = frame.to_numpy(dtype=np.float64)
+        if member.finite and not np.isfinite(values[able]).all():
             raise ModelDataError(f"member {name} produced non-finite forecasts")
+        frame.loc[~able, columns] = np.nan  # an origin the member cannot forecast has no forecast, not a guess
         out[name] = frame
     return out
 

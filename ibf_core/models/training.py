@@ -1,25 +1,35 @@
 """Train every member on data up to a cut-off, then calibrate the ensemble and intervals on a held-out window.
 
-Session layout for cut-off c (H = max horizon, V = validation days)::
+Session layout for cut-off c (H = max horizon, E = embargo, V = validation sessions)::
 
-    ... training data ... | embargo (H) | validation origins (V) | last H sessions: their targets
+    ... training data ... | embargo (E) | validation origins (V) | last H sessions: their targets
                 train_end                 v0 ............. c - H                          c
 
 Every target used for fitting ends at ``train_end``; every validation target ends by ``c``; nothing after
 ``c`` is read (the panel is truncated first). Members are fitted once (no refit on the validation window),
 so validation metrics, ensemble weights and interval quantiles are all out-of-sample for the saved model.
 
-Steps, each its own function: ``select`` (windows, usable rows, excluded symbols, the members' shared
-``Inputs``), ``fit_members`` (every member of ``bundle_members(config)`` through the member protocol),
-``calibrate`` (ensemble weights, then conformal quantiles) and ``validate`` (the metrics table).
+**Short histories.** The configured windows (E = H, V = ``validation_sessions``, the members' early-stopping
+tail) need ``train_sessions`` of the most demanding member + E + V + H sessions. When the longest symbol's
+history up to c is shorter, E, V and the early-stopping tail shrink together towards their minimums (E 0:
+training targets already end at ``train_end``, so no validation target can overlap one; V 20: conformal
+calibration needs 20 forecasts; early stopping one horizon), and the bundle's facts say so (``windows``).
+A member that cannot train even then is left out with the reason; when no member can, the error names the
+sessions needed and the longest history.
+
+Steps, each its own function: ``select`` (windows, training rows, excluded symbols, the members' shared
+``Inputs`` and the features each can use), ``fit_members`` (every member of ``bundle_members(config)`` through
+the member protocol), ``calibrate`` (ensemble weights, then conformal quantiles) and ``validate`` (the metrics
+table).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -29,23 +39,30 @@ from ibf_core.calendar import all_sessions
 from ibf_core.models import ModelDataError
 from ibf_core.models.bundle import ModelBundle
 from ibf_core.models.config import ModelConfig, device_description
-from ibf_core.models.dataset import RobustScaler, fingerprint, truncate
+from ibf_core.models.dataset import RobustScaler, fingerprint, missing_sessions, select_features, truncate
 from ibf_core.models.members import Inputs, Member, bundle_members, member_class
 
 Progress = Callable[[str], None]
+MIN_EMBARGO_SESSIONS = 0
+MIN_VALIDATION_SESSIONS = 20  # conformal calibration needs 20 validation forecasts
 
 
 def usable(panel: pd.DataFrame) -> pd.DataFrame:
-    """Rows past the feature warm-up with a defined daily return."""
-    return panel[~panel["warmup"].to_numpy(dtype=bool) & np.isfinite(panel["y"].to_numpy(dtype=np.float64))]
+    """Rows a model may learn from or forecast from: every bar (each member judges its own inputs).
+
+    GBDT reads NaN features natively; the neural members decide per window (``neural.forecastable``).
+    """
+    return panel
 
 
-def windows(cutoff: dt.date, config: ModelConfig) -> dict[str, dt.date]:
+def windows(cutoff: dt.date, config: ModelConfig, embargo: int | None = None) -> dict[str, dt.date]:
+    """The dates of the layout above (``embargo`` defaults to the longest horizon)."""
     sessions = all_sessions()
     c = int(sessions.searchsorted(pd.Timestamp(cutoff), side="right")) - 1
     h, v = config.max_horizon, config.validation_sessions
+    e = h if embargo is None else embargo
     v0 = c - h - v + 1
-    train_end = v0 - 1 - h
+    train_end = v0 - 1 - e
     if train_end < 0:
         raise ModelDataError("cut-off too early for the calendar")
     return {
@@ -57,16 +74,81 @@ def windows(cutoff: dt.date, config: ModelConfig) -> dict[str, dt.date]:
 
 
 @dataclass(frozen=True)
+class WindowPlan:
+    """The window sizes one training uses (sessions), and why they differ from the configured ones."""
+
+    embargo: int
+    validation: int
+    early_stopping: int
+    members: tuple[str, ...]  # trained members that fit in the history
+    left_out: dict[str, str] = field(default_factory=dict)  # member -> why it cannot train here
+    note: str | None = None  # set when the windows were shrunk
+    history: dict[str, Any] = field(default_factory=dict)  # longest symbol, its sessions, sessions needed
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"embargo": self.embargo, "validation": self.validation, "early_stopping": self.early_stopping,
+                "note": self.note, "members_left_out": self.left_out, **self.history}
+
+
+def history_lengths(data: pd.DataFrame, cutoff: dt.date) -> pd.Series:
+    """Per symbol: NYSE sessions from its first bar to the cut-off, inclusive (gaps do not shorten it)."""
+    c = int(all_sessions().searchsorted(pd.Timestamp(cutoff), side="right")) - 1
+    first = data.groupby("symbol")["session"].min()
+    return (c - first + 1).astype(int).sort_values(ascending=False, kind="stable")
+
+
+def _needs(config: ModelConfig, member: str, embargo: int, validation: int, early_stopping: int) -> int:
+    """Sessions up to the cut-off that ``member`` needs with these windows."""
+    sized = config.replace(early_stopping_sessions=early_stopping)
+    return member_class(member).train_sessions(sized) + embargo + validation + config.max_horizon
+
+
+def plan_windows(data: pd.DataFrame, cutoff: dt.date, config: ModelConfig) -> WindowPlan:
+    """Window sizes for ``cutoff``: the configured ones, or shrunk to fit the longest history (see module doc)."""
+    lengths = history_lengths(data, cutoff)
+    if lengths.empty:
+        raise ModelDataError(f"no bars up to the cut-off {cutoff}")
+    symbol, have = str(lengths.index[0]), int(lengths.iloc[0])
+    wanted = (config.max_horizon, config.validation_sessions, config.early_stopping_sessions)
+    least = (MIN_EMBARGO_SESSIONS, min(MIN_VALIDATION_SESSIONS, wanted[1]), min(config.max_horizon, wanted[2]))
+    shortest = {m: _needs(config, m, *least) for m in config.members}
+    fits = tuple(m for m in config.members if shortest[m] <= have)
+    left_out = {m: f"needs {shortest[m]} sessions of history, {symbol} has {have} (the longest)" for m in config.members if m not in fits}
+    if not fits:
+        need = min(shortest.values())
+        raise ModelDataError(
+            f"too little history for cut-off {cutoff}: training needs {need} sessions "
+            f"({', '.join(f'{m} {n}' for m, n in shortest.items())}) with the shortest windows (embargo {least[0]}, "
+            f"validation {least[1]}, early-stopping {least[2]} sessions), {symbol} has {have} (the longest history)"
+        )
+    full = max(_needs(config, m, *wanted) for m in fits)
+    low = max(shortest[m] for m in fits)
+    history = {"longest_symbol": symbol, "history_sessions": have, "configured_need": full, "minimum_need": low}
+    if have >= full:
+        return WindowPlan(*wanted, members=fits, left_out=left_out, history=history)
+    share = (have - low) / (full - low)
+    sizes = tuple(lo + math.floor(share * (w - lo)) for lo, w in zip(least, wanted))
+    note = (
+        f"history is short: {symbol} has {have} sessions up to {cutoff}, the configured windows need {full}; "
+        f"embargo {wanted[0]}->{sizes[0]}, validation {wanted[1]}->{sizes[1]}, early-stopping {wanted[2]}->{sizes[2]} "
+        f"sessions (minimum history {low})"
+    )
+    return WindowPlan(*sizes, members=fits, left_out=left_out, note=note, history=history)
+
+
+@dataclass(frozen=True)
 class Selection:
     """What the select step fixed for one cut-off; every later step reads only this."""
 
-    span: dict[str, dt.date]  # ``windows(cutoff, config)``
+    span: dict[str, dt.date]  # ``windows(cutoff, config, plan.embargo)``
+    plan: WindowPlan
     data: pd.DataFrame  # the panel truncated at the cut-off: nothing after it is read
-    train: pd.DataFrame  # usable training rows of the kept symbols
+    train: pd.DataFrame  # training rows (up to ``train_end``) of the kept symbols
     symbols: list[str]
     excluded: dict[str, str]  # symbol -> why it is left out
-    inputs: Inputs  # the members' shared configuration, scaler, target scale and features
-    dropped_features: list[str]  # all-NaN in the training window
+    inputs: Inputs  # the members' shared configuration (windows as planned), scaler, target scale and features
+    left_out_features: dict[str, str]  # tabular feature -> why no member uses it
+    neural_left_out: dict[str, str]  # configured neural input -> why it is not used
     vol_fallback: float  # training-window median volatility, for origins without a trailing one
     up_rate: dict[str, float]  # str(h) -> training share of positive h-day returns
     fingerprint: str
@@ -75,56 +157,72 @@ class Selection:
     def config(self) -> ModelConfig:
         return self.inputs.config
 
+    @property
+    def dropped_features(self) -> list[str]:
+        return list(self.left_out_features)
+
 
 def training_rows(data: pd.DataFrame, span: dict[str, dt.date], config: ModelConfig) -> tuple[pd.DataFrame, list[str], dict[str, str]]:
-    """(usable rows up to ``train_end`` of the symbols with enough of them, kept symbols, excluded -> reason)."""
-    train = usable(truncate(data, span["train_end"]))
-    need = config.input_size + config.max_horizon + config.early_stopping_sessions
-    counts = train.groupby("symbol").size()
-    if counts.empty or counts.max() < need:
-        raise ModelDataError(
-            f"too little history before {span['train_end']} (training end for cut-off {span['cutoff']}): "
-            f"the longest symbol has {int(counts.max()) if len(counts) else 0} usable sessions, {need} needed "
-            f"(input {config.input_size} + horizon {config.max_horizon} + early-stopping {config.early_stopping_sessions})"
-        )
-    excluded = sorted(counts[counts < need].index)
-    reasons = {s: f"{int(counts[s])} usable sessions < {need}" for s in excluded}
-    return train[~train["symbol"].isin(excluded)], sorted(counts[counts >= need].index), reasons
+    """(rows up to ``train_end`` of the symbols with a realized target there, kept symbols, excluded -> reason)."""
+    train = truncate(data, span["train_end"])
+    targets = train[[f"target_{h}" for h in config.horizons]].to_numpy(dtype=np.float64)
+    realized = pd.Series(np.isfinite(targets).any(axis=1), index=train.index).groupby(train["symbol"]).sum()
+    kept = sorted(realized[realized > 0].index)
+    excluded = {s: f"no origin with a realized target by {span['train_end']} (the training end)" for s in sorted(set(data["symbol"]) - set(kept))}
+    if not kept:
+        raise ModelDataError(f"no symbol has a realized target by {span['train_end']} (training end for cut-off {span['cutoff']})")
+    return train[train["symbol"].isin(kept)], kept, excluded
 
 
-def member_inputs(train: pd.DataFrame, config: ModelConfig) -> tuple[Inputs, list[str]]:
-    """The members' shared inputs fitted on the training rows, and the features left out (all NaN there)."""
+def member_inputs(train: pd.DataFrame, config: ModelConfig) -> tuple[Inputs, dict[str, str], dict[str, str]]:
+    """The members' shared inputs fitted on the training rows; (inputs, left-out features, left-out neural inputs)."""
     from ibf_core.features.pipeline import feature_columns
-    from ibf_core.models import gbdt
 
+    features, left_out = select_features(train, feature_columns())
+    if not features:
+        raise ModelDataError("every feature is NaN or constant in the training window: nothing to train on")
     scaled = any(member_class(m).scaled_inputs for m in config.members)
-    scaler = RobustScaler.fit(train, list(config.neural_features)) if scaled else None
+    neural_left_out: dict[str, str] = {}
+    scaler = None
+    if scaled:
+        neural, neural_left_out = select_features(train, list(config.neural_features))
+        scaler = RobustScaler.fit(train, neural)
     y_sigma = float(np.nanstd(train["y"]))
-    features, dropped = gbdt.usable_features(train, feature_columns())
-    return Inputs(config, scaler, y_sigma, features), dropped
+    return Inputs(config, scaler, y_sigma, features), left_out, neural_left_out
 
 
 def select(panel: pd.DataFrame, cutoff: dt.date, config: ModelConfig) -> Selection:
     """Windows for the cut-off, the training rows and symbols, and everything the members share."""
     from ibf_core.features.pipeline import feature_columns
 
-    span = windows(cutoff, config)
-    data = truncate(panel, span["cutoff"])
+    data = truncate(panel, cutoff)
+    plan = plan_windows(data, cutoff, config)
+    config = config.replace(members=list(plan.members), validation_sessions=plan.validation, early_stopping_sessions=plan.early_stopping)
+    span = windows(cutoff, config, plan.embargo)
     train, symbols, excluded = training_rows(data, span, config)
     digest = fingerprint(data, ["symbol", "date", "adj_close", *feature_columns()])
-    inputs, dropped = member_inputs(train, config)
+    inputs, left_out, neural_left_out = member_inputs(train, config)
     return Selection(
         span=span,
+        plan=plan,
         data=data,
         train=train,
         symbols=symbols,
         excluded=excluded,
         inputs=inputs,
-        dropped_features=dropped,
+        left_out_features=left_out,
+        neural_left_out=neural_left_out,
         vol_fallback=float(np.nanmedian(train["vol"])),
-        up_rate={str(h): float(np.nanmean(train[f"target_{h}"] > 0)) for h in config.horizons},
+        up_rate={str(h): _up_share(train[f"target_{h}"]) for h in config.horizons},
         fingerprint=digest,
     )
+
+
+def _up_share(target: pd.Series) -> float:
+    """Share of positive values among the realized targets (NULL targets are not down moves)."""
+    values = target.to_numpy(dtype=np.float64)
+    values = values[np.isfinite(values)]
+    return float(np.mean(values > 0)) if len(values) else 0.5
 
 
 def fit_members(selection: Selection, device: str = "cpu", progress: Progress | None = None) -> tuple[dict[str, Member], dict[str, dict[str, Any]]]:
@@ -141,8 +239,8 @@ def fit_members(selection: Selection, device: str = "cpu", progress: Progress | 
 
 
 def validation_origins(selection: Selection) -> pd.DataFrame:
-    """Usable rows of the kept symbols from ``validation_start`` to ``validation_end``: every target realized by the cut-off."""
-    rows = usable(selection.data)
+    """Rows of the kept symbols from ``validation_start`` to ``validation_end``: every target realized by the cut-off."""
+    rows = selection.data
     span = selection.span
     rows = rows[
         (rows["date"] >= pd.Timestamp(span["validation_start"]))
@@ -164,7 +262,14 @@ def new_bundle(selection: Selection, device: str) -> ModelBundle:
         "train_rows": len(selection.train),
         "members": {},
         "fingerprint": selection.fingerprint,
+        "windows": selection.plan.to_dict(),
+        "features_used": inputs.features,
+        "features_left_out": selection.left_out_features,
         "dropped_features": selection.dropped_features,
+        "neural_features_used": list(inputs.scaler.center) if inputs.scaler else [],
+        "neural_features_left_out": selection.neural_left_out,
+        # NYSE sessions without a bar inside each symbol's history up to the cut-off: their targets are NULL
+        "missing_sessions": missing_sessions(selection.data),
     }
     return ModelBundle(
         config=inputs.config,
@@ -193,6 +298,9 @@ def train_models(
 
     say = progress or (lambda message: None)
     selection = select(panel, cutoff, config)
+    for line in [selection.plan.note, *(f"{m} left out: {why}" for m, why in selection.plan.left_out.items())]:
+        if line:
+            say(line)
     bundle = new_bundle(selection, device)
     started = time.perf_counter()
     bundle.members, bundle.facts["members"] = fit_members(selection, device, say)
@@ -242,7 +350,10 @@ def conformal_quantiles(
     for (member, h), part in long.groupby(["member", "horizon"]):
         vol = scale_of.reindex(pd.MultiIndex.from_frame(part[["symbol", "date"]])).to_numpy()
         scale = ensemble.interval_scale(vol, h, bundle.vol_fallback)
-        quantiles.setdefault(member, {})[str(h)] = ensemble.calibrate(part["realized"].to_numpy(), part["pred"].to_numpy(), scale)
+        try:
+            quantiles.setdefault(member, {})[str(h)] = ensemble.calibrate(part["realized"].to_numpy(), part["pred"].to_numpy(), scale)
+        except ValueError as exc:
+            raise ModelDataError(f"{member} at h={h}: {exc}") from None
     return quantiles
 
 

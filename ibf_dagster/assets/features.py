@@ -18,8 +18,9 @@ CHECKS = {
     "no_infinities": (ERROR, "No infinite feature value (ERROR)"),
     "nan_share_after_warmup": (
         ERROR,
-        f"Each feature at most {quality.MAX_NAN_SHARE_AFTER_WARMUP:.0%} NaN past the warm-up; sparse inputs "
-        "(real spread, news sentiment) are reported, not judged (ERROR)",
+        f"Each feature at most {quality.MAX_NAN_SHARE_AFTER_WARMUP:.0%} NaN past its own warm-up, on the rows "
+        "whose bars have the inputs it reads; features the data cannot support (no volume, close-only bars) and "
+        "sparse inputs (real spread, news sentiment) are reported, not judged (ERROR)",
     ),
     "schema_matches": (ERROR, "Columns equal the declared feature registry, in order (ERROR)"),
     "news_coverage": (WARN, "Share of sessions with news per symbol (WARN)"),
@@ -27,7 +28,13 @@ CHECKS = {
 
 
 def build_features(settings: Settings) -> dg.AssetsDefinition:
-    from ibf_core.features.pipeline import FEATURES, compute_features_for_range, feature_columns, lookback_sessions
+    from ibf_core.features.pipeline import (
+        FEATURES,
+        compute_features_for_range,
+        feature_columns,
+        lookback_sessions,
+        unsupported_reasons,
+    )
 
     spec = features_spec()
     sparse = {f.name for f in FEATURES if f.group == "news" or f.name.startswith("spread")}
@@ -70,28 +77,33 @@ def build_features(settings: Settings) -> dg.AssetsDefinition:
         # Cross-asset features (universe index, cross-sectional ranks) need every stored symbol on the same dates.
         universe = store.symbols(MARKET_BARS)
         columns = feature_columns()
-        frames = []
+        frames, supports = [], []
         for rect in rects:
             first = lookback_start(rect.start, lookback_sessions())
             bars = store.read(MARKET_BARS, universe, first, rect.end)
             news = daily_news(store, universe, first, rect.end) if settings.news_source != "none" else None
-            out = compute_features_for_range(bars, rect.start, rect.end, news=news, benchmark=settings.benchmark)
-            out = out[out["symbol"].isin(rect.symbols)]
+            out, support = compute_features_for_range(
+                bars, rect.start, rect.end, news=news, benchmark=settings.benchmark, with_support=True
+            )
+            mine = out["symbol"].isin(rect.symbols).to_numpy()
+            out = out[mine]
             store.replace_slice(spec, out, rect.symbols, rect.start, rect.end)
             frames.append(out)
+            supports.append(support[mine])
         frame = pd.concat(frames, ignore_index=True)
+        support = pd.concat(supports, ignore_index=True)
         symbols = sorted({s for r in rects for s in r.symbols})
         news_daily = store.read(NEWS_SENTIMENT, symbols, min(r.start for r in rects), max(r.end for r in rects))
         # With a single stored symbol there is nothing to compare against: cross-asset features are NaN by design.
         undefined = {f.name for f in FEATURES if f.group == "cross_asset"} if len(universe) < 2 else set()
         checks = [
             check_result(quality.check_no_infinities(frame, columns), ERROR),
-            check_result(quality.check_nan_share_after_warmup(frame, columns, sparse | undefined), ERROR),
+            check_result(quality.check_nan_share_after_warmup(frame, columns, sparse | undefined, support=support), ERROR),
             check_result(quality.check_schema(frame, ["symbol", "date", *columns, "warmup"]), ERROR),
             check_result(quality.check_news_coverage(news_daily, symbols, settings.news_source), WARN),
         ]
         ready = frame[~frame["warmup"]]
-        nan_share = ready[columns].isna().mean().sort_values(ascending=False).head(10) if len(ready) else pd.Series(dtype=float)
+        nan_share = quality.nan_shares_where_supported(frame, support, columns).sort_values(ascending=False).head(10)
         return dg.MaterializeResult(
             metadata={
                 "dagster/row_count": len(frame),
@@ -99,6 +111,7 @@ def build_features(settings: Settings) -> dg.AssetsDefinition:
                 "warmup_rows": int(frame["warmup"].sum()),
                 "news": "included" if settings.news_source != "none" else "none (IBF_NEWS_SOURCE=none): news features are empty",
                 "benchmark": settings.benchmark if settings.benchmark in universe else "equal-weighted universe",
+                "features_not_supported": dg.MetadataValue.json(unsupported_reasons(support, columns)),
                 "highest_nan_share_after_warmup": dg.MetadataValue.md(
                     markdown_table(nan_share.rename("nan_share").reset_index().rename(columns={"index": "feature"}))
                 ),

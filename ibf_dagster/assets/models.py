@@ -93,6 +93,15 @@ def build_trained_models(settings: Settings) -> dg.AssetsDefinition:
     return trained_models
 
 
+def _windows(bundle) -> dict[str, Any]:
+    """Window sizes (sessions), the note when a short history shrank them, members that could not train."""
+    plan = dict(bundle.facts.get("windows", {}))
+    plan["neural_excluded_symbols"] = {
+        m: f["excluded_symbols"] for m, f in bundle.facts["members"].items() if f.get("excluded_symbols")
+    }
+    return plan
+
+
 def _result(bundle, registered, settings: Settings, elapsed: float, run_link: str) -> dg.MaterializeResult:
     """The materialization's metadata (validation table, weights, provenance) and its check."""
     from ibf_core.report import markdown_table
@@ -114,7 +123,12 @@ def _result(bundle, registered, settings: Settings, elapsed: float, run_link: st
             "member_seconds": dg.MetadataValue.json({m: round(f["seconds"], 1) for m, f in bundle.facts["members"].items()}),
             "symbols": dg.MetadataValue.json(bundle.facts["symbols"]),
             "excluded_symbols": dg.MetadataValue.json(bundle.facts["excluded_symbols"]),
-            "dropped_all_nan_features": dg.MetadataValue.json(bundle.facts["dropped_features"]),
+            "windows": dg.MetadataValue.json(_windows(bundle)),
+            "features_used": dg.MetadataValue.json(bundle.facts.get("features_used", bundle.gbdt_features)),
+            "features_left_out": dg.MetadataValue.json(bundle.facts.get("features_left_out", {})),
+            "neural_features_used": dg.MetadataValue.json(bundle.facts.get("neural_features_used", [])),
+            "neural_features_left_out": dg.MetadataValue.json(bundle.facts.get("neural_features_left_out", {})),
+            "missing_sessions": dg.MetadataValue.json(bundle.facts.get("missing_sessions", {})),
             "ensemble_weights": dg.MetadataValue.json(weights),
             "validation": dg.MetadataValue.md(markdown_table(table, max_rows=len(table))),
             "mlflow_run": dg.MetadataValue.url(run_link),
