@@ -18,6 +18,8 @@ from ibf_core.settings import SettingsError, get_settings, load_settings, normal
 app = typer.Typer(help="ibf: forecasting platform for Interactive Brokers market data.", no_args_is_help=True)
 universe_app = typer.Typer(help="The symbols partitioned by every per-symbol asset.", no_args_is_help=True)
 app.add_typer(universe_app, name="universe")
+api_key_app = typer.Typer(help="REST API keys (the service stores only their SHA-256 digests).", no_args_is_help=True)
+app.add_typer(api_key_app, name="api-key")
 err = Console(stderr=True)
 out = Console(soft_wrap=True)  # tables are wider than 80 columns; never re-wrap them
 
@@ -431,6 +433,27 @@ def ui(port: Annotated[int, typer.Option(help="Port of the Dagster UI")] = 3000)
     workspace = Path(__file__).resolve().parents[1] / "workspace.yaml"
     dagster = str(Path(sys.executable).with_name("dagster"))
     os.execv(dagster, [dagster, "dev", "-h", "127.0.0.1", "-p", str(port), "-w", str(workspace)])
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Address to bind (loopback by default)")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port of the REST API")] = 8000,
+) -> None:
+    """Serve the REST API (forecasts, models, retraining, metrics; OpenAPI at /docs) with uvicorn."""
+    from ibf_serve.app import serve as run_serve
+
+    run_serve(_settings(), host=host, port=port)
+
+
+@api_key_app.command("new")
+def api_key_new() -> None:
+    """Print a new API key (shown once) and the digest to put into IBF_API_KEYS or IBF_API_KEYS_FILE."""
+    from ibf_serve.auth import new_key
+
+    key, digest = new_key()
+    out.print(f"key:    {key}\ndigest: {digest}", highlight=False)
+    err.print("Give the key to the client; configure only the digest (IBF_API_KEYS=<digest>). The key is not stored.")
 
 
 def main() -> None:
