@@ -54,7 +54,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     app = FastAPI(title="ibf", version="0.1.0", description="Forecasts, models, retraining and metrics of the ibf platform.")
     app.state.services = services
-    errors.install(app, settings.secret_values())
+    scrub = errors.install(app, settings.secret_values())
     if settings.api_cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 
@@ -69,6 +69,9 @@ def create_app(settings: Settings) -> FastAPI:
             response = await call_next(request)
             status = response.status_code
             return response
+        except Exception as exc:  # noqa: BLE001 - answered here: re-raised, the server would drop the connection
+            errors.log.error("unhandled error on %s %s: %s", request.method, request.scope.get("path"), scrub(repr(exc))[:500])
+            return errors.error_response(500, "internal_error", "internal error")
         finally:
             route = request.scope.get("route")
             template = getattr(route, "path", None) or "<unmatched>"  # a template, never the raw path

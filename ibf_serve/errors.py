@@ -38,8 +38,9 @@ def _validation_message(exc: RequestValidationError) -> str:
     return "; ".join(parts)[:1000]
 
 
-def install(app: FastAPI, secrets: list[str]) -> None:
-    """Handlers turning every exception into the error shape; ``secrets`` are scrubbed from any message."""
+def install(app: FastAPI, secrets: list[str]):
+    """Handlers turning every exception into the error shape; ``secrets`` are scrubbed from any message.
+    Returns the scrubbing function."""
 
     def scrub(text: str) -> str:
         for secret in secrets:
@@ -65,3 +66,5 @@ def install(app: FastAPI, secrets: list[str]) -> None:
         # The traceback goes to the server log only; the body says nothing about the inside.
         log.error("unhandled error on %s %s: %s", request.method, request.url.path, scrub(repr(exc)))
         return error_response(500, "internal_error", "internal error")
+
+    return scrub

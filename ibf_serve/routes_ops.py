@@ -94,7 +94,7 @@ def add(app: FastAPI, services, instruments, auth) -> None:
         return {"window_sessions": settings.drift_performance_sessions, "as_of": _jsonable(as_of),
                 "horizons": _records(table.drop(columns="as_of"))}
 
-    metrics_deps = [] if settings.api_metrics_public else auth
+    metrics_deps = [] if settings.api_metrics_public else auth[:1]  # the key only: metrics serve without a warehouse
 
     @app.get("/metrics", dependencies=metrics_deps, tags=["ops"], response_class=Response)
     def metrics() -> Response:
