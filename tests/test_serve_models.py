@@ -124,3 +124,77 @@ def test_new_version_is_served_and_a_tampered_bundle_only_stops_fresh(api, train
     stored = api.post("/predict", json={"symbols": ["GOOG"], "as_of": "2013-02-28"}, headers=AUTH)
     assert stored.status_code == 200 and stored.json()["model_version"] == "1"
     assert api.get("/rankings", params={"horizon": 1}, headers=AUTH).status_code == 200
+
+
+@pytest.mark.slow
+def test_retrain_submits_a_queued_gpu_tagged_run_that_the_daemon_executes(trained, monkeypatch):
+    """POST /retrain through a real `dagster dev` (webserver + daemon) on the same instance."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from ibf_serve.app import create_app
+    from ibf_serve.testing import free_port, running_server
+
+    root = Path(__file__).resolve().parents[1]
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IBF_")}
+    env.update(ENV, IBF_HOME=str(trained.home), IBF_CONFIG=str(trained.home / "none.toml"),
+               DAGSTER_HOME=str(trained.dagster_home), PYTHONPATH=str(root))
+    log = open(trained.home / "dagster-dev.log", "wb")
+    proc = subprocess.Popen([str(Path(sys.executable).with_name("dagster")), "dev", "-h", "127.0.0.1", "-p", str(port),
+                             "-w", str(root / "workspace.yaml")], cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    monkeypatch.setenv("IBF_HOME", str(trained.home))
+    settings = trained.replace(dagster_url=f"http://127.0.0.1:{port}")
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/server_info", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, "dagster dev did not start"
+            time.sleep(1)
+        with running_server(create_app(settings)) as url, httpx.Client(base_url=url, timeout=120) as client:
+            assert "not an NYSE session" in client.post("/retrain", json={"cutoff": "2013-02-23"}, headers=AUTH).json()["error"]["message"]
+            answer = client.post("/retrain", json={"cutoff": "2013-02-28"}, headers=AUTH)
+            assert answer.status_code == 202, answer.text
+            run_id = answer.json()["run_id"]
+            assert answer.json()["url"] == f"/runs/{run_id}"
+            seen = []
+            deadline = time.monotonic() + 300
+            while True:
+                run = client.get(f"/runs/{run_id}", headers=AUTH).json()
+                seen.append(run["status"])
+                if run["status"] in ("SUCCESS", "FAILURE", "CANCELED"):
+                    break
+                assert time.monotonic() < deadline, seen
+                time.sleep(2)
+            assert run["status"] == "SUCCESS", (run, (trained.home / "dagster-dev.log").read_text()[-3000:])
+            assert run["assets"] == ["trained_models"] and run["partition"] == "2013-02-28"
+            assert run["tags"]["ibf/accelerator"] == "gpu" and run["tags"]["ibf/launched_by"] == "ibf api"
+            assert seen[0] in ("QUEUED", "NOT_STARTED", "STARTING", "STARTED")  # launched through the queue, not in-process
+            record = get_instance_run(trained, run_id)
+            assert "nvidia.com/gpu" in record.tags["dagster-k8s/config"]
+            deadline = time.monotonic() + 10
+            while "2013-02-28" not in [v["cutoff"] for v in client.get("/models", headers=AUTH).json()["versions"]]:
+                assert time.monotonic() < deadline
+                time.sleep(0.5)
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:  # dagster dev can ignore SIGTERM for a long time
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=20)
+        log.close()
+
+
+def get_instance_run(settings, run_id):
+    from ibf_dagster.instance import get_instance
+
+    return get_instance(settings).get_run_by_id(run_id)
