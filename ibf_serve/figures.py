@@ -16,7 +16,7 @@ log = logging.getLogger("ibf_serve")
 def platform_metrics(services) -> list[Metric]:
     """Every scrape-time family; a part that fails is left out (absent, not zero) and logged."""
     out: list[Metric] = []
-    for part in (_assets, _checks, _drift, _model, _performance, _runs):
+    for part in (_assets, _checks, _drift, _model, _performance, _confidence, _runs):
         try:
             out += part(services)
         except Exception as exc:  # noqa: BLE001 - one broken source must not take the others' figures down
@@ -113,6 +113,22 @@ def _performance(services) -> list[Metric]:
             if value == value:
                 coverage.add_metric([h, level], float(value))
     return [*families.values(), coverage, matured]
+
+
+def _confidence(services) -> list[Metric]:
+    """Mean interval width (log return) and mean |forecast| of the newest origin's stored forecasts, per horizon."""
+    frame = services.store.query(
+        "SELECT horizon, avg(upper_80 - lower_80) AS w80, avg(upper_95 - lower_95) AS w95, avg(abs(pred_return)) AS mag "
+        "FROM predictions WHERE date = (SELECT max(date) FROM predictions) GROUP BY horizon ORDER BY horizon"
+    )
+    width = gauge("ibf_prediction_interval_width", "Mean interval width (log return) of the newest origin's forecasts", ["horizon", "level"])
+    size = gauge("ibf_prediction_abs_return", "Mean |forecast log return| of the newest origin's forecasts", ["horizon"])
+    for row in frame.to_dict("records"):
+        h = str(int(row["horizon"]))
+        width.add_metric([h, "80"], float(row["w80"]))
+        width.add_metric([h, "95"], float(row["w95"]))
+        size.add_metric([h], float(row["mag"]))
+    return [width, size]
 
 
 def _runs(services) -> list[Metric]:

@@ -198,3 +198,117 @@ def get_instance_run(settings, run_id):
     from ibf_dagster.instance import get_instance
 
     return get_instance(settings).get_run_by_id(run_id)
+
+
+def _ensure_prometheus() -> str:
+    """The prometheus binary; installed from Debian (apt-get) where missing, as CI on a fresh machine needs."""
+    import shutil
+    import subprocess
+
+    if shutil.which("prometheus") is None:
+        if subprocess.run(["apt-get", "install", "-y", "-q", "prometheus"], capture_output=True).returncode != 0:
+            subprocess.run(["apt-get", "update", "-q"], capture_output=True, check=True)
+            subprocess.run(["apt-get", "install", "-y", "-q", "prometheus"], capture_output=True, check=True)
+    return shutil.which("prometheus")
+
+
+@pytest.mark.slow
+def test_real_prometheus_scrapes_the_api_and_every_dashboard_panel_returns_data(trained, monkeypatch, tmp_path):
+    import datetime as dt
+    import json
+    import os
+    import shutil
+    import signal
+    import subprocess
+    import threading
+    from pathlib import Path
+
+    import yaml
+
+    from ibf_core.alerts import Alert, record_alerts
+    from ibf_core.storage.warehouse import Warehouse
+    from ibf_dagster.runner import backfill
+    from ibf_serve.app import create_app
+    from ibf_serve.testing import free_port, running_server
+
+    root = Path(__file__).resolve().parents[1]
+    prometheus = _ensure_prometheus()
+    for args in (["check", "config", str(root / "deploy/prometheus/prometheus.yml")],
+                 ["check", "rules", str(root / "deploy/prometheus/alerts.yml")],
+                 ["test", "rules", str(root / "deploy/prometheus/alerts_test.yml")]):
+        done = subprocess.run([str(Path(prometheus).with_name("promtool")), *args], capture_output=True, text=True)
+        assert done.returncode == 0, done.stdout + done.stderr
+
+    monkeypatch.setenv("IBF_HOME", str(trained.home))
+    drift = backfill(trained, None, "2013-01-02", "2013-03-01", "drift_scores", "sample", None)
+    assert drift[0].success, drift[0].error
+    record_alerts(Warehouse(trained.home_dir), [Alert("market_bars", "fresh", "2013|AAPL", "WARN", "stale bars", {}, "r", "e1",
+                                                      raised_at=dt.datetime(2013, 3, 4, tzinfo=dt.timezone.utc))], None)
+
+    dashboard = json.loads((root / "deploy/grafana/dashboards/ibf.json").read_text())
+    panels = [p for p in dashboard["panels"] if p["type"] != "row"]
+    assert len(panels) >= 20 and all(p["datasource"]["uid"] == "ibf-prometheus" for p in panels)
+    gpu = shutil.which("nvidia-smi") is not None
+
+    with running_server(create_app(trained)) as url:
+        config = yaml.safe_load((root / "deploy/prometheus/prometheus.yml").read_text())
+        config["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
+        config["rule_files"] = [str(root / "deploy/prometheus/alerts.yml")]
+        config["scrape_configs"][0]["static_configs"] = [{"targets": [url.removeprefix("http://")]}]
+        (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+        port = free_port()
+        proc = subprocess.Popen([prometheus, f"--config.file={tmp_path / 'prometheus.yml'}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                                 f"--web.listen-address=127.0.0.1:{port}"], stdout=subprocess.DEVNULL, stderr=open(tmp_path / "prom.log", "wb"),
+                                start_new_session=True)
+        stop = threading.Event()
+
+        def traffic():
+            with httpx.Client(base_url=url, timeout=60) as client:
+                while not stop.is_set():
+                    client.post("/predict", json={"symbols": ["AAPL", "MSFT"]}, headers=AUTH)
+                    client.post("/predict", json={"symbols": ["IBM"], "horizons": [1], "fresh": True, "as_of": "2013-02-28"}, headers=AUTH)
+                    client.get("/rankings", headers=AUTH)
+                    client.get("/nowhere")
+                    time.sleep(0.2)
+
+        thread = threading.Thread(target=traffic)
+        thread.start()
+        prom = f"http://127.0.0.1:{port}/api/v1"
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    targets = httpx.get(f"{prom}/targets", timeout=2).json()["data"]["activeTargets"]
+                    if targets and targets[0]["health"] == "up":
+                        break
+                except (httpx.HTTPError, KeyError, ValueError):
+                    pass
+                assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "prom.log").read_text()[-2000:]
+                time.sleep(0.5)
+            time.sleep(8)  # several scrapes, so rate() and histogram_quantile() have two points and more
+            empty = []
+            for panel in panels:
+                expr = panel["targets"][0]["expr"]
+                answer = httpx.get(f"{prom}/query", params={"query": expr}, timeout=10).json()
+                assert answer["status"] == "success", (panel["title"], answer)
+                result = answer["data"]["result"]
+                if panel["title"].startswith("GPU") and not gpu:
+                    assert result == [], panel["title"]  # absent, not zero, without a GPU
+                elif not result:
+                    empty.append(panel["title"])
+            assert empty == []
+            rules = httpx.get(f"{prom}/rules", timeout=10).json()["data"]["groups"][0]["rules"]
+            assert {r["name"] for r in rules} == {"IbfApiDown", "IbfApiErrorRate", "IbfModelStale", "IbfDataStale", "IbfDriftRetrainFired"}
+            assert all(r["health"] == "ok" for r in rules), [(r["name"], r.get("lastError")) for r in rules]
+            # The sample ends in 2013: the data-stale rule is pending (for: 1h), the API-down rule is not.
+            states = {r["name"]: r["state"] for r in rules}
+            assert states["IbfDataStale"] == "pending" and states["IbfApiDown"] == "inactive"
+        finally:
+            stop.set()
+            thread.join()
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=20)
