@@ -8,6 +8,7 @@ these and shapes JSON. Every read is read-only (``Warehouse.read`` / ``Warehouse
 from __future__ import annotations
 
 import datetime as dt
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -59,11 +60,19 @@ def newest_origin(store, on_or_before: dt.date | None = None) -> dt.date | None:
     return None if pd.isna(found) else pd.Timestamp(found).date()
 
 
-def stored_forecasts(store, symbols: Sequence[str], horizons: Sequence[int], as_of: dt.date | None = None) -> Forecasts:
-    """Stored forecasts of ``symbols`` x ``horizons`` from origin ``as_of`` (default: the newest origin).
+def stored_forecasts(store, symbols: Sequence[str], horizons: Sequence[int], as_of: dt.date | None = None,
+                     newest: NewestForecasts | None = None) -> Forecasts:
+    """Stored forecasts of ``symbols`` x ``horizons`` from origin ``as_of`` (default: the newest origin, from
+    ``newest`` when given).
 
     The ranks are the universe-wide ranks stored by the ``predictions`` asset, not re-ranked over ``symbols``.
     """
+    cached = newest.get() if newest is not None and (as_of is None or as_of == getattr(newest.get(), "as_of", None)) else None
+    if cached is not None:
+        found = _select(cached, symbols, horizons)
+        if found.frame.empty:
+            raise ForecastNotFound(f"no stored predictions on origin {cached.as_of} for the requested symbols")
+        return found
     origin = as_of if as_of is not None else newest_origin(store)
     if origin is None:
         raise ForecastNotFound("no predictions are stored yet: materialize the predictions asset first")
@@ -74,8 +83,15 @@ def stored_forecasts(store, symbols: Sequence[str], horizons: Sequence[int], as_
     return Forecasts(origin, _shape(frame), tuple(sorted(set(frame["model_version"]))))
 
 
-def ranking(store, horizon: int, top: int, as_of: dt.date | None = None) -> Forecasts:
-    """The cross-sectional ranking of an origin (default: the newest) at ``horizon``: ranks 1..``top``."""
+def ranking(store, horizon: int, top: int, as_of: dt.date | None = None, newest: NewestForecasts | None = None) -> Forecasts:
+    """The cross-sectional ranking of an origin (default: the newest, from ``newest`` when given) at ``horizon``:
+    ranks 1..``top``."""
+    cached = newest.get() if newest is not None and (as_of is None or as_of == getattr(newest.get(), "as_of", None)) else None
+    if cached is not None:
+        found = _select(cached, horizons=[horizon], top=top)
+        if found.frame.empty:
+            raise ForecastNotFound(f"no stored predictions on origin {cached.as_of} at horizon {horizon}")
+        return found
     origin = as_of if as_of is not None else newest_origin(store)
     if origin is None:
         raise ForecastNotFound("no predictions are stored yet: materialize the predictions asset first")
@@ -85,6 +101,54 @@ def ranking(store, horizon: int, top: int, as_of: dt.date | None = None) -> Fore
     if frame.empty:
         raise ForecastNotFound(f"no stored predictions on origin {origin} at horizon {horizon}")
     return Forecasts(origin, _shape(frame), tuple(sorted(set(frame["model_version"]))))
+
+
+class NewestForecasts:
+    """The newest origin's stored forecasts of every symbol, held in memory and read again only after a writer
+    swapped a predictions file in (which changes the table folder's modification time): a server answers the
+    common request - the newest origin - without touching the files."""
+
+    def __init__(self, store):
+        self.store = store
+        self._lock = threading.Lock()
+        self._stamp: int | None = None
+        self._value: Forecasts | None = None
+
+    def _folder_stamp(self) -> int | None:
+        try:
+            return self.store.table_dir(PREDICTIONS).stat().st_mtime_ns
+        except FileNotFoundError:
+            return None
+
+    def get(self) -> Forecasts | None:
+        """The newest origin's forecasts (all symbols and horizons), or None when none are stored."""
+        stamp = self._folder_stamp()  # taken before reading: a swap during the read makes the next call re-read
+        with self._lock:
+            if stamp is None or stamp != self._stamp:
+                origin = newest_origin(self.store)
+                value = None
+                if origin is not None:
+                    frame = self.store.read(PREDICTIONS, None, origin, origin)
+                    value = Forecasts(origin, _shape(frame), tuple(sorted(set(frame["model_version"]))))
+                self._stamp, self._value = stamp, value
+            return self._value
+
+    def symbols(self) -> set[str]:
+        value = self.get()
+        return set(value.frame["symbol"]) if value is not None else set()
+
+
+def _select(found: Forecasts, symbols: Sequence[str] | None = None, horizons: Sequence[int] | None = None, top: int | None = None) -> Forecasts:
+    frame = found.frame
+    mask = pd.Series(True, index=frame.index)
+    if symbols is not None:
+        mask &= frame["symbol"].isin(list(symbols))
+    if horizons is not None:
+        mask &= frame["horizon"].isin(list(horizons))
+    if top is not None:
+        mask &= frame["rank"] <= top
+    part = frame[mask]
+    return Forecasts(found.as_of, part.reset_index(drop=True), tuple(sorted(set(part["model_version"]))))
 
 
 def forecast_history(store, symbol: str, start: dt.date | None = None, end: dt.date | None = None) -> pd.DataFrame:

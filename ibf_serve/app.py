@@ -92,9 +92,7 @@ def create_app(settings: Settings) -> FastAPI:
     universe = set(settings.universe)
 
     def known_symbols() -> set[str]:
-        from ibf_core.forecasts import stored_symbols
-
-        return universe | set(stored_symbols(services.store))
+        return universe | services.newest.symbols()
 
     def check_symbols(raw: list[str]) -> list[str]:
         from ibf_core.settings import normalize_symbol
@@ -153,7 +151,7 @@ def create_app(settings: Settings) -> FastAPI:
                 result = fresh_forecasts(services.store, versions, services.load_bundle, list(settings.universe),
                                          symbols, horizons, body.as_of)
             else:
-                result = stored_forecasts(services.store, symbols, horizons, body.as_of)
+                result = stored_forecasts(services.store, symbols, horizons, body.as_of, services.newest)
         except ForecastNotFound as exc:
             raise not_found(exc) from None
         except ModelLoadError as exc:
@@ -173,7 +171,7 @@ def create_app(settings: Settings) -> FastAPI:
 
         check_horizons([horizon])
         try:
-            result = ranking(services.store, horizon, top, as_of)
+            result = ranking(services.store, horizon, top, as_of, services.newest)
         except ForecastNotFound as exc:
             raise not_found(exc) from None
         return {"as_of": result.as_of.isoformat(), "horizon": horizon, "model_version": result.model_versions[-1],

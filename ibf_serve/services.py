@@ -21,6 +21,9 @@ class Services:
         self._bundles: dict[tuple[str, str], Any] = {}
         self._instance = None
         self._performance: tuple[float, Any] | None = None
+        from ibf_core.forecasts import NewestForecasts
+
+        self.newest = NewestForecasts(self.store)  # the newest origin in memory, re-read after each write
 
     def versions(self) -> list:
         """Registered versions (oldest cut-off first), re-read every few seconds."""

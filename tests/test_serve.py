@@ -86,8 +86,8 @@ def test_metrics_need_a_key_when_not_public(world, monkeypatch):
     monkeypatch.setenv("IBF_API_METRICS_PUBLIC", "false")
     get_settings.cache_clear()
     with running_server(create_app(get_settings())) as url:
-        assert httpx.get(f"{url}/metrics").status_code == 401
-        assert httpx.get(f"{url}/metrics", headers=_auth()).status_code == 200
+        assert httpx.get(f"{url}/metrics", timeout=60).status_code == 401
+        assert httpx.get(f"{url}/metrics", headers=_auth(), timeout=60).status_code == 200
 
 
 def test_rate_limit_per_key_with_retry_after(world, monkeypatch):
