@@ -15,7 +15,7 @@ from ibf_serve import errors
 from ibf_serve.auth import KeyRing, RateLimiter, load_digests
 from ibf_serve.errors import ApiError
 from ibf_serve.metrics import Instruments, PlatformCollector
-from ibf_serve.schemas import PredictRequest, RetrainRequest
+from ibf_serve.schemas import ERROR_RESPONSES, PredictRequest, RetrainRequest
 from ibf_serve.services import Services
 
 
@@ -52,7 +52,8 @@ def create_app(settings: Settings) -> FastAPI:
 
     instruments.registry.register(PlatformCollector(lambda: platform_metrics(services), settings.api_metrics_cache_seconds))
 
-    app = FastAPI(title="ibf", version="0.1.0", description="Forecasts, models, retraining and metrics of the ibf platform.")
+    app = FastAPI(title="ibf", version="0.1.0", description="Forecasts, models, retraining and metrics of the ibf platform.",
+                  responses=ERROR_RESPONSES)
     app.state.services = services
     scrub = errors.install(app, settings.secret_values())
     if settings.api_cors_origins:
@@ -131,6 +132,9 @@ def create_app(settings: Settings) -> FastAPI:
         from ibf_serve.readiness import readiness
 
         body, ok = readiness(services)
+        if not ok:  # the error shape every failure has, plus the per-part detail
+            parts = "; ".join(f"{name}: {body['checks'][name].get('message', 'failed')}" for name in body["failing"])
+            body = {"error": {"code": "not_ready", "message": f"not ready: {parts}"}, **body}
         return JSONResponse(_jsonable(body), status_code=200 if ok else 503)
 
     # ----- forecasts -------------------------------------------------------------------------------------

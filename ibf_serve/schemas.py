@@ -20,3 +20,19 @@ class RetrainRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     cutoff: dt.date | None = Field(None, description="Training cut-off session; default the newest session with features for every symbol")
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(..., description="Machine-readable error code (unauthorized, invalid_request, rate_limited, ...)")
+    message: str = Field(..., description="What went wrong, naming the offending value; never a traceback, path or secret")
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+# Every operation may answer with these (declared in the OpenAPI document, so clients and schemathesis know them).
+ERROR_RESPONSES = {status: {"model": ErrorBody, "description": text} for status, text in (
+    (401, "No API key"), (403, "API key not accepted"), (404, "Not found"), (422, "Invalid request (names the value)"),
+    (429, "Rate limit exceeded (see Retry-After)"), (500, "Internal error"), (503, "A part the request needs is unavailable"),
+)}

@@ -63,6 +63,7 @@ def test_health_docs_and_ready_names_the_failing_part(api):
     assert ready.status_code == 503
     body = ready.json()
     assert body["failing"] == ["model"] and body["checks"]["model"]["message"] == "no model registered"
+    assert body["error"] == {"code": "not_ready", "message": "not ready: model: no model registered"}
     assert body["checks"]["warehouse"]["ok"] and body["checks"]["dagster"]["ok"]
     assert body["checks"]["bars"]["newest_bar_age_sessions"] > 0 and body["checks"]["bars"]["stale"]
 
