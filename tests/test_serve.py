@@ -97,7 +97,7 @@ def test_rate_limit_per_key_with_retry_after(world, monkeypatch):
 
     monkeypatch.setenv("IBF_API_RATE_LIMIT", "3")
     get_settings.cache_clear()
-    with running_server(create_app(get_settings())) as url, httpx.Client(base_url=url) as client:
+    with running_server(create_app(get_settings())) as url, httpx.Client(base_url=url, timeout=60) as client:
         assert [client.get("/models", headers=_auth()).status_code for _ in range(3)] == [200, 200, 200]
         limited = client.get("/models", headers=_auth())
         assert "3 requests per minute" in _error(limited, 429)
