@@ -128,8 +128,17 @@ def fresh_world(home: Path, n_symbols: int, years: int) -> tuple[list[str], str]
 def bench_fresh(args, env_base: dict[str, str]) -> None:
     import httpx
 
-    home = Path(tempfile.mkdtemp(prefix="ibf-bench-fresh-")) / "ibf_home"
-    symbols, newest = fresh_world(home, args.symbols, args.fresh_years)
+    if args.fresh_home:  # a world an earlier run built (training 500 symbols takes minutes)
+        from ibf_core.features.table import features_spec
+        from ibf_core.storage.warehouse import Warehouse
+
+        home = Path(args.fresh_home)
+        symbols = Warehouse(home).symbols(features_spec())
+        newest = str(Warehouse(home).query("SELECT max(date) AS d FROM features")["d"].iloc[0].date())
+    else:
+        home = Path(tempfile.mkdtemp(prefix="ibf-bench-fresh-")) / "ibf_home"
+        symbols, newest = fresh_world(home, args.symbols, args.fresh_years)
+        print(f"(reuse it with --fresh-home {home})")
     env = {**env_base, "IBF_HOME": str(home), "IBF_UNIVERSE": ",".join(symbols)}
     proc = start_server(env, args.port + 1)
     try:
@@ -156,6 +165,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--fresh", action="store_true", help="also measure fresh predictions for --symbols (trains a GBDT first)")
     parser.add_argument("--fresh-years", type=int, default=2)
+    parser.add_argument("--fresh-home", help="reuse the fresh world an earlier --fresh run built")
     parser.add_argument("--skip-stored", action="store_true")
     args = parser.parse_args()
 

@@ -310,3 +310,20 @@ def test_api_keys_file_and_cli_key(ibf_home, tmp_path, monkeypatch):
 
     with pytest.raises(SettingsError, match="IBF_API_KEYS"):
         load_settings()
+
+
+def test_cors_is_off_unless_configured(world, monkeypatch):
+    from ibf_serve.app import create_app
+    from ibf_serve.testing import running_server
+
+    preflight = {"Origin": "http://dash.example", "Access-Control-Request-Method": "GET"}
+    with running_server(create_app(get_settings())) as url:
+        assert "access-control-allow-origin" not in httpx.get(f"{url}/health", headers={"Origin": "http://dash.example"}).headers
+        assert "access-control-allow-origin" not in httpx.options(f"{url}/models", headers=preflight).headers
+    monkeypatch.setenv("IBF_API_CORS_ORIGINS", "http://dash.example")
+    get_settings.cache_clear()
+    with running_server(create_app(get_settings())) as url:
+        answer = httpx.options(f"{url}/models", headers=preflight)
+        assert answer.status_code == 200 and answer.headers["access-control-allow-origin"] == "http://dash.example"
+        other = httpx.options(f"{url}/models", headers={**preflight, "Origin": "http://evil.example"})
+        assert "access-control-allow-origin" not in other.headers

@@ -250,9 +250,11 @@ def test_real_prometheus_scrapes_the_api_and_every_dashboard_panel_returns_data(
     assert len(panels) >= 20 and all(p["datasource"]["uid"] == "ibf-prometheus" for p in panels)
     gpu = shutil.which("nvidia-smi") is not None
 
-    with running_server(create_app(trained)) as url:
+    # Scrape-time figures cached for 30 s (the default is 10): on a loaded 2-core machine computing them takes
+    # longer than a 2 s scrape timeout, and a cached scrape answers in milliseconds.
+    with running_server(create_app(trained.replace(api_metrics_cache_seconds=30))) as url:
         config = yaml.safe_load((root / "deploy/prometheus/prometheus.yml").read_text())
-        config["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
+        config["global"] = {"scrape_interval": "2s", "scrape_timeout": "2s", "evaluation_interval": "2s"}
         config["rule_files"] = [str(root / "deploy/prometheus/alerts.yml")]
         config["scrape_configs"][0]["static_configs"] = [{"targets": [url.removeprefix("http://")]}]
         (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
@@ -285,7 +287,11 @@ def test_real_prometheus_scrapes_the_api_and_every_dashboard_panel_returns_data(
                     pass
                 assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "prom.log").read_text()[-2000:]
                 time.sleep(0.5)
-            time.sleep(8)  # several scrapes, so rate() and histogram_quantile() have two points and more
+            deadline = time.monotonic() + 90
+            while not httpx.get(f"{prom}/query", params={"query": "ibf_rolling_mase"}, timeout=10).json()["data"]["result"]:
+                assert time.monotonic() < deadline, "no scrape carried the platform figures"
+                time.sleep(1)
+            time.sleep(10)  # several more scrapes, so rate() and histogram_quantile() have points to work on
             empty = []
             for panel in panels:
                 expr = panel["targets"][0]["expr"]
