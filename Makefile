@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.ibf-installed
 
-.PHONY: venv demo test test-fast ui bench clean
+.PHONY: venv demo test test-fast ui serve check-deploy bench clean
 
 venv: $(STAMP)
 
@@ -25,6 +25,16 @@ test-fast: $(STAMP)
 
 ui: $(STAMP)
 	$(BIN)/ibf ui
+
+serve: $(STAMP)
+	$(BIN)/ibf serve
+
+# Prometheus config, alert rules and their unit tests (Debian's prometheus package brings promtool).
+check-deploy:
+	command -v promtool >/dev/null || (apt-get install -y -q prometheus || (apt-get update -q && apt-get install -y -q prometheus))
+	promtool check config deploy/prometheus/prometheus.yml
+	promtool check rules deploy/prometheus/alerts.yml
+	cd deploy/prometheus && promtool test rules alerts_test.yml
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_backfill.py

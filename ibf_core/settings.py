@@ -178,6 +178,16 @@ class Settings(BaseSettings):
     drift_cusum_h: float = Field(5.0, gt=0, description="CUSUM decision interval on standardized forecast residuals")
     drift_coverage_tolerance: float = Field(0.05, gt=0, lt=1, description="Interval coverage may miss its nominal level by this much")
     retrain_cooldown_sessions: int = Field(21, ge=0, description="Sessions after a drift retrain during which no other is requested")
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="REST API keys as hex SHA-256 digests (comma list; ibf api-key new prints one)"
+    )
+    api_keys_file: Path | None = Field(None, description="File of REST API key digests, one per line (added to IBF_API_KEYS)")
+    api_rate_limit: int = Field(120, ge=0, description="REST API requests per minute per key (0 = no limit)")
+    api_max_symbols: int = Field(100, ge=1, description="Most symbols one REST API request may ask for")
+    api_metrics_public: bool = Field(True, description="Serve /metrics without an API key (for a Prometheus scraper)")
+    api_cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list, description="Origins allowed by CORS (comma list; empty = CORS off)")
+    api_metrics_cache_seconds: float = Field(10.0, ge=0, description="Seconds a scrape reuses the warehouse/instance figures of the previous one")
+    dagster_url: str = Field("http://127.0.0.1:3000", description="Dagster webserver (make ui) the REST API submits retrain runs to (GraphQL)")
     alert_webhook: SecretStr | None = Field(None, description="URL receiving a JSON POST (Slack-compatible) per failed check; a secret")
     alphavantage_api_key: SecretStr | None = Field(
         None,
@@ -218,7 +228,7 @@ class Settings(BaseSettings):
             found += url_secrets(self.alert_webhook.get_secret_value())
         return found
 
-    @field_validator("universe", "ib_ports", "model_members", mode="before")
+    @field_validator("universe", "ib_ports", "model_members", "api_keys", "api_cors_origins", mode="before")
     @classmethod
     def _comma_list(cls, value: Any) -> Any:
         return _split_list(value)
@@ -242,6 +252,14 @@ class Settings(BaseSettings):
         if unknown or not members:
             raise ValueError(f"members must be a non-empty comma list of {', '.join(known)} (unknown: {unknown})")
         return list(dict.fromkeys(members))
+
+    @field_validator("api_keys")
+    @classmethod
+    def _digests(cls, value: list[str]) -> list[str]:
+        digests = [v.strip().lower() for v in value]
+        if any(not re.fullmatch(r"[0-9a-f]{64}", d) for d in digests):
+            raise ValueError("API keys are given as hex SHA-256 digests (64 hex digits; ibf api-key new prints one)")
+        return digests
 
     @field_validator("ib_ports")
     @classmethod

@@ -24,6 +24,8 @@ from ibf_core.settings import SettingsError, get_settings, load_settings, normal
 app = typer.Typer(help="ibf: forecasting platform for Interactive Brokers market data.", no_args_is_help=True)
 universe_app = typer.Typer(help="The symbols partitioned by every per-symbol asset.", no_args_is_help=True)
 app.add_typer(universe_app, name="universe")
+api_key_app = typer.Typer(help="REST API keys (the service stores only their SHA-256 digests).", no_args_is_help=True)
+app.add_typer(api_key_app, name="api-key")
 err = Console(stderr=True)
 out = Console(soft_wrap=True)  # tables are wider than 80 columns; never re-wrap them
 _options = {"debug": False}
@@ -670,6 +672,27 @@ def _guard_commands(group: typer.Typer) -> None:
     for sub in group.registered_groups:
         if sub.typer_instance is not None:
             _guard_commands(sub.typer_instance)
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Address to bind (loopback by default)")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port of the REST API")] = 8000,
+) -> None:
+    """Serve the REST API (forecasts, models, retraining, metrics; OpenAPI at /docs) with uvicorn."""
+    from ibf_serve.app import serve as run_serve
+
+    run_serve(_settings(), host=host, port=port)
+
+
+@api_key_app.command("new")
+def api_key_new() -> None:
+    """Print a new API key (shown once) and the digest to put into IBF_API_KEYS or IBF_API_KEYS_FILE."""
+    from ibf_serve.auth import new_key
+
+    key, digest = new_key()
+    out.print(f"key:    {key}\ndigest: {digest}", highlight=False)
+    err.print("Give the key to the client; configure only the digest (IBF_API_KEYS=<digest>). The key is not stored.")
 
 
 def main() -> None:

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("ibf_core", "ibf_dagster")
+PACKAGES = ("ibf_core", "ibf_dagster", "ibf_serve")
 
 
 def modules() -> dict[str, Path]:

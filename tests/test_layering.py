@@ -30,3 +30,13 @@ def test_asset_modules_do_not_import_each_other():
 
 def test_storage_imports_none_of_its_users():
     assert metrics.storage_user_imports() == []
+
+
+def test_the_service_sits_on_top():
+    """ibf_core imports neither wiring nor the service; of ibf_dagster only the CLI calls the service."""
+    mods = metrics.modules()
+    assert "ibf_serve.app" in mods
+    core = [n for n, p in mods.items() if n.startswith("ibf_core") and any(i.startswith(("ibf_serve", "ibf_dagster")) for i in metrics.imports(p))]
+    assert core == []
+    dagster_side = [n for n, p in mods.items() if n.startswith("ibf_dagster") and any(i.startswith("ibf_serve") for i in metrics.imports(p))]
+    assert dagster_side == ["ibf_dagster.cli"]

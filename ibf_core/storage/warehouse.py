@@ -493,7 +493,9 @@ class Warehouse:
     ) -> pd.DataFrame:
         """Rows of a table (optionally a symbol x date slice), sorted by key; ``date`` as datetime64.
         Only the requested symbols' files are opened; a damaged one raises :class:`DamagedFile` naming it."""
-        wanted = self.symbols(spec) if symbols is None else [s for s in symbols if s in set(self.symbols(spec))]
+        stored = self.symbols(spec)  # listed once: listing per wanted symbol made a 500-symbol read quadratic (27 s)
+        known = set(stored)
+        wanted = stored if symbols is None else [s for s in symbols if s in known]
         files = [str(self._symbol_file(spec, s)) for s in wanted]
         if not files:
             return spec.schema.empty_table().to_pandas().assign(date=lambda f: pd.to_datetime(f["date"]))

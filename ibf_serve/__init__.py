@@ -1,0 +1,1 @@
+"""ibf's REST service: forecasts, models, retraining and Prometheus metrics over ``ibf_core`` (FastAPI)."""

@@ -1,0 +1,74 @@
+"""What the routes share: settings, the read-only warehouse, registry versions, verified bundles, the instance."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from ibf_core.settings import Settings
+from ibf_core.storage.warehouse import Warehouse
+
+_VERSIONS_TTL_S = 5.0  # a newly registered version is served within this many seconds
+
+
+class Services:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.store = Warehouse(settings.home_dir)  # only read (Warehouse.read / .query open read-only)
+        self._lock = threading.Lock()
+        self._versions: tuple[float, list] | None = None
+        self._bundles: dict[tuple[str, str], Any] = {}
+        self._instance = None
+        self._performance: tuple[float, Any] | None = None
+        from ibf_core.forecasts import NewestForecasts
+
+        self.newest = NewestForecasts(self.store)  # the newest origin in memory, re-read after each write
+
+    def versions(self) -> list:
+        """Registered versions (oldest cut-off first), re-read every few seconds."""
+        from ibf_core.models.registry import list_versions
+
+        with self._lock:
+            now = time.monotonic()
+            if self._versions is None or now - self._versions[0] > _VERSIONS_TTL_S:
+                # No MLflow store yet means no version; opening it would create it (the service only reads).
+                exists = (self.settings.home_dir / "mlflow.db").exists()
+                found = list_versions(self.settings.mlflow_uri, self.settings.model_name) if exists else []
+                self._versions = (now, found)
+            return self._versions[1]
+
+    def load_bundle(self, model):
+        """A registered bundle, verified against its manifest digest on every call (a tampered file is refused
+        even after the bundle was loaded once); the loaded members are kept in memory."""
+        from pathlib import Path
+
+        from ibf_core.models.bundle import verify_bundle
+        from ibf_core.models.registry import load_registered
+
+        key = (model.version, model.manifest_sha256)
+        cached = self._bundles.get(key)
+        if cached is not None:
+            verify_bundle(Path(self.settings.model_cache_dir) / model.name / model.version, model.manifest_sha256)
+            return cached
+        bundle = load_registered(self.settings.mlflow_uri, model, self.settings.model_cache_dir)
+        self._bundles[key] = bundle
+        return bundle
+
+    def instance(self):
+        """The persistent Dagster instance (the one the UI and the daemon use), opened once."""
+        from ibf_dagster.instance import get_instance
+
+        with self._lock:
+            if self._instance is None:
+                self._instance = get_instance(self.settings)
+            return self._instance
+
+    def performance(self):
+        """Pooled rolling performance per horizon, reused for the metrics cache period."""
+        from ibf_core.forecasts import performance
+
+        now = time.monotonic()
+        if self._performance is None or now - self._performance[0] > self.settings.api_metrics_cache_seconds:
+            self._performance = (now, performance(self.store, self.settings.drift_performance_sessions))
+        return self._performance[1]
