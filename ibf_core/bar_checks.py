@@ -88,6 +88,12 @@ class BarPolicy:
     tolerance: float = _setting_default("bar_repair_tolerance")
     date_format: str | None = _setting_default("csv_date_format")
 
+    def __post_init__(self) -> None:
+        if self.mode not in ("repair", "strict"):
+            raise ValueError(f"bar policy must be repair or strict, got {self.mode!r}")
+        if not 0 <= self.tolerance < 0.5:
+            raise ValueError(f"repair tolerance must be in [0, 0.5), got {self.tolerance!r}")
+
     @classmethod
     def from_settings(cls, settings: Settings) -> BarPolicy:
         return cls(settings.bar_policy, settings.bar_repair_tolerance, settings.csv_date_format)
