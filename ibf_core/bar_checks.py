@@ -88,6 +88,12 @@ class BarPolicy:
     tolerance: float = _setting_default("bar_repair_tolerance")
     date_format: str | None = _setting_default("csv_date_format")
 
+    def __post_init__(self) -> None:
+        if self.mode not in ("repair", "strict"):
+            raise ValueError(f"bar policy must be repair or strict, got {self.mode!r}")
+        if not 0 <= self.tolerance < 0.5:
+            raise ValueError(f"repair tolerance must be in [0, 0.5), got {self.tolerance!r}")
+
     @classmethod
     def from_settings(cls, settings: Settings) -> BarPolicy:
         return cls(settings.bar_policy, settings.bar_repair_tolerance, settings.csv_date_format)
@@ -181,9 +187,7 @@ def apply_policy(parsed: pd.DataFrame, origin: str, policy: BarPolicy) -> Checke
     """Repair, drop and record (repair) or reject listing every problem (strict); format facts in both."""
     if parsed.empty:
         return CheckedBars.empty()
-    work = parsed.assign(_order=np.arange(len(parsed)))
-    # Date order within a symbol for the fills; _order keeps the input order for "the last duplicate wins".
-    work = work.sort_values(["symbol", "date", "_order"], kind="stable").reset_index(drop=True)
+    work = _by_symbol_and_date(parsed.assign(_order=np.arange(len(parsed))))
     no_volume = _fill_absent(work, _Symbols.of(work))
     untrusted = _untrusted(work)
     partial = _partial_missing(work, untrusted.notna(), no_volume)
@@ -200,9 +204,21 @@ def apply_policy(parsed: pd.DataFrame, origin: str, policy: BarPolicy) -> Checke
     return _finish(work.loc[kept], pd.concat([untrusted_issues, ohlc_issues, duplicate_issues], ignore_index=True))
 
 
+def _by_symbol_and_date(work: pd.DataFrame) -> pd.DataFrame:
+    """Rows by symbol, date, then input order (``_order``: "the last duplicate wins"); a file already in that
+    order (most are) is not sorted again."""
+    symbols = work["symbol"].to_numpy(dtype=object)
+    days = work["date"].to_numpy(dtype="datetime64[ns]").view(np.int64)
+    same = symbols[1:] == symbols[:-1]
+    if bool(np.all((symbols[1:] > symbols[:-1]) | (same & (days[1:] >= days[:-1])))):
+        return work.reset_index(drop=True)
+    codes, _ = pd.factorize(symbols, sort=True)
+    return work.take(np.lexsort((work["_order"].to_numpy(), days, codes))).reset_index(drop=True)
+
+
 def _finish(work: pd.DataFrame, issues: pd.DataFrame) -> CheckedBars:
     notes = [c for c in work.columns if c.startswith(_NOTE)]
-    frame = pd.concat([to_canonical(work), work[notes].reset_index(drop=True)], axis=1)
+    frame = pd.concat([to_canonical(work, sort=False), work[notes].reset_index(drop=True)], axis=1)
     return CheckedBars(frame, _sorted_issues(issues))
 
 
@@ -363,29 +379,34 @@ def _fill_adj_close(work: pd.DataFrame, rows: pd.Series, kept: pd.Series) -> Non
     work.loc[rows, "adj_close"] = work.loc[rows, "close"] * nearest[rows]
 
 
-def _ohlc_excess(work: pd.DataFrame) -> pd.DataFrame:
-    """Relative size of each OHLC ordering violation (<= 0 where none), per rule."""
-    o, h, l, c = (work[k] for k in ("open", "high", "low", "close"))
-    return pd.DataFrame(
-        {
-            "high_below_low": (l - h) / h,
-            "open_outside_range": np.fmax((o - h) / h, (l - o) / l),
-            "close_outside_range": np.fmax((c - h) / h, (l - c) / l),
-        }
-    ).fillna(0.0)
+def _ohlc_excess(work: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Relative size of each OHLC ordering violation (<= 0 where none): high below low, open outside, close
+    outside [low, high] (numpy: this runs on every row)."""
+    o, h, l, c = (work[k].to_numpy(dtype=float) for k in ("open", "high", "low", "close"))
+    with np.errstate(divide="ignore", invalid="ignore"):  # zero prices are dropped rows, judged elsewhere
+        excess = ((l - h) / h, np.fmax((o - h) / h, (l - o) / l), np.fmax((c - h) / h, (l - c) / l))
+    return tuple(np.nan_to_num(e, nan=0.0) for e in excess)  # type: ignore[return-value]
 
 
-def _ohlc_rule(excess: pd.DataFrame) -> pd.Series:
-    """A broken range (high below low) names the row's problem; else the worse of open and close."""
-    outside = excess[["open_outside_range", "close_outside_range"]].idxmax(axis=1)
-    return outside.where(excess["high_below_low"] <= OHLC_TOLERANCE, "high_below_low")
+def _ohlc_worst(work: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
+    """The worst violation per row, and the rule naming it where there is one: a broken range (high below low)
+    names the row's problem, else the worse of open and close."""
+    high_low, open_out, close_out = _ohlc_excess(work)
+    worst = pd.Series(np.maximum(high_low, np.maximum(open_out, close_out)), index=work.index)
+    rule = pd.Series(pd.NA, index=work.index, dtype="object")
+    bad = (worst > OHLC_TOLERANCE).to_numpy()
+    rule[bad] = np.where(
+        high_low[bad] > OHLC_TOLERANCE,
+        "high_below_low",
+        np.where(open_out[bad] >= close_out[bad], "open_outside_range", "close_outside_range"),
+    )
+    return worst, rule
 
 
 def _judge_ohlc(work: pd.DataFrame, kept: pd.Series, tolerance: float) -> tuple[pd.DataFrame, pd.Series]:
     """Widen high/low over open/close where the worst violation is within ``tolerance``; the rows beyond it are
     returned to be dropped. Both are recorded with the values as they came."""
-    excess = _ohlc_excess(work)
-    worst, rule = excess.max(axis=1), _ohlc_rule(excess)
+    worst, rule = _ohlc_worst(work)
     bad = kept & (worst > OHLC_TOLERANCE)
     if not bad.any():
         return empty_issues(), bad
@@ -477,9 +498,9 @@ def _strict_problems(work: pd.DataFrame, untrusted: pd.Series, partial: dict[str
     rules = untrusted.copy()
     for column, rows in partial.items():
         rules[rows.to_numpy() & rules.isna().to_numpy()] = f"missing_{column}"
-    excess = _ohlc_excess(work)
-    violated = (excess.max(axis=1) > OHLC_TOLERANCE) & rules.isna()
-    rules[violated] = _ohlc_rule(excess)[violated]
+    worst, rule = _ohlc_worst(work)
+    violated = (worst > OHLC_TOLERANCE) & rules.isna()
+    rules[violated] = rule[violated]
     duplicate = _earlier_duplicates(work, pd.Series(True, index=work.index)) & rules.isna()
     rules[duplicate] = "duplicate_date"
     return rules

@@ -204,7 +204,8 @@ class _LoadContext:
 
     @classmethod
     def of(cls, bars: pd.DataFrame, lo: pd.Timestamp, hi: pd.Timestamp, source: str, recorded_at: pd.Timestamp) -> _LoadContext:
-        present = bars.groupby("date")["symbol"].nunique().to_dict() if len(bars) else {}
+        # (symbol, date) is unique after the bar policy: rows per date are symbols per date
+        present = bars["date"].value_counts().to_dict() if len(bars) else {}
         return cls(lo, hi, int(bars["symbol"].nunique()), present, source, recorded_at)
 
     def detail(self, day: pd.Timestamp, first: pd.Timestamp, last: pd.Timestamp) -> str:

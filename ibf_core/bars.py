@@ -177,12 +177,15 @@ def parse_bars(raw: pd.DataFrame, origin: str, date_format: str | None = None) -
     return frame
 
 
-def to_canonical(frame: pd.DataFrame) -> pd.DataFrame:
-    """The canonical columns (spread when present) with their dtypes, sorted by symbol and date."""
+def to_canonical(frame: pd.DataFrame, sort: bool = True) -> pd.DataFrame:
+    """The canonical columns (spread when present) with their dtypes, sorted by symbol and date (``sort=False``:
+    the caller's frame already is)."""
     columns = BAR_COLUMNS + [c for c in OPTIONAL_COLUMNS if c in frame.columns]
     dtypes = {**BAR_DTYPES, **{c: "float64" for c in OPTIONAL_COLUMNS if c in columns}}
     out = frame[columns].astype(dtypes)
-    return out.sort_values(["symbol", "date"], kind="stable").reset_index(drop=True)
+    if sort:
+        out = out.sort_values(["symbol", "date"], kind="stable")
+    return out.reset_index(drop=True)
 
 
 def validate_bars(

@@ -111,6 +111,9 @@ class Settings(BaseSettings):
         description="Bad rows of the csv source: repair small OHLC glitches and drop untrustworthy rows (recorded in "
         "bar_issues), or strict: reject the input listing every problem",
     )
+    # 1%: vendors' open/close and high/low come from different prints (auction vs consolidated tape) and are rounded
+    # apart, which puts them a few cents (<0.5%) outside the range; widening by up to 1% stays within a typical
+    # daily range (~2%), while a dropped row is a gap that training refuses. Beyond it the row itself is wrong.
     bar_repair_tolerance: float = Field(
         0.01,
         ge=0,

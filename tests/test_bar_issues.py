@@ -318,3 +318,10 @@ def test_a_clean_reload_clears_the_slices_issues(tmp_path):
     load_market_bars(CsvSource(write(tmp_path / "v.csv", make_bars()), REPAIR), warehouse, ["AAA", "BBB"], *Q1)
     assert warehouse.query("SELECT count(*) AS n FROM bar_issues")["n"].item() == 0
     assert not (warehouse.lake_dir / "bar_issues" / "AAA.parquet").exists()
+
+
+def test_a_policy_built_in_code_is_validated_too():
+    with pytest.raises(ValueError, match="repair or strict"):
+        BarPolicy(mode="fix")
+    with pytest.raises(ValueError, match="tolerance"):
+        BarPolicy(tolerance=-0.01)
