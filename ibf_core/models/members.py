@@ -1,8 +1,10 @@
 """The member protocol and the one registry of members (name -> class) that training, prediction and the bundle use.
 
 A member declares what it is (trained or a baseline, torch-backed, whether it reads the robust-scaled neural
-inputs, the sessions of history one forecast needs and reads, the bundle sub-folder it saves into) and
-implements ``fit``, ``predict``, ``save`` and ``load``. Every member of a bundle is built from the same
+inputs, the sessions of history one forecast needs and reads, the sessions one training needs
+(``train_sessions``, which sizes the windows on short histories), the bundle sub-folder it saves into) and
+implements ``fit``, ``predict``, ``save`` and ``load``; ``forecastable`` says which origins it can forecast
+(the others get NaN and the ensemble renormalizes over the members that can). Every member of a bundle is built from the same
 ``Inputs`` (the configuration and the training-window statistics the select step fixed), so adding a member
 is one class and one ``register`` call: ``train_models``, ``forecast``, ``save_bundle`` and ``load_bundle``
 need no change.
