@@ -112,6 +112,9 @@ def recover_dead_runs(instance: dg.DagsterInstance) -> list[FreedRun]:
         running, pid = run_process(instance, run)
         if running is not False:
             continue
+        current = instance.get_run_by_id(run.run_id)
+        if current is None or current.status in _FINISHED:  # ended meanwhile, or freed by another ibf process
+            continue
         instance.report_run_failed(run, message=f"ibf: the process of this run (pid {pid}) is gone; marked FAILED")
         pools = tuple(release_pool_slots(instance, run.run_id))
         freed.append(FreedRun(run.run_id, f"pid {pid} gone", True, pools))
