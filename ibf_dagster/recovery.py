@@ -112,6 +112,9 @@ def recover_dead_runs(instance: dg.DagsterInstance) -> list[FreedRun]:
         running, pid = run_process(instance, run)
         if running is not False:
             continue
+        current = instance.get_run_by_id(run.run_id)
+        if current is None or current.status in _FINISHED:  # ended meanwhile, or freed by another ibf process
+            continue
         instance.report_run_failed(run, message=f"ibf: the process of this run (pid {pid}) is gone; marked FAILED")
         pools = tuple(release_pool_slots(instance, run.run_id))
         freed.append(FreedRun(run.run_id, f"pid {pid} gone", True, pools))
@@ -149,21 +152,22 @@ class PoolWait:
         self.check_every_s = check_every_s
         self.error: str | None = None
         self.interrupted = False
-        self._since: dict[str, float] = {}
-        self._announced: dict[str, str] = {}
+        # per (pool, step): each step's wait is announced and timed on its own
+        self._since: dict[tuple[str, str], float] = {}
+        self._announced: dict[tuple[str, str], str] = {}
         self._checked = 0.0
 
     def _holders(self, pool: str) -> list[PoolClaim]:
         return [c for c in pool_claims(self.instance, [pool]) if c.claimed and c.run_id != self.run_id]
 
-    def _look(self, pool: str) -> str:
+    def _look(self, pool: str, step_key: str) -> str:
         """Free dead holders, then name the live ones (announced once per change)."""
         for freed in recover_dead_runs(self.instance):
             self.notify(freed.line())
         holders = sorted({c.run_id for c in self._holders(pool)})
         described = "; ".join(describe_run(self.instance, r) for r in holders) or "no run (the slot is being handed over)"
-        if self._announced.get(pool) != described:
-            self._announced[pool] = described
+        if self._announced.get((pool, step_key)) != described:
+            self._announced[(pool, step_key)] = described
             self.notify(f"waiting for pool {pool}: held by {described}; giving up after {self.timeout_s:.0f} s (IBF_POOL_WAIT_TIMEOUT)")
         return described
 
@@ -172,12 +176,12 @@ class PoolWait:
             self.interrupted = True
             raise KeyboardInterrupt()
         now = time.monotonic()
-        first = self._since.setdefault(pool, now)
+        first = self._since.setdefault((pool, step_key), now)
         if now == first or now - self._checked >= self.check_every_s:
             self._checked = now
-            self._look(pool)
+            self._look(pool, step_key)
         if now - first > self.timeout_s:
-            holder = self._announced.get(pool, "another run")
+            holder = self._announced.get((pool, step_key), "another run")
             self.error = (
                 f"gave up after {self.timeout_s:.0f} s waiting for pool {pool}: held by {holder}; let it finish, "
                 "stop it (Dagster UI: Runs), or raise IBF_POOL_WAIT_TIMEOUT"
