@@ -96,6 +96,7 @@ def sensor_result(settings, cursor=None):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # minutes of training and drift scoring; a loaded machine must not fail it
 def test_regime_change_triggers_exactly_one_gpu_retrain_and_predictions_follow(tmp_path, monkeypatch):
     import dagster as dg
 
@@ -141,6 +142,7 @@ def test_regime_change_triggers_exactly_one_gpu_retrain_and_predictions_follow(t
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # minutes of training and drift scoring; a loaded machine must not fail it
 def test_without_a_regime_change_no_retrain_is_requested(tmp_path, monkeypatch):
     settings = build_world(tmp_path, monkeypatch, shift=False)
     verdicts = monthly_drift(settings, ["2012-03-01", "2012-05-01"])
@@ -151,6 +153,7 @@ def test_without_a_regime_change_no_retrain_is_requested(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # minutes of training and drift scoring; a loaded machine must not fail it
 def test_policy_backtest_compares_never_fixed_and_drift_retraining():
     from ibf_core.evaluation.policy import backtest_policies, markdown
     from ibf_core.features.pipeline import compute_features
