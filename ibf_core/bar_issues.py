@@ -172,6 +172,9 @@ def _dates_after_write(
         "SELECT symbol, date FROM market_bars WHERE list_contains(?, symbol) AND (date < ? OR date > ?) "
         "ORDER BY symbol, date",
         [list(names), lo.date(), hi.date()],
+        # A damaged file of a symbol being loaded is quarantined by the bars write below (which says so); its rows
+        # count as gone. One of another symbol is not this load's to judge.
+        on_damaged=lambda path, reason: None,
     )
     out: dict[str, np.ndarray] = {}
     for frame in (stored, bars):  # each sorted by symbol and date; the two never share a date
