@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.ibf-installed
 
-.PHONY: venv demo test test-fast ui serve check-deploy bench clean
+.PHONY: venv demo test test-fast ui serve check-deploy bench bench-api clean
 
 venv: $(STAMP)
 
@@ -38,6 +38,11 @@ check-deploy:
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_backfill.py
+
+# The REST API under load (wrk from Debian is the load generator).
+bench-api: $(STAMP)
+	command -v wrk >/dev/null || (apt-get install -y -q wrk || (apt-get update -q && apt-get install -y -q wrk))
+	$(BIN)/python benchmarks/bench_api.py --fresh
 
 clean:
 	rm -rf $(VENV) .ibf

@@ -1,24 +1,27 @@
 """REST API benchmark (printed, not asserted): stored predictions of N symbols, C concurrent clients for S seconds
-on POST /predict (10 symbols x 6 horizons) and GET /rankings, then fresh predictions (optional, --fresh).
+on POST /predict (10 random symbols x 6 horizons) and GET /rankings, with and without a concurrent `ibf backfill`
+(market_bars + features of every symbol, from a CSV, in a loop), then fresh predictions (optional, --fresh).
 
-The server is `ibf serve` in its own process (one uvicorn worker); the clients are asyncio + httpx in this process,
-on the same machine (both share its cores).
+The server is `ibf serve --workers W` in its own processes; the load generator is wrk (C, keep-alive
+connections, one per client; `make bench-api` installs it from Debian), on the same machine: it shares the cores.
 
-    .venv/bin/python benchmarks/bench_api.py [--symbols 500 --clients 100 --seconds 30] [--fresh]
+    .venv/bin/python benchmarks/bench_api.py [--symbols 500 --clients 100 --seconds 30 --workers 1,2] [--fresh]
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
+import contextlib
 import hashlib
 import os
-import random
 import signal
 import subprocess
 import sys
+import shutil
 import tempfile
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -30,9 +33,9 @@ KEY = "bench-key"
 HEADERS = {"Authorization": f"Bearer {KEY}"}
 
 
-def start_server(env: dict[str, str], port: int) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-m", "ibf_dagster.cli", "serve", "--port", str(port)], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+def start_server(env: dict[str, str], port: int, workers: int = 1) -> subprocess.Popen:
+    proc = subprocess.Popen([str(Path(sys.executable).with_name("ibf")), "serve", "--port", str(port), "--workers", str(workers)],
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     import httpx
 
     deadline = time.monotonic() + 60
@@ -54,38 +57,75 @@ def stop(proc: subprocess.Popen) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
 
 
-async def load(url: str, make_request, clients: int, seconds: float) -> dict:
-    """``clients`` loops sending requests for ``seconds``; latencies of the successful ones, error count."""
-    import httpx
+# wrk script: one request shape per run, random symbols per request; prints one parsable line at the end.
+WRK_SCRIPT = """
+local symbols = {%(symbols)s}
+local mode = "%(mode)s"
+local headers = {["Authorization"] = "Bearer %(key)s", ["Content-Type"] = "application/json"}
+local horizons = {1, 5, 20}
+local threads = 0
+setup = function(thread) thread:set("id", threads); threads = threads + 1 end
+init = function(args) math.randomseed(%(seed)d + id) end
+request = function()
+  if mode == "rankings" then
+    return wrk.format("GET", "/rankings?top=20&horizon=" .. horizons[math.random(3)], headers)
+  end
+  local picked, seen = {}, {}
+  while #picked < 10 do
+    local s = symbols[math.random(#symbols)]
+    if not seen[s] then seen[s] = true; picked[#picked + 1] = '"' .. s .. '"' end
+  end
+  return wrk.format("POST", "/predict", headers, '{"symbols":[' .. table.concat(picked, ",") .. '],"horizons":[1,3,5,10,15,20]}')
+end
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format("RESULT %%d %%d %%d %%.3f %%.3f %%.3f %%.3f\n", summary.requests,
+    e.connect + e.read + e.write + e.status + e.timeout, summary.duration,
+    latency:percentile(50) / 1000, latency:percentile(95) / 1000, latency:percentile(99) / 1000, latency.max / 1000))
+end
+"""
 
-    latencies: list[float] = []
-    errors = 0
-    end = time.monotonic() + seconds
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as client:
-        # warm: the first request reads the newest origin into memory
-        await make_request(client)
 
-        async def one_client() -> None:
-            nonlocal errors
-            while time.monotonic() < end:
-                start = time.perf_counter()
-                try:
-                    response = await make_request(client)
-                    ok = response.status_code == 200
-                except httpx.HTTPError:
-                    ok = False
-                if ok:
-                    latencies.append(time.perf_counter() - start)
-                else:
-                    errors += 1
+def load(url: str, mode: str, symbols: list[str], clients: int, seconds: float, work: Path) -> dict:
+    """wrk with ``clients`` connections (each a client sending its next request when the last is answered)."""
+    script = work / f"{mode}.lua"
+    script.write_text(WRK_SCRIPT % {"symbols": ",".join(f'"{s}"' for s in symbols), "mode": mode, "key": KEY, "seed": 7})
+    threads = max(1, min(2, clients))
+    out = subprocess.run(["wrk", "-t", str(threads), "-c", str(clients), "-d", f"{seconds:.0f}s", "--timeout", "10s",
+                          "-s", str(script), url], capture_output=True, text=True, check=True).stdout
+    (line,) = [x for x in out.splitlines() if x.startswith("RESULT ")]
+    n, errors, micros, p50, p95, p99, worst = line.split()[1:]
+    return {"requests": int(n), "errors": int(errors), "rps": int(n) / (int(micros) / 1e6),
+            "p50": float(p50), "p95": float(p95), "p99": float(p99), "max": float(worst)}
 
-        started = time.monotonic()
-        await asyncio.gather(*(one_client() for _ in range(clients)))
-        wall = time.monotonic() - started
-    lat = np.array(latencies) * 1000
-    return {"requests": len(lat), "errors": errors, "rps": len(lat) / wall,
-            "p50": np.percentile(lat, 50), "p95": np.percentile(lat, 95), "p99": np.percentile(lat, 99)}
+
+@contextlib.contextmanager
+def backfilling(env: dict[str, str], csv: Path, symbols: list[str]) -> Iterator[list[int]]:
+    """`ibf backfill` of market_bars and features of every symbol from ``csv``, again and again, until the block
+    ends; yields the list the finished runs' exit codes go into."""
+    done: list[int] = []
+    stop_flag = threading.Event()
+
+    def loop() -> None:
+        while not stop_flag.is_set():
+            proc = subprocess.Popen([str(Path(sys.executable).with_name("ibf")), "backfill", "--source", "csv", "--csv", str(csv),
+                                     "--assets", "market_bars,features", "--start", "2021-01-04", "--end", "2021-03-31"],
+                                    cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+            while proc.poll() is None:
+                if stop_flag.wait(0.2):
+                    os.killpg(proc.pid, signal.SIGTERM)
+                    proc.wait()
+                    return
+            done.append(proc.returncode)
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    time.sleep(8)  # the first run past Dagster's start-up, into the writes
+    try:
+        yield done
+    finally:
+        stop_flag.set()
+        thread.join()
 
 
 def fresh_world(home: Path, n_symbols: int, years: int) -> tuple[list[str], str]:
@@ -140,7 +180,7 @@ def bench_fresh(args, env_base: dict[str, str]) -> None:
         symbols, newest = fresh_world(home, args.symbols, args.fresh_years)
         print(f"(reuse it with --fresh-home {home})")
     env = {**env_base, "IBF_HOME": str(home), "IBF_UNIVERSE": ",".join(symbols)}
-    proc = start_server(env, args.port + 1)
+    proc = start_server(env, args.port + 1, int(args.workers.split(",")[-1]))
     try:
         url = f"http://127.0.0.1:{args.port + 1}"
         times = []
@@ -167,6 +207,8 @@ def main() -> None:
     parser.add_argument("--fresh-years", type=int, default=2)
     parser.add_argument("--fresh-home", help="reuse the fresh world an earlier --fresh run built")
     parser.add_argument("--skip-stored", action="store_true")
+    parser.add_argument("--skip-backfill", action="store_true", help="leave out the run with a concurrent backfill")
+    parser.add_argument("--workers", default="1,2", help="comma list of ibf serve worker counts to measure")
     args = parser.parse_args()
 
     from ibf_serve.testing import write_stored_world
@@ -181,32 +223,39 @@ def main() -> None:
         bench_fresh(args, env)
     if args.skip_stored:
         return
+    if shutil.which("wrk") is None:
+        sys.exit("error: wrk is not installed: make bench-api installs it (apt-get install wrk)")
     started = time.perf_counter()
     world = write_stored_world(home, symbols, "2021-01-04", "2021-03-31")
     print(f"stored world: {args.symbols} symbols x {len(world['days'])} origins x 6 horizons "
           f"({len(world['predictions'])} prediction rows) in {time.perf_counter() - started:.1f} s")
-    rng = random.Random(7)
-
-    async def predict(client):
-        return await client.post("/predict", json={"symbols": rng.sample(symbols, 10), "horizons": [1, 3, 5, 10, 15, 20]}, headers=HEADERS)
-
-    async def rankings(client):
-        return await client.get("/rankings", params={"horizon": rng.choice([1, 5, 20]), "top": 20}, headers=HEADERS)
-
-    proc = start_server(env, args.port)
-    try:
-        url = f"http://127.0.0.1:{args.port}"
-        print(f"\n{args.clients} concurrent clients, {args.seconds:.0f} s each, one uvicorn worker, {os.cpu_count()} cores")
-        print("| endpoint | requests | errors | throughput (req/s) | p50 (ms) | p95 (ms) | p99 (ms) |")
-        print("|---|---:|---:|---:|---:|---:|---:|")
-        for name, make in (("POST /predict (10 symbols x 6 horizons, stored)", predict), ("GET /rankings (top 20)", rankings)):
-            r = asyncio.run(load(url, make, args.clients, args.seconds))
-            print(f"| {name} | {r['requests']} | {r['errors']} | {r['rps']:.0f} | {r['p50']:.1f} | {r['p95']:.1f} | {r['p99']:.1f} |")
-        r = asyncio.run(load(url, predict, 1, 10))
-        print(f"| POST /predict, one client (latency without queueing) | {r['requests']} | {r['errors']} | {r['rps']:.0f} | "
-              f"{r['p50']:.1f} | {r['p95']:.1f} | {r['p99']:.1f} |")
-    finally:
-        stop(proc)
+    csv = home.parent / "bars.csv"
+    world["bars"].drop(columns="source").to_csv(csv, index=False)
+    work = home.parent
+    print(f"\n{args.clients} concurrent clients (wrk connections), {args.seconds:.0f} s each, {os.cpu_count()} cores shared "
+          "by server, wrk and the backfill")
+    print("| workers | endpoint | concurrent backfill | requests | errors | throughput (req/s) | p50 (ms) | p95 (ms) | p99 (ms) | max (ms) |")
+    print("|---:|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    for workers in [int(w) for w in args.workers.split(",")]:
+        proc = start_server(env, args.port, workers)
+        try:
+            url = f"http://127.0.0.1:{args.port}"
+            load(url, "predict", symbols, 10, 2, work)  # warm: every worker reads the newest origin once
+            cases = [("predict", False, args.clients), ("rankings", False, args.clients)]
+            if not args.skip_backfill:
+                cases += [("predict", True, args.clients)]
+            cases += [("predict", False, 1)]
+            for mode, with_backfill, clients in cases:
+                name = {"predict": "POST /predict (10 symbols x 6 horizons, stored)", "rankings": "GET /rankings (top 20)"}[mode]
+                if clients == 1:
+                    name += ", one client"
+                with (backfilling(env, csv, symbols) if with_backfill else contextlib.nullcontext([])) as runs:
+                    r = load(url, mode, symbols, clients, args.seconds, work)
+                note = f"yes ({len(runs)} runs finished, exit {sorted(set(runs))})" if with_backfill else "no"
+                print(f"| {workers} | {name} | {note} | {r['requests']} | {r['errors']} | {r['rps']:.0f} | {r['p50']:.1f} | "
+                      f"{r['p95']:.1f} | {r['p99']:.1f} | {r['max']:.1f} |", flush=True)
+        finally:
+            stop(proc)
 
 
 if __name__ == "__main__":

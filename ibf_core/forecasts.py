@@ -67,40 +67,49 @@ def stored_forecasts(store, symbols: Sequence[str], horizons: Sequence[int], as_
 
     The ranks are the universe-wide ranks stored by the ``predictions`` asset, not re-ranked over ``symbols``.
     """
-    cached = newest.get() if newest is not None and (as_of is None or as_of == getattr(newest.get(), "as_of", None)) else None
+    cached = _cached(newest, as_of)
     if cached is not None:
-        found = _select(cached, symbols, horizons)
-        if found.frame.empty:
-            raise ForecastNotFound(f"no stored predictions on origin {cached.as_of} for the requested symbols")
-        return found
-    origin = as_of if as_of is not None else newest_origin(store)
-    if origin is None:
-        raise ForecastNotFound("no predictions are stored yet: materialize the predictions asset first")
+        return _found(_select(cached, symbols, horizons), "for the requested symbols")
+    origin = _origin(store, as_of)
     frame = store.read(PREDICTIONS, list(symbols), origin, origin)
-    frame = frame[frame["horizon"].isin(list(horizons))]
-    if frame.empty:
-        raise ForecastNotFound(f"no stored predictions on origin {origin} for the requested symbols")
-    return Forecasts(origin, _shape(frame), tuple(sorted(set(frame["model_version"]))))
+    return _found(_forecasts(origin, frame[frame["horizon"].isin(list(horizons))]), "for the requested symbols")
 
 
 def ranking(store, horizon: int, top: int, as_of: dt.date | None = None, newest: NewestForecasts | None = None) -> Forecasts:
     """The cross-sectional ranking of an origin (default: the newest, from ``newest`` when given) at ``horizon``:
     ranks 1..``top``."""
-    cached = newest.get() if newest is not None and (as_of is None or as_of == getattr(newest.get(), "as_of", None)) else None
+    cached = _cached(newest, as_of)
     if cached is not None:
-        found = _select(cached, horizons=[horizon], top=top)
-        if found.frame.empty:
-            raise ForecastNotFound(f"no stored predictions on origin {cached.as_of} at horizon {horizon}")
-        return found
-    origin = as_of if as_of is not None else newest_origin(store)
-    if origin is None:
-        raise ForecastNotFound("no predictions are stored yet: materialize the predictions asset first")
+        return _found(_select(cached, horizons=[horizon], top=top), f"at horizon {horizon}")
+    origin = _origin(store, as_of)
     frame = store.query(
         'SELECT * FROM predictions WHERE date = ? AND horizon = ? AND "rank" <= ? ORDER BY "rank"', [origin, horizon, top]
     )
-    if frame.empty:
-        raise ForecastNotFound(f"no stored predictions on origin {origin} at horizon {horizon}")
-    return Forecasts(origin, _shape(frame), tuple(sorted(set(frame["model_version"]))))
+    return _found(_forecasts(origin, frame), f"at horizon {horizon}")
+
+
+def _cached(newest: NewestForecasts | None, as_of: dt.date | None) -> Forecasts | None:
+    """The in-memory newest origin when it answers ``as_of`` (None: read the files)."""
+    value = newest.get() if newest is not None else None
+    return value if value is not None and (as_of is None or as_of == value.as_of) else None
+
+
+def _origin(store, as_of: dt.date | None) -> dt.date:
+    origin = as_of if as_of is not None else newest_origin(store)
+    if origin is None:
+        raise ForecastNotFound("no predictions are stored yet: materialize the predictions asset first")
+    return origin
+
+
+def _forecasts(origin: dt.date, frame: pd.DataFrame) -> Forecasts:
+    """PREDICTIONS rows of one origin as served forecasts."""
+    return Forecasts(origin, _shape(frame) if len(frame) else frame, tuple(sorted(set(frame["model_version"]))))
+
+
+def _found(found: Forecasts, what: str) -> Forecasts:
+    if found.frame.empty:
+        raise ForecastNotFound(f"no stored predictions on origin {found.as_of} {what}")
+    return found
 
 
 class NewestForecasts:
@@ -128,10 +137,14 @@ class NewestForecasts:
                 origin = newest_origin(self.store)
                 value = None
                 if origin is not None:
-                    frame = self.store.read(PREDICTIONS, None, origin, origin)
-                    value = Forecasts(origin, _shape(frame), tuple(sorted(set(frame["model_version"]))))
+                    value = _forecasts(origin, self.store.read(PREDICTIONS, None, origin, origin))
                 self._stamp, self._value = stamp, value
             return self._value
+
+    def is_current(self) -> bool:
+        """True when ``get()`` answers from memory: no predictions file was swapped in since the last read."""
+        stamp = self._folder_stamp()
+        return stamp is not None and stamp == self._stamp
 
     def symbols(self) -> set[str]:
         value = self.get()
@@ -200,7 +213,7 @@ def fresh_forecasts(store, versions, load, universe: list[str], symbols: Sequenc
     frame = frame[frame["horizon"].isin(list(horizons))]
     if frame.empty:
         raise ForecastNotFound(f"no features on origin {origin} for the requested symbols")
-    return Forecasts(origin, _shape(frame), tuple(sorted(set(frame["model_version"]))))
+    return _forecasts(origin, frame)
 
 
 def performance(store, window: int, as_of: dt.date | None = None, horizons: Sequence[int] = HORIZONS) -> pd.DataFrame:

@@ -190,6 +190,8 @@ class Settings(BaseSettings):
     api_metrics_public: bool = Field(True, description="Serve /metrics without an API key (for a Prometheus scraper)")
     api_cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list, description="Origins allowed by CORS (comma list; empty = CORS off)")
     api_metrics_cache_seconds: float = Field(10.0, ge=0, description="Seconds a scrape reuses the warehouse/instance figures of the previous one")
+    api_workers: int = Field(1, ge=1, le=64, description="Worker processes of ibf serve (more than one: metrics and the rate limit are shared through files in IBF_SERVE_RUN_DIR)")
+    serve_run_dir: Path | None = Field(None, description="Folder the workers of one ibf serve share (set by ibf serve for its workers; emptied at its start)")
     dagster_url: str = Field("http://127.0.0.1:3000", description="Dagster webserver (make ui) the REST API submits retrain runs to (GraphQL)")
     alert_webhook: SecretStr | None = Field(None, description="URL receiving a JSON POST (Slack-compatible) per failed check; a secret")
     alphavantage_api_key: SecretStr | None = Field(
@@ -350,3 +352,9 @@ def load_settings(**overrides: Any) -> Settings:
 def get_settings() -> Settings:
     """Process-wide settings (cached; tests call ``get_settings.cache_clear()``)."""
     return load_settings()
+
+
+def export_to_children(values: dict[str, str]) -> None:
+    """Put ``values`` into this process' environment for the processes it starts next (the workers of
+    ``ibf serve``); with ``Settings`` the one place that touches the environment."""
+    os.environ.update(values)

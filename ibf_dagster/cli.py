@@ -678,11 +678,12 @@ def _guard_commands(group: typer.Typer) -> None:
 def serve(
     host: Annotated[str, typer.Option(help="Address to bind (loopback by default)")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port of the REST API")] = 8000,
+    workers: Annotated[int | None, typer.Option(min=1, max=64, help="Worker processes (default IBF_API_WORKERS)")] = None,
 ) -> None:
     """Serve the REST API (forecasts, models, retraining, metrics; OpenAPI at /docs) with uvicorn."""
     from ibf_serve.app import serve as run_serve
 
-    run_serve(_settings(), host=host, port=port)
+    run_serve(_settings(), host=host, port=port, workers=workers)
 
 
 @api_key_app.command("new")

@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 from fastapi import Depends, FastAPI, Query, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 
 from ibf_core.settings import Settings
@@ -17,27 +18,8 @@ from ibf_serve.errors import ApiError
 from ibf_serve.metrics import Instruments, PlatformCollector
 from ibf_serve.schemas import ERROR_RESPONSES, PredictRequest, RetrainRequest
 from ibf_serve.services import Services
-
-
-def _jsonable(value: Any) -> Any:
-    """NaN/inf become null; dates ISO strings; numpy scalars plain numbers."""
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, (dt.date, dt.datetime)):
-        return value.isoformat()
-    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if value is not None and type(value).__name__ in ("NaTType", "NAType"):
-        return None
-    return value
-
-
-def _records(frame) -> list[dict[str, Any]]:
-    return [_jsonable(r) for r in frame.to_dict("records")]
+from ibf_serve.stored import jsonable as _jsonable
+from ibf_serve.stored import records as _records
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -46,11 +28,12 @@ def create_app(settings: Settings) -> FastAPI:
 
     services = Services(settings)
     keys = KeyRing(load_digests(settings.api_keys, settings.api_keys_file))
-    limiter = RateLimiter(settings.api_rate_limit)
-    instruments = Instruments()
+    shared = settings.serve_run_dir  # the folder the workers of one `ibf serve --workers N` share
+    limiter = RateLimiter(settings.api_rate_limit, keys.digests, shared / "rate-limit.bin" if shared else None)
+    instruments = Instruments(shared / "metrics" if shared else None)
     from ibf_serve.figures import platform_metrics
 
-    instruments.registry.register(PlatformCollector(lambda: platform_metrics(services), settings.api_metrics_cache_seconds))
+    instruments.exposed.register(PlatformCollector(lambda: platform_metrics(services), settings.api_metrics_cache_seconds))
 
     app = FastAPI(title="ibf", version="0.1.0", description="Forecasts, models, retraining and metrics of the ibf platform.",
                   responses=ERROR_RESPONSES)
@@ -67,12 +50,14 @@ def create_app(settings: Settings) -> FastAPI:
     # A plain ASGI middleware (not BaseHTTPMiddleware): it costs microseconds, not a task per request.
     app.add_middleware(Measure, instruments=instruments, scrub=scrub)
 
-    def authorized(request: Request) -> str:
+    # Dependencies and the stored-forecast routes are coroutines: a plain ``def`` would cost a thread hop per
+    # request. Anything that may read files runs in the thread pool.
+    async def authorized(request: Request) -> str:
         identity = keys.check(request.headers.get("authorization"))
         limiter.hit(identity)
         return identity
 
-    def warehouse_exists() -> None:
+    async def warehouse_exists() -> None:
         # Warehouse.query would create a missing warehouse; the service only ever reads, so it says 503.
         if not services.store.db_path.exists():
             raise ApiError(503, "the warehouse does not exist yet: run ibf backfill first")
@@ -80,10 +65,7 @@ def create_app(settings: Settings) -> FastAPI:
     auth = [Depends(authorized), Depends(warehouse_exists)]
     universe = set(settings.universe)
 
-    def known_symbols() -> set[str]:
-        return universe | services.newest.symbols()
-
-    def check_symbols(raw: list[str]) -> list[str]:
+    def check_symbols(raw: list[str], stored: frozenset[str] = frozenset()) -> list[str]:
         from ibf_core.settings import normalize_symbol
 
         if len(raw) > settings.api_max_symbols:
@@ -94,7 +76,7 @@ def create_app(settings: Settings) -> FastAPI:
                 out.append(normalize_symbol(s))
             except ValueError:
                 raise ApiError(422, f"symbols: {s[:20]!r} is not a valid symbol") from None
-        unknown = sorted(set(out) - known_symbols())
+        unknown = sorted(set(out) - universe - stored)
         if unknown:
             raise ApiError(422, f"symbols: unknown symbol(s) {', '.join(unknown[:10])}")
         return list(dict.fromkeys(out))
@@ -126,24 +108,41 @@ def create_app(settings: Settings) -> FastAPI:
         return JSONResponse(_jsonable(body), status_code=200 if ok else 503)
 
     # ----- forecasts -------------------------------------------------------------------------------------
+    async def newest_index():
+        """The newest origin's rendered forecasts (read again in the thread pool only after a write)."""
+        ready, index = services.served.without_waiting()
+        return index if ready else await run_in_threadpool(services.served.index)
+
+    def json_bytes(body: bytes) -> Response:
+        return Response(body, media_type="application/json")
+
     @app.post("/predict", dependencies=auth, tags=["forecasts"])
-    def predict(body: PredictRequest) -> JSONResponse:
+    async def predict(body: PredictRequest) -> Response:
         """Forecasts of symbols x horizons: stored (the newest origin, or ``as_of``) or computed now (``fresh``)."""
         from ibf_core.forecasts import ForecastNotFound, fresh_forecasts, stored_forecasts
         from ibf_core.models import ModelDataError, ModelLoadError
 
-        symbols, horizons = check_symbols(body.symbols), check_horizons(body.horizons)
+        index = await newest_index()
+        symbols = check_symbols(body.symbols, index.symbols if index is not None else frozenset())
+        horizons = check_horizons(body.horizons)
         mode = "fresh" if body.fresh else "stored"
         start = time.perf_counter()
+        if not body.fresh and index is not None and body.as_of in (None, index.as_of):
+            found = index.select(symbols, horizons)  # the common request: answered from memory
+            if not found.parts:
+                raise not_found(ForecastNotFound(f"no stored predictions on origin {index.as_of} for the requested symbols"))
+            instruments.prediction_latency.labels(mode).observe(time.perf_counter() - start)
+            instruments.predictions.labels(mode).inc(len(found.parts))
+            return json_bytes(found.body({"mode": mode}, "predictions"))
         try:
             if body.fresh:
-                versions = services.versions()
+                versions = await run_in_threadpool(services.versions)
                 if not versions:
                     raise ApiError(503, "no model is registered: train one first (ibf train)")
-                result = fresh_forecasts(services.store, versions, services.load_bundle, list(settings.universe),
-                                         symbols, horizons, body.as_of)
+                result = await run_in_threadpool(fresh_forecasts, services.store, versions, services.load_bundle,
+                                                 list(settings.universe), symbols, horizons, body.as_of)
             else:
-                result = stored_forecasts(services.store, symbols, horizons, body.as_of, services.newest)
+                result = await run_in_threadpool(stored_forecasts, services.store, symbols, horizons, body.as_of)
         except ForecastNotFound as exc:
             raise not_found(exc) from None
         except ModelLoadError as exc:
@@ -158,14 +157,20 @@ def create_app(settings: Settings) -> FastAPI:
                              "predictions": _records(result.frame)})
 
     @app.get("/rankings", dependencies=auth, tags=["forecasts"])
-    def rankings(horizon: int = Query(5, description="Sessions ahead"), top: int = Query(20, ge=1, le=10000),
-                 as_of: dt.date | None = Query(None, description="Origin session; default the newest")) -> JSONResponse:
+    async def rankings(horizon: int = Query(5, description="Sessions ahead"), top: int = Query(20, ge=1, le=10000),
+                       as_of: dt.date | None = Query(None, description="Origin session; default the newest")) -> Response:
         """The cross-sectional ranking (1 = highest expected return) of an origin at one horizon."""
         from ibf_core.forecasts import ForecastNotFound, ranking
 
         check_horizons([horizon])
+        index = await newest_index()
+        if index is not None and as_of in (None, index.as_of):
+            found = index.top(horizon, top)
+            if not found.parts:
+                raise not_found(ForecastNotFound(f"no stored predictions on origin {index.as_of} at horizon {horizon}"))
+            return json_bytes(found.body({"horizon": horizon}, "ranking"))
         try:
-            result = ranking(services.store, horizon, top, as_of, services.newest)
+            result = await run_in_threadpool(ranking, services.store, horizon, top, as_of)
         except ForecastNotFound as exc:
             raise not_found(exc) from None
         return JSONResponse({"as_of": result.as_of.isoformat(), "horizon": horizon, "model_version": result.model_versions[-1],
@@ -176,7 +181,8 @@ def create_app(settings: Settings) -> FastAPI:
         """A symbol's stored forecasts with realized outcomes where matured (``forecast_outcomes``)."""
         from ibf_core.forecasts import forecast_history
 
-        (name,) = check_symbols([symbol])
+        index = services.served.index()
+        (name,) = check_symbols([symbol], index.symbols if index is not None else frozenset())
         if start and end and start > end:
             raise ApiError(422, f"start: {start} is after end {end}")
         frame = forecast_history(services.store, name, start, end)
@@ -202,8 +208,38 @@ def _model_problem(exc: Exception) -> str:
     return "its bundle could not be loaded (see the server log)"
 
 
-def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8000) -> None:
-    """Run the API under uvicorn (one process; the per-request metrics live in it)."""
+def app_for_worker() -> FastAPI:
+    """The app of one worker process of ``ibf serve --workers N`` (uvicorn's factory; settings from the
+    environment the server process prepared)."""
+    from ibf_core.settings import get_settings
+
+    return create_app(get_settings())
+
+
+def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8000, workers: int | None = None) -> None:
+    """Run the API under uvicorn: one process, or ``workers`` processes sharing the port, the metrics and the
+    rate limit through a run folder (``<state>/serve/<port>/``, emptied at start; one server per port)."""
+    import fcntl
+    import shutil
+
     import uvicorn
 
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="info", access_log=False)
+    workers = workers or settings.api_workers
+    if workers == 1:
+        uvicorn.run(create_app(settings), host=host, port=port, log_level="info", access_log=False)
+        return
+    run_dir = settings.serve_run_dir or settings.home_dir / "serve" / str(port)
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    with open(run_dir.parent / f"{run_dir.name}.lock", "a") as lock:
+        try:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RuntimeError(f"another ibf serve uses {run_dir} (port {port})") from None
+        shutil.rmtree(run_dir, ignore_errors=True)  # the counters of a previous server on this port
+        (run_dir / "metrics").mkdir(parents=True)
+        from ibf_core.settings import export_to_children
+
+        # Read by the workers (spawned: fresh interpreters): prometheus_client at import, Settings at start.
+        export_to_children({"PROMETHEUS_MULTIPROC_DIR": str(run_dir / "metrics"), "IBF_SERVE_RUN_DIR": str(run_dir)})
+        uvicorn.run("ibf_serve.app:app_for_worker", factory=True, workers=workers, host=host, port=port,
+                    log_level="info", access_log=False)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import hmac
+import mmap
+import os
 import secrets
 import threading
 import time
-from collections import deque
 from pathlib import Path
 
 from ibf_serve.errors import ApiError
@@ -55,24 +58,64 @@ class KeyRing:
             raise ApiError(403, "API key not accepted")
         return match.hex()
 
+    @property
+    def digests(self) -> list[str]:
+        return [d.hex() for d in self._digests]
+
 
 class RateLimiter:
-    """At most ``per_minute`` requests per identity in any 60 s window (0 = unlimited)."""
+    """At most ``per_minute`` requests per identity in any 60 s window (0 = unlimited).
 
-    def __init__(self, per_minute: int, clock=time.monotonic):
+    Each identity keeps the times of its last ``per_minute`` requests in a ring; a request is allowed when the
+    oldest of them is more than 60 s old. The rings live in a memory map: anonymous for one process, a file
+    (``path``) shared by the server's worker processes, so several workers enforce one limit, not one each.
+    ``time.monotonic`` is the system-wide CLOCK_MONOTONIC on Linux, comparable across the workers.
+    """
+
+    def __init__(self, per_minute: int, identities: list[str], path: Path | None = None, clock=time.monotonic):
         self.per_minute, self._clock = per_minute, clock
-        self._hits: dict[str, deque[float]] = {}
+        self._slot = {identity: n for n, identity in enumerate(sorted(set(identities)))}
         self._lock = threading.Lock()
+        self._file = None
+        if not per_minute or not self._slot:
+            self._map = None
+            return
+        size = len(self._slot) * (per_minute + 1) * 8
+        if path is None:
+            self._map = mmap.mmap(-1, size)
+        else:
+            self._file = open(path, "a+b")  # noqa: SIM115 - held for the process' life, like the map
+            with _flock(self._file):
+                if os.fstat(self._file.fileno()).st_size != size:  # the first worker sizes it (zeros)
+                    self._file.truncate(size)
+            self._map = mmap.mmap(self._file.fileno(), size)
+        self._heads = memoryview(self._map).cast("q")  # slot k: [head, t_0 .. t_{n-1}] as int64 / float64
+        self._times = memoryview(self._map).cast("d")
 
     def hit(self, identity: str) -> None:
-        if not self.per_minute:
+        if self._map is None:
             return
-        now = self._clock()
-        with self._lock:
-            hits = self._hits.setdefault(identity, deque())
-            while hits and hits[0] <= now - 60.0:
-                hits.popleft()
-            if len(hits) >= self.per_minute:
-                retry = max(1, int(hits[0] + 60.0 - now + 0.999))
-                raise ApiError(429, f"rate limit of {self.per_minute} requests per minute exceeded", headers={"Retry-After": str(retry)})
-            hits.append(now)
+        n = self.per_minute
+        base = self._slot[identity] * (n + 1)
+        with self._lock, _flock(self._file):
+            now = self._clock()
+            head = self._heads[base]
+            oldest = self._times[base + 1 + head]
+            if oldest and oldest > now - 60.0:  # 0.0: a ring place never used
+                retry = max(1, int(oldest + 60.0 - now + 0.999))
+                raise ApiError(429, f"rate limit of {n} requests per minute exceeded", headers={"Retry-After": str(retry)})
+            self._times[base + 1 + head] = now
+            self._heads[base] = (head + 1) % n
+
+
+@contextlib.contextmanager
+def _flock(file):
+    """An exclusive lock on ``file`` for the workers sharing it (nothing to lock for an anonymous map)."""
+    if file is None:
+        yield
+        return
+    fcntl.flock(file.fileno(), fcntl.LOCK_EX)
+    try:
+        yield
+    finally:
+        fcntl.flock(file.fileno(), fcntl.LOCK_UN)

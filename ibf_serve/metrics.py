@@ -8,11 +8,13 @@ horizons; never a symbol.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -25,11 +27,26 @@ _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5
 
 
 class Instruments:
-    """The per-request instruments of one app, in its own registry (several apps never share counters)."""
+    """The per-request instruments of one app, in its own registry (several apps never share counters).
 
-    def __init__(self) -> None:
+    With ``shared_dir`` (the workers of one ``ibf serve --workers N``) prometheus_client keeps the values in
+    files there (it must have been imported with ``PROMETHEUS_MULTIPROC_DIR`` set to that folder); a scrape
+    answered by any worker sums every worker's counters and histograms, and the process figures of all of them.
+    """
+
+    def __init__(self, shared_dir: Path | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        ProcessCollector(registry=self.registry)  # process_cpu_seconds_total, process_resident_memory_bytes, ...
+        self.exposed = self.registry
+        if shared_dir is None:
+            ProcessCollector(registry=self.registry)  # process_cpu_seconds_total, process_resident_memory_bytes, ...
+        else:
+            from prometheus_client import multiprocess, values
+
+            if values.ValueClass.__name__ != "MmapedValue":
+                raise RuntimeError("prometheus_client was imported before PROMETHEUS_MULTIPROC_DIR was set")
+            self.exposed = CollectorRegistry()
+            multiprocess.MultiProcessCollector(self.exposed, path=str(shared_dir))
+            self.exposed.register(WorkersProcessCollector(shared_dir))
         self.requests = Counter("ibf_http_requests", "HTTP requests by route template, method and status",
                                 ["route", "method", "status"], registry=self.registry)
         self.latency = Histogram("ibf_http_request_duration_seconds", "HTTP request latency by route template",
@@ -42,7 +59,48 @@ class Instruments:
         self.retrains_requested = Counter("ibf_api_retrains_requested", "Retrain runs submitted through the API", registry=self.registry)
 
     def exposition(self) -> bytes:
-        return generate_latest(self.registry)
+        return generate_latest(self.exposed)
+
+
+class WorkersProcessCollector:
+    """CPU seconds and resident memory summed over the live worker processes sharing ``folder`` (found by the
+    pids in prometheus_client's file names) and their parent, the server process; read from ``/proc``."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self._tick = os.sysconf("SC_CLK_TCK")
+        self._page = os.sysconf("SC_PAGE_SIZE")
+
+    def _pids(self) -> set[int]:
+        found = {os.getpid(), os.getppid()}
+        for path in self.folder.glob("*.db"):
+            tail = path.stem.rsplit("_", 1)[-1]
+            if tail.isdigit():
+                found.add(int(tail))
+        return {p for p in found if Path(f"/proc/{p}/stat").exists()}
+
+    def collect(self) -> Iterator[Metric]:
+        cpu = memory = 0.0
+        counted = 0
+        for pid in self._pids():
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                pages = int(Path(f"/proc/{pid}/statm").read_text().split()[1])
+            except (OSError, IndexError, ValueError):
+                continue  # exited between the listing and the read
+            cpu += (int(fields[11]) + int(fields[12])) / self._tick  # utime, stime
+            memory += pages * self._page
+            counted += 1
+        cpu_total = counter("process_cpu_seconds", "CPU seconds of the server and its workers")
+        cpu_total.add_metric([], cpu)
+        rss = gauge("process_resident_memory_bytes", "Resident memory of the server and its workers")
+        rss.add_metric([], memory)
+        workers = gauge("ibf_serve_processes", "Processes of this ibf serve (server and workers) counted above")
+        workers.add_metric([], float(counted))
+        yield from (cpu_total, rss, workers)
+
+    def describe(self) -> list:
+        return []
 
 
 class PlatformCollector:

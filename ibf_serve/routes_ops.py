@@ -14,7 +14,8 @@ from ibf_serve.schemas import RetrainRequest
 
 
 def add(app: FastAPI, services, instruments, auth) -> None:
-    from ibf_serve.app import _jsonable, _records
+    from ibf_serve.stored import jsonable as _jsonable
+    from ibf_serve.stored import records as _records
 
     settings = services.settings
 

@@ -24,6 +24,9 @@ class Services:
         from ibf_core.forecasts import NewestForecasts
 
         self.newest = NewestForecasts(self.store)  # the newest origin in memory, re-read after each write
+        from ibf_serve.stored import ServedNewest
+
+        self.served = ServedNewest(self.newest)  # ... and rendered as JSON records once per origin
 
     def versions(self) -> list:
         """Registered versions (oldest cut-off first), re-read every few seconds."""

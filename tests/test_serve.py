@@ -222,6 +222,10 @@ def test_error_bodies_never_show_tracebacks_paths_or_secrets(api, world, monkeyp
 
     monkeypatch.setattr(forecasts, "ranking", explode)
     monkeypatch.setattr(forecasts, "stored_forecasts", explode)
+    from ibf_serve.stored import StoredIndex
+
+    monkeypatch.setattr(StoredIndex, "top", explode)  # the in-memory path of the newest origin
+    monkeypatch.setattr(StoredIndex, "select", explode)
     for response in (api.get("/rankings", headers=_auth()), api.post("/predict", json={"symbols": ["AAA"]}, headers=_auth())):
         assert _error(response, 500) == "internal error"
     for response in (api.get("/models", headers=_auth("x" * 30)), api.get("/ready"), api.post("/predict", json={"symbols": [KEY]}, headers=_auth())):
