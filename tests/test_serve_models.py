@@ -102,6 +102,34 @@ def test_fresh_equals_stored_and_models_are_described(api, trained):
 
 
 @pytest.mark.slow
+def test_the_api_answers_during_a_concurrent_ibf_backfill(api, trained):
+    """`ibf backfill` (its own process, a Dagster run) rewrites features and predictions while clients read."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {**os.environ, **ENV, "IBF_HOME": str(trained.home), "IBF_CONFIG": str(Path(trained.home) / "none.toml")}
+    before = api.post("/predict", json={"symbols": ["AAPL"], "horizons": [5]}, headers=AUTH).json()
+    proc = subprocess.Popen([str(Path(sys.executable).with_name("ibf")), "backfill", "--start", "2013-02-01", "--end", "2013-03-01",
+                             "--assets", "features,predictions"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    statuses = []
+    try:
+        while proc.poll() is None:
+            statuses.append(api.post("/predict", json={"symbols": ["AAPL", "MSFT"]}, headers=AUTH).status_code)
+            statuses.append(api.get("/rankings", params={"horizon": 5, "top": 4}, headers=AUTH).status_code)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err[-2000:]
+    assert len(statuses) >= 20 and set(statuses) == {200}, statuses
+    after = api.post("/predict", json={"symbols": ["AAPL"], "horizons": [5]}, headers=AUTH).json()
+    assert after == before  # the same model over the same features: the rewritten files hold the same forecasts
+
+
+@pytest.mark.slow
 def test_new_version_is_served_and_a_tampered_bundle_only_stops_fresh(api, trained):
     from ibf_dagster.runner import train
 
