@@ -139,7 +139,7 @@ def create_app(settings: Settings) -> FastAPI:
                 versions = await run_in_threadpool(services.versions)
                 if not versions:
                     raise ApiError(503, "no model is registered: train one first (ibf train)")
-                result = await run_in_threadpool(fresh_forecasts, services.store, versions, services.load_bundle,
+                result = await run_in_threadpool(fresh_forecasts, services.fresh_reads, versions, services.load_bundle,
                                                  list(settings.universe), symbols, horizons, body.as_of)
             else:
                 result = await run_in_threadpool(stored_forecasts, services.store, symbols, horizons, body.as_of)

@@ -16,6 +16,10 @@ class Services:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.store = Warehouse(settings.home_dir)  # only read (Warehouse.read / .query open read-only)
+        from ibf_core.storage.read_cache import ReadCache
+
+        # fresh predictions read the same bars and features again and again until a backfill swaps one in
+        self.fresh_reads = ReadCache(self.store)
         self._lock = threading.Lock()
         self._versions: tuple[float, list] | None = None
         self._bundles: dict[tuple[str, str], Any] = {}

@@ -284,3 +284,26 @@ def test_lake_files_are_readable_by_the_group_the_umask_allows(tmp_path, umask, 
     files = [p for p in (tmp_path / "home" / "lake").rglob("*") if p.is_file() and ".locks" not in p.parts]
     assert {p.name for p in files} >= {"AAA.parquet", "BBB.parquet", "_schema.parquet"}
     assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in files} == {p.name: mode for p in files}
+
+
+def test_read_cache_answers_from_memory_until_a_writer_swaps_a_file_in(ibf_home):
+    from ibf_core.storage.read_cache import ReadCache
+
+    store = Warehouse(ibf_home)
+    bars = canonical(make_bars(["AAA", "BBB"], "2021-01-04", "2021-02-26"))
+    store.replace_slice(MARKET_BARS, bars, ["AAA", "BBB"], "2021-01-04", "2021-02-26")
+    cached = ReadCache(store)
+    first = cached.read(MARKET_BARS, ["AAA"], "2021-01-04", "2021-01-29")
+    first["close"] = -1.0  # a caller changing its frame does not change the kept one
+    again = cached.read(MARKET_BARS, ["AAA"], "2021-01-04", "2021-01-29")
+    count = "SELECT count(*) AS n, sum(close) AS s FROM market_bars"
+    before = cached.query(count)
+    assert cached.query(count).equals(before) and (cached.hits, cached.misses) == (2, 2)
+    assert (again["close"] > 0).all()
+    pd.testing.assert_frame_equal(again, store.read(MARKET_BARS, ["AAA"], "2021-01-04", "2021-01-29"))
+    changed = bars[bars["symbol"] == "BBB"].assign(close=lambda f: f["close"] * 2, high=lambda f: f["high"] * 2,
+                                                    open=lambda f: f["open"] * 2, low=lambda f: f["low"] * 2)
+    store.replace_slice(MARKET_BARS, changed, ["BBB"], "2021-01-04", "2021-02-26")
+    after = cached.query(count)
+    assert cached.misses == 3 and after["s"].iloc[0] != before["s"].iloc[0]
+    assert after.equals(store.query(count))
