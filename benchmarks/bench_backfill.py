@@ -10,6 +10,7 @@ The bars are generated from the real sample: each synthetic symbol replays a rea
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -84,10 +85,14 @@ def ibf_library(path: Path, home: Path, symbols: list[str], start, end) -> int:
     return load_market_bars(CsvSource(path), Warehouse(home), symbols, start, end).write.rows_written
 
 
-def ibf_backfill(path: Path, home: Path, symbols: list[str], start: str, end: str, granularity: str) -> float:
-    """`ibf backfill` as a user runs it: a Dagster run on the persistent instance under IBF_HOME."""
+def ibf_backfill(path: Path, home: Path, symbols: list[str], start: str, end: str, granularity: str,
+                 pg_url: str | None = None) -> float:
+    """`ibf backfill` as a user runs it: a Dagster run on the persistent instance under IBF_HOME (SQLite), or on
+    the Postgres instance at ``pg_url``."""
     env = {**os.environ, "IBF_HOME": str(home), "IBF_UNIVERSE": ",".join(symbols),
            "IBF_HISTORY_START": start, "IBF_DATE_PARTITIONS": granularity}
+    if pg_url:
+        env["IBF_DAGSTER_PG_URL"] = pg_url
     ibf = str(Path(sys.executable).with_name("ibf"))
     subprocess.run([ibf, "universe", "list"], env=env, check=True, capture_output=True)  # registers the universe
     begin = time.perf_counter()
@@ -105,6 +110,7 @@ def main() -> None:
     parser.add_argument("--years", type=int, default=10)
     parser.add_argument("--granularity", default="year", choices=["day", "month", "year"])
     parser.add_argument("--skip-dagster", action="store_true", help="only the baseline and the library path")
+    parser.add_argument("--instance", default="sqlite", help="comma list: sqlite, postgres (a throw-away local PostgreSQL)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
@@ -126,11 +132,18 @@ def main() -> None:
                    "bare_duckdb_s": t_bare, "ibf_library_s": t_lib}
         print(f"{'bare DuckDB insert':32s} {t_bare:8.2f} s  {rows / t_bare:12,.0f} rows/s  1.00x")
         print(f"{'ibf library (validate+store)':32s} {t_lib:8.2f} s  {rows / t_lib:12,.0f} rows/s  {t_lib / t_bare:5.2f}x")
-        if not args.skip_dagster:
-            t_dag = ibf_backfill(data, tmp / "dag_home", symbols, str(start), str(end), args.granularity)
-            results.update({"ibf_backfill_s": t_dag, "granularity": args.granularity})
-            label = f"ibf backfill ({args.granularity} partitions)"
-            print(f"{label:32s} {t_dag:8.2f} s  {rows / t_dag:12,.0f} rows/s  {t_dag / t_bare:5.2f}x")
+        for instance in [] if args.skip_dagster else args.instance.split(","):
+            with contextlib.ExitStack() as stack:
+                url = None
+                if instance == "postgres":
+                    from ibf_dagster.stack.postgres import local_postgres
+
+                    url = stack.enter_context(local_postgres()).create_database("dagster")
+                t_dag = ibf_backfill(data, tmp / f"dag_home_{instance}", symbols, str(start), str(end), args.granularity, url)
+            results.update({f"ibf_backfill_{instance}_s": t_dag, "granularity": args.granularity})
+            label = f"ibf backfill, {instance} ({args.granularity})"
+            print(f"{label:32s} {t_dag:8.2f} s  {rows / t_dag:12,.0f} rows/s  {t_dag / t_bare:5.2f}x  "
+                  f"{t_dag / t_lib:5.2f}x the library path")
         if args.json:
             args.json.write_text(json.dumps(results, indent=2))
 

@@ -117,3 +117,10 @@ def command_line(pid: int, limit: int = 120) -> str | None:
         return None
     text = " ".join(part for part in raw.decode(errors="replace").split("\0") if part)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 free right now (for a server a test, benchmark or ``ibf stack`` starts)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

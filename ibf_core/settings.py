@@ -57,6 +57,15 @@ def url_secrets(url: str) -> list[str]:
     return out
 
 
+def _password(url: str) -> str | None:
+    from urllib.parse import urlsplit
+
+    try:
+        return urlsplit(url).password
+    except ValueError:
+        return None
+
+
 def _split_list(value: Any) -> Any:
     if isinstance(value, str):
         return [part for part in (p.strip() for p in value.split(",")) if part]
@@ -194,6 +203,12 @@ class Settings(BaseSettings):
     serve_run_dir: Path | None = Field(None, description="Folder the workers of one ibf serve share (set by ibf serve for its workers; emptied at its start)")
     dagster_url: str = Field("http://127.0.0.1:3000", description="Dagster webserver (make ui) the REST API submits retrain runs to (GraphQL)")
     alert_webhook: SecretStr | None = Field(None, description="URL receiving a JSON POST (Slack-compatible) per failed check; a secret")
+    dagster_pg_url: SecretStr | None = Field(
+        None, description="Postgres URL (postgresql://user:password@host:port/db) of the Dagster instance's run, event and schedule storage; unset: SQLite under IBF_HOME. A secret"
+    )
+    dagster_event_batch_size: int = Field(
+        1000, ge=0, description="With a Postgres instance: materialization events written per INSERT (DAGSTER_EVENT_BATCH_SIZE; 0 = one at a time)"
+    )
     alphavantage_api_key: SecretStr | None = Field(
         None,
         validation_alias=AliasChoices("ALPHAVANTAGE_API_KEY", "alphavantage_api_key"),
@@ -231,6 +246,9 @@ class Settings(BaseSettings):
             found.append(self.alphavantage_api_key.get_secret_value())
         if self.alert_webhook is not None:
             found += url_secrets(self.alert_webhook.get_secret_value())
+        if self.dagster_pg_url is not None:  # the URL and its password (its database name is no secret)
+            url = self.dagster_pg_url.get_secret_value()
+            found += [url] + [p for p in [_password(url)] if p]
         return found
 
     @field_validator("universe", "ib_ports", "model_members", "api_keys", "api_cors_origins", mode="before")

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-import socket
 import threading
 import time
 from collections.abc import Iterator
 
+from ibf_core.processes import free_port  # noqa: F401 - the tests and the benchmark import it from here
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+
 
 
 @contextlib.contextmanager

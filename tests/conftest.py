@@ -85,3 +85,13 @@ def dividend_bars(symbols=("AAPL", "IBM"), start="2020-01-02", end="2022-12-30",
             )
         )
     return pd.concat(frames, ignore_index=True)
+
+
+IBF_BIN = str(Path(__import__("sys").executable).with_name("ibf"))
+
+
+def run_ibf(*args: str, env: dict | None = None, timeout: float = 300):
+    """The ibf console script in its own process, with this test's environment (plus ``env``)."""
+    import subprocess
+
+    return subprocess.run([IBF_BIN, *args], capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})

@@ -6,11 +6,12 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+
+from ibf_core.processes import free_port
 
 from ibf_core.alerts import (
     ALERTS,
@@ -80,10 +81,6 @@ class Hook:
         self.thread.join(5)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def make_alert(n: int = 0, **overrides) -> Alert:

@@ -13,6 +13,8 @@ import duckdb
 import httpx
 import pytest
 
+from ibf_core.processes import free_port
+
 from ibf_core.settings import load_settings
 from ibf_dagster.definitions import build_definitions
 from ibf_dagster.instance import prepare_dagster_home
@@ -57,10 +59,6 @@ def test_open_analyst_session_does_not_block_a_backfill(ibf_home):
         assert analyst.execute("SELECT count(*) FROM market_bars").fetchone()[0] == 40  # sees the new rows
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.slow
