@@ -174,6 +174,12 @@ class Settings(BaseSettings):
     model_seed: int = Field(7, ge=0, description="Random seed of every member")
     model_name: str = Field("ibf-forecaster", description="MLflow registered-model name")
     mlflow_experiment: str = Field("ibf-training", description="MLflow experiment of training runs")
+    mlflow_tracking_uri: str | None = Field(
+        None, description="MLflow tracking store: an MLflow server (http://host:5000) or a database URL without a password; unset: SQLite under IBF_HOME"
+    )
+    mlflow_artifacts_uri: str | None = Field(
+        None, description="Where a new experiment keeps its artifacts (a path or s3://bucket/prefix); unset: IBF_HOME/mlflow-artifacts, or the tracking server's own store"
+    )
     cost_bps: float = Field(10.0, ge=0, description="Trading cost per side in basis points for the top-k spread metric")
     drift_performance_sessions: int = Field(30, ge=5, description="Sessions of matured forecasts in the rolling performance metrics")
     drift_horizon: int = Field(1, ge=1, description="Forecast horizon (sessions) the performance monitor and CUSUM watch")
@@ -276,6 +282,14 @@ class Settings(BaseSettings):
             raise ValueError(f"members must be a non-empty comma list of {', '.join(known)} (unknown: {unknown})")
         return list(dict.fromkeys(members))
 
+    @field_validator("mlflow_tracking_uri")
+    @classmethod
+    def _no_password_in_tracking_uri(cls, value: str | None) -> str | None:
+        # The URI travels in run config and metadata; a password belongs to the MLflow server (or MLFLOW_TRACKING_PASSWORD).
+        if value and _password(value):
+            raise ValueError("must not carry a password: run an MLflow server with that store, or set MLFLOW_TRACKING_PASSWORD")
+        return value
+
     @field_validator("api_keys")
     @classmethod
     def _digests(cls, value: list[str]) -> list[str]:
@@ -334,7 +348,21 @@ class Settings(BaseSettings):
 
     @property
     def mlflow_uri(self) -> str:
-        return f"sqlite:///{self.home_dir / 'mlflow.db'}"
+        return self.mlflow_tracking_uri or f"sqlite:///{self.home_dir / 'mlflow.db'}"
+
+    @property
+    def experiment_artifacts(self) -> Path | str | None:
+        """Where a new MLflow experiment keeps its artifacts (None: a tracking server's own store)."""
+        if self.mlflow_artifacts_uri:
+            return self.mlflow_artifacts_uri
+        if self.mlflow_tracking_uri and self.mlflow_tracking_uri.startswith(("http://", "https://")):
+            return None
+        return self.mlflow_artifacts_dir
+
+    @property
+    def mlflow_is_local(self) -> bool:
+        """True for the default SQLite store under IBF_HOME (which a reader must not create)."""
+        return self.mlflow_tracking_uri is None
 
     @property
     def cache_dir(self) -> Path:

@@ -26,6 +26,8 @@ universe_app = typer.Typer(help="The symbols partitioned by every per-symbol ass
 app.add_typer(universe_app, name="universe")
 api_key_app = typer.Typer(help="REST API keys (the service stores only their SHA-256 digests).", no_args_is_help=True)
 app.add_typer(api_key_app, name="api-key")
+stack_app = typer.Typer(help="The production topology as local processes: Postgres, MLflow server, code location, webserver, daemon, API.", no_args_is_help=True)
+app.add_typer(stack_app, name="stack")
 err = Console(stderr=True)
 out = Console(soft_wrap=True)  # tables are wider than 80 columns; never re-wrap them
 _options = {"debug": False}
@@ -684,6 +686,57 @@ def serve(
     from ibf_serve.app import serve as run_serve
 
     run_serve(_settings(), host=host, port=port, workers=workers)
+
+
+@stack_app.command("up")
+def stack_up(
+    api_workers: Annotated[int, typer.Option(min=1, max=64, help="Worker processes of the API")] = 1,
+) -> None:
+    """Start every service of the topology on loopback ports and keep them running until Ctrl-C or `ibf stack down`."""
+    from ibf_dagster.stack.run import stack
+
+    settings = _settings()
+    pid_file = settings.home_dir / "stack" / "stack.pid"
+    pid_file.parent.mkdir(parents=True, exist_ok=True)
+    from ibf_core.processes import ProcessRef, current, is_running, this_host
+
+    if pid_file.exists():  # "pid start-token": a stale file of a killed stack (or a reused pid) is no stack
+        pid, _, token = pid_file.read_text().strip().partition(" ")
+        if pid.isdigit() and is_running(ProcessRef(this_host(), int(pid), token or None)):
+            raise typer.BadParameter(f"a stack runs already for {settings.home_dir} (pid {pid}): ibf stack down first")
+    me = current()
+    with stack(settings, api_workers=api_workers, announce=lambda line: err.print(line, highlight=False, markup=False)):
+        pid_file.write_text(f"{me.pid} {me.start or ''}\n")
+        err.print("stack up; Ctrl-C or `ibf stack down` stops it", highlight=False)
+        try:
+            while True:
+                time.sleep(3600)
+        finally:
+            pid_file.unlink(missing_ok=True)
+
+
+@stack_app.command("down")
+def stack_down() -> None:
+    """Stop the stack `ibf stack up` runs for this IBF_HOME (every service, then its Postgres)."""
+    import os
+
+    pid_file = _settings().home_dir / "stack" / "stack.pid"
+    if not pid_file.exists():
+        raise typer.BadParameter("no stack runs for this IBF_HOME (no stack/stack.pid)")
+    from ibf_core.processes import ProcessRef, is_running, this_host
+
+    pid, _, token = pid_file.read_text().strip().partition(" ")
+    if not pid.isdigit() or not is_running(ProcessRef(this_host(), int(pid), token or None)):
+        pid_file.unlink(missing_ok=True)
+        raise typer.BadParameter("the stack recorded in stack/stack.pid is not running (removed the stale file)")
+    pid = int(pid)
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 120
+    while pid_file.exists() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    if pid_file.exists():
+        raise RuntimeError(f"the stack (pid {pid}) did not stop within 120 s")
+    err.print("stack down", highlight=False)
 
 
 @api_key_app.command("new")

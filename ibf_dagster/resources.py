@@ -68,6 +68,6 @@ def build_resources(settings: Settings) -> dict[str, object]:
         "mlflow": mlflow_tracking_resource(
             settings.mlflow_experiment,
             settings.mlflow_uri,
-            on_init=lambda: ensure_experiment(settings.mlflow_uri, settings.mlflow_experiment, settings.mlflow_artifacts_dir),
+            on_init=lambda: ensure_experiment(settings.mlflow_uri, settings.mlflow_experiment, settings.experiment_artifacts),
         ),
     }

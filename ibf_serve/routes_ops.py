@@ -28,7 +28,7 @@ def add(app: FastAPI, services, instruments, auth) -> None:
     @app.get("/models", dependencies=auth, tags=["models"])
     def models() -> dict[str, Any]:
         """Registered versions, oldest cut-off first."""
-        return {"name": settings.model_name, "versions": [_version_summary(v) for v in services.versions()]}
+        return {"name": settings.model_name, "versions": [_version_summary(v, settings) for v in services.versions()]}
 
     @app.get("/models/{version}", dependencies=auth, tags=["models"])
     def model(version: str) -> dict[str, Any]:
@@ -38,7 +38,7 @@ def add(app: FastAPI, services, instruments, auth) -> None:
         chosen = version_or_404(version)
         with tempfile.TemporaryDirectory() as tmp:
             facts = model_facts(settings.mlflow_uri, chosen, tmp)
-        return _jsonable({**facts, "mlflow_run": _run_link(chosen)})
+        return _jsonable({**facts, "mlflow_run": _run_link(chosen, settings)})
 
     @app.post("/retrain", dependencies=auth, status_code=202, tags=["runs"])
     def retrain(body: RetrainRequest) -> dict[str, Any]:
@@ -105,12 +105,16 @@ def add(app: FastAPI, services, instruments, auth) -> None:
         return Response(instruments.exposition(), media_type=CONTENT_TYPE_LATEST)
 
 
-def _version_summary(v) -> dict[str, Any]:
+def _version_summary(v, settings) -> dict[str, Any]:
     return {"version": v.version, "cutoff": v.cutoff.isoformat(), "run_id": v.run_id, "manifest_sha256": v.manifest_sha256,
-            "mlflow_run": _run_link(v)}
+            "mlflow_run": _run_link(v, settings)}
 
 
-def _run_link(v) -> str:
+def _run_link(v, settings) -> str:
+    """The version's page on the MLflow server, or relative to an MLflow UI over the local store."""
+    uri = settings.mlflow_uri
+    if uri.startswith(("http://", "https://")):
+        return f"{uri.rstrip('/')}/#/models/{v.name}/versions/{v.version}"
     return f"/#/experiments/runs/{v.run_id}"  # relative to the MLflow UI (mlflow ui --backend-store-uri ...)
 
 

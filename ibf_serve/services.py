@@ -40,7 +40,7 @@ class Services:
             now = time.monotonic()
             if self._versions is None or now - self._versions[0] > _VERSIONS_TTL_S:
                 # No MLflow store yet means no version; opening it would create it (the service only reads).
-                exists = (self.settings.home_dir / "mlflow.db").exists()
+                exists = not self.settings.mlflow_is_local or (self.settings.home_dir / "mlflow.db").exists()
                 found = list_versions(self.settings.mlflow_uri, self.settings.model_name) if exists else []
                 self._versions = (now, found)
             return self._versions[1]

@@ -38,8 +38,9 @@ class RegisteredModel:
     manifest_sha256: str
 
 
-def ensure_experiment(tracking_uri: str, experiment: str, artifact_root: Path) -> str:
-    """Create the experiment with its artifacts under ``artifact_root`` (not MLflow's cwd-relative default)."""
+def ensure_experiment(tracking_uri: str, experiment: str, artifact_root: Path | str | None) -> str:
+    """Create the experiment with its artifacts under ``artifact_root`` (a folder, not MLflow's cwd-relative
+    default; or a URI such as ``s3://bucket/prefix``; None: the tracking server's own artifact store)."""
     import mlflow
 
     mlflow.set_tracking_uri(tracking_uri)
@@ -47,6 +48,11 @@ def ensure_experiment(tracking_uri: str, experiment: str, artifact_root: Path) -
     found = client.get_experiment_by_name(experiment)
     if found is not None:
         return found.experiment_id
+    if artifact_root is None:
+        return client.create_experiment(experiment)
+    if isinstance(artifact_root, str) and "://" in artifact_root:
+        return client.create_experiment(experiment, artifact_location=artifact_root)
+    artifact_root = Path(artifact_root)
     artifact_root.mkdir(parents=True, exist_ok=True)
     return client.create_experiment(experiment, artifact_location=artifact_root.resolve().as_uri())
 

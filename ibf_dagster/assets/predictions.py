@@ -14,8 +14,13 @@ from ibf_dagster.resources import SettingsResource, WarehouseResource
 ERROR = dg.AssetCheckSeverity.ERROR
 CHECKS = {
     "finite_values": "Every forecast, bound and price is finite (ERROR)",
-    "intervals_ordered": "lower_95 <= lower_80 <= pred_return <= upper_80 <= upper_95 on every row (ERROR)",
+    "intervals_ordered": "lower_95 <= lower_80 <= upper_80 <= upper_95 on every row: the intervals nest (ERROR)",
     "all_symbols_present": "Every (symbol, origin session) of the run that has features has a row at every horizon (ERROR)",
+}
+# Not blocking: split-conformal bounds come from the validation residuals, so a model that was biased over its
+# validation window gets intervals shifted off its own point forecast. That is a calibration signal, not bad data.
+WARN_CHECKS = {
+    "point_within_80": "pred_return lies inside its own 80% interval on every row; rows outside mean the model was biased in validation (WARN)",
 }
 
 
@@ -38,7 +43,8 @@ def build_predictions(settings: Settings) -> dg.AssetsDefinition:
         tags={"layer": "predictions", "domain": "forecasting"},
         group_name="models",
         metadata={"dagster/column_schema": column_schema(spec), "dagster/table_name": spec.name},
-        check_specs=[dg.AssetCheckSpec(n, asset=spec.name, description=d, blocking=True) for n, d in CHECKS.items()],
+        check_specs=[dg.AssetCheckSpec(n, asset=spec.name, description=d, blocking=True) for n, d in CHECKS.items()]
+        + [dg.AssetCheckSpec(n, asset=spec.name, description=d) for n, d in WARN_CHECKS.items()],
         # The latest partitions follow new features after each close and every newly trained model.
         automation_condition=dg.AutomationCondition.eager(),
     )
@@ -91,14 +97,18 @@ def _checks(frame: pd.DataFrame, expected: set) -> list[dg.AssetCheckResult]:
 
     values = ["pred_return", "pred_price", "lower_80", "upper_80", "lower_95", "upper_95"]
     finite = bool(np.isfinite(frame[values].to_numpy(dtype=np.float64)).all()) if len(frame) else True
-    order = frame[["lower_95", "lower_80", "pred_return", "upper_80", "upper_95"]].to_numpy(dtype=np.float64) if len(frame) else np.zeros((0, 5))
-    disordered = int((np.diff(order, axis=1) < -1e-12).any(axis=1).sum())
+    bounds = frame[["lower_95", "lower_80", "pred_return", "upper_80", "upper_95"]].to_numpy(dtype=np.float64) if len(frame) else np.zeros((0, 5))
+    nested = bounds[:, [0, 1, 3, 4]]
+    disordered = int((np.diff(nested, axis=1) < -1e-12).any(axis=1).sum())
+    outside_80 = int(((bounds[:, 2] < bounds[:, 1] - 1e-12) | (bounds[:, 2] > bounds[:, 3] + 1e-12)).sum())
     have = set(zip(frame["symbol"], pd.to_datetime(frame["date"]), frame["horizon"])) if len(frame) else set()
     absent = sorted({(s, d) for s, d in expected for h in HORIZONS if (s, d, h) not in have})
     shown = ", ".join(f"{s} {d.date()}" for s, d in absent[:10]) + (f" and {len(absent) - 10} more" if len(absent) > 10 else "")
     return [
         dg.AssetCheckResult(check_name="finite_values", passed=finite, severity=ERROR, metadata={"rows": len(frame)}),
         dg.AssetCheckResult(check_name="intervals_ordered", passed=disordered == 0, severity=ERROR, metadata={"disordered_rows": disordered}),
+        dg.AssetCheckResult(check_name="point_within_80", passed=outside_80 == 0, severity=dg.AssetCheckSeverity.WARN,
+                            metadata={"rows_outside_80": outside_80, "rows": len(frame)}),
         dg.AssetCheckResult(
             check_name="all_symbols_present",
             passed=not absent,

@@ -1,0 +1,2 @@
+-- MLflow's backend store: its own database on the same server (the Dagster instance uses `dagster`).
+CREATE DATABASE mlflow;

@@ -1,0 +1,134 @@
+"""The production topology as real processes (`ibf stack`): a real PostgreSQL instance, an MLflow tracking server,
+the gRPC code location, the webserver, the daemon and the REST API. Through them: a UI-style backfill
+(GraphQL ``launchPartitionBackfill``) of bars and features, a training run submitted by the API, a UI-style
+backfill of predictions, all executed by the daemon's run workers; the model registered on the MLflow server;
+then a crashed daemon (kill -9) restarted with nothing stuck."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import time
+
+import httpx
+import pytest
+
+from ibf_core.settings import get_settings
+
+KEY = "stack-test-key"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+LAUNCH = """
+mutation Launch($params: LaunchBackfillParams!) {
+  launchPartitionBackfill(backfillParams: $params) {
+    __typename
+    ... on LaunchBackfillSuccess { backfillId }
+    ... on PythonError { message }
+    ... on UnauthorizedError { message }
+  }
+}"""
+STATUS = """
+query Status($id: String!) {
+  partitionBackfillOrError(backfillId: $id) {
+    ... on PartitionBackfill { status numCancelable runs: runs(limit: 100) { runId status } }
+    ... on PythonError { message }
+  }
+}"""
+
+
+def _graphql(web: str, query: str, variables: dict) -> dict:
+    answer = httpx.post(f"{web}/graphql", json={"query": query, "variables": variables}, timeout=60)
+    answer.raise_for_status()
+    body = answer.json()
+    assert "errors" not in body, body
+    return body["data"]
+
+
+def _backfill(web: str, assets: list[str], keys: list[str], timeout_s: float = 420) -> list[dict]:
+    """Launch a backfill as the UI's partition dialog does and wait for the daemon to finish it; its runs."""
+    params = {"assetSelection": [{"path": [a]} for a in assets], "partitionNames": keys, "fromFailure": False}
+    launched = _graphql(web, LAUNCH, {"params": params})["launchPartitionBackfill"]
+    assert launched["__typename"] == "LaunchBackfillSuccess", launched
+    deadline = time.monotonic() + timeout_s
+    while True:
+        found = _graphql(web, STATUS, {"id": launched["backfillId"]})["partitionBackfillOrError"]
+        if found["status"] not in ("REQUESTED",):
+            break
+        assert time.monotonic() < deadline, found
+        time.sleep(2)
+    assert found["status"] == "COMPLETED_SUCCESS" or found["status"] == "COMPLETED", found
+    failed = [r["runId"] for r in found["runs"] if r["status"] != "SUCCESS"]
+    assert found["runs"] and not failed, (found, [_failure(web, run_id) for run_id in failed])
+    return found["runs"]
+
+
+FAILURES = """
+query Logs($id: ID!) {
+  logsForRun(runId: $id) {
+    ... on EventConnection { events { __typename ... on ExecutionStepFailureEvent { error { message } }
+                                                   ... on RunFailureEvent { message } } }
+  }
+}"""
+
+
+def _failure(web: str, run_id: str) -> list[str]:
+    events = _graphql(web, FAILURES, {"id": run_id})["logsForRun"].get("events", [])
+    return [e.get("error", {}).get("message") or e.get("message") for e in events if e["__typename"] in ("ExecutionStepFailureEvent", "RunFailureEvent")]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+def test_the_topology_runs_ui_backfills_training_and_predictions_through_the_daemon(ibf_home, monkeypatch):
+    from ibf_dagster.instance import get_instance
+    from ibf_dagster.runner import sync_universe
+    from ibf_dagster.stack.run import stack
+
+    for name, value in {"IBF_UNIVERSE": "AAPL,MSFT", "IBF_HISTORY_START": "2011-01-01", "IBF_DATE_PARTITIONS": "year",
+                        "IBF_MODEL_MEMBERS": "gbdt", "IBF_ACCELERATOR": "cpu",
+                        "IBF_API_KEYS": hashlib.sha256(KEY.encode()).hexdigest(), "IBF_API_RATE_LIMIT": "0"}.items():
+        monkeypatch.setenv(name, value)
+    get_settings.cache_clear()
+    saved = dict(os.environ)  # the stack exports DAGSTER_HOME and the instance URL into this process
+    try:
+        with stack(get_settings()) as running:
+            web, api = running.urls["webserver"], running.urls["api"]
+            sync_universe(get_instance(running.settings), ["AAPL", "MSFT"])
+            keys = [f"{year}|{symbol}" for year in ("2011", "2012", "2013") for symbol in ("AAPL", "MSFT")]
+            runs = _backfill(web, ["market_bars", "features"], keys)
+            # Dagster splits a 2-D single-run backfill into one run per key of the smaller dimension, per asset step
+            assert len(runs) >= 2
+
+            with httpx.Client(base_url=api, timeout=120) as client:
+                answer = client.post("/retrain", json={"cutoff": "2012-12-31"}, headers=AUTH)
+                assert answer.status_code == 202, answer.text
+                run_id = answer.json()["run_id"]
+                deadline = time.monotonic() + 420
+                while (run := client.get(f"/runs/{run_id}", headers=AUTH).json())["status"] not in ("SUCCESS", "FAILURE", "CANCELED"):
+                    assert time.monotonic() < deadline, run
+                    time.sleep(2)
+                assert run["status"] == "SUCCESS", (run, running.log_tail("code"), running.log_tail("daemon"))
+                models = client.get("/models", headers=AUTH).json()["versions"]
+                assert [m["cutoff"] for m in models] == ["2012-12-31"]
+                assert models[0]["mlflow_run"].startswith(running.urls["mlflow"])  # registered on the MLflow server
+
+                _backfill(web, ["predictions"], ["2013|AAPL", "2013|MSFT"])
+                stored = client.post("/predict", json={"symbols": ["AAPL", "MSFT"], "horizons": [1, 5]}, headers=AUTH).json()
+                assert stored["model_version"] == models[0]["version"] and len(stored["predictions"]) == 4
+
+            # The MLflow server's store is Postgres-backed: the version is there, not in a local SQLite file.
+            assert not (ibf_home / "mlflow.db").exists()
+
+            # The daemon dies (kill -9) and comes back: a new backfill still runs to the end.
+            daemon = next(s for s in running.services if s.name == "daemon")
+            os.killpg(daemon.proc.pid, signal.SIGKILL)
+            daemon.proc.wait()
+            log = open(daemon.log, "ab")
+            daemon.proc = subprocess.Popen(daemon.argv, env=running.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            log.close()
+            _backfill(web, ["market_bars"], ["2013|AAPL"])
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+        get_settings.cache_clear()
+    assert not any(s.proc.poll() is None for s in running.services)  # all stopped
