@@ -404,3 +404,8 @@ def export_to_children(values: dict[str, str]) -> None:
     """Put ``values`` into this process' environment for the processes it starts next (the workers of
     ``ibf serve``); with ``Settings`` the one place that touches the environment."""
     os.environ.update(values)
+
+
+def child_environment(values: dict[str, str]) -> dict[str, str]:
+    """This process' environment plus ``values``: the environment of a service process ibf starts."""
+    return {**os.environ, **values}

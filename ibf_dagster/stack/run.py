@@ -118,11 +118,12 @@ def stack(settings: Settings, api_workers: int = 1, timeout_s: float = 240, anno
         prepare_dagster_home(settings)  # dagster.yaml with Postgres storage; exports DAGSTER_HOME and the URL
         workspace = folder / "workspace.yaml"
         workspace.write_text(GRPC_WORKSPACE.format(code_host="127.0.0.1", code_port=ports["code"]))
-        env = {**os.environ, "IBF_HOME": str(settings.home_dir), "DAGSTER_HOME": str(settings.dagster_home),
-               "IBF_DAGSTER_PG_URL": os.environ["IBF_DAGSTER_PG_URL"], "IBF_MLFLOW_TRACKING_URI": mlflow_uri,
-               "IBF_DAGSTER_URL": web_url, "PYTHONPATH": os.pathsep.join(p for p in [str(ROOT), os.environ.get("PYTHONPATH", "")] if p)}
+        from ibf_core.settings import child_environment
         from ibf_dagster.instance import _with_driver
 
+        env = child_environment({"IBF_HOME": str(settings.home_dir), "DAGSTER_HOME": str(settings.dagster_home),
+                                 "IBF_DAGSTER_PG_URL": _with_driver(dagster_url, "psycopg2"),
+                                 "IBF_MLFLOW_TRACKING_URI": mlflow_uri, "IBF_DAGSTER_URL": web_url})
         backend = _with_driver(mlflow_db, "psycopg2") if mlflow_db else f"sqlite:///{settings.home_dir / 'mlflow.db'}"
         values = {"bind": "127.0.0.1", "code_port": str(ports["code"]), "ui_port": str(ports["webserver"]),
                   "workspace": str(workspace), "mlflow_port": str(ports["mlflow"]), "mlflow_backend": backend,
