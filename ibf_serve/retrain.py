@@ -50,8 +50,20 @@ def submit_retrain(services, cutoff: dt.date | None) -> str:
     try:
         return client.submit_job_execution(ASSET_JOB, tags=tags,
                                            asset_selection=["trained_models"])
-    except DagsterGraphQLClientError as exc:
-        raise ApiError(503, f"the Dagster webserver refused the run ({str(exc).splitlines()[0][:200]})") from None
     except Exception as exc:  # noqa: BLE001 - connection refused, timeout: the webserver is not up
+        if isinstance(exc, DagsterGraphQLClientError) and not unreachable(exc):
+            raise ApiError(503, f"the Dagster webserver refused the run ({str(exc).splitlines()[0][:200]})") from None
         raise ApiError(503, f"the Dagster webserver at {services.settings.dagster_url} is not reachable ({type(exc).__name__}); start it with make ui") from None
+
+
+def unreachable(exc: BaseException) -> bool:
+    """Whether a GraphQL client error is a connection that never happened (the client wraps a refused or timed-out
+    connection in the same error type as a refused run)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        name = type(seen).__name__
+        if isinstance(seen, (ConnectionError, TimeoutError)) or "ConnectionFailed" in name or "Timeout" in name or "ConnectError" in name:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 

@@ -331,3 +331,18 @@ def test_cors_is_off_unless_configured(world, monkeypatch):
         assert answer.status_code == 200 and answer.headers["access-control-allow-origin"] == "http://dash.example"
         other = httpx.options(f"{url}/models", headers={**preflight, "Origin": "http://evil.example"})
         assert "access-control-allow-origin" not in other.headers
+
+
+def test_a_webserver_that_is_not_running_is_named_unreachable_not_a_refused_run():
+    """The real dagster-graphql client against a closed loopback port: it wraps the refused connection in
+    DagsterGraphQLClientError, which the API used to report as 'the Dagster webserver refused the run'."""
+    from dagster_graphql import DagsterGraphQLClient, DagsterGraphQLClientError
+
+    from ibf_serve.retrain import unreachable
+    from ibf_serve.testing import free_port
+
+    client = DagsterGraphQLClient("127.0.0.1", port_number=free_port(), timeout=5)
+    with pytest.raises(DagsterGraphQLClientError) as refused:
+        client.submit_job_execution("__ASSET_JOB", asset_selection=["trained_models"])
+    assert unreachable(refused.value)
+    assert not unreachable(DagsterGraphQLClientError("PipelineNotFoundError", "no such job"))
