@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.ibf-installed
 
-.PHONY: venv demo test test-fast ui serve check-deploy bench bench-api clean
+.PHONY: venv demo test test-fast ui serve stack check-deploy bench bench-api clean
 
 venv: $(STAMP)
 
@@ -28,6 +28,10 @@ ui: $(STAMP)
 
 serve: $(STAMP)
 	$(BIN)/ibf serve
+
+# The production topology as local processes (Postgres, MLflow server, code location, webserver, daemon, API).
+stack: $(STAMP)
+	$(BIN)/ibf stack up
 
 # Prometheus config, alert rules and their unit tests (Debian's prometheus package brings promtool).
 check-deploy:

@@ -212,6 +212,15 @@ class Settings(BaseSettings):
     dagster_pg_url: SecretStr | None = Field(
         None, description="Postgres URL (postgresql://user:password@host:port/db) of the Dagster instance's run, event and schedule storage; unset: SQLite under IBF_HOME. A secret"
     )
+    executor: Literal["default", "k8s"] = Field(
+        "default", description="How runs execute their steps: default (Dagster's multiprocess executor) or k8s (each step a Kubernetes Job, dagster_k8s.k8s_job_executor)"
+    )
+    k8s_gpu_node_selector: dict[str, str] = Field(
+        default_factory=dict, description="With IBF_EXECUTOR=k8s: node labels a GPU training step's pod must match (JSON object)"
+    )
+    k8s_gpu_tolerations: list[dict[str, Any]] = Field(
+        default_factory=list, description="With IBF_EXECUTOR=k8s: tolerations of a GPU training step's pod (JSON list of Kubernetes tolerations)"
+    )
     dagster_event_batch_size: int = Field(
         1000, ge=0, description="With a Postgres instance: materialization events written per INSERT (DAGSTER_EVENT_BATCH_SIZE; 0 = one at a time)"
     )

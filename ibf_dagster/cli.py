@@ -715,6 +715,18 @@ def stack_up(
             pid_file.unlink(missing_ok=True)
 
 
+@stack_app.command("prepare")
+def stack_prepare() -> None:
+    """Write the Dagster instance's dagster.yaml under IBF_HOME (Postgres storage when IBF_DAGSTER_PG_URL is set,
+    after a connection check) and print DAGSTER_HOME: what a container runs before dagster-webserver/-daemon."""
+    from ibf_dagster.instance import check_postgres, prepare_dagster_home
+
+    settings = _settings()
+    if settings.dagster_pg_url is not None:
+        check_postgres(settings)
+    out.print(str(prepare_dagster_home(settings)), highlight=False)
+
+
 @stack_app.command("down")
 def stack_down() -> None:
     """Stop the stack `ibf stack up` runs for this IBF_HOME (every service, then its Postgres)."""

@@ -11,6 +11,7 @@ from ibf_dagster.assets.market_bars import build_market_bars
 from ibf_dagster.assets.models import build_trained_models
 from ibf_dagster.assets.news import build_news_sentiment
 from ibf_dagster.assets.predictions import build_predictions
+from ibf_dagster.executors import executor_for
 from ibf_dagster.resources import build_resources
 from ibf_dagster.sensors import (
     build_check_alerts,
@@ -36,11 +37,12 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         sensors=[
             build_universe_sync(settings),
             build_retrain_on_drift(settings),
-            build_weekly_training(),
+            build_weekly_training(settings),
             build_check_alerts(settings),
             build_run_recovery(),
         ],
         resources=build_resources(settings),
+        executor=executor_for(settings),
     )
 
 

@@ -57,10 +57,11 @@ def _meta_value(value) -> object:
     return getattr(value, "value", value)
 
 
-def gpu_run_tags() -> dict[str, str]:
+def gpu_run_tags(settings: Settings | None = None) -> dict[str, str]:
     """Tags that ask for a GPU: ibf's run-queue tag and the Kubernetes resource request (k8s_job_executor)."""
-    k8s = {"container_config": {"resources": {"limits": {"nvidia.com/gpu": 1}, "requests": {"nvidia.com/gpu": 1}}}}
-    return {"ibf/accelerator": "gpu", "dagster-k8s/config": json.dumps(k8s)}
+    from ibf_dagster.executors import gpu_tags
+
+    return gpu_tags(settings)
 
 
 def build_retrain_on_drift(settings: Settings) -> dg.SensorDefinition:
@@ -104,7 +105,7 @@ def build_retrain_on_drift(settings: Settings) -> dg.SensorDefinition:
         request = dg.RunRequest(
             run_key=f"drift-retrain-{episode}",
             partition_key=cutoff.isoformat(),
-            tags={**gpu_run_tags(), "ibf/trigger": "drift", "ibf/drift_episode": str(episode)},
+            tags={**gpu_run_tags(settings), "ibf/trigger": "drift", "ibf/drift_episode": str(episode)},
         )
         context.log.info(f"drift episode from {episode}: retraining with cut-off {cutoff} ({'; '.join(meta.get('reasons') or [])})")
         return dg.SensorResult(
@@ -116,7 +117,7 @@ def build_retrain_on_drift(settings: Settings) -> dg.SensorDefinition:
     return retrain_on_drift
 
 
-def build_weekly_training() -> dg.SensorDefinition:
+def build_weekly_training(settings: Settings | None = None) -> dg.SensorDefinition:
     from ibf_core.features.table import features_spec
     from ibf_core.models.schedule import latest_weekly_cutoff
 
@@ -140,7 +141,7 @@ def build_weekly_training() -> dg.SensorDefinition:
         if pd.Timestamp(newest).date().isoformat() < cutoff:
             return dg.SkipReason(f"features reach {pd.Timestamp(newest).date()}, not the week's last session {cutoff} yet")
         return dg.SensorResult(
-            run_requests=[dg.RunRequest(run_key=f"weekly-{cutoff}", partition_key=cutoff, tags={**gpu_run_tags(), "ibf/trigger": "weekly"})],
+            run_requests=[dg.RunRequest(run_key=f"weekly-{cutoff}", partition_key=cutoff, tags={**gpu_run_tags(settings), "ibf/trigger": "weekly"})],
             dynamic_partitions_requests=[MODEL_CUTOFFS.build_add_request([cutoff])],
         )
 

@@ -46,7 +46,7 @@ def submit_retrain(services, cutoff: dt.date | None) -> str:
         instance.add_dynamic_partitions(MODEL_CUTOFFS.name, [day.isoformat()])
     url = urlsplit(services.settings.dagster_url)
     client = DagsterGraphQLClient(url.hostname or "127.0.0.1", port_number=url.port, use_https=url.scheme == "https", timeout=30)
-    tags = {**gpu_run_tags(), "dagster/partition": day.isoformat(), "ibf/launched_by": "ibf api"}
+    tags = {**gpu_run_tags(services.settings), "dagster/partition": day.isoformat(), "ibf/launched_by": "ibf api"}
     try:
         return client.submit_job_execution(ASSET_JOB, tags=tags,
                                            asset_selection=["trained_models"])

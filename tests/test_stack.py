@@ -2,7 +2,7 @@
 the gRPC code location, the webserver, the daemon and the REST API. Through them: a UI-style backfill
 (GraphQL ``launchPartitionBackfill``) of bars and features, a training run submitted by the API, a UI-style
 backfill of predictions, all executed by the daemon's run workers; the model registered on the MLflow server;
-then a crashed daemon (kill -9) restarted with nothing stuck."""
+then the daemon killed (kill -9) while a backfill runs, restarted, and the backfill finishing."""
 
 from __future__ import annotations
 
@@ -45,14 +45,23 @@ def _graphql(web: str, query: str, variables: dict) -> dict:
     return body["data"]
 
 
-def _backfill(web: str, assets: list[str], keys: list[str], timeout_s: float = 420) -> list[dict]:
-    """Launch a backfill as the UI's partition dialog does and wait for the daemon to finish it; its runs."""
+def _launch(web: str, assets: list[str], keys: list[str]) -> str:
+    """Launch a backfill as the UI's partition dialog does; its id."""
     params = {"assetSelection": [{"path": [a]} for a in assets], "partitionNames": keys, "fromFailure": False}
     launched = _graphql(web, LAUNCH, {"params": params})["launchPartitionBackfill"]
     assert launched["__typename"] == "LaunchBackfillSuccess", launched
+    return launched["backfillId"]
+
+
+def _backfill(web: str, assets: list[str], keys: list[str], timeout_s: float = 420) -> list[dict]:
+    """Launch a backfill and wait for the daemon to finish it; its runs."""
+    return _finished(web, _launch(web, assets, keys), timeout_s)
+
+
+def _finished(web: str, backfill_id: str, timeout_s: float = 420) -> list[dict]:
     deadline = time.monotonic() + timeout_s
     while True:
-        found = _graphql(web, STATUS, {"id": launched["backfillId"]})["partitionBackfillOrError"]
+        found = _graphql(web, STATUS, {"id": backfill_id})["partitionBackfillOrError"]
         if found["status"] not in ("REQUESTED",):
             break
         assert time.monotonic() < deadline, found
@@ -119,14 +128,16 @@ def test_the_topology_runs_ui_backfills_training_and_predictions_through_the_dae
             # The MLflow server's store is Postgres-backed: the version is there, not in a local SQLite file.
             assert not (ibf_home / "mlflow.db").exists()
 
-            # The daemon dies (kill -9) and comes back: a new backfill still runs to the end.
+            # The daemon dies (kill -9) while a backfill is being launched, and comes back: the backfill runs to the end.
+            backfill_id = _launch(web, ["market_bars", "features"], ["2013|AAPL", "2013|MSFT"])
+            time.sleep(3)
             daemon = next(s for s in running.services if s.name == "daemon")
             os.killpg(daemon.proc.pid, signal.SIGKILL)
             daemon.proc.wait()
             log = open(daemon.log, "ab")
             daemon.proc = subprocess.Popen(daemon.argv, env=running.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
             log.close()
-            _backfill(web, ["market_bars"], ["2013|AAPL"])
+            _finished(web, backfill_id)
     finally:
         os.environ.clear()
         os.environ.update(saved)

@@ -5,6 +5,7 @@ cadence is weekly (``ibf_core.models.schedule``); drift-triggered retrains add t
 complete session) as another partition.
 """
 
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -15,6 +16,7 @@ import pandas as pd
 
 from ibf_core.calendar import to_date
 from ibf_core.settings import Settings
+from ibf_dagster.executors import K8S_CONFIG_TAG, gpu_k8s_config
 from ibf_dagster.metadata import OWNERS
 from ibf_dagster.partitions import MODEL_CUTOFFS
 from ibf_dagster.resources import SettingsResource, WarehouseResource
@@ -34,7 +36,9 @@ def build_trained_models(settings: Settings) -> dg.AssetsDefinition:
         partitions_def=MODEL_CUTOFFS,
         deps=[dg.AssetDep("features", partition_mapping=dg.AllPartitionMapping())],
         pool="gpu",
-        op_tags={"ibf/accelerator": "gpu" if settings.accelerator == "gpu" else "auto"},
+        # With IBF_EXECUTOR=k8s this step runs as its own Job, in a pod with one GPU (the dagster-k8s/config tag).
+        op_tags={"ibf/accelerator": "gpu" if settings.accelerator == "gpu" else "auto",
+                 **({K8S_CONFIG_TAG: json.dumps(gpu_k8s_config(settings))} if settings.executor == "k8s" else {})},
         kinds={"pytorch", "lightgbm", "mlflow"},
         owners=OWNERS,
         tags={"layer": "models", "domain": "forecasting"},
