@@ -95,7 +95,8 @@ def _stop(service: Service, grace_s: float = 20) -> None:
 @contextlib.contextmanager
 def stack(settings: Settings, api_workers: int = 1, timeout_s: float = 240, announce: Callable[[str], None] = lambda _: None) -> Iterator[RunningStack]:
     """Start the topology for ``settings`` (a local PostgreSQL unless IBF_DAGSTER_PG_URL names one); stop it all
-    when the block ends, also on failure."""
+    when the block ends, also on failure. The services read their settings from the environment, as every ibf
+    process does: ``settings`` should be this process' (environment + config file), not built from overrides."""
     from ibf_dagster.instance import check_postgres, prepare_dagster_home
 
     folder = settings.home_dir / "stack"
