@@ -18,23 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import httpx
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-
-LAUNCH = """mutation Launch($params: LaunchBackfillParams!) { launchPartitionBackfill(backfillParams: $params) {
-  __typename ... on LaunchBackfillSuccess { backfillId } ... on PythonError { message } } }"""
-STATUS = """query Status($id: String!) { partitionBackfillOrError(backfillId: $id) {
-  ... on PartitionBackfill { status runs: runs(limit: 1000) { runId status } } } }"""
-
-
-def graphql(web: str, query: str, variables: dict) -> dict:
-    body = httpx.post(f"{web}/graphql", json={"query": query, "variables": variables}, timeout=120).json()
-    if "errors" in body:
-        raise RuntimeError(body["errors"])
-    return body["data"]
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -48,6 +33,7 @@ def main() -> None:
     from ibf_core.settings import load_settings
     from ibf_dagster.instance import get_instance
     from ibf_dagster.runner import sync_universe
+    from ibf_dagster.stack import backfills
     from ibf_dagster.stack.run import stack
 
     work = Path(tempfile.mkdtemp(prefix="ibf-bench-ui-"))
@@ -81,12 +67,7 @@ def main() -> None:
 
         keys = [f"{m}|{s}" for m in months for s in symbols]
         begin = time.perf_counter()
-        params = {"assetSelection": [{"path": ["market_bars"]}], "partitionNames": keys, "fromFailure": False}
-        launched = graphql(web, LAUNCH, {"params": params})["launchPartitionBackfill"]
-        if launched["__typename"] != "LaunchBackfillSuccess":
-            raise SystemExit(f"launch failed: {launched}")
-        while (found := graphql(web, STATUS, {"id": launched["backfillId"]})["partitionBackfillOrError"])["status"] == "REQUESTED":
-            time.sleep(1)
+        found = backfills.wait(web, backfills.launch(web, ["market_bars"], keys), timeout_s=3600, poll_s=1)
         ui_s = time.perf_counter() - begin
         runs = found["runs"]
         failed = [r for r in runs if r["status"] != "SUCCESS"]

@@ -118,3 +118,19 @@ def test_the_k8s_executor_runs_training_in_a_gpu_pod_on_the_configured_nodes(mon
     assert plain.executor_def is not k8s_job_executor
     assert "dagster-k8s/config" not in next(n for n in plain.graph.node_defs if n.name == "trained_models").tags
     get_settings.cache_clear()
+
+
+def test_a_second_stack_on_the_same_home_is_refused_before_it_starts_anything(ibf_home):
+    import fcntl
+
+    import pytest as _pytest
+
+    from ibf_dagster.stack.run import StackError, stack
+
+    folder = ibf_home / "stack"
+    folder.mkdir(parents=True)
+    with open(folder / "stack.lock", "a") as held:  # what a running `ibf stack up` holds
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)
+        with _pytest.raises(StackError, match="another ibf stack runs"), stack(get_settings()):
+            pass
+    assert sorted(p.name for p in folder.iterdir()) == ["stack.lock"]  # no Postgres, no service started

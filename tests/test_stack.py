@@ -16,74 +16,21 @@ import httpx
 import pytest
 
 from ibf_core.settings import get_settings
+from ibf_dagster.stack import backfills
 
 KEY = "stack-test-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
-LAUNCH = """
-mutation Launch($params: LaunchBackfillParams!) {
-  launchPartitionBackfill(backfillParams: $params) {
-    __typename
-    ... on LaunchBackfillSuccess { backfillId }
-    ... on PythonError { message }
-    ... on UnauthorizedError { message }
-  }
-}"""
-STATUS = """
-query Status($id: String!) {
-  partitionBackfillOrError(backfillId: $id) {
-    ... on PartitionBackfill { status numCancelable runs: runs(limit: 100) { runId status } }
-    ... on PythonError { message }
-  }
-}"""
+def _backfill(web: str, assets: list[str], keys: list[str]) -> list[dict]:
+    """Launch a backfill as the UI's partition dialog does and wait for the daemon to finish it; its runs."""
+    return _finished(web, backfills.launch(web, assets, keys))
 
 
-def _graphql(web: str, query: str, variables: dict) -> dict:
-    answer = httpx.post(f"{web}/graphql", json={"query": query, "variables": variables}, timeout=60)
-    answer.raise_for_status()
-    body = answer.json()
-    assert "errors" not in body, body
-    return body["data"]
-
-
-def _launch(web: str, assets: list[str], keys: list[str]) -> str:
-    """Launch a backfill as the UI's partition dialog does; its id."""
-    params = {"assetSelection": [{"path": [a]} for a in assets], "partitionNames": keys, "fromFailure": False}
-    launched = _graphql(web, LAUNCH, {"params": params})["launchPartitionBackfill"]
-    assert launched["__typename"] == "LaunchBackfillSuccess", launched
-    return launched["backfillId"]
-
-
-def _backfill(web: str, assets: list[str], keys: list[str], timeout_s: float = 420) -> list[dict]:
-    """Launch a backfill and wait for the daemon to finish it; its runs."""
-    return _finished(web, _launch(web, assets, keys), timeout_s)
-
-
-def _finished(web: str, backfill_id: str, timeout_s: float = 420) -> list[dict]:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        found = _graphql(web, STATUS, {"id": backfill_id})["partitionBackfillOrError"]
-        if found["status"] not in ("REQUESTED",):
-            break
-        assert time.monotonic() < deadline, found
-        time.sleep(2)
-    assert found["status"] == "COMPLETED_SUCCESS" or found["status"] == "COMPLETED", found
+def _finished(web: str, backfill_id: str) -> list[dict]:
+    found = backfills.wait(web, backfill_id)
+    assert found["status"] in ("COMPLETED_SUCCESS", "COMPLETED"), found
     failed = [r["runId"] for r in found["runs"] if r["status"] != "SUCCESS"]
-    assert found["runs"] and not failed, (found, [_failure(web, run_id) for run_id in failed])
+    assert found["runs"] and not failed, (found, [backfills.failures(web, run_id) for run_id in failed])
     return found["runs"]
-
-
-FAILURES = """
-query Logs($id: ID!) {
-  logsForRun(runId: $id) {
-    ... on EventConnection { events { __typename ... on ExecutionStepFailureEvent { error { message } }
-                                                   ... on RunFailureEvent { message } } }
-  }
-}"""
-
-
-def _failure(web: str, run_id: str) -> list[str]:
-    events = _graphql(web, FAILURES, {"id": run_id})["logsForRun"].get("events", [])
-    return [e.get("error", {}).get("message") or e.get("message") for e in events if e["__typename"] in ("ExecutionStepFailureEvent", "RunFailureEvent")]
 
 
 @pytest.mark.slow
@@ -129,7 +76,7 @@ def test_the_topology_runs_ui_backfills_training_and_predictions_through_the_dae
             assert not (ibf_home / "mlflow.db").exists()
 
             # The daemon dies (kill -9) while a backfill is being launched, and comes back: the backfill runs to the end.
-            backfill_id = _launch(web, ["market_bars", "features"], ["2013|AAPL", "2013|MSFT"])
+            backfill_id = backfills.launch(web, ["market_bars", "features"], ["2013|AAPL", "2013|MSFT"])
             time.sleep(3)
             daemon = next(s for s in running.services if s.name == "daemon")
             os.killpg(daemon.proc.pid, signal.SIGKILL)

@@ -99,9 +99,17 @@ def stack(settings: Settings, api_workers: int = 1, timeout_s: float = 240, anno
     process does: ``settings`` should be this process' (environment + config file), not built from overrides."""
     from ibf_dagster.instance import check_postgres, prepare_dagster_home
 
+    import fcntl
+
     folder = settings.home_dir / "stack"
     folder.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as cleanup:
+        # One stack per IBF_HOME, held for its whole life: two at once would share its instance and logs.
+        lock = cleanup.enter_context(open(folder / "stack.lock", "a"))
+        try:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise StackError(f"another ibf stack runs for {settings.home_dir}: ibf stack down stops it") from None
         if settings.dagster_pg_url is None:
             from ibf_dagster.stack.postgres import local_postgres
 
