@@ -4,7 +4,7 @@ The Dagster side (a sensor reading failed check evaluations) builds :class:`Aler
 :func:`record_alerts`; this module knows nothing about Dagster.
 
 Layout: ``lake/alerts/<YYYYMMDD>-<digest>.parquet``, one file per :func:`record_alerts` call that records
-something, written atomically (``ibf_core.storage.atomic``) under ``Warehouse.lock(lake/alerts, "_table")``;
+something, written by one ``TableStore.write`` holding the whole table's lock;
 the DuckDB view ``alerts`` reads them all. Recording is idempotent: an alert whose ``alert_id`` (a hash of asset,
 check, partition and evaluation id) is already stored is neither logged, posted nor written again.
 
@@ -25,27 +25,23 @@ import json
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
 from ibf_core.settings import url_secrets
-from ibf_core.storage import atomic
-from ibf_core.storage.tables import Column, TableSpec, data_files
+from ibf_core.storage.interface import WHOLE_TABLE, TableStore, Transaction
+from ibf_core.storage.tables import Column, TableSpec
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
-    from ibf_core.storage.warehouse import Warehouse
 
 log = logging.getLogger("ibf.alerts")
 
 SEVERITIES = ("ERROR", "WARN")
 REDACTED = "***"
 MIN_SECRET_LEN = 4
-_TABLE_LOCK = "_table"
-_ALERT_FILES = "[0-9]*.parquet"  # every data file of the table: all written under the table lock
 _MAX_BACKOFF_S = 30.0
 # Slack limits: section text <= 3000 characters, a field's text <= 2000, at most 10 fields.
 _SECTION_MAX = 2900
@@ -316,22 +312,9 @@ def _send(url: str, alert: Alert, *, timeout: float, attempts: int, wait_s: floa
 
 
 # ----- the table ------------------------------------------------------------------------------------
-def _folder(warehouse: Warehouse) -> Path:
-    return warehouse.table_dir(ALERTS)
-
-
-def ensure_alerts_table(warehouse: Warehouse) -> None:
-    """The folder, its schema file and the DuckDB view ``alerts``."""
+def ensure_alerts_table(warehouse: TableStore) -> None:
+    """The table and its DuckDB view ``alerts``."""
     warehouse.ensure_table(ALERTS)
-
-
-def _stored_ids(folder: Path) -> set[str]:
-    import pyarrow.parquet as pq
-
-    ids: set[str] = set()
-    for path in data_files(folder):
-        ids.update(pq.read_table(path, columns=["alert_id"]).column("alert_id").to_pylist())
-    return ids
 
 
 def _row(alert: Alert, webhook_status: str, secrets: list[str]) -> dict[str, Any]:
@@ -350,7 +333,7 @@ def _row(alert: Alert, webhook_status: str, secrets: list[str]) -> dict[str, Any
 
 
 def record_alerts(
-    warehouse: Warehouse,
+    warehouse: TableStore,
     alerts: list[Alert],
     webhook_url: str | None,
     log: Callable[[str], None] | None = None,
@@ -372,46 +355,49 @@ def record_alerts(
     url = (webhook_url or "").strip() or None
     secrets = _usable([*known_secrets(), *url_secrets(url or "")])
     ensure_alerts_table(warehouse)
-    folder = _folder(warehouse)
     if not alerts:
         return []
-    with warehouse.lock(folder, _TABLE_LOCK):
-        atomic.remove_stale_temps(folder, held=[_ALERT_FILES])
-        seen = _stored_ids(folder)
+    sent: dict[str, str] = {}  # alert_id -> webhook status: a write that runs build again never posts twice
+    unreachable = [False]
+
+    def build(tx: Transaction) -> list[dict[str, Any]]:
+        seen: set[str] = set()
+        for name in warehouse.partitions(ALERTS):
+            stored = tx.read(ALERTS, name, ["alert_id"])
+            seen.update(stored.column("alert_id").to_pylist() if stored is not None else [])
         fresh: list[Alert] = []
         for alert in alerts:
             if alert.alert_id not in seen:
                 seen.add(alert.alert_id)
                 fresh.append(alert)
         rows: list[dict[str, Any]] = []
-        unreachable = False
         for alert in fresh:
-            emit(alert_line(alert, secrets))
-            if url is None:
-                status = "not configured"
-            elif unreachable:
-                status = "failed: not sent, the webhook was unreachable for an earlier alert"
-            else:
-                outcome = _send(url, alert, timeout=timeout, attempts=attempts, wait_s=wait_s)
-                status, unreachable = outcome.status, outcome.unreachable
-            rows.append(_row(alert, status, secrets))
+            if alert.alert_id not in sent:
+                emit(alert_line(alert, secrets))
+                if url is None:
+                    status = "not configured"
+                elif unreachable[0]:
+                    status = "failed: not sent, the webhook was unreachable for an earlier alert"
+                else:
+                    outcome = _send(url, alert, timeout=timeout, attempts=attempts, wait_s=wait_s)
+                    status, unreachable[0] = outcome.status, outcome.unreachable
+                sent[alert.alert_id] = status
+            rows.append(_row(alert, sent[alert.alert_id], secrets))
         if not rows:
             return []
         rows.sort(key=lambda r: (r["raised_at"], r["alert_id"]))
         digest = hashlib.sha256("|".join(sorted(r["alert_id"] for r in rows)).encode()).hexdigest()[:16]
-        target = folder / f"{min(r['raised_at'] for r in rows):%Y%m%d}-{digest}.parquet"
-        table = pa.Table.from_pylist(rows, schema=ALERTS.schema)
-        atomic.write_parquet(target, table)
-    return rows
+        tx.put(ALERTS, f"{min(r['raised_at'] for r in rows):%Y%m%d}-{digest}", pa.Table.from_pylist(rows, schema=ALERTS.schema))
+        return rows
+
+    # The whole table: the check for stored ids and the write are one, so two callers never post or store twice.
+    return warehouse.write([(ALERTS, WHOLE_TABLE)], build)
 
 
-def read_alerts(warehouse: Warehouse) -> pd.DataFrame:
+def read_alerts(warehouse: TableStore) -> pd.DataFrame:
     """Every stored alert, sorted by raised_at then alert_id (``raised_at`` tz-aware UTC)."""
     import pandas as pd
-    import pyarrow.parquet as pq
 
-    tables = [pq.read_table(p, schema=ALERTS.schema) for p in data_files(_folder(warehouse))]
-    table = pa.concat_tables(tables) if tables else ALERTS.schema.empty_table()
-    frame = table.to_pandas()
+    frame = warehouse.read_partitions(ALERTS).to_pandas()
     frame["raised_at"] = pd.to_datetime(frame["raised_at"], utc=True)
     return frame.sort_values(["raised_at", "alert_id"], kind="stable").reset_index(drop=True)

@@ -6,31 +6,27 @@ Layout: ``lake/bar_issues/<SYMBOL>.parquet``, one file per symbol like ``market_
 and recomputes the symbol's ``missing_session`` rows over its whole stored range, so they always describe the
 stored bars (a missing session outside the slice keeps the row that first recorded it).
 
-Writing: under the ``bar_issues`` lock of each symbol (every market_bars load goes through here, so loads of the
-same symbol are serialized), the issue files are staged first, then ``Warehouse.replace_slice`` writes the bars
-(itself all-or-nothing), then the staged issue files are swapped in. A failure before the bars swap changes
-neither table; the issue swap right after the bars swap is renames only, and re-running the load repairs the one
-window a crash could leave (bars new, issues old).
+Writing: one ``TableStore.write`` over the ``market_bars`` and ``bar_issues`` partitions of the symbols (every
+market_bars load goes through here, so loads of the same symbol are serialized): the issues and the bars slice are
+one transaction. On the lake every file is staged before the first swap (a failure while preparing changes
+neither table; the swaps are renames only, and re-running the load repairs the one window a crash between them
+could leave); on DuckLake it is one commit.
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from ibf_core.bar_checks import DROPPED, FILLED, REPAIRED, REPORTED, BarSlice
 from ibf_core.calendar import trading_days
-from ibf_core.storage import atomic
+from ibf_core.storage.interface import TableStore, Transaction, WriteResult
 from ibf_core.storage.tables import MARKET_BARS, Column, TableSpec
-from ibf_core.storage.warehouse import Warehouse, WriteResult
 
 MISSING_SESSION = "missing_session"
 
@@ -103,7 +99,7 @@ class IssueSummary:
 
 # ----- writing --------------------------------------------------------------------------------------------
 def write_bars_and_issues(
-    warehouse: Warehouse,
+    warehouse: TableStore,
     loaded: BarSlice,
     symbols: Sequence[str],
     start: dt.date,
@@ -118,53 +114,43 @@ def write_bars_and_issues(
     recorded_at = pd.Timestamp(now or dt.datetime.now(dt.timezone.utc)).tz_convert("UTC").floor("us")
     for spec in (MARKET_BARS, BAR_ISSUES):  # their views, so the stored dates can be queried
         warehouse.ensure_table(spec)
-    folder = warehouse.table_dir(BAR_ISSUES)
     new = {str(s): g for s, g in loaded.issues.assign(source=source, recorded_at=recorded_at).groupby("symbol")}
     context = _LoadContext.of(loaded.bars, lo, hi, source, recorded_at)
-    with _locks(warehouse, folder, names):
-        atomic.remove_stale_temps(folder, held=[f"{s}.parquet" for s in names])
+
+    def build(tx: Transaction) -> tuple[WriteResult, list[pd.DataFrame]]:
         dates = _dates_after_write(warehouse, loaded.bars, names, lo, hi)
         recorded = []
-        with atomic.AtomicBatch() as batch:
-            for symbol in names:
-                rows = _stage_symbol(batch, folder / f"{symbol}.parquet", symbol, new.get(symbol), dates.get(symbol), context)
-                if rows is not None:
-                    recorded.append(rows[rows["date"].between(lo, hi)])
-            # Inside the batch: if the bars write fails, the staged issue files are discarded with it.
-            write = warehouse.replace_slice(MARKET_BARS, loaded.bars, symbols, start, end)
+        for symbol in names:
+            rows = _put_symbol(tx, symbol, new.get(symbol), dates.get(symbol), context)
+            if rows is not None:
+                recorded.append(rows[rows["date"].between(lo, hi)])
+        return tx.replace_slice(MARKET_BARS, loaded.bars, names, start, end), recorded
+
+    # One write: the issues and the bars of the load land together or not at all.
+    write, recorded = warehouse.write([(spec, s) for spec in (MARKET_BARS, BAR_ISSUES) for s in names], build)
     recorded = [r for r in recorded if len(r)]
     return write, pd.concat(recorded, ignore_index=True) if recorded else _empty()
 
 
-def _stage_symbol(
-    batch: atomic.AtomicBatch,
-    target: Path,
+def _put_symbol(
+    tx: Transaction,
     symbol: str,
     new: pd.DataFrame | None,
     dates: np.ndarray | None,
     context: _LoadContext,
 ) -> pd.DataFrame | None:
-    """Stage the symbol's issue file as it will be after the load (removed when nothing is left); its rows."""
-    old = _read(target)
+    """Write the symbol's issues as they will be after the load (removed when nothing is left); its rows."""
+    old = _frame(tx.read(BAR_ISSUES, symbol))
     rows = _symbol_rows(symbol, old, new, dates, context)
     if rows is not None:
-        batch.stage_parquet(target, _to_arrow(rows))
+        tx.put(BAR_ISSUES, symbol, _to_arrow(rows))
     elif old is not None:
-        batch.delete(target)
+        tx.delete(BAR_ISSUES, symbol)
     return rows
 
 
-@contextlib.contextmanager
-def _locks(warehouse: Warehouse, folder: Path, names: Sequence[str]) -> Iterator[None]:
-    """Each symbol's bar_issues lock, in sorted order (two loads never deadlock)."""
-    with contextlib.ExitStack() as stack:
-        for name in sorted(names):
-            stack.enter_context(warehouse.lock(folder, name))
-        yield
-
-
 def _dates_after_write(
-    warehouse: Warehouse, bars: pd.DataFrame, names: Sequence[str], lo: pd.Timestamp, hi: pd.Timestamp
+    warehouse: TableStore, bars: pd.DataFrame, names: Sequence[str], lo: pd.Timestamp, hi: pd.Timestamp
 ) -> dict[str, np.ndarray]:
     """Each symbol's stored dates (sorted datetime64) as they will be once the slice is replaced: outside it
     kept, inside it the new bars. Safe to read now: every writer of these symbols' bars holds our locks."""
@@ -271,10 +257,10 @@ def _empty() -> pd.DataFrame:
     return frame.assign(date=pd.Series(dtype="datetime64[ns]"), recorded_at=pd.Series(dtype="datetime64[ns, UTC]"))
 
 
-def _read(path: Path) -> pd.DataFrame | None:
-    if not path.exists():
+def _frame(table: pa.Table | None) -> pd.DataFrame | None:
+    if table is None:
         return None
-    frame = pq.read_table(path, schema=BAR_ISSUES.schema).to_pandas()
+    frame = table.to_pandas()
     return frame.assign(date=pd.to_datetime(frame["date"]))
 
 
@@ -287,7 +273,7 @@ def _to_arrow(rows: pd.DataFrame) -> pa.Table:
 
 
 def read_issues(
-    warehouse: Warehouse, symbols: Sequence[str] | None = None, start: dt.date | None = None, end: dt.date | None = None
+    warehouse: TableStore, symbols: Sequence[str] | None = None, start: dt.date | None = None, end: dt.date | None = None
 ) -> pd.DataFrame:
     """Stored issues (optionally a symbol x date slice), sorted by symbol, date, rule."""
     return warehouse.read(BAR_ISSUES, symbols, start, end)

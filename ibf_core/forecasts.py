@@ -124,10 +124,7 @@ class NewestForecasts:
         self._value: Forecasts | None = None
 
     def _folder_stamp(self) -> int | None:
-        try:
-            return self.store.table_dir(PREDICTIONS).stat().st_mtime_ns
-        except FileNotFoundError:
-            return None
+        return self.store.table_stamp(PREDICTIONS)
 
     def get(self) -> Forecasts | None:
         """The newest origin's forecasts (all symbols and horizons), or None when none are stored."""

@@ -171,7 +171,9 @@ def test_a_failed_bars_write_leaves_both_tables_as_they_were(tmp_path, monkeypat
     def broken(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(Warehouse, "replace_slice", broken)
+    from ibf_core.storage.warehouse import _LakeTransaction
+
+    monkeypatch.setattr(_LakeTransaction, "replace_slice", broken)  # the bars part of the one write
     with pytest.raises(OSError, match="disk full"):
         load_market_bars(CsvSource(write(tmp_path / "w.csv", changed), REPAIR), warehouse, ["AAA", "BBB"], *Q1)
     after = {p: p.read_bytes() for f in folders for p in sorted(f.iterdir()) if p.is_file()}

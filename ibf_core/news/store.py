@@ -1,44 +1,38 @@
 """Raw news in the lake: ``news_articles`` (one row per URL) and ``news_mentions`` (article x ticker), plus the
 per-source fetch progress that lets an Alpha Vantage backfill resume after the daily quota runs out.
 
-Layout (Parquet, replaced atomically by ``ibf_core.storage.atomic`` under ``Warehouse.lock``):
+Layout (partitions of the warehouse, written by one ``TableStore.write``):
 
-- ``lake/news_articles/<YYYY-MM>.parquet``: articles by UTC month of ``published_at``. A URL lives in exactly one
-  file: a write first removes its URLs from every file that holds them (a re-published article may change month).
-- ``lake/news_mentions/<SYMBOL>.parquet``: one row per (symbol, url).
-- ``lake/news_progress/<source>.json``: per symbol the time ranges already fetched completely, and today's request
+- ``news_articles`` partitioned by UTC month of ``published_at`` (``lake/news_articles/<YYYY-MM>.parquet``). A URL
+  lives in exactly one month: a write first removes its URLs from every month that holds them (a re-published
+  article may change month).
+- ``news_mentions`` partitioned by symbol: one row per (symbol, url).
+- ``<state>/news_progress/<source>.json`` (``lake/`` for the Parquet lake): per symbol the time ranges already fetched completely, and today's request
   count (the daily quota), for one source (base URL), so a loopback server never marks real data as fetched.
 
 Writes are upserts (the new row for a URL / (symbol, url) replaces the old one), so re-running the same fetch
-gives identical files. All files of one write are staged (one ``AtomicBatch``) before the first is swapped in;
-any failure while staging leaves every table as it was. Leftover temp files of dead writers are removed under the
-locks that cover them.
+gives identical files. One write is one transaction: any failure while preparing it leaves every table as it was.
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import json
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
 from ibf_core.storage import atomic
-from ibf_core.storage.tables import Column, TableSpec, data_files
+from ibf_core.storage.interface import WHOLE_TABLE, TableStore, Transaction
+from ibf_core.storage.tables import Column, TableSpec
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
-    from ibf_core.storage.warehouse import Warehouse
-
 _UTC_TS = pa.timestamp("us", tz="UTC")
-_TABLE_LOCK = "_table"
-_MONTH_FILES = "[0-9]*.parquet"  # every news_articles data file: all written under the table lock
 
 NEWS_ARTICLES = TableSpec(
     name="news_articles",
@@ -149,31 +143,21 @@ def _sorted(spec: TableSpec, frame: pd.DataFrame) -> pd.DataFrame:
 
 
 # ----- layout ---------------------------------------------------------------------------------------
-def ensure_news_tables(warehouse: Warehouse) -> None:
+def ensure_news_tables(warehouse: TableStore) -> None:
     """Folders, schema files and the DuckDB views ``news_articles`` and ``news_mentions``."""
     for spec in NEWS_TABLES:
         warehouse.ensure_table(spec)
 
 
-def _month_file(folder: Path, month: str) -> Path:
-    return folder / f"{month}.parquet"
-
-
-def _symbol_file(folder: Path, symbol: str) -> Path:
+def _check_symbol(symbol: str) -> str:
     if not re.match(r"^[A-Za-z0-9][A-Za-z0-9.\-_]*$", symbol):
         raise NewsStoreError(f"news_mentions: symbol {symbol!r} cannot be stored")
-    return folder / f"{symbol}.parquet"
-
-
-def _read(spec: TableSpec, path: Path, columns: list[str] | None = None) -> pa.Table:
-    import pyarrow.parquet as pq
-
-    return pq.read_table(path, columns=columns, schema=None if columns else spec.schema)
+    return symbol
 
 
 # ----- writes ---------------------------------------------------------------------------------------
 def write_news(
-    warehouse: Warehouse,
+    warehouse: TableStore,
     articles: pd.DataFrame,
     mentions: pd.DataFrame,
     *,
@@ -188,70 +172,70 @@ def write_news(
     if replace is None and articles.empty and mentions.empty:
         return NewsWriteResult(0, 0, 0, 0)
     ensure_news_tables(warehouse)
-    art_dir = warehouse.lake_dir / NEWS_ARTICLES.name
-    men_dir = warehouse.lake_dir / NEWS_MENTIONS.name
     symbols = sorted(set(mentions["symbol"]) | set(replace.symbols if replace else ()))
-    mention_files = [_symbol_file(men_dir, s).name for s in symbols]
-    locks = [warehouse.lock(art_dir, _TABLE_LOCK)] + [warehouse.lock(men_dir, s) for s in symbols]
-    with contextlib.ExitStack() as held:
-        for lock in locks:  # fixed order (table, then sorted symbols): two writers never deadlock
-            held.enter_context(lock)
-        atomic.remove_stale_temps(art_dir, held=[_MONTH_FILES])
-        atomic.remove_stale_temps(men_dir, held=mention_files)
-        # Articles first: a crash in between leaves articles without mentions, never mentions without articles.
-        with atomic.AtomicBatch() as batch:
-            _stage_articles(batch, art_dir, articles)
-            removed = _stage_mentions(batch, men_dir, mentions, symbols, replace)
-    return NewsWriteResult(len(articles), len(mentions), removed, len(batch))
+    for symbol in symbols:
+        _check_symbol(symbol)
+
+    def build(tx: Transaction) -> NewsWriteResult:
+        # Articles first (the lake swaps in that order): a crash in between leaves articles without mentions,
+        # never mentions without articles.
+        changed = _put_articles(warehouse, tx, articles)
+        removed, touched = _put_mentions(tx, mentions, symbols, replace)
+        return NewsWriteResult(len(articles), len(mentions), removed, changed + touched)
+
+    # The whole articles table (a URL may move between months) and the mentions of each symbol.
+    locks = [(NEWS_ARTICLES, WHOLE_TABLE)] + [(NEWS_MENTIONS, s) for s in symbols]
+    return warehouse.write(locks, build)
 
 
-def _stage(batch: atomic.AtomicBatch, spec: TableSpec, frame: pd.DataFrame, target: Path) -> None:
-    """Stage ``frame`` as ``target``, or its deletion when nothing is left."""
+def _put(tx: Transaction, spec: TableSpec, name: str, frame: pd.DataFrame) -> None:
+    """Write ``frame`` as the partition ``name``, or delete it when nothing is left."""
     if frame.empty:
-        batch.delete(target)
+        tx.delete(spec, name)
     else:
-        batch.stage_parquet(target, _arrow(spec, _sorted(spec, frame)))
+        tx.put(spec, name, _arrow(spec, _sorted(spec, frame)))
 
 
-def _stage_articles(batch: atomic.AtomicBatch, folder: Path, articles: pd.DataFrame) -> None:
-    """Each touched month file: its articles without the incoming URLs, plus the incoming ones of that month."""
+def _put_articles(warehouse: TableStore, tx: Transaction, articles: pd.DataFrame) -> int:
+    """Each touched month: its articles without the incoming URLs, plus the incoming ones of that month."""
     if articles.empty:
-        return
+        return 0
     month = articles["published_at"].dt.tz_convert("UTC").dt.strftime("%Y-%m")
     incoming = set(articles["url"])
-    targets = {_month_file(folder, m): articles[month == m] for m in sorted(set(month))}
+    targets = {m: articles[month == m] for m in sorted(set(month))}
     touched = dict.fromkeys(targets)
-    for path in data_files(folder):
-        urls = _read(NEWS_ARTICLES, path, ["url"]).column("url").to_pylist()
-        if incoming.intersection(urls):
-            touched[path] = None
-    for path in sorted(touched):
+    for name in warehouse.partitions(NEWS_ARTICLES):
+        stored = tx.read(NEWS_ARTICLES, name, ["url"])
+        if stored is not None and incoming.intersection(stored.column("url").to_pylist()):
+            touched[name] = None
+    for name in sorted(touched):
         parts = []
-        if path.exists():
-            old = _to_pandas(NEWS_ARTICLES, _read(NEWS_ARTICLES, path))
+        old = tx.read(NEWS_ARTICLES, name)
+        if old is not None:
+            old = _to_pandas(NEWS_ARTICLES, old)
             parts.append(old[~old["url"].isin(incoming)])
-        if path in targets:
-            parts.append(targets[path])
-        _stage(batch, NEWS_ARTICLES, _concat(parts), path)
+        if name in targets:
+            parts.append(targets[name])
+        _put(tx, NEWS_ARTICLES, name, _concat(parts))
+    return len(touched)
 
 
-def _stage_mentions(
-    batch: atomic.AtomicBatch,
-    folder: Path,
+def _put_mentions(
+    tx: Transaction,
     mentions: pd.DataFrame,
     symbols: Sequence[str],
     replace: ReplaceScope | None,
-) -> int:
-    """Each symbol's mention file upserted (and cut by ``replace``); returns the mentions ``replace`` removed."""
+) -> tuple[int, int]:
+    """Each symbol's mentions upserted (and cut by ``replace``); the mentions ``replace`` removed, partitions written."""
     import pandas as pd
 
-    removed = 0
+    removed = touched = 0
     for symbol in symbols:
-        path = _symbol_file(folder, symbol)
         new = mentions[mentions["symbol"] == symbol]
         parts = []
-        if path.exists():
-            old = _to_pandas(NEWS_MENTIONS, _read(NEWS_MENTIONS, path))
+        stored = tx.read(NEWS_MENTIONS, symbol)
+        if stored is not None:
+            old = _to_pandas(NEWS_MENTIONS, stored)
             keep = ~old["url"].isin(set(new["url"]))
             if replace is not None and symbol in replace.symbols:
                 scoped = (
@@ -267,8 +251,9 @@ def _stage_mentions(
         elif new.empty:
             continue
         parts.append(new)
-        _stage(batch, NEWS_MENTIONS, _concat(parts), path)
-    return removed
+        _put(tx, NEWS_MENTIONS, symbol, _concat(parts))
+        touched += 1
+    return removed, touched
 
 
 def _concat(parts: list[pd.DataFrame]) -> pd.DataFrame:
@@ -282,7 +267,7 @@ def _concat(parts: list[pd.DataFrame]) -> pd.DataFrame:
 
 # ----- reads ----------------------------------------------------------------------------------------
 def read_mentions(
-    warehouse: Warehouse,
+    warehouse: TableStore,
     symbols: Iterable[str] | None = None,
     start: Any = None,
     end: Any = None,
@@ -290,10 +275,8 @@ def read_mentions(
     """Stored mentions (optionally of ``symbols`` with ``date`` in [start, end]), sorted by symbol, date, time, url."""
     import pandas as pd
 
-    folder = warehouse.lake_dir / NEWS_MENTIONS.name
-    paths = data_files(folder) if symbols is None else [p for s in symbols if (p := _symbol_file(folder, s)).exists()]
-    frames = [_to_pandas(NEWS_MENTIONS, _read(NEWS_MENTIONS, p)) for p in paths]
-    out = pd.concat(frames, ignore_index=True) if frames else empty_frame(NEWS_MENTIONS)
+    names = None if symbols is None else [_check_symbol(s) for s in symbols]
+    out = _to_pandas(NEWS_MENTIONS, warehouse.read_partitions(NEWS_MENTIONS, names))
     if start is not None:
         out = out[out["date"] >= pd.Timestamp(start)]
     if end is not None:
@@ -301,13 +284,9 @@ def read_mentions(
     return out.sort_values(["symbol", "date", "published_at", "url"], kind="stable").reset_index(drop=True)
 
 
-def read_articles(warehouse: Warehouse, urls: Iterable[str] | None = None) -> pd.DataFrame:
+def read_articles(warehouse: TableStore, urls: Iterable[str] | None = None) -> pd.DataFrame:
     """Stored articles (optionally only ``urls``), sorted by published_at, url."""
-    import pandas as pd
-
-    folder = warehouse.lake_dir / NEWS_ARTICLES.name
-    frames = [_to_pandas(NEWS_ARTICLES, _read(NEWS_ARTICLES, p)) for p in data_files(folder)]
-    out = pd.concat(frames, ignore_index=True) if frames else empty_frame(NEWS_ARTICLES)
+    out = _to_pandas(NEWS_ARTICLES, warehouse.read_partitions(NEWS_ARTICLES))
     if urls is not None:
         out = out[out["url"].isin(set(urls))]
     return out.sort_values(["published_at", "url"], kind="stable").reset_index(drop=True)
@@ -355,14 +334,14 @@ class NewsProgress:
     each other's progress.
     """
 
-    def __init__(self, warehouse: Warehouse, source: str):
+    def __init__(self, warehouse: TableStore, source: str):
         self.warehouse = warehouse
-        self.folder = warehouse.lake_dir / "news_progress"
+        self.folder = warehouse.state_dir / "news_progress"
         self.path = self.folder / f"{source}.json"
         self.source = source
 
     def _lock(self):
-        return self.warehouse.lock(self.folder, self.path.stem)
+        return atomic.lock(self.folder, self.path.stem)
 
     def _load(self) -> dict[str, Any]:
         if not self.path.exists():

@@ -1,8 +1,8 @@
 """Memoized reads of a warehouse: ``ReadCache(store)`` answers a repeated ``read``/``query`` from memory until
-a writer swaps a file of a table it read into place.
+a writer commits a change to a table it read.
 
-A swap (``os.replace`` into the table folder) changes the folder's modification time, so a read's answer is
-kept together with the modification times of the folders it depends on, taken *before* reading: a write that
+A read's answer is kept together with the ``table_stamp`` of every table it depends on (the lake: the folder's
+modification time, which a swap changes; DuckLake: the table's newest snapshot), taken *before* reading: a write that
 lands during the read makes the next call read again. A long-running reader (the REST service's ``fresh``
 predictions) uses it; every other attribute is the wrapped warehouse's.
 """
@@ -16,6 +16,7 @@ from typing import Any
 
 import pandas as pd
 
+from ibf_core.storage.interface import views_needed
 from ibf_core.storage.registry import registered_catalog
 from ibf_core.storage.tables import TableSpec
 
@@ -33,10 +34,7 @@ class ReadCache:
     def _stamps(self, tables: Iterable[TableSpec]) -> tuple:
         out = []
         for spec in sorted(tables, key=lambda t: t.name):
-            try:
-                out.append((spec.name, self._store.table_dir(spec).stat().st_mtime_ns))
-            except FileNotFoundError:
-                out.append((spec.name, None))
+            out.append((spec.name, self._store.table_stamp(spec)))
         return tuple(out)
 
     def _cached(self, key: Hashable, tables: Iterable[TableSpec], compute) -> pd.DataFrame:
@@ -65,7 +63,7 @@ class ReadCache:
         if on_damaged is not None:  # the caller wants to hear about damaged files: not from memory
             return self._store.query(sql, params, on_damaged)
         catalog = registered_catalog()
-        tables = self._store._views_needed(catalog, sql)
+        tables = views_needed(catalog, sql)
         folders = [t for t in catalog.tables if t.name in tables]
         key = ("query", sql, _hashable(params))
         return self._cached(key, folders, lambda: self._store.query(sql, params))

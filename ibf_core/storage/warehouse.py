@@ -34,11 +34,10 @@ import logging
 import os
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import duckdb
-import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -46,12 +45,30 @@ from filelock import FileLock
 from tenacity import retry, retry_if_exception, stop_after_delay, wait_exponential
 
 from ibf_core.storage import atomic
+from ibf_core.storage.interface import (
+    WHOLE_TABLE,
+    DamagedFile,
+    QueryRefused,
+    TableStore,
+    Transaction,
+    WarehouseError,
+    WarehouseLocked,
+    WriteResult,
+    check_partition_name,
+    check_slice,
+    date_bounds,
+    empty_frame,
+    refuse_writes,
+    symbol_rows,
+    to_arrow,
+    views_needed,
+)
 from ibf_core.storage.registry import registered_catalog
 from ibf_core.storage.tables import SCHEMA_FILE, Catalog, TableSpec, ViewSpec, data_files
 
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.\-_]*$")
+T = TypeVar("T")
+__all__ = ["DamagedFile", "QueryRefused", "Warehouse", "WarehouseError", "WarehouseLocked", "WriteResult"]
 _VERSION_TAG = "ibf:"
-_IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]*")
 _LOCK_HOLDER = re.compile(r"Conflicting lock is held in (?P<program>.*?) \(PID (?P<pid>\d+)\)")
 # ibf itself holds warehouse.duckdb for milliseconds (defining views); anything longer is someone's session.
 LOCK_WAIT_S = 3.0
@@ -68,22 +85,6 @@ _LOCKDOWN = (
 )
 
 log = logging.getLogger(__name__)
-
-
-class WarehouseError(RuntimeError):
-    """The warehouse could not be read or written."""
-
-
-class QueryRefused(WarehouseError):
-    """A query tried to write, or to reach outside the lake; nothing ran."""
-
-
-class WarehouseLocked(WarehouseError):
-    """Another process holds ``warehouse.duckdb`` while ibf must (re)define a view; the message names it."""
-
-
-class DamagedFile(WarehouseError):
-    """A Parquet file of the lake cannot be read (e.g. truncated); the message names it and how to repair it."""
 
 
 def _is_lock_conflict(exc: BaseException) -> bool:
@@ -121,16 +122,6 @@ def _sql_string(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-def _refuse_writes(sql: str) -> None:
-    """Only SELECT statements run on a read connection (COPY, EXPORT, ATTACH, INSTALL, LOAD, SET ... never)."""
-    statements = duckdb.extract_statements(sql)
-    if not statements:
-        raise QueryRefused("empty query")
-    for statement in statements:
-        if statement.type != duckdb.StatementType.SELECT:
-            raise QueryRefused(f"{statement.type.name} statements are refused: queries here are read-only (SELECT only)")
-
-
 def _damage(path: Path) -> str | None:
     """Why ``path`` is not a readable Parquet file, or None when it is (or is gone, or not ours to judge)."""
     try:
@@ -154,32 +145,6 @@ _retry_after_swap = retry(
 )
 
 
-@dataclass(frozen=True)
-class WriteResult:
-    table: str
-    symbols: tuple[str, ...]
-    start: dt.date
-    end: dt.date
-    rows_written: int
-    rows_replaced: int
-    quarantined: tuple[str, ...] = ()  # damaged files that were moved to lake/_quarantine/ (the slice replaced them)
-
-
-def _date_bounds(start: dt.date | str, end: dt.date | str) -> tuple[pd.Timestamp, pd.Timestamp]:
-    return pd.Timestamp(start).normalize(), pd.Timestamp(end).normalize()
-
-
-def _symbol_rows(table: pa.Table) -> dict[str, tuple[int, int]]:
-    """(start, stop) of each symbol's rows in ``table``, which is sorted by symbol (so they are contiguous)."""
-    symbol_col = table.column("symbol").to_numpy(zero_copy_only=False)
-    if not len(symbol_col):
-        return {}
-    change = np.flatnonzero(symbol_col[1:] != symbol_col[:-1]) + 1
-    starts = np.concatenate([[0], change])
-    stops = np.concatenate([change, [len(symbol_col)]])
-    return {symbol_col[a]: (a, b) for a, b in zip(starts, stops)}
-
-
 def _view_statements(view: ViewSpec) -> list[str]:
     """Define the view, then stamp its version (``CREATE OR REPLACE`` drops the comment, so always both)."""
     return [
@@ -188,13 +153,16 @@ def _view_statements(view: ViewSpec) -> list[str]:
     ]
 
 
-class Warehouse:
-    """Read and write symbol x date tables under ``home``; SQL through ``warehouse.duckdb``."""
+class Warehouse(TableStore):
+    """The Parquet lake (``IBF_WAREHOUSE=lake``): one file per partition under ``home/lake/<table>/``; SQL through
+    ``warehouse.duckdb``'s views (or :meth:`query`)."""
+
+    backend = "lake"
 
     def __init__(self, home: Path | str):
         self.home = Path(home).expanduser().resolve()
         self.db_path = self.home / "warehouse.duckdb"
-        self.lake_dir = self.home / "lake"
+        self.lake_dir = self.state_dir = self.home / "lake"
         self.views_file = self.home / VIEWS_FILE
         self.quarantine_dir = self.lake_dir / QUARANTINE
 
@@ -202,12 +170,13 @@ class Warehouse:
     def table_dir(self, spec: TableSpec) -> Path:
         return self.lake_dir / spec.name
 
+    def partition_file(self, spec: TableSpec, name: str) -> Path:
+        return self.table_dir(spec) / f"{check_partition_name(spec, name)}.parquet"
+
     def _symbol_file(self, spec: TableSpec, symbol: str) -> Path:
         if not spec.per_symbol:
             raise WarehouseError(f"{spec.name}: files are {spec.files}, not one per symbol")
-        if not _SAFE_NAME.match(symbol):
-            raise WarehouseError(f"{spec.name}: symbol {symbol!r} cannot be stored")
-        return self.table_dir(spec) / f"{symbol}.parquet"
+        return self.partition_file(spec, symbol)
 
     def lock(self, folder: Path, name: str) -> FileLock:
         """An inter-process lock for read-modify-write of files under ``folder`` (see ``atomic.lock``)."""
@@ -220,6 +189,9 @@ class Warehouse:
             for name in sorted(names):
                 stack.enter_context(self.lock(folder, name))
             yield
+
+    def describe(self) -> str:
+        return f"Parquet lake {self.lake_dir} (views in {self.db_path})"
 
     # ----- tables and views ---------------------------------------------------------------------
     def table_view(self, spec: TableSpec) -> ViewSpec:
@@ -238,16 +210,43 @@ class Warehouse:
         self._ensure_folder(spec)
         self.ensure_views([self.table_view(spec)])
 
+    def partitions(self, spec: TableSpec) -> list[str]:
+        return [p.stem for p in data_files(self.table_dir(spec))]
+
+    def table_stamp(self, spec: TableSpec) -> int | None:
+        """The table folder's modification time: every swap (``os.replace`` into it) changes it."""
+        try:
+            return self.table_dir(spec).stat().st_mtime_ns
+        except FileNotFoundError:
+            return None
+
+    def read_partitions(
+        self, spec: TableSpec, names: Iterable[str] | None = None, columns: Sequence[str] | None = None
+    ) -> pa.Table:
+        wanted = self.partitions(spec) if names is None else list(names)
+        tables = [t for t in (self._read_file(spec, self.partition_file(spec, n), columns) for n in wanted) if t is not None]
+        if not tables:
+            schema = spec.schema if columns is None else pa.schema([spec.schema.field(c) for c in columns])
+            return schema.empty_table()
+        return pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+
+    def _read_file(self, spec: TableSpec, path: Path, columns: Sequence[str] | None = None) -> pa.Table | None:
+        """A partition file's rows (None: no file); a damaged one raises :class:`DamagedFile` naming it."""
+        try:
+            return pq.read_table(path, columns=list(columns) if columns else None, schema=spec.schema)
+        except FileNotFoundError:
+            return None
+        except (pa.ArrowException, OSError):
+            reason = _damage(path)
+            if reason is None:
+                raise
+            raise self._damage_error([(path, reason)]) from None
+
     def ensure_catalog(self, catalog: Catalog) -> None:
         """Folders, schema files and views of every table of ``catalog``, then its views."""
         for spec in catalog.tables:
             self._ensure_folder(spec)
         self.ensure_views([*(self.table_view(s) for s in catalog.tables), *catalog.views])
-
-    def ensure_all_tables(self) -> None:
-        """Views for every table ibf writes (the registered catalog), so SQL on a table not yet materialized
-        returns no rows, not an error."""
-        self.ensure_catalog(registered_catalog())
 
     def ensure_views(self, views: Sequence[ViewSpec]) -> None:
         """(Re)define the views whose stored version differs. While ``warehouse.duckdb`` is unchanged since ibf last
@@ -329,29 +328,6 @@ class Warehouse:
             con.commit()
 
     # ----- writes -------------------------------------------------------------------------------
-    def _to_arrow(self, spec: TableSpec, frame: pd.DataFrame) -> pa.Table:
-        """The whole frame as one Arrow table of the declared schema, sorted by key."""
-        missing = [c.name for c in spec.columns if c.name not in frame.columns and not c.optional]
-        if missing:
-            raise WarehouseError(f"{spec.name}: frame lacks column(s) {', '.join(missing)}")
-        absent = {c.name: None for c in spec.columns if c.name not in frame.columns}
-        data = frame.assign(**absent)[spec.column_names].sort_values(list(spec.key), kind="stable")
-        data = data.assign(date=pd.to_datetime(data["date"]).to_numpy().astype("datetime64[D]"))
-        return pa.Table.from_pandas(data, schema=spec.schema, preserve_index=False)
-
-    def _check_slice(
-        self, spec: TableSpec, frame: pd.DataFrame, symbols: Sequence[str], lo: pd.Timestamp, hi: pd.Timestamp
-    ) -> None:
-        """Every row lies in ``symbols`` x [lo, hi] and no key repeats."""
-        dates = pd.to_datetime(frame["date"])
-        outside = ~frame["symbol"].isin(list(symbols)) | ~dates.between(lo, hi)
-        if outside.any():
-            bad = frame.loc[outside].iloc[0]
-            when = pd.Timestamp(bad["date"]).date()
-            raise WarehouseError(f"{spec.name}: row {bad['symbol']} {when} lies outside the slice being written")
-        if frame.assign(date=dates).duplicated(list(spec.key)).any():
-            raise WarehouseError(f"{spec.name}: duplicate {spec.key} rows in the frame being written")
-
     def _stored(self, spec: TableSpec, target: Path, lo: pd.Timestamp, hi: pd.Timestamp) -> tuple[pa.Table | None, str | None]:
         """The rows stored in ``target`` (None: no file), and where a damaged ``target`` was quarantined.
 
@@ -393,40 +369,24 @@ class Warehouse:
         merged = pa.concat_tables([kept, new])
         return merged.take(pc.sort_indices(merged, [("date", "ascending")])), replaced
 
-    def replace_slice(
-        self,
-        spec: TableSpec,
-        frame: pd.DataFrame,
-        symbols: Sequence[str],
-        start: dt.date | str,
-        end: dt.date | str,
-    ) -> WriteResult:
-        """Make the rows of ``symbols`` x ``[start, end]`` exactly ``frame``'s rows; other rows are kept.
-
-        Idempotent: the same inputs give byte-identical files. Each symbol's file is replaced atomically; all
-        new files are staged (one ``AtomicBatch``) before the first is swapped in, so a failure while preparing
-        changes nothing. Leftover temp files of the symbols' dead writers are removed under their locks.
-        """
-        lo, hi = _date_bounds(start, end)
-        self._check_slice(spec, frame, symbols, lo, hi)
-        new_table = self._to_arrow(spec, frame)
-        rows = _symbol_rows(new_table)
-        names = sorted(set(symbols))
-        targets = {s: self._symbol_file(spec, s) for s in names}
-        self.ensure_table(spec)
-        folder = self.table_dir(spec)
-        replaced, quarantined = 0, []
-        with self._locks(folder, names):
-            atomic.remove_stale_temps(folder, held=[t.name for t in targets.values()])
+    def write(self, partitions: Iterable[tuple[TableSpec, str]], build: Callable[[Transaction], T]) -> T:
+        """Under the partitions' file locks, one :class:`atomic.AtomicBatch`: every file ``build`` writes is staged
+        before the first is swapped in, so a failure while building changes nothing. Leftover temp files of the
+        partitions' dead writers are removed under their locks."""
+        wanted = sorted({(spec.name, name): spec for spec, name in partitions}.items())
+        by_table: dict[str, tuple[TableSpec, list[str]]] = {}
+        for (table, name), spec in wanted:
+            by_table.setdefault(table, (spec, []))[1].append(name)
+        for spec, _ in by_table.values():
+            self.ensure_table(spec)
+        with contextlib.ExitStack() as stack:
+            for spec, names in by_table.values():
+                folder = self.table_dir(spec)
+                stack.enter_context(self._locks(folder, names))
+                held = ["*.parquet"] if WHOLE_TABLE in names else [f"{n}.parquet" for n in names]
+                atomic.remove_stale_temps(folder, held=held)
             with atomic.AtomicBatch() as batch:
-                for symbol, target in targets.items():
-                    a, b = rows.get(symbol, (0, 0))
-                    old, kept = self._stored(spec, target, lo, hi)
-                    quarantined += [kept] if kept else []
-                    merged, n = self._merge(old, new_table.slice(a, b - a), lo, hi)
-                    replaced += n
-                    batch.stage_parquet(target, merged)
-        return WriteResult(spec.name, tuple(names), lo.date(), hi.date(), len(frame), replaced, tuple(quarantined))
+                return build(_LakeTransaction(self, batch))
 
     # ----- reads --------------------------------------------------------------------------------
     def _lake_version(self) -> tuple[int, ...]:
@@ -498,7 +458,7 @@ class Warehouse:
         wanted = stored if symbols is None else [s for s in symbols if s in known]
         files = [str(self._symbol_file(spec, s)) for s in wanted]
         if not files:
-            return spec.schema.empty_table().to_pandas().assign(date=lambda f: pd.to_datetime(f["date"]))
+            return empty_frame(spec)
         conditions, params = [], []
         if start is not None:
             conditions.append("date >= ?")
@@ -541,9 +501,9 @@ class Warehouse:
         damaged Parquet file raises :class:`DamagedFile` naming it; with ``on_damaged`` it is left out of the
         views instead, and ``on_damaged(path, reason)`` says so.
         """
-        _refuse_writes(sql)
+        refuse_writes(sql)
         catalog = registered_catalog()
-        names = self._views_needed(catalog, sql)
+        names = views_needed(catalog, sql)
         left_out: set[Path] = set()
         while True:
             try:
@@ -560,19 +520,6 @@ class Warehouse:
                 for path, reason in damaged:
                     on_damaged(path, reason)
                     left_out.add(path)
-
-    @staticmethod
-    def _views_needed(catalog: Catalog, sql: str) -> set[str]:
-        """The catalog's tables and views ``sql`` may read (names it mentions, and what those views read)."""
-        known = {t.name for t in catalog.tables} | {v.name for v in catalog.views}
-        views = {v.name: v for v in catalog.views}
-        needed = known & set(_IDENTIFIER.findall(sql.lower()))
-        pending = [n for n in needed if n in views]
-        while pending:
-            more = (known & set(_IDENTIFIER.findall(views[pending.pop()].sql.lower()))) - needed
-            needed |= more
-            pending += [n for n in more if n in views]
-        return needed
 
     def _memory_view_sql(self, spec: TableSpec, left_out: set[Path]) -> str:
         """What the table's view reads on a query connection: its files (less any left out), or no rows."""
@@ -601,3 +548,40 @@ class Warehouse:
                 return con.execute(sql, params or []).df()
 
         return self._read_consistently(once)
+
+
+class _LakeTransaction(Transaction):
+    """Files staged in one batch; the caller's locks are held."""
+
+    def __init__(self, store: Warehouse, batch: atomic.AtomicBatch):
+        self.store, self.batch = store, batch
+
+    def read(self, spec: TableSpec, name: str, columns: Sequence[str] | None = None) -> pa.Table | None:
+        return self.store._read_file(spec, self.store.partition_file(spec, name), columns)
+
+    def put(self, spec: TableSpec, name: str, table: pa.Table) -> None:
+        self.batch.stage_parquet(self.store.partition_file(spec, name), table.cast(spec.schema))
+
+    def delete(self, spec: TableSpec, name: str) -> None:
+        self.batch.delete(self.store.partition_file(spec, name))
+
+    def replace_slice(
+        self, spec: TableSpec, frame: pd.DataFrame, symbols: Sequence[str], start: dt.date | str, end: dt.date | str
+    ) -> WriteResult:
+        """Each symbol's file merged (rows outside the slice kept) and staged; byte-identical for the same inputs."""
+        store = self.store
+        lo, hi = date_bounds(start, end)
+        check_slice(spec, frame, symbols, lo, hi)
+        new_table = to_arrow(spec, frame)
+        rows = symbol_rows(new_table)
+        names = sorted(set(symbols))
+        replaced, quarantined = 0, []
+        for symbol in names:
+            target = store._symbol_file(spec, symbol)
+            a, b = rows.get(symbol, (0, 0))
+            old, kept = store._stored(spec, target, lo, hi)
+            quarantined += [kept] if kept else []
+            merged, n = store._merge(old, new_table.slice(a, b - a), lo, hi)
+            replaced += n
+            self.batch.stage_parquet(target, merged)
+        return WriteResult(spec.name, tuple(names), lo.date(), hi.date(), len(frame), replaced, tuple(quarantined))
