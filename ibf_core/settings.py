@@ -221,6 +221,16 @@ class Settings(BaseSettings):
     k8s_gpu_tolerations: list[dict[str, Any]] = Field(
         default_factory=list, description="With IBF_EXECUTOR=k8s: tolerations of a GPU training step's pod (JSON list of Kubernetes tolerations)"
     )
+    warehouse: Literal["lake", "ducklake"] = Field(
+        "lake", description="Warehouse backend: lake (Parquet files per partition under IBF_HOME/lake + DuckDB views) or ducklake (DuckLake tables: IBF_DUCKLAKE_CATALOG, IBF_DUCKLAKE_DATA_PATH)"
+    )
+    ducklake_catalog: SecretStr | None = Field(
+        None,
+        description="With IBF_WAREHOUSE=ducklake: the catalog, sqlite:/path/catalog.sqlite, a DuckDB file path, or postgres:dbname=lake host=... user=... (several machines); unset: sqlite under IBF_HOME/ducklake. A secret (it may hold a password)",
+    )
+    ducklake_data_path: str | None = Field(
+        None, description="With IBF_WAREHOUSE=ducklake: folder or s3://bucket/prefix/ of the data files (S3 credentials from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_ENDPOINT_URL); unset: IBF_HOME/ducklake/data"
+    )
     dagster_event_batch_size: int = Field(
         1000, ge=0, description="With a Postgres instance: materialization events written per INSERT (DAGSTER_EVENT_BATCH_SIZE; 0 = one at a time)"
     )
@@ -261,6 +271,9 @@ class Settings(BaseSettings):
             found.append(self.alphavantage_api_key.get_secret_value())
         if self.alert_webhook is not None:
             found += url_secrets(self.alert_webhook.get_secret_value())
+        if self.ducklake_catalog is not None:
+            catalog = self.ducklake_catalog.get_secret_value()
+            found += [m.group(2) for m in re.finditer(r"password\s*=\s*(['\"]?)([^\s'\"]+)", catalog, re.IGNORECASE)]
         if self.dagster_pg_url is not None:  # the URL and its password (its database name is no secret)
             url = self.dagster_pg_url.get_secret_value()
             found += [url] + [p for p in [_password(url)] if p]

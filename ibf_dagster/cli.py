@@ -218,9 +218,9 @@ def _print_bar_issues(settings, symbols: list[str], since: dt.datetime) -> None:
     import pandas as pd
 
     from ibf_core.bar_issues import IssueSummary, read_issues
-    from ibf_core.storage.warehouse import Warehouse
+    from ibf_core.storage.backends import open_warehouse
 
-    issues = read_issues(Warehouse(settings.home_dir), symbols)
+    issues = read_issues(open_warehouse(settings), symbols)
     mine = issues[pd.to_datetime(issues["recorded_at"], utc=True) >= pd.Timestamp(since)]
     err.print(f"market_bars: {IssueSummary.of(mine).line()}", highlight=False, soft_wrap=True)
 
@@ -233,7 +233,7 @@ def sql(
     """Run read-only SQL on the DuckDB warehouse (safe while runs write)."""
     import duckdb
 
-    from ibf_core.storage.warehouse import Warehouse
+    from ibf_core.storage.backends import open_warehouse
 
     from ibf_core.storage.warehouse import WarehouseError
 
@@ -245,7 +245,7 @@ def sql(
                   f"{path.stem} replaces it", highlight=False, markup=False, soft_wrap=True)
 
     try:
-        frame = Warehouse(_settings().home_dir).query(query, on_damaged=left_out)
+        frame = open_warehouse(_settings()).query(query, on_damaged=left_out)
     except (duckdb.Error, WarehouseError) as exc:
         _fail(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
     for column in frame.columns:
@@ -361,15 +361,15 @@ def demo() -> None:
     # the sample ends 2013-03-01: later partitions would only hold empty slices
     run_backfill(settings, None, None, SAMPLE_LAST_DATE.isoformat(), "*", "sample", None)
     elapsed = time.perf_counter() - started
-    from ibf_core.storage.warehouse import Warehouse
+    from ibf_core.storage.backends import open_warehouse
 
-    summary = Warehouse(settings.home_dir).query(
+    summary = open_warehouse(settings).query(
         "SELECT symbol, count(*) AS bars, min(date) AS first, max(date) AS last, "
         "round(100 * (arg_max(adj_close, date) / arg_min(adj_close, date) - 1), 1) AS total_return_pct "
         "FROM market_bars GROUP BY symbol ORDER BY symbol"
     )
     out.print(summary.to_string(index=False), highlight=False)
-    features = Warehouse(settings.home_dir).query(
+    features = open_warehouse(settings).query(
         "SELECT symbol, count(*) AS feature_rows, sum(CAST(warmup AS INT)) AS warmup_rows, "
         "round(arg_max(rsi_14, date), 1) AS last_rsi_14, round(arg_max(hv_20, date), 3) AS last_hv_20, "
         "round(arg_max(beta_60, date), 2) AS last_beta_60 FROM features GROUP BY symbol ORDER BY symbol"
@@ -378,7 +378,7 @@ def demo() -> None:
 
     out.print(f"\nfeatures ({len(feature_columns())} per row; news: {settings.news_source}):", highlight=False)
     out.print(features.to_string(index=False), highlight=False)
-    out.print(f"\nwarehouse: {settings.warehouse_path}\ndata loaded in {elapsed:.1f} s", highlight=False)
+    out.print(f"\nwarehouse: {open_warehouse(settings).describe()}\ndata loaded in {elapsed:.1f} s", highlight=False)
 
     # Train on everything but the last session, then forecast from the last one (the sample's "today").
     from ibf_dagster.runner import BackfillError, train as run_train
@@ -396,7 +396,7 @@ def demo() -> None:
     except BackfillError as exc:
         _fail(str(exc))
     _print_validation(settings, cutoff)
-    forecasts = Warehouse(settings.home_dir).query(
+    forecasts = open_warehouse(settings).query(
         "SELECT horizon, rank, symbol, round(close, 2) AS close, round(100 * pred_return, 2) AS pred_pct, "
         "round(price_lower_80, 2) AS low_80, round(pred_price, 2) AS forecast, round(price_upper_80, 2) AS high_80, "
         "round(price_lower_95, 2) AS low_95, round(price_upper_95, 2) AS high_95 "
@@ -409,7 +409,7 @@ def demo() -> None:
         run_backfill(settings, None, last, last, "drift_scores", "sample", None)
     except BackfillError as exc:
         _fail(str(exc))
-    drift = Warehouse(settings.home_dir).query(
+    drift = open_warehouse(settings).query(
         "SELECT detector, count(*) AS rows, sum(CAST(breached AS INT)) AS breached, "
         "count(skipped_reason) AS skipped, any_value(skipped_reason) AS why_skipped "
         f"FROM drift_scores WHERE date = DATE '{last}' GROUP BY detector ORDER BY detector"
@@ -448,9 +448,9 @@ def train(
 def _default_cutoff(settings) -> str:
     import pandas as pd
 
-    from ibf_core.storage.warehouse import Warehouse
+    from ibf_core.storage.backends import open_warehouse
 
-    dates = Warehouse(settings.home_dir).query("SELECT DISTINCT date FROM features ORDER BY date DESC LIMIT 2")
+    dates = open_warehouse(settings).query("SELECT DISTINCT date FROM features ORDER BY date DESC LIMIT 2")
     if len(dates) < 2:
         _fail("no features stored: run ibf backfill (or make demo) first")
     return str(pd.Timestamp(dates["date"].iloc[1]).date())

@@ -14,7 +14,8 @@ import dagster as dg
 
 from ibf_core.settings import Settings, load_settings
 from ibf_core.sources.base import BarSource
-from ibf_core.storage.warehouse import Warehouse
+from ibf_core.storage.backends import open_warehouse
+from ibf_core.storage.interface import TableStore
 
 
 @lru_cache(maxsize=8)
@@ -36,12 +37,17 @@ class SettingsResource(dg.ConfigurableResource):
 
 
 class WarehouseResource(dg.ConfigurableResource):
-    """The DuckDB warehouse under IBF_HOME."""
+    """The warehouse (IBF_WAREHOUSE: the Parquet lake under IBF_HOME, or DuckLake); a DuckLake catalog string may
+    hold a password, so it is read from the environment of the process running the step, never from run config."""
 
     home: str
+    backend: str = "lake"
+    data_path: str | None = None
 
-    def get(self) -> Warehouse:
-        return Warehouse(self.home)
+    def get(self) -> TableStore:
+        from ibf_core.settings import get_settings
+
+        return open_warehouse(get_settings().replace(home=self.home, warehouse=self.backend, ducklake_data_path=self.data_path))
 
 
 class BarSourceResource(dg.ConfigurableResource):
@@ -63,7 +69,9 @@ def build_resources(settings: Settings) -> dict[str, object]:
 
     return {
         "ibf": SettingsResource.of(settings),
-        "warehouse": WarehouseResource(home=str(settings.home_dir)),
+        "warehouse": WarehouseResource(
+            home=str(settings.home_dir), backend=settings.warehouse, data_path=settings.ducklake_data_path
+        ),
         "bar_source": BarSourceResource(),
         "mlflow": mlflow_tracking_resource(
             settings.mlflow_experiment,

@@ -16,7 +16,7 @@ import pandas as pd
 from ibf_core.calendar import to_date
 from ibf_core.progress import report_notice, report_progress
 from ibf_core.settings import Settings, normalize_symbol
-from ibf_core.storage.warehouse import Warehouse
+from ibf_core.storage.backends import open_warehouse
 from ibf_dagster.compat import partition_range_tags, was_interrupted
 from ibf_dagster.instance import get_instance
 from ibf_dagster.partitions import MODEL_CUTOFFS, SYMBOL_PARTITIONS, date_key_window, date_partitions
@@ -102,7 +102,7 @@ def backfill(
         raise BackfillError(f"--start {start_d} is after --end {end_d}")
     instance = get_instance(settings)
     start_runs(instance)
-    Warehouse(settings.home_dir).ensure_all_tables()
+    open_warehouse(settings).ensure_all_tables()
     sync_universe(instance, settings.universe)
     wanted = [normalize_symbol(s) for s in symbols] if symbols else known_symbols(instance)
     sync_universe(instance, wanted)

@@ -59,7 +59,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     async def warehouse_exists() -> None:
         # Warehouse.query would create a missing warehouse; the service only ever reads, so it says 503.
-        if not services.store.db_path.exists():
+        if not services.store.exists():
             raise ApiError(503, "the warehouse does not exist yet: run ibf backfill first")
 
     auth = [Depends(authorized), Depends(warehouse_exists)]

@@ -12,8 +12,8 @@ def readiness(services) -> tuple[dict[str, Any], bool]:
     checks: dict[str, dict[str, Any]] = {}
     store = services.store
     try:
-        if not store.db_path.exists():
-            raise FileNotFoundError("warehouse.duckdb does not exist yet")
+        if not store.exists():
+            raise FileNotFoundError("the warehouse does not exist yet")
         store.query("SELECT count(*) FROM predictions")
         checks["warehouse"] = {"ok": True}
     except Exception as exc:  # noqa: BLE001 - any failure means not ready

@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 from ibf_core.settings import Settings
-from ibf_core.storage.warehouse import Warehouse
+from ibf_core.storage.backends import open_warehouse
 
 _VERSIONS_TTL_S = 5.0  # a newly registered version is served within this many seconds
 
@@ -15,7 +15,7 @@ _VERSIONS_TTL_S = 5.0  # a newly registered version is served within this many s
 class Services:
     def __init__(self, settings: Settings):
         self.settings = settings
-        self.store = Warehouse(settings.home_dir)  # only read (Warehouse.read / .query open read-only)
+        self.store = open_warehouse(settings, reader=True)  # only read (read / query open read-only)
         from ibf_core.storage.read_cache import ReadCache
 
         # fresh predictions read the same bars and features again and again until a backfill swaps one in

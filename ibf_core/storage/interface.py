@@ -183,6 +183,10 @@ class TableStore(ABC):
         self.ensure_catalog(registered_catalog())
 
     @abstractmethod
+    def exists(self) -> bool:
+        """Whether the warehouse was created (a reader says "not yet" rather than creating it)."""
+
+    @abstractmethod
     def partitions(self, spec: TableSpec) -> list[str]:
         """Names of the table's stored partitions, sorted."""
 

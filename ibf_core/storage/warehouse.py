@@ -210,6 +210,9 @@ class Warehouse(TableStore):
         self._ensure_folder(spec)
         self.ensure_views([self.table_view(spec)])
 
+    def exists(self) -> bool:
+        return self.db_path.exists()
+
     def partitions(self, spec: TableSpec) -> list[str]:
         return [p.stem for p in data_files(self.table_dir(spec))]
 

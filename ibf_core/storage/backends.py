@@ -1,0 +1,31 @@
+"""The one place a warehouse backend is chosen: ``IBF_WAREHOUSE`` (lake or ducklake) and its settings."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ibf_core.storage.interface import TableStore
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ibf_core.settings import Settings
+
+
+def open_warehouse(settings: Settings | None = None, *, reader: bool = False) -> TableStore:
+    """The warehouse the settings name (the environment's when None). For a writer DuckLake is checked once
+    (catalog and data path reachable), so a wrong setting fails here with one message naming it, before anything
+    is written; a ``reader`` (the REST service) creates nothing and learns of a missing one from ``exists()``."""
+    if settings is None:
+        from ibf_core.settings import get_settings
+
+        settings = get_settings()
+    if settings.warehouse == "ducklake":
+        from ibf_core.storage.ducklake import DuckLakeWarehouse
+
+        catalog = settings.ducklake_catalog.get_secret_value() if settings.ducklake_catalog is not None else None
+        store = DuckLakeWarehouse(settings.home_dir, catalog, settings.ducklake_data_path)
+        if not reader:
+            store.check()
+        return store
+    from ibf_core.storage.warehouse import Warehouse
+
+    return Warehouse(settings.home_dir)

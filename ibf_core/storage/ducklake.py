@@ -1,0 +1,465 @@
+"""The DuckLake backend (``IBF_WAREHOUSE=ducklake``): the same tables, under the same names, as DuckLake tables.
+
+The catalog (``IBF_DUCKLAKE_CATALOG``) is a SQLite file (the default: ``<state>/ducklake/catalog.sqlite``), a DuckDB
+file (one process at a time) or a Postgres database (``postgres:dbname=lake host=... user=...``: several machines);
+data files live under ``IBF_DUCKLAKE_DATA_PATH`` (a folder, or an S3-compatible ``s3://bucket/prefix/`` with the
+``AWS_*`` credentials of the environment). The extensions are the PyPI wheels built for the pinned DuckDB, loaded
+by path: nothing is downloaded.
+
+Every table gets two hidden columns: ``_partition`` (the symbol, the month of ``news_articles``, an alerts batch)
+and ``_row`` (the row's place in its partition when written, so a partition reads back in the order it was
+written). Queries never see them: :meth:`DuckLakeWarehouse.query` reads through views of the declared columns.
+
+A write is one DuckLake transaction: ``DELETE`` the partitions (or the slice) being replaced, ``INSERT`` the new
+rows, ``COMMIT``. DuckLake refuses a commit that conflicts with one committed meanwhile (two writers of one table
+conflict even on disjoint symbols; a SQLite catalog also answers "database is locked"): the transaction is rolled
+back and ``build`` runs again from fresh reads, until ``COMMIT_RETRY_S``. Writers on one machine also take the
+partitions' file locks, so they queue instead of retrying. Readers see the newest committed snapshot: never half a
+write, and no reader blocks a writer.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib.util
+import logging
+import os
+import random
+import re
+import threading
+import time
+from collections.abc import Callable, Hashable, Iterable, Sequence
+from pathlib import Path
+from typing import TypeVar
+
+import duckdb
+import pandas as pd
+import pyarrow as pa
+
+from ibf_core.storage import atomic
+from ibf_core.storage.interface import (
+    QueryRefused,
+    TableStore,
+    Transaction,
+    WarehouseError,
+    WriteResult,
+    check_partition_name,
+    check_slice,
+    date_bounds,
+    empty_frame,
+    refuse_writes,
+    to_arrow,
+    views_needed,
+)
+from ibf_core.storage.registry import registered_catalog
+from ibf_core.storage.tables import Catalog, TableSpec
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+COMMIT_RETRY_S = 120.0
+PARTITION, ROW = "_partition", "_row"
+_ALIAS = "lake"
+_CONFLICT = re.compile(r"conflict|database is locked|could not serialize|deadlock", re.IGNORECASE)
+_PG_PASSWORD = re.compile(r"(password\s*=\s*)(\S+)", re.IGNORECASE)
+
+
+def _sql_string(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def extension_path(name: str) -> Path:
+    """The extension file of the PyPI wheel ``duckdb-extension-<name>`` for the running DuckDB."""
+    package = f"duckdb_extension_{name}"
+    found = importlib.util.find_spec(package)
+    if found is None or not found.submodule_search_locations:
+        raise WarehouseError(f"the DuckDB extension {name} is not installed (pip install {package.replace('_', '-')}=={duckdb.__version__})")
+    folder = Path(next(iter(found.submodule_search_locations)))
+    path = folder / "extensions" / f"v{duckdb.__version__}" / f"{name}.duckdb_extension"
+    if not path.is_file():
+        raise WarehouseError(f"{path} is missing: {package} does not match duckdb {duckdb.__version__}")
+    return path
+
+
+def redact_catalog(catalog: str) -> str:
+    """The catalog string without a password (``password=***``)."""
+    return _PG_PASSWORD.sub(r"\1***", catalog)
+
+
+def _is_conflict(exc: BaseException) -> bool:
+    return isinstance(exc, duckdb.Error) and bool(_CONFLICT.search(str(exc)))
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+class DuckLakeWarehouse(TableStore):
+    """DuckLake tables of the registered catalog; see the module docstring."""
+
+    backend = "ducklake"
+
+    def __init__(self, home: Path | str, catalog: str | None = None, data_path: str | None = None):
+        self.home = Path(home).expanduser().resolve()
+        self.root = self.home / "ducklake"
+        self.state_dir = self.root
+        self._default_catalog = catalog is None
+        self.catalog = catalog or f"sqlite:{self.root / 'catalog.sqlite'}"
+        self.data_path = data_path or str(self.root / "data")
+        if not self.data_path.endswith("/"):
+            self.data_path += "/"
+        self._lock = threading.Lock()
+        self._connections: dict[bool, duckdb.DuckDBPyConnection] = {}
+        self._pid = os.getpid()
+        self._ensured: set[tuple[str, tuple[str, ...]]] = set()
+
+    # ----- connections ----------------------------------------------------------------------------
+    @property
+    def is_remote_data(self) -> bool:
+        return "://" in self.data_path
+
+    def describe(self) -> str:
+        return f"DuckLake catalog {redact_catalog(self.catalog)} (data {self.data_path})"
+
+    def _extensions(self) -> list[str]:
+        kind = self.catalog.split(":", 1)[0]
+        extra = {"sqlite": ["sqlite_scanner"], "postgres": ["postgres_scanner"]}.get(kind, [])
+        return ["ducklake", *extra, *(["httpfs"] if self.is_remote_data else [])]
+
+    def _check_location(self, read_only: bool) -> None:
+        """A catalog or data folder that cannot exist is named before anything is attached (readers create
+        nothing)."""
+        if read_only:
+            return
+        kind, _, rest = self.catalog.partition(":")
+        if kind in ("sqlite", "duckdb") or kind == self.catalog:
+            file = Path(rest if kind in ("sqlite", "duckdb") else self.catalog)
+            if self._default_catalog:
+                file.parent.mkdir(parents=True, exist_ok=True)
+            elif not file.parent.is_dir():
+                raise WarehouseError(
+                    f"IBF_DUCKLAKE_CATALOG: the catalog {file} cannot be created: its folder {file.parent} does not exist"
+                )
+        if not self.is_remote_data:
+            folder = Path(self.data_path)
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise WarehouseError(f"IBF_DUCKLAKE_DATA_PATH: {folder} cannot be created ({exc.strerror})") from None
+            if not os.access(folder, os.W_OK | os.X_OK):
+                raise WarehouseError(f"IBF_DUCKLAKE_DATA_PATH: {folder} is not writable")
+
+    def _s3_secret(self) -> str | None:
+        """A DuckDB S3 secret from the environment's ``AWS_*`` variables (never logged)."""
+        key, secret = os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY")
+        if not key or not secret:
+            return None
+        parts = [f"TYPE s3, KEY_ID {_sql_string(key)}, SECRET {_sql_string(secret)}"]
+        if os.environ.get("AWS_REGION"):
+            parts.append(f"REGION {_sql_string(os.environ['AWS_REGION'])}")
+        endpoint = os.environ.get("AWS_ENDPOINT_URL")
+        if endpoint:
+            scheme, _, host = endpoint.partition("://")
+            parts.append(f"ENDPOINT {_sql_string(host or scheme)}, URL_STYLE 'path'")
+            parts.append(f"USE_SSL {'false' if scheme == 'http' else 'true'}")
+        return f"CREATE SECRET ibf_s3 ({', '.join(parts)})"
+
+    def _open(self, read_only: bool) -> duckdb.DuckDBPyConnection:
+        self._check_location(read_only)
+        con = duckdb.connect(":memory:", config={"autoinstall_known_extensions": False, "autoload_known_extensions": False})
+        try:
+            for name in self._extensions():
+                con.execute(f"LOAD {_sql_string(str(extension_path(name)))}")
+            if self.is_remote_data:
+                secret = self._s3_secret()
+                if secret:
+                    con.execute(secret)
+            options = [f"DATA_PATH {_sql_string(self.data_path)}"] + (["READ_ONLY"] if read_only else [])
+            try:
+                con.execute(f"ATTACH {_sql_string('ducklake:' + self.catalog)} AS {_ALIAS} ({', '.join(options)})")
+            except duckdb.Error as exc:
+                raise WarehouseError(
+                    f"IBF_DUCKLAKE_CATALOG: the DuckLake catalog {redact_catalog(self.catalog)} cannot be opened: "
+                    f"{redact_catalog(_first_line(exc))}"
+                ) from None
+            if self.is_remote_data:
+                self._check_remote(con)
+            if read_only:
+                self._lock_down(con)
+        except BaseException:
+            con.close()
+            raise
+        return con
+
+    def _check_remote(self, con: duckdb.DuckDBPyConnection) -> None:
+        """List the S3 prefix once: no access, a wrong endpoint or a missing bucket is named at start-up."""
+        try:
+            con.execute(f"SELECT count(*) FROM glob({_sql_string(self.data_path + '*')})").fetchall()
+        except duckdb.Error as exc:
+            raise WarehouseError(f"IBF_DUCKLAKE_DATA_PATH: {self.data_path} cannot be listed: {_first_line(exc)}") from None
+
+    def _lock_down(self, con: duckdb.DuckDBPyConnection) -> None:
+        """Read connections: files only under the data path, no extension, no undoing that."""
+        spill = self.root / "tmp"
+        allowed = ", ".join(_sql_string(p) for p in (self.data_path, str(spill) + os.sep))
+        con.execute(f"SET allowed_directories = [{allowed}]")
+        con.execute(f"SET temp_directory = {_sql_string(str(spill))}")
+        if not self.is_remote_data:
+            con.execute("SET enable_external_access = false")
+        for setting in ("SET allow_community_extensions = false", "SET enable_progress_bar = false", "SET lock_configuration = true"):
+            con.execute(setting)
+
+    def _connection(self, read_only: bool) -> duckdb.DuckDBPyConnection:
+        """A cursor of the process's read-only (or read-write) attachment; a forked child opens its own."""
+        with self._lock:
+            if self._pid != os.getpid():
+                self._connections, self._pid, self._ensured = {}, os.getpid(), set()
+            base = self._connections.get(read_only)
+            if base is None:
+                base = self._connections[read_only] = self._open(read_only)
+            return base.cursor()
+
+    def check(self) -> None:
+        """Open the catalog and the data path once (what start-up does): errors name the setting."""
+        self._connection(read_only=False).close()
+
+    def exists(self) -> bool:
+        """The catalog opens read-only (a reader never creates it)."""
+        try:
+            self._connection(read_only=True).close()
+        except WarehouseError:
+            return False
+        return True
+
+    def close(self) -> None:
+        with self._lock:
+            for con in self._connections.values():
+                con.close()
+            self._connections = {}
+
+    # ----- tables ---------------------------------------------------------------------------------
+    @staticmethod
+    def _columns_sql(spec: TableSpec) -> str:
+        declared = ", ".join(f'"{c.name}" {c.sql_type}' for c in spec.columns)
+        return f'{declared}, "{PARTITION}" VARCHAR, "{ROW}" BIGINT'
+
+    def ensure_catalog(self, catalog: Catalog) -> None:
+        """Each table (with its hidden columns), and any declared column an older table lacks."""
+        wanted = [s for s in catalog.tables if (s.name, tuple(s.column_names)) not in self._ensured]
+        if not wanted:
+            return
+
+        def create(cur: duckdb.DuckDBPyConnection) -> None:
+            for spec in wanted:
+                cur.execute(f"CREATE TABLE IF NOT EXISTS {_ALIAS}.{spec.name} ({self._columns_sql(spec)})")
+                have = {r[0] for r in cur.execute(f"DESCRIBE {_ALIAS}.{spec.name}").fetchall()}
+                for column in spec.columns:
+                    if column.name not in have:
+                        cur.execute(f'ALTER TABLE {_ALIAS}.{spec.name} ADD COLUMN "{column.name}" {column.sql_type}')
+
+        self._transact(create)
+        self._ensured.update((s.name, tuple(s.column_names)) for s in wanted)
+
+    def partitions(self, spec: TableSpec) -> list[str]:
+        self.ensure_table(spec)
+        with self._connection(read_only=True) as cur:
+            rows = cur.execute(f'SELECT DISTINCT "{PARTITION}" FROM {_ALIAS}.{spec.name} ORDER BY 1').fetchall()
+        return [r[0] for r in rows]
+
+    def table_stamp(self, spec: TableSpec) -> Hashable | None:
+        """The newest snapshot that changed the table (DuckLake numbers every commit)."""
+        with self._connection(read_only=True) as cur:
+            try:
+                row = cur.execute(
+                    f"SELECT max(snapshot_id) FROM ducklake_snapshots({_sql_string(_ALIAS)}) "
+                    "WHERE list_contains(map_keys(changes), 'tables_inserted_into') OR list_contains(map_keys(changes), 'tables_deleted_from')"
+                ).fetchone()
+            except duckdb.Error:
+                row = cur.execute(f"SELECT max(snapshot_id) FROM ducklake_snapshots({_sql_string(_ALIAS)})").fetchone()
+        return None if row is None else row[0]
+
+    def _select(self, spec: TableSpec, columns: Sequence[str] | None = None) -> str:
+        return ", ".join(f'"{c}"' for c in (columns or spec.column_names))
+
+    def _order(self, spec: TableSpec) -> str:
+        """Per-symbol tables read by key; other tables in the order each partition was written."""
+        by = list(spec.key) if spec.per_symbol else [ROW]
+        return ", ".join(f'"{PARTITION}"' if c == PARTITION else f'"{c}"' for c in [PARTITION, *by])
+
+    def _arrow(self, spec: TableSpec, table: pa.Table, columns: Sequence[str] | None = None) -> pa.Table:
+        schema = spec.schema if columns is None else pa.schema([spec.schema.field(c) for c in columns])
+        return table.select(schema.names).cast(schema)
+
+    def read_partitions(
+        self, spec: TableSpec, names: Iterable[str] | None = None, columns: Sequence[str] | None = None
+    ) -> pa.Table:
+        self.ensure_table(spec)
+        where, params = "", []
+        if names is not None:
+            wanted = [check_partition_name(spec, n) for n in names]
+            where, params = f'WHERE list_contains(?, "{PARTITION}")', [wanted]
+        sql = f"SELECT {self._select(spec, columns)} FROM {_ALIAS}.{spec.name} {where} ORDER BY {self._order(spec)}"
+        with self._connection(read_only=True) as cur:
+            return self._arrow(spec, cur.execute(sql, params).fetch_arrow_table(), columns)
+
+    # ----- writes ---------------------------------------------------------------------------------
+    def _transact(self, build: Callable[[duckdb.DuckDBPyConnection], T]) -> T:
+        """``build`` in one transaction, committed; after a commit conflict, rolled back and run again."""
+        deadline, attempt = time.monotonic() + COMMIT_RETRY_S, 0
+        while True:
+            cur = self._connection(read_only=False)
+            try:
+                cur.begin()
+                value = build(cur)
+                cur.commit()
+                return value
+            except BaseException as exc:
+                try:
+                    cur.rollback()
+                except duckdb.Error:
+                    pass
+                if not _is_conflict(exc) or time.monotonic() > deadline:
+                    raise
+                attempt += 1
+                log.info("DuckLake commit conflict (attempt %d), retrying: %s", attempt, _first_line(exc))
+                time.sleep(min(1.0, 0.02 * 2 ** min(attempt, 6)) * (0.5 + random.random()))
+            finally:
+                cur.close()
+
+    def write(self, partitions: Iterable[tuple[TableSpec, str]], build: Callable[[Transaction], T]) -> T:
+        wanted = sorted({(spec.name, name): spec for spec, name in partitions}.items())
+        self.ensure_catalog(Catalog(tuple({spec.name: spec for (_, _), spec in wanted}.values())))
+        lock_root = self.root / ".locks"
+        with atomic_locks(lock_root, [(table, name) for (table, name), _ in wanted]):
+            return self._transact(lambda cur: build(_DuckLakeTransaction(cur)))
+
+    # ----- reads ----------------------------------------------------------------------------------
+    def read(
+        self,
+        spec: TableSpec,
+        symbols: Iterable[str] | None = None,
+        start: dt.date | str | None = None,
+        end: dt.date | str | None = None,
+    ) -> pd.DataFrame:
+        self.ensure_table(spec)
+        conditions, params = [], []
+        if symbols is not None:
+            conditions.append(f'list_contains(?, "{PARTITION}")')
+            params.append(list(symbols))
+        if start is not None:
+            conditions.append("date >= ?")
+            params.append(pd.Timestamp(start).date())
+        if end is not None:
+            conditions.append("date <= ?")
+            params.append(pd.Timestamp(end).date())
+        where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
+        order = ", ".join(f'"{c}"' for c in spec.key)
+        sql = f"SELECT {self._select(spec)} FROM {_ALIAS}.{spec.name} {where} ORDER BY {order}"
+        with self._connection(read_only=True) as cur:
+            table = cur.execute(sql, params).fetch_arrow_table()
+        if not table.num_rows:
+            return empty_frame(spec)
+        out = self._arrow(spec, table).to_pandas()
+        out["date"] = pd.to_datetime(out["date"])
+        return out
+
+    def query(
+        self,
+        sql: str,
+        params: Sequence[object] | None = None,
+        on_damaged: Callable[[Path, str], None] | None = None,
+    ) -> pd.DataFrame:
+        """Read-only SQL: views of the declared columns under the tables' names, on a read-only attachment
+        (``on_damaged`` has nothing to report here: DuckLake's files are written whole, by commits)."""
+        refuse_writes(sql)
+        catalog = registered_catalog()
+        names = views_needed(catalog, sql)
+        self.ensure_catalog(Catalog(tuple(t for t in catalog.tables if t.name in names)))
+        with self._connection(read_only=True) as cur:
+            for spec in catalog.tables:
+                if spec.name in names:
+                    cur.execute(f"CREATE OR REPLACE TEMP VIEW {spec.name} AS SELECT {self._select(spec)} FROM {_ALIAS}.{spec.name}")
+            for view in catalog.views:
+                if view.name in names:
+                    cur.execute(f"CREATE OR REPLACE TEMP VIEW {view.name} AS {view.sql}")
+            try:
+                return cur.execute(sql, params or []).df()
+            except duckdb.PermissionException as exc:
+                raise QueryRefused(f"{_first_line(exc)}: queries here read only the warehouse") from None
+
+
+class atomic_locks:
+    """The file locks ``root/<table>/.locks/<name>.lock`` of several partitions, taken in sorted order."""
+
+    def __init__(self, root: Path, names: Sequence[tuple[str, str]]):
+        self._locks = [atomic.lock(root / table, name) for table, name in sorted(names)]
+
+    def __enter__(self) -> None:
+        taken = []
+        try:
+            for lock in self._locks:
+                lock.acquire()
+                taken.append(lock)
+        except BaseException:
+            for lock in reversed(taken):
+                lock.release()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        for lock in reversed(self._locks):
+            lock.release()
+
+
+class _DuckLakeTransaction(Transaction):
+    """Statements on the write cursor inside one DuckLake transaction."""
+
+    def __init__(self, cur: duckdb.DuckDBPyConnection):
+        self.cur = cur
+
+    def read(self, spec: TableSpec, name: str, columns: Sequence[str] | None = None) -> pa.Table | None:
+        check_partition_name(spec, name)
+        cols = ", ".join(f'"{c}"' for c in (columns or spec.column_names))
+        order = ", ".join(f'"{c}"' for c in (spec.key if spec.per_symbol else (ROW,)))
+        table = self.cur.execute(
+            f'SELECT {cols} FROM {_ALIAS}.{spec.name} WHERE "{PARTITION}" = ? ORDER BY {order}', [name]
+        ).fetch_arrow_table()
+        if not table.num_rows:
+            return None
+        schema = spec.schema if columns is None else pa.schema([spec.schema.field(c) for c in columns])
+        return table.cast(schema)
+
+    def _insert(self, spec: TableSpec, table: pa.Table, partition: pa.Array, row: pa.Array) -> None:
+        rows = table.cast(spec.schema).append_column(PARTITION, partition).append_column(ROW, row)
+        self.cur.register("ibf_rows", rows)
+        try:
+            self.cur.execute(f"INSERT INTO {_ALIAS}.{spec.name} BY NAME SELECT * FROM ibf_rows")
+        finally:
+            self.cur.unregister("ibf_rows")
+
+    def put(self, spec: TableSpec, name: str, table: pa.Table) -> None:
+        self.delete(spec, name)
+        n = table.num_rows
+        if n:
+            self._insert(spec, table, pa.array([name] * n, pa.string()), pa.array(range(n), pa.int64()))
+
+    def delete(self, spec: TableSpec, name: str) -> None:
+        check_partition_name(spec, name)
+        self.cur.execute(f'DELETE FROM {_ALIAS}.{spec.name} WHERE "{PARTITION}" = ?', [name])
+
+    def replace_slice(
+        self, spec: TableSpec, frame: pd.DataFrame, symbols: Sequence[str], start: dt.date | str, end: dt.date | str
+    ) -> WriteResult:
+        """``DELETE`` the slice, ``INSERT`` the frame: the transaction makes the two one change."""
+        lo, hi = date_bounds(start, end)
+        check_slice(spec, frame, symbols, lo, hi)
+        names = sorted(set(symbols))
+        new_table = to_arrow(spec, frame)
+        where = f'list_contains(?, "{PARTITION}") AND date BETWEEN ? AND ?'
+        params = [names, lo.date(), hi.date()]
+        replaced = self.cur.execute(f"SELECT count(*) FROM {_ALIAS}.{spec.name} WHERE {where}", params).fetchone()[0]
+        if replaced:
+            self.cur.execute(f"DELETE FROM {_ALIAS}.{spec.name} WHERE {where}", params)
+        if new_table.num_rows:
+            symbols_col = new_table.column("symbol").combine_chunks()
+            self._insert(spec, new_table, symbols_col, pa.array(range(new_table.num_rows), pa.int64()))
+        return WriteResult(spec.name, tuple(names), lo.date(), hi.date(), len(frame), int(replaced))
