@@ -263,3 +263,37 @@ def test_an_s3_prefix_without_access_is_named(ibf_home, monkeypatch):
     with pytest.raises(WarehouseError, match="IBF_DUCKLAKE_DATA_PATH: s3://ibf-lake/data/") as raised:
         open_warehouse(load_settings())
     assert "wJalrXUtnFEMIEXAMPLEKEY" not in str(raised.value)
+
+
+@pytest.mark.parametrize("backend", ["ducklake-sqlite", "ducklake-postgres"])
+def test_ibf_backfill_and_sql_run_on_ducklake(ibf_home, monkeypatch, request, backend):
+    from conftest import run_ibf
+
+    server = request.getfixturevalue("postgres") if backend == "ducklake-postgres" else None
+    env = _settings_env(backend, ibf_home, server, f"lake_cli_{os.getpid()}")
+    done = run_ibf("backfill", "--start", "2012-10-01", "--end", "2012-12-31", "--assets", "market_bars,features", env=env)
+    assert done.returncode == 0, done.stderr
+    assert not (ibf_home / "lake").exists()  # nothing went to the Parquet lake
+    shown = run_ibf("sql", "SELECT symbol, count(*) AS n FROM features GROUP BY 1 ORDER BY 1", "--format", "csv", env=env)
+    assert shown.returncode == 0, shown.stderr
+    from ibf_core.calendar import trading_days
+
+    sessions = len(trading_days("2012-10-01", "2012-12-31"))  # 62: the NYSE closed for Hurricane Sandy
+    assert shown.stdout.splitlines() == ["symbol,n"] + [f"{s},{sessions}" for s in ("AAPL", "GOOG", "IBM", "MSFT")]
+    again = run_ibf("backfill", "--start", "2012-12-01", "--end", "2012-12-31", "--assets", "market_bars", env=env)
+    assert again.returncode == 0, again.stderr
+    counted = run_ibf("sql", "SELECT count(*) AS n FROM market_bars", "--format", "csv", env=env)
+    assert counted.stdout.splitlines() == ["n", str(4 * sessions)]  # a re-run replaces its slice, adds nothing
+
+
+def test_a_wrong_ducklake_setting_is_one_error_line_and_nothing_is_written(ibf_home, tmp_path):
+    from conftest import run_ibf
+
+    env = {"IBF_HOME": str(ibf_home), "IBF_WAREHOUSE": "ducklake",
+           "IBF_DUCKLAKE_CATALOG": f"postgres:dbname=lake host=127.0.0.1 port={free_port()} user=ibf password=S3cretPw"}
+    for args in (["backfill", "--start", "2012-12-01", "--end", "2012-12-31", "--assets", "market_bars"], ["sql", "SELECT 1"]):
+        done = run_ibf(*args, env=env)
+        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        assert done.returncode != 0 and lines[-1].startswith("error:") and "IBF_DUCKLAKE_CATALOG" in lines[-1], done.stderr
+        assert "S3cretPw" not in done.stderr + done.stdout
+    assert not (ibf_home / "ducklake").exists() and not (ibf_home / "lake").exists()

@@ -140,14 +140,16 @@ class DuckLakeWarehouse(TableStore):
                 raise WarehouseError(
                     f"IBF_DUCKLAKE_CATALOG: the catalog {file} cannot be created: its folder {file.parent} does not exist"
                 )
-        if not self.is_remote_data:
-            folder = Path(self.data_path)
-            try:
-                folder.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise WarehouseError(f"IBF_DUCKLAKE_DATA_PATH: {folder} cannot be created ({exc.strerror})") from None
-            if not os.access(folder, os.W_OK | os.X_OK):
-                raise WarehouseError(f"IBF_DUCKLAKE_DATA_PATH: {folder} is not writable")
+
+    def _check_data_folder(self) -> None:
+        """The local data folder, created once the catalog opened (a wrong catalog leaves no folder behind)."""
+        folder = Path(self.data_path)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise WarehouseError(f"IBF_DUCKLAKE_DATA_PATH: {folder} cannot be created ({exc.strerror})") from None
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise WarehouseError(f"IBF_DUCKLAKE_DATA_PATH: {folder} is not writable")
 
     def _s3_secret(self) -> str | None:
         """A DuckDB S3 secret from the environment's ``AWS_*`` variables (never logged)."""
@@ -184,6 +186,8 @@ class DuckLakeWarehouse(TableStore):
                 ) from None
             if self.is_remote_data:
                 self._check_remote(con)
+            elif not read_only:
+                self._check_data_folder()
             if read_only:
                 self._lock_down(con)
         except BaseException:
