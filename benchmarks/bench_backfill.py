@@ -76,21 +76,38 @@ def bare_duckdb(path: Path, db: Path) -> int:
         return con.execute("SELECT count(*) FROM market_bars").fetchone()[0]
 
 
-def ibf_library(path: Path, home: Path, symbols: list[str], start, end) -> int:
-    """ibf without Dagster: CsvSource (full validation, split check) + Warehouse.replace_slice."""
+def _store(home: Path, warehouse: str):
+    from ibf_core.settings import load_settings
+    from ibf_core.storage.backends import open_warehouse
+
+    return open_warehouse(load_settings(home=home, warehouse=warehouse))
+
+
+def ibf_library(path: Path, home: Path, symbols: list[str], start, end, warehouse: str = "lake") -> int:
+    """ibf without Dagster: CsvSource (full validation, split check) + the warehouse's slice replace."""
     from ibf_core.ingest import load_market_bars
     from ibf_core.sources.csv import CsvSource
-    from ibf_core.storage.warehouse import Warehouse
 
-    return load_market_bars(CsvSource(path), Warehouse(home), symbols, start, end).write.rows_written
+    return load_market_bars(CsvSource(path), _store(home, warehouse), symbols, start, end).write.rows_written
+
+
+def reads(home: Path, warehouse: str) -> tuple[float, float]:
+    """Seconds to read the whole table, and to run an aggregate over it through SQL (fresh process state)."""
+    from ibf_core.storage.tables import MARKET_BARS
+
+    store = _store(home, warehouse)
+    t_read, frame = timed(lambda: store.read(MARKET_BARS))
+    t_sql, _ = timed(lambda: store.query("SELECT symbol, avg(close) AS c, count(*) AS n FROM market_bars GROUP BY 1"))
+    assert len(frame)
+    return t_read, t_sql
 
 
 def ibf_backfill(path: Path, home: Path, symbols: list[str], start: str, end: str, granularity: str,
-                 pg_url: str | None = None) -> float:
+                 pg_url: str | None = None, warehouse: str = "lake") -> float:
     """`ibf backfill` as a user runs it: a Dagster run on the persistent instance under IBF_HOME (SQLite), or on
     the Postgres instance at ``pg_url``."""
     env = {**os.environ, "IBF_HOME": str(home), "IBF_UNIVERSE": ",".join(symbols),
-           "IBF_HISTORY_START": start, "IBF_DATE_PARTITIONS": granularity}
+           "IBF_HISTORY_START": start, "IBF_DATE_PARTITIONS": granularity, "IBF_WAREHOUSE": warehouse}
     if pg_url:
         env["IBF_DAGSTER_PG_URL"] = pg_url
     ibf = str(Path(sys.executable).with_name("ibf"))
@@ -111,6 +128,7 @@ def main() -> None:
     parser.add_argument("--granularity", default="year", choices=["day", "month", "year"])
     parser.add_argument("--skip-dagster", action="store_true", help="only the baseline and the library path")
     parser.add_argument("--instance", default="sqlite", help="comma list: sqlite, postgres (a throw-away local PostgreSQL)")
+    parser.add_argument("--warehouse", default="lake", help="comma list: lake, ducklake (SQLite catalog under the home)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
@@ -126,12 +144,20 @@ def main() -> None:
 
         t_bare, n = timed(lambda: bare_duckdb(data, tmp / "bare.duckdb"))
         assert n == rows
-        t_lib, n = timed(lambda: ibf_library(data, tmp / "lib_home", symbols, start, end))
-        assert n == rows
-        results = {"rows": rows, "symbols": args.symbols, "years": args.years,
-                   "bare_duckdb_s": t_bare, "ibf_library_s": t_lib}
+        results = {"rows": rows, "symbols": args.symbols, "years": args.years, "bare_duckdb_s": t_bare}
         print(f"{'bare DuckDB insert':32s} {t_bare:8.2f} s  {rows / t_bare:12,.0f} rows/s  1.00x")
-        print(f"{'ibf library (validate+store)':32s} {t_lib:8.2f} s  {rows / t_lib:12,.0f} rows/s  {t_lib / t_bare:5.2f}x")
+        t_lib = None
+        for warehouse in args.warehouse.split(","):
+            home = tmp / f"lib_home_{warehouse}"
+            t_w, n = timed(lambda: ibf_library(data, home, symbols, start, end, warehouse))
+            assert n == rows
+            t_lib = t_lib or t_w
+            t_read, t_sql = reads(home, warehouse)
+            results.update({f"ibf_library_{warehouse}_s": t_w, f"read_{warehouse}_s": t_read, f"sql_{warehouse}_s": t_sql})
+            label = f"ibf library, {warehouse}"
+            print(f"{label:32s} {t_w:8.2f} s  {rows / t_w:12,.0f} rows/s  {t_w / t_bare:5.2f}x   "
+                  f"read all {t_read:.2f} s, SQL aggregate {t_sql:.2f} s")
+        warehouse = args.warehouse.split(",")[-1]
         for instance in [] if args.skip_dagster else args.instance.split(","):
             with contextlib.ExitStack() as stack:
                 url = None
@@ -139,9 +165,9 @@ def main() -> None:
                     from ibf_dagster.stack.postgres import local_postgres
 
                     url = stack.enter_context(local_postgres()).create_database("dagster")
-                t_dag = ibf_backfill(data, tmp / f"dag_home_{instance}", symbols, str(start), str(end), args.granularity, url)
-            results.update({f"ibf_backfill_{instance}_s": t_dag, "granularity": args.granularity})
-            label = f"ibf backfill, {instance} ({args.granularity})"
+                t_dag = ibf_backfill(data, tmp / f"dag_home_{instance}", symbols, str(start), str(end), args.granularity, url, warehouse)
+            results.update({f"ibf_backfill_{instance}_{warehouse}_s": t_dag, "granularity": args.granularity})
+            label = f"ibf backfill, {instance}, {warehouse} ({args.granularity})"
             print(f"{label:32s} {t_dag:8.2f} s  {rows / t_dag:12,.0f} rows/s  {t_dag / t_bare:5.2f}x  "
                   f"{t_dag / t_lib:5.2f}x the library path")
         if args.json:

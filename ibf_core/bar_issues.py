@@ -120,8 +120,9 @@ def write_bars_and_issues(
     def build(tx: Transaction) -> tuple[WriteResult, list[pd.DataFrame]]:
         dates = _dates_after_write(warehouse, loaded.bars, names, lo, hi)
         recorded = []
+        stored = tx.read_many(BAR_ISSUES, names)
         for symbol in names:
-            rows = _put_symbol(tx, symbol, new.get(symbol), dates.get(symbol), context)
+            rows = _put_symbol(tx, symbol, stored.get(symbol), new.get(symbol), dates.get(symbol), context)
             if rows is not None:
                 recorded.append(rows[rows["date"].between(lo, hi)])
         return tx.replace_slice(MARKET_BARS, loaded.bars, names, start, end), recorded
@@ -135,12 +136,13 @@ def write_bars_and_issues(
 def _put_symbol(
     tx: Transaction,
     symbol: str,
+    stored: pa.Table | None,
     new: pd.DataFrame | None,
     dates: np.ndarray | None,
     context: _LoadContext,
 ) -> pd.DataFrame | None:
     """Write the symbol's issues as they will be after the load (removed when nothing is left); its rows."""
-    old = _frame(tx.read(BAR_ISSUES, symbol))
+    old = _frame(stored)
     rows = _symbol_rows(symbol, old, new, dates, context)
     if rows is not None:
         tx.put(BAR_ISSUES, symbol, _to_arrow(rows))

@@ -230,10 +230,11 @@ def _put_mentions(
     import pandas as pd
 
     removed = touched = 0
+    before = tx.read_many(NEWS_MENTIONS, symbols)
     for symbol in symbols:
         new = mentions[mentions["symbol"] == symbol]
         parts = []
-        stored = tx.read(NEWS_MENTIONS, symbol)
+        stored = before.get(symbol)
         if stored is not None:
             old = _to_pandas(NEWS_MENTIONS, stored)
             keep = ~old["url"].isin(set(new["url"]))

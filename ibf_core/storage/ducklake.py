@@ -432,6 +432,23 @@ class _DuckLakeTransaction(Transaction):
         schema = spec.schema if columns is None else pa.schema([spec.schema.field(c) for c in columns])
         return table.cast(schema)
 
+    def read_many(self, spec: TableSpec, names: Sequence[str]) -> dict[str, pa.Table]:
+        """One query for all the partitions (a query costs tens of milliseconds on a DuckLake catalog)."""
+        import pyarrow.compute as pc
+
+        wanted = [check_partition_name(spec, n) for n in names]
+        cols = ", ".join(f'"{c}"' for c in spec.column_names)
+        order = ", ".join(f'"{c}"' for c in (PARTITION, *(spec.key if spec.per_symbol else (ROW,))))
+        table = self.cur.execute(
+            f'SELECT "{PARTITION}", {cols} FROM {_ALIAS}.{spec.name} WHERE list_contains(?, "{PARTITION}") ORDER BY {order}',
+            [wanted],
+        ).fetch_arrow_table()
+        parts = table.column(PARTITION)
+        out = {}
+        for name in pc.unique(parts).to_pylist():
+            out[name] = table.filter(pc.equal(parts, name)).drop_columns([PARTITION]).cast(spec.schema)
+        return out
+
     def _insert(self, spec: TableSpec, table: pa.Table, partition: pa.Array, row: pa.Array) -> None:
         rows = table.cast(spec.schema).append_column(PARTITION, partition).append_column(ROW, row)
         self.cur.register("ibf_rows", rows)

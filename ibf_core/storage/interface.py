@@ -148,6 +148,11 @@ class Transaction(ABC):
     def read(self, spec: TableSpec, name: str, columns: Sequence[str] | None = None) -> pa.Table | None:
         """The partition's rows as stored before this transaction (None: no such partition)."""
 
+    def read_many(self, spec: TableSpec, names: Sequence[str]) -> dict[str, pa.Table]:
+        """The stored partitions among ``names`` (absent ones left out), as :meth:`read` gives each."""
+        found = {name: self.read(spec, name) for name in names}
+        return {name: table for name, table in found.items() if table is not None}
+
     @abstractmethod
     def put(self, spec: TableSpec, name: str, table: pa.Table) -> None:
         """Make ``table`` (of the declared schema) the partition's rows."""
