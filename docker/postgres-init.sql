@@ -1,2 +1,3 @@
--- MLflow's backend store: its own database on the same server (the Dagster instance uses `dagster`).
+-- Databases beside `dagster` (the Dagster instance): MLflow's backend store and the DuckLake catalog.
 CREATE DATABASE mlflow;
+CREATE DATABASE lake;

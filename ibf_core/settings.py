@@ -231,6 +231,16 @@ class Settings(BaseSettings):
     ducklake_data_path: str | None = Field(
         None, description="With IBF_WAREHOUSE=ducklake: folder or s3://bucket/prefix/ of the data files (S3 credentials from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_ENDPOINT_URL); unset: IBF_HOME/ducklake/data"
     )
+    aws_access_key_id: SecretStr | None = Field(
+        None, validation_alias=AliasChoices("AWS_ACCESS_KEY_ID", "aws_access_key_id"), description="S3 access key for an s3:// IBF_DUCKLAKE_DATA_PATH; a secret"
+    )
+    aws_secret_access_key: SecretStr | None = Field(
+        None, validation_alias=AliasChoices("AWS_SECRET_ACCESS_KEY", "aws_secret_access_key"), description="S3 secret key for an s3:// IBF_DUCKLAKE_DATA_PATH; a secret"
+    )
+    aws_region: str | None = Field(None, validation_alias=AliasChoices("AWS_REGION", "aws_region"), description="S3 region of an s3:// IBF_DUCKLAKE_DATA_PATH")
+    aws_endpoint_url: str | None = Field(
+        None, validation_alias=AliasChoices("AWS_ENDPOINT_URL", "aws_endpoint_url"), description="S3-compatible endpoint (MinIO, R2, ...) of an s3:// IBF_DUCKLAKE_DATA_PATH, e.g. http://minio:9000"
+    )
     dagster_event_batch_size: int = Field(
         1000, ge=0, description="With a Postgres instance: materialization events written per INSERT (DAGSTER_EVENT_BATCH_SIZE; 0 = one at a time)"
     )
@@ -271,6 +281,8 @@ class Settings(BaseSettings):
             found.append(self.alphavantage_api_key.get_secret_value())
         if self.alert_webhook is not None:
             found += url_secrets(self.alert_webhook.get_secret_value())
+        if self.aws_secret_access_key is not None:
+            found.append(self.aws_secret_access_key.get_secret_value())
         if self.ducklake_catalog is not None:
             catalog = self.ducklake_catalog.get_secret_value()
             found += [m.group(2) for m in re.finditer(r"password\s*=\s*(['\"]?)([^\s'\"]+)", catalog, re.IGNORECASE)]

@@ -19,10 +19,15 @@ def open_warehouse(settings: Settings | None = None, *, reader: bool = False) ->
 
         settings = get_settings()
     if settings.warehouse == "ducklake":
-        from ibf_core.storage.ducklake import DuckLakeWarehouse
+        from ibf_core.storage.ducklake import DuckLakeWarehouse, S3Credentials
 
-        catalog = settings.ducklake_catalog.get_secret_value() if settings.ducklake_catalog is not None else None
-        store = DuckLakeWarehouse(settings.home_dir, catalog, settings.ducklake_data_path)
+        def secret(value):
+            return value.get_secret_value() if value is not None else None
+
+        s3 = S3Credentials(
+            secret(settings.aws_access_key_id), secret(settings.aws_secret_access_key), settings.aws_region, settings.aws_endpoint_url
+        )
+        store = DuckLakeWarehouse(settings.home_dir, secret(settings.ducklake_catalog), settings.ducklake_data_path, s3)
         if not reader:
             store.check()
         return store

@@ -3,7 +3,7 @@
 The catalog (``IBF_DUCKLAKE_CATALOG``) is a SQLite file (the default: ``<state>/ducklake/catalog.sqlite``), a DuckDB
 file (one process at a time) or a Postgres database (``postgres:dbname=lake host=... user=...``: several machines);
 data files live under ``IBF_DUCKLAKE_DATA_PATH`` (a folder, or an S3-compatible ``s3://bucket/prefix/`` with the
-``AWS_*`` credentials of the environment). The extensions are the PyPI wheels built for the pinned DuckDB, loaded
+``AWS_*`` credentials of the settings). The extensions are the PyPI wheels built for the pinned DuckDB, loaded
 by path: nothing is downloaded.
 
 Every table gets two hidden columns: ``_partition`` (the symbol, the month of ``news_articles``, an alerts batch)
@@ -29,6 +29,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Hashable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
@@ -94,12 +95,27 @@ def _first_line(exc: BaseException) -> str:
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
+@dataclass(frozen=True)
+class S3Credentials:
+    """What an ``s3://`` data path needs (from the settings' ``AWS_*`` values)."""
+
+    access_key_id: str | None = None
+    secret_access_key: str | None = None
+    region: str | None = None
+    endpoint_url: str | None = None
+
+    def __repr__(self) -> str:  # never show the secret
+        return f"S3Credentials(region={self.region!r}, endpoint_url={self.endpoint_url!r})"
+
+
 class DuckLakeWarehouse(TableStore):
     """DuckLake tables of the registered catalog; see the module docstring."""
 
     backend = "ducklake"
 
-    def __init__(self, home: Path | str, catalog: str | None = None, data_path: str | None = None):
+    def __init__(
+        self, home: Path | str, catalog: str | None = None, data_path: str | None = None, s3: S3Credentials | None = None
+    ):
         self.home = Path(home).expanduser().resolve()
         self.root = self.home / "ducklake"
         self.state_dir = self.root
@@ -108,6 +124,7 @@ class DuckLakeWarehouse(TableStore):
         self.data_path = data_path or str(self.root / "data")
         if not self.data_path.endswith("/"):
             self.data_path += "/"
+        self.s3 = s3 or S3Credentials()
         self._lock = threading.Lock()
         self._connections: dict[bool, duckdb.DuckDBPyConnection] = {}
         self._pid = os.getpid()
@@ -152,14 +169,14 @@ class DuckLakeWarehouse(TableStore):
             raise WarehouseError(f"IBF_DUCKLAKE_DATA_PATH: {folder} is not writable")
 
     def _s3_secret(self) -> str | None:
-        """A DuckDB S3 secret from the environment's ``AWS_*`` variables (never logged)."""
-        key, secret = os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY")
+        """A DuckDB S3 secret from the settings' ``AWS_*`` values (never logged)."""
+        key, secret = self.s3.access_key_id, self.s3.secret_access_key
         if not key or not secret:
             return None
         parts = [f"TYPE s3, KEY_ID {_sql_string(key)}, SECRET {_sql_string(secret)}"]
-        if os.environ.get("AWS_REGION"):
-            parts.append(f"REGION {_sql_string(os.environ['AWS_REGION'])}")
-        endpoint = os.environ.get("AWS_ENDPOINT_URL")
+        if self.s3.region:
+            parts.append(f"REGION {_sql_string(self.s3.region)}")
+        endpoint = self.s3.endpoint_url
         if endpoint:
             scheme, _, host = endpoint.partition("://")
             parts.append(f"ENDPOINT {_sql_string(host or scheme)}, URL_STYLE 'path'")
