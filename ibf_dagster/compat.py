@@ -162,3 +162,54 @@ def was_interrupted(result: dg.ExecuteInProcessResult) -> bool:
             if getattr(data, "failure_reason", None) == RunFailureReason.UNEXPECTED_TERMINATION:
                 return True
     return False
+
+
+def single_step_in_process_executor():
+    """Dagster's default executor (``multiprocess`` unless run config says ``in_process``), except that a run of
+    one step executes it in the run worker's own process.
+
+    A daemon-launched run of one step (every run of a UI partition backfill of one asset) otherwise starts a step
+    subprocess that imports the code location again (seconds) while it already holds the step's pool slot, so the
+    runs of one backfill queue behind each other's start-up. In process, the slot is held only while the asset
+    computes. The pool-wait patch (sleep between claim checks) applies, so a waiting step does not spin.
+    """
+    from dagster._core.definitions.executor_definition import (
+        _core_in_process_executor_creation,
+        _core_multiprocess_executor_creation,
+        multi_or_in_process_executor,
+    )
+    from dagster._core.executor.base import Executor
+
+    class SingleStepInProcess(Executor):
+        def __init__(self, multi, single):
+            self._multi, self._single = multi, single
+
+        @property
+        def retries(self):
+            return self._multi.retries
+
+        @property
+        def step_dependency_config(self):
+            return self._multi.step_dependency_config
+
+        def execute(self, plan_context, execution_plan):
+            if len(execution_plan.step_keys_to_execute) == 1:
+                _patch_pool_waits()
+                yield from self._single.execute(plan_context, execution_plan)
+            else:
+                yield from self._multi.execute(plan_context, execution_plan)
+
+    @dg.executor(
+        name="ibf_multi_or_in_process",
+        config_schema=multi_or_in_process_executor.config_schema,
+        requirements=multi_or_in_process_executor.get_requirements,
+    )
+    def executor(init_context):
+        config = init_context.executor_config
+        if "in_process" in config:
+            return _core_in_process_executor_creation(config["in_process"])
+        multi = _core_multiprocess_executor_creation(config["multiprocess"])
+        single = _core_in_process_executor_creation({"retries": config["multiprocess"].get("retries", {"enabled": {}})})
+        return SingleStepInProcess(multi, single)
+
+    return executor

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from functools import lru_cache
 from typing import Any
 
 from ibf_core.settings import Settings
@@ -30,9 +31,17 @@ def gpu_tags(settings: Settings | None = None) -> dict[str, str]:
 
 
 def executor_for(settings: Settings):
-    """The Definitions' executor: Dagster's default, or each step a Kubernetes Job."""
+    """The Definitions' executor: Dagster's default with single-step runs in the run worker's process
+    (``ibf_dagster.compat.single_step_in_process_executor``), or each step a Kubernetes Job."""
     if settings.executor != "k8s":
-        return None
+        return _default_executor()
     from dagster_k8s import k8s_job_executor
 
     return k8s_job_executor
+
+
+@lru_cache(maxsize=1)
+def _default_executor():
+    from ibf_dagster.compat import single_step_in_process_executor
+
+    return single_step_in_process_executor()

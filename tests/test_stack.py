@@ -2,7 +2,9 @@
 the gRPC code location, the webserver, the daemon and the REST API. Through them: a UI-style backfill
 (GraphQL ``launchPartitionBackfill``) of bars and features, a training run submitted by the API, a UI-style
 backfill of predictions, all executed by the daemon's run workers; the model registered on the MLflow server;
-then the daemon killed (kill -9) while a backfill runs, restarted, and the backfill finishing."""
+then the daemon killed (kill -9) while a backfill runs, restarted, and the backfill finishing; Postgres restarted
+under the running webserver and daemon; a run worker killed mid-run (its run marked failed, the warehouse as it
+was, the relaunch succeeding)."""
 
 from __future__ import annotations
 
@@ -31,6 +33,38 @@ def _finished(web: str, backfill_id: str) -> list[dict]:
     failed = [r["runId"] for r in found["runs"] if r["status"] != "SUCCESS"]
     assert found["runs"] and not failed, (found, [backfills.failures(web, run_id) for run_id in failed])
     return found["runs"]
+
+
+STEP_EVENTS = """
+query Steps($id: ID!) { logsForRun(runId: $id) { ... on EventConnection { events { __typename } } } }"""
+
+
+def _run_workers(run_id: str) -> list[int]:
+    """PIDs of the run workers (``dagster api execute_run``) of ``run_id`` (its id is in the command line)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmdline = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ")
+        except OSError:
+            continue
+        if b"execute_run" in cmdline and run_id.encode() in cmdline:
+            found.append(int(pid))
+    return found
+
+
+def _kill_run_worker_mid_step(web: str, backfill_id: str, deadline: float) -> None:
+    """``kill -9`` the run worker of the backfill's first run as soon as its step has started."""
+    while time.monotonic() < deadline:
+        runs = backfills.graphql(web, backfills.STATUS, {"id": backfill_id})["partitionBackfillOrError"].get("runs") or []
+        for run in runs:
+            events = backfills.graphql(web, STEP_EVENTS, {"id": run["runId"]})["logsForRun"].get("events", [])
+            if run["status"] == "STARTED" and any(e["__typename"] == "ExecutionStepStartEvent" for e in events):
+                workers = _run_workers(run["runId"])
+                if workers:
+                    os.kill(workers[0], signal.SIGKILL)
+                    return
+        time.sleep(0.05)
+    raise AssertionError("no step of the backfill started")
 
 
 @pytest.mark.slow
@@ -85,6 +119,35 @@ def test_the_topology_runs_ui_backfills_training_and_predictions_through_the_dae
             daemon.proc = subprocess.Popen(daemon.argv, env=running.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
             log.close()
             _finished(web, backfill_id)
+
+            # Postgres restarts under the running webserver and daemon: they reconnect, and a new backfill runs.
+            running.postgres.stop()
+            running.postgres.start()
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    backfill_id = backfills.launch(web, ["market_bars"], ["2013|AAPL"])
+                    break
+                except Exception:  # noqa: BLE001 - the webserver's first query after the restart may fail
+                    assert time.monotonic() < deadline, running.log_tail("webserver")
+                    time.sleep(2)
+            _finished(web, backfill_id)
+
+            # A run worker killed (kill -9) mid-step: its run is marked failed (never stuck), the warehouse is as
+            # it was, and relaunching the same partitions succeeds.
+            from ibf_core.storage.backends import open_warehouse
+
+            store = open_warehouse(running.settings)
+            query = "SELECT symbol, date, logret_1 FROM features ORDER BY symbol, date"
+            before = store.query(query)
+            backfill_id = backfills.launch(web, ["features"], ["2012|AAPL", "2012|MSFT"])
+            _kill_run_worker_mid_step(web, backfill_id, time.monotonic() + 180)
+            found = backfills.wait(web, backfill_id, timeout_s=420)
+            statuses = {r["status"] for r in found["runs"]}
+            assert "FAILURE" in statuses and statuses <= {"SUCCESS", "FAILURE"}, found
+            assert store.query(query).equals(before)
+            _backfill(web, ["features"], ["2012|AAPL", "2012|MSFT"])
+            assert store.query(query).equals(before)  # idempotent: the same inputs give the same rows
     finally:
         os.environ.clear()
         os.environ.update(saved)

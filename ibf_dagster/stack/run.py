@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ibf_core.processes import free_port
 from ibf_core.settings import Settings
@@ -45,6 +46,7 @@ class RunningStack:
     env: dict[str, str]
     urls: dict[str, str]
     services: list[Service] = field(default_factory=list)
+    postgres: Any = None  # the throw-away LocalPostgres this stack started (None: IBF_DAGSTER_PG_URL names one)
 
     def log_tail(self, name: str, chars: int = 3000) -> str:
         path = self.folder / f"{name}.log"
@@ -110,6 +112,7 @@ def stack(settings: Settings, api_workers: int = 1, timeout_s: float = 240, anno
             fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise StackError(f"another ibf stack runs for {settings.home_dir}: ibf stack down stops it") from None
+        pg = None
         if settings.dagster_pg_url is None:
             from ibf_dagster.stack.postgres import local_postgres
 
@@ -139,7 +142,8 @@ def stack(settings: Settings, api_workers: int = 1, timeout_s: float = 240, anno
                   "mlflow_artifacts": str(settings.mlflow_artifacts_dir), "api_port": str(ports["api"]),
                   "api_workers": str(api_workers)}
         running = RunningStack(folder, settings, env, {"webserver": web_url, "mlflow": mlflow_uri,
-                                                        "api": f"http://127.0.0.1:{ports['api']}", "postgres": dagster_url})
+                                                        "api": f"http://127.0.0.1:{ports['api']}", "postgres": dagster_url},
+                               postgres=pg)
 
         def start(name: str, url: str | None) -> Service:
             argv = command(name, **values)
