@@ -24,7 +24,9 @@ sys.path.insert(0, str(ROOT))
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--symbols", type=int, default=20)
-    parser.add_argument("--months", type=int, default=12)
+    parser.add_argument("--months", type=int, default=12, help="with --years 1: the first N months")
+    parser.add_argument("--years", type=int, default=1)
+    parser.add_argument("--granularity", default="month", choices=["month", "year"])
     args = parser.parse_args()
 
     import pandas as pd
@@ -37,21 +39,23 @@ def main() -> None:
     from ibf_dagster.stack.run import stack
 
     work = Path(tempfile.mkdtemp(prefix="ibf-bench-ui-"))
-    bars = generate(args.symbols, 1)
-    bars = bars[bars["date"] < bars["date"].min() + pd.DateOffset(months=args.months)]
+    bars = generate(args.symbols, args.years)
+    if args.years == 1:
+        bars = bars[bars["date"] < bars["date"].min() + pd.DateOffset(months=args.months)]
     symbols = sorted(bars["symbol"].unique())
     start, end = bars["date"].min().date(), bars["date"].max().date()
     csv = work / "bars.csv"
     bars.assign(date=bars["date"].dt.strftime("%Y-%m-%d")).to_csv(csv, index=False)
-    months = sorted({d.strftime("%Y-%m") for d in pd.to_datetime(bars["date"])})
+    pattern = "%Y-%m" if args.granularity == "month" else "%Y"
+    months = sorted({d.strftime(pattern) for d in pd.to_datetime(bars["date"])})
     # The services of the stack read their settings from the environment, like every ibf process.
     from ibf_core.settings import export_to_children
 
     export_to_children({"IBF_HOME": str(work / "ibf_home"), "IBF_CONFIG": str(work / "none.toml"),
                         "IBF_UNIVERSE": ",".join(symbols), "IBF_SOURCE": "csv", "IBF_CSV_PATH": str(csv),
-                        "IBF_HISTORY_START": str(start), "IBF_DATE_PARTITIONS": "month"})
+                        "IBF_HISTORY_START": str(start), "IBF_DATE_PARTITIONS": args.granularity})
     settings = load_settings()
-    print(f"rectangle: {len(symbols)} symbols x {len(months)} months = {len(symbols) * len(months)} partitions "
+    print(f"rectangle: {len(symbols)} symbols x {len(months)} {args.granularity}s = {len(symbols) * len(months)} partitions "
           f"({len(bars):,} bars, {start}..{end}), asset market_bars, Postgres instance")
     with stack(settings) as running:
         web = running.urls["webserver"]

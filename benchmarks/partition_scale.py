@@ -186,18 +186,6 @@ query PartitionHealthQuery($assetKey: AssetKeyInput!) {
 }
 """
 
-LAUNCH_BACKFILL_MUTATION = """
-mutation LaunchPartitionBackfill($backfillParams: LaunchBackfillParams!) {
-  launchPartitionBackfill(backfillParams: $backfillParams) {
-    __typename
-    ... on LaunchBackfillSuccess { backfillId }
-    ... on PartitionSetNotFoundError { message }
-    ... on PartitionKeysNotFoundError { message }
-    ... on UnauthorizedError { message }
-    ... on PythonError { message stack }
-  }
-}
-"""
 
 # ---------------------------------------------------------------------------------------------
 # Phases and their measurements (worker side)
@@ -405,8 +393,10 @@ def worker(args: argparse.Namespace) -> None:
         from dagster._daemon.backfill import execute_backfill_iteration
         from dagster._serdes import serialize_value
 
+        from ibf_dagster.stack.backfills import LAUNCH  # the one copy of the partition dialog's mutation
+
         def launch(params: dict) -> str:
-            data, _ = gql(LAUNCH_BACKFILL_MUTATION, {"backfillParams": params})
+            data, _ = gql(LAUNCH, {"params": params})
             res = data["launchPartitionBackfill"]
             if res["__typename"] != "LaunchBackfillSuccess":
                 raise RuntimeError(f"launchPartitionBackfill failed: {res}")

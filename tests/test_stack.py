@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import signal
 import subprocess
 import time
@@ -35,34 +36,26 @@ def _finished(web: str, backfill_id: str) -> list[dict]:
     return found["runs"]
 
 
-STEP_EVENTS = """
-query Steps($id: ID!) { logsForRun(runId: $id) { ... on EventConnection { events { __typename } } } }"""
-
-
-def _run_workers(run_id: str) -> list[int]:
-    """PIDs of the run workers (``dagster api execute_run``) of ``run_id`` (its id is in the command line)."""
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            cmdline = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ")
-        except OSError:
-            continue
-        if b"execute_run" in cmdline and run_id.encode() in cmdline:
-            found.append(int(pid))
-    return found
+RUN_EVENTS = """
+query Events($id: ID!) {
+  logsForRun(runId: $id) { ... on EventConnection { events { __typename ... on MessageEvent { message } } } }
+}"""
+_RUN_PID = re.compile(r"Started process for run \(pid: (\d+)\)")
 
 
 def _kill_run_worker_mid_step(web: str, backfill_id: str, deadline: float) -> None:
-    """``kill -9`` the run worker of the backfill's first run as soon as its step has started."""
+    """``kill -9`` the run worker of the backfill's first run as soon as its step has started (the code server
+    logs the worker's PID in the run's events)."""
     while time.monotonic() < deadline:
         runs = backfills.graphql(web, backfills.STATUS, {"id": backfill_id})["partitionBackfillOrError"].get("runs") or []
         for run in runs:
-            events = backfills.graphql(web, STEP_EVENTS, {"id": run["runId"]})["logsForRun"].get("events", [])
-            if run["status"] == "STARTED" and any(e["__typename"] == "ExecutionStepStartEvent" for e in events):
-                workers = _run_workers(run["runId"])
-                if workers:
-                    os.kill(workers[0], signal.SIGKILL)
-                    return
+            if run["status"] != "STARTED":
+                continue
+            events = backfills.graphql(web, RUN_EVENTS, {"id": run["runId"]})["logsForRun"].get("events", [])
+            pids = [int(m[1]) for e in events if (m := _RUN_PID.search(e.get("message") or ""))]
+            if pids and any(e["__typename"] == "ExecutionStepStartEvent" for e in events):
+                os.kill(pids[0], signal.SIGKILL)
+                return
         time.sleep(0.05)
     raise AssertionError("no step of the backfill started")
 
@@ -140,13 +133,14 @@ def test_the_topology_runs_ui_backfills_training_and_predictions_through_the_dae
             store = open_warehouse(running.settings)
             query = "SELECT symbol, date, logret_1 FROM features ORDER BY symbol, date"
             before = store.query(query)
-            backfill_id = backfills.launch(web, ["features"], ["2012|AAPL", "2012|MSFT"])
+            rectangle = [f"{year}|{symbol}" for year in ("2011", "2012", "2013") for symbol in ("AAPL", "MSFT")]
+            backfill_id = backfills.launch(web, ["features"], rectangle)
             _kill_run_worker_mid_step(web, backfill_id, time.monotonic() + 180)
             found = backfills.wait(web, backfill_id, timeout_s=420)
             statuses = {r["status"] for r in found["runs"]}
             assert "FAILURE" in statuses and statuses <= {"SUCCESS", "FAILURE"}, found
             assert store.query(query).equals(before)
-            _backfill(web, ["features"], ["2012|AAPL", "2012|MSFT"])
+            _backfill(web, ["features"], rectangle)
             assert store.query(query).equals(before)  # idempotent: the same inputs give the same rows
     finally:
         os.environ.clear()
