@@ -45,9 +45,15 @@ class WarehouseResource(dg.ConfigurableResource):
     data_path: str | None = None
 
     def get(self) -> TableStore:
-        from ibf_core.settings import get_settings
+        return _warehouse(self.home, self.backend, self.data_path)
 
-        return open_warehouse(get_settings().replace(home=self.home, warehouse=self.backend, ducklake_data_path=self.data_path))
+
+@lru_cache(maxsize=8)
+def _warehouse(home: str, backend: str, data_path: str | None) -> TableStore:
+    """One store per process and location (a DuckLake store keeps its attached connections)."""
+    from ibf_core.settings import get_settings
+
+    return open_warehouse(get_settings().replace(home=home, warehouse=backend, ducklake_data_path=data_path))
 
 
 class BarSourceResource(dg.ConfigurableResource):
