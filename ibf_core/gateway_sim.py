@@ -103,12 +103,20 @@ class Faults(FaultSet):
     answer_after_restore: bool = False  # whether the in-flight request is answered after 1102
     reply_delay: float = 0.0  # seconds before every historical reply (data or error)
     client_ids_in_use: frozenset[int] = frozenset()  # these client ids get error 326 and are disconnected
+    # live data (ibf_core.gateway_live)
+    no_market_data: frozenset[str] = frozenset()  # no live subscription: error 10089, or delayed data if asked for
+    max_market_data_lines: int = 100  # reqMktData lines per connection; more: error 101
+    realtime_bar_requests_per_10min: int = 60  # reqRealTimeBars per 10 minutes; more: error 420
+    drop_stream_after_bars: int | None = None  # close the socket after this many real-time bars on a connection
+    stream_connectivity_loss_after_bars: int | None = None  # 1100 (then 1102 after restore_after) mid-stream
 
     COUNTERS = ("pacing_violations", "drop_connections", "connectivity_losses")
 
     def _normalize(self, fixed: dict[str, Any]) -> dict[str, Any]:
         if "unknown_symbols" in fixed:
             fixed["unknown_symbols"] = frozenset(s.strip().upper() for s in _as_iterable(fixed["unknown_symbols"]))
+        if "no_market_data" in fixed:
+            fixed["no_market_data"] = frozenset(s.strip().upper() for s in _as_iterable(fixed["no_market_data"]))
         if "client_ids_in_use" in fixed:
             fixed["client_ids_in_use"] = frozenset(int(i) for i in _as_iterable(fixed["client_ids_in_use"]))
         return fixed
@@ -170,10 +178,13 @@ class GatewaySimulator(FaultSwitchboard):
         port: int = 0,
         history: tuple[dt.date, dt.date | None] = DEFAULT_HISTORY,
         now: Callable[[], dt.datetime] | None = None,
+        live_clock: Any = None,
     ):
         """``bars``: a canonical bar frame, or a BarSource loaded lazily per symbol over ``history``.
 
         ``now`` (tz-aware) is the gateway clock used for an empty endDateTime; default: real time.
+        ``live_clock`` (:class:`ibf_core.gateway_live.LiveClock`): the market time real-time bars and quotes are
+        streamed at (e.g. a past session at 20x speed); default: real time.
         """
         self.host, self._requested_port = host, port
         self._frame = None
@@ -187,6 +198,12 @@ class GatewaySimulator(FaultSwitchboard):
         self._history = history
         self._now = now or (lambda: dt.datetime.now(dt.timezone.utc))
         self._faults = Faults.coerce(faults)
+        if live_clock is None:
+            from ibf_core.gateway_live import LiveClock
+
+            live_clock = LiveClock(dt.datetime.now(dt.timezone.utc))
+        self.live_clock = live_clock
+        self._live_log: list[tuple[str, str, str, int]] = []
         self._lock = threading.Lock()
         self._bars_cache: dict[str, Any] = {}
         self._log: list[HistoricalRequest] = []
@@ -308,6 +325,15 @@ class GatewaySimulator(FaultSwitchboard):
                 self._contract_log.append(entry)
             else:
                 self._log.append(entry)
+
+    def _record_live(self, entry: tuple[str, str, str, int]) -> None:
+        with self._lock:
+            self._live_log.append(entry)
+
+    def live_requests(self) -> list[tuple[str, str, str, int]]:
+        """(kind, symbol, what or LIVE/DELAYED, client id) of every real-time-bar and market-data line granted."""
+        with self._lock:
+            return list(self._live_log)
 
     def _count_handshake(self) -> None:
         with self._lock:
@@ -715,6 +741,15 @@ _Session.HANDLERS = {
     "20": _Session.on_historical_data,
     "25": _Session.on_cancel_historical,
 }
+
+
+def _add_live_handlers() -> None:
+    from ibf_core.gateway_live import HANDLERS
+
+    _Session.HANDLERS.update(HANDLERS)
+
+
+_add_live_handlers()
 
 
 # ---- message builders -----------------------------------------------------------------------------

@@ -1,0 +1,253 @@
+"""The live side of the IB Gateway simulator: 5-second real-time bars (``reqRealTimeBars``) and top-of-book quotes
+(``reqMktData``), streamed from :mod:`ibf_core.intraday` sessions consistent with the stored daily bars, at real or
+accelerated speed, with IB's limits and faults.
+
+Wire facts (ib_insync 0.9.86 client/decoder): ``reqRealTimeBars`` is ``50, 3, reqId, <contract 12>, barSize,
+whatToShow, useRTH, options``; a bar is ``50, 3, reqId, time, open, high, low, close, volume, wap, count``
+(``time`` = epoch seconds of the bar start); cancel ``51, 1, reqId``. ``reqMktData`` is ``1, 11, reqId,
+<contract 12>, deltaNeutral(0), genericTicks, snapshot, regulatorySnapshot, options``; prices arrive as
+``1, 6, reqId, tickType, price, size, attrMask`` (bid 1, ask 2, last 4; delayed 66, 67, 68) and sizes as
+``2, 6, reqId, tickType, size`` (bid 0, ask 3, last 5, volume 8; delayed 69, 70, 71, 74); cancel ``2, 2, reqId``.
+``reqMarketDataType`` is ``59, 1, type`` (1 live, 3 delayed); the gateway answers ``58, 1, reqId, type`` per line.
+
+Limits and faults (``Faults``): market-data lines (``max_market_data_lines``: more gives error 101), symbols
+without a live subscription (``no_market_data``: error 10089 unless the client asked for delayed data, then
+delayed ticks), pacing of real-time bars (more than ``realtime_bar_requests_per_10min`` requests in 10 minutes:
+error 420), a stream dropped after N bars (``drop_stream_after_bars``: the socket closes), and 1100/1102 in the
+middle of a stream (``stream_connectivity_loss_after_bars``; bars of the lost stretch are not resent).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime as dt
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from ibf_core.intraday import BAR_SECONDS, DailyBar, five_second_bars, quotes, session_open
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ibf_core.gateway_sim import _Session
+
+MSG_MAX_TICKERS = "Max number of tickers has been reached"
+MSG_NO_SUBSCRIPTION = (
+    "Requested market data is not subscribed. Displaying delayed market data. "
+    "Requested market data requires additional subscription for API. See link in 'Market Data Connections' dialog"
+)
+MSG_REALTIME_PACING = "Invalid Real-time Query: Historical data request pacing violation"
+PACING_WINDOW_S = 600.0
+LIVE, DELAYED = 1, 3
+# (live, delayed) tick types
+BID, ASK, LAST = (1, 66), (2, 67), (4, 68)
+BID_SIZE, ASK_SIZE, LAST_SIZE, VOLUME = (0, 69), (3, 70), (5, 71), (8, 74)
+
+
+@dataclasses.dataclass(frozen=True)
+class LiveClock:
+    """The simulated market time: ``start`` (tz-aware) at the first call, advancing ``speed`` times real time."""
+
+    start: dt.datetime
+    speed: float = 1.0
+    _origin: list[float] = dataclasses.field(default_factory=list, compare=False, repr=False)
+
+    def now(self) -> pd.Timestamp:
+        if not self._origin:
+            self._origin.append(time.monotonic())
+        elapsed = (time.monotonic() - self._origin[0]) * self.speed
+        return pd.Timestamp(self.start).tz_convert("UTC") + pd.Timedelta(seconds=elapsed)
+
+    def sleep_s(self, market_seconds: float) -> float:
+        return market_seconds / self.speed
+
+
+@dataclasses.dataclass
+class LiveState:
+    """Per connection: the market data type asked for, open lines, real-time-bar request times."""
+
+    data_type: int = LIVE
+    lines: set[int] = dataclasses.field(default_factory=set)
+    realtime_requests: deque = dataclasses.field(default_factory=deque)
+    bars_sent: int = 0
+
+
+async def day_for(session: _Session, symbol: str, when: pd.Timestamp) -> DailyBar | None:
+    """The stored daily bar of ``symbol`` on the New York date of ``when`` (None: unknown symbol or no session)."""
+    frame = await session.sim.bars_for(symbol)
+    if frame is None:
+        return None
+    date = when.tz_convert("America/New_York").date()
+    row = frame[pd.to_datetime(frame["date"]).dt.date == date]
+    if row.empty:
+        return None
+    r = row.iloc[0]
+    return DailyBar(symbol, date, float(r["open"]), float(r["high"]), float(r["low"]), float(r["close"]), float(r["volume"]))
+
+
+def _state(session: _Session) -> LiveState:
+    if not hasattr(session, "live"):
+        session.live = LiveState()
+    return session.live
+
+
+def _symbol(contract: list[str]) -> str:
+    from ibf_core.gateway_sim import symbol_for_con_id
+
+    return contract[1].strip().upper() or symbol_for_con_id(contract[0])
+
+
+# ----- handlers ---------------------------------------------------------------------------------------
+def on_market_data_type(session: _Session, fields: list[str]) -> None:
+    _state(session).data_type = int(fields[2])
+
+
+def on_realtime_bars(session: _Session, fields: list[str]) -> None:
+    req_id = int(fields[2])
+    symbol = _symbol(fields[3:15])
+    what = fields[16] if len(fields) > 16 else "TRADES"
+    state = _state(session)
+    limit = session.sim.faults.realtime_bar_requests_per_10min
+    now = time.monotonic()
+    while state.realtime_requests and now - state.realtime_requests[0] > PACING_WINDOW_S:
+        state.realtime_requests.popleft()
+    if len(state.realtime_requests) >= limit:
+        session.error(req_id, 420, MSG_REALTIME_PACING)
+        return
+    state.realtime_requests.append(now)
+    session.sim._record_live(("realtime_bars", symbol, what, session.client_id))
+    session.spawn(req_id, stream_bars(session, req_id, symbol, what))
+
+
+def on_cancel(session: _Session, fields: list[str]) -> None:
+    req_id = int(fields[2])
+    _state(session).lines.discard(req_id)
+    task = session.pending.pop(req_id, None)
+    if task is not None:
+        task.cancel()
+
+
+def on_market_data(session: _Session, fields: list[str]) -> None:
+    req_id = int(fields[2])
+    symbol = _symbol(fields[3:15])
+    state = _state(session)
+    faults = session.sim.faults
+    if len(state.lines) >= faults.max_market_data_lines:
+        session.error(req_id, 101, MSG_MAX_TICKERS)
+        return
+    data_type = state.data_type
+    if symbol in faults.no_market_data:
+        if data_type == LIVE:
+            session.error(req_id, 10089, f"{MSG_NO_SUBSCRIPTION} {symbol} NASDAQ.NMS/TOP/ALL")
+            return
+        data_type = DELAYED
+    state.lines.add(req_id)
+    session.sim._record_live(("market_data", symbol, "DELAYED" if data_type != LIVE else "LIVE", session.client_id))
+    session.send(58, 1, req_id, data_type)
+    session.spawn(req_id, stream_quotes(session, req_id, symbol, data_type))
+
+
+# ----- streams ----------------------------------------------------------------------------------------
+async def _session_rows(session: _Session, symbol: str, what: str):
+    """(bars, quotes) of the market day the live clock is in, or None outside a stored session."""
+    day = await day_for(session, symbol, session.sim.live_clock.now())
+    if day is None:
+        return None
+    trades = five_second_bars(day)
+    book = quotes(day, trades)
+    if what not in ("MIDPOINT", "BID_ASK", "BID", "ASK"):
+        return trades, book
+    mid = (book["bid"] + book["ask"]) / 2
+    prev = mid.shift(1).fillna(mid)
+    return trades.assign(open=prev, close=mid, high=np.maximum(prev, mid), low=np.minimum(prev, mid),
+                         volume=-1.0, wap=-1.0, count=-1), book
+
+
+async def _wait_until(session: _Session, when: pd.Timestamp) -> None:
+    clock = session.sim.live_clock
+    delay = (when - clock.now()).total_seconds()
+    if delay > 0:
+        await asyncio.sleep(clock.sleep_s(delay))
+
+
+async def _interruptions(session: _Session) -> None:
+    """The stream faults that trigger on the number of bars this connection has sent."""
+    state, faults = _state(session), session.sim.faults
+    state.bars_sent += 1
+    if faults.drop_stream_after_bars is not None and state.bars_sent >= faults.drop_stream_after_bars:
+        session.sim.set_faults(drop_stream_after_bars=None)
+        session.close()
+        raise asyncio.CancelledError
+    if faults.stream_connectivity_loss_after_bars is not None and state.bars_sent >= faults.stream_connectivity_loss_after_bars:
+        session.sim.set_faults(stream_connectivity_loss_after_bars=None)
+        from ibf_core.gateway_sim import MSG_LOST
+
+        session.connected_to_ib.clear()
+        session.error(-1, 1100, MSG_LOST)
+        if faults.restore_after is not None:
+            session.restorer = asyncio.ensure_future(session.restore_later(faults.restore_after))
+
+
+async def stream_bars(session: _Session, req_id: int, symbol: str, what: str) -> None:
+    """Each 5-second bar once the live clock passes its end (bars of a connectivity gap are dropped)."""
+    rows = await _session_rows(session, symbol, what)
+    if rows is None:
+        return  # no session today: real IB sends nothing either
+    bars, _ = rows
+    clock = session.sim.live_clock
+    now = clock.now()
+    ends = bars["time"] + pd.Timedelta(seconds=BAR_SECONDS)
+    for i in range(int((ends <= now).sum()), len(bars)):
+        await _wait_until(session, ends.iloc[i])
+        if not session.connected_to_ib.is_set():
+            continue
+        bar = bars.iloc[i]
+        session.send(50, 3, req_id, int(bar["time"].timestamp()), _num(bar["open"]), _num(bar["high"]),
+                     _num(bar["low"]), _num(bar["close"]), _num(bar["volume"]), _num(bar["wap"]), int(bar["count"]))
+        await _interruptions(session)
+
+
+async def stream_quotes(session: _Session, req_id: int, symbol: str, data_type: int) -> None:
+    """Bid/ask/last prices and sizes at each quote time, and the day's cumulative volume (in lots of 100)."""
+    rows = await _session_rows(session, symbol, "TRADES")
+    if rows is None:
+        return
+    bars, book = rows
+    k = 0 if data_type == LIVE else 1
+    clock = session.sim.live_clock
+    # Delayed data is the book of 15 minutes ago.
+    shift = pd.Timedelta(0) if data_type == LIVE else pd.Timedelta(minutes=15)
+    times = book["time"] + shift
+    volume = bars["volume"].cumsum()
+    for i in range(int((times <= clock.now()).sum()), len(book)):
+        await _wait_until(session, times.iloc[i])
+        if not session.connected_to_ib.is_set():
+            continue
+        q = book.iloc[i]
+        session.send(1, 6, req_id, BID[k], _num(q["bid"]), _num(q["bid_size"]), 0)
+        session.send(1, 6, req_id, ASK[k], _num(q["ask"]), _num(q["ask_size"]), 0)
+        session.send(1, 6, req_id, LAST[k], _num(q["last"]), _num(q["last_size"]), 0)
+        session.send(2, 6, req_id, VOLUME[k], _num(volume.iloc[i] / 100))
+
+
+def _num(value: float) -> str:
+    from ibf_core.gateway_sim import _num as fmt
+
+    return fmt(value)
+
+
+def session_start(date: dt.date) -> dt.datetime:
+    """09:30 New York on ``date`` (a convenient live clock start)."""
+    return session_open(date).to_pydatetime()
+
+
+HANDLERS: dict[str, Any] = {
+    "1": on_market_data,
+    "2": on_cancel,
+    "50": on_realtime_bars,
+    "51": on_cancel,
+    "59": on_market_data_type,
+}

@@ -1,0 +1,151 @@
+"""The simulator's live side (5-second real-time bars, top-of-book quotes) through the real ib_insync client, and
+the intraday sessions it streams: consistent with the stored daily bars, deterministic."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ibf_core.gateway_live import LiveClock, session_start
+from ibf_core.gateway_sim import GatewaySimulator
+from ibf_core.intraday import DailyBar, five_second_bars, quotes
+from ibf_core.sources.sample import load_sample_bars
+
+ib_insync = pytest.importorskip("ib_insync")
+DAY = dt.date(2013, 2, 28)
+SPEED = 200.0  # a 5-second bar every 25 ms
+
+
+def sample_day(symbol: str, date: dt.date = DAY) -> DailyBar:
+    bars = load_sample_bars()
+    row = bars[(bars.symbol == symbol) & (pd.to_datetime(bars.date).dt.date == date)].iloc[0]
+    return DailyBar(symbol, date, row.open, row.high, row.low, row.close, row.volume)
+
+
+def test_an_intraday_session_matches_its_daily_bar_and_is_deterministic():
+    day = sample_day("AAPL")
+    bars = five_second_bars(day)
+    assert len(bars) == 4680  # 6.5 hours of 5-second bars
+    assert bars.open.iloc[0] == day.open and bars.close.iloc[-1] == day.close
+    assert bars.high.max() == pytest.approx(day.high) and bars.low.min() == pytest.approx(day.low)
+    assert bars.volume.sum() == day.volume
+    assert (bars.high >= bars[["open", "close"]].max(axis=1)).all() and (bars.low <= bars[["open", "close"]].min(axis=1)).all()
+    assert bars.time.iloc[0] == pd.Timestamp("2013-02-28 14:30", tz="UTC")  # 09:30 New York
+    book = quotes(day, bars)
+    assert (book.ask > book.bid).all()
+    pd.testing.assert_frame_equal(bars, five_second_bars(day))  # same inputs, same session
+    other = five_second_bars(sample_day("MSFT"))
+    assert not np.allclose(bars.close.pct_change().dropna()[:50], other.close.pct_change().dropna()[:50])
+
+
+@pytest.fixture
+def live_sim():
+    clock = LiveClock(session_start(DAY) + dt.timedelta(minutes=30), speed=SPEED)
+    with GatewaySimulator(load_sample_bars(), live_clock=clock) as sim:
+        yield sim
+
+
+async def _connect(port: int, errors: list | None = None, client_id: int = 1):
+    ib = ib_insync.IB()
+    if errors is not None:
+        ib.errorEvent += lambda req_id, code, msg, _c: errors.append((req_id, code, msg))
+    await ib.connectAsync("127.0.0.1", port, client_id, timeout=5, readonly=True)
+    return ib
+
+
+def run(coro):
+    return asyncio.run(asyncio.wait_for(coro, 30))
+
+
+def test_real_time_bars_and_quotes_stream_through_ib_insync(live_sim):
+    expected = five_second_bars(sample_day("AAPL")).set_index("time")
+
+    async def scenario():
+        ib = await _connect(live_sim.port)
+        contract = ib_insync.Stock("AAPL", "SMART", "USD")
+        bars = ib.reqRealTimeBars(contract, 5, "TRADES", False)
+        ticker = ib.reqMktData(contract, "", False, False)
+        await asyncio.sleep(1.0)  # ~200 s of market time
+        got = list(bars)
+        quote = (ticker.bid, ticker.ask, ticker.last, ticker.volume)
+        ib.cancelRealTimeBars(bars)
+        ib.disconnect()
+        return got, quote
+
+    got, (bid, ask, last, volume) = run(scenario())
+    assert len(got) >= 20
+    times = [pd.Timestamp(b.time).tz_convert("UTC") for b in got]
+    assert all(b - a == pd.Timedelta(seconds=5) for a, b in zip(times, times[1:]))  # no gap, no duplicate
+    assert times[0] >= pd.Timestamp("2013-02-28 15:00", tz="UTC")  # from the clock's time on, not the open
+    for bar, when in zip(got, times):
+        row = expected.loc[when]
+        assert (bar.open_, bar.high, bar.low, bar.close, bar.volume) == pytest.approx(
+            (row.open, row.high, row.low, row.close, row.volume), rel=1e-6)
+    assert 0 < bid < ask and last > 0 and volume > 0
+
+
+def test_line_limit_missing_subscription_delayed_data_and_pacing(live_sim):
+    live_sim.set_faults(max_market_data_lines=2, no_market_data={"IBM"}, realtime_bar_requests_per_10min=2)
+    errors: list = []
+
+    async def scenario():
+        ib = await _connect(live_sim.port, errors)
+        stock = lambda s: ib_insync.Stock(s, "SMART", "USD")  # noqa: E731
+        ib.reqMktData(stock("AAPL"))
+        ib.reqMktData(stock("IBM"))  # live: no subscription
+        msft = ib.reqMktData(stock("MSFT"))
+        ib.reqMktData(stock("GOOG"))  # a third line: over the limit
+        await asyncio.sleep(0.5)
+        ib.cancelMktData(msft.contract)  # frees its line
+        ib.reqMarketDataType(3)  # delayed when live is not subscribed
+        delayed = ib.reqMktData(stock("IBM"))
+        for s in ("AAPL", "MSFT", "GOOG"):
+            ib.reqRealTimeBars(stock(s), 5, "TRADES", False)
+        await asyncio.sleep(0.5)
+        price = delayed.last
+        ib.disconnect()
+        return price
+
+    delayed_last = run(scenario())
+    codes = [code for _, code, _ in errors if code not in (2104, 2106, 2158)]
+    assert codes.count(10089) == 1 and codes.count(101) == 1 and codes.count(420) == 1, errors
+    assert any("IBM" in msg for _, code, msg in errors if code == 10089)
+    assert delayed_last > 0  # delayed ticks (types 66-68) served after reqMarketDataType(3)
+    assert ("market_data", "IBM", "DELAYED", 1) in live_sim.live_requests()
+
+
+def test_a_connectivity_loss_mid_stream_is_1100_then_1102_and_the_stream_goes_on(live_sim):
+    live_sim.set_faults(stream_connectivity_loss_after_bars=5, restore_after=0.2)
+    errors: list = []
+
+    async def scenario():
+        ib = await _connect(live_sim.port, errors)
+        bars = ib.reqRealTimeBars(ib_insync.Stock("MSFT", "SMART", "USD"), 5, "TRADES", False)
+        await asyncio.sleep(1.0)
+        got = [pd.Timestamp(b.time) for b in bars]
+        ib.disconnect()
+        return got
+
+    times = run(scenario())
+    codes = [code for _, code, _ in errors]
+    assert codes.index(1100) < codes.index(1102)
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    assert len(times) > 10 and max(gaps) > pd.Timedelta(seconds=5)  # the lost stretch is not resent
+    assert len(set(times)) == len(times)
+
+
+def test_a_dropped_stream_closes_the_connection(live_sim):
+    live_sim.set_faults(drop_stream_after_bars=3)
+
+    async def scenario():
+        ib = await _connect(live_sim.port)
+        bars = ib.reqRealTimeBars(ib_insync.Stock("AAPL", "SMART", "USD"), 5, "TRADES", False)
+        await asyncio.sleep(0.6)
+        return len(bars), ib.isConnected()
+
+    n, connected = run(scenario())
+    assert n == 3 and not connected
