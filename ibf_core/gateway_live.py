@@ -138,16 +138,17 @@ def on_market_data(session: _Session, fields: list[str]) -> None:
     if len(state.lines) >= faults.max_market_data_lines:
         session.error(req_id, 101, MSG_MAX_TICKERS)
         return
-    data_type = state.data_type
+    data_type = LIVE  # a subscribed symbol is live whatever type was asked for (as in TWS)
     if symbol in faults.no_market_data:
-        if data_type == LIVE:
+        if state.data_type == LIVE:
             session.error(req_id, 10089, f"{MSG_NO_SUBSCRIPTION} {symbol} NASDAQ.NMS/TOP/ALL")
             return
         data_type = DELAYED
+    rt_volume = "233" in (fields[16] if len(fields) > 16 else "").split(",")
     state.lines.add(req_id)
     session.sim._record_live(("market_data", symbol, "DELAYED" if data_type != LIVE else "LIVE", session.client_id))
     session.send(58, 1, req_id, data_type)
-    session.spawn(req_id, stream_quotes(session, req_id, symbol, data_type))
+    session.spawn(req_id, stream_quotes(session, req_id, symbol, data_type, rt_volume))
 
 
 # ----- streams ----------------------------------------------------------------------------------------
@@ -210,8 +211,10 @@ async def stream_bars(session: _Session, req_id: int, symbol: str, what: str) ->
         await _interruptions(session)
 
 
-async def stream_quotes(session: _Session, req_id: int, symbol: str, data_type: int) -> None:
-    """Bid/ask/last prices and sizes at each quote time, and the day's cumulative volume (in lots of 100)."""
+async def stream_quotes(session: _Session, req_id: int, symbol: str, data_type: int, rt_volume: bool = False) -> None:
+    """Bid/ask/last prices and sizes at each quote time, and the day's cumulative volume (in lots of 100); with
+    generic tick 233, the RTVolume string (``price;size;ms since epoch;volume;vwap;single``) carrying the
+    trade's market time."""
     rows = await _session_rows(session, symbol, "TRADES")
     if rows is None:
         return
@@ -227,10 +230,14 @@ async def stream_quotes(session: _Session, req_id: int, symbol: str, data_type: 
         if not session.connected_to_ib.is_set():
             continue
         q = book.iloc[i]
+        if rt_volume:  # first: the quote's market time reaches the client with its prices
+            ms = int((times.iloc[i] - shift).timestamp() * 1000)
+            session.send(46, 6, req_id, 48, f"{_num(q['last'])};{_num(q['last_size'])};{ms};{_num(volume.iloc[i])};{_num(q['last'])};true")
         session.send(1, 6, req_id, BID[k], _num(q["bid"]), _num(q["bid_size"]), 0)
         session.send(1, 6, req_id, ASK[k], _num(q["ask"]), _num(q["ask_size"]), 0)
         session.send(1, 6, req_id, LAST[k], _num(q["last"]), _num(q["last_size"]), 0)
         session.send(2, 6, req_id, VOLUME[k], _num(volume.iloc[i] / 100))
+
 
 
 def _num(value: float) -> str:

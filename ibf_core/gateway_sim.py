@@ -837,9 +837,10 @@ def serve(
     *,
     announce: Callable[[str], None] = print,
     stop_event: threading.Event | None = None,
+    live_clock: Any = None,
 ) -> None:
     """Run a simulator in the foreground until Ctrl-C, SIGTERM or ``stop_event``; ``bars`` None = the sample bars."""
-    sim = GatewaySimulator(bars, faults, host=host, port=port)
+    sim = GatewaySimulator(bars, faults, host=host, port=port, live_clock=live_clock)
     serve_until_stopped(
         sim,
         "IB Gateway simulator",

@@ -154,6 +154,8 @@ class Settings(BaseSettings):
         60, gt=0, description="Historical requests allowed in any 10-minute window (IB pacing rule)"
     )
     ib_retries: int = Field(4, ge=0, description="Retries after a pacing violation or a dropped connection")
+    ib_max_lines: int = Field(100, ge=1, description="Market-data lines of the IB account: ibf stream serves this many symbols (in --symbols order) and names the rest")
+    stream_flush_seconds: float = Field(1.0, gt=0, description="ibf stream: seconds between micro-batch writes of intraday_bars and quotes")
     ib_bid_ask: bool = Field(False, description="Also fetch IB BID_ASK daily bars for the real quoted spread")
     benchmark: str = Field("SPY", description="Benchmark symbol for beta/correlation; the equal-weighted universe if absent")
     news_source: Literal["alphavantage", "file", "none"] = Field("none", description="Where news comes from")

@@ -149,3 +149,88 @@ def test_a_dropped_stream_closes_the_connection(live_sim):
 
     n, connected = run(scenario())
     assert n == 3 and not connected
+
+
+# ----- the collector (ibf stream) ---------------------------------------------------------------------
+def _collect(sim, home, symbols, seconds, **kwargs):
+    from ibf_core.storage.warehouse import Warehouse
+    from ibf_core.streaming.collector import Collector
+
+    store = Warehouse(home)
+    collector = Collector(store, symbols, ports=[sim.port], flush_s=0.2, **kwargs)
+    return store, asyncio.run(collector.run(seconds))
+
+
+def test_the_collector_stores_every_streamed_bar_once_and_the_quotes(live_sim, tmp_path):
+    store, stats = _collect(live_sim, tmp_path / "home", ["AAPL", "MSFT"], 1.5)
+    bars = store.query("SELECT symbol, time, open, high, low, close, volume FROM intraday_bars ORDER BY symbol, time")
+    assert stats.bars == len(bars) > 2 * 20 and stats.connects == 1
+    for symbol, got in bars.groupby("symbol"):
+        expected = five_second_bars(sample_day(symbol)).set_index("time")
+        times = pd.to_datetime(got.time, utc=True)
+        assert (times.diff().dropna() == pd.Timedelta(seconds=5)).all()  # no gap, no duplicate
+        want = expected.loc[times]
+        assert got.close.to_numpy() == pytest.approx(want.close.to_numpy())
+        assert got.volume.to_numpy() == pytest.approx(want.volume.to_numpy())
+    book = store.query("SELECT symbol, date, time, bid, ask FROM quotes WHERE bid IS NOT NULL AND ask IS NOT NULL")
+    assert len(book) > 10 and (book.ask > book.bid).all()
+    assert set(pd.to_datetime(book.date).dt.date) == {DAY}  # market time from RTVolume, not the wall clock
+    assert max(stats.lags_s) < 5
+
+
+def test_the_collector_reconnects_after_a_dropped_stream_without_duplicates(live_sim, tmp_path):
+    live_sim.set_faults(drop_stream_after_bars=10)
+    store, stats = _collect(live_sim, tmp_path / "home", ["AAPL"], 2.0)
+    assert stats.connects >= 2
+    bars = store.query("SELECT time FROM intraday_bars")
+    assert len(bars) == bars.time.nunique() == stats.bars > 10
+
+
+def test_symbols_beyond_the_line_limit_are_named_and_missing_subscriptions_fall_back_to_delayed(live_sim, tmp_path):
+    live_sim.set_faults(no_market_data={"IBM"})
+    store, stats = _collect(live_sim, tmp_path / "home", ["IBM", "AAPL", "MSFT"], 1.0, max_lines=2)
+    assert stats.unserved == ["MSFT"] and stats.delayed == {"IBM"}
+    served = store.query("SELECT DISTINCT symbol, delayed FROM quotes WHERE last IS NOT NULL ORDER BY symbol")
+    assert served.to_dict("records") == [{"symbol": "AAPL", "delayed": False}, {"symbol": "IBM", "delayed": True}]
+
+
+def test_gateway_sim_stream_and_sql_on_loopback_and_a_killed_collector_restarts_without_duplicates(ibf_home):
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from conftest import IBF_BIN, run_ibf
+    from ibf_core.processes import free_port
+
+    port = free_port()
+    env = {**os.environ, "IBF_IB_PORTS": str(port), "IBF_STREAM_FLUSH_SECONDS": "0.2"}
+    sim = subprocess.Popen([IBF_BIN, "gateway-sim", "--port", str(port), "--live-start", "2013-02-28", "--speed", "100"],
+                           env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        assert f":{port}" in sim.stderr.readline()  # listening
+        from ibf_core.storage.warehouse import Warehouse
+
+        collector = subprocess.Popen([IBF_BIN, "stream", "--symbols", "AAPL,MSFT"], env=env)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and collector.poll() is None:
+            if (ibf_home / "lake" / "intraday_bars").exists() and Warehouse(ibf_home).query(
+                    "SELECT count(*) AS n FROM intraday_bars").n.iloc[0] > 0:
+                break
+            time.sleep(0.2)
+        time.sleep(1)
+        collector.send_signal(signal.SIGKILL)  # mid-stream: at most the batch in memory is lost
+        collector.wait()
+        first = run_ibf("sql", "SELECT count(*) AS n FROM intraday_bars", "--format", "csv", env=env)
+        assert first.returncode == 0, first.stderr
+        done = run_ibf("stream", "--symbols", "AAPL,MSFT", "--duration", "2", env=env)
+        assert done.returncode == 0 and "bars" in done.stdout, done.stderr
+        shown = run_ibf("sql", "SELECT symbol, count(*) AS n, count(DISTINCT time) AS d, min(date) AS day "
+                        "FROM intraday_bars GROUP BY 1 ORDER BY 1", "--format", "csv", env=env)
+        rows = [line.split(",") for line in shown.stdout.splitlines()[1:]]
+        assert [r[0] for r in rows] == ["AAPL", "MSFT"]
+        assert all(r[1] == r[2] and int(r[1]) > 20 and r[3] == "2013-02-28" for r in rows), rows  # no duplicates
+        assert sum(int(r[1]) for r in rows) > int(first.stdout.splitlines()[1]) > 0  # both runs stored
+    finally:
+        sim.send_signal(signal.SIGTERM)
+        sim.wait(20)

@@ -1,0 +1,29 @@
+"""Live market data from IB (``ibf stream``): the collector, its tables and their micro-batch writer.
+
+Entry point: :func:`collect` (what the CLI runs); :class:`ibf_core.streaming.collector.Collector` for a caller
+managing its own event loop.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ibf_core.settings import Settings
+    from ibf_core.storage.interface import TableStore
+    from ibf_core.streaming.collector import StreamStats
+
+
+def collect(settings: Settings, store: TableStore, symbols: list[str] | None = None,
+            duration_s: float | None = None) -> StreamStats:
+    """Stream ``symbols`` (the universe when None) into the warehouse until ``duration_s`` or Ctrl-C."""
+    import asyncio
+
+    from ibf_core.streaming.collector import Collector
+
+    collector = Collector(
+        store, symbols or list(settings.universe), host=settings.ib_host, ports=list(settings.ib_ports),
+        client_id=settings.ib_client_id, max_lines=settings.ib_max_lines, flush_s=settings.stream_flush_seconds,
+        connect_timeout=settings.ib_timeout,
+    )
+    return asyncio.run(collector.run(duration_s))
