@@ -155,6 +155,7 @@ class Settings(BaseSettings):
     )
     ib_retries: int = Field(4, ge=0, description="Retries after a pacing violation or a dropped connection")
     ib_max_lines: int = Field(100, ge=1, description="Market-data lines of the IB account: ibf stream serves this many symbols (in --symbols order) and names the rest")
+    ib_realtime_bars_per_10min: int = Field(60, ge=1, description="ibf stream: real-time-bar requests allowed in any 10 minutes (IB's pacing; more are queued)")
     stream_flush_seconds: float = Field(1.0, gt=0, description="ibf stream: seconds between micro-batch writes of intraday_bars and quotes")
     ib_bid_ask: bool = Field(False, description="Also fetch IB BID_ASK daily bars for the real quoted spread")
     benchmark: str = Field("SPY", description="Benchmark symbol for beta/correlation; the equal-weighted universe if absent")

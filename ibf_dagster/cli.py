@@ -374,8 +374,9 @@ def stream(
         return
     lags = sorted(stats.lags_s)
     p50 = lags[len(lags) // 2] if lags else float("nan")
+    p99 = lags[min(len(lags) - 1, int(len(lags) * 0.99))] if lags else float("nan")
     out.print(f"{stats.bars} bars, {stats.quotes} quotes in {stats.batches} batches, {stats.connects} connection(s); "
-              f"receipt -> queryable p50 {p50:.2f} s", highlight=False)
+              f"receipt -> queryable p50 {p50:.2f} s, p99 {p99:.2f} s", highlight=False)
     if stats.unserved:
         out.print(f"no market-data line (IBF_IB_MAX_LINES={settings.ib_max_lines}): {', '.join(stats.unserved)}", highlight=False)
     if stats.delayed:

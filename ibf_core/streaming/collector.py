@@ -73,6 +73,7 @@ class Collector:
         bar_types: tuple[str, ...] = ("TRADES",),
         flush_s: float = 1.0,
         connect_timeout: float = 5.0,
+        realtime_per_10min: int = REALTIME_PER_10MIN,
     ):
         self.store, self.host, self.ports, self.client_id = store, host, ports or [4002], client_id
         self.symbols = list(dict.fromkeys(symbols))
@@ -81,7 +82,7 @@ class Collector:
         self.stats = StreamStats(unserved=unserved)
         self._bars: list[dict[str, Any]] = []
         self._quotes: list[dict[str, Any]] = []
-        self._pacer = _Pacer(REALTIME_PER_10MIN, 600.0)
+        self._pacer = _Pacer(realtime_per_10min, 600.0)
         self._ib: Any = None
         self._lost = asyncio.Event()
         if unserved:
