@@ -69,7 +69,7 @@ def test_the_grpc_workspace_names_the_code_service():
 def test_kubernetes_manifests_validate_against_the_kubernetes_schemas():
     import kubernetes_validate
 
-    documents = [d for path in sorted((ROOT / "deploy" / "k8s").glob("*.yaml")) if path.name != "helm-values.yaml"
+    documents = [d for path in sorted((ROOT / "docker" / "k8s").glob("*.yaml")) if path.name != "helm-values.yaml"
                  for d in yaml.safe_load_all(path.read_text()) if d]
     kinds = sorted(f"{d['kind']}/{d['metadata']['name']}" for d in documents)
     assert kinds == ["Deployment/ibf-api", "Deployment/ibf-mlflow", "PersistentVolumeClaim/ibf-mlflow-artifacts",
@@ -84,7 +84,7 @@ def test_kubernetes_manifests_validate_against_the_kubernetes_schemas():
 
 
 def test_helm_values_use_the_ibf_image_the_k8s_run_launcher_and_an_external_postgres():
-    values = yaml.safe_load((ROOT / "deploy" / "k8s" / "helm-values.yaml").read_text())
+    values = yaml.safe_load((ROOT / "docker" / "k8s" / "helm-values.yaml").read_text())
     (deployment,) = values["dagster-user-deployments"]["deployments"]
     assert deployment["image"]["repository"] == "ibf" and deployment["dagsterApiGrpcArgs"] == ["-m", "ibf_dagster.definitions"]
     assert {"name": "IBF_EXECUTOR", "value": "k8s"} in deployment["env"]
