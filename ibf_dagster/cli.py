@@ -245,7 +245,7 @@ def sql(
                   f"{path.stem} replaces it", highlight=False, markup=False, soft_wrap=True)
 
     try:
-        frame = open_warehouse(_settings()).query(query, on_damaged=left_out)
+        frame = open_warehouse(_settings(), reader=True).query(query, on_damaged=left_out)
     except (duckdb.Error, WarehouseError) as exc:
         _fail(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
     for column in frame.columns:

@@ -297,3 +297,25 @@ def test_a_wrong_ducklake_setting_is_one_error_line_and_nothing_is_written(ibf_h
         assert done.returncode != 0 and lines[-1].startswith("error:") and "IBF_DUCKLAKE_CATALOG" in lines[-1], done.stderr
         assert "S3cretPw" not in done.stderr + done.stdout
     assert not (ibf_home / "ducklake").exists() and not (ibf_home / "lake").exists()
+
+
+def test_ducklake_reads_of_tables_not_created_yet_see_no_rows_and_create_nothing(ibf_home, monkeypatch):
+    from ibf_core.storage.ducklake import DuckLakeWarehouse
+
+    monkeypatch.setenv("IBF_WAREHOUSE", "ducklake")
+    writer = open_warehouse(load_settings())  # creates the (empty) catalog
+    reader = open_warehouse(load_settings(), reader=True)
+    assert reader.query("SELECT count(*) AS n FROM market_bars").n.iloc[0] == 0
+    assert reader.query("SELECT count(*) AS n FROM forecast_outcomes").n.iloc[0] == 0
+    assert reader.read(MARKET_BARS).empty and reader.partitions(MARKET_BARS) == []
+    assert reader.read_partitions(MARKET_BARS).num_rows == 0
+    with writer._connection(read_only=True) as cur:
+        assert DuckLakeWarehouse._existing(cur) == set()  # no read created a table
+
+
+def test_ibf_sql_on_a_ducklake_that_does_not_exist_yet_says_so_and_creates_nothing(ibf_home):
+    from conftest import run_ibf
+
+    done = run_ibf("sql", "SELECT count(*) FROM market_bars", env={"IBF_HOME": str(ibf_home), "IBF_WAREHOUSE": "ducklake"})
+    assert done.returncode != 0 and done.stderr.strip().splitlines()[-1].startswith("error: IBF_DUCKLAKE_CATALOG")
+    assert not (ibf_home / "ducklake").exists()

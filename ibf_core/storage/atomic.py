@@ -13,12 +13,13 @@ caller holding a target's lock may clear that target's leftover temp files by na
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import secrets
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from fnmatch import fnmatchcase
 from pathlib import Path
 from types import TracebackType
@@ -42,6 +43,15 @@ def lock(folder: Path, name: str, timeout: float = LOCK_WAIT_S) -> FileLock:
     lock_dir = folder / ".locks"
     lock_dir.mkdir(parents=True, exist_ok=True)
     return FileLock(str(lock_dir / f"{name}.lock"), timeout=timeout)
+
+
+@contextlib.contextmanager
+def locks(targets: Iterable[tuple[Path, str]], timeout: float = LOCK_WAIT_S) -> Iterator[None]:
+    """The :func:`lock` of every (folder, name), taken in sorted order so two writers never deadlock."""
+    with contextlib.ExitStack() as stack:
+        for folder, name in sorted(set(targets)):
+            stack.enter_context(lock(folder, name, timeout))
+        yield
 
 
 # ----- staging --------------------------------------------------------------------------------------

@@ -87,6 +87,21 @@ def redact_catalog(catalog: str) -> str:
     return _PG_PASSWORD.sub(r"\1***", catalog)
 
 
+def _quoted(names: Iterable[str]) -> str:
+    return ", ".join(f'"{n}"' for n in names)
+
+
+def _order_by(spec: TableSpec) -> str:
+    """Partitions in name order; per-symbol tables by key inside, others in the order each was written."""
+    return _quoted([PARTITION, *(spec.key if spec.per_symbol else (ROW,))])
+
+
+def _projected(spec: TableSpec, table: pa.Table, columns: Sequence[str] | None = None) -> pa.Table:
+    """``table`` as the declared schema (or its ``columns``)."""
+    schema = spec.schema if columns is None else pa.schema([spec.schema.field(c) for c in columns])
+    return table.select(schema.names).cast(schema)
+
+
 def _is_conflict(exc: BaseException) -> bool:
     return isinstance(exc, duckdb.Error) and bool(_CONFLICT.search(str(exc)))
 
@@ -281,47 +296,45 @@ class DuckLakeWarehouse(TableStore):
         self._transact(create)
         self._ensured.update((s.name, tuple(s.column_names)) for s in wanted)
 
-    def partitions(self, spec: TableSpec) -> list[str]:
-        self.ensure_table(spec)
+    @staticmethod
+    def _existing(cur: duckdb.DuckDBPyConnection) -> set[str]:
+        """Tables the catalog holds now; reads of a table not created yet see no rows and create nothing."""
+        rows = cur.execute("SELECT table_name FROM duckdb_tables() WHERE database_name = ?", [_ALIAS]).fetchall()
+        return {r[0] for r in rows}
+
+    def _rows(self, spec: TableSpec, sql: str, params: list, columns: Sequence[str] | None = None) -> pa.Table:
+        """``sql`` (reading ``{table}``) on a read cursor; an empty table of the schema when the table is missing."""
         with self._connection(read_only=True) as cur:
+            if spec.name not in self._existing(cur):
+                return _projected(spec, spec.schema.empty_table(), columns)
+            return _projected(spec, cur.execute(sql.format(table=f"{_ALIAS}.{spec.name}"), params).fetch_arrow_table(), columns)
+
+    def partitions(self, spec: TableSpec) -> list[str]:
+        with self._connection(read_only=True) as cur:
+            if spec.name not in self._existing(cur):
+                return []
             rows = cur.execute(f'SELECT DISTINCT "{PARTITION}" FROM {_ALIAS}.{spec.name} ORDER BY 1').fetchall()
         return [r[0] for r in rows]
 
     def table_stamp(self, spec: TableSpec) -> Hashable | None:
-        """The newest snapshot that changed the table (DuckLake numbers every commit)."""
+        """The newest snapshot that inserted or deleted rows (of any table: a cache keyed on it may re-read a
+        little more often than needed, never less)."""
         with self._connection(read_only=True) as cur:
-            try:
-                row = cur.execute(
-                    f"SELECT max(snapshot_id) FROM ducklake_snapshots({_sql_string(_ALIAS)}) "
-                    "WHERE list_contains(map_keys(changes), 'tables_inserted_into') OR list_contains(map_keys(changes), 'tables_deleted_from')"
-                ).fetchone()
-            except duckdb.Error:
-                row = cur.execute(f"SELECT max(snapshot_id) FROM ducklake_snapshots({_sql_string(_ALIAS)})").fetchone()
+            row = cur.execute(
+                f"SELECT max(snapshot_id) FROM ducklake_snapshots({_sql_string(_ALIAS)}) "
+                "WHERE list_contains(map_keys(changes), 'tables_inserted_into') OR list_contains(map_keys(changes), 'tables_deleted_from')"
+            ).fetchone()
         return None if row is None else row[0]
-
-    def _select(self, spec: TableSpec, columns: Sequence[str] | None = None) -> str:
-        return ", ".join(f'"{c}"' for c in (columns or spec.column_names))
-
-    def _order(self, spec: TableSpec) -> str:
-        """Per-symbol tables read by key; other tables in the order each partition was written."""
-        by = list(spec.key) if spec.per_symbol else [ROW]
-        return ", ".join(f'"{PARTITION}"' if c == PARTITION else f'"{c}"' for c in [PARTITION, *by])
-
-    def _arrow(self, spec: TableSpec, table: pa.Table, columns: Sequence[str] | None = None) -> pa.Table:
-        schema = spec.schema if columns is None else pa.schema([spec.schema.field(c) for c in columns])
-        return table.select(schema.names).cast(schema)
 
     def read_partitions(
         self, spec: TableSpec, names: Iterable[str] | None = None, columns: Sequence[str] | None = None
     ) -> pa.Table:
-        self.ensure_table(spec)
         where, params = "", []
         if names is not None:
             wanted = [check_partition_name(spec, n) for n in names]
             where, params = f'WHERE list_contains(?, "{PARTITION}")', [wanted]
-        sql = f"SELECT {self._select(spec, columns)} FROM {_ALIAS}.{spec.name} {where} ORDER BY {self._order(spec)}"
-        with self._connection(read_only=True) as cur:
-            return self._arrow(spec, cur.execute(sql, params).fetch_arrow_table(), columns)
+        sql = f"SELECT {_quoted(columns or spec.column_names)} FROM {{table}} {where} ORDER BY {_order_by(spec)}"
+        return self._rows(spec, sql, params, columns)
 
     # ----- writes ---------------------------------------------------------------------------------
     def _transact(self, build: Callable[[duckdb.DuckDBPyConnection], T]) -> T:
@@ -351,7 +364,7 @@ class DuckLakeWarehouse(TableStore):
         wanted = sorted({(spec.name, name): spec for spec, name in partitions}.items())
         self.ensure_catalog(Catalog(tuple({spec.name: spec for (_, _), spec in wanted}.values())))
         lock_root = self.root / ".locks"
-        with atomic_locks(lock_root, [(table, name) for (table, name), _ in wanted]):
+        with atomic.locks([(lock_root / table, name) for (table, name), _ in wanted]):
             return self._transact(lambda cur: build(_DuckLakeTransaction(cur)))
 
     # ----- reads ----------------------------------------------------------------------------------
@@ -362,7 +375,6 @@ class DuckLakeWarehouse(TableStore):
         start: dt.date | str | None = None,
         end: dt.date | str | None = None,
     ) -> pd.DataFrame:
-        self.ensure_table(spec)
         conditions, params = [], []
         if symbols is not None:
             conditions.append(f'list_contains(?, "{PARTITION}")')
@@ -374,13 +386,11 @@ class DuckLakeWarehouse(TableStore):
             conditions.append("date <= ?")
             params.append(pd.Timestamp(end).date())
         where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
-        order = ", ".join(f'"{c}"' for c in spec.key)
-        sql = f"SELECT {self._select(spec)} FROM {_ALIAS}.{spec.name} {where} ORDER BY {order}"
-        with self._connection(read_only=True) as cur:
-            table = cur.execute(sql, params).fetch_arrow_table()
+        sql = f"SELECT {_quoted(spec.column_names)} FROM {{table}} {where} ORDER BY {_quoted(spec.key)}"
+        table = self._rows(spec, sql, params)
         if not table.num_rows:
             return empty_frame(spec)
-        out = self._arrow(spec, table).to_pandas()
+        out = table.to_pandas()
         out["date"] = pd.to_datetime(out["date"])
         return out
 
@@ -391,15 +401,18 @@ class DuckLakeWarehouse(TableStore):
         on_damaged: Callable[[Path, str], None] | None = None,
     ) -> pd.DataFrame:
         """Read-only SQL: views of the declared columns under the tables' names, on a read-only attachment
-        (``on_damaged`` has nothing to report here: DuckLake's files are written whole, by commits)."""
+        (``on_damaged`` has nothing to report here: DuckLake's files are written whole, by commits). A table not
+        created yet reads as no rows; nothing is created."""
         refuse_writes(sql)
         catalog = registered_catalog()
         names = views_needed(catalog, sql)
-        self.ensure_catalog(Catalog(tuple(t for t in catalog.tables if t.name in names)))
         with self._connection(read_only=True) as cur:
+            existing = self._existing(cur)
             for spec in catalog.tables:
                 if spec.name in names:
-                    cur.execute(f"CREATE OR REPLACE TEMP VIEW {spec.name} AS SELECT {self._select(spec)} FROM {_ALIAS}.{spec.name}")
+                    source = f"{_ALIAS}.{spec.name}" if spec.name in existing else "(SELECT {} WHERE false)".format(
+                        ", ".join(f'CAST(NULL AS {c.sql_type}) AS "{c.name}"' for c in spec.columns))
+                    cur.execute(f"CREATE OR REPLACE TEMP VIEW {spec.name} AS SELECT {_quoted(spec.column_names)} FROM {source}")
             for view in catalog.views:
                 if view.name in names:
                     cur.execute(f"CREATE OR REPLACE TEMP VIEW {view.name} AS {view.sql}")
@@ -409,28 +422,6 @@ class DuckLakeWarehouse(TableStore):
                 raise QueryRefused(f"{_first_line(exc)}: queries here read only the warehouse") from None
 
 
-class atomic_locks:
-    """The file locks ``root/<table>/.locks/<name>.lock`` of several partitions, taken in sorted order."""
-
-    def __init__(self, root: Path, names: Sequence[tuple[str, str]]):
-        self._locks = [atomic.lock(root / table, name) for table, name in sorted(names)]
-
-    def __enter__(self) -> None:
-        taken = []
-        try:
-            for lock in self._locks:
-                lock.acquire()
-                taken.append(lock)
-        except BaseException:
-            for lock in reversed(taken):
-                lock.release()
-            raise
-
-    def __exit__(self, *exc: object) -> None:
-        for lock in reversed(self._locks):
-            lock.release()
-
-
 class _DuckLakeTransaction(Transaction):
     """Statements on the write cursor inside one DuckLake transaction."""
 
@@ -438,33 +429,21 @@ class _DuckLakeTransaction(Transaction):
         self.cur = cur
 
     def read(self, spec: TableSpec, name: str, columns: Sequence[str] | None = None) -> pa.Table | None:
-        check_partition_name(spec, name)
-        cols = ", ".join(f'"{c}"' for c in (columns or spec.column_names))
-        order = ", ".join(f'"{c}"' for c in (spec.key if spec.per_symbol else (ROW,)))
-        table = self.cur.execute(
-            f'SELECT {cols} FROM {_ALIAS}.{spec.name} WHERE "{PARTITION}" = ? ORDER BY {order}', [name]
-        ).fetch_arrow_table()
-        if not table.num_rows:
-            return None
-        schema = spec.schema if columns is None else pa.schema([spec.schema.field(c) for c in columns])
-        return table.cast(schema)
+        found = self.read_many(spec, [name]).get(name)
+        return None if found is None else _projected(spec, found, columns)
 
     def read_many(self, spec: TableSpec, names: Sequence[str]) -> dict[str, pa.Table]:
         """One query for all the partitions (a query costs tens of milliseconds on a DuckLake catalog)."""
         import pyarrow.compute as pc
 
         wanted = [check_partition_name(spec, n) for n in names]
-        cols = ", ".join(f'"{c}"' for c in spec.column_names)
-        order = ", ".join(f'"{c}"' for c in (PARTITION, *(spec.key if spec.per_symbol else (ROW,))))
         table = self.cur.execute(
-            f'SELECT "{PARTITION}", {cols} FROM {_ALIAS}.{spec.name} WHERE list_contains(?, "{PARTITION}") ORDER BY {order}',
+            f'SELECT {_quoted([PARTITION, *spec.column_names])} FROM {_ALIAS}.{spec.name} '
+            f'WHERE list_contains(?, "{PARTITION}") ORDER BY {_order_by(spec)}',
             [wanted],
         ).fetch_arrow_table()
         parts = table.column(PARTITION)
-        out = {}
-        for name in pc.unique(parts).to_pylist():
-            out[name] = table.filter(pc.equal(parts, name)).drop_columns([PARTITION]).cast(spec.schema)
-        return out
+        return {name: _projected(spec, table.filter(pc.equal(parts, name))) for name in pc.unique(parts).to_pylist()}
 
     def _insert(self, spec: TableSpec, table: pa.Table, partition: pa.Array, row: pa.Array) -> None:
         rows = table.cast(spec.schema).append_column(PARTITION, partition).append_column(ROW, row)

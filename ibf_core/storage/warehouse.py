@@ -26,14 +26,13 @@ the modules declaring them.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import hashlib
 import json
 import logging
 import os
 import re
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -182,13 +181,6 @@ class Warehouse(TableStore):
         """An inter-process lock for read-modify-write of files under ``folder`` (see ``atomic.lock``)."""
         return atomic.lock(folder, name)
 
-    @contextlib.contextmanager
-    def _locks(self, folder: Path, names: Sequence[str]) -> Iterator[None]:
-        """Hold the locks of ``names`` in sorted order, so two writers never deadlock."""
-        with contextlib.ExitStack() as stack:
-            for name in sorted(names):
-                stack.enter_context(self.lock(folder, name))
-            yield
 
     def describe(self) -> str:
         return f"Parquet lake {self.lake_dir} (views in {self.db_path})"
@@ -382,12 +374,10 @@ class Warehouse(TableStore):
             by_table.setdefault(table, (spec, []))[1].append(name)
         for spec, _ in by_table.values():
             self.ensure_table(spec)
-        with contextlib.ExitStack() as stack:
+        with atomic.locks([(self.table_dir(spec), n) for spec, names in by_table.values() for n in names]):
             for spec, names in by_table.values():
-                folder = self.table_dir(spec)
-                stack.enter_context(self._locks(folder, names))
                 held = ["*.parquet"] if WHOLE_TABLE in names else [f"{n}.parquet" for n in names]
-                atomic.remove_stale_temps(folder, held=held)
+                atomic.remove_stale_temps(self.table_dir(spec), held=held)
             with atomic.AtomicBatch() as batch:
                 return build(_LakeTransaction(self, batch))
 
