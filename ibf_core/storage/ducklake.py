@@ -210,7 +210,7 @@ class DuckLakeWarehouse(TableStore):
                     con.execute(secret)
             options = [f"DATA_PATH {_sql_string(self.data_path)}"] + (["READ_ONLY"] if read_only else [])
             try:
-                con.execute(f"ATTACH {_sql_string('ducklake:' + self.catalog)} AS {_ALIAS} ({', '.join(options)})")
+                self._attach(con, options)
             except duckdb.Error as exc:
                 raise WarehouseError(
                     f"IBF_DUCKLAKE_CATALOG: the DuckLake catalog {redact_catalog(self.catalog)} cannot be opened: "
@@ -226,6 +226,19 @@ class DuckLakeWarehouse(TableStore):
             con.close()
             raise
         return con
+
+    def _attach(self, con: duckdb.DuckDBPyConnection, options: list[str]) -> None:
+        """ATTACH the catalog; a SQLite catalog another writer holds for a moment ("database is locked") is
+        tried again, like a commit conflict, until ``COMMIT_RETRY_S``."""
+        deadline = time.monotonic() + COMMIT_RETRY_S
+        while True:
+            try:
+                con.execute(f"ATTACH {_sql_string('ducklake:' + self.catalog)} AS {_ALIAS} ({', '.join(options)})")
+                return
+            except duckdb.Error as exc:
+                if not _is_conflict(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05 + 0.1 * random.random())
 
     def _check_remote(self, con: duckdb.DuckDBPyConnection) -> None:
         """List the S3 prefix once: no access, a wrong endpoint or a missing bucket is named at start-up."""
