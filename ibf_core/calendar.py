@@ -75,3 +75,21 @@ def week_end_sessions(start: str | dt.date, end: str | dt.date) -> list[dt.date]
         return []
     weeks = pd.Series(days, index=days).groupby(days.to_period("W-FRI")).max()
     return [d.date() for d in weeks]
+
+
+def session_bounds(date: str | dt.date) -> tuple[pd.Timestamp, pd.Timestamp] | None:
+    """The regular session's open and close (UTC; early closes included) on ``date``, None when NYSE is closed."""
+    schedule = _calendar().schedule
+    day = pd.Timestamp(to_date(date))
+    if day not in schedule.index:
+        return None
+    row = schedule.loc[day]
+    return pd.Timestamp(row["open"]).tz_convert("UTC"), pd.Timestamp(row["close"]).tz_convert("UTC")
+
+
+def market_is_open(now: pd.Timestamp | None = None) -> bool:
+    """Whether ``now`` (default: the current time) is inside a regular NYSE session."""
+    now = pd.Timestamp.now(tz="UTC") if now is None else pd.Timestamp(now)
+    now = now.tz_localize("UTC") if now.tzinfo is None else now.tz_convert("UTC")
+    bounds = session_bounds(now.tz_convert("America/New_York").date())
+    return bounds is not None and bounds[0] <= now < bounds[1]

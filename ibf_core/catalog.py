@@ -16,7 +16,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 def catalog() -> Catalog:
-    """The symbol x date tables, ``bar_issues``, ``features``, the news tables, ``alerts``, the live tables, then
+    """The symbol x date tables, ``bar_issues``, ``features``, the news tables, ``alerts``, the live tables and
+    ``microstructure_daily``, then
     the views reading them."""
     from ibf_core.alerts import ALERTS
     from ibf_core.bar_issues import BAR_ISSUES
@@ -24,10 +25,12 @@ def catalog() -> Catalog:
     from ibf_core.monitoring import FORECAST_OUTCOMES
     from ibf_core.news.store import NEWS_TABLES
     from ibf_core.storage.tables import TABLES, Catalog
+    from ibf_core.streaming.microstructure import MICROSTRUCTURE_DAILY
     from ibf_core.streaming.tables import LIVE_TABLES
 
     return Catalog(
-        tables=(*TABLES.values(), BAR_ISSUES, features_spec(), *NEWS_TABLES, ALERTS, *LIVE_TABLES), views=(FORECAST_OUTCOMES,)
+        tables=(*TABLES.values(), BAR_ISSUES, features_spec(), *NEWS_TABLES, ALERTS, *LIVE_TABLES,
+                MICROSTRUCTURE_DAILY), views=(FORECAST_OUTCOMES,)
     )
 
 

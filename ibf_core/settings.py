@@ -157,6 +157,13 @@ class Settings(BaseSettings):
     ib_max_lines: int = Field(100, ge=1, description="Market-data lines of the IB account: ibf stream serves this many symbols (in --symbols order) and names the rest")
     ib_realtime_bars_per_10min: int = Field(60, ge=1, description="ibf stream: real-time-bar requests allowed in any 10 minutes (IB's pacing; more are queued)")
     stream_flush_seconds: float = Field(1.0, gt=0, description="ibf stream: seconds between micro-batch writes of intraday_bars and quotes")
+    stream_bar_types: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["TRADES"], description="ibf stream: 5-second real-time bar types per served symbol (comma list of TRADES, MIDPOINT, BID_ASK), stored in intraday_bars keyed by what")
+    stream_tick_symbols: Annotated[list[str], NoDecode] = Field(default_factory=list, description="ibf stream: symbols that also get tick-by-tick trades (trades) and market depth (depth), if served (comma list; IB allows few such subscriptions)")
+    stream_depth_rows: int = Field(5, ge=1, le=10, description="ibf stream: order-book levels per side requested for the symbols of IBF_STREAM_TICK_SYMBOLS")
+    stream_watchlist: Annotated[list[str], NoDecode] = Field(default_factory=list, description="ibf stream: symbols served first (comma list), before the top and bottom of the newest ranking and then the rest, up to IBF_IB_MAX_LINES")
+    stream_retention_days: int = Field(30, ge=0, description="ibf stream: sessions older than this many days are deleted from trades, depth and quotes at start and daily (0 = keep forever; intraday_bars are kept)")
+    stream_max_lag_seconds: float = Field(60.0, gt=0, description="Dagster check stream_lag: during market hours every streamed symbol's newest 5-second bar ended at most this many seconds ago")
+    live_price_max_age_seconds: float = Field(300.0, gt=0, description="ibf forecasts --live / POST /predict live_price: a streamed price older than this is not used (the stored close is)")
     ib_bid_ask: bool = Field(False, description="Also fetch IB BID_ASK daily bars for the real quoted spread")
     benchmark: str = Field("SPY", description="Benchmark symbol for beta/correlation; the equal-weighted universe if absent")
     news_source: Literal["alphavantage", "file", "none"] = Field("none", description="Where news comes from")
@@ -361,6 +368,26 @@ class Settings(BaseSettings):
     @classmethod
     def _benchmark(cls, value: str) -> str:
         return normalize_symbol(value)
+
+    @field_validator("stream_bar_types", "stream_tick_symbols", "stream_watchlist", mode="before")
+    @classmethod
+    def _stream_lists(cls, value: Any) -> Any:
+        return _split_list(value)
+
+    @field_validator("stream_bar_types")
+    @classmethod
+    def _bar_types(cls, value: list[str]) -> list[str]:
+        types = [t.strip().upper() for t in value]
+        allowed = ("TRADES", "MIDPOINT", "BID_ASK")
+        unknown = [t for t in types if t not in allowed]
+        if unknown or not types:
+            raise ValueError(f"bar types must be a non-empty comma list of {', '.join(allowed)} (unknown: {', '.join(unknown) or 'none'})")
+        return list(dict.fromkeys(types))
+
+    @field_validator("stream_tick_symbols", "stream_watchlist")
+    @classmethod
+    def _stream_symbols(cls, value: list[str]) -> list[str]:
+        return list(dict.fromkeys(normalize_symbol(s) for s in value))
 
     @model_validator(mode="after")
     def _paths_for_sources(self) -> "Settings":

@@ -248,6 +248,11 @@ def sql(
         frame = open_warehouse(_settings(), reader=True).query(query, on_damaged=left_out)
     except (duckdb.Error, WarehouseError) as exc:
         _fail(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+    _print_frame(frame, format)
+
+
+def _print_frame(frame, format: str) -> None:
+    """A result frame as a table (rows counted on stderr), CSV or JSON records on stdout."""
     for column in frame.columns:
         values = frame[column]
         if str(values.dtype).startswith("datetime64") and (values.dropna().dt.normalize() == values.dropna()).all():
@@ -381,6 +386,53 @@ def stream(
         out.print(f"no market-data line (IBF_IB_MAX_LINES={settings.ib_max_lines}): {', '.join(stats.unserved)}", highlight=False)
     if stats.delayed:
         out.print(f"delayed data (no live subscription): {', '.join(sorted(stats.delayed))}", highlight=False)
+
+
+@app.command()
+def forecasts(
+    symbols: Annotated[str | None, typer.Option(help="Comma list; default: every symbol with stored predictions")] = None,
+    horizons: Annotated[str, typer.Option(help="Comma list of horizons in sessions")] = "1,3,5,10,15,20",
+    as_of: Annotated[str | None, typer.Option(help="Origin session (YYYY-MM-DD); default: the newest stored")] = None,
+    live: Annotated[bool, typer.Option("--live", help="Express prices against the newest streamed price (ibf stream) during market hours")] = False,
+    format: Annotated[str, typer.Option("--format", "-f", help="table, csv or json")] = "table",
+) -> None:
+    """The stored forecasts of the newest origin (or --as-of): returns, prices, intervals, ranks."""
+    from ibf_core.calendar import to_date
+    from ibf_core.forecasts import FORECAST_COLUMNS, ForecastNotFound, stored_forecasts, stored_symbols
+    from ibf_core.settings import normalize_symbol
+    from ibf_core.storage.backends import open_warehouse
+
+    if format not in ("table", "csv", "json"):
+        _fail("--format must be table, csv or json", 2)
+    try:
+        wanted_h = sorted({int(h) for h in horizons.split(",") if h.strip()})
+        day = to_date(as_of) if as_of else None
+    except ValueError as exc:
+        _fail(f"--horizons {horizons!r} / --as-of {as_of!r}: {exc}", 2)
+    settings = _settings()
+    store = open_warehouse(settings, reader=True)
+    if not store.exists():
+        _fail(f"no warehouse under {settings.home}: run ibf backfill (or make demo) first")
+    wanted = [normalize_symbol(s) for s in symbols.split(",") if s.strip()] if symbols else stored_symbols(store)
+    try:
+        found = stored_forecasts(store, wanted, wanted_h, day)
+    except ForecastNotFound as exc:
+        _fail(str(exc))
+    frame = found.frame
+    columns = ["symbol", "horizon", "origin", "target_date", "close", "pred_return", "pred_price", "price_lower_80",
+               "price_upper_80", "rank"]
+    if live:
+        from ibf_core.streaming.live_prices import against_live_prices, newest_live_prices
+
+        frame = against_live_prices(frame, newest_live_prices(store, wanted), max_age_s=settings.live_price_max_age_seconds)
+        columns = [*columns, "price_basis", "basis_price", "basis_source", "basis_age_seconds"]
+        notes = frame.drop_duplicates("symbol")
+        for note, group in notes.groupby("basis_note"):
+            err.print(f"{note}: {', '.join(group['symbol'])}", highlight=False)
+    shown = frame[list(FORECAST_COLUMNS) + [c for c in frame.columns if c not in FORECAST_COLUMNS]] if format != "table" else frame[columns]
+    if format == "table":
+        shown = shown.round({"close": 2, "pred_return": 5, "pred_price": 2, "price_lower_80": 2, "price_upper_80": 2, "basis_price": 2})
+    _print_frame(shown.copy(), format)
 
 
 @app.command("av-sim")

@@ -7,6 +7,12 @@ import dagster as dg
 from ibf_core.settings import Settings, get_settings
 from ibf_dagster.assets.drift import build_drift_scores
 from ibf_dagster.assets.features import build_features
+from ibf_dagster.assets.live import (
+    build_live_sources,
+    build_live_watch,
+    build_microstructure_after_close,
+    build_microstructure_daily,
+)
 from ibf_dagster.assets.market_bars import build_market_bars
 from ibf_dagster.assets.models import build_trained_models
 from ibf_dagster.assets.news import build_news_sentiment
@@ -24,22 +30,29 @@ from ibf_dagster.sensors import (
 
 def build_definitions(settings: Settings) -> dg.Definitions:
     market_bars, market_bars_fresh = build_market_bars(settings)
+    live_sources, live_checks = build_live_sources(settings)
+    live_watch, live_watch_schedule = build_live_watch(settings)
     return dg.Definitions(
         assets=[
             market_bars,
+            *live_sources,
+            build_microstructure_daily(settings),
             build_news_sentiment(settings),
             build_features(settings),
             build_trained_models(settings),
             build_predictions(settings),
             build_drift_scores(settings),
         ],
-        asset_checks=[market_bars_fresh],
+        asset_checks=[market_bars_fresh, *live_checks],
+        jobs=[live_watch],
+        schedules=[live_watch_schedule],
         sensors=[
             build_universe_sync(settings),
             build_retrain_on_drift(settings),
             build_weekly_training(settings),
             build_check_alerts(settings),
             build_run_recovery(),
+            build_microstructure_after_close(settings),
         ],
         resources=build_resources(settings),
         executor=executor_for(settings),

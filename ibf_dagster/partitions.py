@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import dagster as dg
@@ -52,6 +53,11 @@ def date_partitions(settings: Settings) -> dg.TimeWindowPartitionsDefinition:
 
 def symbol_date_partitions(settings: Settings) -> dg.MultiPartitionsDefinition:
     return dg.MultiPartitionsDefinition({"date": date_partitions(settings), "symbol": SYMBOL_PARTITIONS})
+
+
+def date_key_of(day: dt.date, settings: Settings) -> str:
+    """The date partition key whose window holds ``day``."""
+    return day.strftime(GRANULARITIES[settings.date_partitions][1])
 
 
 def date_key_window(key: str, settings: Settings) -> tuple[dt.date, dt.date]:
@@ -118,3 +124,17 @@ def require_upstream(context: dg.AssetExecutionContext, upstream: dg.AssetKey) -
             f"{upstream.to_user_string()} is not materialized for partition(s) {shown}; "
             f"backfill it first (ibf backfill --assets {upstream.to_user_string()})"
         )
+
+
+def contiguous_blocks(ordered: Sequence[str], wanted: Sequence[str]) -> list[list[str]]:
+    """Split ``wanted`` into runs of symbols adjacent in the partition order (one Dagster range per block)."""
+    wanted_set, blocks, current = set(wanted), [], []
+    for symbol in ordered:
+        if symbol in wanted_set:
+            current.append(symbol)
+        elif current:
+            blocks.append(current)
+            current = []
+    if current:
+        blocks.append(current)
+    return blocks

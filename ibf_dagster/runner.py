@@ -19,7 +19,7 @@ from ibf_core.settings import Settings, normalize_symbol
 from ibf_core.storage.backends import open_warehouse
 from ibf_dagster.compat import partition_range_tags, was_interrupted
 from ibf_dagster.instance import get_instance
-from ibf_dagster.partitions import MODEL_CUTOFFS, SYMBOL_PARTITIONS, date_key_window, date_partitions
+from ibf_dagster.partitions import MODEL_CUTOFFS, SYMBOL_PARTITIONS, contiguous_blocks, date_key_window, date_partitions
 from ibf_dagster.recovery import PoolWait, RunInterrupted, guarded_run, launch_tags, recover_dead_runs
 
 
@@ -68,20 +68,6 @@ def date_keys_between(settings: Settings, start: dt.date | None, end: dt.date | 
     if not selected:
         raise BackfillError(f"no date partitions between {start} and {end} (history starts {keys[0]})")
     return selected
-
-
-def contiguous_blocks(ordered: Sequence[str], wanted: Sequence[str]) -> list[list[str]]:
-    """Split ``wanted`` into runs of symbols adjacent in the partition order (one Dagster range per block)."""
-    wanted_set, blocks, current = set(wanted), [], []
-    for symbol in ordered:
-        if symbol in wanted_set:
-            current.append(symbol)
-        elif current:
-            blocks.append(current)
-            current = []
-    if current:
-        blocks.append(current)
-    return blocks
 
 
 def backfill(

@@ -127,7 +127,7 @@ def create_app(settings: Settings) -> FastAPI:
         horizons = check_horizons(body.horizons)
         mode = "fresh" if body.fresh else "stored"
         start = time.perf_counter()
-        if not body.fresh and index is not None and body.as_of in (None, index.as_of):
+        if not body.fresh and not body.live_price and index is not None and body.as_of in (None, index.as_of):
             found = index.select(symbols, horizons)  # the common request: answered from memory
             if not found.parts:
                 raise not_found(ForecastNotFound(f"no stored predictions on origin {index.as_of} for the requested symbols"))
@@ -149,12 +149,21 @@ def create_app(settings: Settings) -> FastAPI:
             raise ApiError(503, "the model cannot be used for fresh predictions: " + _model_problem(exc)) from None
         except ModelDataError as exc:
             raise ApiError(422, _first_line(exc)) from None
+        frame = result.frame
+        if body.live_price:
+            frame = await run_in_threadpool(_on_live_prices, frame)
         instruments.prediction_latency.labels(mode).observe(time.perf_counter() - start)
-        instruments.predictions.labels(mode).inc(len(result.frame))
+        instruments.predictions.labels(mode).inc(len(frame))
         # A JSONResponse straight away: FastAPI's jsonable_encoder would walk every value a second time.
         return JSONResponse({"as_of": result.as_of.isoformat(), "mode": mode,
                              "model_version": result.model_versions[-1] if result.model_versions else None,
-                             "predictions": _records(result.frame)})
+                             "predictions": _records(frame)})
+
+    def _on_live_prices(frame):
+        from ibf_core.streaming.live_prices import against_live_prices, newest_live_prices
+
+        prices = newest_live_prices(services.store, frame["symbol"].unique().tolist())
+        return against_live_prices(frame, prices, max_age_s=settings.live_price_max_age_seconds)
 
     @app.get("/rankings", dependencies=auth, tags=["forecasts"])
     async def rankings(horizon: int = Query(5, description="Sessions ahead"), top: int = Query(20, ge=1, le=10000),

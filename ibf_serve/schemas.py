@@ -14,6 +14,7 @@ class PredictRequest(BaseModel):
     horizons: list[int] = Field(default_factory=lambda: [1, 3, 5, 10, 15, 20], min_length=1, description="Sessions ahead: 1, 3, 5, 10, 15, 20")
     as_of: dt.date | None = Field(None, description="Origin session; default the newest stored (or, fresh, the newest with features)")
     fresh: bool = Field(False, description="Compute now from stored features with the registered models instead of reading stored predictions")
+    live_price: bool = Field(False, description="During market hours express pred_price and the price interval against the newest streamed price (ibf stream): live x exp(r); each row names its price_basis, basis_price, basis_source, basis_time and basis_age_seconds")
 
 
 class RetrainRequest(BaseModel):

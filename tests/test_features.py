@@ -11,6 +11,7 @@ from conftest import make_bars
 from ibf_core.calendar import trading_days
 from ibf_core.features import Panel
 from ibf_core.features.cross_asset import percentile_rank
+from ibf_core.features.live import COLUMNS as LIVE_COLUMNS
 from ibf_core.features.pipeline import (
     FEATURES,
     NEWS_COLUMNS,
@@ -23,7 +24,7 @@ from ibf_core.features.pipeline import (
 )
 from ibf_core.sources.sample import load_sample_bars
 
-SPARSE = {"spread_quoted", "spread_quoted_mean_20", *NEWS_COLUMNS}
+SPARSE = {"spread_quoted", "spread_quoted_mean_20", *NEWS_COLUMNS, *LIVE_COLUMNS}  # joined per session, when present
 
 
 @pytest.fixture(scope="module")

@@ -37,7 +37,9 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
-from ibf_core.features import INPUT_NAMES, RANGE, VOLUME, Feature, Panel, calendar_features, cross_asset, microstructure, technical
+from ibf_core.features import (
+    INPUT_NAMES, RANGE, VOLUME, Feature, Panel, calendar_features, cross_asset, live, microstructure, technical,
+)  # fmt: skip
 
 __all__ = [
     "FEATURES",
@@ -80,7 +82,7 @@ NEWS_FEATURES: list[Feature] = [
 
 _PER_SYMBOL: list[Feature] = [*technical.FEATURES, *technical.RETURN_FEATURES, *microstructure.FEATURES]
 _CROSS: list[Feature] = cross_asset.features({f.name: f for f in _PER_SYMBOL})
-FEATURES: list[Feature] = [*_PER_SYMBOL, *_CROSS, *calendar_features.FEATURES, *NEWS_FEATURES]
+FEATURES: list[Feature] = [*_PER_SYMBOL, *_CROSS, *calendar_features.FEATURES, *NEWS_FEATURES, *live.FEATURES]
 if len({f.name for f in FEATURES}) != len(FEATURES):
     raise RuntimeError("duplicate feature names in the registry")
 
@@ -110,26 +112,33 @@ def lookback_sessions() -> int:
 
 
 def compute_features(
-    bars: pd.DataFrame, news: pd.DataFrame | None = None, benchmark: str | None = cross_asset.DEFAULT_BENCHMARK
+    bars: pd.DataFrame,
+    news: pd.DataFrame | None = None,
+    benchmark: str | None = cross_asset.DEFAULT_BENCHMARK,
+    microstructure_daily: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """``symbol, date`` + ``feature_columns()`` + ``warmup``, one row per bar, sorted by symbol and date.
 
     ``bars``: the canonical bar frame (``ibf_core.bars``), any order; ``volume`` (and ``open``/``high``/``low``)
     may be NULL or absent. ``news``: optional daily frame ``symbol, date`` + :data:`NEWS_COLUMNS`, left-joined
     as is. ``benchmark``: symbol for beta/correlation; when None or absent from ``bars`` the leave-one-out
-    equal-weighted universe is used.
+    equal-weighted universe is used. ``microstructure_daily``: optional rows of that table (the live
+    tables' sessions); the ``live_*`` features are NaN without them (``ibf_core.features.live``).
     """
-    return compute_features_with_support(bars, news, benchmark)[0]
+    return compute_features_with_support(bars, news, benchmark, microstructure_daily)[0]
 
 
 def compute_features_with_support(
-    bars: pd.DataFrame, news: pd.DataFrame | None = None, benchmark: str | None = cross_asset.DEFAULT_BENCHMARK
+    bars: pd.DataFrame,
+    news: pd.DataFrame | None = None,
+    benchmark: str | None = cross_asset.DEFAULT_BENCHMARK,
+    microstructure_daily: pd.DataFrame | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(``compute_features``' frame, a frame of the same keys saying per feature why a row cannot have a value).
 
     The second frame holds one int8 column per feature: ``SUPPORTED`` (0) where the data supports a value,
     else the sum of ``WARMING_UP`` (before the feature's own ``min_history`` bars) and ``NO_VOLUME`` /
-    ``NO_RANGE`` (its window holds a bar without an input it reads). Calendar and news columns are 0.
+    ``NO_RANGE`` (its window holds a bar without an input it reads). Calendar, news and live columns are 0.
     """
     if bars.empty:
         empty = _empty_frame()
@@ -149,6 +158,7 @@ def compute_features_with_support(
     _blank_missing_inputs(rows, state, _CROSS)
     calendar_features.compute(panel, rows)
     _join_news(panel, news, rows)
+    live.join(panel, microstructure_daily, rows)
 
     symbols = bars["symbol"].to_numpy()
     symbols = symbols if order is None else symbols[order]
@@ -170,12 +180,13 @@ def compute_features_for_range(
     news: pd.DataFrame | None = None,
     benchmark: str | None = cross_asset.DEFAULT_BENCHMARK,
     with_support: bool = False,
+    microstructure_daily: pd.DataFrame | None = None,
 ) -> pd.DataFrame | tuple[pd.DataFrame, pd.DataFrame]:
     """Features for dates in [start, end]; ``bars`` must include ``lookback_sessions()`` sessions before start.
 
     ``with_support``: also return the support-state frame of those rows (``compute_features_with_support``).
     """
-    frame, support = compute_features_with_support(bars, news=news, benchmark=benchmark)
+    frame, support = compute_features_with_support(bars, news=news, benchmark=benchmark, microstructure_daily=microstructure_daily)
     keep = ((frame["date"] >= pd.Timestamp(start)) & (frame["date"] <= pd.Timestamp(end))).to_numpy()
     frame = frame.loc[keep].reset_index(drop=True)
     return (frame, support.loc[keep].reset_index(drop=True)) if with_support else frame
@@ -205,7 +216,7 @@ def _support_state(panel: Panel) -> dict[str, np.ndarray]:
     out: dict[str, np.ndarray] = {}
     for feature in FEATURES:
         state = np.zeros(panel.n, dtype=np.int8)
-        if feature.group not in ("calendar", "news"):
+        if feature.ffill and feature.group != "calendar":  # joined columns (news, live) have no warm-up
             state[panel.pos + 1 < feature.min_history] |= WARMING_UP
             for name in sorted(feature.inputs):
                 key = (name, feature.min_history)

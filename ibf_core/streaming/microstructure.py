@@ -12,19 +12,50 @@ From ``quotes`` (top-of-book snapshots) and ``intraday_bars`` (5-second TRADES b
 - ``realized_vol``: square root of the sum of squared 5-second log returns of the closes (the session's).
 - ``vwap_deviation``: log(close of the session's last bar / session VWAP).
 - ``trade_size_mean``, ``trade_size_p90``: shares per trade of the bars (volume / count), mean and 90th percentile.
-- ``n_bars``, ``n_quotes``.
+- ``volume``: shares traded in the bars; ``n_bars``, ``n_quotes``; ``coverage``: share of the regular
+  session's 4,680 5-second bars that were collected (a collector started at noon gives about 0.5).
 """
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+
+from ibf_core.storage.tables import Column, TableSpec
 
 BAR_SECONDS = 5
+SESSION_BARS = 390 * 60 // BAR_SECONDS  # 09:30-16:00 New York (half days count against the full session)
 COLUMNS = [
     "symbol", "date", "quoted_spread_tw", "effective_spread", "depth_imbalance", "trade_flow_imbalance",
-    "kyle_lambda", "realized_vol", "vwap_deviation", "trade_size_mean", "trade_size_p90", "n_bars", "n_quotes",
+    "kyle_lambda", "realized_vol", "vwap_deviation", "trade_size_mean", "trade_size_p90", "volume", "n_bars",
+    "n_quotes", "coverage",
 ]  # fmt: skip
+_DESCRIPTIONS = {
+    "quoted_spread_tw": "Time-weighted relative quoted spread (ask - bid) / mid of the top-of-book quotes",
+    "effective_spread": "Volume-weighted effective spread 2 |wap - mid| / mid of the 5-second TRADES bars",
+    "depth_imbalance": "Time-weighted (bid size - ask size) / (bid size + ask size)",
+    "trade_flow_imbalance": "Signed volume / volume, bars signed by Lee-Ready (quote rule, tick test at the mid)",
+    "kyle_lambda": "Kyle's lambda: 5-second log return (bps) per million shares of signed volume (least squares)",
+    "realized_vol": "Square root of the sum of squared 5-second log returns of the session",
+    "vwap_deviation": "log(last close / session VWAP)",
+    "trade_size_mean": "Mean shares per trade (bar volume / trade count)",
+    "trade_size_p90": "90th percentile of shares per trade over the bars",
+    "volume": "Shares traded in the collected bars",
+}
+MICROSTRUCTURE_DAILY = TableSpec(
+    name="microstructure_daily",
+    description="The session's microstructure from the live tables (intraday_bars, quotes), per symbol and NYSE "
+    "session: rows only where ibf stream collected that session.",
+    columns=(
+        Column("symbol", pa.string(), "Ticker symbol"),
+        Column("date", pa.date32(), "NYSE session"),
+        *(Column(name, pa.float64(), text) for name, text in _DESCRIPTIONS.items()),
+        Column("n_bars", pa.int64(), "5-second TRADES bars collected"),
+        Column("n_quotes", pa.int64(), "Top-of-book quotes collected"),
+        Column("coverage", pa.float64(), "n_bars / 4,680 (the bars of a full regular session)"),
+    ),
+)
 
 
 def _standing_quotes(bars: pd.DataFrame, quotes: pd.DataFrame) -> pd.DataFrame:
@@ -49,7 +80,8 @@ def microstructure_daily(bars: pd.DataFrame, quotes: pd.DataFrame) -> pd.DataFra
     if bars.empty:
         return pd.DataFrame(columns=COLUMNS)
     for frame in (bars, quotes):
-        frame["time"] = pd.to_datetime(frame["time"], utc=True)
+        # Parquet gives microseconds, frames built in memory nanoseconds: merge_asof needs one unit.
+        frame["time"] = pd.to_datetime(frame["time"], utc=True).astype("datetime64[ns, UTC]")
         frame["date"] = pd.to_datetime(frame["date"]).dt.normalize()
     bars = bars.sort_values(["symbol", "time"]).reset_index(drop=True)
     keys = ["symbol", "date"]
@@ -81,6 +113,7 @@ def microstructure_daily(bars: pd.DataFrame, quotes: pd.DataFrame) -> pd.DataFra
         "vwap_deviation": np.log(g["close"].last() / (g["pv"].sum() / g["volume"].sum().where(g["volume"].sum() > 0))),
         "trade_size_mean": g["size"].mean(),
         "trade_size_p90": g["size"].quantile(0.9),
+        "volume": g["volume"].sum(),
         "n_bars": g.size(),
     })
 
@@ -98,4 +131,56 @@ def microstructure_daily(bars: pd.DataFrame, quotes: pd.DataFrame) -> pd.DataFra
     out["quoted_spread_tw"] = out["ws"] / out["w"].where(out["w"] > 0)
     out["depth_imbalance"] = out["wd"] / out["w"].where(out["w"] > 0)
     out["n_quotes"] = out["n_quotes"].fillna(0).astype(np.int64)
+    out["coverage"] = out["n_bars"] / SESSION_BARS
     return out.reset_index()[COLUMNS]
+
+
+def sessions_from_store(
+    store: object, symbols: list[str], start: object, end: object, now: pd.Timestamp | None = None
+) -> tuple[pd.DataFrame, list[str]]:
+    """(``microstructure_daily`` rows of ``symbols`` x the sessions in [start, end] the live tables hold, the
+    sessions skipped because their close has not passed at ``now``): a session is measured only once it is over."""
+    from ibf_core.calendar import session_bounds, trading_days
+    from ibf_core.streaming.store import partition_name
+    from ibf_core.streaming.tables import INTRADAY_BARS, QUOTES
+
+    now = pd.Timestamp.now(tz="UTC") if now is None else pd.Timestamp(now).tz_convert("UTC")
+    closed, open_days = [], []
+    for day in trading_days(start, end):
+        bounds = session_bounds(day.date())
+        (closed if bounds is not None and bounds[1] <= now else open_days).append(day)
+    stored = set(store.partitions(INTRADAY_BARS))  # listed once: a 10-year backfill asks for millions of names
+    names = [n for n in (partition_name(d, s) for d in closed for s in symbols) if n in stored]
+    if not names:
+        return pd.DataFrame(columns=COLUMNS), [f"{d:%Y-%m-%d}" for d in open_days]
+    bars = store.read_partitions(INTRADAY_BARS, names).to_pandas()
+    book = store.read_partitions(QUOTES, names).to_pandas()
+    if book.empty:
+        book = pd.DataFrame(columns=QUOTES.column_names)
+    return microstructure_daily(bars, book), [f"{d:%Y-%m-%d}" for d in open_days]
+
+
+def check_measures(frame: pd.DataFrame) -> object:
+    """Every measure finite or NULL, spreads >= 0, imbalances in [-1, 1], coverage in [0, 1]."""
+    from ibf_core.quality import MAX_EXAMPLES, QualityResult
+
+    measures = [c for c in _DESCRIPTIONS if c in frame]
+    values = frame[measures].apply(pd.to_numeric, errors="coerce") if len(frame) else frame[measures]
+    bad = pd.Series(False, index=frame.index)
+    reasons: dict[str, int] = {}
+    rules = {
+        "infinite": np.isinf(values.to_numpy(dtype=float)).any(axis=1) if len(frame) else bad.to_numpy(),
+        "negative spread": ((values["quoted_spread_tw"] < 0) | (values["effective_spread"] < 0)).to_numpy(),
+        "imbalance outside [-1, 1]": ((values["depth_imbalance"].abs() > 1 + 1e-12)
+                                      | (values["trade_flow_imbalance"].abs() > 1 + 1e-12)).to_numpy(),
+        "coverage outside [0, 1]": ((frame["coverage"] < 0) | (frame["coverage"] > 1 + 1e-12)).to_numpy(),
+    }
+    for name, mask in rules.items():
+        if mask.any():
+            reasons[name] = int(mask.sum())
+            bad |= mask
+    examples = [f"{r.symbol} {pd.Timestamp(r.date).date()}" for r in frame[bad.to_numpy()].head(MAX_EXAMPLES).itertuples()]
+    return QualityResult(
+        "measures_finite", not bad.any(), f"{int(bad.sum())} of {len(frame)} session rows out of range",
+        {"violations": reasons, "examples": examples},
+    )

@@ -9,6 +9,7 @@ from ibf_core.report import markdown_table
 from ibf_core.settings import Settings
 from ibf_core.features.table import features_spec
 from ibf_core.storage.tables import MARKET_BARS, NEWS_SENTIMENT
+from ibf_core.streaming.microstructure import MICROSTRUCTURE_DAILY
 from ibf_dagster.metadata import OWNERS, check_result, column_schema, plot_if_small
 from ibf_dagster.partitions import context_rectangles, require_upstream, symbol_date_partitions
 from ibf_dagster.resources import SettingsResource, WarehouseResource
@@ -37,20 +38,22 @@ def build_features(settings: Settings) -> dg.AssetsDefinition:
     )
 
     spec = features_spec()
-    sparse = {f.name for f in FEATURES if f.group == "news" or f.name.startswith("spread")}
+    # Sparse by nature: real spreads (BID_ASK bars), news, and the live measures (sessions ibf stream collected).
+    sparse = {f.name for f in FEATURES if f.group == "news" or f.name.startswith(("spread", "live_"))}
     feature_list = "\n".join(f"| `{f.name}` | {f.group} | {'yes' if f.future_known else ''} | {f.description} |" for f in FEATURES)
 
     @dg.asset(
         name=spec.name,
         description=(
             f"{len(FEATURES)} scale-free features per symbol and NYSE session from `market_bars` and "
-            "`news_sentiment`: TA-Lib indicators, microstructure estimators, cross-asset beta/correlation/ranks, "
-            "calendar (future-known) and news. Row d uses only data known at d's close; gaps are forward-filled "
+            "`news_sentiment` (and `microstructure_daily` where ibf stream collected the session): TA-Lib indicators, "
+            "microstructure estimators, cross-asset beta/correlation/ranks, calendar (future-known), news and the "
+            "live microstructure (NULL for sessions without live data). Row d uses only data known at d's close; gaps are forward-filled "
             "only; each partition loads its own look-back window, so a single-day partition is exact."
         ),
         partitions_def=symbol_date_partitions(settings),
         backfill_policy=dg.BackfillPolicy.single_run(),
-        deps=[MARKET_BARS.name, NEWS_SENTIMENT.name],
+        deps=[MARKET_BARS.name, NEWS_SENTIMENT.name, MICROSTRUCTURE_DAILY.name],
         pool="duckdb",
         kinds={"duckdb", "parquet", "python"},
         owners=OWNERS,
@@ -77,14 +80,17 @@ def build_features(settings: Settings) -> dg.AssetsDefinition:
         # Cross-asset features (universe index, cross-sectional ranks) need every stored symbol on the same dates.
         universe = store.symbols(MARKET_BARS)
         columns = feature_columns()
-        frames, supports = [], []
+        frames, supports, live_rows = [], [], 0
         for rect in rects:
             first = lookback_start(rect.start, lookback_sessions())
             bars = store.read(MARKET_BARS, universe, first, rect.end)
             news = daily_news(store, universe, first, rect.end) if settings.news_source != "none" else None
+            live = store.read(MICROSTRUCTURE_DAILY, universe, rect.start, rect.end)
             out, support = compute_features_for_range(
-                bars, rect.start, rect.end, news=news, benchmark=settings.benchmark, with_support=True
+                bars, rect.start, rect.end, news=news, benchmark=settings.benchmark, with_support=True,
+                microstructure_daily=live,
             )
+            live_rows += len(live)
             mine = out["symbol"].isin(rect.symbols).to_numpy()
             out = out[mine]
             store.replace_slice(spec, out, rect.symbols, rect.start, rect.end)
@@ -110,6 +116,7 @@ def build_features(settings: Settings) -> dg.AssetsDefinition:
                 "feature_count": len(columns),
                 "warmup_rows": int(frame["warmup"].sum()),
                 "news": "included" if settings.news_source != "none" else "none (IBF_NEWS_SOURCE=none): news features are empty",
+                "live_microstructure_sessions": live_rows,
                 "benchmark": settings.benchmark if settings.benchmark in universe else "equal-weighted universe",
                 "features_not_supported": dg.MetadataValue.json(unsupported_reasons(support, columns)),
                 "highest_nan_share_after_warmup": dg.MetadataValue.md(
