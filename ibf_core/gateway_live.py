@@ -159,12 +159,29 @@ async def _session_rows(session: _Session, symbol: str, what: str):
         return None
     trades = five_second_bars(day)
     book = quotes(day, trades)
-    if what not in ("MIDPOINT", "BID_ASK", "BID", "ASK"):
+    if what not in ("MIDPOINT", "BID", "ASK", "BID_ASK"):
         return trades, book
-    mid = (book["bid"] + book["ask"]) / 2
-    prev = mid.shift(1).fillna(mid)
-    return trades.assign(open=prev, close=mid, high=np.maximum(prev, mid), low=np.minimum(prev, mid),
-                         volume=-1.0, wap=-1.0, count=-1), book
+    return quote_bars(trades, book, what), book
+
+
+def quote_bars(trades: pd.DataFrame, book: pd.DataFrame, what: str) -> pd.DataFrame:
+    """MIDPOINT, BID, ASK or BID_ASK 5-second bars of a session's quotes (volume, wap and count -1, as IB sends them).
+
+    In a bar the quote standing at its start (the previous bar's) holds for 4 seconds, then the bar's own quote
+    (at start + 4 s) for 1 second. MIDPOINT, BID, ASK: open/close that price at the bar's start/end, high/low their
+    max/min. BID_ASK (IB's meaning for BID_ASK bars): open = time-average bid, high = max ask, low = min bid,
+    close = time-average ask.
+    """
+    held = (BAR_SECONDS - 1) / BAR_SECONDS  # share of the bar the previous quote stands
+    prev = book.shift(1).fillna(book)
+    if what != "BID_ASK":
+        side = {"MIDPOINT": lambda q: (q["bid"] + q["ask"]) / 2, "BID": lambda q: q["bid"], "ASK": lambda q: q["ask"]}[what]
+        start, end = side(prev), side(book)
+        ohlc = {"open": start, "high": np.maximum(start, end), "low": np.minimum(start, end), "close": end}
+    else:
+        ohlc = {"open": held * prev["bid"] + (1 - held) * book["bid"], "high": np.maximum(prev["ask"], book["ask"]),
+                "low": np.minimum(prev["bid"], book["bid"]), "close": held * prev["ask"] + (1 - held) * book["ask"]}
+    return trades.assign(**{k: v.to_numpy() for k, v in ohlc.items()}, volume=-1.0, wap=-1.0, count=-1)
 
 
 async def _wait_until(session: _Session, when: pd.Timestamp) -> None:
