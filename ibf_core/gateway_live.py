@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from ibf_core.intraday import BAR_SECONDS, DailyBar, five_second_bars, quotes, session_open
+from ibf_core.intraday import BAR_SECONDS, DailyBar, depth_levels, five_second_bars, quotes, session_open, session_trades
 
 if TYPE_CHECKING:  # pragma: no cover
     from ibf_core.gateway_sim import _Session
@@ -40,6 +40,10 @@ MSG_NO_SUBSCRIPTION = (
     "Requested market data requires additional subscription for API. See link in 'Market Data Connections' dialog"
 )
 MSG_REALTIME_PACING = "Invalid Real-time Query: Historical data request pacing violation"
+MSG_MAX_TICK_BY_TICK = "Max number of tick-by-tick requests has been reached."
+MSG_MAX_DEPTH = "Max number of market depth requests has been reached"
+TICK_BY_TICK_TYPES = {"Last": 1, "AllLast": 2}  # trades; BidAsk (3) and MidPoint (4) are not simulated
+MAX_REPLAYED_TICKS = 1000  # numberOfTicks > 0: at most this many recent ticks come first (IB's cap)
 PACING_WINDOW_S = 600.0
 LIVE, DELAYED = 1, 3
 # (live, delayed) tick types
@@ -71,6 +75,8 @@ class LiveState:
 
     data_type: int = LIVE
     lines: set[int] = dataclasses.field(default_factory=set)
+    tick_by_tick: set[int] = dataclasses.field(default_factory=set)
+    depth: set[int] = dataclasses.field(default_factory=set)
     realtime_requests: deque = dataclasses.field(default_factory=deque)
     bars_sent: int = 0
 
@@ -122,12 +128,45 @@ def on_realtime_bars(session: _Session, fields: list[str]) -> None:
     session.spawn(req_id, stream_bars(session, req_id, symbol, what))
 
 
-def on_cancel(session: _Session, fields: list[str]) -> None:
-    req_id = int(fields[2])
-    _state(session).lines.discard(req_id)
+def on_cancel(session: _Session, fields: list[str], at: int = 2) -> None:
+    req_id = int(fields[at])
+    state = _state(session)
+    for held in (state.lines, state.tick_by_tick, state.depth):
+        held.discard(req_id)
     task = session.pending.pop(req_id, None)
     if task is not None:
         task.cancel()
+
+
+def on_tick_by_tick(session: _Session, fields: list[str]) -> None:
+    """``97, reqId, <contract 12>, tickType, numberOfTicks, ignoreSize`` (no version field)."""
+    req_id = int(fields[1])
+    symbol = _symbol(fields[2:14])
+    tick_type, replay = fields[14], int(fields[15] or 0)
+    state = _state(session)
+    if tick_type not in TICK_BY_TICK_TYPES:
+        session.error(req_id, 10189, f"Failed to request tick-by-tick data: the simulator serves Last/AllLast, not {tick_type}")
+        return
+    if len(state.tick_by_tick) >= session.sim.faults.max_tick_by_tick:
+        session.error(req_id, 10190, MSG_MAX_TICK_BY_TICK)
+        return
+    state.tick_by_tick.add(req_id)
+    session.sim._record_live(("tick_by_tick", symbol, tick_type, session.client_id))
+    session.spawn(req_id, stream_trades(session, req_id, symbol, TICK_BY_TICK_TYPES[tick_type], replay))
+
+
+def on_market_depth(session: _Session, fields: list[str]) -> None:
+    """``10, 5, reqId, <contract 12>, numRows, isSmartDepth, options``."""
+    req_id = int(fields[2])
+    symbol = _symbol(fields[3:15])
+    rows, smart = int(fields[15]), fields[16] == "1"
+    state = _state(session)
+    if len(state.depth) >= session.sim.faults.max_depth_requests:
+        session.error(req_id, 309, MSG_MAX_DEPTH)
+        return
+    state.depth.add(req_id)
+    session.sim._record_live(("market_depth", symbol, "SMART" if smart else "L1", session.client_id))
+    session.spawn(req_id, stream_depth(session, req_id, symbol, max(1, rows), smart))
 
 
 def on_market_data(session: _Session, fields: list[str]) -> None:
@@ -257,6 +296,67 @@ async def stream_quotes(session: _Session, req_id: int, symbol: str, data_type: 
 
 
 
+async def stream_trades(session: _Session, req_id: int, symbol: str, tick_type: int, replay: int) -> None:
+    """Each trade of the session once the live clock passes it (``99, reqId, tickType, time, price, size, mask,
+    exchange, specialConditions``; time in whole epoch seconds, as IB sends it). With ``numberOfTicks`` > 0 the
+    most recent trades (at most 1000) come first, as IB documents for that argument; trades of a connectivity gap
+    are not sent."""
+    day = await day_for(session, symbol, session.sim.live_clock.now())
+    if day is None:
+        return
+    trades = session_trades(day)
+    clock = session.sim.live_clock
+    ns = trades["time"].astype("int64").to_numpy()
+    epoch, price, size, exchange = ns // 10**9, trades["price"].to_numpy(), trades["size"].to_numpy(), trades["exchange"].to_numpy()
+    i = int(np.searchsorted(ns, clock.now().value, side="right"))
+    start = max(0, i - min(replay, MAX_REPLAYED_TICKS))
+    while start < len(ns):
+        if start >= i:
+            await _wait_until(session, pd.Timestamp(int(ns[start]), tz="UTC"))
+            i = int(np.searchsorted(ns, clock.now().value, side="right"))
+        if session.connected_to_ib.is_set():
+            for k in range(start, i):
+                session.send(99, req_id, tick_type, int(epoch[k]), _num(price[k]), _num(size[k]), 0, exchange[k], "")
+        start = i  # caught up: wait for the next trade (never skip one)
+
+
+async def stream_depth(session: _Session, req_id: int, symbol: str, rows: int, smart: bool) -> None:
+    """The book around the quote model's bid/ask: every level inserted at once (operation 0), then at each quote
+    the levels whose price or size changed (operation 1). ``12, 1, reqId, position, operation, side, price, size``
+    (L1), or with smart depth ``13, 1, reqId, position, marketMaker, operation, side, price, size, isSmartDepth``
+    (the market maker field carrying the exchange); side 0 = ask, 1 = bid, as ib_insync reads it."""
+    rows_ = await _session_rows(session, symbol, "TRADES")
+    if rows_ is None:
+        return
+    _, book = rows_
+    day = await day_for(session, symbol, session.sim.live_clock.now())
+    levels = depth_levels(day, book, rows)
+    clock = session.sim.live_clock
+    times = book["time"]
+
+    def send(position: int, operation: int, side: int, price: float, size: float) -> None:
+        if smart:
+            session.send(13, 1, req_id, position, "NSDQ" if side else "ARCA", operation, side, _num(price), _num(size), 1)
+        else:
+            session.send(12, 1, req_id, position, operation, side, _num(price), _num(size))
+
+    def sides(q: int) -> list[tuple[int, np.ndarray, np.ndarray]]:
+        return [(0, levels["ask_price"][q], levels["ask_size"][q]), (1, levels["bid_price"][q], levels["bid_size"][q])]
+
+    q = max(0, int((times <= clock.now()).sum()) - 1)
+    for side, prices, sizes in sides(q):
+        for position in range(rows):
+            send(position, 0, side, prices[position], sizes[position])
+    for nxt in range(q + 1, len(book)):
+        await _wait_until(session, times.iloc[nxt])
+        if not session.connected_to_ib.is_set():
+            continue
+        for (side, prices, sizes), (_, old_p, old_s) in zip(sides(nxt), sides(q)):
+            for position in np.flatnonzero((prices != old_p) | (sizes != old_s)):
+                send(int(position), 1, side, prices[position], sizes[position])
+        q = nxt
+
+
 def _num(value: float) -> str:
     from ibf_core.gateway_sim import _num as fmt
 
@@ -271,6 +371,10 @@ def session_start(date: dt.date) -> dt.datetime:
 HANDLERS: dict[str, Any] = {
     "1": on_market_data,
     "2": on_cancel,
+    "10": on_market_depth,
+    "11": on_cancel,
+    "97": on_tick_by_tick,
+    "98": lambda session, fields: on_cancel(session, fields, at=1),
     "50": on_realtime_bars,
     "51": on_cancel,
     "59": on_market_data_type,

@@ -109,6 +109,8 @@ class Faults(FaultSet):
     realtime_bar_requests_per_10min: int = 60  # reqRealTimeBars per 10 minutes; more: error 420
     drop_stream_after_bars: int | None = None  # close the socket after this many real-time bars on a connection
     stream_connectivity_loss_after_bars: int | None = None  # 1100 (then 1102 after restore_after) mid-stream
+    max_tick_by_tick: int = 5  # reqTickByTickData subscriptions per connection; more: error 10190
+    max_depth_requests: int = 3  # reqMktDepth subscriptions per connection; more: error 309
 
     COUNTERS = ("pacing_violations", "drop_connections", "connectivity_losses")
 
@@ -489,7 +491,7 @@ class _Session:
 
     # framing
     def send(self, *fields: Any) -> None:
-        if self.closed:
+        if self.closed or self.writer.is_closing():  # the client went away: the reader notices on its next read
             return
         payload = "".join(f"{f}\0" for f in fields).encode()
         self.writer.write(struct.pack(">I", len(payload)) + payload)

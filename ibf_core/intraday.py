@@ -112,3 +112,56 @@ def quotes(day: DailyBar, bars: pd.DataFrame, base_bps: float = 2.0) -> pd.DataF
         "last": mid,
         "last_size": 100.0 * rng.integers(1, 10, n),
     })
+
+
+EXCHANGES = ("NASDAQ", "ARCA", "NYSE", "BATS", "EDGX", "IEX")
+TICK = 0.01  # price step between order-book levels
+
+
+def session_trades(day: DailyBar, bars: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Each trade of the session, derived from its 5-second bars: ``count`` trades per bar (fewer when the bar has
+    fewer shares than that) whose sizes sum to the bar's volume, priced on the bar's own price path (so inside its
+    low/high; the last trade at its close), timed inside the bar in order. Columns: time (UTC, sub-second), price,
+    size, exchange, bar (the bar's index)."""
+    bars = five_second_bars(day) if bars is None else bars
+    volume = bars["volume"].to_numpy()
+    n = np.where(volume >= 1, np.minimum(bars["count"].to_numpy(), np.floor(volume)), 0).astype(np.int64)
+    bar = np.repeat(np.arange(len(bars)), n)
+    first = np.concatenate([[0], np.cumsum(n)[:-1]])
+    j = np.arange(len(bar)) - np.repeat(first, n)  # the trade's index inside its bar
+    k = n[bar]
+    rng = _rng(day.symbol + "|trades", day.date)
+    weight = rng.exponential(size=len(bar))
+    share = weight / np.add.reduceat(weight, first[n > 0])[np.searchsorted(np.flatnonzero(n > 0), bar)]
+    # One share each, the rest by weight; the last trade of a bar takes what rounding left over.
+    size = 1 + np.floor((volume[bar] - k) * share)
+    last = j == k - 1
+    spent = np.bincount(bar, weights=size, minlength=len(bars))
+    size[last] += (volume - spent)[bar[last]]
+    path = price_path(day, len(bars) * SUBSTEPS + 1)
+    price = np.interp(bar * SUBSTEPS + SUBSTEPS * (j + 1) / k, np.arange(len(path)), path)
+    start_ns = pd.to_datetime(bars["time"], utc=True).astype("int64").to_numpy()[bar]
+    offset_ns = np.round(1e9 * BAR_SECONDS * (j + 1) / (k + 1)).astype(np.int64)
+    return pd.DataFrame({
+        "time": pd.to_datetime(start_ns + offset_ns, utc=True),
+        "price": price,
+        "size": size,
+        "exchange": np.asarray(EXCHANGES)[rng.integers(0, len(EXCHANGES), len(bar))],
+        "bar": bar,
+    })
+
+
+def depth_levels(day: DailyBar, book: pd.DataFrame, rows: int) -> dict[str, np.ndarray]:
+    """The order book at each quote of ``book``: ``rows`` levels per side (arrays quotes x rows). Level 0 is the
+    quote (its price and size); level k is ``k`` ticks further from it, with deterministic round-lot sizes."""
+    rng = _rng(day.symbol + "|depth", day.date)
+    n = len(book)
+    steps = TICK * np.arange(rows)
+    deeper = 100.0 * rng.integers(1, 50, (2, n, rows))
+    deeper[:, :, 0] = np.stack([book["bid_size"].to_numpy(), book["ask_size"].to_numpy()])
+    return {
+        "bid_price": np.round(book["bid"].to_numpy()[:, None] - steps, 4),
+        "ask_price": np.round(book["ask"].to_numpy()[:, None] + steps, 4),
+        "bid_size": deeper[0],
+        "ask_size": deeper[1],
+    }

@@ -25,6 +25,7 @@ def collect(settings: Settings, store: TableStore, symbols: list[str] | None = N
         store, symbols or list(settings.universe), host=settings.ib_host, ports=list(settings.ib_ports),
         client_id=settings.ib_client_id, max_lines=settings.ib_max_lines, flush_s=settings.stream_flush_seconds,
         connect_timeout=settings.ib_timeout, realtime_per_10min=settings.ib_realtime_bars_per_10min,
-        bar_types=tuple(settings.stream_bar_types),
+        bar_types=tuple(settings.stream_bar_types), tick_symbols=settings.stream_tick_symbols,
+        depth_rows=settings.stream_depth_rows,
     )
     return asyncio.run(collector.run(duration_s))

@@ -7,6 +7,11 @@ without a live subscription (10089/354) is re-requested as delayed data (``reqMa
 say ``delayed``. A dropped connection is reconnected with back-off and every line re-subscribed; 1101
 (connectivity restored, data lost) re-subscribes too. Rows are keyed (bar time / quote time), so whatever a
 reconnect or a restart sends twice is stored once; a ``kill -9`` loses at most the batch in memory.
+
+Symbols of ``tick_symbols`` (IBF_STREAM_TICK_SYMBOLS) that are served also get tick-by-tick trades (``trades``;
+each subscription asks IB for its most recent 1000 trades first, so a reconnect fills its gap and the overlap is
+stored once, see :mod:`ibf_core.streaming.tables`) and market depth (``depth``). IB allows few of those
+subscriptions (10190 / 309 beyond them): the refused symbols are logged and listed in ``StreamStats.refused``.
 """
 
 from __future__ import annotations
@@ -16,7 +21,8 @@ import contextlib
 import datetime as dt
 import logging
 import time
-from collections import deque
+from collections import Counter, deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,12 +30,15 @@ import pandas as pd
 
 from ibf_core.storage.interface import TableStore
 from ibf_core.streaming.store import append_rows
-from ibf_core.streaming.tables import INTRADAY_BARS, QUOTES
+from ibf_core.streaming.tables import DEPTH, INTRADAY_BARS, QUOTES, TRADES
 
 log = logging.getLogger(__name__)
 NEW_YORK = "America/New_York"
 NO_SUBSCRIPTION = (10089, 354, 10167)
 REALTIME_PER_10MIN = 60
+REPLAY_TICKS = 1000  # trades IB re-sends first on a tick-by-tick subscription (its maximum)
+REFUSED = {10190: "tick_by_tick", 309: "depth"}  # IB's "max number of ... requests has been reached"
+DEPTH_SIDES, DEPTH_OPERATIONS = ("ask", "bid"), ("insert", "update", "delete")
 
 
 @dataclass
@@ -38,10 +47,13 @@ class StreamStats:
 
     bars: int = 0
     quotes: int = 0
+    trades: int = 0
+    depth: int = 0
     batches: int = 0
     connects: int = 0
     unserved: list[str] = field(default_factory=list)
     delayed: set[str] = field(default_factory=set)
+    refused: dict[str, set[str]] = field(default_factory=dict)  # "tick_by_tick" / "depth" -> symbols IB refused
     # receipt -> queryable (committed); on a live feed add IB's own delivery delay (bar end -> receipt, ~1 s)
     lags_s: list[float] = field(default_factory=list)
 
@@ -74,6 +86,8 @@ class Collector:
         flush_s: float = 1.0,
         connect_timeout: float = 5.0,
         realtime_per_10min: int = REALTIME_PER_10MIN,
+        tick_symbols: Sequence[str] = (),
+        depth_rows: int = 5,
     ):
         self.store, self.host, self.ports, self.client_id = store, host, ports or [4002], client_id
         self.symbols = list(dict.fromkeys(symbols))
@@ -82,6 +96,14 @@ class Collector:
         self.stats = StreamStats(unserved=unserved)
         self._bars: list[dict[str, Any]] = []
         self._quotes: list[dict[str, Any]] = []
+        self._trades: list[dict[str, Any]] = []
+        self._depth: list[dict[str, Any]] = []
+        wanted = set(tick_symbols)
+        self.tick_symbols = [s for s in self.served if s in wanted]
+        self.depth_rows = depth_rows
+        self._market_time: dict[str, pd.Timestamp] = {}  # newest IB time seen per symbol (depth has none)
+        self._seen: dict[str, tuple[int, Counter]] = {}  # per symbol: the second and its (price, size) counts
+        self._depth_seq: Counter = Counter()
         self._pacer = _Pacer(realtime_per_10min, 600.0)
         self._ib: Any = None
         self._lost = asyncio.Event()
@@ -108,6 +130,8 @@ class Collector:
         def num(value: Any) -> float | None:
             return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
 
+        if ticker.rtTime:
+            self._market_time[symbol] = when
         self._quotes.append({
             "symbol": symbol, "date": when.tz_convert(NEW_YORK).normalize().tz_localize(None), "time": when,
             "bid": num(ticker.bid), "ask": num(ticker.ask), "bid_size": num(ticker.bidSize), "ask_size": num(ticker.askSize),
@@ -115,10 +139,40 @@ class Collector:
             "delayed": symbol in self.stats.delayed, "received_at": pd.Timestamp.now(tz="UTC"),
         })
 
+    def _on_trade(self, symbol: str, epoch: int, price: float, size: float, exchange: str, conditions: str) -> None:
+        # seq: occurrence of (price, size) within the second, counted per subscription (reset on re-subscribe).
+        second, counts = self._seen.get(symbol, (None, Counter()))
+        if second != epoch:
+            second, counts = epoch, Counter()
+            self._seen[symbol] = (second, counts)
+        seq = counts[(price, size)]
+        counts[(price, size)] += 1
+        when = pd.Timestamp(epoch, unit="s", tz="UTC")
+        self._market_time[symbol] = when
+        self._trades.append({
+            "symbol": symbol, "date": when.tz_convert(NEW_YORK).normalize().tz_localize(None), "time": when, "seq": seq,
+            "price": float(price), "size": float(size), "exchange": exchange, "special_conditions": conditions,
+            "received_at": pd.Timestamp.now(tz="UTC"),
+        })
+
+    def _on_depth(self, symbol: str, ticker: Any) -> None:
+        now = pd.Timestamp.now(tz="UTC")
+        when = self._market_time.get(symbol, now)
+        date = when.tz_convert(NEW_YORK).normalize().tz_localize(None)
+        for tick in ticker.domTicks:
+            self._depth_seq[symbol] += 1
+            self._depth.append({
+                "symbol": symbol, "date": date, "time": when, "seq": self._depth_seq[symbol],
+                "position": int(tick.position), "side": DEPTH_SIDES[int(tick.side)], "price": float(tick.price),
+                "size": float(tick.size), "operation": DEPTH_OPERATIONS[int(tick.operation)], "received_at": now,
+            })
+
     def flush(self) -> int:
         """Append what arrived since the last flush (one write per table); returns the rows stored."""
         bars, self._bars = self._bars, []
         book, self._quotes = self._quotes, []
+        trades, self._trades = self._trades, []
+        depth, self._depth = self._depth, []
         stored = 0
         if bars:
             frame = pd.DataFrame(bars)
@@ -131,7 +185,16 @@ class Collector:
             added = append_rows(self.store, QUOTES, pd.DataFrame(book))
             self.stats.quotes += added
             stored += added
-        if bars or book:
+        if trades:
+            # A re-subscription re-sends recent trades: those before the newest stored second are all stored.
+            added = append_rows(self.store, TRADES, pd.DataFrame(trades), floor="time")
+            self.stats.trades += added
+            stored += added
+        if depth:
+            added = append_rows(self.store, DEPTH, pd.DataFrame(depth))
+            self.stats.depth += added
+            stored += added
+        if bars or book or trades or depth:
             self.stats.batches += 1
         return stored
 
@@ -161,6 +224,11 @@ class Collector:
                 self.stats.delayed.add(contract.symbol)
                 log.warning("%s: no live market-data subscription (%d); using delayed data", contract.symbol, code)
                 asyncio.get_event_loop().call_soon(self._request_delayed, ib, contract.symbol)
+            elif code in REFUSED and contract is not None:
+                kind = REFUSED[code]
+                if contract.symbol not in self.stats.refused.setdefault(kind, set()):
+                    log.warning("%s: IB refused %s data (%d: %s)", contract.symbol, kind.replace("_", "-"), code, message)
+                self.stats.refused[kind].add(contract.symbol)
             elif code == 1101:  # restored, data lost: every line again
                 self._lost.set()
 
@@ -174,6 +242,31 @@ class Collector:
                 await self._pacer.wait()
                 bars = ib.reqRealTimeBars(lib.Stock(symbol, "SMART", "USD"), 5, what, False)
                 bars.updateEvent += lambda b, new, s=symbol, w=what: self._on_bar(s, w, b, new)
+        self._request_ticks(ib)
+
+    def _request_ticks(self, ib: Any) -> None:
+        """Tick-by-tick trades and depth of the served tick symbols (each contract its own ticker)."""
+        from ibf_core.sources.ibkr import ib_client
+
+        lib = ib_client()
+        if not self.tick_symbols:
+            return
+        self._seen.clear()  # occurrences count per subscription
+        original = ib.wrapper.tickByTickAllLast
+
+        # ib_insync 0.9.86 stamps TickByTickAllLast with the receipt time; IB's own trade time is this argument.
+        def on_trade(req_id: int, tick_type: int, epoch: int, price: float, size: float, attrib: Any,
+                     exchange: str, conditions: str) -> None:
+            original(req_id, tick_type, epoch, price, size, attrib, exchange, conditions)
+            ticker = ib.wrapper.reqId2Ticker.get(req_id)
+            if ticker is not None:
+                self._on_trade(ticker.contract.symbol, int(epoch), price, size, exchange, conditions)
+
+        ib.wrapper.tickByTickAllLast = on_trade
+        for symbol in self.tick_symbols:
+            ib.reqTickByTickData(lib.Stock(symbol, "SMART", "USD"), "AllLast", REPLAY_TICKS, False)
+            depth = ib.reqMktDepth(lib.Stock(symbol, "SMART", "USD"), self.depth_rows, True)
+            depth.updateEvent += lambda t, s=symbol: self._on_depth(s, t)
 
     def _request_quotes(self, ib: Any, symbol: str, contract: Any) -> None:
         ticker = ib.reqMktData(contract, "233", False, False)

@@ -15,8 +15,9 @@ def partition_name(date: object, symbol: str) -> str:
     return f"{pd.Timestamp(date):%Y-%m-%d}.{symbol}"
 
 
-def append_rows(store: TableStore, spec: TableSpec, rows: pd.DataFrame) -> int:
-    """Append ``rows`` (the table's columns); returns how many were new."""
+def append_rows(store: TableStore, spec: TableSpec, rows: pd.DataFrame, floor: str | None = None) -> int:
+    """Append ``rows`` (the table's columns); returns how many were new. With ``floor`` (a column), rows below the
+    partition's stored maximum of it are taken as stored already (a stream re-sending its recent past)."""
     if rows.empty:
         return 0
     rows = rows.assign(date=pd.to_datetime(rows["date"]).dt.normalize())
@@ -31,6 +32,8 @@ def append_rows(store: TableStore, spec: TableSpec, rows: pd.DataFrame) -> int:
             old = stored.get(name)
             if old is not None:
                 old_frame = old.to_pandas().assign(date=lambda f: pd.to_datetime(f["date"]))
+                if floor is not None and len(old_frame):
+                    new = new[new[floor] >= old_frame[floor].max()]
                 seen = pd.MultiIndex.from_frame(old_frame[key])
                 new = new[~pd.MultiIndex.from_frame(new[key]).isin(seen)]
                 if new.empty:
