@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import io
 
 import numpy as np
 import pandas as pd
@@ -236,3 +237,29 @@ def test_forecasts_against_the_live_price_say_which_price_and_how_old(ibf_home):
     assert stale.loc["AAA", "price_basis"] == "close" and "older than 300 s" in stale.loc["AAA", "basis_note"]
     closed = against_live_prices(forecasts, prices, now=CLOSED_NOW, max_age_s=1e9).set_index("symbol")
     assert closed.loc["AAA", "basis_note"] == "market closed: origin close"
+
+
+def test_ibf_forecasts_prints_the_newest_origin_and_names_its_price_basis(ibf_home, monkeypatch):
+    from conftest import run_ibf
+
+    from ibf_core.storage.warehouse import Warehouse
+    from ibf_serve.testing import write_stored_world
+
+    monkeypatch.setenv("IBF_UNIVERSE", "AAA,BBB")
+    get_settings.cache_clear()
+    world = write_stored_world(ibf_home, ["AAA", "BBB"], "2021-01-04", "2021-03-31")
+    now = pd.Timestamp.now(tz="UTC")
+    store_live(Warehouse(ibf_home), "AAA", day=now.tz_convert("America/New_York").date(), bars=5)  # today's session
+    done = run_ibf("forecasts", "--symbols", "AAA,BBB", "--horizons", "1,5", "--live", "--format", "json")
+    assert done.returncode == 0, done.stderr
+    rows = pd.read_json(io.StringIO(done.stdout))
+    assert len(rows) == 4 and set(rows["origin"].astype(str).str[:10]) == {"2021-03-31"}
+    stored = world["predictions"].set_index(["symbol", "horizon"]).loc[lambda f: f["date"] == pd.Timestamp("2021-03-31")]
+    for r in rows.itertuples():
+        assert r.pred_return == pytest.approx(stored.loc[(r.symbol, r.horizon), "pred_return"])
+        assert r.pred_price == pytest.approx(r.basis_price * np.exp(r.pred_return))
+    # the stream rows written are of 09:30-09:30:25 today: live only while the market is open and they are fresh
+    assert set(rows.loc[rows["symbol"] == "BBB", "price_basis"]) == {"close"}
+    assert "nothing streamed this session: origin close: BBB" in done.stderr or "market closed: origin close" in done.stderr
+    bad = run_ibf("forecasts", "--horizons", "seven")
+    assert bad.returncode == 2 and bad.stderr.count("error:") == 1 and "seven" in bad.stderr

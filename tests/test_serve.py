@@ -346,3 +346,33 @@ def test_a_webserver_that_is_not_running_is_named_unreachable_not_a_refused_run(
         client.submit_job_execution("__ASSET_JOB", asset_selection=["trained_models"])
     assert unreachable(refused.value)
     assert not unreachable(DagsterGraphQLClientError("PipelineNotFoundError", "no such job"))
+
+
+def test_predict_on_live_prices_names_the_basis_of_every_row(api, world, ibf_home):
+    """live_price: rows keep the stored returns; pred_price = basis x exp(r) with the basis named and dated."""
+    from ibf_core.calendar import market_is_open
+    from ibf_core.intraday import DailyBar, five_second_bars, quotes
+    from ibf_core.storage.warehouse import Warehouse
+    from ibf_core.streaming.store import append_rows
+    from ibf_core.streaming.tables import QUOTES
+
+    now = pd.Timestamp.now(tz="UTC")
+    day = now.tz_convert("America/New_York").date()
+    book = quotes(DailyBar("AAA", day, 10, 11, 9, 10.5, 1e6), five_second_bars(DailyBar("AAA", day, 10, 11, 9, 10.5, 1e6))).head(1)
+    book = book.assign(time=now - pd.Timedelta(seconds=3), symbol="AAA", date=pd.Timestamp(day), volume=1e4, delayed=False,
+                       received_at=now)
+    append_rows(Warehouse(ibf_home), QUOTES, book)
+    body = api.post("/predict", json={"symbols": ["AAA", "BBB"], "horizons": [5], "live_price": True}, headers=_auth()).json()
+    rows = {r["symbol"]: r for r in body["predictions"]}
+    stored = api.post("/predict", json={"symbols": ["AAA", "BBB"], "horizons": [5]}, headers=_auth()).json()
+    for r in stored["predictions"]:
+        assert rows[r["symbol"]]["pred_return"] == r["pred_return"] and "price_basis" not in r
+    for r in rows.values():
+        assert r["pred_price"] == pytest.approx(r["basis_price"] * np.exp(r["pred_return"]))
+        assert r["price_lower_95"] == pytest.approx(r["basis_price"] * np.exp(r["lower_95"]))
+    assert rows["BBB"]["price_basis"] == "close" and rows["BBB"]["basis_price"] == rows["BBB"]["close"]
+    if market_is_open():
+        assert rows["AAA"]["price_basis"] == "live" and rows["AAA"]["basis_price"] == pytest.approx(book["last"].iloc[0])
+        assert 0 <= rows["AAA"]["basis_age_seconds"] < 60 and rows["AAA"]["basis_source"] == "last trade (quotes)"
+    else:
+        assert rows["AAA"]["price_basis"] == "close" and rows["AAA"]["basis_note"] == "market closed: origin close"

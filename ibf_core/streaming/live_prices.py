@@ -67,7 +67,7 @@ def against_live_prices(forecasts: pd.DataFrame, prices: pd.DataFrame, now: pd.T
     price = out["symbol"].map(live["price"]).astype(float)
     when = out["symbol"].map(live["time"])
     age = (now - pd.to_datetime(when, utc=True)).dt.total_seconds()
-    delayed = out["symbol"].map(live["delayed"]).fillna(False).astype(bool)
+    delayed = out["symbol"].map(live["delayed"]).eq(True)
     is_open = market_is_open(now)
     usable = price.notna() & (age <= max_age_s) & is_open
     note = np.select(

@@ -68,10 +68,17 @@ def _standing_quotes(bars: pd.DataFrame, quotes: pd.DataFrame) -> pd.DataFrame:
 
 
 def _time_weights(quotes: pd.DataFrame, session_end: pd.Series) -> np.ndarray:
-    """Seconds each quote stood: until the symbol's next quote, the last one until the session's last bar end."""
-    nxt = quotes.groupby(["symbol", "date"])["time"].shift(-1)
-    nxt = nxt.fillna(quotes.set_index(["symbol", "date"]).index.map(session_end).to_series(index=quotes.index))
-    return np.clip((nxt - quotes["time"]).dt.total_seconds().to_numpy(dtype=float), 0.0, None)
+    """Seconds each quote stood: until the symbol's next quote, the last one until the session's last bar end.
+    ``quotes`` is sorted by symbol and time (so each symbol-day is one contiguous block)."""
+    if quotes.empty:
+        return np.zeros(0)
+    t = pd.DatetimeIndex(quotes["time"]).asi8
+    key = quotes.groupby(["symbol", "date"], sort=False).ngroup().to_numpy()
+    last = np.r_[key[1:] != key[:-1], True]
+    ends = quotes[["symbol", "date"]].merge(session_end.rename("end").reset_index(), on=["symbol", "date"], how="left")["end"]
+    nxt = np.r_[t[1:], 0]
+    nxt[last] = pd.DatetimeIndex(ends).asi8[last]
+    return np.clip((nxt - t) / 1e9, 0.0, None)
 
 
 def microstructure_daily(bars: pd.DataFrame, quotes: pd.DataFrame) -> pd.DataFrame:
@@ -105,11 +112,14 @@ def microstructure_daily(bars: pd.DataFrame, quotes: pd.DataFrame) -> pd.DataFra
     b = b.assign(sign=sign, signed=sign * b["volume"], eff=2 * (b["wap"] - mid).abs() / mid * b["volume"],
                  eff_v=np.where(mid.notna(), b["volume"], 0.0), ret=ret_bps, pv=b["wap"] * b["volume"],
                  size=b["volume"] / b["count"].where(b["count"] > 0))
+    finite = np.isfinite(b["ret"].to_numpy())
+    kx, ky = np.where(finite, b["signed"].to_numpy() / 1e6, 0.0), np.where(finite, b["ret"].to_numpy(), 0.0)
+    b = b.assign(ret_sq=(ky / 1e4) ** 2, k_n=finite.astype(float), k_x=kx, k_y=ky, k_xx=kx * kx, k_xy=kx * ky)
     g = b.groupby(keys)
     out = pd.DataFrame({
         "effective_spread": g["eff"].sum() / g["eff_v"].sum().where(g["eff_v"].sum() > 0),
         "trade_flow_imbalance": g["signed"].sum() / g["volume"].sum().where(g["volume"].sum() > 0),
-        "realized_vol": np.sqrt((g["ret"].apply(lambda r: ((r.dropna() / 1e4) ** 2).sum()))),
+        "realized_vol": np.sqrt(g["ret_sq"].sum()),
         "vwap_deviation": np.log(g["close"].last() / (g["pv"].sum() / g["volume"].sum().where(g["volume"].sum() > 0))),
         "trade_size_mean": g["size"].mean(),
         "trade_size_p90": g["size"].quantile(0.9),
@@ -117,16 +127,12 @@ def microstructure_daily(bars: pd.DataFrame, quotes: pd.DataFrame) -> pd.DataFra
         "n_bars": g.size(),
     })
 
-    def kyle(frame: pd.DataFrame) -> float:
-        x, y = frame["signed"].to_numpy() / 1e6, frame["ret"].to_numpy()
-        ok = np.isfinite(y)
-        x, y = x[ok], y[ok]
-        if len(x) < 3 or np.allclose(x, x.mean()):
-            return np.nan
-        x = x - x.mean()
-        return float((x * (y - y.mean())).sum() / (x * x).sum())
-
-    out["kyle_lambda"] = g[["signed", "ret"]].apply(kyle)
+    # Least-squares slope per group from sums (the same as centring each group, without a Python loop).
+    n, sx, sy = g["k_n"].sum(), g["k_x"].sum(), g["k_y"].sum()
+    sxx, sxy = g["k_xx"].sum(), g["k_xy"].sum()
+    var = sxx - sx * sx / n.where(n > 0)
+    flat = var <= 1e-12 * sxx.where(sxx > 0, 1.0)
+    out["kyle_lambda"] = ((sxy - sx * sy / n.where(n > 0)) / var).where((n >= 3) & ~flat)
     out = out.join(per_quote, how="left")
     out["quoted_spread_tw"] = out["ws"] / out["w"].where(out["w"] > 0)
     out["depth_imbalance"] = out["wd"] / out["w"].where(out["w"] > 0)
