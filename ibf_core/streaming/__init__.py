@@ -20,12 +20,13 @@ def collect(settings: Settings, store: TableStore, symbols: list[str] | None = N
     import asyncio
 
     from ibf_core.streaming.collector import Collector
+    from ibf_core.streaming.priority import newest_ranking
 
     collector = Collector(
         store, symbols or list(settings.universe), host=settings.ib_host, ports=list(settings.ib_ports),
         client_id=settings.ib_client_id, max_lines=settings.ib_max_lines, flush_s=settings.stream_flush_seconds,
         connect_timeout=settings.ib_timeout, realtime_per_10min=settings.ib_realtime_bars_per_10min,
         bar_types=tuple(settings.stream_bar_types), tick_symbols=settings.stream_tick_symbols,
-        depth_rows=settings.stream_depth_rows,
+        depth_rows=settings.stream_depth_rows, watchlist=settings.stream_watchlist, ranking=newest_ranking(store),
     )
     return asyncio.run(collector.run(duration_s))

@@ -1,8 +1,9 @@
 """The live collector behind ``ibf stream``: subscribes the universe to IB 5-second real-time bars and top-of-book
 quotes through ``ib_insync``, and appends micro-batches to ``intraday_bars`` and ``quotes``.
 
-IB's limits: market-data lines (``IBF_IB_MAX_LINES``): symbols are served in the order given (the watch list
-first) and the rest are named as unserved; real-time-bar requests are paced to 60 per 10 minutes; a symbol
+IB's limits: market-data lines (``IBF_IB_MAX_LINES``): symbols are served in the order of
+:func:`ibf_core.streaming.priority.serve_order` (the watch list, the top and bottom of the newest ranking, the rest
+as given) and the rest are named as unserved; real-time-bar requests are paced to 60 per 10 minutes; a symbol
 without a live subscription (10089/354) is re-requested as delayed data (``reqMarketDataType(3)``) and its rows
 say ``delayed``. A dropped connection is reconnected with back-off and every line re-subscribed; 1101
 (connectivity restored, data lost) re-subscribes too. Rows are keyed (bar time / quote time), so whatever a
@@ -29,6 +30,7 @@ from typing import Any
 import pandas as pd
 
 from ibf_core.storage.interface import TableStore
+from ibf_core.streaming.priority import serve_order
 from ibf_core.streaming.store import append_rows
 from ibf_core.streaming.tables import DEPTH, INTRADAY_BARS, QUOTES, TRADES
 
@@ -88,10 +90,12 @@ class Collector:
         realtime_per_10min: int = REALTIME_PER_10MIN,
         tick_symbols: Sequence[str] = (),
         depth_rows: int = 5,
+        watchlist: Sequence[str] = (),
+        ranking: pd.Series | None = None,
     ):
         self.store, self.host, self.ports, self.client_id = store, host, ports or [4002], client_id
         self.symbols = list(dict.fromkeys(symbols))
-        self.served, unserved = self.symbols[:max_lines], self.symbols[max_lines:]
+        self.served, unserved = serve_order(self.symbols, watchlist, ranking, max_lines)
         self.bar_types, self.flush_s, self.connect_timeout = bar_types, flush_s, connect_timeout
         self.stats = StreamStats(unserved=unserved)
         self._bars: list[dict[str, Any]] = []
