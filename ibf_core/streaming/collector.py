@@ -39,6 +39,7 @@ NEW_YORK = "America/New_York"
 NO_SUBSCRIPTION = (10089, 354, 10167)
 REALTIME_PER_10MIN = 60
 REPLAY_TICKS = 1000  # trades IB re-sends first on a tick-by-tick subscription (its maximum)
+CLIENT_ID_IN_USE, CLIENT_ID_TRIES = 326, 10  # 326: try client_id + 1 ... + 10
 REFUSED = {10190: "tick_by_tick", 309: "depth"}  # IB's "max number of ... requests has been reached"
 DEPTH_SIDES, DEPTH_OPERATIONS = ("ask", "bid"), ("insert", "update", "delete")
 
@@ -53,11 +54,16 @@ class StreamStats:
     depth: int = 0
     batches: int = 0
     connects: int = 0
+    client_id: int | None = None  # the client id of the latest connection (another when the configured one was in use)
     unserved: list[str] = field(default_factory=list)
     delayed: set[str] = field(default_factory=set)
     refused: dict[str, set[str]] = field(default_factory=dict)  # "tick_by_tick" / "depth" -> symbols IB refused
     # receipt -> queryable (committed); on a live feed add IB's own delivery delay (bar end -> receipt, ~1 s)
     lags_s: list[float] = field(default_factory=list)
+
+
+class _ClientIdInUse(ConnectionError):
+    """IB error 326 on connect."""
 
 
 class _Pacer:
@@ -204,19 +210,47 @@ class Collector:
 
     # ----- connection -----------------------------------------------------------------------------
     async def _connect(self) -> Any:
-        from ibf_core.sources.ibkr import ib_client
-
-        lib = ib_client()
         last: BaseException | None = None
         for port in self.ports:
-            ib = lib.IB()
-            try:
-                await ib.connectAsync(self.host, port, clientId=self.client_id, timeout=self.connect_timeout, readonly=True)
+            for client_id in range(self.client_id, self.client_id + CLIENT_ID_TRIES + 1):
+                try:
+                    ib = await self._connect_as(port, client_id)
+                except _ClientIdInUse as exc:
+                    last = exc
+                    continue
+                except (OSError, asyncio.TimeoutError) as exc:
+                    last = exc
+                    break
+                if client_id != self.client_id:
+                    log.warning("client id %d is in use (IB error 326) at %s:%d; connected as client id %d",
+                                self.client_id, self.host, port, client_id)
+                self.stats.client_id = client_id
                 return ib
-            except (OSError, asyncio.TimeoutError) as exc:
-                last = exc
-                ib.disconnect()
         raise ConnectionError(f"IB Gateway not reachable at {self.host}:{','.join(map(str, self.ports))} ({last})")
+
+    async def _connect_as(self, port: int, client_id: int) -> Any:
+        """One API connection; raises _ClientIdInUse on 326 (the gateway then closes the socket)."""
+        from ibf_core.sources.ibkr import ib_client
+
+        ib = ib_client().IB()
+        in_use = asyncio.Event()
+        ib.errorEvent += lambda _r, code, _m, _c: in_use.set() if code == CLIENT_ID_IN_USE else None
+        connecting = asyncio.ensure_future(
+            ib.connectAsync(self.host, port, clientId=client_id, timeout=self.connect_timeout, readonly=True))
+        refused = asyncio.ensure_future(in_use.wait())
+        await asyncio.wait({connecting, refused}, return_when=asyncio.FIRST_COMPLETED)
+        refused.cancel()
+        if in_use.is_set():
+            connecting.cancel()
+            await asyncio.gather(connecting, return_exceptions=True)
+            ib.disconnect()
+            raise _ClientIdInUse(f"client id {client_id} is in use at {self.host}:{port}")
+        try:
+            connecting.result()
+        except BaseException:
+            ib.disconnect()
+            raise
+        return ib
 
     async def _subscribe(self, ib: Any) -> None:
         from ibf_core.sources.ibkr import ib_client

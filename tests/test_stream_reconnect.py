@@ -1,0 +1,48 @@
+"""ibf stream's connection troubles against the simulator through the real ib_insync client: a client id in use
+(326: the next ids are tried) and IB's nightly restart (every connection dropped, new ones refused for a while:
+reconnected and re-subscribed, no gaps beyond the restart, no duplicates)."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+
+import pandas as pd
+import pytest
+
+from ibf_core.gateway_live import LiveClock, session_start
+from ibf_core.gateway_sim import GatewaySimulator
+from ibf_core.intraday import five_second_bars
+from ibf_core.sources.sample import load_sample_bars
+from ibf_core.storage.warehouse import Warehouse
+from ibf_core.streaming.collector import Collector
+from test_gateway_live import DAY, SPEED, sample_day
+
+pytest.importorskip("ib_insync")
+
+
+@pytest.fixture
+def live_sim():
+    clock = LiveClock(session_start(DAY) + dt.timedelta(minutes=30), speed=SPEED)
+    with GatewaySimulator(load_sample_bars(), live_clock=clock) as sim:
+        yield sim
+
+
+def test_a_client_id_in_use_makes_the_collector_try_the_next_ones(live_sim, tmp_path, caplog):
+    live_sim.set_faults(client_ids_in_use=[7, 8])
+    store = Warehouse(tmp_path / "home")
+    collector = Collector(store, ["AAPL"], ports=[live_sim.port], client_id=7, flush_s=0.2)
+    with caplog.at_level(logging.WARNING, logger="ibf_core.streaming.collector"):
+        stats = asyncio.run(collector.run(1.0))
+    assert stats.client_id == 9 and stats.connects == 1
+    assert any("client id 7 is in use" in r.message and "client id 9" in r.message for r in caplog.records)
+    assert [c for kind, _, _, c in live_sim.live_requests() if kind == "realtime_bars"] == [9]
+    assert stats.bars > 10
+
+
+def test_every_client_id_in_use_is_a_connection_failure_retried_with_back_off(live_sim, tmp_path):
+    live_sim.set_faults(client_ids_in_use=list(range(3, 14)))  # 3 .. 3 + 10
+    store = Warehouse(tmp_path / "home")
+    stats = asyncio.run(Collector(store, ["AAPL"], ports=[live_sim.port], client_id=3, flush_s=0.2).run(1.0))
+    assert stats.connects == 0 and stats.client_id is None and stats.bars == 0
