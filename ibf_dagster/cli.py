@@ -268,7 +268,7 @@ def _print_frame(frame, format: str) -> None:
         for column in frame.columns:
             table.add_column(str(column))
         for row in frame.itertuples(index=False):
-            table.add_row(*["" if v is None else str(v) for v in row])
+            table.add_row(*["" if v is None or (isinstance(v, float) and v != v) else str(v) for v in row])
         out.print(table)
         err.print(f"{len(frame)} rows", highlight=False)
 
@@ -413,7 +413,19 @@ def forecasts(
     store = open_warehouse(settings, reader=True)
     if not store.exists():
         _fail(f"no warehouse under {settings.home}: run ibf backfill (or make demo) first")
-    wanted = [normalize_symbol(s) for s in symbols.split(",") if s.strip()] if symbols else stored_symbols(store)
+    from ibf_core.models import HORIZONS
+
+    odd = [h for h in wanted_h if h not in HORIZONS]
+    if odd or not wanted_h:
+        _fail(f"--horizons {horizons!r}: {', '.join(map(str, odd)) or 'none'} not a forecast horizon ({', '.join(map(str, HORIZONS))})", 2)
+    known = stored_symbols(store)
+    try:
+        wanted = [normalize_symbol(s) for s in symbols.split(",") if s.strip()] if symbols else known
+    except ValueError as exc:
+        _fail(f"--symbols: {exc}", 2)
+    unknown = [s for s in wanted if s not in known]
+    if unknown:
+        _fail(f"--symbols: no stored predictions for {', '.join(unknown)} (stored: {', '.join(known) or 'none'})")
     try:
         found = stored_forecasts(store, wanted, wanted_h, day)
     except ForecastNotFound as exc:

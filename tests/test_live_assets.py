@@ -261,5 +261,7 @@ def test_ibf_forecasts_prints_the_newest_origin_and_names_its_price_basis(ibf_ho
     # the stream rows written are of 09:30-09:30:25 today: live only while the market is open and they are fresh
     assert set(rows.loc[rows["symbol"] == "BBB", "price_basis"]) == {"close"}
     assert "nothing streamed this session: origin close: BBB" in done.stderr or "market closed: origin close" in done.stderr
-    bad = run_ibf("forecasts", "--horizons", "seven")
-    assert bad.returncode == 2 and bad.stderr.count("error:") == 1 and "seven" in bad.stderr
+    for args, code, needle in ((["--horizons", "seven"], 2, "seven"), (["--horizons", "7"], 2, "7 not a forecast horizon"),
+                               (["--symbols", "zzz"], 1, "no stored predictions for ZZZ (stored: AAA, BBB)")):
+        bad = run_ibf("forecasts", *args)
+        assert bad.returncode == code and bad.stderr.count("error:") == 1 and needle in bad.stderr, bad.stderr
