@@ -69,7 +69,7 @@ def main() -> None:
     same = (batched.set_index("symbol").sort_index()["kyle_lambda"] - looped.set_index("symbol").sort_index()["kyle_lambda"]).abs().max()
     assert len(stored) == args.symbols and same < 1e-9
     print(f"microstructure_daily, {args.symbols} symbols x 1 session ({len(bars):,} bars + {len(book):,} quotes), best of {args.repeat}:")
-    print(f"| step | seconds |\n|---|---:|")
+    print("| step | seconds |\n|---|---:|")
     print(f"| read the live partitions | {t_read:.3f} |")
     print(f"| compute, all symbols in one call | {t_batch:.3f} |")
     print(f"| compute, one call per symbol (baseline) | {t_loop:.3f} |")
