@@ -357,6 +357,20 @@ async def stream_depth(session: _Session, req_id: int, symbol: str, rows: int, s
         q = nxt
 
 
+async def nightly_reset(sim: Any, seconds: float) -> None:
+    """IB's daily restart: stop listening (connects are refused), drop every connection, listen again on the same
+    port after ``seconds`` of market time."""
+    clock = sim.live_clock
+    start = clock.now()
+    sim.resets.append((start, start + pd.Timedelta(seconds=seconds)))
+    if sim._server is not None:
+        sim._server.close()
+    for session in list(sim._sessions):
+        session.close()
+    await asyncio.sleep(clock.sleep_s(seconds))
+    sim._server = await asyncio.start_server(sim._on_client, sim.host, sim.port)
+
+
 def _num(value: float) -> str:
     from ibf_core.gateway_sim import _num as fmt
 

@@ -111,6 +111,7 @@ class Faults(FaultSet):
     stream_connectivity_loss_after_bars: int | None = None  # 1100 (then 1102 after restore_after) mid-stream
     max_tick_by_tick: int = 5  # reqTickByTickData subscriptions per connection; more: error 10190
     max_depth_requests: int = 3  # reqMktDepth subscriptions per connection; more: error 309
+    nightly_reset_seconds: float | None = None  # setting it restarts the gateway now: every connection dropped, none accepted for N market seconds
 
     COUNTERS = ("pacing_violations", "drop_connections", "connectivity_losses")
 
@@ -206,6 +207,7 @@ class GatewaySimulator(FaultSwitchboard):
             live_clock = LiveClock(dt.datetime.now(dt.timezone.utc))
         self.live_clock = live_clock
         self._live_log: list[tuple[str, str, str, int]] = []
+        self.resets: list[tuple[Any, Any]] = []  # (start, end) market times of the nightly resets so far
         self._lock = threading.Lock()
         self._bars_cache: dict[str, Any] = {}
         self._log: list[HistoricalRequest] = []
@@ -286,6 +288,14 @@ class GatewaySimulator(FaultSwitchboard):
             await session.run()
         finally:
             self._sessions.discard(session)
+
+    def _faults_changed(self) -> None:
+        seconds = self._faults.nightly_reset_seconds
+        if seconds is not None and self._loop is not None:  # a one-shot action, not a standing fault
+            from ibf_core.gateway_live import nightly_reset
+
+            self._faults = dataclasses.replace(self._faults, nightly_reset_seconds=None)
+            self._loop.call_soon_threadsafe(lambda: asyncio.ensure_future(nightly_reset(self, seconds)))
 
     # ---- logs (thread-safe; faults come from FaultSwitchboard) ----------------------------------------
     @property

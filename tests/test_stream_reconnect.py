@@ -46,3 +46,31 @@ def test_every_client_id_in_use_is_a_connection_failure_retried_with_back_off(li
     store = Warehouse(tmp_path / "home")
     stats = asyncio.run(Collector(store, ["AAPL"], ports=[live_sim.port], client_id=3, flush_s=0.2).run(1.0))
     assert stats.connects == 0 and stats.client_id is None and stats.bars == 0
+
+
+def test_after_the_nightly_reset_the_collector_reconnects_with_no_gap_beyond_it_and_no_duplicate(live_sim, tmp_path):
+    import threading
+
+    store = Warehouse(tmp_path / "home")
+    collector = Collector(store, ["AAPL", "MSFT"], ports=[live_sim.port], flush_s=0.2, backoff_max_s=0.05)
+    reset = threading.Timer(0.8, lambda: live_sim.set_faults(nightly_reset_seconds=60))
+    reset.start()
+    try:
+        stats = asyncio.run(collector.run(2.5))
+    finally:
+        reset.cancel()
+    assert len(live_sim.resets) == 1 and stats.connects == 2
+    start, end = live_sim.resets[0]
+    bars = store.query("SELECT symbol, time, open, close, volume FROM intraday_bars ORDER BY symbol, time")
+    assert not bars.duplicated(["symbol", "time"]).any()
+    for symbol, got in bars.groupby("symbol"):
+        times = pd.to_datetime(got.time, utc=True)
+        want = five_second_bars(sample_day(symbol)).set_index("time")
+        assert got.close.to_numpy() == pytest.approx(want.loc[times].close.to_numpy())
+        stretch = want.loc[times.min():times.max()].index
+        missing = stretch.difference(pd.DatetimeIndex(times))
+        ends = missing + pd.Timedelta(seconds=5)
+        assert len(missing) >= 10  # the reset's 60 s lost 12 bars
+        # Every bar that ended outside the reset (plus 30 market s to reconnect) is stored.
+        assert (ends > start).all() and (ends <= end + pd.Timedelta(seconds=30)).all(), (start, end, missing)
+        assert times.max() > end + pd.Timedelta(seconds=60)  # streaming again after it

@@ -98,6 +98,7 @@ class Collector:
         depth_rows: int = 5,
         watchlist: Sequence[str] = (),
         ranking: pd.Series | None = None,
+        backoff_max_s: float = 30.0,
     ):
         self.store, self.host, self.ports, self.client_id = store, host, ports or [4002], client_id
         self.symbols = list(dict.fromkeys(symbols))
@@ -111,6 +112,7 @@ class Collector:
         wanted = set(tick_symbols)
         self.tick_symbols = [s for s in self.served if s in wanted]
         self.depth_rows = depth_rows
+        self.backoff_max_s = backoff_max_s
         self._market_time: dict[str, pd.Timestamp] = {}  # newest IB time seen per symbol (depth has none)
         self._seen: dict[str, tuple[int, Counter]] = {}  # per symbol: the second and its (price, size) counts
         self._depth_seq: Counter = Counter()
@@ -320,7 +322,7 @@ class Collector:
         """Collect until ``duration_s`` passes or ``stop`` is set; reconnects meanwhile. Flushes at the end."""
         stop = stop or asyncio.Event()
         deadline = None if duration_s is None else time.monotonic() + duration_s
-        backoff = 0.2
+        backoff = min(0.2, self.backoff_max_s)
         flusher = asyncio.ensure_future(self._flush_loop(stop))
         try:
             while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
@@ -329,9 +331,9 @@ class Collector:
                 except ConnectionError as exc:
                     log.warning("%s; retrying in %.1f s", exc, backoff)
                     await self._sleep(backoff, stop, deadline)
-                    backoff = min(30.0, backoff * 2)
+                    backoff = min(self.backoff_max_s, backoff * 2)
                     continue
-                backoff = 0.2
+                backoff = min(0.2, self.backoff_max_s)
                 self.stats.connects += 1
                 self._lost.clear()
                 await self._subscribe(self._ib)
