@@ -32,7 +32,7 @@ import pandas as pd
 from ibf_core.storage.interface import TableStore
 from ibf_core.streaming.priority import serve_order
 from ibf_core.streaming.store import append_rows
-from ibf_core.streaming.tables import DEPTH, INTRADAY_BARS, QUOTES, TRADES
+from ibf_core.streaming.tables import DEPTH, INTRADAY_BARS, QUOTES, TICK_TABLES, TRADES
 
 log = logging.getLogger(__name__)
 NEW_YORK = "America/New_York"
@@ -99,6 +99,7 @@ class Collector:
         watchlist: Sequence[str] = (),
         ranking: pd.Series | None = None,
         backoff_max_s: float = 30.0,
+        retention_days: int = 0,
     ):
         self.store, self.host, self.ports, self.client_id = store, host, ports or [4002], client_id
         self.symbols = list(dict.fromkeys(symbols))
@@ -113,6 +114,8 @@ class Collector:
         self.tick_symbols = [s for s in self.served if s in wanted]
         self.depth_rows = depth_rows
         self.backoff_max_s = backoff_max_s
+        self.retention_days = retention_days
+        self._pruned_on: dt.date | None = None
         self._market_time: dict[str, pd.Timestamp] = {}  # newest IB time seen per symbol (depth has none)
         self._seen: dict[str, tuple[int, Counter]] = {}  # per symbol: the second and its (price, size) counts
         self._depth_seq: Counter = Counter()
@@ -209,6 +212,24 @@ class Collector:
         if bars or book or trades or depth:
             self.stats.batches += 1
         return stored
+
+    def prune(self, today: dt.date | None = None) -> list[str]:
+        """Delete the trades/depth/quotes partitions of sessions more than ``retention_days`` before ``today`` (New
+        York; 0 keeps all); intraday_bars are kept. Returns ``table/partition`` of what went."""
+        today = today or pd.Timestamp.now(tz=NEW_YORK).date()
+        self._pruned_on = today
+        if self.retention_days <= 0:
+            return []
+        cutoff = f"{today - dt.timedelta(days=self.retention_days):%Y-%m-%d}"
+        gone = []
+        for spec in TICK_TABLES:
+            old = [name for name in self.store.partitions(spec) if name.split(".", 1)[0] < cutoff]
+            if old:
+                self.store.write([(spec, name) for name in old], lambda tx, spec=spec, old=old: [tx.delete(spec, n) for n in old])
+                gone += [f"{spec.name}/{name}" for name in old]
+        if gone:
+            log.info("retention (IBF_STREAM_RETENTION_DAYS=%d): deleted %d partition(s) before %s", self.retention_days, len(gone), cutoff)
+        return gone
 
     # ----- connection -----------------------------------------------------------------------------
     async def _connect(self) -> Any:
@@ -323,6 +344,7 @@ class Collector:
         stop = stop or asyncio.Event()
         deadline = None if duration_s is None else time.monotonic() + duration_s
         backoff = min(0.2, self.backoff_max_s)
+        await asyncio.get_running_loop().run_in_executor(None, self.prune)
         flusher = asyncio.ensure_future(self._flush_loop(stop))
         try:
             while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
@@ -350,6 +372,8 @@ class Collector:
         while not stop.is_set():
             await self._sleep(self.flush_s, stop, None)
             await asyncio.get_running_loop().run_in_executor(None, self.flush)
+            if pd.Timestamp.now(tz=NEW_YORK).date() != self._pruned_on:  # once a day
+                await asyncio.get_running_loop().run_in_executor(None, self.prune)
 
     @staticmethod
     async def _sleep(seconds: float, stop: asyncio.Event, deadline: float | None) -> None:
