@@ -11,7 +11,6 @@ from conftest import make_bars
 from ibf_core.calendar import trading_days
 from ibf_core.features import Panel
 from ibf_core.features.cross_asset import percentile_rank
-from ibf_core.features.live import COLUMNS as LIVE_COLUMNS
 from ibf_core.features.pipeline import (
     FEATURES,
     NEWS_COLUMNS,
@@ -21,10 +20,11 @@ from ibf_core.features.pipeline import (
     feature_columns,
     features_by_group,
     lookback_sessions,
+    sparse_features,
 )
 from ibf_core.sources.sample import load_sample_bars
 
-SPARSE = {"spread_quoted", "spread_quoted_mean_20", *NEWS_COLUMNS, *LIVE_COLUMNS}  # joined per session, when present
+SPARSE = sparse_features()  # real spread, news, live: present on some sessions only
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import pytest
 
 from messy_bars import messy_bars
 from ibf_core.calendar import trading_days
-from ibf_core.features.pipeline import NEWS_COLUMNS, compute_features, compute_features_with_support, feature_columns
+from ibf_core.features.pipeline import compute_features, compute_features_with_support, feature_columns, sparse_features
 from ibf_core.models import ModelDataError
 from ibf_core.models.config import ModelConfig
 from ibf_core.models.dataset import build_panel, session_ordinals, session_shift, truncate
@@ -23,7 +23,7 @@ VOLUME_FEATURES = {"obv_flow_20", "cmf_20", "adosc_3_10", "vwap_ratio_20", "vroc
                    "turnover_proxy_20", "rank_volume_z_20", "rank_amihud_20"}
 RANGE_FEATURES = {"stoch_k", "stoch_d", "cci_20", "willr_14", "natr_14", "adx_14", "plus_di_14", "minus_di_14",
                   "cs_spread_20", "gap_overnight", "intraday_ret", "hl_range", "cmf_20", "adosc_3_10", "vwap_ratio_20"}
-SPARSE = {"spread_quoted", "spread_quoted_mean_20", *NEWS_COLUMNS}
+SPARSE = sparse_features()  # real spread, news, live: present on some sessions only
 
 
 def panel_of(bars: pd.DataFrame, horizons=(1, 3, 5, 10, 15, 20)) -> pd.DataFrame:

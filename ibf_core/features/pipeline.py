@@ -53,6 +53,7 @@ __all__ = [
     "unsupported_reasons",
     "feature_columns",
     "features_by_group",
+    "sparse_features",
     "lookback_sessions",
 ]
 
@@ -93,6 +94,12 @@ WARMUP_SESSIONS = max(f.min_history for f in FEATURES)
 def feature_columns() -> list[str]:
     """Feature names in registry (= column) order."""
     return [f.name for f in FEATURES]
+
+
+def sparse_features() -> set[str]:
+    """Features whose input exists only on some sessions: the real quoted spread (IB BID_ASK bars), news and the
+    live measures (sessions ibf stream collected). Their NULL share is reported, never judged."""
+    return {f.name for f in FEATURES if f.group == "news" or f.name.startswith(("spread_quoted", "live_"))}
 
 
 def features_by_group() -> dict[str, list[str]]:

@@ -34,12 +34,12 @@ def build_features(settings: Settings) -> dg.AssetsDefinition:
         compute_features_for_range,
         feature_columns,
         lookback_sessions,
+        sparse_features,
         unsupported_reasons,
     )
 
     spec = features_spec()
-    # Sparse by nature: real spreads (BID_ASK bars), news, and the live measures (sessions ibf stream collected).
-    sparse = {f.name for f in FEATURES if f.group == "news" or f.name.startswith(("spread", "live_"))}
+    sparse = sparse_features()
     feature_list = "\n".join(f"| `{f.name}` | {f.group} | {'yes' if f.future_known else ''} | {f.description} |" for f in FEATURES)
 
     @dg.asset(
