@@ -6,6 +6,12 @@ IB allows 60 real-time-bar requests per 10 minutes; with more than 60 symbols bo
 are told a higher limit here (IBF_IB_REALTIME_BARS_PER_10MIN), which a real account does not have.
 
     .venv/bin/python benchmarks/bench_stream.py [--symbols 100 --speed 20 --seconds 60]
+
+Measured on a 2-core machine shared with other work (defaults): re-reading each touched partition per batch
+(before ibf_core.streaming.store.Appender): 760 rows/s, lag p50 4.35 s, p99 7.53 s, 71% of a core; with the
+appender's memory of stored keys: 766 rows/s, p50 1.35 s, p99 2.58 s, 51% of a core. rows/s is what the simulator
+sends (100 symbols x 2 rows per 5 market seconds at 20x = 800/s), not a ceiling; what is left of the lag is the
+1 s flush interval and one Parquet file swap per touched partition.
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ import pandas as pd
 
 from ibf_core.storage.interface import TableStore
 from ibf_core.streaming.priority import serve_order
-from ibf_core.streaming.store import append_rows
+from ibf_core.streaming.store import Appender
 from ibf_core.streaming.tables import DEPTH, INTRADAY_BARS, QUOTES, TICK_TABLES, TRADES
 
 log = logging.getLogger(__name__)
@@ -119,6 +119,9 @@ class Collector:
         self._market_time: dict[str, pd.Timestamp] = {}  # newest IB time seen per symbol (depth has none)
         self._seen: dict[str, tuple[int, Counter]] = {}  # per symbol: the second and its (price, size) counts
         self._depth_seq: Counter = Counter()
+        # One appender per table: it remembers stored keys, so a batch does not re-read the day's partitions.
+        self._appenders = {spec.name: Appender(store, spec, floor="time" if spec is TRADES else None)
+                           for spec in (INTRADAY_BARS, QUOTES, TRADES, DEPTH)}
         self._pacer = _Pacer(realtime_per_10min, 600.0)
         self._ib: Any = None
         self._lost = asyncio.Event()
@@ -191,22 +194,22 @@ class Collector:
         stored = 0
         if bars:
             frame = pd.DataFrame(bars)
-            added = append_rows(self.store, INTRADAY_BARS, frame)
+            added = self._appenders[INTRADAY_BARS.name].append(frame)
             done = pd.Timestamp.now(tz="UTC")
             self.stats.lags_s += (done - frame["received_at"]).dt.total_seconds().tolist()
             self.stats.bars += added
             stored += added
         if book:
-            added = append_rows(self.store, QUOTES, pd.DataFrame(book))
+            added = self._appenders[QUOTES.name].append(pd.DataFrame(book))
             self.stats.quotes += added
             stored += added
         if trades:
             # A re-subscription re-sends recent trades: those before the newest stored second are all stored.
-            added = append_rows(self.store, TRADES, pd.DataFrame(trades), floor="time")
+            added = self._appenders[TRADES.name].append(pd.DataFrame(trades))
             self.stats.trades += added
             stored += added
         if depth:
-            added = append_rows(self.store, DEPTH, pd.DataFrame(depth))
+            added = self._appenders[DEPTH.name].append(pd.DataFrame(depth))
             self.stats.depth += added
             stored += added
         if bars or book or trades or depth:
