@@ -9,6 +9,11 @@ whatToShow, useRTH, options``; a bar is ``50, 3, reqId, time, open, high, low, c
 ``1, 6, reqId, tickType, price, size, attrMask`` (bid 1, ask 2, last 4; delayed 66, 67, 68) and sizes as
 ``2, 6, reqId, tickType, size`` (bid 0, ask 3, last 5, volume 8; delayed 69, 70, 71, 74); cancel ``2, 2, reqId``.
 ``reqMarketDataType`` is ``59, 1, type`` (1 live, 3 delayed); the gateway answers ``58, 1, reqId, type`` per line.
+``reqTickByTickData`` is ``97, reqId, <contract>, tickType, numberOfTicks, ignoreSize`` (cancel ``98, reqId``);
+trades arrive as ``99, reqId, tickType, time, price, size, attrMask, exchange, conditions``. ``reqMktDepth`` is
+``10, 5, reqId, <contract>, numRows, isSmartDepth, options`` (cancel ``11, 1, reqId, isSmartDepth``); levels arrive as ``12``
+(L1) / ``13`` (L2: with market maker) ``..., position, operation, side, price, size``. (Field lists as ib_insync
+0.9.86 writes and reads them; the handlers' docstrings give the details.)
 
 Limits and faults (``Faults``): market-data lines (``max_market_data_lines``: more gives error 101), symbols
 without a live subscription (``no_market_data``: error 10089 unless the client asked for delayed data, then

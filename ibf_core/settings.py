@@ -157,7 +157,7 @@ class Settings(BaseSettings):
     ib_max_lines: int = Field(100, ge=1, description="Market-data lines of the IB account: ibf stream serves this many symbols (in --symbols order) and names the rest")
     ib_realtime_bars_per_10min: int = Field(60, ge=1, description="ibf stream: real-time-bar requests allowed in any 10 minutes (IB's pacing; more are queued)")
     stream_flush_seconds: float = Field(1.0, gt=0, description="ibf stream: seconds between micro-batch writes of intraday_bars and quotes")
-    stream_bar_types: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["TRADES"], description="ibf stream: 5-second real-time bar types per served symbol (comma list of TRADES, MIDPOINT, BID_ASK), stored in intraday_bars keyed by what")
+    stream_bar_types: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["TRADES"], description="ibf stream: 5-second real-time bar types per served symbol (comma list of TRADES, MIDPOINT, BID, ASK, BID_ASK), stored in intraday_bars keyed by what")
     stream_tick_symbols: Annotated[list[str], NoDecode] = Field(default_factory=list, description="ibf stream: symbols that also get tick-by-tick trades (trades) and market depth (depth), if served (comma list; IB allows few such subscriptions)")
     stream_depth_rows: int = Field(5, ge=1, le=10, description="ibf stream: order-book levels per side requested for the symbols of IBF_STREAM_TICK_SYMBOLS")
     stream_watchlist: Annotated[list[str], NoDecode] = Field(default_factory=list, description="ibf stream: symbols served first (comma list), before the top and bottom of the newest ranking and then the rest, up to IBF_IB_MAX_LINES")
@@ -378,7 +378,7 @@ class Settings(BaseSettings):
     @classmethod
     def _bar_types(cls, value: list[str]) -> list[str]:
         types = [t.strip().upper() for t in value]
-        allowed = ("TRADES", "MIDPOINT", "BID_ASK")
+        allowed = ("TRADES", "MIDPOINT", "BID", "ASK", "BID_ASK")
         unknown = [t for t in types if t not in allowed]
         if unknown or not types:
             raise ValueError(f"bar types must be a non-empty comma list of {', '.join(allowed)} (unknown: {', '.join(unknown) or 'none'})")

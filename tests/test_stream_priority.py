@@ -3,7 +3,6 @@ newest stored ranking, then the rest (pure function, the warehouse reader, and a
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 
 import pandas as pd
