@@ -88,6 +88,12 @@ def test_make_ui_serves_the_asset_graph_on_loopback(ibf_home):
             ("trained_models",): True,
             ("predictions",): True,
             ("drift_scores",): True,
+            ("microstructure_daily",): True,
+            # the live tables ibf stream writes: observable source assets, not partitioned
+            ("intraday_bars",): False,
+            ("quotes",): False,
+            ("trades",): False,
+            ("depth",): False,
         }
         with socket.socket() as s:  # bound to loopback only
             assert s.connect_ex(("127.0.0.1", port)) == 0
