@@ -26,6 +26,21 @@ def ibf_home(tmp_path, monkeypatch) -> Path:
     get_settings.cache_clear()
 
 
+@pytest.fixture
+def live_sim():
+    """The gateway simulator on the sample, its live clock 30 minutes into test_gateway_live.DAY at SPEED x."""
+    import datetime as dt
+
+    from ibf_core.gateway_live import LiveClock, session_start
+    from ibf_core.gateway_sim import GatewaySimulator
+    from ibf_core.sources.sample import load_sample_bars
+    from test_gateway_live import DAY, SPEED
+
+    clock = LiveClock(session_start(DAY) + dt.timedelta(minutes=30), speed=SPEED)
+    with GatewaySimulator(load_sample_bars(), live_clock=clock) as sim:
+        yield sim
+
+
 def sensor_context(defs, instance, cursor=None):
     """A sensor evaluation context with the definitions' settings and warehouse resources (what the daemon gives)."""
     import dagster as dg

@@ -10,8 +10,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ibf_core.gateway_live import LiveClock, session_start
-from ibf_core.gateway_sim import GatewaySimulator
 from ibf_core.intraday import DailyBar, five_second_bars, quotes
 from ibf_core.sources.sample import load_sample_bars
 
@@ -40,13 +38,6 @@ def test_an_intraday_session_matches_its_daily_bar_and_is_deterministic():
     pd.testing.assert_frame_equal(bars, five_second_bars(day))  # same inputs, same session
     other = five_second_bars(sample_day("MSFT"))
     assert not np.allclose(bars.close.pct_change().dropna()[:50], other.close.pct_change().dropna()[:50])
-
-
-@pytest.fixture
-def live_sim():
-    clock = LiveClock(session_start(DAY) + dt.timedelta(minutes=30), speed=SPEED)
-    with GatewaySimulator(load_sample_bars(), live_clock=clock) as sim:
-        yield sim
 
 
 async def _connect(port: int, errors: list | None = None, client_id: int = 1):

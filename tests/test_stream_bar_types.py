@@ -4,26 +4,16 @@ meaning of MIDPOINT and BID_ASK bars, against the simulator through the real ib_
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 
 import pandas as pd
 import pytest
 
-from ibf_core.gateway_live import LiveClock, quote_bars, session_start
-from ibf_core.gateway_sim import GatewaySimulator
+from ibf_core.gateway_live import quote_bars
 from ibf_core.intraday import five_second_bars, quotes
 from ibf_core.settings import SettingsError, load_settings
-from ibf_core.sources.sample import load_sample_bars
-from test_gateway_live import DAY, SPEED, sample_day
+from test_gateway_live import sample_day
 
 pytest.importorskip("ib_insync")
-
-
-@pytest.fixture
-def live_sim():
-    clock = LiveClock(session_start(DAY) + dt.timedelta(minutes=30), speed=SPEED)
-    with GatewaySimulator(load_sample_bars(), live_clock=clock) as sim:
-        yield sim
 
 
 def test_bar_types_setting_is_a_validated_comma_list(monkeypatch):

@@ -5,28 +5,17 @@ reconnected and re-subscribed, no gaps beyond the restart, no duplicates)."""
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import logging
 
 import pandas as pd
 import pytest
 
-from ibf_core.gateway_live import LiveClock, session_start
-from ibf_core.gateway_sim import GatewaySimulator
 from ibf_core.intraday import five_second_bars
-from ibf_core.sources.sample import load_sample_bars
 from ibf_core.storage.warehouse import Warehouse
 from ibf_core.streaming.collector import Collector
-from test_gateway_live import DAY, SPEED, sample_day
+from test_gateway_live import sample_day
 
 pytest.importorskip("ib_insync")
-
-
-@pytest.fixture
-def live_sim():
-    clock = LiveClock(session_start(DAY) + dt.timedelta(minutes=30), speed=SPEED)
-    with GatewaySimulator(load_sample_bars(), live_clock=clock) as sim:
-        yield sim
 
 
 def test_a_client_id_in_use_makes_the_collector_try_the_next_ones(live_sim, tmp_path, caplog):

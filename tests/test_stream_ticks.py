@@ -5,26 +5,15 @@ bar sum to its volume, the book sits on the quote, IB's subscription limits 1019
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from ibf_core.gateway_live import LiveClock, session_start
-from ibf_core.gateway_sim import GatewaySimulator
 from ibf_core.intraday import five_second_bars, quotes, session_trades
-from ibf_core.sources.sample import load_sample_bars
-from test_gateway_live import DAY, SPEED, sample_day
+from test_gateway_live import DAY, sample_day
 
 ib_insync = pytest.importorskip("ib_insync")
-
-
-@pytest.fixture
-def live_sim():
-    clock = LiveClock(session_start(DAY) + dt.timedelta(minutes=30), speed=SPEED)
-    with GatewaySimulator(load_sample_bars(), live_clock=clock) as sim:
-        yield sim
 
 
 def run(coro):
