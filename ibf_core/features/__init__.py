@@ -28,7 +28,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-Group = Literal["technical", "returns", "microstructure", "cross_asset", "calendar", "news"]
+Group = Literal["technical", "returns", "microstructure", "cross_asset", "calendar", "news", "fundamentals", "macro"]
 # A recursive indicator (EMA, Wilder smoothing) never forgets its seed; after seed_settle() sessions the seed's
 # weight is below SEED_TOLERANCE, so computing on a look-back window equals computing on the full history.
 SEED_TOLERANCE = 1e-9

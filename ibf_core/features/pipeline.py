@@ -33,13 +33,18 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from ibf_core.features import (
-    INPUT_NAMES, RANGE, VOLUME, Feature, Panel, calendar_features, cross_asset, live, microstructure, technical,
+    INPUT_NAMES, RANGE, VOLUME, Feature, Panel, calendar_features, cross_asset, fundamental, live, macro, microstructure,
+    technical,
 )  # fmt: skip
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ibf_core.fundamentals.inputs import FundamentalInputs
 
 __all__ = [
     "FEATURES",
@@ -83,7 +88,10 @@ NEWS_FEATURES: list[Feature] = [
 
 _PER_SYMBOL: list[Feature] = [*technical.FEATURES, *technical.RETURN_FEATURES, *microstructure.FEATURES]
 _CROSS: list[Feature] = cross_asset.features({f.name: f for f in _PER_SYMBOL})
-FEATURES: list[Feature] = [*_PER_SYMBOL, *_CROSS, *calendar_features.FEATURES, *NEWS_FEATURES, *live.FEATURES]
+FEATURES: list[Feature] = [
+    *_PER_SYMBOL, *_CROSS, *calendar_features.FEATURES, *NEWS_FEATURES, *live.FEATURES, *fundamental.FEATURES,
+    *macro.FEATURES,
+]
 if len({f.name for f in FEATURES}) != len(FEATURES):
     raise RuntimeError("duplicate feature names in the registry")
 
@@ -97,9 +105,11 @@ def feature_columns() -> list[str]:
 
 
 def sparse_features() -> set[str]:
-    """Features whose input exists only on some sessions: the real quoted spread (IB BID_ASK bars), news and the
-    live measures (sessions ibf stream collected). Their NULL share is reported, never judged."""
-    return {f.name for f in FEATURES if f.group == "news" or f.name.startswith(("spread_quoted", "live_"))}
+    """Features whose input exists only on some sessions or symbols: the real quoted spread (IB BID_ASK bars), news,
+    the live measures (sessions ibf stream collected), fundamentals, sectors and macro (what Alpha Vantage covers,
+    from when it was published or recorded). Their NULL share is reported, never judged."""
+    joined = {f.name for f in (*fundamental.FEATURES, *macro.FEATURES)}
+    return {f.name for f in FEATURES if f.group == "news" or f.name in joined or f.name.startswith(("spread_quoted", "live_"))}
 
 
 def features_by_group() -> dict[str, list[str]]:
@@ -123,6 +133,7 @@ def compute_features(
     news: pd.DataFrame | None = None,
     benchmark: str | None = cross_asset.DEFAULT_BENCHMARK,
     microstructure_daily: pd.DataFrame | None = None,
+    fundamentals: FundamentalInputs | None = None,
 ) -> pd.DataFrame:
     """``symbol, date`` + ``feature_columns()`` + ``warmup``, one row per bar, sorted by symbol and date.
 
@@ -131,8 +142,10 @@ def compute_features(
     as is. ``benchmark``: symbol for beta/correlation; when None or absent from ``bars`` the leave-one-out
     equal-weighted universe is used. ``microstructure_daily``: optional rows of that table (the live
     tables' sessions); the ``live_*`` features are NaN without them (``ibf_core.features.live``).
+    ``fundamentals``: the point-in-time overview, earnings, calendar and macro frames
+    (``ibf_core.fundamentals.read_inputs``); their features are NaN without them.
     """
-    return compute_features_with_support(bars, news, benchmark, microstructure_daily)[0]
+    return compute_features_with_support(bars, news, benchmark, microstructure_daily, fundamentals)[0]
 
 
 def compute_features_with_support(
@@ -140,6 +153,7 @@ def compute_features_with_support(
     news: pd.DataFrame | None = None,
     benchmark: str | None = cross_asset.DEFAULT_BENCHMARK,
     microstructure_daily: pd.DataFrame | None = None,
+    fundamentals: FundamentalInputs | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(``compute_features``' frame, a frame of the same keys saying per feature why a row cannot have a value).
 
@@ -166,6 +180,8 @@ def compute_features_with_support(
     calendar_features.compute(panel, rows)
     _join_news(panel, news, rows)
     live.join(panel, microstructure_daily, rows)
+    fundamental.compute(panel, rows, fundamentals)
+    macro.compute(panel, rows, None if fundamentals is None else fundamentals.macro)
 
     symbols = bars["symbol"].to_numpy()
     symbols = symbols if order is None else symbols[order]
@@ -188,12 +204,15 @@ def compute_features_for_range(
     benchmark: str | None = cross_asset.DEFAULT_BENCHMARK,
     with_support: bool = False,
     microstructure_daily: pd.DataFrame | None = None,
+    fundamentals: FundamentalInputs | None = None,
 ) -> pd.DataFrame | tuple[pd.DataFrame, pd.DataFrame]:
     """Features for dates in [start, end]; ``bars`` must include ``lookback_sessions()`` sessions before start.
 
     ``with_support``: also return the support-state frame of those rows (``compute_features_with_support``).
     """
-    frame, support = compute_features_with_support(bars, news=news, benchmark=benchmark, microstructure_daily=microstructure_daily)
+    frame, support = compute_features_with_support(
+        bars, news=news, benchmark=benchmark, microstructure_daily=microstructure_daily, fundamentals=fundamentals
+    )
     keep = ((frame["date"] >= pd.Timestamp(start)) & (frame["date"] <= pd.Timestamp(end))).to_numpy()
     frame = frame.loc[keep].reset_index(drop=True)
     return (frame, support.loc[keep].reset_index(drop=True)) if with_support else frame
