@@ -1,4 +1,5 @@
-"""A thin Alpha Vantage ``NEWS_SENTIMENT`` client on ``httpx``, with typed errors.
+"""A thin Alpha Vantage client on ``httpx``, with typed errors: ``NEWS_SENTIMENT`` pages, and any other function's
+JSON (``get_json``) or CSV (``get_csv``) body for the fundamentals layer (``ibf_core.fundamentals``).
 
 Why not the ``alpha_vantage`` package (3.0.0): its HTTP call sets no timeout (a stalled server hangs a Dagster run
 forever), its base URL is a process-global class attribute (a loopback test server would leak into every other
@@ -316,6 +317,7 @@ _BURST_WORDS = (*_SPREAD_WORDS, "per minute")
 _RATE_WORDS = ("rate limit", "call frequency", "requests per", "calls per")
 _ENTITLEMENT_WORDS = ("premium endpoint", "premium plan", "demo")
 _EMPTY_WORDS = ("no articles",)
+NOTICE_KEYS = ("Information", "Note", "Error Message")  # a body with one of these is a notice, whatever the function
 
 
 def classify_notice(text: str, *, symbol: str | None, context: str) -> AlphaVantageError | None:
@@ -350,7 +352,7 @@ class _Retryable(Exception):
 # ----- the client -----------------------------------------------------------------------------------
 @dataclass
 class AlphaVantageClient:
-    """``NEWS_SENTIMENT`` over HTTP. One client per run; ``close()`` (or ``with``) releases the connection pool.
+    """Alpha Vantage over HTTP (``news_sentiment``, ``get_json``, ``get_csv``). One client per run; ``close()`` (or ``with``) releases the connection pool.
 
     ``on_request`` is called before every HTTP attempt (retries included); it may raise (e.g.
     ``BudgetExhaustedError``) to stop before a request is sent. ``strict`` turns a bad article into a
@@ -423,7 +425,7 @@ class AlphaVantageClient:
             "limit": str(limit),
         }
         context = f"NEWS_SENTIMENT {symbol} {params['time_from']}..{params['time_to']}"
-        body = self._get_json(params, symbol, context)
+        body = self._get(params, symbol, context, "json")
         return self._page(body, symbol, lo, hi, limit, context)
 
     def iter_pages(self, symbol: str, time_from: Any, time_to: Any, *, limit: int = MAX_LIMIT) -> Iterator[NewsPage]:
@@ -446,7 +448,24 @@ class AlphaVantageClient:
                 )  # fmt: skip
             cursor = nxt
 
-    def _get_json(self, params: dict[str, str], symbol: str, context: str) -> Any:
+    def get_json(self, function: str, params: Mapping[str, str] | None = None, *, symbol: str | None = None) -> Any:
+        """The parsed JSON body of ``function`` with ``params``; a notice body raises its error, ``{}`` is returned
+        as it is ("no data": an unknown symbol, a fund without fundamentals)."""
+        query, context = self._query(function, params, symbol)
+        return self._get(query, symbol, context, "json")
+
+    def get_csv(self, function: str, params: Mapping[str, str] | None = None, *, symbol: str | None = None) -> str:
+        """The CSV text of ``function`` (e.g. ``EARNINGS_CALENDAR``); a JSON notice body instead raises its error."""
+        query, context = self._query(function, params, symbol)
+        return self._get(query, symbol, context, "csv")
+
+    @staticmethod
+    def _query(function: str, params: Mapping[str, str] | None, symbol: str | None) -> tuple[dict[str, str], str]:
+        query = {"function": function, **({"symbol": symbol} if symbol else {}), **(params or {})}
+        extra = " ".join(f"{k}={v}" for k, v in query.items() if k not in ("function", "symbol", "apikey"))
+        return query, " ".join(p for p in (function, symbol, extra) if p)
+
+    def _get(self, params: dict[str, str], symbol: str | None, context: str, kind: str) -> Any:
         from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
         retrying = Retrying(
@@ -461,7 +480,7 @@ class AlphaVantageClient:
         try:
             for attempt in retrying:
                 with attempt:
-                    return self._attempt(params, symbol, context)
+                    return self._attempt(params, symbol, context, kind)
         except _Retryable as exc:
             if exc.final is not None:
                 raise exc.final from None
@@ -470,7 +489,7 @@ class AlphaVantageClient:
             ) from None
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _attempt(self, params: dict[str, str], symbol: str, context: str) -> Any:
+    def _attempt(self, params: dict[str, str], symbol: str | None, context: str, kind: str) -> Any:
         import httpx
 
         if self.on_request is not None:
@@ -493,6 +512,8 @@ class AlphaVantageClient:
             raise _Retryable("HTTP 429", final)
         if status != 200:
             raise BadRequestError(f"{context}: HTTP {status} {response.reason_phrase}", symbol=symbol)
+        if kind == "csv" and not response.content.lstrip().startswith(b"{"):
+            return response.content.decode("utf-8-sig", errors="replace")  # a CSV endpoint's notices are JSON
         try:
             body = json.loads(response.content)
         except ValueError:
@@ -501,11 +522,15 @@ class AlphaVantageClient:
                 f"{context}: the response is not JSON (starts {redact(snippet, self.api_key)!r})",
                 symbol=symbol, field="<body>",
             ) from None  # fmt: skip
-        if isinstance(body, dict) and "feed" not in body:
+        if isinstance(body, dict) and any(k in body for k in NOTICE_KEYS):
             self._raise_for_notice(body, symbol, context)
+        if kind == "csv":
+            if body == {}:
+                return ""  # no data
+            raise MalformedResponseError(f"{context}: expected CSV, got a JSON object", symbol=symbol, field="<body>")
         return body
 
-    def _raise_for_notice(self, body: dict[str, Any], symbol: str, context: str) -> None:
+    def _raise_for_notice(self, body: dict[str, Any], symbol: str | None, context: str) -> None:
         if "Error Message" in body:
             text = redact(str(body["Error Message"]), self.api_key)
             raise BadRequestError(f"{context}: Alpha Vantage says {text!r}", symbol=symbol)

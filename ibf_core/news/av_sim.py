@@ -1,10 +1,20 @@
-"""A loopback Alpha Vantage server for ``NEWS_SENTIMENT``, with switchable faults.
+"""A loopback Alpha Vantage server for ``NEWS_SENTIMENT`` and the fundamentals, earnings and macro functions, with
+switchable faults.
 
 Real HTTP on 127.0.0.1 (stdlib ``http.server`` in a thread): ``GET /query?function=NEWS_SENTIMENT&tickers=...&
 time_from=...&time_to=...&sort=...&limit=...&apikey=...`` answers from a list of articles in Alpha Vantage's own
 JSON shape (scores as strings where AV sends strings), honouring tickers (several mean AND), the time window (minute
 precision, both ends inclusive, times in US/Eastern like AV's), sort (EARLIEST, LATEST, RELEVANCE) and limit
 (default 50, at most 1000). Errors come back with HTTP 200 like the real service.
+
+It also serves ``OVERVIEW``, ``EARNINGS`` (``symbol=``), ``EARNINGS_CALENDAR`` (CSV ``symbol,name,reportDate,
+fiscalDateEnding,estimate,currency``; ``symbol=`` optional, ``horizon`` accepted but not applied: every stored row of
+the symbol is served), ``TREASURY_YIELD`` (``maturity=3month|2year|10year``, default 10year),
+``FEDERAL_FUNDS_RATE``, ``CPI`` and ``UNEMPLOYMENT`` in Alpha Vantage's shapes, from a ``fundamentals`` dict
+(``{"overview": {SYMBOL: {AV keys}}, "earnings": {SYMBOL: AV EARNINGS body}, "calendar": [CSV rows as dicts],
+"macro": {"TREASURY_YIELD:10year" | "CPI" | ...: AV body}}``; default ``synthetic_fundamentals()``, which is
+SYNTHETIC: random walks, not market data). A symbol without an overview or earnings answers ``{}``, as Alpha
+Vantage does for unknown symbols and for ETFs.
 
 Usage::
 
@@ -91,14 +101,19 @@ class Faults(FaultSet):
     bad_articles: int | None = None  # how many articles per page the article faults touch (None: all)
     reply_delay: float = 0.0  # seconds before every reply
     faults_after: int = 0  # answer the next N requests (counted from set_faults) normally, then apply the faults
+    premium_functions: frozenset[str] = frozenset()  # these functions answer the premium-endpoint message
+    missing_months: int = 0  # "." replaces the value of N periods of every monthly series (2nd, 4th, ... newest)
+    unknown_symbols: frozenset[str] = frozenset()  # OVERVIEW/EARNINGS answer {}, EARNINGS_CALENDAR no rows
 
-    COUNTERS = ("burst_limits", "malformed_json", "missing_feed", "http_500", "faults_after")
+    COUNTERS = ("burst_limits", "malformed_json", "missing_feed", "http_500", "faults_after", "missing_months")
 
     def _normalize(self, fixed: dict[str, Any]) -> dict[str, Any]:
-        if "missing_fields" in fixed:
-            value = fixed["missing_fields"]
-            items = value.split(",") if isinstance(value, str) else value
-            fixed["missing_fields"] = frozenset(str(v).strip() for v in items if str(v).strip())
+        for name, upper in (("missing_fields", False), ("premium_functions", True), ("unknown_symbols", True)):
+            if name in fixed:
+                value = fixed[name]
+                items = value.split(",") if isinstance(value, str) else value
+                names = (str(v).strip() for v in items if str(v).strip())
+                fixed[name] = frozenset(n.upper() if upper else n for n in names)
         if fixed.get("rate_limit_key", "Information") not in ("Information", "Note"):
             raise ValueError("rate_limit_key must be Information or Note")
         return fixed
@@ -198,6 +213,167 @@ def synthetic_feed(
     return feed
 
 
+# ----- fundamentals, earnings and macro (synthetic) ---------------------------------------------------
+FUNCTIONS = frozenset({
+    "NEWS_SENTIMENT", "OVERVIEW", "EARNINGS", "EARNINGS_CALENDAR", "TREASURY_YIELD", "FEDERAL_FUNDS_RATE", "CPI",
+    "UNEMPLOYMENT",
+})  # fmt: skip
+MACRO_FUNCTIONS = ("TREASURY_YIELD", "FEDERAL_FUNDS_RATE", "CPI", "UNEMPLOYMENT")
+CALENDAR_FIELDS = ("symbol", "name", "reportDate", "fiscalDateEnding", "estimate", "currency")
+ETF_SYMBOLS = frozenset({"SPY", "QQQ", "IWM"})
+_SYNTHETIC_COMPANIES = {  # symbol: (name, exchange, sector, industry) - invented figures follow, not market data
+    "AAPL": ("Apple Inc", "NASDAQ", "TECHNOLOGY", "ELECTRONIC COMPUTERS"),
+    "GOOG": ("Alphabet Inc Class C", "NASDAQ", "TECHNOLOGY", "SERVICES-COMPUTER PROGRAMMING, DATA PROCESSING, ETC."),
+    "IBM": ("International Business Machines", "NYSE", "TECHNOLOGY", "COMPUTER & OFFICE EQUIPMENT"),
+    "MSFT": ("Microsoft Corporation", "NASDAQ", "TECHNOLOGY", "SERVICES-PREPACKAGED SOFTWARE"),
+}
+_MACRO_SERIES = {  # key: (name, interval, unit, first value, drift, step sd, decimals) of the synthetic walks
+    "TREASURY_YIELD:3month": ("3-Month Treasury Constant Maturity Rate", "daily", "percent", 4.60, 0.0, 0.02, 2),
+    "TREASURY_YIELD:2year": ("2-Year Treasury Constant Maturity Rate", "daily", "percent", 4.30, 0.0, 0.03, 2),
+    "TREASURY_YIELD:10year": ("10-Year Treasury Constant Maturity Rate", "daily", "percent", 3.90, 0.0, 0.03, 2),
+    "FEDERAL_FUNDS_RATE": ("Effective Federal Funds Rate", "daily", "percent", 5.33, 0.0, 0.005, 2),
+    "CPI": ("Consumer Price Index for all Urban Consumers", "monthly", "index 1982-1984=100", 300.0, 0.7, 0.4, 3),
+    "UNEMPLOYMENT": ("Unemployment Rate", "monthly", "percent", 3.7, 0.0, 0.1, 1),
+}
+
+
+def macro_key(function: str, params: Mapping[str, str]) -> str:
+    """The ``fundamentals["macro"]`` key of a request: ``TREASURY_YIELD:<maturity>`` (default 10year) or the function."""
+    if function == "TREASURY_YIELD":
+        return f"TREASURY_YIELD:{params.get('maturity', '10year')}"
+    return function
+
+
+def _check_fundamentals(data: Mapping[str, Any]) -> dict[str, Any]:
+    """The fundamentals data with every part present, symbols upper-case; ValueError names a wrong part."""
+    if not isinstance(data, Mapping):
+        raise ValueError("fundamentals must be an object with overview, earnings, calendar and macro")
+    out = {"overview": {}, "earnings": {}, "calendar": [], "macro": {}}
+    unknown = sorted(set(data) - set(out))
+    if unknown:
+        raise ValueError(f"unknown fundamentals part(s) {', '.join(unknown)}")
+    for part in ("overview", "earnings", "macro"):
+        value = data.get(part, {})
+        if not isinstance(value, Mapping) or not all(isinstance(v, Mapping) for v in value.values()):
+            raise ValueError(f"fundamentals[{part!r}] must map a name to an object")
+        out[part] = {(k if part == "macro" else k.upper()): dict(v) for k, v in value.items()}
+    for key, body in out["macro"].items():
+        if not isinstance(body.get("data"), list):
+            raise ValueError(f"fundamentals['macro'][{key!r}] has no 'data' list")
+    rows = data.get("calendar", [])
+    if not isinstance(rows, list) or not all(isinstance(r, Mapping) and r.get("symbol") for r in rows):
+        raise ValueError("fundamentals['calendar'] must be a list of rows with a symbol")
+    out["calendar"] = [{f: str(r.get(f, "") or "") for f in CALENDAR_FIELDS} | {"symbol": str(r["symbol"]).upper()}
+                       for r in rows]  # fmt: skip
+    return out
+
+
+def _calendar_csv(rows: Sequence[Mapping[str, str]]) -> bytes:
+    import csv
+    import io
+
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, CALENDAR_FIELDS, lineterminator="\r\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue().encode()
+
+
+def _quarter_ends(start: dt.date, end: dt.date) -> list[dt.date]:
+    """Calendar quarter ends from the one before ``start`` through the first after ``end``."""
+    year, quarter = start.year, (start.month - 1) // 3  # the quarter before start's
+    out = []
+    while True:
+        if quarter == 0:
+            year, quarter = year - 1, 4
+        month = 3 * quarter
+        last = (dt.date(year + month // 12, month % 12 + 1, 1) - dt.timedelta(days=1))
+        out.append(last)
+        if last > end:
+            return out
+        year, quarter = (year + 1, 1) if quarter == 4 else (year, quarter + 1)
+
+
+def synthetic_fundamentals(
+    symbols: Sequence[str] = ("AAPL", "GOOG", "IBM", "MSFT", "SPY"),
+    start: str | dt.date = "2022-01-03",
+    end: str | dt.date = "2024-06-28",
+    seed: int = 0,
+) -> dict[str, Any]:
+    """SYNTHETIC fundamentals in Alpha Vantage's shapes (random walks, not market data), deterministic per seed.
+
+    Per company: an overview (real classification for AAPL, GOOG, IBM, MSFT, invented snapshot numbers), quarterly
+    earnings reported 25-40 days after each calendar quarter end up to ``end`` (pre- or post-market at random, EPS a
+    random walk, estimates near it) and the next quarter's announcement in the calendar. SPY, QQQ and IWM are ETFs:
+    no overview (``{}``) and empty earnings lists. Macro: daily treasury yields (3month, 2year, 10year) and fed
+    funds on every weekday, a monthly CPI index and unemployment rate, newest first like Alpha Vantage.
+    """
+    lo, hi = dt.date.fromisoformat(str(start)), dt.date.fromisoformat(str(end))
+    rng = random.Random(seed)
+    overview: dict[str, Any] = {}
+    earnings: dict[str, Any] = {}
+    calendar: list[dict[str, str]] = []
+    for symbol in (s.upper() for s in symbols):
+        if symbol in ETF_SYMBOLS:
+            earnings[symbol] = {"symbol": symbol, "annualEarnings": [], "quarterlyEarnings": []}
+            continue
+        name, exchange, sector, industry = _SYNTHETIC_COMPANIES.get(
+            symbol, (f"{symbol} Synthetic Corp", "NYSE", "TECHNOLOGY", "SERVICES-PREPACKAGED SOFTWARE")
+        )
+        ratings = [rng.randrange(0, 25) for _ in range(5)]
+        overview[symbol] = {
+            "Symbol": symbol, "AssetType": "Common Stock", "Name": name,
+            "Description": "Synthetic overview served by the ibf Alpha Vantage simulator.", "CIK": "0",
+            "Exchange": exchange, "Currency": "USD", "Country": "USA", "Sector": sector, "Industry": industry,
+            "FiscalYearEnd": "December", "LatestQuarter": str(_quarter_ends(lo, hi)[-2]),
+            "SharesOutstanding": str(rng.randrange(500_000_000, 15_000_000_000)),
+            "AnalystTargetPrice": f"{rng.uniform(50, 500):.2f}",
+            "AnalystRatingStrongBuy": str(ratings[0]), "AnalystRatingBuy": str(ratings[1]),
+            "AnalystRatingHold": str(ratings[2]), "AnalystRatingSell": str(ratings[3] // 5),
+            "AnalystRatingStrongSell": str(ratings[4] // 10),
+        }  # fmt: skip
+        eps, quarterly = rng.uniform(0.8, 3.0), []
+        for quarter_end in _quarter_ends(lo, hi):
+            reported = quarter_end + dt.timedelta(days=rng.randint(25, 40))
+            reported += dt.timedelta(days=max(0, 7 - reported.weekday()) if reported.weekday() >= 5 else 0)
+            eps = max(0.05, eps + rng.gauss(0.02, 0.12))
+            estimate = round(eps + rng.gauss(0, 0.08), 2)
+            if reported > hi:
+                calendar.append({"symbol": symbol, "name": name, "reportDate": str(reported),
+                                 "fiscalDateEnding": str(quarter_end), "estimate": f"{estimate:.2f}", "currency": "USD"})
+                break
+            actual = round(eps, 2)
+            surprise = round(actual - estimate, 4)
+            quarterly.append({
+                "fiscalDateEnding": str(quarter_end), "reportedDate": str(reported), "reportedEPS": f"{actual:.2f}",
+                "estimatedEPS": f"{estimate:.2f}", "surprise": f"{surprise:.4f}",
+                "surprisePercentage": f"{100 * surprise / abs(estimate):.4f}" if estimate else "None",
+                "reportTime": rng.choice(("pre-market", "post-market")),
+            })  # fmt: skip
+        years: dict[str, list[float]] = {}
+        for row in quarterly:
+            years.setdefault(row["fiscalDateEnding"][:4], []).append(float(row["reportedEPS"]))
+        annual = [{"fiscalDateEnding": f"{y}-12-31", "reportedEPS": f"{sum(v):.2f}"}
+                  for y, v in sorted(years.items(), reverse=True) if len(v) == 4]  # fmt: skip
+        earnings[symbol] = {"symbol": symbol, "annualEarnings": annual, "quarterlyEarnings": quarterly[::-1]}
+    return {"overview": overview, "earnings": earnings, "calendar": calendar, "macro": _synthetic_macro(lo, hi, rng)}
+
+
+def _synthetic_macro(lo: dt.date, hi: dt.date, rng: random.Random) -> dict[str, Any]:
+    """Random-walk macro series (SYNTHETIC) from ``lo`` to ``hi``, newest first."""
+    weekdays = [lo + dt.timedelta(days=i) for i in range((hi - lo).days + 1)]
+    weekdays = [d for d in weekdays if d.weekday() < 5]
+    months = sorted({d.replace(day=1) for d in weekdays})
+    out = {}
+    for key, (name, interval, unit, value, drift, step, decimals) in _MACRO_SERIES.items():
+        data = []
+        for day in weekdays if interval == "daily" else months:
+            value = max(0.01, value + rng.gauss(drift, step))
+            data.append({"date": str(day), "value": f"{value:.{decimals}f}"})
+        out[key] = {"name": name, "interval": interval, "unit": unit, "data": data[::-1]}
+    return out
+
+
 # ----- the server -----------------------------------------------------------------------------------
 class SimulatorError(RuntimeError):
     """The simulator could not start or was misused."""
@@ -216,10 +392,13 @@ class AlphaVantageSimulator(FaultSwitchboard):
         host: str = DEFAULT_HOST,
         port: int = 0,
         api_key: str | None = None,
+        fundamentals: Mapping[str, Any] | None = None,
     ):
-        """``articles`` in AV's shape (default: ``synthetic_feed()``); ``api_key`` None accepts any non-empty key."""
+        """``articles`` in AV's shape (default: ``synthetic_feed()``), ``fundamentals`` as the module docstring says
+        (default: ``synthetic_fundamentals()``); ``api_key`` None accepts any non-empty key."""
         self.host, self._requested_port = host, port
         self._articles = [dict(a) for a in (synthetic_feed() if articles is None else articles)]
+        self._fundamentals = _check_fundamentals(synthetic_fundamentals() if fundamentals is None else fundamentals)
         self._api_key = api_key
         self._faults = Faults.coerce(faults)
         self._lock = threading.Lock()
@@ -282,6 +461,12 @@ class AlphaVantageSimulator(FaultSwitchboard):
         with self._lock:
             self._articles = [dict(a) for a in articles]
 
+    def set_fundamentals(self, fundamentals: Mapping[str, Any]) -> None:
+        """Replace the data of the fundamentals functions (the shape of the constructor's ``fundamentals``)."""
+        checked = _check_fundamentals(fundamentals)
+        with self._lock:
+            self._fundamentals = checked
+
     @property
     def request_log(self) -> list[SimRequest]:
         with self._lock:
@@ -322,6 +507,8 @@ class AlphaVantageSimulator(FaultSwitchboard):
         if active and self._take("malformed_json"):
             record.outcome = "malformed_json"
             return 200, b'{"items": "3", "feed": [{"title": "truncated'
+        if params.get("function") != "NEWS_SENTIMENT":
+            return self._answer_fundamentals(params, faults if active else Faults(), record)
         if active and self._take("missing_feed"):
             record.outcome = "missing_feed"
             return 200, _json({"items": "0", "sentiment_score_definition": SENTIMENT_DEFINITION})
@@ -344,7 +531,7 @@ class AlphaVantageSimulator(FaultSwitchboard):
     def _notice(self, faults: Faults, params: dict[str, str], active: bool) -> tuple[str, dict[str, str]] | None:
         if active and self._take("burst_limits"):
             return "burst", {"Information": MSG_BURST}
-        if faults.premium:
+        if faults.premium or params.get("function", "").upper() in faults.premium_functions:
             return "premium", {"Information": MSG_PREMIUM}
         if faults.demo:
             return "demo", {"Information": MSG_DEMO}
@@ -353,9 +540,49 @@ class AlphaVantageSimulator(FaultSwitchboard):
         key = params.get("apikey", "")
         if not key or (self._api_key is not None and key != self._api_key):
             return "error_message", {"Error Message": MSG_NO_KEY}
-        if params.get("function") != "NEWS_SENTIMENT":
+        if params.get("function") not in FUNCTIONS:
             return "error_message", {"Error Message": MSG_INVALID}
         return None
+
+    def _answer_fundamentals(self, params: dict[str, str], faults: Faults, record: SimRequest) -> tuple[int, bytes]:
+        """OVERVIEW, EARNINGS, EARNINGS_CALENDAR (CSV) and the economic indicators, from the fundamentals data."""
+        function = params["function"]
+        symbol = params.get("symbol", "").strip().upper()
+        with self._lock:
+            data = self._fundamentals
+        known = symbol not in faults.unknown_symbols
+        if function in ("OVERVIEW", "EARNINGS"):
+            if not symbol:
+                record.outcome = "error_message"
+                return 200, _json({"Error Message": MSG_INVALID})
+            body = data["overview" if function == "OVERVIEW" else "earnings"].get(symbol) if known else None
+            record.outcome = f"{function.lower()}:{'ok' if body else 'empty'}"
+            return 200, _json(body or {})
+        if function == "EARNINGS_CALENDAR":
+            if params.get("horizon", "3month") not in ("3month", "6month", "12month"):
+                record.outcome = "error_message"
+                return 200, _json({"Error Message": MSG_INVALID})
+            rows = [r for r in data["calendar"] if (not symbol or r["symbol"] == symbol)
+                    and r["symbol"] not in faults.unknown_symbols]  # fmt: skip
+            record.outcome = f"calendar:{len(rows)}"
+            return 200, _calendar_csv(rows)
+        key = macro_key(function, params)
+        body = data["macro"].get(key)
+        if body is None:
+            record.outcome = "error_message"
+            return 200, _json({"Error Message": MSG_INVALID})
+        body = self._with_missing_months(body, faults)
+        record.outcome = f"macro:{key}:{len(body['data'])}"
+        return 200, _json(body)
+
+    def _with_missing_months(self, body: Mapping[str, Any], faults: Faults) -> Mapping[str, Any]:
+        """A monthly series with "." as the value of its 2nd, 4th, ... newest periods (``missing_months`` of them)."""
+        if not faults.missing_months or body.get("interval") != "monthly":
+            return body
+        data = [dict(row) for row in body["data"]]
+        for i in range(1, min(len(data), 2 * faults.missing_months), 2):
+            data[i]["value"] = "."
+        return {**body, "data": data}
 
     def select(self, params: dict[str, str]) -> list[dict[str, Any]]:
         """The feed for a request: tickers (AND), window, sort, limit; raises ValueError for a bad parameter."""
@@ -443,7 +670,7 @@ class _Handler(BaseHTTPRequestHandler):
             log.exception("simulator failed")
             record.outcome = "error"
             status, body = 500, str(exc).encode()
-        content_type = "application/json" if status == 200 else "text/html"
+        content_type = "text/html" if status != 200 else "application/json" if body[:1] == b"{" else "text/csv"
         try:
             self.send_response(status)
             self.send_header("Content-Type", content_type)
@@ -475,13 +702,19 @@ def serve(
     api_key: str | None = None,
     announce: Callable[[str], None] = print,
     stop_event: threading.Event | None = None,
+    fundamentals: Mapping[str, Any] | None = None,
 ) -> None:
-    """Run a simulator in the foreground until Ctrl-C, SIGTERM or ``stop_event``; ``articles`` None = synthetic."""
-    sim = AlphaVantageSimulator(articles, faults, host=host, port=port, api_key=api_key)
+    """Run a simulator in the foreground until Ctrl-C, SIGTERM or ``stop_event``; ``articles`` and ``fundamentals``
+    None = synthetic."""
+    sim = AlphaVantageSimulator(articles, faults, host=host, port=port, api_key=api_key, fundamentals=fundamentals)
+    data = sim._fundamentals
     serve_until_stopped(
         sim,
         "Alpha Vantage simulator",
-        lambda: f"{sim.url} ({len(sim._articles)} articles); set IBF_ALPHAVANTAGE_URL={sim.url}",
+        lambda: (
+            f"{sim.url} ({len(sim._articles)} articles, {len(data['overview'])} overviews, "
+            f"{len(data['macro'])} macro series); set IBF_ALPHAVANTAGE_URL={sim.url}"
+        ),
         announce,
         stop_event,
     )
@@ -495,3 +728,13 @@ def load_articles(path: str) -> list[dict[str, Any]]:
     if not isinstance(feed, list):
         raise SimulatorError(f"{path}: expected a list of articles or an object with 'feed'")
     return feed
+
+
+def load_fundamentals_file(path: str) -> dict[str, Any]:
+    """Fundamentals data for ``serve`` from a JSON file of the constructor's ``fundamentals`` shape."""
+    with open(path, encoding="utf-8") as handle:
+        data = json.load(handle)
+    try:
+        return _check_fundamentals(data)
+    except ValueError as exc:
+        raise SimulatorError(f"{path}: {exc}") from None
