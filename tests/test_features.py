@@ -57,7 +57,7 @@ def test_schema_equals_registry(sample_features):
     assert list(sample_features.columns) == ["symbol", "date", *feature_columns(), "warmup"]
     assert feature_columns() == [f.name for f in FEATURES]
     assert len(set(feature_columns())) == len(FEATURES)
-    assert set(features_by_group()) == {"technical", "returns", "microstructure", "cross_asset", "calendar", "news"}
+    assert set(features_by_group()) == {"technical", "returns", "microstructure", "cross_asset", "calendar", "news", "fundamentals", "macro"}
     assert {f.name for f in FEATURES if f.future_known} == set(features_by_group()["calendar"])
     assert all(sample_features[c].dtype == np.float64 for c in feature_columns())
     assert sample_features["warmup"].dtype == bool

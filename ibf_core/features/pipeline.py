@@ -187,7 +187,7 @@ def compute_features_with_support(
     symbols = symbols if order is None else symbols[order]
     frame = _keyed(pd.DataFrame(matrix.T, columns=feature_columns(), copy=False), symbols, panel.dates)
     frame["warmup"] = panel.pos + 1 < WARMUP_SESSIONS
-    return frame, _keyed(pd.DataFrame(state, copy=False), symbols, panel.dates)
+    return frame, _keyed(pd.DataFrame(state), symbols, panel.dates)  # consolidated: one int8 block, not one per feature
 
 
 def _keyed(frame: pd.DataFrame, symbols: np.ndarray, dates: np.ndarray) -> pd.DataFrame:
