@@ -16,12 +16,12 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 def catalog() -> Catalog:
-    """The symbol x date tables, ``bar_issues``, ``features``, the news tables, ``alerts``, the live tables and
-    ``microstructure_daily``, then
-    the views reading them."""
+    """The symbol x date tables, ``bar_issues``, ``features``, the news tables, ``alerts``, the live tables,
+    ``microstructure_daily`` and the fundamentals tables, then the views reading them."""
     from ibf_core.alerts import ALERTS
     from ibf_core.bar_issues import BAR_ISSUES
     from ibf_core.features.table import features_spec
+    from ibf_core.fundamentals.store import FUNDAMENTALS_TABLES
     from ibf_core.monitoring import FORECAST_OUTCOMES
     from ibf_core.news.store import NEWS_TABLES
     from ibf_core.storage.tables import TABLES, Catalog
@@ -30,7 +30,7 @@ def catalog() -> Catalog:
 
     return Catalog(
         tables=(*TABLES.values(), BAR_ISSUES, features_spec(), *NEWS_TABLES, ALERTS, *LIVE_TABLES,
-                MICROSTRUCTURE_DAILY), views=(FORECAST_OUTCOMES,)
+                MICROSTRUCTURE_DAILY, *FUNDAMENTALS_TABLES), views=(FORECAST_OUTCOMES,)
     )
 
 

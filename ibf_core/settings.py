@@ -170,6 +170,12 @@ class Settings(BaseSettings):
     news_file: Path | None = Field(None, description="CSV/JSON headlines for IBF_NEWS_SOURCE=file")
     alphavantage_url: str = Field("https://www.alphavantage.co", description="Alpha Vantage base URL")
     alphavantage_requests_per_day: int = Field(25, gt=0, description="Alpha Vantage daily request quota")
+    fundamentals_source: Literal["alphavantage", "sample", "none"] = Field(
+        "sample",
+        description="Where company overviews, earnings and macro series come from: alphavantage (OVERVIEW, EARNINGS, "
+        "EARNINGS_CALENDAR and the economic indicators, under the same key and daily quota as news), sample (the real "
+        "classification of the sample symbols only; no earnings or macro) or none",
+    )
     accelerator: Literal["auto", "cpu", "gpu"] = Field(
         "auto", description="Training device: auto = CUDA when torch sees one, else CPU; gpu fails without CUDA"
     )

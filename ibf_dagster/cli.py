@@ -452,17 +452,23 @@ def av_sim(
     host: Annotated[str, typer.Option(help="Bind address")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port")] = 8765,
     articles: Annotated[Path | None, typer.Option(help="JSON file of AV articles; default: a synthetic feed")] = None,
+    fundamentals: Annotated[
+        Path | None,
+        typer.Option(help="JSON file {overview, earnings, calendar, macro} in AV's shapes; default: synthetic data"),
+    ] = None,
     fault: Annotated[list[str] | None, typer.Option(help="Fault to inject, repeatable, e.g. rate_limit_after=3")] = None,
 ) -> None:
-    """Serve the Alpha Vantage NEWS_SENTIMENT API on loopback (set IBF_ALPHAVANTAGE_URL to its address)."""
-    from ibf_core.news.av_sim import load_articles, parse_faults, serve
+    """Serve Alpha Vantage NEWS_SENTIMENT, OVERVIEW, EARNINGS, EARNINGS_CALENDAR and the macro series on loopback
+    (set IBF_ALPHAVANTAGE_URL to its address)."""
+    from ibf_core.news.av_sim import SimulatorError, load_articles, load_fundamentals_file, parse_faults, serve
 
     try:
         faults = parse_faults(fault or [])
         feed = load_articles(str(articles)) if articles else None
-    except (ValueError, OSError) as exc:
+        data = load_fundamentals_file(str(fundamentals)) if fundamentals else None
+    except (ValueError, OSError, SimulatorError) as exc:
         _fail(str(exc), 2)
-    serve(host, port, feed, faults, announce=lambda line: err.print(line, highlight=False, markup=False))
+    serve(host, port, feed, faults, announce=lambda line: err.print(line, highlight=False, markup=False), fundamentals=data)
 
 
 @app.command()
