@@ -167,7 +167,8 @@ def _run_alphavantage(
     retries: int,
     steps: Callable[[_Fetcher], Batch],
 ) -> tuple[Batch, _Fetcher, int, str]:
-    """Run ``steps`` with a client whose every request counts against the shared daily budget."""
+    """Run ``steps`` with a client whose every request counts against the shared daily budget; (batch, fetcher,
+    requests sent, the key to redact)."""
     from ibf_core.news.store import NewsProgress, source_id
 
     base_url = getattr(settings, "alphavantage_url", "https://www.alphavantage.co")
@@ -198,7 +199,7 @@ def _run_alphavantage(
         requests = client.requests_sent - sent_before
         if own:
             client.close()
-    return batch, fetcher, requests, key or client.api_key
+    return batch, fetcher, requests, client.api_key
 
 
 def _issues_frame(issues: Sequence[Issue], session: pd.Timestamp, now: pd.Timestamp, secret: str) -> pd.DataFrame:

@@ -105,7 +105,7 @@ class Faults(FaultSet):
     missing_months: int = 0  # "." replaces the value of N periods of every monthly series (2nd, 4th, ... newest)
     unknown_symbols: frozenset[str] = frozenset()  # OVERVIEW/EARNINGS answer {}, EARNINGS_CALENDAR no rows
 
-    COUNTERS = ("burst_limits", "malformed_json", "missing_feed", "http_500", "faults_after", "missing_months")
+    COUNTERS = ("burst_limits", "malformed_json", "missing_feed", "http_500", "faults_after")
 
     def _normalize(self, fixed: dict[str, Any]) -> dict[str, Any]:
         for name, upper in (("missing_fields", False), ("premium_functions", True), ("unknown_symbols", True)):
@@ -114,6 +114,8 @@ class Faults(FaultSet):
                 items = value.split(",") if isinstance(value, str) else value
                 names = (str(v).strip() for v in items if str(v).strip())
                 fixed[name] = frozenset(n.upper() if upper else n for n in names)
+        if int(fixed.get("missing_months", 0)) < 0:
+            raise ValueError("missing_months must be >= 0")
         if fixed.get("rate_limit_key", "Information") not in ("Information", "Note"):
             raise ValueError("rate_limit_key must be Information or Note")
         return fixed
