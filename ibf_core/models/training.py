@@ -292,8 +292,13 @@ def train_models(
     config: ModelConfig,
     device: str = "cpu",
     progress: Progress | None = None,
+    importance: bool = True,
 ) -> ModelBundle:
-    """Fit the members in ``config.members`` on ``panel`` rows up to ``cutoff``; see the module docstring."""
+    """Fit the members in ``config.members`` on ``panel`` rows up to ``cutoff``; see the module docstring.
+
+    ``importance``: measure feature importance by group on the validation window afterwards
+    (``bundle.facts["importance"]``, ``ibf_core.models.importance``); it changes no forecast.
+    """
     from ibf_core.models.predict import point_forecasts
 
     say = progress or (lambda message: None)
@@ -312,7 +317,20 @@ def train_models(
     realized = _realized(origins, config.horizons)
     calibrate(bundle, selection.data, origins, points, realized)
     bundle.validation = validate(bundle, selection.data, origins, points, realized)
+    if importance:
+        say("feature importance by group on the validation window (permutation, gain, TFT selection weights)")
+        bundle.facts["importance"] = measure_importance(bundle, selection.data, origins)
     return bundle
+
+
+def measure_importance(bundle: ModelBundle, data: pd.DataFrame, origins: pd.DataFrame) -> dict[str, Any]:
+    """``importance.bundle_importance`` on the validation origins; a failure is recorded, never fatal to training."""
+    from ibf_core.models.importance import bundle_importance
+
+    try:
+        return bundle_importance(bundle, data, origins)
+    except Exception as exc:  # noqa: BLE001 - a diagnostic must not cost the trained model
+        return {"unavailable": f"{type(exc).__name__}: {exc}"}
 
 
 def calibrate(bundle: ModelBundle, data: pd.DataFrame, origins: pd.DataFrame, points: dict[str, pd.DataFrame], realized: pd.DataFrame) -> None:
