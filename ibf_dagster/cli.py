@@ -643,7 +643,8 @@ def evaluate(
         wanted = bar_source.read().symbols() if settings.source == "csv" and not symbols else settings.universe
         bars = bar_source.fetch_daily_bars(wanted, first, dt.date.today())
         err.print(f"{len(bars):,} bars of {bars['symbol'].nunique()} symbols from {settings.source}", highlight=False)
-        features = compute_features(bars, benchmark=settings.benchmark)
+        signals = _evaluation_signals(settings, sorted(bars["symbol"].unique()))
+        features = compute_features(bars, benchmark=settings.benchmark, fundamentals=signals)
         panel = build_panel(bars, features, config.horizons)
         result = walk_forward(
             panel, config, test_days=test_days, refit_every=refit_every, cost_bps=settings.cost_bps, device=device,
@@ -672,6 +673,30 @@ def evaluate(
 
         out.print(markdown(policy), highlight=False)
     out.print(f"wrote {json_path} and {report_path}", highlight=False)
+
+
+def _evaluation_signals(settings, symbols: list[str]):
+    """Fundamentals, earnings and macro for ``ibf evaluate`` (IBF_FUNDAMENTALS_SOURCE), loaded into a scratch
+    warehouse that is removed after: evaluation never writes the user's warehouse. None when the source is none."""
+    import tempfile
+
+    if settings.fundamentals_source == "none":
+        return None
+    from ibf_core.fundamentals import load_fundamentals, load_macro, read_inputs
+    from ibf_core.storage.backends import open_warehouse
+
+    with tempfile.TemporaryDirectory(prefix="ibf-evaluate-") as scratch:
+        store = open_warehouse(settings.replace(home=Path(scratch), warehouse="lake"))
+        loaded = [load_fundamentals(settings, store, symbols), load_macro(settings, store)]
+        for result in loaded:
+            for subject, endpoint, reason in list(result.issues)[:10]:
+                err.print(f"fundamentals: {subject} {endpoint}: {reason}", highlight=False)
+        inputs = read_inputs(store, symbols)
+    err.print(
+        f"fundamentals from {settings.fundamentals_source}: {len(inputs.overview)} overview, {len(inputs.earnings)} "
+        f"earnings, {len(inputs.macro)} macro rows", highlight=False,
+    )
+    return inputs
 
 
 def _factor_line(h: str, factors: dict) -> str:

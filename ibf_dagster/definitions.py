@@ -7,6 +7,7 @@ import dagster as dg
 from ibf_core.settings import Settings, get_settings
 from ibf_dagster.assets.drift import build_drift_scores
 from ibf_dagster.assets.features import build_features
+from ibf_dagster.assets.fundamentals import build_fundamentals, build_macro_indicators
 from ibf_dagster.assets.live import (
     build_live_sources,
     build_live_watch,
@@ -38,6 +39,8 @@ def build_definitions(settings: Settings) -> dg.Definitions:
             *live_sources,
             build_microstructure_daily(settings),
             build_news_sentiment(settings),
+            build_fundamentals(settings),
+            build_macro_indicators(settings),
             build_features(settings),
             build_trained_models(settings),
             build_predictions(settings),

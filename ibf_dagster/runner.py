@@ -113,24 +113,19 @@ def backfill(
         run_config["resources"] = {"bar_source": {"config": bar_source}}
     job = defs.resolve_implicit_global_asset_job_def()
     summaries = []
-    for block in contiguous_blocks(known_symbols(instance), wanted):
-        tags = {
-            **partition_range_tags(
-                dg.MultiPartitionKey({"date": date_keys[0], "symbol": block[0]}),
-                dg.MultiPartitionKey({"date": date_keys[-1], "symbol": block[-1]}),
-            ),
-            "ibf/launched_by": "ibf backfill",
-            **launch_tags(),
-        }
+    blocks = contiguous_blocks(known_symbols(instance), wanted)
+    groups = _by_partitioning(graph, selected)
+
+    def execute(keys: set, first, last, expected: int, block: list[str]) -> None:
+        tags = {**partition_range_tags(first, last), "ibf/launched_by": "ibf backfill", **launch_tags()}
         run_id = str(uuid.uuid4())
-        expected = len(date_keys) * len(block) * len(selected)
         with (
             _report_recorded_partitions(instance, run_id, expected),
             guarded_run(instance, run_id, settings.pool_wait_timeout, report_notice) as wait,
         ):
             result = job.execute_in_process(
                 instance=instance,
-                asset_selection=sorted(selected),
+                asset_selection=sorted(keys),
                 tags=tags,
                 run_config=run_config,
                 raise_on_error=False,
@@ -138,7 +133,36 @@ def backfill(
             )
         _raise_if_stopped(result, wait)
         summaries.append(_summarize(result, block, (date_keys[0], date_keys[-1])))
+
+    # A run covers one partitioning: by-date (macro_indicators) and by-symbol (fundamentals) assets run first,
+    # in their own runs, since the symbol x date assets read them.
+    if groups["date"]:
+        execute(groups["date"], date_keys[0], date_keys[-1], len(date_keys) * len(groups["date"]), [])
+    for block in blocks:
+        if groups["symbol"]:
+            execute(groups["symbol"], block[0], block[-1], len(block) * len(groups["symbol"]), block)
+    for block in blocks:
+        if groups["symbol_date"]:
+            first = dg.MultiPartitionKey({"date": date_keys[0], "symbol": block[0]})
+            last = dg.MultiPartitionKey({"date": date_keys[-1], "symbol": block[-1]})
+            execute(groups["symbol_date"], first, last, len(date_keys) * len(block) * len(groups["symbol_date"]), block)
     return summaries
+
+
+def _by_partitioning(graph, selected: set) -> dict[str, set]:
+    """The selected asset keys by how they are partitioned: symbol_date, symbol or date."""
+    groups: dict[str, set] = {"symbol_date": set(), "symbol": set(), "date": set()}
+    for key in selected:
+        partitions = graph.get(key).partitions_def
+        if isinstance(partitions, dg.MultiPartitionsDefinition):
+            groups["symbol_date"].add(key)
+        elif isinstance(partitions, dg.DynamicPartitionsDefinition):
+            groups["symbol"].add(key)
+        elif isinstance(partitions, dg.TimeWindowPartitionsDefinition):
+            groups["date"].add(key)
+        else:
+            raise BackfillError(f"{key.to_user_string()} is not partitioned by symbol and/or date: ibf backfill cannot run it")
+    return groups
 
 
 def start_runs(instance: dg.DagsterInstance) -> None:

@@ -11,6 +11,7 @@ from ibf_core.features.table import features_spec
 from ibf_core.storage.tables import MARKET_BARS, NEWS_SENTIMENT
 from ibf_core.streaming.microstructure import MICROSTRUCTURE_DAILY
 from ibf_dagster.metadata import OWNERS, check_result, column_schema, plot_if_small
+from ibf_dagster.assets.fundamentals import FUNDAMENTALS, MACRO_INDICATORS
 from ibf_dagster.partitions import context_rectangles, require_upstream, symbol_date_partitions
 from ibf_dagster.resources import SettingsResource, WarehouseResource
 
@@ -53,7 +54,7 @@ def build_features(settings: Settings) -> dg.AssetsDefinition:
         ),
         partitions_def=symbol_date_partitions(settings),
         backfill_policy=dg.BackfillPolicy.single_run(),
-        deps=[MARKET_BARS.name, NEWS_SENTIMENT.name, MICROSTRUCTURE_DAILY.name],
+        deps=[MARKET_BARS.name, NEWS_SENTIMENT.name, MICROSTRUCTURE_DAILY.name, FUNDAMENTALS, MACRO_INDICATORS],
         pool="duckdb",
         kinds={"duckdb", "parquet", "python"},
         owners=OWNERS,
@@ -68,9 +69,12 @@ def build_features(settings: Settings) -> dg.AssetsDefinition:
             dg.AssetCheckSpec(name, asset=spec.name, description=desc, blocking=severity == ERROR)
             for name, (severity, desc) in CHECKS.items()
         ],
-        automation_condition=dg.AutomationCondition.eager(),
+        # A daily fundamentals/macro refresh must not recompute every stored session's features: later sessions
+        # read the new values when they are computed; re-materialize features to rebuild history with them.
+        automation_condition=dg.AutomationCondition.eager().ignore(dg.AssetSelection.assets(FUNDAMENTALS, MACRO_INDICATORS)),
     )
     def features(context: dg.AssetExecutionContext, ibf: SettingsResource, warehouse: WarehouseResource) -> dg.MaterializeResult:
+        from ibf_core.fundamentals import read_inputs
         from ibf_core.news import daily_news
 
         settings = ibf.get()
@@ -86,9 +90,10 @@ def build_features(settings: Settings) -> dg.AssetsDefinition:
             bars = store.read(MARKET_BARS, universe, first, rect.end)
             news = daily_news(store, universe, first, rect.end) if settings.news_source != "none" else None
             live = store.read(MICROSTRUCTURE_DAILY, universe, rect.start, rect.end)
+            signals = read_inputs(store, universe, first, rect.end)
             out, support = compute_features_for_range(
                 bars, rect.start, rect.end, news=news, benchmark=settings.benchmark, with_support=True,
-                microstructure_daily=live,
+                microstructure_daily=live, fundamentals=signals,
             )
             live_rows += len(live)
             mine = out["symbol"].isin(rect.symbols).to_numpy()
@@ -117,6 +122,7 @@ def build_features(settings: Settings) -> dg.AssetsDefinition:
                 "warmup_rows": int(frame["warmup"].sum()),
                 "news": "included" if settings.news_source != "none" else "none (IBF_NEWS_SOURCE=none): news features are empty",
                 "live_microstructure_sessions": live_rows,
+                "fundamentals_source": settings.fundamentals_source,
                 "benchmark": settings.benchmark if settings.benchmark in universe else "equal-weighted universe",
                 "features_not_supported": dg.MetadataValue.json(unsupported_reasons(support, columns)),
                 "highest_nan_share_after_warmup": dg.MetadataValue.md(

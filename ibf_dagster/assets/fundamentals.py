@@ -1,0 +1,150 @@
+"""``fundamentals`` (per symbol: company overview snapshot, quarterly earnings, scheduled announcements) and
+``macro_indicators`` (by date: Treasury yields, fed funds, CPI, unemployment), with point-in-time checks."""
+
+import dagster as dg
+
+from ibf_core.report import markdown_table
+from ibf_core.settings import Settings
+from ibf_dagster.metadata import OWNERS, check_result
+from ibf_dagster.partitions import SYMBOL_PARTITIONS, date_partitions
+from ibf_dagster.resources import SettingsResource, WarehouseResource
+
+ERROR = dg.AssetCheckSeverity.ERROR
+WARN = dg.AssetCheckSeverity.WARN
+FUNDAMENTALS = "fundamentals"
+MACRO_INDICATORS = "macro_indicators"
+
+
+def _issues_table(issues) -> dg.MetadataValue:
+    import pandas as pd
+
+    frame = pd.DataFrame(list(issues), columns=["subject", "endpoint", "reason"]).head(20)
+    return dg.MetadataValue.md(markdown_table(frame) if len(frame) else "_none_")
+
+
+def _spec(name: str):
+    from ibf_core.storage.registry import registered_catalog
+
+    return next(t for t in registered_catalog().tables if t.name == name)
+
+
+def build_fundamentals(settings: Settings) -> dg.AssetsDefinition:
+    from ibf_dagster.metadata import column_schema
+
+    @dg.asset(
+        name=FUNDAMENTALS,
+        description=(
+            "Per symbol, from Alpha Vantage (IBF_FUNDAMENTALS_SOURCE): the company overview recorded once per session "
+            "(sector, industry, exchange; snapshot fields such as shares outstanding, analyst target and ratings exist "
+            "from the first recording on and are never back-filled), quarterly earnings in `earnings` (reported and "
+            "estimated EPS, surprise, report time; usable from the session after an after-close report) and scheduled "
+            "announcements in `earnings_calendar`. What could not be loaded is in `fundamentals_issues`."
+        ),
+        partitions_def=SYMBOL_PARTITIONS,
+        backfill_policy=dg.BackfillPolicy.single_run(),
+        pool="duckdb",
+        kinds={"duckdb", "parquet", "python"},
+        owners=OWNERS,
+        tags={"layer": "raw", "domain": "fundamentals"},
+        group_name="fundamentals",
+        metadata={"dagster/column_schema": column_schema(_spec("fundamentals")), "dagster/table_name": "fundamentals"},
+        check_specs=[
+            dg.AssetCheckSpec("earnings_point_in_time", asset=FUNDAMENTALS, blocking=True,
+                              description="No earnings row is usable before its report: date after reported_date "
+                                          "unless pre-market on a session (ERROR)"),
+            dg.AssetCheckSpec("fundamentals_coverage", asset=FUNDAMENTALS,
+                              description="Symbols without an overview or earnings, with the reason (WARN)"),
+        ],
+        automation_condition=dg.AutomationCondition.on_cron("30 18 * * 1-5", "America/New_York"),
+    )
+    def fundamentals(context: dg.AssetExecutionContext, ibf: SettingsResource, warehouse: WarehouseResource) -> dg.MaterializeResult:
+        from ibf_core.fundamentals import load_fundamentals, read_inputs
+        from ibf_core.fundamentals.checks import check_coverage, check_earnings_point_in_time
+
+        settings = ibf.get()
+        store = warehouse.get()
+        symbols = sorted(context.partition_keys)
+        result = load_fundamentals(settings, store, symbols)
+        inputs = read_inputs(store, symbols)
+        newest = inputs.overview.sort_values("date").groupby("symbol").tail(1)
+        return dg.MaterializeResult(
+            metadata={
+                "dagster/row_count": int(len(inputs.overview) + len(inputs.earnings)),
+                "fundamentals_source": settings.fundamentals_source,
+                "overview_rows": len(inputs.overview),
+                "earnings_rows": len(inputs.earnings),
+                "calendar_rows": len(inputs.calendar),
+                "issues": _issues_table(result.issues),
+                "notes": getattr(result, "note", "") or "-",
+                "overview": dg.MetadataValue.md(markdown_table(
+                    newest[["symbol", "date", "sector", "industry", "shares_outstanding", "analyst_target_price"]]
+                    .assign(date=lambda f: f["date"].dt.date).head(20)) if len(newest) else "_none_"),
+            },
+            check_results=[
+                check_result(check_earnings_point_in_time(inputs.earnings), ERROR),
+                check_result(check_coverage(symbols, inputs, result.issues), WARN),
+            ],
+        )
+
+    return fundamentals
+
+
+def build_macro_indicators(settings: Settings) -> dg.AssetsDefinition:
+    from ibf_dagster.metadata import column_schema
+
+    @dg.asset(
+        name=MACRO_INDICATORS,
+        description=(
+            "Treasury yields (3-month, 2-year, 10-year), the effective federal funds rate, CPI and the unemployment "
+            "rate from Alpha Vantage's economic endpoints, each value dated by the first session after its "
+            "publication (period + the documented release lag), so a feature never sees a value before it was "
+            "published. Missing months are recorded in `fundamentals_issues`, never filled."
+        ),
+        partitions_def=date_partitions(settings),
+        backfill_policy=dg.BackfillPolicy.single_run(),
+        pool="duckdb",
+        kinds={"duckdb", "parquet", "python"},
+        owners=OWNERS,
+        tags={"layer": "raw", "domain": "macro"},
+        group_name="fundamentals",
+        metadata={"dagster/column_schema": column_schema(_spec("macro_indicators")), "dagster/table_name": "macro_indicators"},
+        check_specs=[
+            dg.AssetCheckSpec("published_before_use", asset=MACRO_INDICATORS, blocking=True,
+                              description="Every value is usable only after its period and release lag (ERROR)"),
+            dg.AssetCheckSpec("macro_coverage", asset=MACRO_INDICATORS,
+                              description="Indicators without values up to the partition, with the reason (WARN)"),
+        ],
+        automation_condition=dg.AutomationCondition.on_cron("45 18 * * 1-5", "America/New_York"),
+    )
+    def macro_indicators(context: dg.AssetExecutionContext, ibf: SettingsResource, warehouse: WarehouseResource) -> dg.MaterializeResult:
+        import pandas as pd
+
+        from ibf_core.fundamentals import load_macro, read_inputs
+        from ibf_core.fundamentals.checks import check_macro_coverage, check_macro_point_in_time
+
+        settings = ibf.get()
+        store = warehouse.get()
+        window = context.partition_time_window
+        end = (pd.Timestamp(window.end).tz_localize(None) - pd.Timedelta(days=1)).normalize()
+        result = load_macro(settings, store)
+        macro = read_inputs(store, []).macro
+        known = macro[pd.to_datetime(macro["date"]) <= end]
+        latest = known.sort_values(["date", "period"]).groupby("indicator").tail(1)
+        return dg.MaterializeResult(
+            metadata={
+                "dagster/row_count": int(len(known)),
+                "fundamentals_source": settings.fundamentals_source,
+                "indicators": int(macro["indicator"].nunique()) if len(macro) else 0,
+                "issues": _issues_table(result.issues),
+                "known_at_partition_end": dg.MetadataValue.md(markdown_table(
+                    latest[["indicator", "period", "date", "value"]].assign(
+                        period=lambda f: pd.to_datetime(f["period"]).dt.date, date=lambda f: pd.to_datetime(f["date"]).dt.date
+                    )) if len(latest) else "_none_"),
+            },
+            check_results=[
+                check_result(check_macro_point_in_time(macro), ERROR),
+                check_result(check_macro_coverage(known, end, result.issues), WARN),
+            ],
+        )
+
+    return macro_indicators
