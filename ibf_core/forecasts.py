@@ -263,8 +263,9 @@ def newest_bar_age_sessions(store, today: dt.date | None = None) -> int | None:
 
 
 def model_facts(tracking_uri: str, model, work_dir) -> dict[str, Any]:
-    """A registry version's facts: cut-off, members, ensemble weights, validation metrics per horizon, device,
-    manifest digest, from its tags and its bundle's ``bundle.json`` (only that file is downloaded)."""
+    """A registry version's facts: cut-off, members, ensemble weights, validation metrics per horizon, feature
+    importance by group (``ibf_core.models.importance``; None for a bundle trained without it), device, manifest
+    digest, from its tags and its bundle's ``bundle.json`` (only that file is downloaded)."""
     import json
     from pathlib import Path
 
@@ -291,5 +292,6 @@ def model_facts(tracking_uri: str, model, work_dir) -> dict[str, Any]:
         "run_id": model.run_id,
         "ensemble": described.get("ensemble", {}),
         "validation": validation,
+        "importance": described.get("facts", {}).get("importance"),
         "created": dt.datetime.fromtimestamp(version.creation_timestamp / 1000, dt.timezone.utc).isoformat(),
     }

@@ -54,3 +54,32 @@ def heatmap_markdown(matrix: pd.DataFrame, title: str) -> str:
     fig.savefig(buf, format="png")
     plt.close(fig)
     return f"![{title}](data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()})"
+
+
+def bar_plot_markdown(frame: pd.DataFrame, x: str, y: str, by: str, title: str, max_series: int = 6) -> str:
+    """A small inline PNG grouped bar chart (markdown image): ``y`` per ``x`` category, one bar colour per ``by``."""
+    if frame.empty:
+        return "_nothing to plot_"
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    categories = list(dict.fromkeys(frame[x]))
+    series = list(dict.fromkeys(frame[by]))[:max_series]
+    width = 0.8 / max(len(series), 1)
+    fig, ax = plt.subplots(figsize=(5, 2.4), dpi=80)
+    for i, key in enumerate(series):
+        values = frame[frame[by] == key].set_index(x)[y].reindex(categories).to_numpy(dtype=float)
+        ax.bar(np.arange(len(categories)) + (i - (len(series) - 1) / 2) * width, np.nan_to_num(values), width, label=str(key))
+    ax.axhline(0, color="grey", linewidth=0.6)
+    ax.set_xticks(range(len(categories)), categories, rotation=30, ha="right", fontsize=7)
+    ax.set_title(title, fontsize=9)
+    ax.tick_params(axis="y", labelsize=7)
+    ax.legend(fontsize=6, loc="upper right")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return f"![{title}](data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()})"

@@ -8,7 +8,9 @@ then forecast by that model.
 
 Beside the members, the textbook factors (``factors``: 1- and 5-session reversal, 20-session and 12-1 momentum)
 are scored on the same origins (``results["factors"]``). Each fold's window plan (shrunk on a short history)
-and the members it could not train are recorded in ``results["config"]["folds_detail"]``.
+and the members it could not train are recorded in ``results["config"]["folds_detail"]``. The feature importance
+by group each fold's bundle measured on its own validation window (``ibf_core.models.importance``) is averaged
+over the folds into ``results["importance"]`` (``horizons[str(h)][member][group]``) and a report section.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ def walk_forward(
 ) -> WalkForwardResult:
     from ibf_core.evaluation.factors import factor_ics
     from ibf_core.evaluation.metrics import member_metrics, skill_verdict
+    from ibf_core.models import importance
     from ibf_core.models.predict import forecast
     from ibf_core.models.training import train_models, usable
 
@@ -67,7 +70,7 @@ def walk_forward(
         )
     test_dates = pd.DatetimeIndex(dates[-test_days:])
     sessions = all_sessions()
-    frames, details = [], []
+    frames, details, importances = [], [], []
     for fold, start in enumerate(range(0, test_days, refit_every)):
         fold_dates = test_dates[start : start + refit_every]
         first = int(sessions.get_loc(fold_dates[0]))
@@ -84,6 +87,7 @@ def walk_forward(
         long["fold"], long["model_cutoff"] = fold + 1, pd.Timestamp(cutoff)
         frames.append((long, bundle.up_rate))
         details.append(_fold_detail(fold + 1, cutoff, bundle))
+        importances.append(bundle.facts.get("importance"))
     forecasts = pd.concat([f for f, _ in frames], ignore_index=True)
     up_rate = {h: float(np.mean([u[str(h)] for _, u in frames])) for h in config.horizons}
 
@@ -99,6 +103,7 @@ def walk_forward(
         results["verdicts"][str(h)] = skill_verdict(per_member, h=h)
     naive = forecasts[forecasts["member"] == "naive"]
     results["factors"] = factor_ics(panel, {h: naive[naive["horizon"] == h] for h in config.horizons})
+    results["importance"] = importance.aggregate(importances)
     results["config"] = {
         "symbols": sorted(forecasts["symbol"].unique()),
         "test_origins": f"{test_dates[0].date()} .. {test_dates[-1].date()} ({test_days} sessions)",
@@ -150,6 +155,10 @@ def write_outputs(
         from ibf_core.evaluation.factors import markdown as factor_markdown
 
         sections.append(factor_markdown(result.results["factors"], result.results["horizons"]))
+    if "importance" in result.results:
+        from ibf_core.models.importance import markdown as importance_markdown
+
+        sections.append(importance_markdown(result.results["importance"]))
     if policy is not None:
         from ibf_core.evaluation.policy import markdown
 

@@ -24,10 +24,12 @@ Three measures, each stored in ``bundle.facts["importance"]`` (JSON) by ``train_
     the mean and std (ddof 1) are reported. Groups a member does not read are left out of its table.
 ``gain``  ``{member: {str(h): {group: share}}}``: LightGBM's total split gain of the group's features over all of
     the group's features' gain (shares sum to 1) for every member holding a ``boosters`` dict of LightGBM boosters.
-``tft_vsn``  per TFT-like member (a NeuralForecast model with variable-selection networks): the historical and
-    future variable-selection weights averaged over every validation window (and its time steps), summed by
-    group. ``y`` (the target history) counts as ``returns``, the ``observed`` flag as ``other``. When the
-    weights cannot be read, ``{"unavailable": reason}``.
+``tft_vsn``  per TFT-like member (a NeuralForecast model with variable-selection networks, read through a forward
+    hook during the unpermuted validation forecast): the ``historical``, ``future`` (and, with static covariates,
+    ``static``) variable-selection weights averaged over every validation window and its time steps, summed by
+    group (shares sum to 1 in each part), with the per-variable means under ``variables``. ``y`` (the target
+    history) counts as ``returns``, the ``observed`` flag as ``other``, a one-hot static ``<feature>_<code>`` as its
+    feature's group. When the weights cannot be read, ``{"unavailable": reason}``.
 
 Nothing here changes a forecast: members only predict on copies of the panel.
 """
@@ -48,6 +50,8 @@ NEURAL_REPEATS = 2  # per group for torch-backed members: each repeat is one Neu
 DEFAULT_SEED = 0
 STACK_ROWS = 250_000  # panel rows per neural predict call when permuted copies are stacked
 STACK_SEP = "~perm"
+# TFT's variable-selection weights (``interpretability_params`` keys) -> the name of their part in the output
+VSN_PARTS = {"history_vsn_wgts": "historical", "future_vsn_wgts": "future", "static_encoder_sparse_weights": "static"}
 TARGET_GROUP = "returns"  # the neural members' own return history ``y``
 OTHER_GROUP = "other"  # inputs that are no registered feature (the ``observed`` flag)
 METHOD = (
@@ -57,11 +61,21 @@ METHOD = (
 )
 
 
+def input_feature(name: str) -> str:
+    """The registered feature behind a model input name: itself, or ``<feature>`` of a one-hot ``<feature>_<code>``."""
+    from ibf_core.features.pipeline import feature_by_name
+
+    registry = feature_by_name()
+    if name not in registry and "_" in name and name.rsplit("_", 1)[0] in registry:
+        return name.rsplit("_", 1)[0]
+    return name
+
+
 def feature_group(name: str) -> str:
     """The registry group of a model input; ``y``/target history -> returns, anything else unregistered -> other."""
     from ibf_core.features.pipeline import feature_by_name
 
-    found = feature_by_name().get(name)
+    found = feature_by_name().get(input_feature(name))
     if found is not None:
         return found.group
     if name in ("y", "observed_target", "repeated_target"):
@@ -79,12 +93,18 @@ def groups_of(columns: list[str]) -> dict[str, list[str]]:
 
 
 def read_columns(member: Any, panel: pd.DataFrame) -> list[str]:
-    """The panel feature columns ``member`` reads: its own ``importance_columns()``, the neural inputs, or the features."""
+    """The panel feature columns ``member`` reads: its own ``importance_columns()``; for a NeuralForecast member the
+    fitted network's historical, future and static inputs (one-hot statics by their feature); else its features."""
     from ibf_core.features.pipeline import feature_columns
 
     own = getattr(member, "importance_columns", None)
+    nets = getattr(getattr(member, "model", None), "models", None)
     if callable(own):
         columns = list(own())
+    elif nets and hasattr(nets[0], "hist_exog_list"):
+        net = nets[0]
+        names = [*net.hist_exog_list, *getattr(net, "futr_exog_list", []), *getattr(net, "stat_exog_list", [])]
+        columns = [input_feature(n) for n in names]
     elif getattr(member, "scaled_inputs", False) and member.inputs.scaler is not None:
         from ibf_core.models.neural import future_known_features
 
@@ -404,8 +424,8 @@ class VSNRecorder:
     def __init__(self, net: Any) -> None:
         self.net = net
         self.sums: dict[str, np.ndarray] = {}
+        self.rows: dict[str, int] = {}
         self.windows = 0
-        self.steps_hist = self.steps_futr = 0
         self.handle = None
 
     def __call__(self) -> Self:
@@ -421,17 +441,15 @@ class VSNRecorder:
 
     def _hook(self, module: Any, args: Any, output: Any) -> None:
         params = getattr(module, "interpretability_params", None) or {}
-        for key in ("history_vsn_wgts", "future_vsn_wgts"):
+        for key in VSN_PARTS:
             weights = params.get(key)
-            if weights is None or not hasattr(weights, "detach") or weights.dim() != 3:
-                continue
-            batch = weights.detach().double().sum(dim=(0, 1)).cpu().numpy()  # over windows and time steps
-            self.sums[key] = self.sums.get(key, 0.0) + batch
+            if weights is None or not hasattr(weights, "detach") or weights.dim() < 2:
+                continue  # no static covariates: an empty list
+            flat = weights.detach().double().reshape(-1, weights.shape[-1])  # windows (x time steps) x variables
+            self.sums[key] = self.sums.get(key, 0.0) + flat.sum(dim=0).cpu().numpy()
+            self.rows[key] = self.rows.get(key, 0) + int(flat.shape[0])
             if key == "history_vsn_wgts":
                 self.windows += int(weights.shape[0])
-                self.steps_hist = int(weights.shape[1])
-            else:
-                self.steps_futr = int(weights.shape[1])
 
     def result(self) -> dict[str, Any]:
         """Mean weights per variable and by group; ``unavailable`` with the reason when none were recorded."""
@@ -439,20 +457,20 @@ class VSNRecorder:
         hist = list(getattr(net, "hist_exog_list", []))
         futr = list(getattr(net, "futr_exog_list", []))
         names = {
+            # the order TFT.forward concatenates its historical inputs in
             "history_vsn_wgts": [*hist, *(futr or ["repeated_target"]), "observed_target"],
             "future_vsn_wgts": futr,
+            "static_encoder_sparse_weights": list(getattr(net, "stat_exog_list", [])),
         }
         if "history_vsn_wgts" not in self.sums or not self.windows:
             return {"unavailable": "no variable-selection weights were recorded during the validation forecast"}
         out: dict[str, Any] = {"windows": self.windows, "variables": {}}
-        for key, label in (("history_vsn_wgts", "historical"), ("future_vsn_wgts", "future")):
+        for key, label in VSN_PARTS.items():
             if key not in self.sums:
                 continue
-            total = np.asarray(self.sums[key], dtype=np.float64)
-            if len(total) != len(names[key]):
-                return {"unavailable": f"{key} has {len(total)} variables, the model lists {len(names[key])} ({names[key]})"}
-            steps = self.steps_hist if key == "history_vsn_wgts" else self.steps_futr
-            mean = total / (self.windows * steps)
+            mean = np.asarray(self.sums[key], dtype=np.float64) / self.rows[key]
+            if len(mean) != len(names[key]):
+                return {"unavailable": f"{key} has {len(mean)} variables, the model lists {len(names[key])} ({names[key]})"}
             variables = {("y" if n == "observed_target" else n): float(v) for n, v in zip(names[key], mean)}
             by_group: dict[str, float] = {}
             for variable, weight in variables.items():
@@ -509,3 +527,144 @@ def bundle_importance(
         "tft_vsn": tft_vsn,
         "total_seconds": round(time.perf_counter() - started, 3),
     }
+
+
+# ---------------------------------------------------------------- tables, folds, reports, MLflow
+
+VALUES = ("rank_ic_drop", "rank_ic_drop_std", "mse_rise", "mse_rise_std")
+
+
+def table(importance: dict[str, Any] | None) -> pd.DataFrame:
+    """Long rows ``member, horizon, group, rank_ic_drop, rank_ic_drop_std, mse_rise, mse_rise_std, gain_share``."""
+    columns = ["member", "horizon", "group", *VALUES, "gain_share"]
+    if not importance or "permutation" not in importance:
+        return pd.DataFrame(columns=columns)
+    rows = []
+    gain = importance.get("gain", {})
+    for member, by_h in importance["permutation"].items():
+        for h, by_group in by_h.items():
+            for group, values in by_group.items():
+                share = gain.get(member, {}).get(h, {}).get(group)
+                rows.append({"member": member, "horizon": int(h), "group": group, **{k: values.get(k) for k in VALUES}, "gain_share": share})
+    frame = pd.DataFrame(rows, columns=columns)
+    return frame.astype({k: float for k in [*VALUES, "gain_share"]})
+
+
+def aggregate(importances: list[dict[str, Any] | None]) -> dict[str, Any]:
+    """Walk-forward folds' importances averaged: ``horizons[str(h)][member][group]`` holds the mean over the folds
+    of each fold's mean (``*_std``: the std across folds, ddof 1) and ``folds`` (folds with a value), plus the mean
+    LightGBM ``gain_share``; ``tft_vsn[member]`` the mean selection shares by group."""
+    frames, vsn, missing = [], {}, {}
+    for fold, importance in enumerate(importances, start=1):
+        if not importance or "permutation" not in importance:
+            missing[str(fold)] = (importance or {}).get("unavailable", "not measured")
+            continue
+        frames.append(table(importance).assign(fold=fold))
+        for member, weights in importance.get("tft_vsn", {}).items():
+            for part in VSN_PARTS.values():
+                for group, share in (weights.get(part) or {}).items():
+                    vsn.setdefault(member, {}).setdefault(part, {}).setdefault(group, []).append(share)
+    out: dict[str, Any] = {"method": METHOD, "folds": len(frames), "horizons": {}, "tft_vsn": {}, "not_measured": missing}
+    if frames:
+        long = pd.concat(frames, ignore_index=True)
+        grouped = long.groupby(["horizon", "member", "group"], sort=False)
+        stats = grouped.agg(
+            rank_ic_drop=("rank_ic_drop", "mean"), rank_ic_drop_std=("rank_ic_drop", "std"), mse_rise=("mse_rise", "mean"),
+            mse_rise_std=("mse_rise", "std"), gain_share=("gain_share", "mean"), folds=("rank_ic_drop", "count"),
+        ).reset_index()
+        for row in stats.sort_values("horizon", kind="stable").itertuples(index=False):
+            values = {k: _clean(getattr(row, k)) for k in (*VALUES, "gain_share")}
+            values["folds"] = int(row.folds)
+            out["horizons"].setdefault(str(row.horizon), {}).setdefault(row.member, {})[row.group] = values
+    out["tft_vsn"] = {m: {p: {g: float(np.mean(v)) for g, v in parts.items()} for p, parts in by.items()} for m, by in vsn.items()}
+    return out
+
+
+def _ordered_members(members: list[str]) -> list[str]:
+    return sorted(members, key=lambda m: (m == "ensemble", members.index(m)))
+
+
+def horizon_markdown(by_member: dict[str, dict[str, dict[str, Any]]]) -> str:
+    """One horizon's table: a row per group, each member's rank IC drop and MSE rise, LightGBM gain shares."""
+    from ibf_core.report import markdown_table
+
+    members = _ordered_members(list(by_member))
+    groups = list(dict.fromkeys(g for m in members for g in by_member[m]))
+    rows = []
+    for group in groups:
+        row: dict[str, Any] = {"group": group}
+        for m in members:
+            row[f"{m} ΔRankIC"] = by_member[m].get(group, {}).get("rank_ic_drop")
+        for m in members:
+            row[f"{m} ΔMSE"] = by_member[m].get(group, {}).get("mse_rise")
+        for m in members:
+            if any(by_member[m].get(g, {}).get("gain_share") is not None for g in groups):
+                row[f"{m} gain"] = by_member[m].get(group, {}).get("gain_share")
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    key = next((c for c in (f"{m} ΔRankIC" for m in reversed(members)) if c in frame), None)
+    if key is not None:
+        frame = frame.sort_values(key, ascending=False, na_position="last", kind="stable")
+    return markdown_table(frame, max_rows=len(frame), floatfmt=".3g")
+
+
+def markdown(aggregated: dict[str, Any]) -> str:
+    """The walk-forward report's section: per horizon, every group's importance averaged over the folds."""
+    lines = ["## Feature importance by group", ""]
+    if not aggregated.get("horizons"):
+        return "\n".join([*lines, "_not measured (no fold recorded feature importance)_", ""])
+    lines += [
+        (f"Averaged over {aggregated['folds']} fold(s), each measured on its bundle's own validation window (out of "
+        "sample for that model). ΔRankIC: mean per-date Spearman IC lost when all of a group's columns are permuted "
+        "jointly across symbols within each date (date-level columns such as the calendar: across dates); ΔMSE: the "
+        "rise in mean squared error; gain: the group's share of LightGBM's total split gain. A group near zero "
+        "carries nothing the model uses on these origins; a negative value is noise (or a group that hurt)."),
+        "",
+    ]
+    for h, by_member in aggregated["horizons"].items():
+        lines += [f"### h={h}", "", horizon_markdown(by_member), ""]
+    for member, parts in aggregated.get("tft_vsn", {}).items():
+        text = "; ".join(f"{part}: " + ", ".join(f"{g} {v:.3f}" for g, v in sorted(shares.items(), key=lambda kv: -kv[1])) for part, shares in parts.items())
+        lines += [f"{member} variable-selection weights by group ({text}).", ""]
+    return "\n".join(lines)
+
+
+def bundle_markdown(importance: dict[str, Any] | None) -> str:
+    """A bundle's group-importance tables (one per horizon), or why there are none."""
+    if not importance or "permutation" not in importance:
+        return f"_feature importance not measured: {(importance or {}).get('unavailable', 'trained without it')}_"
+    single = aggregate([importance])
+    return "\n\n".join(f"**h={h}**\n\n{horizon_markdown(by_member)}" for h, by_member in single["horizons"].items())
+
+
+def mlflow_metrics(importance: dict[str, Any] | None) -> dict[str, float]:
+    """``importance/<member>/h<h>/<group>`` (rank IC drop), ``importance_mse/...`` (MSE rise), ``importance_gain/...``
+    (LightGBM gain share) and ``importance_vsn/<member>/<historical|future|static>/<group>`` (TFT selection share)."""
+    out: dict[str, float] = {}
+    if not importance or "permutation" not in importance:
+        return out
+    for member, by_h in importance["permutation"].items():
+        for h, by_group in by_h.items():
+            for group, values in by_group.items():
+                for prefix, key in (("importance", "rank_ic_drop"), ("importance_mse", "mse_rise")):
+                    if values.get(key) is not None:
+                        out[f"{prefix}/{member}/h{h}/{group}"] = float(values[key])
+    for member, by_h in importance.get("gain", {}).items():
+        for h, shares in by_h.items():
+            for group, share in shares.items():
+                out[f"importance_gain/{member}/h{h}/{group}"] = float(share)
+    for member, weights in importance.get("tft_vsn", {}).items():
+        for part in VSN_PARTS.values():
+            for group, share in (weights.get(part) or {}).items():
+                out[f"importance_vsn/{member}/{part}/{group}"] = float(share)
+    return out
+
+
+def plot_frame(importance: dict[str, Any] | None) -> pd.DataFrame:
+    """``member, group, rank_ic_drop`` averaged over the horizons: what the metadata bar plot shows."""
+    long = table(importance)
+    if long.empty:
+        return pd.DataFrame(columns=["member", "group", "rank_ic_drop"])
+    mean = long.groupby(["member", "group"], sort=False)["rank_ic_drop"].mean().reset_index()
+    order = _ordered_members(list(dict.fromkeys(mean["member"])))
+    return mean.sort_values("member", key=lambda s: s.map(order.index), kind="stable").reset_index(drop=True)

@@ -16,6 +16,7 @@ from typing import Any, Protocol, TypeVar
 
 from ibf_core.models import ModelLoadError
 from ibf_core.models.bundle import ModelBundle, load_bundle, save_bundle
+from ibf_core.models.importance import mlflow_metrics as importance_metrics
 from ibf_core.storage import atomic
 
 ARTIFACT_PATH = "model"
@@ -80,11 +81,13 @@ def _metrics(bundle: ModelBundle) -> dict[str, float]:
                 metrics[f"val_h{row['horizon']}_{row['member']}_{key}"] = float(value)
     for member, facts in bundle.facts.get("members", {}).items():
         metrics[f"train_seconds_{member}"] = float(facts["seconds"])
+    metrics.update(importance_metrics(bundle.facts.get("importance")))
     return metrics
 
 
 def log_and_register(bundle: ModelBundle, name: str, work_dir: Path) -> RegisteredModel:
-    """Log params, validation metrics and the bundle to the *active* MLflow run, then register a version.
+    """Log params, validation metrics, feature importance (``importance/<member>/h<h>/<group>`` metrics and
+    ``importance.json``) and the bundle to the *active* MLflow run, then register a version.
 
     The bundle is saved into ``work_dir`` first (checksummed), uploaded as the run's ``model`` artifact, and
     the registry version points at that artifact.
@@ -104,6 +107,8 @@ def log_and_register(bundle: ModelBundle, name: str, work_dir: Path) -> Register
     mlflow.set_tags({"cutoff": bundle.cutoff.isoformat(), "manifest_sha256": digest, "data_fingerprint": bundle.facts["fingerprint"]})
     mlflow.log_artifacts(str(folder), ARTIFACT_PATH)
     mlflow.log_text(json.dumps(bundle.validation, indent=1, default=str), "validation.json")
+    if bundle.facts.get("importance"):
+        mlflow.log_text(json.dumps(bundle.facts["importance"], indent=1, default=str), "importance.json")
     client = mlflow.MlflowClient()
     try:
         client.get_registered_model(name)

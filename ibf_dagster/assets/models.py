@@ -92,7 +92,7 @@ def build_trained_models(settings: Settings) -> dg.AssetsDefinition:
         # The MLflow UI path of the run (open it with `mlflow ui --backend-store-uri <IBF_HOME mlflow.db>`).
         experiment_id = mlflow.get_experiment_by_name(settings.mlflow_experiment).experiment_id
         run_link = f"http://127.0.0.1:5000/#/experiments/{experiment_id}/runs/{registered.run_id}"
-        return _result(bundle, registered, settings, time.perf_counter() - started, run_link)
+        return _result(bundle, registered, settings, time.perf_counter() - started, run_link, context)
 
     return trained_models
 
@@ -106,14 +106,25 @@ def _windows(bundle) -> dict[str, Any]:
     return plan
 
 
-def _result(bundle, registered, settings: Settings, elapsed: float, run_link: str) -> dg.MaterializeResult:
-    """The materialization's metadata (validation table, weights, provenance) and its check."""
+def _importance_plot(importance: dict[str, Any] | None) -> str:
+    """Grouped bars: each member's rank IC drop per feature group (mean over the horizons), as inline markdown."""
+    from ibf_core.models.importance import plot_frame
+    from ibf_core.report import bar_plot_markdown
+
+    return bar_plot_markdown(plot_frame(importance), "group", "rank_ic_drop", "member", "rank IC drop when a group is permuted (mean over h)")
+
+
+def _result(bundle, registered, settings: Settings, elapsed: float, run_link: str, context=None) -> dg.MaterializeResult:
+    """The materialization's metadata (validation table, weights, feature importance, provenance) and its check."""
+    from ibf_core.models.importance import bundle_markdown
     from ibf_core.report import markdown_table
+    from ibf_dagster.metadata import plot_if_small
 
     validation = pd.DataFrame(bundle.validation)
     table = validation[["horizon", "member", "n", "mae", "rel_mae_vs_naive", "da", "rank_ic_mean", "dm_pvalue", "coverage_80", "coverage_95"]]
     finite = validation[["mae", "rel_mae_vs_naive"]].notna().all().all() and len(bundle.conformal) > 0
     weights = {h: {"method": c["method"], **{m: round(w, 3) for m, w in c["weights"].items()}} for h, c in bundle.ensemble.items()}
+    importance = bundle.facts.get("importance")
     return dg.MaterializeResult(
         metadata={
             "model_name": registered.name,
@@ -135,6 +146,14 @@ def _result(bundle, registered, settings: Settings, elapsed: float, run_link: st
             "missing_sessions": dg.MetadataValue.json(bundle.facts.get("missing_sessions", {})),
             "ensemble_weights": dg.MetadataValue.json(weights),
             "validation": dg.MetadataValue.md(markdown_table(table, max_rows=len(table))),
+            # permutation importance by feature group on the validation window (+ LightGBM gain shares);
+            # the numbers are MLflow metrics importance/<member>/h<h>/<group> and the run's importance.json
+            "feature_importance": dg.MetadataValue.md(bundle_markdown(importance)),
+            "feature_importance_plot": (
+                plot_if_small(context, lambda: _importance_plot(importance)) if context is not None
+                else dg.MetadataValue.md(_importance_plot(importance))
+            ),
+            "tft_selection_weights": dg.MetadataValue.json(importance.get("tft_vsn", {}) if importance else {}),
             "mlflow_run": dg.MetadataValue.url(run_link),
             "mlflow_store": settings.mlflow_uri,
             "mlflow_run_id": registered.run_id,
