@@ -32,7 +32,9 @@ def add(app: FastAPI, services, instruments, auth) -> None:
 
     @app.get("/models/{version}", dependencies=auth, tags=["models"])
     def model(version: str) -> dict[str, Any]:
-        """One version: cut-off, members, ensemble weights, validation metrics per horizon, device, digest, run."""
+        """One version: cut-off, members, ensemble weights, validation metrics per horizon, feature importance by group
+        (``importance``: permutation rank-IC drop / MSE rise per member and horizon, LightGBM gain, TFT selection
+        weights; null for a bundle trained without it), device, digest, run."""
         from ibf_core.forecasts import model_facts
 
         chosen = version_or_404(version)

@@ -83,6 +83,10 @@ def test_fresh_equals_stored_and_models_are_described(api, trained):
     assert set(one["validation"]) == {"1", "3", "5", "10", "15", "20"}
     assert {"gbdt", "naive", "ensemble"} <= set(one["validation"]["5"])
     assert one["validation"]["5"]["gbdt"]["mae"] > 0 and set(one["ensemble"]) == set(one["validation"])
+    importance = one["importance"]  # feature importance by group on the validation window
+    assert set(importance["permutation"]) == {"gbdt", "ensemble"} and set(importance["permutation"]["gbdt"]) == set(one["validation"])
+    assert {"technical", "returns", "calendar"} <= set(importance["permutation"]["gbdt"]["5"])
+    assert sum(importance["gain"]["gbdt"]["5"].values()) == pytest.approx(1.0)
 
     from prometheus_client.parser import text_string_to_metric_families
 
