@@ -180,7 +180,7 @@ class Settings(BaseSettings):
         "auto", description="Training device: auto = CUDA when torch sees one, else CPU; gpu fails without CUDA"
     )
     model_members: Annotated[list[str], NoDecode] = Field(
-        default_factory=lambda: ["lstm", "tft", "gbdt"], description="Trained ensemble members (comma list of registered members: lstm, tft, gbdt)"
+        default_factory=lambda: ["lstm", "tft", "gbdt", "gbdt_rank"], description="Trained ensemble members (comma list of registered members: lstm, tft, gbdt, gbdt_rank)"
     )
     model_max_steps: int = Field(200, ge=1, description="Maximum optimizer steps per neural member (early stopping may end sooner)")
     model_input_size: int = Field(60, ge=5, description="Sessions of history the neural members read per forecast")

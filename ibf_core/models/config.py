@@ -26,6 +26,11 @@ DEFAULT_NEURAL_FEATURES: tuple[str, ...] = (
     "corr_60",
 )
 
+# Integer-coded categorical features (float64 codes, NaN when unknown, constant over a symbol's history): GBDT
+# takes them as LightGBM categoricals (never rank-normalised), TFT as one-hot static covariates. Only the ones
+# present among a bundle's features are used, so bundles trained before they existed are unchanged.
+CATEGORICAL_FEATURES: tuple[str, ...] = ("sector_code", "industry_code")
+
 
 def _setting_default(name: str) -> Any:
     """The default ``Settings`` declares for ``name``: a default both define is written once, there."""
@@ -66,6 +71,8 @@ class ModelConfig:
     gbdt_leaves: int = 15
     gbdt_min_leaf: int = 100
     gbdt_early_stopping: int = 40
+    gbdt_cat_min_group: int = 100  # LightGBM min_data_per_group for the categorical features
+    gbdt_cat_smooth: float = 20.0  # LightGBM cat_smooth and cat_l2 for the categorical features
     seed: int = _setting_default("model_seed")
     threads: int = 2
 
@@ -133,4 +140,4 @@ def device_description(device: str) -> str:
     return f"cpu ({torch.get_num_threads()} threads)"
 
 
-__all__ = ["DEFAULT_NEURAL_FEATURES", "ModelConfig", "device_description", "resolve_device"]
+__all__ = ["CATEGORICAL_FEATURES", "DEFAULT_NEURAL_FEATURES", "ModelConfig", "device_description", "resolve_device"]

@@ -10,7 +10,8 @@ is one class and one ``register`` call: ``train_models``, ``forecast``, ``save_b
 need no change.
 
 Built-in members: ``naive`` (random walk: zero return) and ``drift`` (trailing mean return) are baselines
-every bundle holds; ``lstm`` and ``tft`` wrap ``neural.py``; ``gbdt`` wraps ``gbdt.py``.
+every bundle holds; ``lstm`` and ``tft`` wrap ``neural.py``; ``gbdt`` (raw features) and ``gbdt_rank``
+(cross-sectionally rank-normalised features and labels, scaled back to a return) wrap ``gbdt.py``.
 """
 
 from __future__ import annotations
@@ -187,9 +188,10 @@ class NeuralMember(Member):
     neural = True
     scaled_inputs = True
 
-    def __init__(self, inputs: Inputs, model: Any = None) -> None:
+    def __init__(self, inputs: Inputs, model: Any = None, statics: dict[str, list[int]] | None = None) -> None:
         super().__init__(inputs)
         self.model = model  # a fitted NeuralForecast
+        self.statics = statics or {}  # one-hot vocabulary of the static covariates (TFT with categoricals only)
 
     @classmethod
     def history_sessions(cls, config: ModelConfig) -> int:
@@ -208,25 +210,26 @@ class NeuralMember(Member):
     def fit(self, train: pd.DataFrame, device: str = "cpu") -> dict[str, Any]:
         from ibf_core.models import neural
 
-        self.model, facts = neural.fit(self.name, train, self.config, self.inputs.scaler, self.inputs.y_sigma, device)
+        self.statics = neural.static_vocabulary(self.name, train, self.inputs.features)
+        self.model, facts = neural.fit(self.name, train, self.config, self.inputs.scaler, self.inputs.y_sigma, device, self.statics)
         return facts
 
     def predict(self, panel: pd.DataFrame, origins: pd.DataFrame) -> pd.DataFrame:
         from ibf_core.models import neural
 
-        frame = neural.predict(self.model, self.name, panel, origins, self.config, self.inputs.scaler, self.inputs.y_sigma)
+        frame = neural.predict(self.model, self.name, panel, origins, self.config, self.inputs.scaler, self.inputs.y_sigma, self.statics)
         return frame[[f"h{h}" for h in self.config.horizons]].reset_index(drop=True)
 
     def save(self, folder: Path) -> None:
         from ibf_core.models import neural
 
-        neural.save(self.model, folder)
+        neural.save(self.model, folder, self.statics)
 
     @classmethod
     def load(cls, folder: Path, inputs: Inputs) -> Member:
         from ibf_core.models import neural
 
-        return cls(inputs, neural.load(folder))
+        return cls(inputs, neural.load(folder), neural.load_statics(folder))
 
 
 @register
@@ -248,9 +251,10 @@ class GBDT(Member):
     name = "gbdt"
     folder = "gbdt"
 
-    def __init__(self, inputs: Inputs, boosters: dict[int, Any] | None = None) -> None:
+    def __init__(self, inputs: Inputs, boosters: dict[int, Any] | None = None, categories: dict[str, list[int]] | None = None) -> None:
         super().__init__(inputs)
         self.boosters = boosters or {}
+        self.categories = categories or {}  # categorical feature -> codes seen in training (``gbdt.matrix``)
 
     @classmethod
     def train_sessions(cls, config: ModelConfig) -> int:
@@ -260,24 +264,73 @@ class GBDT(Member):
     def fit(self, train: pd.DataFrame, device: str = "cpu") -> dict[str, Any]:
         from ibf_core.models import gbdt
 
-        self.boosters, facts = gbdt.fit(train, self.inputs.features, self.config)
+        self.categories = gbdt.category_vocabulary(train, self.inputs.features)
+        self.boosters, facts = gbdt.fit(train, self.inputs.features, self.config, self.categories)
         return facts
 
     def predict(self, panel: pd.DataFrame, origins: pd.DataFrame) -> pd.DataFrame:
         from ibf_core.models import gbdt
 
-        return gbdt.predict(self.boosters, origins, self.inputs.features).reset_index(drop=True)
+        return gbdt.predict(self.boosters, origins, self.inputs.features, self.categories).reset_index(drop=True)
 
     def save(self, folder: Path) -> None:
         from ibf_core.models import gbdt
 
-        gbdt.save(self.boosters, folder)
+        gbdt.save(self.boosters, folder, self.categories)
 
     @classmethod
     def load(cls, folder: Path, inputs: Inputs) -> Member:
         from ibf_core.models import gbdt
 
-        return cls(inputs, gbdt.load(folder, inputs.config.horizons))
+        return cls(inputs, gbdt.load(folder, inputs.config.horizons), gbdt.load_categories(folder))
+
+
+@register
+class GBDTRank(Member):
+    """Cross-sectional LightGBM per horizon on per-session ranks, scaled to an h-day return (``gbdt.py``), ``gbdt_rank/``."""
+
+    name = "gbdt_rank"
+    folder = "gbdt_rank"
+
+    def __init__(
+        self,
+        inputs: Inputs,
+        boosters: dict[int, Any] | None = None,
+        scales: dict[int, float] | None = None,
+        categories: dict[str, list[int]] | None = None,
+    ) -> None:
+        super().__init__(inputs)
+        self.boosters = boosters or {}  # h -> booster; a horizon without one (nothing to rank) forecasts 0
+        self.scales = scales or {}  # h -> return per unit of rank score, fitted on the training rows
+        self.categories = categories or {}
+
+    @classmethod
+    def train_sessions(cls, config: ModelConfig) -> int:
+        return GBDT.train_sessions(config)  # the same windows as gbdt
+
+    def fit(self, train: pd.DataFrame, device: str = "cpu") -> dict[str, Any]:
+        from ibf_core.models import gbdt
+
+        self.categories = gbdt.category_vocabulary(train, self.inputs.features)
+        self.boosters, self.scales, facts = gbdt.fit_rank(train, self.inputs.features, self.config, self.categories)
+        return facts
+
+    def predict(self, panel: pd.DataFrame, origins: pd.DataFrame) -> pd.DataFrame:
+        from ibf_core.models import gbdt
+
+        frame = gbdt.predict_rank(self.boosters, self.scales, panel, origins, self.inputs.features, self.config.horizons, self.categories)
+        return frame.reset_index(drop=True)
+
+    def save(self, folder: Path) -> None:
+        from ibf_core.models import gbdt
+
+        gbdt.save_rank(self.boosters, self.scales, self.inputs.features, folder, self.categories)
+
+    @classmethod
+    def load(cls, folder: Path, inputs: Inputs) -> Member:
+        from ibf_core.models import gbdt
+
+        return cls(inputs, *gbdt.load_rank(folder))
 
 
 def neural_warmup(config: ModelConfig) -> int:

@@ -3,8 +3,16 @@
 The network models the daily log return ``y`` (divided by its training-window standard deviation) and
 forecasts ``max(horizons)`` sessions at once; the h-day return is the sum of the first h steps. Inputs:
 historical exogenous features (robust-scaled with statistics of the training window only) and the
-future-known calendar features as future exogenous inputs. No static covariates exist in the bar or news
-sources, so none are passed. Time stamps are NYSE session ordinals with ``freq=1``.
+future-known calendar features as future exogenous inputs. Time stamps are NYSE session ordinals with ``freq=1``.
+
+**Static covariates (TFT only).** The categorical codes of ``CATEGORICAL_FEATURES`` among the bundle's features
+(sector, industry) enter TFT as one-hot static covariates (``stat_exog_list`` + a ``static_df`` with one row per
+series): one column ``<feature>_<code>`` per code seen in the training rows; that vocabulary is saved next to the
+model (``static.json``) and a code unseen in training, or an unknown one (NaN), is all zeros at prediction time.
+A training series takes its symbol's code (the last known in the training rows, constant over a history); a
+forecast series ``<symbol>|<session>`` takes the origin row's. The LSTM is left without static covariates: its
+inputs stay what they were. Without categorical columns (or with every one NaN or constant) nothing changes, and
+a bundle saved before static covariates existed has no ``static.json`` and is fed exactly as it was trained.
 
 Inference for many (symbol, origin) pairs is one ``predict`` call: every pair becomes its own short series
 ``<symbol>|<session>`` holding the last ``input_size`` sessions up to the origin.
@@ -92,7 +100,44 @@ def _plateau_callback(patience: int, factor: float = 0.5):
     return ReduceLROnPlateau()
 
 
-def build_model(kind: str, config: ModelConfig, hist: list[str], futr: list[str], device: str, callbacks: list):
+STATIC_FILE = "static.json"
+STATIC_MEMBERS = ("tft",)  # neural members that take the one-hot categorical static covariates
+
+Statics = dict[str, list[int]]  # categorical feature -> the codes seen in training (one-hot vocabulary)
+
+
+def static_vocabulary(kind: str, train: pd.DataFrame, features: list[str]) -> Statics:
+    """The one-hot vocabulary of ``kind``'s static covariates: codes of each categorical feature in ``train``."""
+    from ibf_core.models.gbdt import category_vocabulary
+
+    return category_vocabulary(train, features) if kind in STATIC_MEMBERS else {}
+
+
+def static_columns(statics: Statics) -> list[str]:
+    """The one-hot static covariate names, ``<feature>_<code>``, in vocabulary order."""
+    return [f"{column}_{code}" for column, codes in statics.items() for code in codes]
+
+
+def static_frame(ids: np.ndarray, values: pd.DataFrame, statics: Statics) -> pd.DataFrame:
+    """One row per series id: the one-hot codes of ``values`` (row i for ``ids[i]``; unseen or NaN codes: zeros)."""
+    out = {"unique_id": ids}
+    for column, codes in statics.items():
+        have = values[column].to_numpy(dtype=np.float64) if column in values else np.full(len(values), np.nan)
+        for code in codes:
+            out[f"{column}_{code}"] = (have == code).astype(np.float64)
+    return pd.DataFrame(out)
+
+
+def _symbol_codes(train: pd.DataFrame, symbols: list[str], statics: Statics) -> pd.DataFrame:
+    """Per training symbol: the last known code of each static covariate in ``train`` (NaN when none)."""
+    columns = list(statics)
+    last = train.dropna(subset=columns, how="all").groupby("symbol")[columns].last()
+    return last.reindex(symbols)
+
+
+def build_model(
+    kind: str, config: ModelConfig, hist: list[str], futr: list[str], device: str, callbacks: list, stat: list[str] | None = None
+):
     from neuralforecast.losses.pytorch import MSE
     from neuralforecast.models import LSTM, TFT
 
@@ -129,7 +174,8 @@ def build_model(kind: str, config: ModelConfig, hist: list[str], futr: list[str]
             encoder_n_layers=1,
         )
     if kind == "tft":
-        return TFT(**common, hidden_size=config.tft_hidden_size, n_head=2, dropout=0.1)
+        extra = {"stat_exog_list": stat} if stat else {}
+        return TFT(**common, hidden_size=config.tft_hidden_size, n_head=2, dropout=0.1, **extra)
     raise ValueError(f"unknown neural member {kind!r}")
 
 
@@ -207,9 +253,12 @@ def training_series(
 
 
 def fit(
-    kind: str, train: pd.DataFrame, config: ModelConfig, scaler: RobustScaler, y_sigma: float, device: str
+    kind: str, train: pd.DataFrame, config: ModelConfig, scaler: RobustScaler, y_sigma: float, device: str, statics: Statics | None = None
 ) -> tuple[Any, dict[str, Any]]:
-    """Fit one global model on the training rows; returns (NeuralForecast, facts for the record)."""
+    """Fit one global model on the training rows; returns (NeuralForecast, facts for the record).
+
+    ``statics``: the one-hot vocabulary of the static covariates (``static_vocabulary``); none when empty.
+    """
     import torch
     from neuralforecast import NeuralForecast
 
@@ -225,10 +274,15 @@ def fit(
         )
     frame = _frame(grid, grid["symbol_key"].to_numpy(), scaler, y_sigma, futr, observed=True)
     plateau = _plateau_callback(config.lr_patience)
-    model = build_model(kind, config, [*hist, OBSERVED], futr, device, [plateau])
+    statics = statics or {}
+    model = build_model(kind, config, [*hist, OBSERVED], futr, device, [plateau], static_columns(statics))
     nf = NeuralForecast(models=[model], freq=1)
+    static_df = None
+    if statics:
+        ids = np.array(sorted(frame["unique_id"].unique()), dtype=object)
+        static_df = static_frame(ids, _symbol_codes(train, list(ids), statics), statics)
     started = time.perf_counter()
-    nf.fit(frame, val_size=config.early_stopping_sessions)
+    nf.fit(frame, static_df=static_df, val_size=config.early_stopping_sessions)
     steps = len(frame)
     unobserved = int((frame[OBSERVED] == 0).sum())
     facts = {
@@ -244,16 +298,26 @@ def fit(
         "missing_sessions": int(grid["symbol"].isna().sum()),
         "excluded_symbols": excluded,
     }
+    if statics:
+        facts["static_covariates"] = {column: len(codes) for column, codes in statics.items()}
     return nf, facts
 
 
 def predict(
-    nf: Any, kind: str, panel: pd.DataFrame, origins: pd.DataFrame, config: ModelConfig, scaler: RobustScaler, y_sigma: float
+    nf: Any,
+    kind: str,
+    panel: pd.DataFrame,
+    origins: pd.DataFrame,
+    config: ModelConfig,
+    scaler: RobustScaler,
+    y_sigma: float,
+    statics: Statics | None = None,
 ) -> pd.DataFrame:
     """Cumulative h-day log-return forecasts: ``symbol, date`` + one column ``h<h>`` per horizon.
 
     ``origins``: rows of ``panel`` (symbol, date, session) to forecast from. An origin whose last
-    ``input_size`` sessions hold too few observed steps (``forecastable``) gets NaN.
+    ``input_size`` sessions hold too few observed steps (``forecastable``) gets NaN. ``statics``: the
+    vocabulary the model was trained with (its static covariates come from each origin row).
     """
     _quiet()
     futr = future_known_features()
@@ -270,7 +334,8 @@ def predict(
     windows, ids = _windows(panel, chosen, n, futr)
     ids_frame = _frame(windows, np.repeat(ids, n), scaler, y_sigma, futr, observed=with_observed)
     future = _future_calendar(chosen, ids, config.max_horizon, futr)
-    forecast = nf.predict(df=ids_frame, futr_df=future)
+    extra = {"static_df": static_frame(ids, chosen, statics)} if statics else {}
+    forecast = nf.predict(df=ids_frame, futr_df=future, **extra)
     forecast = forecast.sort_values(["unique_id", "ds"], kind="stable")
     steps = forecast[kind].to_numpy(dtype=np.float64).reshape(len(ids), config.max_horizon) * y_sigma
     order = forecast["unique_id"].to_numpy()[:: config.max_horizon]
@@ -326,8 +391,13 @@ def _future_calendar(origins: pd.DataFrame, ids: np.ndarray, h: int, futr: list[
     return future
 
 
-def save(nf: Any, path: Path) -> None:
+def save(nf: Any, path: Path, statics: Statics | None = None) -> None:
+    """NeuralForecast's files, plus ``static.json`` (the one-hot vocabulary) when the model has static covariates."""
+    import json
+
     nf.save(path=str(path), save_dataset=False, overwrite=True)
+    if statics:
+        (Path(path) / STATIC_FILE).write_text(json.dumps({"one_hot": statics}, indent=1))
 
 
 def load(path: Path) -> Any:
@@ -335,3 +405,13 @@ def load(path: Path) -> Any:
 
     _quiet()
     return NeuralForecast.load(path=str(path))
+
+
+def load_statics(path: Path) -> Statics:
+    """The one-hot vocabulary saved with a model; empty for a model without static covariates (or saved before them)."""
+    import json
+
+    file = Path(path) / STATIC_FILE
+    if not file.is_file():
+        return {}
+    return {str(k): [int(c) for c in v] for k, v in json.loads(file.read_text())["one_hot"].items()}
