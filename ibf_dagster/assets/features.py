@@ -8,10 +8,10 @@ from ibf_core.calendar import lookback_start
 from ibf_core.report import markdown_table
 from ibf_core.settings import Settings
 from ibf_core.features.table import features_spec
+from ibf_core.fundamentals.store import FUNDAMENTALS, MACRO_INDICATORS_TABLE
 from ibf_core.storage.tables import MARKET_BARS, NEWS_SENTIMENT
 from ibf_core.streaming.microstructure import MICROSTRUCTURE_DAILY
 from ibf_dagster.metadata import OWNERS, check_result, column_schema, plot_if_small
-from ibf_dagster.assets.fundamentals import FUNDAMENTALS, MACRO_INDICATORS
 from ibf_dagster.partitions import context_rectangles, require_upstream, symbol_date_partitions
 from ibf_dagster.resources import SettingsResource, WarehouseResource
 
@@ -54,7 +54,7 @@ def build_features(settings: Settings) -> dg.AssetsDefinition:
         ),
         partitions_def=symbol_date_partitions(settings),
         backfill_policy=dg.BackfillPolicy.single_run(),
-        deps=[MARKET_BARS.name, NEWS_SENTIMENT.name, MICROSTRUCTURE_DAILY.name, FUNDAMENTALS, MACRO_INDICATORS],
+        deps=[MARKET_BARS.name, NEWS_SENTIMENT.name, MICROSTRUCTURE_DAILY.name, FUNDAMENTALS.name, MACRO_INDICATORS_TABLE.name],
         pool="duckdb",
         kinds={"duckdb", "parquet", "python"},
         owners=OWNERS,
@@ -71,7 +71,7 @@ def build_features(settings: Settings) -> dg.AssetsDefinition:
         ],
         # A daily fundamentals/macro refresh must not recompute every stored session's features: later sessions
         # read the new values when they are computed; re-materialize features to rebuild history with them.
-        automation_condition=dg.AutomationCondition.eager().ignore(dg.AssetSelection.assets(FUNDAMENTALS, MACRO_INDICATORS)),
+        automation_condition=dg.AutomationCondition.eager().ignore(dg.AssetSelection.assets(FUNDAMENTALS.name, MACRO_INDICATORS_TABLE.name)),
     )
     def features(context: dg.AssetExecutionContext, ibf: SettingsResource, warehouse: WarehouseResource) -> dg.MaterializeResult:
         from ibf_core.fundamentals import read_inputs

@@ -3,16 +3,18 @@
 
 import dagster as dg
 
+from ibf_core.fundamentals.store import FUNDAMENTALS as FUNDAMENTALS_TABLE
+from ibf_core.fundamentals.store import MACRO_INDICATORS_TABLE
 from ibf_core.report import markdown_table
 from ibf_core.settings import Settings
-from ibf_dagster.metadata import OWNERS, check_result
+from ibf_dagster.metadata import OWNERS, check_result, column_schema
 from ibf_dagster.partitions import SYMBOL_PARTITIONS, date_partitions
 from ibf_dagster.resources import SettingsResource, WarehouseResource
 
 ERROR = dg.AssetCheckSeverity.ERROR
 WARN = dg.AssetCheckSeverity.WARN
-FUNDAMENTALS = "fundamentals"
-MACRO_INDICATORS = "macro_indicators"
+FUNDAMENTALS = FUNDAMENTALS_TABLE.name
+MACRO_INDICATORS = MACRO_INDICATORS_TABLE.name
 
 
 def _issues_table(issues) -> dg.MetadataValue:
@@ -22,15 +24,7 @@ def _issues_table(issues) -> dg.MetadataValue:
     return dg.MetadataValue.md(markdown_table(frame) if len(frame) else "_none_")
 
 
-def _spec(name: str):
-    from ibf_core.storage.registry import registered_catalog
-
-    return next(t for t in registered_catalog().tables if t.name == name)
-
-
 def build_fundamentals(settings: Settings) -> dg.AssetsDefinition:
-    from ibf_dagster.metadata import column_schema
-
     @dg.asset(
         name=FUNDAMENTALS,
         description=(
@@ -47,7 +41,7 @@ def build_fundamentals(settings: Settings) -> dg.AssetsDefinition:
         owners=OWNERS,
         tags={"layer": "raw", "domain": "fundamentals"},
         group_name="fundamentals",
-        metadata={"dagster/column_schema": column_schema(_spec("fundamentals")), "dagster/table_name": "fundamentals"},
+        metadata={"dagster/column_schema": column_schema(FUNDAMENTALS_TABLE), "dagster/table_name": FUNDAMENTALS},
         check_specs=[
             dg.AssetCheckSpec("earnings_point_in_time", asset=FUNDAMENTALS, blocking=True,
                               description="No earnings row is usable before its report: date after reported_date "
@@ -90,8 +84,6 @@ def build_fundamentals(settings: Settings) -> dg.AssetsDefinition:
 
 
 def build_macro_indicators(settings: Settings) -> dg.AssetsDefinition:
-    from ibf_dagster.metadata import column_schema
-
     @dg.asset(
         name=MACRO_INDICATORS,
         description=(
@@ -107,7 +99,7 @@ def build_macro_indicators(settings: Settings) -> dg.AssetsDefinition:
         owners=OWNERS,
         tags={"layer": "raw", "domain": "macro"},
         group_name="fundamentals",
-        metadata={"dagster/column_schema": column_schema(_spec("macro_indicators")), "dagster/table_name": "macro_indicators"},
+        metadata={"dagster/column_schema": column_schema(MACRO_INDICATORS_TABLE), "dagster/table_name": MACRO_INDICATORS},
         check_specs=[
             dg.AssetCheckSpec("published_before_use", asset=MACRO_INDICATORS, blocking=True,
                               description="Every value is usable only after its period and release lag (ERROR)"),
