@@ -59,6 +59,8 @@ def test_the_group_with_all_the_signal_ranks_first_for_gbdt_by_permutation_and_b
             assert drops[SIGNAL] > 0.3 and drops[SIGNAL] > 5 * max(abs(v) for g, v in drops.items() if g != SIGNAL)
             assert table[SIGNAL]["repeats"] == 3 and table[SIGNAL]["rank_ic_drop_std"] >= 0
             assert importance["baseline"][member][h]["rank_ic"] > 0.3  # the model found the signal
+            validated = next(r for r in bundle.validation if r["member"] == member and str(r["horizon"]) == h)
+            assert importance["baseline"][member][h]["rank_ic"] == pytest.approx(validated["rank_ic_mean"], abs=1e-12)
     for h in map(str, HORIZONS):
         gain = importance["gain"]["gbdt"][h]
         assert max(gain, key=gain.get) == SIGNAL and gain[SIGNAL] > 0.5, gain

@@ -7,8 +7,8 @@ Three measures, each stored in ``bundle.facts["importance"]`` (JSON) by ``train_
     embargo in between), so this is out of sample for the saved model. For one group, every column of the
     panel that is a registered feature of that group (``features.pipeline.FEATURES``; the group list is never
     hard-coded) and that the member reads is permuted *jointly* (one row permutation for all the group's
-    columns) in the panel rows the members read: the kept symbols' rows from ``input_size`` sessions before
-    the first validation origin up to the last one. The permutation is **within each date, across symbols**
+    columns) in the panel rows the members read: every symbol's rows from the longest look-back (the neural
+    ``input_size``) before the first validation origin up to the last one. The permutation is **within each date, across symbols**
     (symbol A's row on date d receives symbol B's values of that date), which keeps each date's cross-section
     (the distribution Rank IC is measured on) and the time of every value; a column that is the same for
     every symbol on each date (the calendar, market-wide measures), which a within-date shuffle cannot
@@ -239,12 +239,11 @@ def _ensemble(forecasts: dict[str, dict[int, np.ndarray]], choice: dict[str, Any
 
 
 def _reads_slice(bundle: Any, panel: pd.DataFrame, origins: pd.DataFrame, members: dict[str, Any]) -> pd.DataFrame:
-    """The panel rows the members read for these origins: the origins' symbols, sessions from the longest
-    look-back before the first origin to the last origin."""
+    """The panel rows the members read for these origins: every symbol's rows (a cross-sectional member ranks over
+    all symbols with a bar that session) from the longest look-back before the first origin to the last origin."""
     back = max((m.lookback_sessions(bundle.config) for m in members.values()), default=1) + 1
     sessions = origins["session"].to_numpy()
-    keep = panel["symbol"].isin(set(origins["symbol"])) & panel["session"].between(int(sessions.min()) - back, int(sessions.max()))
-    return panel[keep.to_numpy()]
+    return panel[panel["session"].between(int(sessions.min()) - back, int(sessions.max())).to_numpy()]
 
 
 def permutation_importance(
