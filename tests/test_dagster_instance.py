@@ -89,6 +89,8 @@ def test_make_ui_serves_the_asset_graph_on_loopback(ibf_home):
             ("predictions",): True,
             ("drift_scores",): True,
             ("microstructure_daily",): True,
+            ("fundamentals",): True,  # by symbol
+            ("macro_indicators",): True,  # by date
             # the live tables ibf stream writes: observable source assets, not partitioned
             ("intraday_bars",): False,
             ("quotes",): False,
