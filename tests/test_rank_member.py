@@ -85,6 +85,12 @@ def test_centred_ranks_per_session():
     label = gbdt.rank_label(rows, 1)
     np.testing.assert_allclose(label[:3], [0.5, -0.5, 0.0])
     assert np.isnan(label[3:]).all()  # two symbols cannot be ranked: no label, left out of fitting
+    # the early-stopping metric is the mean per-session Spearman correlation (sessions with 3+ pairs)
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"s": np.repeat(np.arange(30), 7), "p": rng.normal(size=210), "y": rng.normal(size=210)})
+    frame.loc[frame.index % 7 > 1, "p"] += frame["y"]
+    expected = frame.groupby("s").apply(lambda g: g["p"].corr(g["y"], method="spearman"), include_groups=False).mean()
+    assert gbdt.rank_ic(frame["p"].to_numpy(), frame["y"].to_numpy(), frame["s"].to_numpy()) == pytest.approx(expected)
 
 
 def test_rank_member_beats_gbdt_on_held_out_rank_ic_when_levels_drift():
