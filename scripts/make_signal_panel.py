@@ -112,7 +112,7 @@ def generate(n_symbols: int, start: str, end: str, seed: int) -> tuple[pd.DataFr
         "CPI": series("Consumer Price Index for all Urban Consumers", "monthly", "index 1982-1984=100", months, cpi),
         "UNEMPLOYMENT": series("Unemployment Rate", "monthly", "percent", months, unemployment),
     }
-    fundamentals = {"synthetic": True, "overview": overview, "earnings": earnings, "calendar": [], "macro": macro}
+    fundamentals = {"overview": overview, "earnings": earnings, "calendar": [], "macro": macro}
     return pd.concat(bars, ignore_index=True), fundamentals
 
 
