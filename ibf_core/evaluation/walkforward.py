@@ -29,7 +29,12 @@ from ibf_core.calendar import all_sessions
 from ibf_core.models import ModelDataError
 from ibf_core.models.config import ModelConfig
 
-MEMBER_ORDER = ("naive", "drift", "lstm", "tft", "gbdt", "ensemble")
+def member_order(present: set[str]) -> list[str]:
+    """The members of ``present`` in registry order (baselines, trained members), then the ensemble, then any other."""
+    from ibf_core.models.members import registered
+
+    known = [*registered(), "ensemble"]
+    return [m for m in known if m in present] + sorted(present - set(known))
 
 
 @dataclass(frozen=True)
@@ -96,7 +101,7 @@ def walk_forward(
         at_h = forecasts[forecasts["horizon"] == h]
         drift = at_h[at_h["member"] == "drift"][["symbol", "date", "pred"]].rename(columns={"pred": "drift_pred"})
         per_member = {}
-        for member in [m for m in MEMBER_ORDER if m in set(at_h["member"])]:
+        for member in member_order(set(at_h["member"])):
             part = at_h[at_h["member"] == member].merge(drift, on=["symbol", "date"], how="left")
             per_member[member] = member_metrics(part, h, p0=up_rate[h], cost_bps=cost_bps)
         results["horizons"][str(h)] = per_member

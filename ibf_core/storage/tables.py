@@ -165,6 +165,7 @@ PREDICTIONS = TableSpec(
         Column("pred_lstm", pa.float64(), "LSTM member's h-day log return", optional=True),
         Column("pred_tft", pa.float64(), "TFT member's h-day log return", optional=True),
         Column("pred_gbdt", pa.float64(), "GBDT member's h-day log return", optional=True),
+        Column("pred_gbdt_rank", pa.float64(), "Cross-sectional rank GBDT member's h-day log return (sums to 0 across a session)", optional=True),
         Column("rank", pa.int64(), "Cross-sectional rank among the universe on (date, horizon); 1 = highest expected return"),
         Column("member_used", pa.string(), "Which forecast pred_return holds (ensemble unless a single member is trained)"),
         Column("model_version", pa.string(), "MLflow registered-model version that produced the row"),
