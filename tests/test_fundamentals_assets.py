@@ -60,3 +60,21 @@ def test_the_embedded_sample_records_real_classifications_and_names_what_it_lack
     assert wh.query("SELECT count(*) AS n FROM earnings").n.iloc[0] == 0
     reasons = set(wh.query("SELECT reason FROM fundamentals_issues").reason)
     assert any("no earnings" in r for r in reasons) and any("no macro" in r for r in reasons)
+
+
+def test_a_spent_quota_fails_the_run_with_what_remains_and_the_next_run_completes(ibf_home):
+    data = synthetic_fundamentals(("AAPL", "IBM"), "2011-01-03", "2012-01-31")
+    args = ("backfill", "--assets", "fundamentals", "--symbols", "AAPL,IBM", "--start", "2012-01-03", "--end", "2012-01-31")
+    with AlphaVantageSimulator(fundamentals=data, faults={"rate_limit_after": 2}) as sim:
+        env = {"IBF_FUNDAMENTALS_SOURCE": "alphavantage", "IBF_ALPHAVANTAGE_URL": sim.url, "ALPHAVANTAGE_API_KEY": SECRET,
+               "IBF_ALPHAVANTAGE_REQUESTS_PER_DAY": "500"}
+        first = ibf(*args, env=env)
+        assert first.returncode != 0
+        assert "error:" in first.stderr and "IBM" in first.stderr, first.stderr
+        wh = Warehouse(ibf_home)
+        assert set(wh.query("SELECT DISTINCT symbol FROM earnings").symbol) <= {"AAPL"}  # completed work is kept
+        sim.clear_faults()
+        sim.reset_quota()
+        second = ibf(*args, env=env)
+        assert second.returncode == 0, second.stderr
+    assert set(Warehouse(ibf_home).query("SELECT DISTINCT symbol FROM earnings").symbol) == {"AAPL", "IBM"}

@@ -59,17 +59,18 @@ def build_fundamentals(settings: Settings) -> dg.AssetsDefinition:
         store = warehouse.get()
         symbols = sorted(context.partition_keys)
         result = load_fundamentals(settings, store, symbols)
+        # What was fetched is kept (the next run resumes), but partitions not fetched must not read as done.
+        result.raise_if_incomplete()
         inputs = read_inputs(store, symbols)
         newest = inputs.overview.sort_values("date").groupby("symbol").tail(1)
         return dg.MaterializeResult(
             metadata={
                 "dagster/row_count": int(len(inputs.overview) + len(inputs.earnings)),
-                "fundamentals_source": settings.fundamentals_source,
                 "overview_rows": len(inputs.overview),
                 "earnings_rows": len(inputs.earnings),
                 "calendar_rows": len(inputs.calendar),
                 "issues": _issues_table(result.issues),
-                "notes": getattr(result, "note", "") or "-",
+                **{k: v for k, v in result.metadata().items() if k not in ("issues", "issue_examples")},
                 "overview": dg.MetadataValue.md(markdown_table(
                     newest[["symbol", "date", "sector", "industry", "shares_outstanding", "analyst_target_price"]]
                     .assign(date=lambda f: f["date"].dt.date).head(20)) if len(newest) else "_none_"),
@@ -119,13 +120,14 @@ def build_macro_indicators(settings: Settings) -> dg.AssetsDefinition:
         window = context.partition_time_window
         end = (pd.Timestamp(window.end).tz_localize(None) - pd.Timedelta(days=1)).normalize()
         result = load_macro(settings, store)
+        result.raise_if_incomplete()
         macro = read_inputs(store, []).macro
         known = macro[pd.to_datetime(macro["date"]) <= end]
         latest = known.sort_values(["date", "period"]).groupby("indicator").tail(1)
         return dg.MaterializeResult(
             metadata={
                 "dagster/row_count": int(len(known)),
-                "fundamentals_source": settings.fundamentals_source,
+                **{k: v for k, v in result.metadata().items() if k not in ("issues", "issue_examples")},
                 "indicators": int(macro["indicator"].nunique()) if len(macro) else 0,
                 "issues": _issues_table(result.issues),
                 "known_at_partition_end": dg.MetadataValue.md(markdown_table(
