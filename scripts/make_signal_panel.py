@@ -27,7 +27,7 @@ SECTORS = {
     "LIFE SCIENCES": ("PHARMACEUTICAL PREPARATIONS", "SURGICAL & MEDICAL INSTRUMENTS & APPARATUS"),
     "ENERGY & TRANSPORTATION": ("CRUDE PETROLEUM & NATURAL GAS", "RAILROADS, LINE-HAUL OPERATING"),
 }
-DRIFT_PER_DAY = 0.0012  # per 1 sigma of surprise, for 20 sessions
+DRIFT_PER_DAY = 0.0025  # per 1 sigma of surprise, for 20 sessions (strong enough to show in 250 origins)
 DRIFT_SESSIONS = 20
 
 
