@@ -499,6 +499,12 @@ def demo() -> None:
 
     out.print(f"\nfeatures ({len(feature_columns())} per row; news: {settings.news_source}):", highlight=False)
     out.print(features.to_string(index=False), highlight=False)
+    signals = open_warehouse(settings).query(
+        "SELECT f.symbol, f.sector, f.industry, f.origin, (SELECT count(*) FROM earnings e WHERE e.symbol = f.symbol) AS earnings "
+        "FROM fundamentals f QUALIFY row_number() OVER (PARTITION BY f.symbol ORDER BY f.date DESC) = 1 ORDER BY f.symbol"
+    )
+    out.print(f"\nfundamentals (IBF_FUNDAMENTALS_SOURCE={settings.fundamentals_source}; what is missing: fundamentals_issues):", highlight=False)
+    out.print(signals.to_string(index=False) if len(signals) else "none loaded", highlight=False)
     out.print(f"\nwarehouse: {open_warehouse(settings).describe()}\ndata loaded in {elapsed:.1f} s", highlight=False)
 
     # Train on everything but the last session, then forecast from the last one (the sample's "today").
