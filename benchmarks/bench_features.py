@@ -24,6 +24,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from timing import best_of  # noqa: E402 (benchmarks/ is the script folder on sys.path)
+
 from benchmarks.bench_backfill import generate  # noqa: E402
 from ibf_core.features import Panel, calendar_features, cross_asset, microstructure, technical  # noqa: E402
 from ibf_core.features.pipeline import (  # noqa: E402
@@ -60,15 +62,6 @@ def timed(fn):
     begin = time.perf_counter()
     out = fn()
     return time.perf_counter() - begin, out
-
-
-def best_of(repeat: int, fn) -> float:
-    times = []
-    for _ in range(repeat):
-        begin = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - begin)
-    return min(times)
 
 
 def write_matrix(n_features: int, n_rows: int) -> None:
@@ -119,9 +112,9 @@ def main() -> None:
     plans = talib_plans(panel)
     n_calls = [len(calls) for calls, _ in plans]
 
-    t_bare = best_of(args.repeat, lambda: bare_talib(plans, panel.starts, panel.counts))
-    t_pipe = best_of(args.repeat, lambda: compute_features(bars))
-    t_matrix = best_of(args.repeat, lambda: write_matrix(len(FEATURES), len(bars)))
+    t_bare, _ = best_of(args.repeat, lambda: bare_talib(plans, panel.starts, panel.counts))
+    t_pipe, _ = best_of(args.repeat, lambda: compute_features(bars))
+    t_matrix, _ = best_of(args.repeat, lambda: write_matrix(len(FEATURES), len(bars)))
     print(f"features: {len(feature_columns())}; TA-Lib calls per symbol: {sum(n_calls)} "
           f"({n_calls[0]} technical, {n_calls[1]} microstructure, {n_calls[2]} cross-asset)")
     print(f"{'bare TA-Lib loop':34s} {t_bare:8.3f} s  {args.symbols / t_bare:8,.0f} symbols/s  1.00x")
@@ -135,7 +128,7 @@ def main() -> None:
     print("stages of one more compute_features run (s):")
     for name, seconds in stages.items():
         print(f"  {name:38s} {seconds:7.3f}")
-    t_technical = best_of(args.repeat, lambda: bare_talib(plans[:1], panel.starts, panel.counts))
+    t_technical, _ = best_of(args.repeat, lambda: bare_talib(plans[:1], panel.starts, panel.counts))
     technical_stage = stages["technical (TA-Lib loop + transforms)"]
     print(f"technical stage vs its own bare TA-Lib calls: {technical_stage:.3f} s / {t_technical:.3f} s = "
           f"{technical_stage / t_technical:.2f}x")

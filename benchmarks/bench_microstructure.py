@@ -11,20 +11,12 @@ import argparse
 import datetime as dt
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-
-def best_of(repeat: int, fn):
-    times, value = [], None
-    for _ in range(repeat):
-        started = time.perf_counter()
-        value = fn()
-        times.append(time.perf_counter() - started)
-    return min(times), value
+from timing import best_of  # noqa: E402 (benchmarks/ is the script folder on sys.path)
 
 
 def main() -> None:
