@@ -229,7 +229,7 @@ def _trailing_mean(panel: Panel, values: np.ndarray, k: int) -> np.ndarray:
 
 def _sector(panel: Panel, sector: np.ndarray, rows: Mapping[str, np.ndarray]) -> None:
     """Leave-one-out sector statistics per date (symbols without a sector get NaN)."""
-    from ibf_core.features.cross_asset import TALIB_CALLS, _beta_corr, _SUMS, talib_inputs
+    from ibf_core.features.cross_asset import TALIB_CALLS, _beta_corr, _SUMS, percentile_rank, talib_inputs
     from ibf_core.features.technical import log_returns
 
     known = np.isfinite(sector)
@@ -241,28 +241,28 @@ def _sector(panel: Panel, sector: np.ndarray, rows: Mapping[str, np.ndarray]) ->
     n_groups = len(codes)
     cell = panel.day.astype(np.int64) * n_groups + np.maximum(g, 0)
 
-    def loo_mean(values: np.ndarray) -> np.ndarray:
+    size = len(panel.days) * n_groups
+
+    def sector_sums(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(per date x sector sum, count of the finite values of symbols with a sector, which rows those are)."""
         valid = known & np.isfinite(values)
-        size = len(panel.days) * n_groups
         total = np.bincount(cell[valid], weights=values[valid], minlength=size)
-        count = np.bincount(cell[valid], minlength=size).astype(np.float64)
-        own = np.where(valid, values, 0.0)
+        return total, np.bincount(cell[valid], minlength=size).astype(np.float64), valid
+
+    def loo_mean(values: np.ndarray) -> np.ndarray:
+        total, count, valid = sector_sums(values)
         with np.errstate(divide="ignore", invalid="ignore"):
-            mean = (total[cell] - own) / (count[cell] - valid)
+            mean = (total[cell] - np.where(valid, values, 0.0)) / (count[cell] - valid)
         mean[~known | ~np.isfinite(mean)] = np.nan
         return mean
 
     rows["sector_rel_ret_20"][:] = rows["logret_20"] - loo_mean(rows["logret_20"])
     rows["sector_rel_hv_20"][:] = rows["hv_20"] - loo_mean(rows["hv_20"])
     # Sector momentum: each sector's mean logret_20 that date, ranked among the sectors with a value.
-    values = rows["logret_20"]
-    valid = known & np.isfinite(values)
-    size = len(panel.days) * n_groups
-    total = np.bincount(cell[valid], weights=values[valid], minlength=size)
-    count = np.bincount(cell[valid], minlength=size).astype(np.float64)
+    total, count, _ = sector_sums(rows["logret_20"])
     with np.errstate(divide="ignore", invalid="ignore"):
         grid = (total / count).reshape(len(panel.days), n_groups)
-    ranked = pd.DataFrame(grid).rank(axis=1, pct=True).to_numpy()
+    ranked = percentile_rank(grid)
     ranked[np.isfinite(grid).sum(axis=1) < 2] = np.nan
     rank = ranked.reshape(-1)[cell]
     rank[~known] = np.nan

@@ -72,6 +72,7 @@ class _Series:
 
 def compute(panel: Panel, rows: Mapping[str, np.ndarray], macro: pd.DataFrame | None = None) -> None:
     """Fill :data:`COLUMNS` of ``rows`` from ``macro_indicators`` rows; NaN without them."""
+    from ibf_core.calendar import all_sessions
     from ibf_core.features.fundamental import session_ordinals
 
     for name in COLUMNS:
@@ -80,8 +81,6 @@ def compute(panel: Panel, rows: Mapping[str, np.ndarray], macro: pd.DataFrame | 
         return
     series = {name: _Series(part) for name, part in macro.groupby("indicator", sort=False)}
     days = panel.days.to_numpy(dtype="datetime64[ns]").astype(np.int64) // _DAY_NS
-    from ibf_core.calendar import all_sessions
-
     sessions = all_sessions().to_numpy(dtype="datetime64[ns]").astype(np.int64) // _DAY_NS
     ordinal = session_ordinals(days).astype(np.int64)
 
