@@ -157,3 +157,45 @@ def test_refused_tick_subscriptions_are_named(live_sim, tmp_path):
     assert stats.refused == {"tick_by_tick": {"MSFT"}, "depth": {"MSFT"}}
     assert set(store.query("SELECT DISTINCT symbol FROM trades").symbol) == {"AAPL"}
     assert set(store.query("SELECT DISTINCT symbol FROM depth").symbol) == {"AAPL"}
+
+
+def test_rows_arriving_while_a_flush_runs_in_its_thread_are_neither_lost_nor_break_the_batch(tmp_path):
+    """CI once failed with 'Length of values (766) does not match length of index (767)': a trade was appended to
+    the batch flush() had already taken (the executor thread) while its DataFrame was being built."""
+    import sys
+    import threading
+
+    from ibf_core.storage.warehouse import Warehouse
+    from ibf_core.streaming.collector import Collector
+
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible: the race shows within a few flushes
+    try:
+        store = Warehouse(tmp_path / "home")
+        collector = Collector(store, ["AAPL"], ports=[1])
+        start = int(pd.Timestamp(f"{DAY} 15:00", tz="America/New_York").timestamp())
+        produced, done, errors, stored = 20000, threading.Event(), [], []
+
+        def produce():
+            for i in range(produced):
+                collector._on_trade("AAPL", start + i // 3, 100.0 + (i % 3) * 0.01, 100.0, "ISLAND", "")
+            done.set()
+
+        def consume():
+            try:
+                while not done.is_set():
+                    stored.append(collector.flush())
+                stored.append(collector.flush())
+            except Exception as exc:  # noqa: BLE001 - the failure under test
+                errors.append(exc)
+
+        threads = [threading.Thread(target=produce), threading.Thread(target=consume)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+    finally:
+        sys.setswitchinterval(before)
+    assert errors == []
+    assert sum(stored) == collector.stats.trades == produced
+    assert store.query("SELECT count(*) AS n FROM trades").n.iloc[0] == produced

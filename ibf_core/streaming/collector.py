@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+import threading
 import time
 from collections import Counter, deque
 from collections.abc import Sequence
@@ -106,6 +107,9 @@ class Collector:
         self.served, unserved = serve_order(self.symbols, watchlist, ranking, max_lines)
         self.bar_types, self.flush_s, self.connect_timeout = bar_types, flush_s, connect_timeout
         self.stats = StreamStats(unserved=unserved)
+        # Rows arrive on the event loop while flush() runs in an executor thread: the lock keeps a row from being
+        # appended to a batch that flush() has already taken (it was lost, or broke the batch's DataFrame).
+        self._rows_lock = threading.Lock()
         self._bars: list[dict[str, Any]] = []
         self._quotes: list[dict[str, Any]] = []
         self._trades: list[dict[str, Any]] = []
@@ -134,11 +138,13 @@ class Collector:
             return
         bar = bars[-1]
         when = pd.Timestamp(bar.time).tz_convert("UTC")
-        self._bars.append({
+        row = {
             "symbol": symbol, "date": when.tz_convert(NEW_YORK).normalize().tz_localize(None), "time": when, "what": what,
             "open": bar.open_, "high": bar.high, "low": bar.low, "close": bar.close, "volume": float(bar.volume),
             "wap": float(bar.wap), "count": int(bar.count), "received_at": pd.Timestamp.now(tz="UTC"),
-        })
+        }
+        with self._rows_lock:
+            self._bars.append(row)
 
     def _on_ticker(self, symbol: str, ticker: Any) -> None:
         import math
@@ -150,12 +156,14 @@ class Collector:
 
         if ticker.rtTime:
             self._market_time[symbol] = when
-        self._quotes.append({
+        row = {
             "symbol": symbol, "date": when.tz_convert(NEW_YORK).normalize().tz_localize(None), "time": when,
             "bid": num(ticker.bid), "ask": num(ticker.ask), "bid_size": num(ticker.bidSize), "ask_size": num(ticker.askSize),
             "last": num(ticker.last), "last_size": num(ticker.lastSize), "volume": num(ticker.volume),
             "delayed": symbol in self.stats.delayed, "received_at": pd.Timestamp.now(tz="UTC"),
-        })
+        }
+        with self._rows_lock:
+            self._quotes.append(row)
 
     def _on_trade(self, symbol: str, epoch: int, price: float, size: float, exchange: str, conditions: str) -> None:
         # seq: occurrence of (price, size) within the second, counted per subscription (reset on re-subscribe).
@@ -167,30 +175,36 @@ class Collector:
         counts[(price, size)] += 1
         when = pd.Timestamp(epoch, unit="s", tz="UTC")
         self._market_time[symbol] = when
-        self._trades.append({
+        row = {
             "symbol": symbol, "date": when.tz_convert(NEW_YORK).normalize().tz_localize(None), "time": when, "seq": seq,
             "price": float(price), "size": float(size), "exchange": exchange, "special_conditions": conditions,
             "received_at": pd.Timestamp.now(tz="UTC"),
-        })
+        }
+        with self._rows_lock:
+            self._trades.append(row)
 
     def _on_depth(self, symbol: str, ticker: Any) -> None:
         now = pd.Timestamp.now(tz="UTC")
         when = self._market_time.get(symbol, now)
         date = when.tz_convert(NEW_YORK).normalize().tz_localize(None)
+        rows = []
         for tick in ticker.domTicks:
             self._depth_seq[symbol] += 1
-            self._depth.append({
+            rows.append({
                 "symbol": symbol, "date": date, "time": when, "seq": self._depth_seq[symbol],
                 "position": int(tick.position), "side": DEPTH_SIDES[int(tick.side)], "price": float(tick.price),
                 "size": float(tick.size), "operation": DEPTH_OPERATIONS[int(tick.operation)], "received_at": now,
             })
+        with self._rows_lock:
+            self._depth += rows
 
     def flush(self) -> int:
         """Append what arrived since the last flush (one write per table); returns the rows stored."""
-        bars, self._bars = self._bars, []
-        book, self._quotes = self._quotes, []
-        trades, self._trades = self._trades, []
-        depth, self._depth = self._depth, []
+        with self._rows_lock:
+            bars, self._bars = self._bars, []
+            book, self._quotes = self._quotes, []
+            trades, self._trades = self._trades, []
+            depth, self._depth = self._depth, []
         stored = 0
         if bars:
             frame = pd.DataFrame(bars)
