@@ -61,6 +61,7 @@ def test_after_the_nightly_reset_the_collector_reconnects_with_no_gap_beyond_it_
         ends = missing + pd.Timedelta(seconds=5)
         assert len(missing) >= 10  # the reset's 60 s lost 12 bars
         # Every bar that ended outside the reset is stored, give or take one bar in flight when the sockets closed
-        # (25 ms of real time here) and 30 market seconds (150 ms) to reconnect and re-subscribe after it.
-        assert (ends > start - pd.Timedelta(seconds=5)).all() and (ends <= end + pd.Timedelta(seconds=30)).all(), (start, end, missing)
+        # (25 ms of real time here) and 90 market seconds (450 ms) to reconnect and re-subscribe after it: 30 s
+        # (150 ms) was once too little on an idle 2-core machine (bars up to 36 s after the reset missing).
+        assert (ends > start - pd.Timedelta(seconds=5)).all() and (ends <= end + pd.Timedelta(seconds=90)).all(), (start, end, missing)
         assert times.max() > end + pd.Timedelta(seconds=60)  # streaming again after it
