@@ -4,12 +4,18 @@ A pid alone cannot say: after a crash the kernel may give the same pid to an unr
 named by its host, pid and start token (the boot id and the start time in clock ticks since boot, from ``/proc``);
 a process with that pid but another start token is a different process. Where ``/proc`` is missing (macOS) the
 start token is unknown and a live pid counts as the same process: never declare a live run dead.
+
+Why a process died is known only to its parent (the exit status); anyone else can ask the kernel log whether the
+OOM killer killed it (:func:`oom_killed`, where ``/dev/kmsg`` or ``dmesg`` is readable).
 """
 
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import socket
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,18 +59,21 @@ def start_token(pid: int) -> str | None:
     return f"{_boot_id()}:{fields[19]}"  # field 22 of stat: starttime, in clock ticks since boot
 
 
+def _boot_time() -> float | None:
+    """When this machine booted (epoch seconds), or None."""
+    try:
+        return next(float(line.split()[1]) for line in (_PROC / "stat").read_text().splitlines() if line.startswith("btime "))
+    except (OSError, StopIteration, ValueError):
+        return None
+
+
 def started_at(pid: int) -> float | None:
     """Wall-clock start time of a running process (epoch seconds), or None when unknown."""
     fields = _stat_fields(pid)
     if fields is None or len(fields) < 20:
         return None
-    try:
-        boot = next(
-            float(line.split()[1]) for line in (_PROC / "stat").read_text().splitlines() if line.startswith("btime ")
-        )
-    except (OSError, StopIteration, ValueError):
-        return None
-    return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    boot = _boot_time()
+    return None if boot is None else boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
 
 
 def current() -> ProcessRef:
@@ -107,6 +116,80 @@ def ran_since(pid: int, when: float, slack_s: float = 2.0) -> bool:
         return False
     started = started_at(pid)
     return started is None or started <= when + slack_s
+
+
+# "Out of memory: Killed process 4242 (python) total-vm:...", "Memory cgroup out of memory: Killed process 4242 ...",
+# "oom-kill:constraint=CONSTRAINT_NONE,...,task=python,pid=4242,uid=1000"
+_OOM_KILLS = (re.compile(r"\bKilled process (\d+)\b"), re.compile(r"\boom-kill:.*[,:]pid=(\d+)\b"))
+_DMESG_LINE = re.compile(r"^\[\s*(\d+\.\d+)\]\s?(.*)$")
+
+
+def oom_victims(message: str) -> set[int]:
+    """Pids a kernel log message says the OOM killer killed (none for any other message)."""
+    return {int(m.group(1)) for pattern in _OOM_KILLS for m in pattern.finditer(message)}
+
+
+def _kmsg() -> list[tuple[float | None, str]] | None:
+    """(seconds since boot, message) of every record in ``/dev/kmsg``; None when unreadable (no privilege)."""
+    try:
+        fd = os.open("/dev/kmsg", os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
+        return None
+    records: list[tuple[float | None, str]] = []
+    try:
+        while True:
+            try:
+                raw = os.read(fd, 8192)  # one record per read
+            except BlockingIOError:  # no more records
+                break
+            except BrokenPipeError:  # records overwritten while reading: go on with the oldest left
+                continue
+            except OSError:
+                return records or None
+            if not raw:
+                break
+            head, _, message = raw.decode(errors="replace").partition(";")
+            fields = head.split(",")
+            micros = fields[2] if len(fields) > 2 and fields[2].isdigit() else None
+            records.append((int(micros) / 1e6 if micros else None, message.split("\n", 1)[0]))
+    finally:
+        os.close(fd)
+    return records
+
+
+def _dmesg() -> list[tuple[float | None, str]] | None:
+    """The same from ``dmesg`` (where /dev/kmsg cannot be opened but dmesg is allowed)."""
+    if shutil.which("dmesg") is None:
+        return None
+    try:
+        done = subprocess.run(["dmesg"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if done.returncode != 0:
+        return None
+    records: list[tuple[float | None, str]] = []
+    for line in done.stdout.splitlines():
+        match = _DMESG_LINE.match(line)
+        records.append((float(match.group(1)), match.group(2)) if match else (None, line))
+    return records
+
+
+def oom_killed(pid: int, since: float | None = None, slack_s: float = 60.0) -> bool | None:
+    """Whether the kernel log says the OOM killer killed ``pid`` (at or after ``since``, epoch seconds, when given):
+    True or False, None when the log is unreadable. The log names pids of the kernel's namespace: for a process
+    of a container with its own pid namespace it says False, which only means "not known"."""
+    records = _kmsg()
+    if records is None:
+        records = _dmesg()
+    if records is None:
+        return None
+    boot = _boot_time()
+    for seconds, message in records:
+        if since is not None and boot is not None and seconds is not None and boot + seconds < since - slack_s:
+            continue  # an older kill of a process that had the same pid
+        if pid in oom_victims(message):
+            return True
+    return False
 
 
 def command_line(pid: int, limit: int = 120) -> str | None:

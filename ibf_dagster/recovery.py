@@ -13,11 +13,17 @@ looks at every STARTED/STARTING run and asks whether its process still runs:
 A run on another host, or whose worker has not started yet (STARTING, left to Dagster's run monitoring), is
 never touched. A run that is gone is marked FAILED through ``report_run_failed`` and the slots it claimed are
 freed; finished runs still holding slots (a step interrupted mid-claim) are freed too.
+
+A dead run is never silent: its failure message says why it died as well as it can be known (only the parent of a
+process learns its exit signal: ``ibf train``/``ibf backfill`` supervise their work, see ``supervise.py``; here the
+kernel log may name an OOM kill), and, where the caller passes an ``alert`` sink (the ``run_recovery`` sensor, every
+CLI run), it becomes a row of the ``alerts`` table and a webhook POST (check ``run_died``, one per run).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import os
 import threading
 import time
@@ -28,6 +34,7 @@ from dataclasses import dataclass
 import dagster as dg
 
 from ibf_core import processes
+from ibf_core.settings import Settings
 from ibf_dagster.compat import PoolClaim, interrupt_requested, pool_claims, pool_wait_hook, release_pool_slots
 
 HOST_TAG, PID_TAG, START_TAG = "ibf/host", "ibf/pid", "ibf/process_start"
@@ -39,6 +46,10 @@ _FINISHED = {dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.Dagste
 INTERRUPT_GRACE_S = 10.0
 
 Notify = Callable[[str], None]
+_log = logging.getLogger("ibf.recovery")
+# Told about the runs that died (marked FAILED here): records them as alerts (see death_alerts).
+DeathAlert = Callable[[list["RunDeath"]], None]
+DIED_CHECK = "run_died"  # the check_name of a dead run's alert
 
 
 class PoolWaitTimeout(RuntimeError):
@@ -59,11 +70,38 @@ def launch_tags() -> dict[str, str]:
 
 
 @dataclass(frozen=True)
+class RunDeath:
+    """A run whose process died before ending it, and why (``cause``, as well as it can be known)."""
+
+    run_id: str
+    assets: str
+    partition: str
+    pid: int | None
+    cause: str
+    launched_by: str
+
+    def headline(self) -> str:
+        """``run <id> (trained_models) died: killed by signal 9 (out of memory?)``"""
+        return f"run {self.run_id} ({self.assets}) died: {self.cause}"
+
+    def alert(self):
+        """The ``alerts`` row of this death (ERROR, check ``run_died``; one per run however often it is recorded)."""
+        from ibf_core.alerts import Alert
+
+        metadata = {"cause": self.cause, "pid": self.pid, "launched_by": self.launched_by}
+        return Alert(
+            asset=self.assets, check_name=DIED_CHECK, partition=self.partition, severity="ERROR",
+            description=self.headline(), metadata=metadata, run_id=self.run_id, evaluation_id=f"{DIED_CHECK}:{self.run_id}",
+        )
+
+
+@dataclass(frozen=True)
 class FreedRun:
     run_id: str
     why: str
     marked_failed: bool
     pools: tuple[str, ...]
+    death: RunDeath | None = None
 
     def line(self) -> str:
         done = (["marked FAILED"] if self.marked_failed else []) + [f"released pool {p}" for p in self.pools]
@@ -103,8 +141,67 @@ def run_process(instance: dg.DagsterInstance, run: dg.DagsterRun) -> tuple[bool 
     return processes.ran_since(pid, when), pid
 
 
-def recover_dead_runs(instance: dg.DagsterInstance) -> list[FreedRun]:
-    """Mark unfinished runs whose process is gone FAILED and free their pool slots; free slots of finished runs."""
+def run_assets(run: dg.DagsterRun) -> str:
+    """The assets a run materializes (``trained_models``; ``features, market_bars``), else its job's name."""
+    if run.asset_selection:
+        return ", ".join(sorted(key.to_user_string() for key in run.asset_selection))
+    return f"job {run.job_name}"
+
+
+def run_partition(run: dg.DagsterRun) -> str:
+    """The run's partition key, or ``first...last`` for a range run ('' when unpartitioned)."""
+    tags = run.tags
+    if "dagster/partition" in tags:
+        return tags["dagster/partition"]
+    first, last = tags.get("dagster/asset_partition_range_start"), tags.get("dagster/asset_partition_range_end")
+    return f"{first}...{last}" if first and last else ""
+
+
+def mark_dead(instance: dg.DagsterInstance, run: dg.DagsterRun, pid: int | None, cause: str) -> tuple[RunDeath, tuple[str, ...]]:
+    """Mark ``run`` FAILED with why its process died and free its pool slots: (the death, the pools freed)."""
+    death = RunDeath(
+        run.run_id, run_assets(run), run_partition(run), pid, cause, run.tags.get(LAUNCHED_BY_TAG, "the Dagster daemon/UI")
+    )
+    instance.report_run_failed(run, message=f"ibf: {death.headline()}; marked FAILED")
+    return death, tuple(release_pool_slots(instance, run.run_id))
+
+
+def unfinished_runs_of(instance: dg.DagsterInstance, ref: processes.ProcessRef) -> list[dg.DagsterRun]:
+    """Unfinished runs the process ``ref`` started (its ``ibf/host``, ``ibf/pid`` and, when known, start token)."""
+    records = instance.get_run_records(dg.RunsFilter(statuses=_WATCHED, tags={HOST_TAG: ref.host, PID_TAG: str(ref.pid)}))
+    runs = [r.dagster_run for r in records]
+    return sorted((r for r in runs if ref.start is None or r.tags.get(START_TAG) in (None, ref.start)), key=lambda r: r.run_id)
+
+
+def gone_cause(pid: int | None, since: float | None) -> str:
+    """Why a run's process (not our child) is gone, as far as the kernel log can tell."""
+    if pid is not None and processes.oom_killed(pid, since):
+        return f"killed by the OOM killer (pid {pid})"
+    return f"its process (pid {pid}) is gone without ending the run (killed? out of memory?)"
+
+
+def death_alerts(settings: Settings, log: Notify | None = None) -> DeathAlert:
+    """An ``alert`` sink: each dead run becomes an ``alerts`` row and a POST to IBF_ALERT_WEBHOOK (never raises:
+    a failure to record is logged, the run stays marked FAILED)."""
+
+    def record(deaths: list[RunDeath]) -> None:
+        if not deaths:
+            return
+        from ibf_core.alerts import record_alerts
+        from ibf_core.storage.backends import open_warehouse
+
+        webhook = settings.alert_webhook.get_secret_value() if settings.alert_webhook else None
+        try:
+            record_alerts(open_warehouse(settings), [d.alert() for d in deaths], webhook, log=log)
+        except Exception as exc:  # the alert is a courtesy; recovery itself must go on
+            (log or _log.warning)(f"could not record the alert for {', '.join(d.run_id for d in deaths)}: {type(exc).__name__}: {exc}")
+
+    return record
+
+
+def recover_dead_runs(instance: dg.DagsterInstance, alert: DeathAlert | None = None) -> list[FreedRun]:
+    """Mark unfinished runs whose process is gone FAILED (saying why) and free their pool slots; free slots of
+    finished runs. ``alert`` is told about the runs marked FAILED."""
     freed: list[FreedRun] = []
     done: set[str] = set()
     for record in instance.get_run_records(dg.RunsFilter(statuses=_WATCHED)):
@@ -115,9 +212,8 @@ def recover_dead_runs(instance: dg.DagsterInstance) -> list[FreedRun]:
         current = instance.get_run_by_id(run.run_id)
         if current is None or current.status in _FINISHED:  # ended meanwhile, or freed by another ibf process
             continue
-        instance.report_run_failed(run, message=f"ibf: the process of this run (pid {pid}) is gone; marked FAILED")
-        pools = tuple(release_pool_slots(instance, run.run_id))
-        freed.append(FreedRun(run.run_id, f"pid {pid} gone", True, pools))
+        death, pools = mark_dead(instance, run, pid, gone_cause(pid, record.start_time))
+        freed.append(FreedRun(run.run_id, f"pid {pid} gone", True, pools, death))
         done.add(run.run_id)
     for run_id in sorted({c.run_id for c in pool_claims(instance)} - done):
         run = instance.get_run_by_id(run_id)
@@ -126,6 +222,8 @@ def recover_dead_runs(instance: dg.DagsterInstance) -> list[FreedRun]:
             pools = tuple(release_pool_slots(instance, run_id))
             if pools:
                 freed.append(FreedRun(run_id, f"{status}, still holding a slot", False, pools))
+    if alert is not None:
+        alert([f.death for f in freed if f.death is not None])
     return freed
 
 
@@ -147,8 +245,11 @@ def describe_run(instance: dg.DagsterInstance, run_id: str) -> str:
 class PoolWait:
     """The pool-wait hook of one in-process run: says what it waits for, frees dead holders, gives up in time."""
 
-    def __init__(self, instance: dg.DagsterInstance, run_id: str, timeout_s: float, notify: Notify, check_every_s: float = 2.0):
-        self.instance, self.run_id, self.timeout_s, self.notify = instance, run_id, timeout_s, notify
+    def __init__(
+        self, instance: dg.DagsterInstance, run_id: str, timeout_s: float, notify: Notify, check_every_s: float = 2.0,
+        alert: DeathAlert | None = None,
+    ):
+        self.instance, self.run_id, self.timeout_s, self.notify, self.alert = instance, run_id, timeout_s, notify, alert
         self.check_every_s = check_every_s
         self.error: str | None = None
         self.interrupted = False
@@ -162,7 +263,7 @@ class PoolWait:
 
     def _look(self, pool: str, step_key: str) -> str:
         """Free dead holders, then name the live ones (announced once per change)."""
-        for freed in recover_dead_runs(self.instance):
+        for freed in recover_dead_runs(self.instance, self.alert):
             self.notify(freed.line())
         holders = sorted({c.run_id for c in self._holders(pool)})
         described = "; ".join(describe_run(self.instance, r) for r in holders) or "no run (the slot is being handed over)"
@@ -211,11 +312,13 @@ def _watch_interrupts(instance: dg.DagsterInstance, run_id: str, done: threading
 
 @contextmanager
 def guarded_run(
-    instance: dg.DagsterInstance, run_id: str, timeout_s: float, notify: Notify, grace_s: float = INTERRUPT_GRACE_S
+    instance: dg.DagsterInstance, run_id: str, timeout_s: float, notify: Notify, grace_s: float = INTERRUPT_GRACE_S,
+    alert: DeathAlert | None = None,
 ) -> Iterator[PoolWait]:
-    """Execute an in-process run inside this: its pool waits are announced and time out, an interrupt stops it
-    within ``grace_s``, and whatever happens it ends finished and holding no slot."""
-    wait = PoolWait(instance, run_id, timeout_s, notify)
+    """Execute an in-process run inside this: its pool waits are announced and time out (dead holders freed and
+    told to ``alert``), an interrupt stops it within ``grace_s``, and whatever happens it ends finished and holding
+    no slot."""
+    wait = PoolWait(instance, run_id, timeout_s, notify, alert=alert)
     done = threading.Event()
     watcher = threading.Thread(
         target=_watch_interrupts, args=(instance, run_id, done, grace_s, notify), name="ibf-interrupts", daemon=True

@@ -20,7 +20,7 @@ from ibf_core.storage.backends import open_warehouse
 from ibf_dagster.compat import partition_range_tags, was_interrupted
 from ibf_dagster.instance import get_instance
 from ibf_dagster.partitions import MODEL_CUTOFFS, SYMBOL_PARTITIONS, contiguous_blocks, date_key_window, date_partitions
-from ibf_dagster.recovery import PoolWait, RunInterrupted, guarded_run, launch_tags, recover_dead_runs
+from ibf_dagster.recovery import PoolWait, RunInterrupted, death_alerts, guarded_run, launch_tags, recover_dead_runs
 
 
 MODEL_ASSETS = ("trained_models", "predictions", "drift_scores")
@@ -87,7 +87,7 @@ def backfill(
     if start_d and end_d and start_d > end_d:
         raise BackfillError(f"--start {start_d} is after --end {end_d}")
     instance = get_instance(settings)
-    start_runs(instance)
+    start_runs(instance, settings)
     open_warehouse(settings).ensure_all_tables()
     sync_universe(instance, settings.universe)
     wanted = [normalize_symbol(s) for s in symbols] if symbols else known_symbols(instance)
@@ -121,7 +121,7 @@ def backfill(
         run_id = str(uuid.uuid4())
         with (
             _report_recorded_partitions(instance, run_id, expected),
-            guarded_run(instance, run_id, settings.pool_wait_timeout, report_notice) as wait,
+            guarded_run(instance, run_id, settings.pool_wait_timeout, report_notice, alert=death_alerts(settings, report_notice)) as wait,
         ):
             result = job.execute_in_process(
                 instance=instance,
@@ -165,9 +165,10 @@ def _by_partitioning(graph, selected: set) -> dict[str, set]:
     return groups
 
 
-def start_runs(instance: dg.DagsterInstance) -> None:
-    """Before a run starts: runs whose process is gone are marked FAILED and their pool slots freed (one line each)."""
-    for freed in recover_dead_runs(instance):
+def start_runs(instance: dg.DagsterInstance, settings: Settings | None = None) -> None:
+    """Before a run starts: runs whose process is gone are marked FAILED and their pool slots freed (one line each);
+    with ``settings``, each becomes an ``alerts`` row (and webhook POST) too."""
+    for freed in recover_dead_runs(instance, death_alerts(settings, report_notice) if settings is not None else None):
         report_notice(freed.line())
 
 
@@ -221,13 +222,13 @@ def train(settings: Settings, cutoff: str | dt.date, log_level: str = "WARNING")
     if pd.Timestamp(day) not in set(sessions):
         raise BackfillError(f"cut-off {day} is not an NYSE session")
     instance = get_instance(settings)
-    start_runs(instance)
+    start_runs(instance, settings)
     if not instance.has_dynamic_partition(MODEL_CUTOFFS.name, day.isoformat()):
         instance.add_dynamic_partitions(MODEL_CUTOFFS.name, [day.isoformat()])
     defs = build_definitions(settings)
     job = defs.resolve_implicit_global_asset_job_def()
     run_id = str(uuid.uuid4())
-    with guarded_run(instance, run_id, settings.pool_wait_timeout, report_notice) as wait:
+    with guarded_run(instance, run_id, settings.pool_wait_timeout, report_notice, alert=death_alerts(settings, report_notice)) as wait:
         result = job.execute_in_process(
             instance=instance,
             asset_selection=[dg.AssetKey("trained_models")],

@@ -194,16 +194,18 @@ def build_run_recovery() -> dg.SensorDefinition:
     @dg.sensor(
         name="run_recovery",
         description=(
-            "Marks STARTED runs whose process is gone (pid and start time checked) FAILED and frees their "
-            "concurrency-pool slots, so a crashed run never blocks the duckdb or gpu pool."
+            "Marks STARTED runs whose process is gone (pid and start time checked) FAILED, saying why (the kernel "
+            "log may name an OOM kill), frees their concurrency-pool slots, so a crashed run never blocks the duckdb "
+            "or gpu pool, and records an `alerts` row (check run_died) with a webhook POST for each."
         ),
         minimum_interval_seconds=60,
         default_status=dg.DefaultSensorStatus.RUNNING,
     )
-    def run_recovery(context: dg.SensorEvaluationContext) -> dg.SkipReason:
-        from ibf_dagster.recovery import recover_dead_runs
+    def run_recovery(context: dg.SensorEvaluationContext, ibf: SettingsResource) -> dg.SkipReason:
+        from ibf_dagster.recovery import death_alerts, recover_dead_runs
 
-        freed = recover_dead_runs(context.instance)
+        # a dead run's failure message says why it died; each also becomes an `alerts` row (and webhook POST)
+        freed = recover_dead_runs(context.instance, death_alerts(ibf.get(), log=context.log.warning))
         for run in freed:
             context.log.warning(run.line())
         return dg.SkipReason("; ".join(run.line() for run in freed) or "every unfinished run's process is alive")
