@@ -30,7 +30,7 @@ stack_app = typer.Typer(help="The production topology as local processes: Postgr
 app.add_typer(stack_app, name="stack")
 err = Console(stderr=True)
 out = Console(soft_wrap=True)  # tables are wider than 80 columns; never re-wrap them
-_options = {"debug": False}
+_options = {"debug": False, "supervise": False}
 # `ibf ui`: after Ctrl-C/SIGTERM, dagster dev gets this long to shut down on SIGINT, then SIGTERM, then SIGKILL.
 UI_STOP_GRACE_S = (4.0, 2.0)
 
@@ -63,6 +63,19 @@ def _settings(**overrides):
 
 def _split(value: str | None) -> list[str] | None:
     return [s for s in (p.strip() for p in value.split(",")) if s] if value else None
+
+
+def _supervised(command: str) -> None:
+    """From the console script, ``command`` runs in a child process that this one watches (ibf_dagster/supervise.py):
+    if the child is killed (out of memory, a segfault) its run is marked FAILED and one error line says why."""
+    if not _options["supervise"]:
+        return  # the child itself, or the command called in-process (tests)
+    from ibf_dagster.supervise import run_in_child
+
+    code, error = run_in_child(command, sys.argv[1:])
+    if error:
+        _fail(error, code)
+    raise typer.Exit(code)
 
 
 def _quiet_dagster(verbose: bool = False) -> str:
@@ -122,6 +135,7 @@ def backfill(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Dagster's and ib_insync's logs")] = False,
 ) -> None:
     """Materialize assets for symbols x dates through Dagster (runs show in the UI)."""
+    _supervised("backfill")
     log_level = _quiet_dagster(verbose)
     if csv is not None and source is None:
         source = "csv"
@@ -555,6 +569,7 @@ def train(
     verbose: Annotated[bool, typer.Option(help="Show Dagster's logs")] = False,
 ) -> None:
     """Materialize trained_models for one cut-off through Dagster (MLflow run + registry version)."""
+    _supervised("train")
     from ibf_dagster.runner import BackfillError
     from ibf_dagster.runner import train as run_train
 
@@ -725,14 +740,14 @@ def ui(port: Annotated[int, typer.Option(help="Port of the Dagster UI")] = 3000)
 
     settings = _settings()
     instance = get_instance(settings)
-    start_runs(instance)  # runs a crashed dagster dev left STARTED, with their pool slots
+    start_runs(instance, settings)  # runs a crashed dagster dev left STARTED, with their pool slots
     workspace = Path(__file__).resolve().parents[1] / "workspace.yaml"
     dagster = str(Path(sys.executable).with_name("dagster"))
     # Its own process group: Ctrl-C reaches ibf, which stops the whole group (webserver, daemon, code server, run
     # workers) and escalates, since dagster dev may take minutes to act on a SIGTERM.
     proc = subprocess.Popen([dagster, "dev", "-h", "127.0.0.1", "-p", str(port), "-w", str(workspace)], start_new_session=True)
     code = _supervise(proc)
-    start_runs(instance)  # runs whose workers went down with it
+    start_runs(instance, settings)  # runs whose workers went down with it
     raise typer.Exit(code)
 
 
@@ -913,8 +928,10 @@ def api_key_new() -> None:
     err.print("Give the key to the client; configure only the digest (IBF_API_KEYS=<digest>). The key is not stored.")
 
 
-def main() -> None:
-    """The console script: every failure is one ``error:`` line and exit 1 (2 for settings), 130 when interrupted."""
+def main(supervise: bool = True) -> None:
+    """The console script: every failure is one ``error:`` line and exit 1 (2 for settings), 130 when interrupted;
+    ``train`` and ``backfill`` run in a supervised child (``supervise=False`` there)."""
+    _options["supervise"] = supervise
     signal.signal(signal.SIGTERM, _interrupt)
     _setup_output()
     _guard_commands(app)

@@ -109,7 +109,8 @@ def test_a_killed_backfill_is_freed_by_the_next_one(ibf_home, slow_gateway):
     folder = ibf_home / "lake" / "market_bars"
     with started([IBF, *SLOW_BACKFILL], slow_gateway, stderr=subprocess.DEVNULL) as victim:
         dead_run = wait_for_pool_holder(ibf_home, victim)
-        victim_pid = victim.pid
+        with instance_of(ibf_home) as instance:  # the run executes in ibf's supervised child, which dies with it
+            victim_pid = int(instance.get_run_by_id(dead_run).tags["ibf/pid"])
         os.killpg(victim.pid, signal.SIGKILL)
         victim.wait(30)
     killed_at = time.perf_counter()
@@ -151,6 +152,8 @@ def test_a_pool_wait_names_the_holder_does_not_spin_and_times_out(ibf_home, gate
     slower = [*SLOW_BACKFILL[:6], "2010-01-04", *SLOW_BACKFILL[7:]]
     with started([IBF, *slower], slow_gateway, stderr=subprocess.DEVNULL) as holder:
         holder_run = wait_for_pool_holder(ibf_home, holder)
+        with instance_of(ibf_home) as instance:  # the pid executing the run: ibf's supervised child
+            holder_pid = int(instance.get_run_by_id(holder_run).tags["ibf/pid"])
         env = {"IBF_POOL_WAIT_TIMEOUT": "8"}
         args = [IBF, "backfill", "--symbols", "MSFT", "--start", "2012-01-03", "--end", "2012-01-31", "--assets", "market_bars"]
         with started(args, env, stderr=subprocess.PIPE, text=True) as waiter:
@@ -159,10 +162,11 @@ def test_a_pool_wait_names_the_holder_does_not_spin_and_times_out(ibf_home, gate
                 lines.append(line)
                 if line.startswith("waiting for pool duckdb"):
                     break
-            assert lines and lines[-1].startswith(f"waiting for pool duckdb: held by run {holder_run} (ibf backfill, pid {holder.pid}"), lines
-            cpu_before, wait_started = cpu_seconds(waiter.pid), time.perf_counter()
+            assert lines and lines[-1].startswith(f"waiting for pool duckdb: held by run {holder_run} (ibf backfill, pid {holder_pid}"), lines
+            (waiting,) = children(waiter.pid)  # the supervised child executes the run
+            cpu_before, wait_started = cpu_seconds(waiting), time.perf_counter()
             time.sleep(5)
-            waited_cpu = cpu_seconds(waiter.pid) - cpu_before
+            waited_cpu = cpu_seconds(waiting) - cpu_before
             rest = waiter.stderr.read()
             waiter.wait(60)
             gave_up_after = time.perf_counter() - wait_started
