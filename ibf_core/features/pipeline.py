@@ -32,8 +32,9 @@ that date.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping
-from typing import TYPE_CHECKING
+import time
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -45,6 +46,8 @@ from ibf_core.features import (
 
 if TYPE_CHECKING:  # pragma: no cover
     from ibf_core.fundamentals.inputs import FundamentalInputs
+
+_T = TypeVar("_T")
 
 __all__ = [
     "FEATURES",
@@ -145,7 +148,7 @@ def compute_features(
     ``fundamentals``: the point-in-time overview, earnings, calendar and macro frames
     (``ibf_core.fundamentals.read_inputs``); their features are NaN without them.
     """
-    return compute_features_with_support(bars, news, benchmark, microstructure_daily, fundamentals)[0]
+    return _compute(bars, news, benchmark, microstructure_daily, fundamentals, with_support=False)[0]
 
 
 def compute_features_with_support(
@@ -161,33 +164,72 @@ def compute_features_with_support(
     else the sum of ``WARMING_UP`` (before the feature's own ``min_history`` bars) and ``NO_VOLUME`` /
     ``NO_RANGE`` (its window holds a bar without an input it reads). Calendar, news and live columns are 0.
     """
+    frame, support = _compute(bars, news, benchmark, microstructure_daily, fundamentals, with_support=True)
+    assert support is not None
+    return frame, support
+
+
+def _compute(
+    bars: pd.DataFrame,
+    news: pd.DataFrame | None,
+    benchmark: str | None,
+    microstructure_daily: pd.DataFrame | None,
+    fundamentals: FundamentalInputs | None,
+    with_support: bool,
+    marks: dict[str, float] | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """The feature frame and, ``with_support``, the support-state frame (``compute_features`` skips building it).
+
+    ``marks``: when given, receives the wall time of every stage (``benchmarks/bench_features.py``).
+    """
     if bars.empty:
         empty = _empty_frame()
         return empty, empty.drop(columns="warmup").astype({c: np.int8 for c in feature_columns()})
-    panel, order = Panel.from_bars(bars)
+    stage = _Stages(marks)
+    panel, order = stage("panel (sort check, index maps)", lambda: Panel.from_bars(bars))
     matrix = np.empty((len(FEATURES), panel.n))
     rows = {f.name: matrix[i] for i, f in enumerate(FEATURES)}
-    state = _support_state(panel)
+    lacking = stage("input flags", lambda: _lacking_inputs(panel))
+    stage("technical (TA-Lib loop + transforms)", lambda: technical.compute(panel, rows))
+    stage("returns", lambda: technical.compute_returns(panel, rows))
+    stage("microstructure", lambda: microstructure.compute(panel, rows))
+    stage("clean per-symbol (inf, ffill, inputs)", lambda: (_clean(panel, rows, _PER_SYMBOL),
+                                                            _blank_missing_inputs(rows, lacking, _PER_SYMBOL)))
+    stage("cross-asset (beta, ranks)", lambda: cross_asset.compute(panel, rows, benchmark))
+    stage("clean cross-asset", lambda: (_clean(panel, rows, _CROSS), _blank_missing_inputs(rows, lacking, _CROSS)))
+    stage("calendar", lambda: calendar_features.compute(panel, rows))
+    stage("news, live, fundamentals, macro", lambda: (
+        _join_news(panel, news, rows), live.join(panel, microstructure_daily, rows),
+        fundamental.compute(panel, rows, fundamentals),
+        macro.compute(panel, rows, None if fundamentals is None else fundamentals.macro)))
 
-    technical.compute(panel, rows)
-    technical.compute_returns(panel, rows)
-    microstructure.compute(panel, rows)
-    _clean(panel, rows, _PER_SYMBOL)
-    _blank_missing_inputs(rows, state, _PER_SYMBOL)
-    cross_asset.compute(panel, rows, benchmark)
-    _clean(panel, rows, _CROSS)
-    _blank_missing_inputs(rows, state, _CROSS)
-    calendar_features.compute(panel, rows)
-    _join_news(panel, news, rows)
-    live.join(panel, microstructure_daily, rows)
-    fundamental.compute(panel, rows, fundamentals)
-    macro.compute(panel, rows, None if fundamentals is None else fundamentals.macro)
+    def assemble() -> pd.DataFrame:
+        frame = _keyed(pd.DataFrame(matrix.T, columns=feature_columns(), copy=False), symbols, panel.dates)
+        frame["warmup"] = panel.pos + 1 < WARMUP_SESSIONS
+        return frame
 
     symbols = bars["symbol"].to_numpy()
     symbols = symbols if order is None else symbols[order]
-    frame = _keyed(pd.DataFrame(matrix.T, columns=feature_columns(), copy=False), symbols, panel.dates)
-    frame["warmup"] = panel.pos + 1 < WARMUP_SESSIONS
-    return frame, _keyed(pd.DataFrame(state), symbols, panel.dates)  # consolidated: one int8 block, not one per feature
+    frame = stage("frame", assemble)
+    if not with_support:
+        return frame, None
+    state = pd.DataFrame(_support_state(panel, lacking).T, columns=feature_columns(), copy=False)  # one int8 block
+    return frame, _keyed(state, symbols, panel.dates)
+
+
+class _Stages:
+    """``stage(name, fn)`` runs ``fn``; with a ``marks`` dict it also records the wall time under ``name``."""
+
+    def __init__(self, marks: dict[str, float] | None) -> None:
+        self.marks = marks
+
+    def __call__(self, name: str, fn: Callable[[], _T]) -> _T:
+        if self.marks is None:
+            return fn()
+        begin = time.perf_counter()
+        out = fn()
+        self.marks[name] = self.marks.get(name, 0.0) + time.perf_counter() - begin
+        return out
 
 
 def _keyed(frame: pd.DataFrame, symbols: np.ndarray, dates: np.ndarray) -> pd.DataFrame:
@@ -235,30 +277,54 @@ SUPPORTED, WARMING_UP, NO_VOLUME, NO_RANGE = 0, 1, 2, 4
 _INPUT_BITS = {VOLUME: NO_VOLUME, RANGE: NO_RANGE}
 
 
-def _support_state(panel: Panel) -> dict[str, np.ndarray]:
-    """Feature -> int8 state per row (``SUPPORTED`` or the bits of what is missing)."""
+def _has_support_state(feature: Feature) -> bool:
+    """Whether warm-up and input bits apply (joined columns: news, live, fundamentals, macro, and calendar have none)."""
+    return feature.ffill and feature.group != "calendar"
+
+
+def _lacking_inputs(panel: Panel) -> dict[tuple[str, int], np.ndarray]:
+    """(input, window) -> rows whose trailing window of that many bars holds a bar without the input.
+
+    Only for the (input, window) pairs some feature reads, and only where the input is missing somewhere: on
+    complete bars this is empty and costs one pass over the input flags.
+    """
     missing = panel.input_missing()
-    lacking: dict[tuple[str, int], np.ndarray] = {}  # (input, window) -> rows whose window lacks it
-    out: dict[str, np.ndarray] = {}
+    lacking: dict[tuple[str, int], np.ndarray] = {}
     for feature in FEATURES:
-        state = np.zeros(panel.n, dtype=np.int8)
-        if feature.ffill and feature.group != "calendar":  # joined columns (news, live) have no warm-up
-            state[panel.pos + 1 < feature.min_history] |= WARMING_UP
-            for name in sorted(feature.inputs):
-                key = (name, feature.min_history)
-                if key not in lacking:
-                    lacking[key] = panel.window_count(missing[name], feature.min_history) > 0 if missing[name].any() else None
-                if lacking[key] is not None:
-                    state[lacking[key]] |= _INPUT_BITS[name]
-        out[feature.name] = state
-    return out
+        if not _has_support_state(feature):
+            continue
+        for name in feature.inputs:
+            key = (name, feature.min_history)
+            if key not in lacking and missing[name].any():
+                lacking[key] = panel.window_count(missing[name], feature.min_history) > 0
+    return lacking
 
 
-def _blank_missing_inputs(rows: Mapping[str, np.ndarray], state: Mapping[str, np.ndarray], features: list[Feature]) -> None:
+def _support_state(panel: Panel, lacking: Mapping[tuple[str, int], np.ndarray]) -> np.ndarray:
+    """``(features, rows)`` int8: ``SUPPORTED`` or the bits of what is missing, per feature (registry order) and row."""
+    state = np.zeros((len(FEATURES), panel.n), dtype=np.int8)
+    for i, feature in enumerate(FEATURES):
+        if not _has_support_state(feature):
+            continue
+        if feature.min_history > 1:  # rows among the symbol's first min_history - 1 bars
+            state[i, panel.head_rows(feature.min_history - 1)] = WARMING_UP
+        for name in sorted(feature.inputs):
+            rows = lacking.get((name, feature.min_history))
+            if rows is not None:
+                state[i, rows] |= _INPUT_BITS[name]
+    return state
+
+
+def _blank_missing_inputs(rows: Mapping[str, np.ndarray], lacking: Mapping[tuple[str, int], np.ndarray],
+                          features: list[Feature]) -> None:
     """NULL where a feature read a missing bar input (after the forward fill, so no fill reaches those rows)."""
     for feature in features:
-        if feature.inputs:
-            rows[feature.name][(state[feature.name] & (NO_VOLUME | NO_RANGE)) != 0] = np.nan
+        if not _has_support_state(feature):
+            continue
+        for name in feature.inputs:
+            where = lacking.get((name, feature.min_history))
+            if where is not None:
+                rows[feature.name][where] = np.nan
 
 
 def unsupported_reasons(state: pd.DataFrame, columns: list[str]) -> dict[str, str]:
@@ -287,14 +353,14 @@ def _clean(panel: Panel, rows: Mapping[str, np.ndarray], features: list[Feature]
     """Infinities -> NaN, then forward-fill interior gaps within each symbol."""
     for feature in features:
         row = rows[feature.name]
-        nonfinite = ~np.isfinite(row)
-        missing = np.count_nonzero(nonfinite)
+        finite = np.isfinite(row)
+        missing = panel.n - np.count_nonzero(finite)
         # Leading NaNs a well-formed row has (min_history - 1 per symbol): equal counts mean no inf, no gap.
         if missing == _leading(panel, feature.min_history):
             continue
-        row[nonfinite] = np.nan
+        np.copyto(row, np.nan, where=~finite)
         if feature.ffill and 0 < missing < panel.n:
-            forward_fill(panel, row, ~nonfinite)
+            forward_fill(panel, row, finite)
 
 
 def _leading(panel: Panel, min_history: int) -> int:
@@ -303,7 +369,8 @@ def _leading(panel: Panel, min_history: int) -> int:
 
 def forward_fill(panel: Panel, row: np.ndarray, valid: np.ndarray) -> None:
     """In place: each NaN takes the last valid value of the same symbol before it; leading NaNs stay."""
-    source = np.where(valid, np.arange(panel.n), 0)
+    source = np.arange(panel.n)
+    np.copyto(source, 0, where=~valid)
     # The running maximum of "last valid row, or this symbol's first row" never reaches back into an
     # earlier symbol: a symbol's first row is larger than every row before it.
     source[panel.starts] = panel.starts
