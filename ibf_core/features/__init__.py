@@ -119,7 +119,9 @@ def nan_aware(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(x with non-finite values as 0, 1.0 where x is finite): TA-Lib's running sums must never see a NaN
     (it would poison every later window), so NaN-aware window means are SUM(x0) / SUM(valid)."""
     valid = np.isfinite(x)
-    return np.where(valid, x, 0.0), valid.astype(np.float64)
+    filled = x.copy()
+    np.copyto(filled, 0.0, where=~valid)  # (np.where with a scalar is several times slower)
+    return filled, valid.astype(np.float64)
 
 
 @dataclass(eq=False)
@@ -152,11 +154,11 @@ class Panel:
         """Build the panel; also return the row order applied to ``bars`` (None when already sorted)."""
         symbol_values = bars["symbol"].to_numpy(dtype=object)
         dates = _as_datetime64(bars["date"])
-        order = _sort_order(symbol_values, dates)
+        order, change = _sort_order(symbol_values, dates)
         if order is not None:
             symbol_values, dates = symbol_values[order], dates[order]
+            change = np.flatnonzero(symbol_values[1:] != symbol_values[:-1]) + 1
         n = len(symbol_values)
-        change = np.flatnonzero(symbol_values[1:] != symbol_values[:-1]) + 1
         starts = np.concatenate([[0], change]).astype(np.int64) if n else np.array([], dtype=np.int64)
         counts = np.diff(np.append(starts, n)).astype(np.int64)
         sym = np.repeat(np.arange(len(starts)), counts)
@@ -175,10 +177,15 @@ class Panel:
         raw_volume = column("volume")
         # TA-Lib's running sums must never see a NaN (it would poison every later window): an unknown volume
         # computes as 0 and an unknown open/high/low as the close; the input flags then blank what read them.
-        volume = np.where(np.isfinite(raw_volume) & (raw_volume >= 0), raw_volume, 0.0)
+        volume = raw_volume.copy()
+        np.copyto(volume, 0.0, where=~(raw_volume >= 0))  # NaN compares False: unknown and negative alike
         prices = {name: column(name) for name in ("open", "high", "low")}
-        raw_range = np.logical_and.reduce([np.isfinite(v) for v in prices.values()])
-        prices = {name: np.where(np.isfinite(v), v, close) for name, v in prices.items()}
+        raw_range = np.ones(n, dtype=bool)
+        for name, values in prices.items():
+            known = np.isfinite(values)
+            raw_range &= known
+            prices[name] = values = values.copy()  # column() may return a view of the caller's frame
+            np.copyto(values, close, where=~known)
         panel = cls(
             symbols=symbol_values[starts], starts=starts, counts=counts, sym=sym, pos=pos, dates=dates,
             days=days, day=day, open=prices["open"], high=prices["high"], low=prices["low"],
@@ -248,10 +255,15 @@ class Panel:
 
     def window_count(self, flag: np.ndarray, k: int) -> np.ndarray:
         """Per row: how many of the last k bars of its symbol (the row included) have ``flag`` set."""
-        total = np.concatenate([[0], np.cumsum(flag, dtype=np.int64)])
-        rows = np.arange(self.n)
-        first = np.maximum(rows - k + 1, self.starts[self.sym]) if self.n else rows
-        return total[rows + 1] - total[first]
+        total = np.cumsum(flag, dtype=np.int64)  # flags up to and including each row
+        out = total.copy()
+        if k < self.n:
+            out[k:] -= total[: self.n - k]  # the last k rows, wherever they belong...
+        # ...except within a symbol's first k bars, whose window starts at the symbol's first row.
+        head = self.head_rows(k)
+        start = self.starts[self.sym[head]]
+        out[head] = total[head] - np.where(start > 0, total[np.maximum(start - 1, 0)], 0)
+        return out
 
     def input_missing(self) -> dict[str, np.ndarray]:
         """Per input (``VOLUME``, ``RANGE``): True on bars where it is not a real measurement.
@@ -283,29 +295,40 @@ class Panel:
 
     # ----- cross-sectional helpers -------------------------------------------------------------------
     @property
-    def _cells(self) -> np.ndarray:
+    def cells(self) -> np.ndarray:
         """Row -> index in the flattened ``(dates, symbols)`` grid."""
         return self.cache_get("cells", lambda: self.day * self.n_symbols + self.sym)
+
+    def row_of_cell(self, cells: np.ndarray) -> np.ndarray:
+        """Grid cell index -> row (-1 where the symbol has no bar that date)."""
+        def make() -> np.ndarray:
+            lookup = np.full(len(self.days) * self.n_symbols, -1, dtype=np.int64)
+            lookup[self.cells] = np.arange(self.n)
+            return lookup
+
+        return np.take(self.cache_get("row_of_cell", make), cells, mode="clip")
 
     def wide(self, x: np.ndarray) -> np.ndarray:
         """``(dates, symbols)`` grid (NaN where a symbol has no bar that day)."""
         out = np.full(len(self.days) * self.n_symbols, np.nan)
-        out[self._cells] = x
+        out[self.cells] = x
         return out.reshape(len(self.days), self.n_symbols)
+
+    def by_date(self, per_date: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """One value per distinct date (``days`` order) -> the value of each row's date."""
+        return np.take(per_date, self.day, out=out, mode="clip")  # day is always in range; clip skips the checks
 
     def long(self, grid: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """Back from ``(dates, symbols)`` to one value per row."""
-        return np.take(grid.reshape(-1), self._cells, out=out)
+        return np.take(grid.reshape(-1), self.cells, out=out)
 
     def row_of(self, symbols: np.ndarray, dates: np.ndarray) -> np.ndarray:
         """Row index of each (symbol, date) pair, -1 where the panel has no such bar."""
         s = pd.Index(self.symbols).get_indexer(symbols)
         d = self.days.get_indexer(pd.DatetimeIndex(dates))
-        lookup = np.full(len(self.days) * self.n_symbols, -1, dtype=np.int64)
-        lookup[self._cells] = np.arange(self.n)
         rows = np.full(len(s), -1, dtype=np.int64)
         ok = (s >= 0) & (d >= 0)
-        rows[ok] = lookup[d[ok] * self.n_symbols + s[ok]]
+        rows[ok] = self.row_of_cell(d[ok] * self.n_symbols + s[ok])
         return rows
 
 
@@ -316,20 +339,24 @@ def _as_datetime64(dates: pd.Series) -> np.ndarray:
     return values.to_numpy(dtype="datetime64[ns]")
 
 
-def _sort_order(symbols: np.ndarray, dates: np.ndarray) -> np.ndarray | None:
-    """The (symbol, date) sort order, or None when already sorted (the warehouse reads sorted bars)."""
+def _sort_order(symbols: np.ndarray, dates: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
+    """(the (symbol, date) sort order or None when already sorted, the rows where the symbol changes).
+
+    The warehouse reads sorted bars: then the symbol boundaries found here are the panel's (returned so they
+    are not searched twice); after a sort they must be found again.
+    """
     n = len(symbols)
-    if n < 2:
-        return None
     change = np.flatnonzero(symbols[1:] != symbols[:-1]) + 1
+    if n < 2:
+        return None, change
     heads = symbols[np.concatenate([[0], change])].tolist()
     same_symbol = np.ones(n - 1, dtype=bool)
     same_symbol[change - 1] = False
     dates_ascending = not np.any(same_symbol & (np.diff(dates.view(np.int64)) < 0))
     if dates_ascending and all(a < b for a, b in zip(heads, heads[1:])):
-        return None
+        return None, change
     codes, _ = pd.factorize(symbols, sort=True)
-    return np.lexsort((dates.view(np.int64), codes))
+    return np.lexsort((dates.view(np.int64), codes)), change
 
 
 def _date_index(dates: np.ndarray) -> tuple[pd.DatetimeIndex, np.ndarray]:

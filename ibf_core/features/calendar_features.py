@@ -87,4 +87,4 @@ def calendar_table(days: pd.DatetimeIndex) -> dict[str, np.ndarray]:
 def compute(panel: Panel, out: Mapping[str, np.ndarray]) -> None:
     """Fill the calendar rows of ``out`` (computed once per distinct date, broadcast to rows)."""
     for name, values in calendar_table(panel.days).items():
-        np.take(values, panel.day, out=out[name])
+        panel.by_date(values, out=out[name])

@@ -62,10 +62,10 @@ def benchmark_returns(panel: Panel, benchmark: str | None) -> tuple[np.ndarray, 
         start, count = panel.starts[hits[0]], panel.counts[hits[0]]
         by_day = np.full(len(panel.days), np.nan)
         by_day[panel.day[start:start + count]] = returns[start:start + count]
-        return by_day[panel.day], str(benchmark)
+        return panel.by_date(by_day), str(benchmark)
     filled, own = nan_aware(returns)
-    total = date_sums(panel, filled)[panel.day]
-    n_others = date_sums(panel, own)[panel.day]
+    total = panel.by_date(date_sums(panel, filled))
+    n_others = panel.by_date(date_sums(panel, own))
     # Leave one out: the index a symbol is compared with excludes the symbol itself.
     total -= filled
     n_others -= own
@@ -116,10 +116,10 @@ def compute(panel: Panel, out: Mapping[str, np.ndarray], benchmark: str | None =
     run_talib(TALIB_CALLS, inputs, panel.starts, panel.counts, {f"_sum_{k}": v for k, v in sums.items()})
     _beta_corr(sums, out["beta_60"], out["corr_60"])
     for k in RELATIVE_HORIZONS:
-        mean = cross_sectional_mean(panel, out[f"logret_{k}"])
-        np.subtract(out[f"logret_{k}"], mean[panel.day], out=out[f"rel_strength_{k}"])
+        mean = panel.by_date(cross_sectional_mean(panel, out[f"logret_{k}"]), out=out[f"rel_strength_{k}"])
+        np.subtract(out[f"logret_{k}"], mean, out=mean)
     for name, rank in RANKED.items():
-        panel.long(percentile_rank(panel.wide(out[name])), out=out[rank])
+        rank_by_date(panel, out[name], out[rank])
     return label
 
 
@@ -153,35 +153,93 @@ def percentile_rank(grid: np.ndarray) -> np.ndarray:
     """
     rows, cols = grid.shape
     valid = np.isfinite(grid)
-    bits = max(1, (cols - 1).bit_length())
-    low = np.int64((1 << bits) - 1)
-    key = np.where(valid, grid + 0.0, np.inf).view(np.int64)  # + 0.0 turns -0.0 into 0.0
-    key ^= (key >> 63) & np.int64(0x7FFFFFFFFFFFFFFF)  # negative floats: reverse their bit order
-    key &= ~low
-    key |= np.arange(cols, dtype=np.int64)
+    bits = _column_bits(cols)
+    key = _order_keys(grid, valid, bits, np.arange(cols, dtype=np.int64))
     key.sort(axis=1)
-    column = key & low
-    key >>= bits  # the value part, for ties
-    position = np.broadcast_to(np.arange(1, cols + 1, dtype=np.float64), (rows, cols))
-    ties = key[:, 1:] == key[:, :-1]
-    if ties.any():
-        position = _average_ties(position, ties)
+    column, position = _sorted_positions(key, bits, np.count_nonzero(valid, axis=1))
     ranks = np.empty(rows * cols)
     ranks[(np.arange(rows, dtype=np.int64) * cols)[:, None] + column] = position
     ranks = ranks.reshape(rows, cols)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ranks /= np.count_nonzero(valid, axis=1)[:, None]
     ranks[~valid] = np.nan
     return ranks
 
 
-def _average_ties(position: np.ndarray, ties: np.ndarray) -> np.ndarray:
-    """Give every run of tied sorted values the mean of its first and last position."""
-    rows, cols = position.shape
-    starts_run = np.ones((rows, cols), dtype=bool)
-    starts_run[:, 1:] = ~ties
-    ends_run = np.ones((rows, cols), dtype=bool)
-    ends_run[:, :-1] = ~ties
-    first = np.maximum.accumulate(np.where(starts_run, position, 0.0), axis=1)
-    last = np.minimum.accumulate(np.where(ends_run, position, np.inf)[:, ::-1], axis=1)[:, ::-1]
-    return (first + last) / 2.0
+def rank_by_date(panel: Panel, values: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """``percentile_rank`` of each date's cross-section of ``values`` (one per row), written into ``out`` by row.
+
+    The same keys, sort and ties as ``percentile_rank(panel.wide(values))`` (identical numbers), without the
+    float grids: the keys are made per row and moved into the ``(dates, symbols)`` grid once (a transpose when
+    every symbol has a bar every date), and after the sort each valid slot is written straight to its row.
+    """
+    days, cols = len(panel.days), panel.n_symbols
+    valid = np.isfinite(values)
+    bits = _column_bits(cols)
+    keys = _order_keys(values, valid, bits, panel.sym)
+    full = panel.n == days * cols  # rows are (symbol, date) pairs: every cell has a row
+    if full:
+        grid = np.ascontiguousarray(keys.reshape(cols, days).T)
+    else:
+        grid = np.full((days, cols), np.iinfo(np.int64).max)  # absent or invalid: after every finite value
+        grid.reshape(-1)[panel.cells] = keys
+    del keys
+    grid.sort(axis=1)
+    # valid values per date
+    count = np.count_nonzero(valid.reshape(cols, days), axis=0) if full else np.bincount(panel.day[valid], minlength=days)
+    column, rank = _sorted_positions(grid, bits, count)
+    if full:
+        column *= days
+        column += np.arange(days, dtype=np.int64)[:, None]  # row = symbol x dates + date
+        target = column
+    else:
+        column += (np.arange(days, dtype=np.int64) * cols)[:, None]
+        target = panel.row_of_cell(column.reshape(-1)).reshape(days, cols)
+    if count.min(initial=cols) == cols:  # every value valid: no slot to leave out
+        out[target.reshape(-1)] = rank.reshape(-1)
+        return out
+    out.fill(np.nan)
+    slots = np.arange(cols)[None, :] < count[:, None]  # the first count[d] sorted slots hold the valid values
+    out[target[slots]] = rank[slots]
+    return out
+
+
+def _column_bits(cols: int) -> int:
+    return max(1, (cols - 1).bit_length())
+
+
+def _order_keys(values: np.ndarray, valid: np.ndarray, bits: int, column: np.ndarray) -> np.ndarray:
+    """Order-preserving int64 keys of ``values`` (non-finite: +inf) with the lowest ``bits`` bits = ``column``."""
+    key = np.where(valid, values + 0.0, np.inf).view(np.int64)  # + 0.0 turns -0.0 into 0.0
+    key ^= (key >> 63) & np.int64(0x7FFFFFFFFFFFFFFF)  # negative floats: reverse their bit order
+    key &= ~np.int64((1 << bits) - 1)
+    key |= column
+    return key
+
+
+def _sorted_positions(key: np.ndarray, bits: int, count: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """From row-sorted keys: (each slot's column, its percentile rank among the row's ``count`` valid values).
+
+    ``key`` is consumed. Ties (equal value parts among a row's valid slots) share the mean of the first and last
+    position of their run. Slots past a row's ``count`` (non-finite values) get ranks that mean nothing.
+    """
+    rows, cols = key.shape
+    column = key & np.int64((1 << bits) - 1)
+    key >>= bits  # the value part, for ties
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rank = np.arange(1, cols + 1, dtype=np.float64)[None, :] / count[:, None]
+    ties = key[:, 1:] == key[:, :-1]
+    ties &= np.arange(1, cols)[None, :] < count[:, None]  # both slots valid: non-finite values never tie
+    later = np.flatnonzero(ties)  # (row, slot - 1) of every slot equal to the slot before it
+    if len(later):
+        row, slot = np.divmod(later, cols - 1)
+        slot += 1
+        new_run = np.ones(len(later), dtype=bool)
+        new_run[1:] = later[1:] != later[:-1] + 1  # a run continues through consecutive tied slots of one row
+        run = np.cumsum(new_run) - 1
+        first = slot[new_run] - 1  # the run's first slot (the one the first tie equals)
+        last = slot[np.append(new_run[1:], True)]
+        mean = ((first + 1).astype(np.float64) + (last + 1)) / 2.0  # positions are 1-based
+        run_row = row[new_run]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rank[run_row, first] = mean / count[run_row]
+            rank[row, slot] = mean[run] / count[row]
+    return column, rank

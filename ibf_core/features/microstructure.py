@@ -15,7 +15,7 @@ import numpy as np
 import talib
 
 from ibf_core.features import RANGE, VOLUME, Feature, Panel, TalibCall, nan_aware, run_talib, scratch_names
-from ibf_core.features.technical import log_returns
+from ibf_core.features.technical import log_price, log_returns
 
 WINDOW = 20
 LONG_VOLUME_WINDOW = 200
@@ -68,12 +68,25 @@ FEATURES: list[Feature] = [
 ]
 
 
+def log_high_low(panel: Panel) -> np.ndarray:
+    """log(high / low) per bar (the ``hl_range`` feature before cleaning), computed once per panel."""
+    def make() -> np.ndarray:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = np.divide(panel.high, panel.low)
+            return np.log(ratio, out=ratio)
+
+    return panel.cache_get("log_high_low", make)
+
+
 def corwin_schultz(panel: Panel, out: np.ndarray, work: np.ndarray) -> np.ndarray:
     """Daily 2-day Corwin-Schultz spread estimates (days t-1 and t), overnight-adjusted, floored at 0.
 
     ``work`` is a (4, n) scratch area. Written in place to avoid a dozen full-length temporaries.
     """
     prev_close, shift, high_t, low_t = work
+    # log(H1/L1)^2 of the previous day: the lagged daily range (the hl_range feature), computed once per panel.
+    panel.lag(log_high_low(panel), 1, out=out)
+    np.square(out, out=out)
     panel.lag(panel.close, 1, out=prev_close)
     # A gap between yesterday's close and today's range is overnight movement, not spread: shift today's
     # high and low back by it (Corwin & Schultz 2012, section 2.3).
@@ -86,9 +99,6 @@ def corwin_schultz(panel: Panel, out: np.ndarray, work: np.ndarray) -> np.ndarra
     np.add(panel.low, shift, out=low_t)
     high_1, low_1 = panel.lag(panel.high, 1, out=prev_close), panel.lag(panel.low, 1, out=shift)
     # beta = log(H1/L1)^2 + log(Ht/Lt)^2 ; gamma = log(max(H1,Ht) / min(L1,Lt))^2
-    np.divide(high_1, low_1, out=out)
-    np.log(out, out=out)
-    np.square(out, out=out)
     np.maximum(high_1, high_t, out=high_1)
     np.minimum(low_1, low_t, out=low_1)
     np.divide(high_t, low_t, out=high_t)
@@ -116,7 +126,10 @@ def talib_inputs(panel: Panel, work: np.ndarray) -> dict[str, np.ndarray]:
     cs_daily, change, change_lag, product, illiquidity, valid = work
     corwin_schultz(panel, cs_daily, work[1:5])
     # Roll uses transaction-price changes: the split-adjusted close, not the dividend-adjusted one.
-    np.log(panel.close, out=illiquidity)
+    if panel.adj_close is panel.close:  # bars without adj_close: the log close is already known
+        np.copyto(illiquidity, log_price(panel))
+    else:
+        np.log(panel.close, out=illiquidity)
     panel.diff(illiquidity, 1, out=change)
     panel.lag(change, 1, out=change_lag)
     np.multiply(change, change_lag, out=product)
@@ -169,8 +182,7 @@ def compute(panel: Panel, out: Mapping[str, np.ndarray]) -> None:
         out["gap_overnight"] -= 1.0
         np.divide(panel.close, panel.open, out=out["intraday_ret"])
         np.log(out["intraday_ret"], out=out["intraday_ret"])
-        np.divide(panel.high, panel.low, out=out["hl_range"])
-        np.log(out["hl_range"], out=out["hl_range"])
+        np.copyto(out["hl_range"], log_high_low(panel))
     _spread_features(panel, out)
 
 
