@@ -115,7 +115,8 @@ def test_neural_windows_live_on_the_session_grid_and_need_enough_observed_steps(
     origins = panel[panel["date"] == days[-1]]
     able = neural.forecastable(panel, origins, config, hist)
     assert dict(zip(origins["symbol"], able)) == {"S000": True, "S001": False, "S002": True}  # 20/30 < 3/4
-    windows, ids = neural._windows(panel, origins, 30, neural.future_known_features())
+    futr = neural.future_known_features()
+    windows, ids = neural._windows(panel, origins, 30, futr, neural.input_columns(hist, futr))
     s000 = windows[windows["symbol_key"] == "S000"]
     assert len(s000) == 30 and (np.diff(s000["session"]) == 1).all()  # one step per NYSE session
     seen = neural.observed_steps(s000, hist)

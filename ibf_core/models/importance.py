@@ -49,6 +49,8 @@ DEFAULT_REPEATS = 3  # permutations per group for cheap (tabular) members
 NEURAL_REPEATS = 2  # per group for torch-backed members: each repeat is one NeuralForecast predict per group
 DEFAULT_SEED = 0
 STACK_ROWS = 250_000  # panel rows per neural predict call when permuted copies are stacked
+STACK_ORIGINS = 8_192  # origins per stacked call: one chunk of ``neural.predict`` (its windows bound the memory)
+KEY_COLUMNS = ("symbol", "date", "session", "y")  # what a neural member reads besides its input features
 STACK_SEP = "~perm"
 # TFT's variable-selection weights (``interpretability_params`` keys) -> the name of their part in the output
 VSN_PARTS = {"history_vsn_wgts": "historical", "future_vsn_wgts": "future", "static_encoder_sparse_weights": "static"}
@@ -364,18 +366,21 @@ def _stacked_forecasts(
     Each permuted copy of ``rows`` gets its own symbol names (``<symbol>~perm<i>``), so one call forecasts many
     copies: a neural member forecasts every (symbol, origin) window on its own (nothing is cross-sectional
     inside it), and each NeuralForecast predict call costs a trainer start-up. At most ``STACK_ROWS`` panel rows
-    per call.
+    and ``STACK_ORIGINS`` origins per call, so memory follows one chunk of windows, not the universe.
     """
     at = rows.index.get_indexer(origins.index)
-    per_call = max(1, STACK_ROWS // max(len(rows), 1))
+    # the permuted copies carry only the columns the member reads: the panel has ~150, a network ~25
+    slim = list(dict.fromkeys(c for c in [*KEY_COLUMNS, *read_columns(member, rows)] if c in rows.columns))
+    per_call = max(1, min(STACK_ROWS // max(len(rows), 1), STACK_ORIGINS // max(len(origins), 1)))
     out: dict[tuple[str, int], dict[int, np.ndarray]] = {}
     for start in range(0, len(todo), per_call):
         chunk = todo[start : start + per_call]
         frames = []
         for i, (g, r) in enumerate(chunk):
-            frame = shuffled(g, r)
+            frame = shuffled(g, r)[slim]
             frames.append(frame.assign(symbol=frame["symbol"].astype(str) + f"{STACK_SEP}{i}"))
         stacked = pd.concat(frames, ignore_index=True)
+        del frames
         picks = np.concatenate([at + i * len(rows) for i in range(len(chunk))])
         values = _member_forecasts(member, stacked, stacked.iloc[picks], horizons)
         n = len(origins)

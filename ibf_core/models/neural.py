@@ -205,21 +205,65 @@ def observed_steps(panel: pd.DataFrame, hist: list[str]) -> np.ndarray:
     return ok
 
 
-def on_session_grid(rows: pd.DataFrame, symbol_sessions: pd.DataFrame, futr: list[str]) -> pd.DataFrame:
-    """``symbol_sessions`` (``key, session``) filled with the matching ``rows`` (``symbol, session, ...``).
+def input_columns(hist: list[str], futr: list[str]) -> list[str]:
+    """The panel columns a neural member reads: the return ``y`` and its historical and future-known inputs."""
+    return list(dict.fromkeys(["y", *hist, *futr]))
+
+
+def on_session_grid(rows: pd.DataFrame, symbol_sessions: pd.DataFrame, futr: list[str], columns: list[str] | None = None) -> pd.DataFrame:
+    """``symbol_sessions`` (``symbol_key, session``) filled with the matching ``rows`` (``symbol, session, ...``).
 
     A (key, session) without a row is a missing session: NaN values, no ``symbol``; its future-known
-    calendar inputs are still filled (they are known for every session).
+    calendar inputs are still filled (they are known for every session). ``columns``: the value columns to
+    carry (default every column of ``rows``). Rows are gathered by position through a dense
+    (symbol, session) -> row table, never a merge: a merge copies every column of the panel per step, which
+    made a window cost ~4 KiB per step on a 150-column panel.
     """
     from ibf_core.features.calendar_features import calendar_table
 
-    merged = symbol_sessions.merge(rows, left_on=["symbol_key", "session"], right_on=["symbol", "session"], how="left")
-    missing = merged["symbol"].isna().to_numpy()
+    keys = symbol_sessions["symbol_key"].to_numpy()
+    sessions = symbol_sessions["session"].to_numpy(dtype=np.int64)
+    at = row_positions(rows, keys, sessions)
+    hit = at >= 0
+    take = np.where(hit, at, 0)
+    wanted = [c for c in (list(rows.columns) if columns is None else columns) if c not in ("symbol", "session")]
+    out: dict[str, Any] = {"symbol_key": keys, "session": sessions}
+    symbols = rows["symbol"].to_numpy(dtype=object)[take]
+    symbols[~hit] = None
+    out["symbol"] = symbols
+    for column in wanted:
+        values = rows[column].to_numpy()
+        if values.dtype.kind in "fiub":
+            gathered = values[take].astype(np.float64)
+            gathered[~hit] = np.nan
+        else:
+            gathered = values[take].astype(object)
+            gathered[~hit] = None
+        out[column] = gathered
+    merged = pd.DataFrame(out)
+    missing = ~hit
     if missing.any() and futr:
-        table = calendar_table(all_sessions()[merged.loc[missing, "session"].to_numpy()])
+        table = calendar_table(all_sessions()[sessions[missing]])
         for column in futr:
-            merged.loc[missing, column] = np.asarray(table[column], dtype=np.float64)
+            if column in merged:
+                merged.loc[missing, column] = np.asarray(table[column], dtype=np.float64)
     return merged
+
+
+def row_positions(rows: pd.DataFrame, symbols: np.ndarray, sessions: np.ndarray) -> np.ndarray:
+    """Position in ``rows`` of each (symbol, session) bar, -1 where there is none (a dense lookup table)."""
+    codes, names = pd.factorize(rows["symbol"].to_numpy(), sort=False)
+    own = rows["session"].to_numpy(dtype=np.int64)
+    if not len(own):
+        return np.full(len(symbols), -1, dtype=np.int64)
+    first, last = int(own.min()), int(own.max())
+    table = np.full((len(names), last - first + 1), -1, dtype=np.int64)
+    table[codes, own - first] = np.arange(len(rows))
+    want = pd.Index(names).get_indexer(symbols)
+    ok = (want >= 0) & (sessions >= first) & (sessions <= last)
+    out = np.full(len(symbols), -1, dtype=np.int64)
+    out[ok] = table[want[ok], sessions[ok] - first]
+    return out
 
 
 def training_series(
@@ -248,7 +292,7 @@ def training_series(
         grids.append(pd.DataFrame({"symbol_key": symbol, "session": np.arange(starts[symbol], ends[symbol] + 1)}))
     if not grids:
         return pd.DataFrame(), excluded
-    grid = on_session_grid(train, pd.concat(grids, ignore_index=True), futr)
+    grid = on_session_grid(train, pd.concat(grids, ignore_index=True), futr, input_columns(hist, futr))
     return grid, excluded
 
 
@@ -303,6 +347,10 @@ def fit(
     return nf, facts
 
 
+PREDICT_CHUNK_ORIGINS = 8192  # origins per NeuralForecast predict call: bounds its windows, whatever the universe
+PREDICT_BATCH_SERIES = 1024  # windows per forward pass at inference (training batches are unchanged)
+
+
 def predict(
     nf: Any,
     kind: str,
@@ -318,60 +366,68 @@ def predict(
     ``origins``: rows of ``panel`` (symbol, date, session) to forecast from. An origin whose last
     ``input_size`` sessions hold too few observed steps (``forecastable``) gets NaN. ``statics``: the
     vocabulary the model was trained with (its static covariates come from each origin row).
+
+    Memory is bounded by ``PREDICT_CHUNK_ORIGINS``, not by the universe: the origins are forecast in chunks,
+    each chunk's windows gathered (only the columns the network reads) and forecast, then dropped.
     """
     _quiet()
     futr = future_known_features()
-    n = config.input_size
-    hist_inputs = list(nf.models[0].hist_exog_list)
-    with_observed = OBSERVED in hist_inputs
-    able = forecastable(panel, origins, config, list(scaler.center))
+    hist = list(scaler.center)
+    able = forecastable(panel, origins, config, hist)
     out = pd.DataFrame({"symbol": origins["symbol"].to_numpy(), "date": origins["date"].to_numpy()})
+    cumulative = np.full((len(origins), config.max_horizon), np.nan)
+    chosen = np.flatnonzero(able)
+    for start in range(0, len(chosen), PREDICT_CHUNK_ORIGINS):
+        part = chosen[start : start + PREDICT_CHUNK_ORIGINS]
+        cumulative[part] = _predict_chunk(nf, kind, panel, origins.iloc[part], config, scaler, y_sigma, statics, futr)
     for h in config.horizons:
-        out[f"h{h}"] = np.nan
-    if not able.any():
-        return out
-    chosen = origins[able]
-    windows, ids = _windows(panel, chosen, n, futr)
+        out[f"h{h}"] = cumulative[:, h - 1]
+    return out
+
+
+def _predict_chunk(
+    nf: Any, kind: str, panel: pd.DataFrame, chosen: pd.DataFrame, config: ModelConfig, scaler: RobustScaler,
+    y_sigma: float, statics: Statics | None, futr: list[str],
+) -> np.ndarray:
+    """(origins x max_horizon) cumulative forecasts of forecastable origins, one ``predict`` call."""
+    n = config.input_size
+    with_observed = OBSERVED in list(nf.models[0].hist_exog_list)
+    windows, ids = _windows(panel, chosen, n, futr, input_columns(list(scaler.center), futr))
     ids_frame = _frame(windows, np.repeat(ids, n), scaler, y_sigma, futr, observed=with_observed)
+    del windows
     future = _future_calendar(chosen, ids, config.max_horizon, futr)
     extra = {"static_df": static_frame(ids, chosen, statics)} if statics else {}
-    forecast = nf.predict(df=ids_frame, futr_df=future, **extra)
+    model = nf.models[0]
+    batch = model.valid_batch_size
+    model.valid_batch_size = max(batch, PREDICT_BATCH_SERIES)  # one window per series: batch many of them
+    try:
+        forecast = nf.predict(df=ids_frame, futr_df=future, **extra)
+    finally:
+        model.valid_batch_size = batch
     forecast = forecast.sort_values(["unique_id", "ds"], kind="stable")
     steps = forecast[kind].to_numpy(dtype=np.float64).reshape(len(ids), config.max_horizon) * y_sigma
     order = forecast["unique_id"].to_numpy()[:: config.max_horizon]
-    cumulative = pd.DataFrame(np.cumsum(steps, axis=1), index=order).reindex(ids).to_numpy()
-    for h in config.horizons:
-        out.loc[able, f"h{h}"] = cumulative[:, h - 1]
-    return out
+    return pd.DataFrame(np.cumsum(steps, axis=1), index=order).reindex(ids).to_numpy()
 
 
 def forecastable(panel: pd.DataFrame, origins: pd.DataFrame, config: ModelConfig, hist: list[str]) -> np.ndarray:
     """Per origin: at least ``MIN_OBSERVED_SHARE`` of its ``input_size`` input sessions are observed steps."""
     n = config.input_size
     seen = observed_steps(panel, hist)
-    rows = _row_lookup(panel)
-    sessions = origins["session"].to_numpy()[:, None] - np.arange(n - 1, -1, -1)[None, :]
-    at = rows(np.repeat(origins["symbol"].to_numpy(), n), sessions.ravel()).reshape(len(origins), n)
+    sessions = origins["session"].to_numpy(dtype=np.int64)[:, None] - np.arange(n - 1, -1, -1)[None, :]
+    at = row_positions(panel, np.repeat(origins["symbol"].to_numpy(), n), sessions.ravel()).reshape(len(origins), n)
     observed = np.where(at >= 0, seen[np.clip(at, 0, None)], False)
     return observed.sum(axis=1) >= MIN_OBSERVED_SHARE * n
 
 
-def _row_lookup(panel: pd.DataFrame):
-    """A function (symbols, sessions) -> row of ``panel`` holding that bar, -1 where there is none."""
-    index = pd.MultiIndex.from_arrays([panel["symbol"].to_numpy(), panel["session"].to_numpy()])
-
-    def rows(symbols: np.ndarray, sessions: np.ndarray) -> np.ndarray:
-        return index.get_indexer(pd.MultiIndex.from_arrays([symbols, sessions]))
-
-    return rows
-
-
-def _windows(panel: pd.DataFrame, origins: pd.DataFrame, n: int, futr: list[str]) -> tuple[pd.DataFrame, np.ndarray]:
+def _windows(
+    panel: pd.DataFrame, origins: pd.DataFrame, n: int, futr: list[str], columns: list[str] | None = None
+) -> tuple[pd.DataFrame, np.ndarray]:
     """The ``n`` sessions ending at each origin (missing sessions as empty steps), stacked, one id per origin."""
     ids = np.array([f"{s}|{q}" for s, q in zip(origins["symbol"], origins["session"])], dtype=object)
     sessions = origins["session"].to_numpy()[:, None] - np.arange(n - 1, -1, -1)[None, :]
     steps = pd.DataFrame({"symbol_key": np.repeat(origins["symbol"].to_numpy(), n), "session": sessions.ravel()})
-    return on_session_grid(panel, steps, futr), ids
+    return on_session_grid(panel, steps, futr, columns), ids
 
 
 def _future_calendar(origins: pd.DataFrame, ids: np.ndarray, h: int, futr: list[str]) -> pd.DataFrame:
