@@ -91,6 +91,12 @@ class TalibCall:
     params: Mapping[str, Any] = field(default_factory=dict)
     finish: Finish | None = None
 
+    def __post_init__(self) -> None:
+        # talib wraps each function to accept pandas/polars Series (two generator scans of the arguments per
+        # call); the inputs here are always numpy arrays, so call TA-Lib's own function (the same results,
+        # 1-3 us less per call: ~0.05 s of the 24,500 calls for 500 symbols).
+        object.__setattr__(self, "function", getattr(self.function, "__wrapped__", self.function))
+
 
 def run_talib(calls: list[TalibCall], inputs: Mapping[str, np.ndarray], starts: np.ndarray, counts: np.ndarray,
               dest: Mapping[str, np.ndarray]) -> None:
