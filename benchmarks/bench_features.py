@@ -6,15 +6,22 @@ is the floor for any TA-Lib-based pipeline: per symbol, exactly the TA-Lib calls
 discarded, no numpy/pandas work around them. ``compute_features`` additionally prepares those inputs, turns the
 outputs scale-free, computes the non-TA-Lib features (returns, Corwin-Schultz, leave-one-out index, relative
 strength, cross-sectional ranks, calendar, news join), cleans (inf -> NaN, forward-fill) and assembles the
-DataFrame. Prints best-of-``--repeat`` (default 5) wall times, the ratio, symbols/s, the feature count, the first (cold)
-run, the cost of merely writing the output matrix once, and a per-stage breakdown.
+DataFrame. Prints best-of-``--repeat`` (default 5) wall times with the process's peak RSS during each measured
+path, the ratio, symbols/s, the feature count, the first (cold) run, two costs any pipeline returning the same
+frame pays (writing the output matrix once; the row sorts of the five cross-sectional ranks), best-of times of
+the technical, microstructure and cross-asset stages, and every stage of one more run.
 
     .venv/bin/python benchmarks/bench_features.py --symbols 500 --years 10
+
+Peak RSS is the process's high-water mark while the path ran (reset through ``/proc/self/clear_refs`` before
+each; where that is not allowed, the process's peak so far, marked ``*``). It includes the generated bars and
+the prepared inputs the process holds throughout (the ``process before`` line).
 """
 
 from __future__ import annotations
 
 import argparse
+import resource
 import sys
 import time
 from pathlib import Path
@@ -27,13 +34,12 @@ sys.path.insert(0, str(ROOT))
 from timing import best_of  # noqa: E402 (benchmarks/ is the script folder on sys.path)
 
 from benchmarks.bench_backfill import generate  # noqa: E402
-from ibf_core.features import Panel, calendar_features, cross_asset, microstructure, technical  # noqa: E402
+from ibf_core.features import Panel, cross_asset, microstructure, technical  # noqa: E402
 from ibf_core.features.pipeline import (  # noqa: E402
-    _CROSS,
     _PER_SYMBOL,
     FEATURES,
     _clean,
-    _join_news,
+    _compute,
     compute_features,
     feature_columns,
 )
@@ -64,34 +70,71 @@ def timed(fn):
     return time.perf_counter() - begin, out
 
 
+def _reset_peak() -> bool:
+    """Reset the process's RSS high-water mark (Linux >= 4.0); False where not allowed."""
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _rss_mib(field: str) -> float:
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def with_peak(fn):
+    """(fn's value, the process's peak RSS in MiB while it ran, whether that peak was reset before it)."""
+    reset = _reset_peak()
+    out = fn()
+    return out, _rss_mib("VmHWM"), reset
+
+
+def rank_sorts(n_dates: int, n_symbols: int, ranks: int) -> None:
+    """The row sorts of ``ranks`` (dates, symbols) int64 key grids: what any exact per-date ranking pays."""
+    keys = np.random.default_rng(0).integers(0, 1 << 62, size=(n_dates, n_symbols))
+    for _ in range(ranks):
+        np.sort(keys, axis=1)
+
+
 def write_matrix(n_features: int, n_rows: int) -> None:
     """Allocate and fill a matrix the size of the output: the memory cost any pipeline returning it pays."""
     matrix = np.empty((n_features, n_rows))
     matrix.fill(0.0)
 
 
-def stage_times(bars) -> dict[str, float]:
-    """Wall time of each pipeline stage (one run), to see where the time above the TA-Lib floor goes."""
-    marks = {}
+def stage_times(bars, repeat: int) -> dict[str, float]:
+    """Wall time of every stage of ``compute_features`` (the best of ``repeat`` runs per stage)."""
+    runs = []
+    for _ in range(repeat):
+        marks: dict[str, float] = {}
+        _compute(bars, None, cross_asset.DEFAULT_BENCHMARK, None, None, with_support=False, marks=marks)
+        runs.append(marks)
+    return {name: min(run[name] for run in runs) for name in runs[0]}
 
-    def mark(name, fn):
-        begin = time.perf_counter()
-        out = fn()
-        marks[name] = time.perf_counter() - begin
-        return out
 
-    panel, _ = mark("panel (sort check, index maps)", lambda: Panel.from_bars(bars))
-    matrix = mark("allocate matrix", lambda: np.empty((len(FEATURES), panel.n)))
+def module_times(bars, repeat: int) -> dict[str, float]:
+    """Best-of wall times of the technical, microstructure and cross-asset stages alone, on a prepared panel."""
+    panel, _ = Panel.from_bars(bars)
+    matrix = np.empty((len(FEATURES), panel.n))
     rows = {f.name: matrix[i] for i, f in enumerate(FEATURES)}
-    mark("technical (TA-Lib loop + transforms)", lambda: technical.compute(panel, rows))
-    mark("returns", lambda: technical.compute_returns(panel, rows))
-    mark("microstructure", lambda: microstructure.compute(panel, rows))
-    mark("clean per-symbol (inf, ffill)", lambda: _clean(panel, rows, _PER_SYMBOL))
-    mark("cross-asset (beta, ranks)", lambda: cross_asset.compute(panel, rows, "SPY"))
-    mark("clean cross-asset", lambda: _clean(panel, rows, _CROSS))
-    mark("calendar", lambda: calendar_features.compute(panel, rows))
-    mark("news (none)", lambda: _join_news(panel, None, rows))
-    return marks
+    technical.compute(panel, rows)
+    technical.compute_returns(panel, rows)
+    microstructure.compute(panel, rows)
+    _clean(panel, rows, _PER_SYMBOL)
+    return {
+        "technical": best_of(repeat, lambda: technical.compute(panel, rows))[0],
+        "microstructure": best_of(repeat, lambda: microstructure.compute(panel, rows))[0],
+        "cross-asset": best_of(repeat, lambda: cross_asset.compute(panel, rows, cross_asset.DEFAULT_BENCHMARK))[0],
+    }
 
 
 def main() -> None:
@@ -105,33 +148,53 @@ def main() -> None:
     print(f"data: {args.symbols} symbols x {args.years} years = {len(bars):,} rows "
           f"({bars.date.min().date()}..{bars.date.max().date()})")
     compute_features(bars.head(5000))  # warm caches (NYSE calendar, holiday rules) outside the timings
-    t_cold, out = timed(lambda: compute_features(bars))
-    assert list(out.columns) == ["symbol", "date", *feature_columns(), "warmup"] and len(out) == len(bars)
-    del out
+    def first_run() -> float:
+        seconds, out = timed(lambda: compute_features(bars))
+        assert list(out.columns) == ["symbol", "date", *feature_columns(), "warmup"] and len(out) == len(bars)
+        return seconds
+
+    t_cold, rss_cold, exact = with_peak(first_run)
     panel, _ = Panel.from_bars(bars)
     plans = talib_plans(panel)
     n_calls = [len(calls) for calls, _ in plans]
+    rss_before = _rss_mib("VmRSS")
 
-    t_bare, _ = best_of(args.repeat, lambda: bare_talib(plans, panel.starts, panel.counts))
-    t_pipe, _ = best_of(args.repeat, lambda: compute_features(bars))
-    t_matrix, _ = best_of(args.repeat, lambda: write_matrix(len(FEATURES), len(bars)))
+    def measure(fn):
+        """(best-of wall time, peak RSS of one more call whose result is dropped at once)."""
+        def dropped() -> None:  # best_of keeps the last value while it makes the next: keep none
+            fn()
+
+        seconds, _ = best_of(args.repeat, dropped)
+        _, peak, _ = with_peak(dropped)
+        return seconds, peak
+
+    t_bare, rss_bare = measure(lambda: bare_talib(plans, panel.starts, panel.counts))
+    t_pipe, rss_pipe = measure(lambda: compute_features(bars))
+    t_matrix, rss_matrix = measure(lambda: write_matrix(len(FEATURES), len(bars)))
+    t_sorts, rss_sorts = measure(lambda: rank_sorts(len(panel.days), panel.n_symbols, len(cross_asset.RANKED)))
+    star = "" if exact else "*"
     print(f"features: {len(feature_columns())}; TA-Lib calls per symbol: {sum(n_calls)} "
           f"({n_calls[0]} technical, {n_calls[1]} microstructure, {n_calls[2]} cross-asset)")
-    print(f"{'bare TA-Lib loop':34s} {t_bare:8.3f} s  {args.symbols / t_bare:8,.0f} symbols/s  1.00x")
-    print(f"{'compute_features':34s} {t_pipe:8.3f} s  {args.symbols / t_pipe:8,.0f} symbols/s  "
-          f"{t_pipe / t_bare:5.2f}x")
-    print(f"{'compute_features, first run (cold)':34s} {t_cold:8.3f} s  {args.symbols / t_cold:8,.0f} symbols/s  "
-          f"{t_cold / t_bare:5.2f}x")
-    print(f"{'reference: write the output once':34s} {t_matrix:8.3f} s  "
+    print(f"{'process before (bars, panel, inputs)':36s} {'':8s}    {rss_before:7,.0f} MiB RSS")
+    print(f"{'bare TA-Lib loop':36s} {t_bare:8.3f} s  {rss_bare:7,.0f} MiB peak{star}  "
+          f"{args.symbols / t_bare:7,.0f} symbols/s  1.00x")
+    print(f"{'compute_features':36s} {t_pipe:8.3f} s  {rss_pipe:7,.0f} MiB peak{star}  "
+          f"{args.symbols / t_pipe:7,.0f} symbols/s  {t_pipe / t_bare:5.2f}x")
+    print(f"{'compute_features, first run (cold)':36s} {t_cold:8.3f} s  {rss_cold:7,.0f} MiB peak{star}  "
+          f"{args.symbols / t_cold:7,.0f} symbols/s  {t_cold / t_bare:5.2f}x")
+    print(f"{'reference: write the output once':36s} {t_matrix:8.3f} s  {rss_matrix:7,.0f} MiB peak{star}  "
           f"({len(FEATURES)} x {len(bars):,} float64 = {len(FEATURES) * len(bars) * 8 / 2**20:,.0f} MiB)")
-    stages = stage_times(bars)
-    print("stages of one more compute_features run (s):")
+    print(f"{'reference: the rank row sorts':36s} {t_sorts:8.3f} s  {rss_sorts:7,.0f} MiB peak{star}  "
+          f"({len(cross_asset.RANKED)} x {len(panel.days):,} dates x {panel.n_symbols} symbols, int64)")
+    modules = module_times(bars, args.repeat)
+    print(f"stages alone, best of {args.repeat} (s): " + ", ".join(f"{k} {v:.3f}" for k, v in modules.items()))
+    stages = stage_times(bars, args.repeat)
+    print(f"every stage of compute_features, best of {args.repeat} (s; sum {sum(stages.values()):.3f}):")
     for name, seconds in stages.items():
-        print(f"  {name:38s} {seconds:7.3f}")
+        print(f"  {name:40s} {seconds:7.3f}")
     t_technical, _ = best_of(args.repeat, lambda: bare_talib(plans[:1], panel.starts, panel.counts))
-    technical_stage = stages["technical (TA-Lib loop + transforms)"]
-    print(f"technical stage vs its own bare TA-Lib calls: {technical_stage:.3f} s / {t_technical:.3f} s = "
-          f"{technical_stage / t_technical:.2f}x")
+    print(f"technical stage vs its own bare TA-Lib calls: {modules['technical']:.3f} s / {t_technical:.3f} s = "
+          f"{modules['technical'] / t_technical:.2f}x")
 
 
 if __name__ == "__main__":
