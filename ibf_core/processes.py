@@ -207,3 +207,44 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def rss_mib(pid: int | None = None) -> float | None:
+    """Resident memory of a process (this one by default) in MiB; None where ``/proc`` cannot tell."""
+    try:
+        pages = int((_PROC / str(pid or "self") / "statm").read_text().split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def available_memory_mib() -> float | None:
+    """Memory this process may still take: the kernel's MemAvailable, lowered by a cgroup limit when one is set."""
+    available = None
+    try:
+        for line in (_PROC / "meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                available = int(line.split()[1]) / 1024
+    except (OSError, ValueError):
+        return None
+    for limit_file, usage_file in (("memory.max", "memory.current"), ("memory.limit_in_bytes", "memory.usage_in_bytes")):
+        try:
+            group = _cgroup_dir()
+            limit = (group / limit_file).read_text().strip()
+            if limit == "max" or int(limit) >= 2**60:
+                continue
+            room = (int(limit) - int((group / usage_file).read_text().strip())) / 2**20
+            available = room if available is None else min(available, room)
+        except (OSError, ValueError):
+            continue
+    return available
+
+
+def _cgroup_dir() -> Path:
+    """This process's cgroup folder (v2 unified, or v1 memory controller)."""
+    for line in (_PROC / "self" / "cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        if controllers in ("", "memory") or "memory" in controllers.split(","):
+            base = Path("/sys/fs/cgroup") if controllers == "" else Path("/sys/fs/cgroup/memory")
+            return base / path.lstrip("/")
+    raise OSError("no memory cgroup")

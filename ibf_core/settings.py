@@ -188,6 +188,10 @@ class Settings(BaseSettings):
         60, ge=20, description="Validation origins per training run (ensemble weights, interval calibration, metrics)"
     )
     model_seed: int = Field(7, ge=0, description="Random seed of every member")
+    model_importance_max_origins: int = Field(
+        8192, ge=100, description="Validation origins that permutation feature importance forecasts at most; beyond it whole "
+        "dates are sampled evenly and the importance facts say so (each group costs two neural forecasts of them)"
+    )
     model_name: str = Field("ibf-forecaster", description="MLflow registered-model name")
     mlflow_experiment: str = Field("ibf-training", description="MLflow experiment of training runs")
     mlflow_tracking_uri: str | None = Field(

@@ -75,6 +75,8 @@ class ModelConfig:
     gbdt_cat_smooth: float = 20.0  # LightGBM cat_smooth and cat_l2 for the categorical features
     seed: int = _setting_default("model_seed")
     threads: int = 2
+    # Feature importance (changes no forecast): validation origins permuted at most, whole dates sampled beyond
+    importance_max_origins: int = _setting_default("model_importance_max_origins")
 
     def __post_init__(self) -> None:
         if not self.horizons or any(h < 1 for h in self.horizons):
@@ -110,6 +112,7 @@ class ModelConfig:
             input_size=settings.model_input_size,
             validation_sessions=settings.model_validation_sessions,
             seed=settings.model_seed,
+            importance_max_origins=settings.model_importance_max_origins,
         )
         values.update(overrides)
         return cls(**values)

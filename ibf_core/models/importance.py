@@ -48,6 +48,7 @@ import pandas as pd
 DEFAULT_REPEATS = 3  # permutations per group for cheap (tabular) members
 NEURAL_REPEATS = 2  # per group for torch-backed members: each repeat is one NeuralForecast predict per group
 DEFAULT_SEED = 0
+DEFAULT_MAX_ORIGINS = 8_192  # validation origins permuted at most (whole dates, evenly spaced): the cost bound
 STACK_ROWS = 250_000  # panel rows per neural predict call when permuted copies are stacked
 STACK_ORIGINS = 8_192  # origins per stacked call: one chunk of ``neural.predict`` (its windows bound the memory)
 KEY_COLUMNS = ("symbol", "date", "session", "y")  # what a neural member reads besides its input features
@@ -256,12 +257,16 @@ def permutation_importance(
     neural_repeats: int = NEURAL_REPEATS,
     seed: int = DEFAULT_SEED,
     hooks: dict[str, Callable[[], Any]] | None = None,
+    max_origins: int = DEFAULT_MAX_ORIGINS,
 ) -> dict[str, Any]:
     """Permutation importance by group for every trained member and the ensemble (see the module docstring).
 
     ``origins``: rows of ``panel`` (the validation origins, with ``target_<h>``). ``hooks``: member -> a
     context-manager factory entered around that member's unpermuted forecast (used for the TFT weights).
-    Returns ``{"permutation", "baseline", "groups", "repeats", "seconds", "rows"}``.
+    ``max_origins``: more validation origins than this are sampled by whole dates (``sample_dates``), for every
+    member alike, and ``rows`` says so: a neural forecast costs ~0.2 ms (LSTM) to 2 ms (TFT) per origin on a
+    CPU, and each group is forecast ``neural_repeats`` times. Returns ``{"permutation", "baseline", "groups",
+    "repeats", "seconds", "rows"}``.
     """
     from contextlib import nullcontext
 
@@ -269,6 +274,8 @@ def permutation_importance(
     members = {n: m for n, m in bundle.members.items() if m.trained}
     if not panel.index.is_unique:
         raise ValueError("the panel index must be unique (origins are rows of it)")
+    total = len(origins)
+    origins = sample_dates(origins, max_origins)
     rows = _reads_slice(bundle, panel, origins, members)
     codes = pd.factorize(rows["date"], sort=True)[0]
     origins = rows.loc[origins.index]
@@ -349,8 +356,20 @@ def permutation_importance(
         "groups": read,
         "repeats": {**times, "ensemble": ensemble_repeats},
         "seconds": {n: round(s, 3) for n, s in seconds.items()},
-        "rows": {"origins": len(origins), "dates": grid.shape[0], "symbols": grid.shape[1], "panel_rows": len(rows)},
+        "rows": {"origins": len(origins), "dates": grid.shape[0], "symbols": grid.shape[1], "panel_rows": len(rows),
+                 "validation_origins": total, "sampled": len(origins) < total, "max_origins": max_origins},
     }
+
+
+def sample_dates(origins: pd.DataFrame, max_origins: int) -> pd.DataFrame:
+    """``origins`` when at most ``max_origins``; else the origins of whole dates evenly spaced over the window
+    (every symbol of a kept date stays, so each date's cross-section, which rank IC is measured on, is intact)."""
+    if len(origins) <= max_origins:
+        return origins
+    dates = np.sort(origins["date"].unique())
+    keep = max(1, int(max_origins // (len(origins) / len(dates))))
+    chosen = dates[np.unique(np.linspace(0, len(dates) - 1, min(keep, len(dates))).round().astype(int))]
+    return origins[origins["date"].isin(chosen)]
 
 
 def _stacked_forecasts(
@@ -506,8 +525,14 @@ def bundle_importance(
     repeats: int = DEFAULT_REPEATS,
     neural_repeats: int = NEURAL_REPEATS,
     seed: int = DEFAULT_SEED,
+    max_origins: int | None = None,
 ) -> dict[str, Any]:
-    """``permutation``, ``gain`` and ``tft_vsn`` for a trained bundle on its validation ``origins`` (rows of ``panel``)."""
+    """``permutation``, ``gain`` and ``tft_vsn`` for a trained bundle on its validation ``origins`` (rows of ``panel``).
+
+    ``max_origins``: the bound of ``permutation_importance`` (default: the bundle config's ``importance_max_origins``).
+    """
+    if max_origins is None:
+        max_origins = int(getattr(bundle.config, "importance_max_origins", DEFAULT_MAX_ORIGINS))
     started = time.perf_counter()
     recorders: dict[str, VSNRecorder] = {}
     tft_vsn: dict[str, Any] = {}
@@ -519,7 +544,7 @@ def bundle_importance(
             recorders[name] = VSNRecorder(net)
         elif name == "tft":
             tft_vsn[name] = {"unavailable": "the member's NeuralForecast model exposes no variable-selection weights (feature_importances)"}
-    result = permutation_importance(bundle, panel, origins, repeats, neural_repeats, seed, hooks=dict(recorders))
+    result = permutation_importance(bundle, panel, origins, repeats, neural_repeats, seed, hooks=dict(recorders), max_origins=max_origins)
     for name, recorder in recorders.items():
         tft_vsn[name] = recorder.result()
     return {

@@ -43,5 +43,11 @@ def train_from_warehouse(store, settings, cutoff: dt.date, progress=None):
     device = resolve_device(settings.accelerator)
     if progress is not None:
         progress(f"training on {device} (IBF_ACCELERATOR={settings.accelerator})")
-    panel = load_panel(store, symbols, None, cutoff)
-    return train_models(panel, cutoff, ModelConfig.from_settings(settings), device=device, progress=progress)
+    from ibf_core.models.phases import PhaseMeter
+
+    with PhaseMeter() as meter, meter.phase("load panel"):
+        panel = load_panel(store, symbols, None, cutoff)
+    bundle = train_models(panel, cutoff, ModelConfig.from_settings(settings), device=device, progress=progress)
+    resources = bundle.facts.setdefault("resources", {})
+    resources["phases"] = {**meter.facts()["phases"], **resources.get("phases", {})}
+    return bundle

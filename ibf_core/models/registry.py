@@ -82,6 +82,11 @@ def _metrics(bundle: ModelBundle) -> dict[str, float]:
     for member, facts in bundle.facts.get("members", {}).items():
         metrics[f"train_seconds_{member}"] = float(facts["seconds"])
     metrics.update(importance_metrics(bundle.facts.get("importance")))
+    for phase, record in bundle.facts.get("resources", {}).get("phases", {}).items():
+        key = "".join(c if c.isalnum() else "_" for c in phase)
+        for field in ("seconds", "peak_rss_mib"):
+            if record.get(field) is not None:
+                metrics[f"phase_{key}_{field}"] = float(record[field])
     return metrics
 
 

@@ -41,6 +41,7 @@ from ibf_core.models.bundle import ModelBundle
 from ibf_core.models.config import ModelConfig, device_description
 from ibf_core.models.dataset import RobustScaler, fingerprint, missing_sessions, select_features, truncate
 from ibf_core.models.members import Inputs, Member, bundle_members, member_class
+from ibf_core.models.phases import PhaseMeter
 
 Progress = Callable[[str], None]
 MIN_EMBARGO_SESSIONS = 0
@@ -225,15 +226,19 @@ def _up_share(target: pd.Series) -> float:
     return float(np.mean(values > 0)) if len(values) else 0.5
 
 
-def fit_members(selection: Selection, device: str = "cpu", progress: Progress | None = None) -> tuple[dict[str, Member], dict[str, dict[str, Any]]]:
+def fit_members(
+    selection: Selection, device: str = "cpu", progress: Progress | None = None, meter: PhaseMeter | None = None
+) -> tuple[dict[str, Member], dict[str, dict[str, Any]]]:
     """Every member of the bundle, the trained ones fitted on the training rows; (members, facts of each fit)."""
     say = progress or (lambda message: None)
+    meter = meter or PhaseMeter()
     train, members, facts = selection.train, {}, {}
     for name in bundle_members(selection.config):
         member = member_class(name)(selection.inputs)
         if member.trained:
             say(f"training {name} on {len(train):,} rows ({len(selection.symbols)} symbols) on {device_description(device)}")
-            facts[name] = member.fit(train, device)
+            with meter.phase(f"fit {name}"):
+                facts[name] = member.fit(train, device)
         members[name] = member
     return members, facts
 
@@ -302,24 +307,31 @@ def train_models(
     from ibf_core.models.predict import point_forecasts
 
     say = progress or (lambda message: None)
-    selection = select(panel, cutoff, config)
-    for line in [selection.plan.note, *(f"{m} left out: {why}" for m, why in selection.plan.left_out.items())]:
-        if line:
-            say(line)
-    bundle = new_bundle(selection, device)
-    started = time.perf_counter()
-    bundle.members, bundle.facts["members"] = fit_members(selection, device, say)
-    bundle.facts["training_seconds"] = time.perf_counter() - started
-    say("validating members, choosing ensemble weights, calibrating intervals")
-    origins = validation_origins(selection)
-    # The members forecast the validation origins once; weights, quantiles and metrics all reuse them.
-    points = point_forecasts(bundle, selection.data, origins)
-    realized = _realized(origins, config.horizons)
-    calibrate(bundle, selection.data, origins, points, realized)
-    bundle.validation = validate(bundle, selection.data, origins, points, realized)
-    if importance:
-        say("feature importance by group on the validation window (permutation, gain, TFT selection weights)")
-        bundle.facts["importance"] = measure_importance(bundle, selection.data, origins)
+    with PhaseMeter() as meter:
+        with meter.phase("select"):
+            selection = select(panel, cutoff, config)
+        for line in [selection.plan.note, *(f"{m} left out: {why}" for m, why in selection.plan.left_out.items())]:
+            if line:
+                say(line)
+        bundle = new_bundle(selection, device)
+        started = time.perf_counter()
+        bundle.members, bundle.facts["members"] = fit_members(selection, device, say, meter)
+        bundle.facts["training_seconds"] = time.perf_counter() - started
+        say("validating members, choosing ensemble weights, calibrating intervals")
+        with meter.phase("validate"):
+            origins = validation_origins(selection)
+            # The members forecast the validation origins once; weights, quantiles and metrics all reuse them.
+            points = point_forecasts(bundle, selection.data, origins)
+            realized = _realized(origins, config.horizons)
+            calibrate(bundle, selection.data, origins, points, realized)
+            bundle.validation = validate(bundle, selection.data, origins, points, realized)
+            del points
+        if importance:
+            say("feature importance by group on the validation window (permutation, gain, TFT selection weights)")
+            with meter.phase("importance"):
+                bundle.facts["importance"] = measure_importance(bundle, selection.data, origins)
+    # seconds and peak RSS of each phase (MiB): in bundle.json, the trained_models metadata and MLflow
+    bundle.facts["resources"] = meter.facts()
     return bundle
 
 

@@ -136,6 +136,9 @@ def _result(bundle, registered, settings: Settings, elapsed: float, run_link: st
             "accelerator_setting": settings.accelerator,
             "training_seconds": round(elapsed, 1),
             "member_seconds": dg.MetadataValue.json({m: round(f["seconds"], 1) for m, f in bundle.facts["members"].items()}),
+            # seconds and peak RSS (MiB) of each phase: load panel, select, fit <member>, validate, importance
+            "phases": dg.MetadataValue.json(bundle.facts.get("resources", {}).get("phases", {})),
+            "peak_rss_mib": float(bundle.facts.get("resources", {}).get("peak_rss_mib") or 0.0),
             "symbols": dg.MetadataValue.json(bundle.facts["symbols"]),
             "excluded_symbols": dg.MetadataValue.json(bundle.facts["excluded_symbols"]),
             "windows": dg.MetadataValue.json(_windows(bundle)),

@@ -1,0 +1,143 @@
+"""Memory follows one chunk of windows, not the universe: the regression behind `ibf train` dying at 24 GiB.
+
+The neural members forecast every (symbol, origin) from its own window. They used to gather the windows
+by merging the whole panel (every column, ~4 KiB a step), and feature importance stacked permuted copies
+up to a row budget, so one predict call held ~5 million window steps whatever the universe: 86 MiB a symbol
+on a one-year file. These tests pin the design (windows hold only the network's inputs, a predict call at
+most one chunk of origins) and the ratio it buys (peak memory per symbol of a whole training).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ibf_core.features.pipeline import compute_features
+from ibf_core.models import HORIZONS
+from ibf_core.models.config import ModelConfig
+from ibf_core.models.dataset import build_panel
+from ibf_core.models.training import select, train_models, validation_origins
+from messy_bars import messy_bars
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = dict(members=("lstm",), max_steps=2, input_size=20, val_check_steps=1, validation_sessions=20, lstm_hidden_size=8)
+
+
+@pytest.fixture(scope="module")
+def trained():
+    bars = messy_bars(n_symbols=6, sessions=200, vendor_missing=2, gaps=1, seed=3)
+    panel = build_panel(bars, compute_features(bars, benchmark=None), HORIZONS)
+    cutoff = pd.Timestamp(np.sort(panel["date"].unique())[-1]).date()
+    config = ModelConfig(**TINY)
+    bundle = train_models(panel, cutoff, config, importance=False)
+    selection = select(panel, cutoff, bundle.config)
+    return bundle, selection.data, validation_origins(selection)
+
+
+def _copies(panel: pd.DataFrame, origins: pd.DataFrame, k: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``k`` copies of the panel under other symbol names (a universe k times larger), and their origins."""
+    stacked = pd.concat([panel.assign(symbol=panel["symbol"] + f"_{i}") for i in range(k)], ignore_index=True)
+    at = panel.index.get_indexer(origins.index)
+    return stacked, stacked.iloc[np.concatenate([at + i * len(panel) for i in range(k)])]
+
+
+def _traced_peak(call) -> float:
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        base = tracemalloc.get_traced_memory()[0]
+        call()
+        return tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+
+
+def test_neural_windows_hold_only_the_network_inputs_and_a_predict_call_at_most_one_chunk(trained, monkeypatch):
+    from ibf_core.models import neural
+
+    bundle, panel, origins = trained
+    member = bundle.members["lstm"]
+    calls: list[tuple[int, int]] = []
+    real = member.model.predict
+
+    def spy(df, futr_df, **kwargs):
+        calls.append((df["unique_id"].nunique(), df.shape[1]))
+        return real(df=df, futr_df=futr_df, **kwargs)
+
+    monkeypatch.setattr(member.model, "predict", spy)
+    monkeypatch.setattr(neural, "PREDICT_CHUNK_ORIGINS", 50)
+    before = member.predict(panel, origins)
+    assert len(calls) == -(-int(member.forecastable(panel, origins).sum()) // 50) and max(n for n, _ in calls) <= 50
+    inputs = len(member.inputs.scaler.center) + len(neural.future_known_features())
+    # unique_id, ds, y, the scaled inputs, observed, available_mask, the calendar: nothing else of the panel
+    assert max(c for _, c in calls) == inputs + 5 < panel.shape[1] / 3
+    monkeypatch.setattr(neural, "PREDICT_CHUNK_ORIGINS", 8192)
+    after = member.predict(panel, origins)
+    np.testing.assert_allclose(before.to_numpy(), after.to_numpy(), rtol=1e-6, atol=1e-9)  # chunking changes nothing
+
+
+def test_predict_memory_stays_one_chunk_when_the_universe_grows_eightfold(trained, monkeypatch):
+    from ibf_core.models import neural
+
+    bundle, panel, origins = trained
+    member = bundle.members["lstm"]
+    chunk = int(member.forecastable(panel, origins).sum())
+    monkeypatch.setattr(neural, "PREDICT_CHUNK_ORIGINS", chunk)
+    small_panel, small_origins = _copies(panel, origins, 1)
+    large_panel, large_origins = _copies(panel, origins, 8)
+    member.predict(small_panel, small_origins)  # warm-up: lazy imports and caches are not the windows
+    small = _traced_peak(lambda: member.predict(small_panel, small_origins))
+    large = _traced_peak(lambda: member.predict(large_panel, large_origins))
+    # 8x the origins in chunks of the small call: the peak is one chunk plus the per-origin outputs, not 8x
+    assert large < 2.5 * small, (small / 2**20, large / 2**20)
+
+
+CHILD = """
+import json, resource, sys
+sys.path.insert(0, {tests!r})
+import numpy as np, pandas as pd
+from messy_bars import messy_bars
+from ibf_core.features.pipeline import compute_features
+from ibf_core.models import HORIZONS
+from ibf_core.models.config import ModelConfig
+from ibf_core.models.dataset import build_panel
+from ibf_core.models.training import train_models
+bars = messy_bars(n_symbols={n}, sessions=252, vendor_missing=3, gaps=1, seed=5)
+panel = build_panel(bars, compute_features(bars, benchmark=None), HORIZONS)
+cutoff = pd.Timestamp(np.sort(panel["date"].unique())[-1]).date()
+bundle = train_models(panel, cutoff, ModelConfig(members=("lstm", "tft"), max_steps=2, val_check_steps=1))
+print(json.dumps({{"peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                   "resources": bundle.facts["resources"], "importance_rows": bundle.facts["importance"]["rows"]}}))
+"""
+
+
+def _train_in_child(n: int) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-c", CHILD.format(tests=str(ROOT / "tests"), n=n)], capture_output=True,
+                          text=True, env=env, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+# Measured after the fix (1 year, LSTM + TFT with importance): ~4-10 MiB a symbol above the fixed cost; before
+# it, 86 MiB. The bound leaves room for noise and allocator behaviour, not for the old design.
+MIB_PER_SYMBOL = 25.0
+
+
+@pytest.mark.slow
+def test_training_memory_per_symbol_stays_under_the_bound():
+    small, large = _train_in_child(8), _train_in_child(48)
+    per_symbol = (large["peak_mib"] - small["peak_mib"]) / 40
+    assert per_symbol < MIB_PER_SYMBOL, (small["peak_mib"], large["peak_mib"])
+    phases = large["resources"]["phases"]
+    assert {"select", "fit lstm", "fit tft", "validate", "importance"} <= set(phases)
+    assert all(p["peak_rss_mib"] > 0 and p["seconds"] >= 0 for p in phases.values())
+    assert large["resources"]["peak_rss_mib"] <= large["peak_mib"] + 1
