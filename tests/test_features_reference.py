@@ -20,6 +20,7 @@ import talib
 
 from messy_bars import messy_bars
 from ibf_core.features.calendar_features import calendar_table
+from ibf_core.features.cross_asset import percentile_rank
 from ibf_core.features.pipeline import (
     _CROSS, _PER_SYMBOL, NO_RANGE, NO_VOLUME, WARMING_UP, compute_features, compute_features_with_support, feature_columns,
 )  # fmt: skip
@@ -259,3 +260,10 @@ def test_the_messy_panel_has_what_the_reference_must_cope_with():
     assert (bars["volume"] < 0).any() and (bars["volume"] == 0).any()
     sessions = bars.groupby("symbol")["date"].apply(lambda d: pd.to_datetime(d).nunique())
     assert (sessions < bars["date"].nunique()).all()  # every symbol misses sessions
+
+
+def test_percentile_rank_ties_at_the_ends_of_adjacent_rows_stay_apart():
+    """A run of ties closing one row and a run opening the next are two runs (their flat indices are adjacent)."""
+    grid = np.array([[1.0, 2, 3, 3], [0, 0, 5, 6], [7, 7, 7, 7], [np.nan, 1, 1, np.nan], [2, 2, np.nan, 2]])
+    want = pd.DataFrame(grid).rank(axis=1, pct=True).to_numpy()
+    np.testing.assert_allclose(percentile_rank(grid), want, rtol=0, atol=1e-15, equal_nan=True)

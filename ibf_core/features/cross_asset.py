@@ -208,7 +208,9 @@ def _column_bits(cols: int) -> int:
 
 def _order_keys(values: np.ndarray, valid: np.ndarray, bits: int, column: np.ndarray) -> np.ndarray:
     """Order-preserving int64 keys of ``values`` (non-finite: +inf) with the lowest ``bits`` bits = ``column``."""
-    key = np.where(valid, values + 0.0, np.inf).view(np.int64)  # + 0.0 turns -0.0 into 0.0
+    key = values + 0.0  # + 0.0 turns -0.0 into 0.0
+    np.copyto(key, np.inf, where=~valid)  # (np.where with a scalar is several times slower)
+    key = key.view(np.int64)
     key ^= (key >> 63) & np.int64(0x7FFFFFFFFFFFFFFF)  # negative floats: reverse their bit order
     key &= ~np.int64((1 << bits) - 1)
     key |= column
@@ -233,7 +235,9 @@ def _sorted_positions(key: np.ndarray, bits: int, count: np.ndarray) -> tuple[np
         row, slot = np.divmod(later, cols - 1)
         slot += 1
         new_run = np.ones(len(later), dtype=bool)
-        new_run[1:] = later[1:] != later[:-1] + 1  # a run continues through consecutive tied slots of one row
+        # a run continues through consecutive tied slots of one row (the flat index also continues from one
+        # row's last slot to the next row's first)
+        new_run[1:] = (later[1:] != later[:-1] + 1) | (row[1:] != row[:-1])
         run = np.cumsum(new_run) - 1
         first = slot[new_run] - 1  # the run's first slot (the one the first tie equals)
         last = slot[np.append(new_run[1:], True)]
