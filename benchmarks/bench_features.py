@@ -14,8 +14,9 @@ the technical, microstructure and cross-asset stages, and every stage of one mor
     .venv/bin/python benchmarks/bench_features.py --symbols 500 --years 10
 
 Peak RSS is the process's high-water mark while the path ran (reset through ``/proc/self/clear_refs`` before
-each; where that is not allowed, the process's peak so far, marked ``*``). It includes the generated bars and
-the prepared inputs the process holds throughout (the ``process before`` line).
+each; where that is not allowed, the process's peak so far, marked ``*``), then in parentheses what the path
+added to the RSS the process had when it started: the peak includes the generated bars, and from the bare loop
+on the panel and the TA-Lib inputs the bare loop reads (the ``process before`` line).
 """
 
 from __future__ import annotations
@@ -100,10 +101,13 @@ def _rss_mib(field: str) -> float:
 
 
 def with_peak(fn):
-    """(fn's value, the process's peak RSS in MiB while it ran, whether that peak was reset before it)."""
+    """(fn's value, (the process's peak RSS in MiB while it ran, how much of it the path added), whether the
+    peak was reset before it)."""
     reset = _reset_peak()
+    before = _rss_mib("VmRSS")
     out = fn()
-    return out, _rss_mib("VmHWM"), reset
+    peak = _rss_mib("VmHWM")
+    return out, (peak, peak - before), reset
 
 
 def rank_sorts(n_dates: int, n_symbols: int, ranks: int) -> None:
@@ -181,18 +185,21 @@ def main() -> None:
     t_matrix, rss_matrix = measure(lambda: write_matrix(len(FEATURES), len(bars)))
     t_sorts, rss_sorts = measure(lambda: rank_sorts(len(panel.days), panel.n_symbols, len(cross_asset.RANKED)))
     star = "" if exact else "*"
+
+    def rss(peak: tuple[float, float]) -> str:
+        return f"{peak[0]:7,.0f} MiB peak{star} (+{peak[1]:5,.0f})"
+
     print(f"features: {len(feature_columns())}; TA-Lib calls per symbol: {sum(n_calls)} "
           f"({n_calls[0]} technical, {n_calls[1]} microstructure, {n_calls[2]} cross-asset)")
     print(f"{'process before (bars, panel, inputs)':36s} {'':8s}    {rss_before:7,.0f} MiB RSS")
-    print(f"{'bare TA-Lib loop':36s} {t_bare:8.3f} s  {rss_bare:7,.0f} MiB peak{star}  "
-          f"{args.symbols / t_bare:7,.0f} symbols/s  1.00x")
-    print(f"{'compute_features':36s} {t_pipe:8.3f} s  {rss_pipe:7,.0f} MiB peak{star}  "
-          f"{args.symbols / t_pipe:7,.0f} symbols/s  {t_pipe / t_bare:5.2f}x")
-    print(f"{'compute_features, first run (cold)':36s} {t_cold:8.3f} s  {rss_cold:7,.0f} MiB peak{star}  "
+    print(f"{'bare TA-Lib loop':36s} {t_bare:8.3f} s  {rss(rss_bare)}  {args.symbols / t_bare:7,.0f} symbols/s  1.00x")
+    print(f"{'compute_features':36s} {t_pipe:8.3f} s  {rss(rss_pipe)}  {args.symbols / t_pipe:7,.0f} symbols/s  "
+          f"{t_pipe / t_bare:5.2f}x")
+    print(f"{'compute_features, first run (cold)':36s} {t_cold:8.3f} s  {rss(rss_cold)}  "
           f"{args.symbols / t_cold:7,.0f} symbols/s  {t_cold / t_bare:5.2f}x")
-    print(f"{'reference: write the output once':36s} {t_matrix:8.3f} s  {rss_matrix:7,.0f} MiB peak{star}  "
+    print(f"{'reference: write the output once':36s} {t_matrix:8.3f} s  {rss(rss_matrix)}  "
           f"({len(FEATURES)} x {len(bars):,} float64 = {len(FEATURES) * len(bars) * 8 / 2**20:,.0f} MiB)")
-    print(f"{'reference: the rank row sorts':36s} {t_sorts:8.3f} s  {rss_sorts:7,.0f} MiB peak{star}  "
+    print(f"{'reference: the rank row sorts':36s} {t_sorts:8.3f} s  {rss(rss_sorts)}  "
           f"({len(cross_asset.RANKED)} x {len(panel.days):,} dates x {panel.n_symbols} symbols, int64)")
     modules = module_times(bars, args.repeat)
     print(f"stages alone, best of {args.repeat} (s): " + ", ".join(f"{k} {v:.3f}" for k, v in modules.items()))
