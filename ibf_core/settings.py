@@ -188,8 +188,12 @@ class Settings(BaseSettings):
         60, ge=20, description="Validation origins per training run (ensemble weights, interval calibration, metrics)"
     )
     model_seed: int = Field(7, ge=0, description="Random seed of every member")
+    model_memory_budget_mib: int | None = Field(
+        None, ge=256, description="Memory (MiB) a training may use at its peak; a larger estimate is refused before it "
+        "starts, naming the estimate (default: what the machine has available when training starts)"
+    )
     model_importance_max_origins: int = Field(
-        8192, ge=100, description="Validation origins that permutation feature importance forecasts at most; beyond it whole "
+        4096, ge=100, description="Validation origins that permutation feature importance forecasts at most; beyond it whole "
         "dates are sampled evenly and the importance facts say so (each group costs two neural forecasts of them)"
     )
     model_name: str = Field("ibf-forecaster", description="MLflow registered-model name")

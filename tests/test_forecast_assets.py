@@ -37,10 +37,22 @@ def small_world(monkeypatch):
 
 
 @pytest.mark.slow
-def test_train_then_predict_uses_the_newest_model_before_each_origin(small_world):
+def test_train_then_predict_uses_the_newest_model_before_each_origin(small_world, monkeypatch):
+    from ibf_core.models.registry import list_versions
     from ibf_dagster.runner import backfill, train
 
     settings = small_world
+    # A training the memory budget cannot hold is refused before it starts: one error line, no model version.
+    monkeypatch.setenv("IBF_MODEL_MEMORY_BUDGET_MIB", "300")
+    get_settings.cache_clear()
+    refused = CliRunner().invoke(app, ["train", "--cutoff", "2012-12-31"])
+    errors = [line for line in refused.output.splitlines() if line.startswith("error:")]
+    assert refused.exit_code != 0 and len(errors) == 1, refused.output
+    assert "training needs an estimated" in errors[0] and "IBF_MODEL_MEMORY_BUDGET_MIB" in errors[0], errors[0]
+    assert list_versions(settings.mlflow_uri, settings.model_name) == []
+    monkeypatch.delenv("IBF_MODEL_MEMORY_BUDGET_MIB")
+    get_settings.cache_clear()
+
     # Predicting before any model exists is a clear error that writes nothing.
     early = backfill(settings, None, "2013-01-01", "2013-03-01", "predictions", "sample", None)
     assert not early[0].success and "no registered model has a cut-off before 2013-01-02" in early[0].error

@@ -141,3 +141,27 @@ def test_training_memory_per_symbol_stays_under_the_bound():
     assert {"select", "fit lstm", "fit tft", "validate", "importance"} <= set(phases)
     assert all(p["peak_rss_mib"] > 0 and p["seconds"] >= 0 for p in phases.values())
     assert large["resources"]["peak_rss_mib"] <= large["peak_mib"] + 1
+
+
+def test_a_training_larger_than_the_memory_budget_is_refused_before_it_starts(trained):
+    from ibf_core.models.footprint import TrainingMemoryError
+
+    bundle, panel, _ = trained
+    with pytest.raises(TrainingMemoryError) as refused:
+        train_models(panel, bundle.cutoff, ModelConfig(**TINY), memory_budget_mib=300)
+    message = str(refused.value)
+    assert message.startswith("training needs an estimated ") and "only 0.3 GiB is available" in message
+    assert "runtime 0.7" in message and "IBF_MODEL_MEMBERS" in message and "IBF_MODEL_MEMORY_BUDGET_MIB" in message
+    facts = train_models(panel, bundle.cutoff, ModelConfig(**TINY), importance=False).facts["resources"]
+    assert facts["estimate_mib"]["runtime"] > 0 and facts["peak_rss_mib"] > 0
+
+
+def test_the_estimate_grows_with_rows_and_neural_windows_not_with_nothing():
+    from ibf_core.models.footprint import estimate
+
+    config = ModelConfig()
+    one_year = estimate(126_000, 150, 500, 252, config)
+    ten_years = estimate(1_260_000, 150, 500, 2_520, config)
+    gbdt_only = estimate(1_260_000, 150, 500, 2_520, ModelConfig(members=("gbdt", "gbdt_rank")))
+    assert one_year.total_mib < ten_years.total_mib and "neural fit" not in gbdt_only.parts
+    assert ten_years.parts["panel"] == pytest.approx(10 * one_year.parts["panel"])

@@ -48,7 +48,7 @@ import pandas as pd
 DEFAULT_REPEATS = 3  # permutations per group for cheap (tabular) members
 NEURAL_REPEATS = 2  # per group for torch-backed members: each repeat is one NeuralForecast predict per group
 DEFAULT_SEED = 0
-DEFAULT_MAX_ORIGINS = 8_192  # validation origins permuted at most (whole dates, evenly spaced): the cost bound
+DEFAULT_MAX_ORIGINS = 4_096  # validation origins permuted at most (whole dates, evenly spaced): the cost bound
 STACK_ROWS = 250_000  # panel rows per neural predict call when permuted copies are stacked
 STACK_ORIGINS = 8_192  # origins per stacked call: one chunk of ``neural.predict`` (its windows bound the memory)
 KEY_COLUMNS = ("symbol", "date", "session", "y")  # what a neural member reads besides its input features

@@ -47,7 +47,8 @@ def train_from_warehouse(store, settings, cutoff: dt.date, progress=None):
 
     with PhaseMeter() as meter, meter.phase("load panel"):
         panel = load_panel(store, symbols, None, cutoff)
-    bundle = train_models(panel, cutoff, ModelConfig.from_settings(settings), device=device, progress=progress)
+    bundle = train_models(panel, cutoff, ModelConfig.from_settings(settings), device=device, progress=progress,
+                          memory_budget_mib=settings.model_memory_budget_mib)
     resources = bundle.facts.setdefault("resources", {})
     resources["phases"] = {**meter.facts()["phases"], **resources.get("phases", {})}
     return bundle

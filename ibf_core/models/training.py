@@ -298,15 +298,19 @@ def train_models(
     device: str = "cpu",
     progress: Progress | None = None,
     importance: bool = True,
+    memory_budget_mib: float | None = None,
 ) -> ModelBundle:
     """Fit the members in ``config.members`` on ``panel`` rows up to ``cutoff``; see the module docstring.
 
     ``importance``: measure feature importance by group on the validation window afterwards
     (``bundle.facts["importance"]``, ``ibf_core.models.importance``); it changes no forecast.
+    ``memory_budget_mib``: what the training may use at its peak (default: this process's RSS plus the memory
+    the machine has available); a larger estimate (``footprint.estimate``) is refused before anything trains.
     """
     from ibf_core.models.predict import point_forecasts
 
     say = progress or (lambda message: None)
+    footprint = check_footprint(panel, cutoff, config, memory_budget_mib)
     with PhaseMeter() as meter:
         with meter.phase("select"):
             selection = select(panel, cutoff, config)
@@ -331,8 +335,24 @@ def train_models(
             with meter.phase("importance"):
                 bundle.facts["importance"] = measure_importance(bundle, selection.data, origins)
     # seconds and peak RSS of each phase (MiB): in bundle.json, the trained_models metadata and MLflow
-    bundle.facts["resources"] = meter.facts()
+    bundle.facts["resources"] = {**meter.facts(), "estimate_mib": {k: round(v, 1) for k, v in footprint.parts.items()}}
     return bundle
+
+
+def check_footprint(panel: pd.DataFrame, cutoff: dt.date, config: ModelConfig, budget_mib: float | None = None):
+    """The estimated peak of training ``config`` on ``panel`` up to ``cutoff``; raises ``TrainingMemoryError`` when it
+    exceeds ``budget_mib`` (default: RSS now + available memory; no check where the platform cannot tell)."""
+    from ibf_core.models import footprint
+    from ibf_core.processes import available_memory_mib, rss_mib
+
+    rows = int((panel["date"] <= pd.Timestamp(cutoff)).sum()) if len(panel) else 0
+    sessions = int(history_lengths(panel, cutoff).max()) if rows else 0
+    estimate = footprint.estimate(rows, panel.shape[1], int(panel["symbol"].nunique()), sessions, config)
+    if budget_mib is None:
+        available, held = available_memory_mib(), rss_mib()
+        budget_mib = None if available is None or held is None else available + held
+    footprint.check(estimate, budget_mib, tuple(config.members))
+    return estimate
 
 
 def measure_importance(bundle: ModelBundle, data: pd.DataFrame, origins: pd.DataFrame) -> dict[str, Any]:
