@@ -211,7 +211,9 @@ def _order_keys(values: np.ndarray, valid: np.ndarray, bits: int, column: np.nda
     key = values + 0.0  # + 0.0 turns -0.0 into 0.0
     np.copyto(key, np.inf, where=~valid)  # (np.where with a scalar is several times slower)
     key = key.view(np.int64)
-    key ^= (key >> 63) & np.int64(0x7FFFFFFFFFFFFFFF)  # negative floats: reverse their bit order
+    sign = np.right_shift(key, 63)  # -1 for negative floats: reverse their bit order
+    sign &= np.int64(0x7FFFFFFFFFFFFFFF)
+    key ^= sign
     key &= ~np.int64((1 << bits) - 1)
     key |= column
     return key
@@ -229,7 +231,8 @@ def _sorted_positions(key: np.ndarray, bits: int, count: np.ndarray) -> tuple[np
     with np.errstate(divide="ignore", invalid="ignore"):
         rank = np.arange(1, cols + 1, dtype=np.float64)[None, :] / count[:, None]
     ties = key[:, 1:] == key[:, :-1]
-    ties &= np.arange(1, cols)[None, :] < count[:, None]  # both slots valid: non-finite values never tie
+    if count.min(initial=cols) < cols:
+        ties &= np.arange(1, cols)[None, :] < count[:, None]  # both slots valid: non-finite values never tie
     later = np.flatnonzero(ties)  # (row, slot - 1) of every slot equal to the slot before it
     if len(later):
         row, slot = np.divmod(later, cols - 1)
