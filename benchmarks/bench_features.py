@@ -135,8 +135,9 @@ def stage_times(bars, repeat: int) -> dict[str, float]:
     return {name: min(run[name] for run in runs) for name in runs[0]}
 
 
-def module_times(bars, repeat: int) -> dict[str, float]:
-    """Best-of wall times of the technical, microstructure and cross-asset stages alone, on a prepared panel."""
+def module_times(bars, repeat: int) -> dict[str, tuple[float, tuple[float, float]]]:
+    """Best-of wall times of the technical, microstructure and cross-asset stages alone, on a prepared panel,
+    with the peak RSS of one more call (and what it added)."""
     panel, _ = Panel.from_bars(bars)
     matrix = np.empty((len(FEATURES), panel.n))
     rows = {f.name: matrix[i] for i, f in enumerate(FEATURES)}
@@ -144,11 +145,12 @@ def module_times(bars, repeat: int) -> dict[str, float]:
     technical.compute_returns(panel, rows)
     microstructure.compute(panel, rows)
     _clean(panel, rows, _PER_SYMBOL)
-    return {
-        "technical": best_of(repeat, lambda: technical.compute(panel, rows))[0],
-        "microstructure": best_of(repeat, lambda: microstructure.compute(panel, rows))[0],
-        "cross-asset": best_of(repeat, lambda: cross_asset.compute(panel, rows, cross_asset.DEFAULT_BENCHMARK))[0],
+    stages = {
+        "technical": lambda: technical.compute(panel, rows),
+        "microstructure": lambda: microstructure.compute(panel, rows),
+        "cross-asset": lambda: cross_asset.compute(panel, rows, cross_asset.DEFAULT_BENCHMARK),
     }
+    return {name: (best_of(repeat, fn)[0], with_peak(fn)[1]) for name, fn in stages.items()}
 
 
 def main() -> None:
@@ -212,14 +214,16 @@ def main() -> None:
           f"({cpu_best['pipeline'] / cpu_best['bare']:.2f}x), write the output {cpu_best['matrix']:.3f}, "
           f"rank sorts {cpu_best['sorts']:.3f}")
     modules = module_times(bars, args.repeat)
-    print(f"stages alone, best of {args.repeat} (s): " + ", ".join(f"{k} {v:.3f}" for k, v in modules.items()))
+    print(f"stages alone (a prepared panel; inputs computed once), best of {args.repeat}:")
+    for name, (seconds, peak) in modules.items():
+        print(f"  {name:34s} {seconds:8.3f} s  {rss(peak)}")
     stages = stage_times(bars, args.repeat)
     print(f"every stage of compute_features, best of {args.repeat} (s; sum {sum(stages.values()):.3f}):")
     for name, seconds in stages.items():
         print(f"  {name:40s} {seconds:7.3f}")
     t_technical, _ = best_of(args.repeat, lambda: bare_talib(plans[:1], panel.starts, panel.counts))
-    print(f"technical stage vs its own bare TA-Lib calls: {modules['technical']:.3f} s / {t_technical:.3f} s = "
-          f"{modules['technical'] / t_technical:.2f}x")
+    print(f"technical stage vs its own bare TA-Lib calls: {modules['technical'][0]:.3f} s / {t_technical:.3f} s = "
+          f"{modules['technical'][0] / t_technical:.2f}x")
 
 
 if __name__ == "__main__":
