@@ -6,7 +6,7 @@ input flags and support states by cumulative counts. The reference below does th
 symbol at a time (its own bars, TA-Lib and pandas shifts), one date at a time for the cross-sections (pandas
 ``rank``), plain loops for the input flags, then the documented cleaning (inf -> NaN, forward fill within the
 symbol, NULL where the feature's window holds a bar without an input it reads). The panel has what real files
-have: missing sessions, NaN open/high/low/volume, zero and negative volume, filler volume runs, a close-only
+have: missing sessions, NaN open/high/low/volume, zero, negative and infinite volume, filler volume runs, a close-only
 stretch, a real spread column with gaps, a symbol of 6 bars, of 30, of 75, one starting late, and rows in no
 particular order; two symbols with identical bars tie in every cross-sectional rank.
 """
@@ -37,6 +37,7 @@ def messy_panel(benchmark_symbol: str | None = None) -> pd.DataFrame:
         bars.loc[rng.random(n) < share, column] = np.nan
     bars.loc[rng.random(n) < 0.01, "volume"] = 0.0
     bars.loc[rng.random(n) < 0.003, "volume"] = -100.0
+    bars.loc[rng.random(n) < 0.002, "volume"] = np.inf
     rows = {s: bars.index[bars["symbol"] == s] for s in bars["symbol"].unique()}
     bars.loc[rows["S001"][100:108], "volume"] = 5000.0  # a filler run (the same volume 8 bars in a row)
     bars.loc[rows["S002"][:3], "volume"] = 7000.0  # repeated from the first bar on
@@ -58,12 +59,13 @@ def messy_panel(benchmark_symbol: str | None = None) -> pd.DataFrame:
 
 # ----- per symbol: one symbol's own bars, TA-Lib and pandas ----------------------------------------------------
 def input_flags(g: pd.DataFrame) -> dict[str, np.ndarray]:
-    """Per bar: volume missing (NaN, negative, or the same value 5 bars in a row / since the first bar), range missing."""
+    """Per bar: volume missing (NaN, infinite, negative, or the same value 5 bars in a row / since the first bar),
+    range missing (open, high or low not a number, or high == low)."""
     volume = g["volume"].to_numpy(dtype=float)
     no_volume = np.zeros(len(g), dtype=bool)
     for i, v in enumerate(volume):
         window = volume[max(0, i - 4): i + 1]
-        no_volume[i] = not (v >= 0) or (i > 0 and bool((window == v).all()))
+        no_volume[i] = not (math.isfinite(v) and v >= 0) or (i > 0 and bool((window == v).all()))
     o, h, lo = (g[c].to_numpy(dtype=float) for c in ("open", "high", "low"))
     no_range = ~(np.isfinite(o) & np.isfinite(h) & np.isfinite(lo)) | (h == lo)
     return {"volume": no_volume, "range": no_range}
@@ -73,7 +75,7 @@ def raw_features(g: pd.DataFrame) -> dict[str, np.ndarray]:
     """Every per-symbol feature of one symbol before cleaning, straight from the definitions."""
     close, adj = g["close"].to_numpy(dtype=float), g["adj_close"].to_numpy(dtype=float)
     raw_volume = g["volume"].to_numpy(dtype=float)
-    volume = np.where(raw_volume >= 0, raw_volume, 0.0)
+    volume = np.where(np.isfinite(raw_volume) & (raw_volume >= 0), raw_volume, 0.0)
     high, low, open_ = (np.where(np.isfinite(g[c]), g[c], close) for c in ("high", "low", "open"))
     logp = pd.Series(np.log(adj))
     logret = logp.diff().to_numpy()
@@ -257,7 +259,7 @@ def test_the_messy_panel_has_what_the_reference_must_cope_with():
     counts = bars.groupby("symbol").size()
     assert counts["S004"] == 6 and counts["S005"] == 30 and counts["S007"] == 75
     assert bars[["open", "high", "low", "volume", "spread"]].isna().any().all()
-    assert (bars["volume"] < 0).any() and (bars["volume"] == 0).any()
+    assert (bars["volume"] < 0).any() and (bars["volume"] == 0).any() and np.isinf(bars["volume"]).any()
     sessions = bars.groupby("symbol")["date"].apply(lambda d: pd.to_datetime(d).nunique())
     assert (sessions < bars["date"].nunique()).all()  # every symbol misses sessions
 

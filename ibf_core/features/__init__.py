@@ -184,7 +184,7 @@ class Panel:
         # TA-Lib's running sums must never see a NaN (it would poison every later window): an unknown volume
         # computes as 0 and an unknown open/high/low as the close; the input flags then blank what read them.
         volume = raw_volume.copy()
-        np.copyto(volume, 0.0, where=~(raw_volume >= 0))  # NaN compares False: unknown and negative alike
+        np.copyto(volume, 0.0, where=~(np.isfinite(raw_volume) & (raw_volume >= 0)))
         prices = {name: column(name) for name in ("open", "high", "low")}
         raw_range = np.ones(n, dtype=bool)
         for name, values in prices.items():
