@@ -208,7 +208,7 @@ def _column_bits(cols: int) -> int:
 
 def _order_keys(values: np.ndarray, valid: np.ndarray, bits: int, column: np.ndarray) -> np.ndarray:
     """Order-preserving int64 keys of ``values`` (non-finite: +inf) with the lowest ``bits`` bits = ``column``."""
-    key = values + 0.0  # + 0.0 turns -0.0 into 0.0
+    key = np.add(values, 0.0, dtype=np.float64)  # + 0.0 turns -0.0 into 0.0
     np.copyto(key, np.inf, where=~valid)  # (np.where with a scalar is several times slower)
     key = key.view(np.int64)
     sign = np.right_shift(key, 63)  # -1 for negative floats: reverse their bit order
