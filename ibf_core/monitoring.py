@@ -181,67 +181,158 @@ def feature_drift_rows(reference: np.ndarray, recent: np.ndarray, features: list
     The MMD row carries the raw permutation p-value against ``mmd_alpha``; the correction over the universe's
     symbols (Benjamini-Hochberg) is applied by ``retrain_decision`` on all symbols of a day at once.
     """
+    return feature_drift_rows_many([reference], [recent], features, policy, seed)[0]
+
+
+def feature_drift_rows_many(
+    references: list[np.ndarray], recents: list[np.ndarray], features: list[str], policy: DriftPolicy, seed: int = 0
+) -> list[list[dict]]:
+    """``feature_drift_rows`` of many (reference, recent) pairs judged on the same day (one seed): each test runs
+    once over all pairs (``ibf_core.drift``'s batched detectors), not once per symbol."""
     from ibf_core import drift
 
-    rows: list[dict] = []
-    if len(reference) == 0:
-        reason = "no reference window (the symbol was not in the model's training data)"
-        return [_row(d, None, None, None, None, False, 0, reason) for d in ("ks", "cvm", "psi", "mmd")]
+    out: list[list[dict]] = [[] for _ in references]
+    tested = [i for i, ref in enumerate(references) if len(ref)]
+    for i, ref in enumerate(references):
+        if not len(ref):
+            reason = "no reference window (the symbol was not in the model's training data)"
+            out[i] = [_row(d, None, None, None, None, False, 0, reason) for d in ("ks", "cvm", "psi", "mmd")]
+    if not tested:
+        return out
+    refs = [references[i] for i in tested]
+    recs = [recents[i] for i in tested]
     for method in ("ks", "cvm"):
-        for r in drift.univariate_tests(reference, recent, features, method=method, alpha=policy.ks_alpha):
-            rows.append(_row(r.detector, r.feature, r.statistic, r.p_value, r.threshold, r.breached, len(recent), r.skipped_reason))
-    for r in drift.psi(reference, recent, features, threshold=policy.psi_threshold):
-        rows.append(_row(r.detector, r.feature, r.statistic, r.p_value, r.threshold, r.breached, len(recent), r.skipped_reason))
-    r = drift.mmd_test(reference, recent, alpha=policy.mmd_alpha, n_permutations=policy.mmd_permutations, seed=seed)
-    rows.append(_row("mmd", None, r.statistic, r.p_value, r.threshold, r.breached, len(recent), r.skipped_reason))
-    return rows
+        batch = drift.univariate_tests_many(refs, recs, features, method=method, alpha=policy.ks_alpha)
+        for i, rows in zip(tested, batch):
+            n = len(recents[i])
+            out[i] += [_row(r.detector, r.feature, r.statistic, r.p_value, r.threshold, r.breached, n, r.skipped_reason) for r in rows]
+    for i, rows in zip(tested, drift.psi_many(refs, recs, features, threshold=policy.psi_threshold)):
+        out[i] += [_row(r.detector, r.feature, r.statistic, r.p_value, r.threshold, r.breached, len(recents[i]), r.skipped_reason) for r in rows]
+    mmd = drift.mmd_tests(refs, recs, alpha=policy.mmd_alpha, n_permutations=policy.mmd_permutations, seed=seed)
+    for i, r in zip(tested, mmd):
+        out[i].append(_row("mmd", None, r.statistic, r.p_value, r.threshold, r.breached, len(recents[i]), r.skipped_reason))
+    return out
 
 
 def performance_rows(symbol: str, outcomes: pd.DataFrame, as_of, policy: DriftPolicy) -> list[dict]:
     """Rolling performance of the symbol's matured forecasts, the pooled rank IC, and a CUSUM on its residuals."""
-    from ibf_core import drift
+    return performance_rows_many([symbol], outcomes, as_of, policy)[symbol]
 
-    perf = rolling_performance(outcomes, as_of, policy.window, policy.horizon) if len(outcomes) else pd.DataFrame()
-    mine = perf[perf["symbol"] == symbol] if len(perf) else perf
-    pooled = perf[perf["symbol"] == POOLED] if len(perf) else perf
-    n = int(mine["n"].iloc[0]) if len(mine) else 0
-    reason = None
-    if n == 0:
-        reason = f"no matured {policy.horizon}-session forecasts in the last {policy.window} sessions yet"
-    elif n < policy.min_matured:
-        reason = f"{n} matured forecasts (< {policy.min_matured})"
-    value = (lambda k: mine[k].iloc[0]) if len(mine) else (lambda k: None)
-    rows = [
-        _row("perf_mase", None, value("mase"), None, policy.mase_threshold, reason is None and value("mase") > policy.mase_threshold, n, reason),
-        _row("perf_mae", None, value("mae"), None, None, False, n, reason),
-        _row("perf_mape", None, value("mape"), None, None, False, n, reason),
-        _row("perf_rmse", None, value("rmse"), None, None, False, n, reason),
-        _row("perf_da", None, value("da"), None, None, False, n, reason),
-    ]
+
+def window_outcomes(outcomes: pd.DataFrame, as_of, policy: DriftPolicy) -> pd.DataFrame:
+    """The outcomes the performance rows of ``as_of`` read: horizon ``policy.horizon``, target session in the
+    ``policy.window`` sessions ending at ``as_of`` (in ``outcomes``' row order)."""
+    if outcomes.empty:
+        return outcomes
+    first = window_start(as_of, policy.window)
+    target = outcomes["target_date"]
+    return outcomes[(outcomes["horizon"] == policy.horizon) & (target >= first) & (target <= pd.Timestamp(as_of))]
+
+
+def _nanmean(values: np.ndarray) -> float:
+    """``pandas.Series.mean`` exactly: NaN set to 0, the same pairwise sum, divided by the count of the others."""
+    missing = np.isnan(values)
+    count = values.size - int(missing.sum())
+    if count == 0:
+        return np.nan
+    return (np.where(missing, 0.0, values) if count < values.size else values).sum() / count
+
+
+def _metrics(part: dict[str, np.ndarray]) -> dict[str, float]:
+    """The metrics of one ``rolling_performance`` row (same arithmetic, so the same values) from column arrays."""
+    n = len(part["abs_error"])
+    mae = _nanmean(part["abs_error"])
+    naive = _nanmean(np.abs(part["realized_return"]))
+    return {
+        "n": n,
+        "mae": mae,
+        "mape": _nanmean(part["pct_error"]),
+        "rmse": float(np.sqrt(_nanmean((part["pred_return"] - part["realized_return"]) ** 2))) if n else np.nan,
+        "mase": mae / naive if naive and naive > 0 else np.nan,
+        "da": _nanmean(part["direction_hit"]),
+        "coverage_80": _nanmean(part["hit_80"]),
+        "coverage_95": _nanmean(part["hit_95"]),
+    }
+
+
+_PERF_COLUMNS = ("abs_error", "pct_error", "pred_return", "realized_return", "direction_hit", "hit_80", "hit_95", "lower_80", "upper_80")
+
+
+def performance_rows_many(symbols, outcomes: pd.DataFrame, as_of, policy: DriftPolicy) -> dict[str, list[dict]]:
+    """``performance_rows`` of many symbols on one evaluated day: the window's outcomes are cut once, the pooled
+    metrics, coverage tests and rank IC computed once, each symbol's metrics from its own slice (the values of
+    ``rolling_performance``). The CUSUM reads the forecasts matured by ``as_of`` only."""
+    return _performance_rows(symbols, window_outcomes(outcomes, as_of, policy), as_of, policy)
+
+
+def _performance_rows(symbols, part: pd.DataFrame, as_of, policy: DriftPolicy) -> dict[str, list[dict]]:
+    """``performance_rows_many`` from the window's outcomes (``window_outcomes``)."""
+    from ibf_core import drift
+    from ibf_core.evaluation.metrics import cross_sectional_ic
+
+    columns = {c: part[c].to_numpy(dtype=np.float64) for c in _PERF_COLUMNS} if len(part) else {c: np.empty(0) for c in _PERF_COLUMNS}
+    pooled = _metrics(columns)
+    ic = np.nan
+    if len(part):
+        ics = cross_sectional_ic(part, "pred_return", "realized_return", "spearman")
+        ic = ics.mean() if len(ics) else np.nan
+    names = part["symbol"].to_numpy() if len(part) else np.empty(0, dtype=object)
+    order = np.argsort(names, kind="stable")  # groupby order: each symbol's rows as they come in ``part``
+    keys, starts = np.unique(names[order], return_index=True) if len(names) else (np.empty(0), np.empty(0, dtype=int))
+    bounds = dict(zip(keys, zip(starts, [*starts[1:], len(order)])))
+    dates = part["date"].to_numpy() if len(part) else np.empty(0, dtype="datetime64[ns]")
+
+    # Pooled rows: the same for every symbol of the day. Off by more than the tolerance *and* significantly so
+    # (two-sided binomial p < 0.01): with ~150 forecasts a 5-point miss is within noise, and noise must not
+    # retrain models.
+    n_pooled = pooled["n"]
+    coverage = {}
     for level in (80, 95):
-        cov = pooled[f"coverage_{level}"].iloc[0] if len(pooled) else None
-        n_pooled = int(pooled["n"].iloc[0]) if len(pooled) else 0
-        why = reason if reason else (None if n_pooled >= policy.min_matured else "too few pooled forecasts")
-        # Off by more than the tolerance *and* significantly so (two-sided binomial p < 0.01): with ~150
-        # forecasts a 5-point miss is within noise, and noise must not retrain models.
+        cov = pooled[f"coverage_{level}"]
         off = False
-        if cov is not None and n_pooled and abs(cov - level / 100) > policy.coverage_tolerance:
+        if n_pooled and abs(cov - level / 100) > policy.coverage_tolerance:
             from scipy.stats import binomtest
 
             off = binomtest(int(round(cov * n_pooled)), n_pooled, level / 100).pvalue < 0.01
-        rows.append(_row(f"perf_coverage_{level}", None, cov, None, policy.coverage_tolerance, off, n_pooled, why))
-    ic = pooled["rank_ic"].iloc[0] if len(pooled) else None
-    rows.append(_row("perf_rank_ic", None, ic, None, None, False, int(pooled["n"].iloc[0]) if len(pooled) else 0, reason))
-    # CUSUM on standardized residuals: the 80% interval's half-width / z(0.9) is the forecast's own sigma.
-    if n:
-        first = window_start(as_of, policy.window)
-        own = outcomes[(outcomes["symbol"] == symbol) & (outcomes["horizon"] == policy.horizon) & (outcomes["target_date"] >= first)].sort_values("date")
-        sigma = (own["upper_80"] - own["lower_80"]) / (2 * Z80)
-        r = drift.cusum(((own["realized_return"] - own["pred_return"]) / sigma).to_numpy(dtype=np.float64), h=policy.cusum_h)
-        rows.append(_row("cusum", None, r.statistic, None, r.threshold, r.breached, len(own), r.skipped_reason))
-    else:
-        rows.append(_row("cusum", None, None, None, policy.cusum_h, False, 0, reason))
-    return rows
+        coverage[level] = (cov, off)
+
+    out: dict[str, list[dict]] = {}
+    for symbol in symbols:
+        where = bounds.get(symbol)
+        mine = None
+        if where is not None:
+            rows_at = order[where[0] : where[1]]
+            rows_at = rows_at[np.argsort(dates[rows_at], kind="stable")] if len(rows_at) > 1 else rows_at
+            own = {c: v[rows_at] for c, v in columns.items()}
+            mine = _metrics(own)
+        n = mine["n"] if mine else 0
+        reason = None
+        if n == 0:
+            reason = f"no matured {policy.horizon}-session forecasts in the last {policy.window} sessions yet"
+        elif n < policy.min_matured:
+            reason = f"{n} matured forecasts (< {policy.min_matured})"
+        value = (lambda k: mine[k]) if mine else (lambda k: None)
+        rows = [
+            _row("perf_mase", None, value("mase"), None, policy.mase_threshold, reason is None and value("mase") > policy.mase_threshold, n, reason),
+            _row("perf_mae", None, value("mae"), None, None, False, n, reason),
+            _row("perf_mape", None, value("mape"), None, None, False, n, reason),
+            _row("perf_rmse", None, value("rmse"), None, None, False, n, reason),
+            _row("perf_da", None, value("da"), None, None, False, n, reason),
+        ]
+        for level in (80, 95):
+            cov, off = coverage[level]
+            why = reason if reason else (None if n_pooled >= policy.min_matured else "too few pooled forecasts")
+            rows.append(_row(f"perf_coverage_{level}", None, cov, None, policy.coverage_tolerance, off, n_pooled, why))
+        rows.append(_row("perf_rank_ic", None, ic, None, None, False, n_pooled, reason))
+        # CUSUM on standardized residuals: the 80% interval's half-width / z(0.9) is the forecast's own sigma.
+        if n:
+            sigma = (own["upper_80"] - own["lower_80"]) / (2 * Z80)
+            r = drift.cusum((own["realized_return"] - own["pred_return"]) / sigma, h=policy.cusum_h)
+            rows.append(_row("cusum", None, r.statistic, None, r.threshold, r.breached, n, r.skipped_reason))
+        else:
+            rows.append(_row("cusum", None, None, None, policy.cusum_h, False, 0, reason))
+        out[symbol] = rows
+    return out
 
 
 def retrain_decision(history: pd.DataFrame, as_of, policy: DriftPolicy) -> dict[str, Any]:
@@ -359,38 +450,218 @@ def symbol_drift_rows(
     return [{"symbol": symbol, "date": day, **row, "model_version": model_version} for row in rows]
 
 
+# What a drift row is computed from besides its inputs: bump when the scoring itself changes, and every stored row
+# is rescored by the next run (its digest no longer matches).
+SCORING_VERSION = "2"
+_OUTCOME_DIGEST_COLUMNS = [
+    "symbol", "date", "target_date", "pred_return", "pred_price", "lower_80", "upper_80", "lower_95", "upper_95",
+    "realized_price", "realized_return",
+]
+
+
+@dataclass(frozen=True)
+class RectangleScores:
+    """The drift rows of a rectangle, and how many (symbol, session) pairs were scored, carried or dropped."""
+
+    frame: pd.DataFrame
+    scored: int
+    carried: int
+    dropped: int  # stored pairs the rectangle no longer has (a session without features any more)
+
+    @property
+    def changed(self) -> bool:
+        """Whether the rows differ from the stored ones (False: nothing to write)."""
+        return bool(self.scored or self.dropped)
+
+
+def recent_lookback(policy: DriftPolicy) -> int:
+    """Sessions before an evaluated day that its recent feature window and its performance window may reach."""
+    return policy.feature_window + policy.window + policy.horizon + 5
+
+
+def _digest(*parts: bytes | str) -> bytes:
+    import hashlib
+
+    h = hashlib.blake2b(digest_size=16)
+    for part in parts:
+        data = part.encode() if isinstance(part, str) else part
+        h.update(len(data).to_bytes(8, "little"))
+        h.update(data)
+    return h.digest()
+
+
+def _array_digest(values: np.ndarray) -> bytes:
+    values = np.ascontiguousarray(values, dtype=np.float64)
+    return _digest(str(values.shape), values.tobytes())
+
+
+class _ScoringInputs:
+    """Everything scoring reads for ``universe`` up to ``end``, read once: the drift features of every stored
+    session (recent windows and reference windows come from the same rows), and the matured forecasts."""
+
+    def __init__(self, store, universe: list[str], start: dt.date, end: dt.date, policy: DriftPolicy):
+        from ibf_core.calendar import lookback_start
+        from ibf_core.features.table import features_spec
+        from ibf_core.storage.tables import MARKET_BARS, PREDICTIONS
+
+        self.policy = policy
+        end_ts = pd.Timestamp(end)
+        first = pd.Timestamp(lookback_start(start, recent_lookback(policy)))
+        features = _frame(store.read_partitions(features_spec(), universe, ["symbol", "date", "warmup", *policy.features]))
+        features = features[features["date"] <= end_ts].sort_values(["symbol", "date"], kind="stable")
+        self.sessions = features[["symbol", "date"]]  # every stored session (warm-up too) decides the days scored
+        usable = features[~features["warmup"].astype(bool)]
+        names = usable["symbol"].to_numpy()
+        keys, starts = np.unique(names, return_index=True)
+        stops = [*starts[1:], len(names)]
+        dates = usable["date"].to_numpy()
+        values = usable[list(policy.features)].to_numpy(dtype=np.float64)
+        self.usable = {k: (dates[a:b], values[a:b]) for k, a, b in zip(keys, starts, stops)}
+        self.empty = (dates[:0], values[:0])
+
+        columns = ["symbol", "date", "horizon", "target_date", "pred_return", "pred_price", "lower_80", "upper_80", "lower_95", "upper_95"]
+        predictions = _frame(store.read_partitions(PREDICTIONS, universe, columns))
+        predictions = predictions[(predictions["horizon"] == policy.horizon) & predictions["date"].between(first, end_ts)]
+        predictions = predictions.assign(target_date=pd.to_datetime(predictions["target_date"]))
+        bars = _frame(store.read_partitions(MARKET_BARS, universe, ["symbol", "date", "close", "adj_close"]))
+        bars = bars[bars["date"].between(first, end_ts)].sort_values(["symbol", "date"], kind="stable")
+        # Matured by ``end``; each day then keeps the forecasts matured by itself (``window_outcomes``).
+        self.outcomes = matured_outcomes(predictions.sort_values(["symbol", "date"], kind="stable"), bars, end)
+        self.references: dict[str, tuple[dict[str, np.ndarray], dict[str, bytes]]] = {}
+
+    def recent(self, symbol: str, day: pd.Timestamp, first: pd.Timestamp) -> np.ndarray:
+        """The symbol's last ``feature_window`` usable rows up to ``day``, none before ``first``."""
+        dates, values = self.usable.get(symbol, self.empty)
+        hi = int(dates.searchsorted(day.to_datetime64(), side="right"))
+        lo = max(int(dates.searchsorted(first.to_datetime64(), side="left")), hi - self.policy.feature_window)
+        return values[lo:hi]
+
+    def reference(self, version) -> tuple[dict[str, np.ndarray], dict[str, bytes]]:
+        """The version's reference windows (``reference_windows`` of its cut-off) and their digests, per symbol."""
+        if version.version not in self.references:
+            cutoff = pd.Timestamp(version.cutoff)
+            first = pd.Timestamp(reference_start(version.cutoff, self.policy)).to_datetime64()
+            windows, digests = {}, {}
+            for symbol, (dates, values) in self.usable.items():
+                hi = int(dates.searchsorted(cutoff.to_datetime64(), side="right"))
+                lo = max(int(dates.searchsorted(first, side="left")), hi - self.policy.reference_sessions)
+                if hi > lo:
+                    windows[symbol] = values[lo:hi]
+                    digests[symbol] = _array_digest(values[lo:hi])
+            self.references[version.version] = (windows, digests)
+        return self.references[version.version]
+
+
+def _frame(table) -> pd.DataFrame:
+    frame = table.to_pandas()
+    return frame.assign(date=pd.to_datetime(frame["date"]))
+
+
+def _version_key(version) -> str:
+    if version is None:
+        return "none"
+    return f"{version.version}|{version.cutoff}|{getattr(version, 'manifest_sha256', '')}"
+
+
+def _score(store, versions: list, universe: list[str], symbols, start: dt.date, end: dt.date, policy: DriftPolicy,
+           stored: pd.DataFrame | None) -> RectangleScores:
+    """Score ``symbols`` x the sessions in [start, end], carrying the ``stored`` rows whose digest still matches."""
+    from ibf_core.calendar import lookback_start
+    from ibf_core.models.registry import newest_before
+    from ibf_core.storage.tables import DRIFT_SCORES
+
+    symbols = list(symbols)
+    inputs = _ScoringInputs(store, list(universe), start, end, policy)
+    mine = inputs.sessions[inputs.sessions["symbol"].isin(symbols)]
+    days = sorted(d for d in mine["date"].unique() if pd.Timestamp(start) <= d <= pd.Timestamp(end))
+    policy_key = _digest(SCORING_VERSION, repr(policy))
+    known: dict[tuple[str, pd.Timestamp], str] = {}
+    if stored is not None and len(stored) and "inputs_digest" in stored.columns:
+        pairs = stored[["symbol", "date", "inputs_digest"]].drop_duplicates()
+        pairs = pairs[~pairs.duplicated(["symbol", "date"], keep=False) & pairs["inputs_digest"].notna()]
+        known = {(s, pd.Timestamp(d)): h for s, d, h in pairs.itertuples(index=False)}
+    frames: list[pd.DataFrame] = []
+    carried: list[tuple[str, pd.Timestamp]] = []
+    rescored: set[tuple[str, pd.Timestamp]] = set()
+    scored = 0
+    for day in days:
+        day = pd.Timestamp(day)
+        version = newest_before(versions, day.date())
+        refs, ref_digests = inputs.reference(version) if version is not None else (None, {})
+        label = version.version if version is not None else ""
+        first = pd.Timestamp(lookback_start(day.date(), recent_lookback(policy)))
+        part = window_outcomes(inputs.outcomes, day, policy)
+        day_key = _digest(
+            policy_key, _version_key(version), str(day.date()),
+            pd.util.hash_pandas_object(part[_OUTCOME_DIGEST_COLUMNS], index=False).to_numpy().tobytes() if len(part) else b"",
+        )
+        recents, todo, digests = {}, [], {}
+        for symbol in symbols:
+            recent = inputs.recent(symbol, day, first)
+            digest = _digest(day_key, ref_digests.get(symbol, b""), _array_digest(recent)).hex()
+            if known.get((symbol, day)) == digest:
+                carried.append((symbol, day))
+                continue
+            recents[symbol], digests[symbol] = recent, digest
+            todo.append(symbol)
+        if not todo:
+            continue
+        scored += len(todo)
+        rescored.update((s, day) for s in todo)
+        if refs is None:
+            reason = f"no model trained before {day.date()}: no reference window"
+            drift_rows = {s: [_row(d, None, None, None, None, False, 0, reason) for d in ("ks", "cvm", "psi", "mmd")] for s in todo}
+        else:
+            empty = np.empty((0, len(policy.features)))
+            batch = feature_drift_rows_many([refs.get(s, empty) for s in todo], [recents[s] for s in todo],
+                                            list(policy.features), policy, seed=drift_seed(day))
+            drift_rows = dict(zip(todo, batch))
+        perf_rows = _performance_rows(todo, part, day, policy)
+        rows = [
+            {"symbol": s, "date": day, **row, "model_version": label, "inputs_digest": digests[s]}
+            for s in todo for row in (*drift_rows[s], *perf_rows[s])
+        ]
+        frames.append(pd.DataFrame(rows, columns=DRIFT_SCORES.column_names))
+    if carried:
+        at = pd.MultiIndex.from_arrays([stored["symbol"], pd.to_datetime(stored["date"])])
+        frames.insert(0, stored[at.isin(pd.MultiIndex.from_tuples(carried))][DRIFT_SCORES.column_names])
+    before = set(zip(stored["symbol"], pd.to_datetime(stored["date"]))) if stored is not None and len(stored) else set()
+    dropped = len(before - set(carried) - rescored)
+    frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=DRIFT_SCORES.column_names)
+    return RectangleScores(frame, scored, len(carried), dropped)
+
+
 def score_rectangle(store, versions: list, universe: list[str], symbols, start: dt.date, end: dt.date, policy: DriftPolicy) -> pd.DataFrame:
-    """Every detector for ``symbols`` x the sessions in [start, end] that have features (``drift_scores`` rows).
+    """Every detector for ``symbols`` x the sessions in [start, end] that have features (``drift_scores`` rows),
+    all scored afresh (``refresh_rectangle`` carries the unchanged stored rows instead).
 
     ``versions``: the registered model versions, oldest cut-off first; each day is judged against the
     reference of ``newest_before(versions, day)``. The universe's matured forecasts feed the pooled metrics.
+    A day's rows read nothing after the day: its recent features, the forecasts matured by its close, the
+    model version in force on it — the same rows whatever rectangle the day is scored in.
     """
-    from ibf_core.calendar import lookback_start
-    from ibf_core.features.table import features_spec
-    from ibf_core.models.registry import newest_before
-    from ibf_core.storage.tables import DRIFT_SCORES, MARKET_BARS, PREDICTIONS
+    return _score(store, versions, universe, symbols, start, end, policy, None).frame
 
-    first = lookback_start(start, policy.feature_window + policy.window + policy.horizon + 5)
-    features = store.read(features_spec(), list(universe), first, end)
-    bars = store.read(MARKET_BARS, list(universe), first, end)
-    outcomes = matured_outcomes(store.read(PREDICTIONS, list(universe), first, end), bars, end)
-    mine = features[features["symbol"].isin(list(symbols))]
-    days = sorted(d for d in mine["date"].unique() if pd.Timestamp(start) <= d <= pd.Timestamp(end))
-    usable = features[~features["warmup"].astype(bool)]
-    by_symbol = {s: g for s, g in usable.groupby("symbol")}
-    empty = usable.iloc[:0]
-    references: dict[str, dict[str, np.ndarray]] = {}
-    rows: list[dict] = []
-    for day in days:
-        version = newest_before(versions, pd.Timestamp(day).date())
-        if version is not None and version.version not in references:
-            window = store.read(features_spec(), list(universe), reference_start(version.cutoff, policy), version.cutoff)
-            references[version.version] = reference_windows(window, version.cutoff, policy)
-        refs = references[version.version] if version is not None else None
-        label = version.version if version is not None else ""
-        for symbol in symbols:
-            rows += symbol_drift_rows(symbol, day, by_symbol.get(symbol, empty), refs, outcomes, policy, label)
-    return pd.DataFrame(rows, columns=DRIFT_SCORES.column_names)
+
+def refresh_rectangle(store, versions: list, universe: list[str], symbols, start: dt.date, end: dt.date, policy: DriftPolicy) -> RectangleScores:
+    """``score_rectangle``, but a (symbol, session) whose stored rows were scored from the same inputs is carried,
+    not rescored: the daily run of a month partition scores the new session, not the month to date.
+
+    The rule: a drift row of (symbol, day) is a deterministic function of (a) the scoring code
+    (``SCORING_VERSION``) and the policy, (b) the model version in force on the day (version, cut-off, manifest)
+    and the symbol's reference window under it, (c) the symbol's recent feature window up to the day and (d) the
+    universe's forecasts that matured in the performance window ending at the day, with their realized prices
+    (the pooled metrics read every symbol's). ``inputs_digest`` stored with the rows hashes exactly those values.
+    The rows are carried when the digest computed from the warehouse now equals the stored one, so identical
+    inputs give identical rows; any rewrite that changes a value they read (features, predictions or bars of a
+    session up to the day, a new or re-registered model version, a changed setting) changes the digest, and the
+    pair is rescored. A rewrite with identical values keeps the digest: rescoring would give the same rows.
+    Rows stored without a digest (before it existed) are rescored once.
+    """
+    from ibf_core.storage.tables import DRIFT_SCORES
+
+    stored = store.read(DRIFT_SCORES, list(symbols), start, end)
+    return _score(store, versions, universe, symbols, start, end, policy, stored)
 
 
 def retrain_status(store, universe: list[str], as_of: pd.Timestamp | None, policy: DriftPolicy) -> dict[str, Any]:

@@ -194,6 +194,13 @@ DRIFT_SCORES = TableSpec(
         Column("skipped_reason", pa.string(), "Why the detector could not run (no matured forecasts, too few points, ...)", optional=True),
         Column("n", pa.int64(), "Points behind the value (recent window rows or matured forecasts)"),
         Column("model_version", pa.string(), "Model version whose training window is the reference"),
+        Column(
+            "inputs_digest",
+            pa.string(),
+            "Digest of what the symbol-session's rows were scored from (features, matured forecasts, model version and "
+            "reference, settings); a run rescores the pair only when it changed (ibf_core.monitoring.refresh_rectangle)",
+            optional=True,
+        ),
     ),
 )
 

@@ -57,7 +57,7 @@ def build_drift_scores(settings: Settings) -> dg.AssetsDefinition:
     )
     def drift_scores(context: dg.AssetExecutionContext, ibf: SettingsResource, warehouse: WarehouseResource) -> dg.MaterializeResult:
         from ibf_core.models.registry import list_versions
-        from ibf_core.monitoring import DriftPolicy, retrain_status, score_rectangle
+        from ibf_core.monitoring import DriftPolicy, refresh_rectangle, retrain_status
 
         settings = ibf.get()
         policy = DriftPolicy.from_settings(settings)
@@ -67,10 +67,15 @@ def build_drift_scores(settings: Settings) -> dg.AssetsDefinition:
         versions = list_versions(settings.mlflow_uri, settings.model_name)
         started = time.perf_counter()
         frames = []
+        scored = carried = 0
         for rect in context_rectangles(context, settings):
-            frame = score_rectangle(store, versions, universe, rect.symbols, rect.start, rect.end, policy)
-            store.replace_slice(spec, frame, rect.symbols, rect.start, rect.end)
-            frames.append(frame)
+            # Sessions whose inputs are unchanged since their rows were stored are carried, not rescored (the daily
+            # run of a month partition scores the new session); nothing is written when nothing changed.
+            result = refresh_rectangle(store, versions, universe, rect.symbols, rect.start, rect.end, policy)
+            if result.changed:
+                store.replace_slice(spec, result.frame, rect.symbols, rect.start, rect.end)
+            frames.append(result.frame)
+            scored, carried = scored + result.scored, carried + result.carried
         frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=spec.column_names)
         seconds = time.perf_counter() - started
         as_of = pd.to_datetime(frame["date"]).max() if len(frame) else None
@@ -106,6 +111,8 @@ def build_drift_scores(settings: Settings) -> dg.AssetsDefinition:
             metadata={
                 "dagster/row_count": len(frame),
                 "seconds": round(seconds, 2),
+                "sessions_scored": scored,  # (symbol, session) pairs scored afresh
+                "sessions_carried": carried,  # pairs whose stored rows were kept (same inputs digest)
                 "detectors": dg.MetadataValue.json(sorted(frame["detector"].unique().tolist()) if len(frame) else []),
                 "drift_chart": plot_if_small(context, lambda: _chart(frame)),
             },
