@@ -5,13 +5,17 @@ that is refused up front names the numbers and the settings that lower them. The
 parts that grow with the data, each a measured constant times its size (measured on a 2-core CPU machine,
 ``benchmarks/bench_universe.py``; peak RSS per phase is recorded with every bundle, ``facts["resources"]``):
 
-* ``runtime``: the interpreter with pandas, torch, Lightning, NeuralForecast and LightGBM imported (~650 MiB);
+* ``runtime``: the interpreter with pandas, torch, Lightning, NeuralForecast and LightGBM imported (~650 MiB),
+  Dagster and MLflow around them;
 * ``panel``: the modelling panel (rows x columns of float64) held about three times (the panel, its truncation
   at the cut-off, the training rows);
 * ``gbdt``: LightGBM's binned matrix and the rank-normalised copy, per GBDT member;
 * ``neural fit``: NeuralForecast unfolds every window of a batch of ``batch_size`` series before sampling
   ``windows_batch_size`` of them, so a batch costs series length x window x inputs;
-* ``neural predict``: one chunk of ``neural.PREDICT_CHUNK_ORIGINS`` windows (the bound of every forecast).
+* ``neural predict``: one chunk of ``neural.PREDICT_CHUNK_ORIGINS`` windows (the bound of every forecast) and
+  feature importance's permuted copies of the validation rows.
+
+Calibrated on 500 symbols x 1 year, default members (`ibf train`: measured peak 2.92 GiB, estimate 2.97 GiB).
 
 The neural parts do not add up across members (members train one after the other); the largest counts.
 """
@@ -22,11 +26,11 @@ from dataclasses import dataclass
 
 from ibf_core.models import ModelDataError
 
-RUNTIME_MIB = 700.0
+RUNTIME_MIB = 1100.0  # `ibf train`'s process: the above plus Dagster, MLflow and Lightning's trainer
 PANEL_COPIES = 3.0
 GBDT_BYTES_PER_CELL = 12.0  # float32 matrix + LightGBM bins + the rank member's normalised copy
 NEURAL_FIT_COPIES = 3.0  # the unfolded batch, its padded/filtered copies
-NEURAL_PREDICT_MIB = 700.0  # one chunk of 8,192 windows, TFT (the heavier network), measured 0.5-0.6 GiB
+NEURAL_PREDICT_MIB = 1200.0  # a chunk of 8,192 TFT windows (0.5-0.6 GiB) + importance's permuted copies
 
 
 @dataclass(frozen=True)
