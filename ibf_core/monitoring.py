@@ -625,8 +625,10 @@ def _score(store, versions: list, universe: list[str], symbols, start: dt.date, 
     if carried:
         at = pd.MultiIndex.from_arrays([stored["symbol"], pd.to_datetime(stored["date"])])
         frames.insert(0, stored[at.isin(pd.MultiIndex.from_tuples(carried))][DRIFT_SCORES.column_names])
-    before = set(zip(stored["symbol"], pd.to_datetime(stored["date"]))) if stored is not None and len(stored) else set()
-    dropped = len(before - set(carried) - rescored)
+    before = set()
+    if stored is not None and len(stored):
+        before = set(stored[["symbol", "date"]].drop_duplicates().itertuples(index=False, name=None))
+    dropped = len({(s, pd.Timestamp(d)) for s, d in before} - set(carried) - rescored)
     frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=DRIFT_SCORES.column_names)
     return RectangleScores(frame, scored, len(carried), dropped)
 
@@ -643,7 +645,10 @@ def score_rectangle(store, versions: list, universe: list[str], symbols, start: 
     return _score(store, versions, universe, symbols, start, end, policy, None).frame
 
 
-def refresh_rectangle(store, versions: list, universe: list[str], symbols, start: dt.date, end: dt.date, policy: DriftPolicy) -> RectangleScores:
+def refresh_rectangle(
+    store, versions: list, universe: list[str], symbols, start: dt.date, end: dt.date, policy: DriftPolicy,
+    stored: pd.DataFrame | None = None,
+) -> RectangleScores:
     """``score_rectangle``, but a (symbol, session) whose stored rows were scored from the same inputs is carried,
     not rescored: the daily run of a month partition scores the new session, not the month to date.
 
@@ -657,19 +662,26 @@ def refresh_rectangle(store, versions: list, universe: list[str], symbols, start
     session up to the day, a new or re-registered model version, a changed setting) changes the digest, and the
     pair is rescored. A rewrite with identical values keeps the digest: rescoring would give the same rows.
     Rows stored without a digest (before it existed) are rescored once.
+
+    ``stored``: the rectangle's stored rows when the caller has read them already (else they are read here).
     """
     from ibf_core.storage.tables import DRIFT_SCORES
 
-    stored = store.read(DRIFT_SCORES, list(symbols), start, end)
+    if stored is None:
+        stored = store.read(DRIFT_SCORES, list(symbols), start, end)
     return _score(store, versions, universe, symbols, start, end, policy, stored)
 
 
-def retrain_status(store, universe: list[str], as_of: pd.Timestamp | None, policy: DriftPolicy) -> dict[str, Any]:
-    """``retrain_decision`` over the stored drift rows of the universe in the look-back before ``as_of``."""
+def retrain_status(
+    store, universe: list[str], as_of: pd.Timestamp | None, policy: DriftPolicy, history: pd.DataFrame | None = None
+) -> dict[str, Any]:
+    """``retrain_decision`` over the stored drift rows of the universe in the look-back before ``as_of``
+    (``history``: those rows when the caller has them, at least the look-back; else they are read)."""
     from ibf_core.storage.tables import DRIFT_SCORES
 
     if as_of is None:
         return {"retrain": False, "reasons": ["no drift rows in this run"], "episode_start": None}
     as_of = pd.Timestamp(as_of)
-    history = store.read(DRIFT_SCORES, universe, (as_of - pd.Timedelta(days=policy.lookback_days)).date(), as_of.date())
+    if history is None:
+        history = store.read(DRIFT_SCORES, universe, (as_of - pd.Timedelta(days=policy.lookback_days)).date(), as_of.date())
     return retrain_decision(history, as_of, policy)
