@@ -110,3 +110,16 @@ def run_ibf(*args: str, env: dict | None = None, timeout: float = 300):
     import subprocess
 
     return subprocess.run([IBF_BIN, *args], capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
+
+
+@pytest.fixture
+def instance(ibf_home, monkeypatch):
+    """The persistent instance `ibf` uses (dagster.yaml from the repo: the default, local run launcher), created here
+    before any ibf process opens it."""
+    from ibf_core.settings import load_settings
+    from ibf_dagster.instance import get_instance
+
+    monkeypatch.setenv("DAGSTER_HOME", str(ibf_home / "dagster"))  # get_instance exports it; restored after the test
+    monkeypatch.setenv("DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS", "1")
+    with get_instance(load_settings()) as inst:
+        yield inst

@@ -14,7 +14,6 @@ from ibf_core import processes
 from ibf_core.settings import load_settings
 from ibf_dagster.compat import pool_claims
 from ibf_dagster.definitions import build_definitions
-from ibf_dagster.instance import get_instance
 from ibf_dagster.recovery import HOST_TAG, PID_TAG, START_TAG, launch_tags, recover_dead_runs
 
 
@@ -29,14 +28,6 @@ def dead_pid() -> int:
     proc.wait()
     return proc.pid
 
-
-@pytest.fixture
-def instance(ibf_home, monkeypatch):
-    """The persistent instance `ibf` uses (dagster.yaml from the repo: the default, local run launcher)."""
-    monkeypatch.setenv("DAGSTER_HOME", str(ibf_home / "dagster"))  # get_instance exports it; restored after the test
-    monkeypatch.setenv("DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS", "1")
-    with get_instance(load_settings()) as inst:
-        yield inst
 
 
 def start_run(instance, tags=None, pid=None, timestamp=None) -> str:

@@ -25,10 +25,9 @@ import pytest
 
 from conftest import sensor_context
 from ibf_core import processes
-from ibf_core.settings import get_settings, load_settings
+from ibf_core.settings import get_settings
 from ibf_core.storage.warehouse import Warehouse
 from ibf_dagster.compat import PoolClaim, pool_claims
-from ibf_dagster.instance import get_instance
 from ibf_dagster.recovery import launch_tags
 from test_alerts import Hook
 
@@ -76,14 +75,6 @@ def started(args: list[str], env: dict | None = None, **popen):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.communicate(timeout=30)
 
-
-@pytest.fixture
-def instance(ibf_home, monkeypatch):
-    """The persistent instance `ibf` uses (created here, before any ibf process opens it)."""
-    monkeypatch.setenv("DAGSTER_HOME", str(ibf_home / "dagster"))  # get_instance exports it; restored after the test
-    monkeypatch.setenv("DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS", "1")
-    with get_instance(load_settings()) as inst:
-        yield inst
 
 
 @dg.asset(pool="gpu")
