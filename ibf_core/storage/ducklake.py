@@ -106,6 +106,18 @@ def _is_conflict(exc: BaseException) -> bool:
     return isinstance(exc, duckdb.Error) and bool(_CONFLICT.search(str(exc)))
 
 
+def _retry_locked(action: Callable[[], T]) -> T:
+    """``action()``, repeated while it fails on a lock or commit conflict, until ``COMMIT_RETRY_S``."""
+    deadline = time.monotonic() + COMMIT_RETRY_S
+    while True:
+        try:
+            return action()
+        except duckdb.Error as exc:
+            if not _is_conflict(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05 + 0.1 * random.random())
+
+
 def _first_line(exc: BaseException) -> str:
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
@@ -230,15 +242,17 @@ class DuckLakeWarehouse(TableStore):
     def _attach(self, con: duckdb.DuckDBPyConnection, options: list[str]) -> None:
         """ATTACH the catalog; a SQLite catalog another writer holds for a moment ("database is locked") is
         tried again, like a commit conflict, until ``COMMIT_RETRY_S``."""
-        deadline = time.monotonic() + COMMIT_RETRY_S
-        while True:
-            try:
-                con.execute(f"ATTACH {_sql_string('ducklake:' + self.catalog)} AS {_ALIAS} ({', '.join(options)})")
-                return
-            except duckdb.Error as exc:
-                if not _is_conflict(exc) or time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05 + 0.1 * random.random())
+        _retry_locked(lambda: con.execute(f"ATTACH {_sql_string('ducklake:' + self.catalog)} AS {_ALIAS} ({', '.join(options)})"))
+
+    def _read(self, work: Callable[[duckdb.DuckDBPyConnection], T]) -> T:
+        """``work`` on a read cursor; a SQLite catalog that a committing writer holds ("database is locked" when
+        the reader asks for the newest snapshot) is read again on a new cursor, until ``COMMIT_RETRY_S``."""
+
+        def once() -> T:
+            with self._connection(read_only=True) as cur:
+                return work(cur)
+
+        return _retry_locked(once)
 
     def _check_remote(self, con: duckdb.DuckDBPyConnection) -> None:
         """List the S3 prefix once: no access, a wrong endpoint or a missing bucket is named at start-up."""
@@ -317,26 +331,28 @@ class DuckLakeWarehouse(TableStore):
 
     def _rows(self, spec: TableSpec, sql: str, params: list, columns: Sequence[str] | None = None) -> pa.Table:
         """``sql`` (reading ``{table}``) on a read cursor; an empty table of the schema when the table is missing."""
-        with self._connection(read_only=True) as cur:
+        def work(cur: duckdb.DuckDBPyConnection) -> pa.Table:
             if spec.name not in self._existing(cur):
                 return _projected(spec, spec.schema.empty_table(), columns)
             return _projected(spec, cur.execute(sql.format(table=f"{_ALIAS}.{spec.name}"), params).fetch_arrow_table(), columns)
 
+        return self._read(work)
+
     def partitions(self, spec: TableSpec) -> list[str]:
-        with self._connection(read_only=True) as cur:
+        def work(cur: duckdb.DuckDBPyConnection) -> list:
             if spec.name not in self._existing(cur):
                 return []
-            rows = cur.execute(f'SELECT DISTINCT "{PARTITION}" FROM {_ALIAS}.{spec.name} ORDER BY 1').fetchall()
-        return [r[0] for r in rows]
+            return cur.execute(f'SELECT DISTINCT "{PARTITION}" FROM {_ALIAS}.{spec.name} ORDER BY 1').fetchall()
+
+        return [r[0] for r in self._read(work)]
 
     def table_stamp(self, spec: TableSpec) -> Hashable | None:
         """The newest snapshot that inserted or deleted rows (of any table: a cache keyed on it may re-read a
         little more often than needed, never less)."""
-        with self._connection(read_only=True) as cur:
-            row = cur.execute(
-                f"SELECT max(snapshot_id) FROM ducklake_snapshots({_sql_string(_ALIAS)}) "
-                "WHERE list_contains(map_keys(changes), 'tables_inserted_into') OR list_contains(map_keys(changes), 'tables_deleted_from')"
-            ).fetchone()
+        row = self._read(lambda cur: cur.execute(
+            f"SELECT max(snapshot_id) FROM ducklake_snapshots({_sql_string(_ALIAS)}) "
+            "WHERE list_contains(map_keys(changes), 'tables_inserted_into') OR list_contains(map_keys(changes), 'tables_deleted_from')"
+        ).fetchone())
         return None if row is None else row[0]
 
     def read_partitions(
@@ -419,7 +435,8 @@ class DuckLakeWarehouse(TableStore):
         refuse_writes(sql)
         catalog = registered_catalog()
         names = views_needed(catalog, sql)
-        with self._connection(read_only=True) as cur:
+
+        def work(cur: duckdb.DuckDBPyConnection) -> pd.DataFrame:
             existing = self._existing(cur)
             for spec in catalog.tables:
                 if spec.name in names:
@@ -433,6 +450,8 @@ class DuckLakeWarehouse(TableStore):
                 return cur.execute(sql, params or []).df()
             except duckdb.PermissionException as exc:
                 raise QueryRefused(f"{_first_line(exc)}: queries here read only the warehouse") from None
+
+        return self._read(work)
 
 
 class _DuckLakeTransaction(Transaction):
