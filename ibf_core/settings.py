@@ -266,7 +266,7 @@ class Settings(BaseSettings):
         None, validation_alias=AliasChoices("AWS_ENDPOINT_URL", "aws_endpoint_url"), description="S3-compatible endpoint (MinIO, R2, ...) of an s3:// IBF_DUCKLAKE_DATA_PATH, e.g. http://minio:9000"
     )
     dagster_event_batch_size: int = Field(
-        1000, ge=0, description="With a Postgres instance: materialization events written per INSERT (DAGSTER_EVENT_BATCH_SIZE; 0 = one at a time)"
+        1000, ge=0, description="Materialization events of one step written at once (DAGSTER_EVENT_BATCH_SIZE; Postgres: one INSERT, SQLite: one transaction per file; 0 = one at a time)"
     )
     alphavantage_api_key: SecretStr | None = Field(
         None,

@@ -121,5 +121,6 @@ def instance(ibf_home, monkeypatch):
 
     monkeypatch.setenv("DAGSTER_HOME", str(ibf_home / "dagster"))  # get_instance exports it; restored after the test
     monkeypatch.setenv("DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS", "1")
+    monkeypatch.setenv("DAGSTER_EVENT_BATCH_SIZE", "1000")
     with get_instance(load_settings()) as inst:
         yield inst
