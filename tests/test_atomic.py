@@ -3,6 +3,7 @@
 import json
 import os
 import time
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -71,6 +72,35 @@ def test_a_batch_whose_second_of_three_stagings_fails_swaps_nothing(tmp_path, mo
     assert calls["n"] == 2  # the third was never staged
     assert {p.name: p.read_bytes() for p in (a, b)} == before and not c.exists()
     assert temps(tmp_path) == []
+
+
+def test_many_files_staged_on_threads_swap_in_the_order_given(tmp_path, monkeypatch):
+    targets = [tmp_path / f"{i:02d}.parquet" for i in range(12)]
+    swapped, real = [], os.replace
+    monkeypatch.setattr(atomic.os, "replace", lambda src, dst: (swapped.append(Path(dst)), real(src, dst)))
+    with atomic.AtomicBatch() as batch:
+        batch.stage_parquet_many((t, lambda i=i: table(float(i))) for i, t in enumerate(targets))
+        batch.delete(targets[0])
+    assert swapped == targets
+    assert [pq.read_table(t).column("x")[0].as_py() for t in targets[1:]] == [float(i) for i in range(1, 12)]
+    assert not targets[0].exists() and temps(tmp_path) == []
+
+
+def test_a_failing_file_among_many_staged_on_threads_leaves_nothing(tmp_path):
+    targets = [tmp_path / f"{i:02d}.parquet" for i in range(12)]
+    atomic.write_parquet(targets[0], table(-1.0))
+    before = targets[0].read_bytes()
+
+    def make(i):
+        if i == 7:
+            raise OSError("disk full")
+        return table(float(i))
+
+    with pytest.raises(OSError, match="disk full"):
+        with atomic.AtomicBatch() as batch:
+            batch.stage_parquet_many((t, lambda i=i: make(i)) for i, t in enumerate(targets))
+    assert targets[0].read_bytes() == before
+    assert [t for t in targets[1:] if t.exists()] == [] and temps(tmp_path) == []
 
 
 def test_a_failure_during_the_swaps_removes_the_remaining_temps(tmp_path, monkeypatch):

@@ -123,7 +123,8 @@ def test_killed_write_leaves_old_rows_not_a_hole(ibf_home, tmp_path):
     assert stored.to_dict("records") == [{"source": "old", "n": len(old)}]
     # the dead writer's staged temp file is removed by the next writer holding the symbol's lock
     folder = wh.table_dir(MARKET_BARS)
-    assert [p.name.split(".")[1] for p in folder.glob(".*.tmp")] == ["AAA"]
+    # (files are staged on a few threads at once: the kill may find one or both staged)
+    assert {p.name.split(".")[1] for p in folder.glob(".*.tmp")} in ({"AAA"}, {"AAA", "BBB"})
     wh.replace_slice(MARKET_BARS, old, ["AAA", "BBB"], "2021-01-01", "2021-03-31")
     assert not list(folder.glob(".*.tmp"))
 

@@ -27,6 +27,7 @@ the modules declaring them.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import json
 import logging
@@ -568,13 +569,18 @@ class _LakeTransaction(Transaction):
         new_table = to_arrow(spec, frame)
         rows = symbol_rows(new_table)
         names = sorted(set(symbols))
-        replaced, quarantined = 0, []
-        for symbol in names:
-            target = store._symbol_file(spec, symbol)
+        outcomes: dict[str, tuple[int, str | None]] = {}
+
+        def merged(symbol: str, target: Path) -> pa.Table:
             a, b = rows.get(symbol, (0, 0))
             old, kept = store._stored(spec, target, lo, hi)
-            quarantined += [kept] if kept else []
-            merged, n = store._merge(old, new_table.slice(a, b - a), lo, hi)
-            replaced += n
-            self.batch.stage_parquet(target, merged)
+            table, n = store._merge(old, new_table.slice(a, b - a), lo, hi)
+            outcomes[symbol] = (n, kept)
+            return table
+
+        # Read, merge and write each symbol's file on a few threads (Arrow and zstd release the GIL).
+        targets = [(s, store._symbol_file(spec, s)) for s in names]
+        self.batch.stage_parquet_many((t, functools.partial(merged, s, t)) for s, t in targets)
+        replaced = sum(n for n, _ in outcomes.values())
+        quarantined = [outcomes[s][1] for s in names if outcomes[s][1]]
         return WriteResult(spec.name, tuple(names), lo.date(), hi.date(), len(frame), replaced, tuple(quarantined))
