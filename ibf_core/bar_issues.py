@@ -114,41 +114,32 @@ def write_bars_and_issues(
     recorded_at = pd.Timestamp(now or dt.datetime.now(dt.timezone.utc)).tz_convert("UTC").floor("us")
     for spec in (MARKET_BARS, BAR_ISSUES):  # their views, so the stored dates can be queried
         warehouse.ensure_table(spec)
-    new = {str(s): g for s, g in loaded.issues.assign(source=source, recorded_at=recorded_at).groupby("symbol")}
     context = _LoadContext.of(loaded.bars, lo, hi, source, recorded_at)
 
     def build(tx: Transaction) -> tuple[WriteResult, list[pd.DataFrame]]:
         dates = _dates_after_write(warehouse, loaded.bars, names, lo, hi)
-        recorded = []
         stored = tx.read_many(BAR_ISSUES, names)
+        old = _frame(pa.concat_tables(list(stored.values()))) if stored else None
+        rows = _issue_rows(old, loaded.issues.assign(source=source, recorded_at=recorded_at), dates, context)
+        table = _to_arrow(rows)
+        bounds = _symbol_bounds(rows["symbol"].to_numpy(dtype=object))
         for symbol in names:
-            rows = _put_symbol(tx, symbol, stored.get(symbol), new.get(symbol), dates.get(symbol), context)
-            if rows is not None:
-                recorded.append(rows[rows["date"].between(lo, hi)])
-        return tx.replace_slice(MARKET_BARS, loaded.bars, names, start, end), recorded
+            a, b = bounds.get(symbol, (0, 0))
+            if a == b:
+                if symbol in stored:
+                    tx.delete(BAR_ISSUES, symbol)
+                continue
+            mine = table.slice(a, b - a)
+            # A daily load leaves most symbols' issues as they were: their files are not rewritten.
+            if symbol not in stored or not stored[symbol].cast(BAR_ISSUES.schema).equals(mine):
+                tx.put(BAR_ISSUES, symbol, mine)
+        in_slice = rows[rows["date"].between(lo, hi)]
+        return tx.replace_slice(MARKET_BARS, loaded.bars, names, start, end), [in_slice]
 
     # One write: the issues and the bars of the load land together or not at all.
     write, recorded = warehouse.write([(spec, s) for spec in (MARKET_BARS, BAR_ISSUES) for s in names], build)
     recorded = [r for r in recorded if len(r)]
     return write, pd.concat(recorded, ignore_index=True) if recorded else _empty()
-
-
-def _put_symbol(
-    tx: Transaction,
-    symbol: str,
-    stored: pa.Table | None,
-    new: pd.DataFrame | None,
-    dates: np.ndarray | None,
-    context: _LoadContext,
-) -> pd.DataFrame | None:
-    """Write the symbol's issues as they will be after the load (removed when nothing is left); its rows."""
-    old = _frame(stored)
-    rows = _symbol_rows(symbol, old, new, dates, context)
-    if rows is not None:
-        tx.put(BAR_ISSUES, symbol, _to_arrow(rows))
-    elif old is not None:
-        tx.delete(BAR_ISSUES, symbol)
-    return rows
 
 
 def _dates_after_write(
@@ -211,46 +202,68 @@ class _LoadContext:
         return f"{have} of the {self.n_symbols} symbols loaded have a bar on this session, this one not ({span})"
 
 
-def _missing_sessions(dates: np.ndarray) -> pd.DatetimeIndex:
-    """NYSE sessions between the first and last of ``dates`` (sorted sessions) that are not among them."""
-    expected = trading_days(pd.Timestamp(dates[0]).date(), pd.Timestamp(dates[-1]).date())
-    if len(expected) == len(dates):  # dates are sessions (the policy drops others): none missing
-        return expected[:0]
-    return expected.difference(pd.DatetimeIndex(dates))
+def _missing_pairs(dates: dict[str, np.ndarray]) -> pd.DataFrame:
+    """(symbol, date, first, last): every NYSE session without a bar inside each symbol's stored range
+    [first, last], all symbols at once (a presence matrix over the sessions the ranges span)."""
+    symbols = [s for s, d in dates.items() if len(d)]
+    if not symbols:
+        return pd.DataFrame({"symbol": [], "date": pd.to_datetime([]), "first": pd.to_datetime([]), "last": pd.to_datetime([])})
+    firsts = np.array([dates[s][0] for s in symbols], dtype="datetime64[ns]")
+    lasts = np.array([dates[s][-1] for s in symbols], dtype="datetime64[ns]")
+    sessions = trading_days(pd.Timestamp(firsts.min()).date(), pd.Timestamp(lasts.max()).date()).to_numpy(dtype="datetime64[ns]")
+    present = np.zeros((len(symbols), len(sessions)), dtype=bool)
+    for i, symbol in enumerate(symbols):
+        days = dates[symbol]
+        at = np.searchsorted(sessions, days)
+        hit = at < len(sessions)
+        hit[hit] = sessions[at[hit]] == days[hit]  # a stored date that is no session counts for nothing
+        present[i, at[hit]] = True
+    lo, hi = np.searchsorted(sessions, firsts), np.searchsorted(sessions, lasts, side="right")
+    column = np.arange(len(sessions))
+    inside = (column >= lo[:, None]) & (column < hi[:, None])
+    row, col = np.nonzero(inside & ~present)
+    return pd.DataFrame({
+        "symbol": np.asarray(symbols, dtype=object)[row], "date": sessions[col], "first": firsts[row], "last": lasts[row],
+    })
 
 
-def _missing_rows(symbol: str, dates: np.ndarray | None, old: pd.DataFrame | None, context: _LoadContext) -> pd.DataFrame | None:
-    """One ``missing_session`` row per NYSE session without a bar inside the symbol's stored range."""
-    if dates is None or not len(dates):
-        return None
-    missing = _missing_sessions(dates)
-    if missing.empty:
-        return None
-    first, last = pd.Timestamp(dates[0]), pd.Timestamp(dates[-1])
-    known = old[old["rule"] == MISSING_SESSION].set_index("date") if old is not None else _empty().set_index("date")
-    rows = []
-    for day in missing:
-        if not context.lo <= day <= context.hi and day in known.index:  # recorded by the load of its own slice
-            rows.append({"symbol": symbol, "date": day, **known.loc[day, _COLUMNS[2:]].to_dict()})
-            continue
-        detail = context.detail(day, first, last)
-        rows.append({"symbol": symbol, "date": day, "rule": MISSING_SESSION, "action": REPORTED, "detail": detail,
-                     "source": context.source, "recorded_at": context.recorded_at})
-    return pd.DataFrame(rows, columns=_COLUMNS)
-
-
-def _symbol_rows(
-    symbol: str, old: pd.DataFrame | None, new: pd.DataFrame | None, dates: np.ndarray | None, context: _LoadContext
-) -> pd.DataFrame | None:
-    """The symbol's issues after the load (None: none): other slices' rows, this slice's, the missing sessions."""
+def _issue_rows(
+    old: pd.DataFrame | None, new: pd.DataFrame, dates: dict[str, np.ndarray], context: _LoadContext
+) -> pd.DataFrame:
+    """Every symbol's issues after the load, sorted by symbol, date, rule, action, detail: other slices' rows,
+    this slice's, and the missing sessions (one recorded outside the slice keeps the row that recorded it)."""
+    missing = _missing_pairs(dates)
     keep = None
     if old is not None:
         keep = old[~old["date"].between(context.lo, context.hi) & (old["rule"] != MISSING_SESSION)]
-    parts = [p for p in (keep, new, _missing_rows(symbol, dates, old, context)) if p is not None and len(p)]
+        known = old.loc[old["rule"] == MISSING_SESSION, _COLUMNS]
+        missing = missing.merge(known, on=["symbol", "date"], how="left")
+        carried = missing["rule"].notna() & ~missing["date"].between(context.lo, context.hi)
+    else:
+        missing = missing.assign(**{c: None for c in _COLUMNS[2:]})
+        carried = pd.Series(False, index=missing.index)
+    fresh = ~carried
+    missing.loc[fresh, "detail"] = [
+        context.detail(day, first, last)
+        for day, first, last in zip(missing.loc[fresh, "date"], missing.loc[fresh, "first"], missing.loc[fresh, "last"])
+    ]
+    missing.loc[fresh, ["rule", "action", "source"]] = [MISSING_SESSION, REPORTED, context.source]
+    missing["recorded_at"] = pd.to_datetime(missing["recorded_at"], utc=True)
+    missing.loc[fresh, "recorded_at"] = context.recorded_at
+    parts = [p[_COLUMNS] for p in (keep, new, missing) if p is not None and len(p)]
     if not parts:
-        return None
-    rows = pd.concat([p[_COLUMNS] for p in parts], ignore_index=True)
-    return rows.sort_values(["date", "rule", "action", "detail"], kind="stable").reset_index(drop=True)
+        return _empty()
+    rows = pd.concat(parts, ignore_index=True).assign(date=lambda f: pd.to_datetime(f["date"]))
+    return rows.sort_values(["symbol", "date", "rule", "action", "detail"], kind="stable").reset_index(drop=True)
+
+
+def _symbol_bounds(symbols: np.ndarray) -> dict[str, tuple[int, int]]:
+    """symbol -> [a, b) of its rows in an array sorted by symbol."""
+    if not len(symbols):
+        return {}
+    cuts = np.flatnonzero(symbols[1:] != symbols[:-1]) + 1
+    heads, tails = np.concatenate([[0], cuts]), np.concatenate([cuts, [len(symbols)]])
+    return {str(symbols[a]): (int(a), int(b)) for a, b in zip(heads, tails)}
 
 
 # ----- files ----------------------------------------------------------------------------------------------

@@ -159,6 +159,28 @@ def test_missing_sessions_vendor_wide_and_per_symbol(tmp_path):
     assert len(again) == 7 and again["detail"].tolist() == missing["detail"].tolist()
 
 
+def test_a_daily_load_rewrites_only_the_issue_files_it_changes(tmp_path):
+    frame = make_bars(symbols=("AAA", "BBB", "CCC"))
+    frame = frame[frame.date != "2021-02-03"]  # a vendor-wide gap: every symbol has an issue file
+    last = pd.Timestamp(frame["date"].max())
+    glitch = frame.index[(frame.symbol == "BBB") & (pd.to_datetime(frame.date) == last)][0]
+    frame.loc[glitch, "open"] = frame.loc[glitch, "high"] * 1.002  # repaired, recorded on the last session
+    warehouse = Warehouse(tmp_path / "home")
+    source = CsvSource(write(tmp_path / "v.csv", frame), REPAIR)
+    symbols = ["AAA", "BBB", "CCC"]
+    load_market_bars(source, warehouse, symbols, Q1[0], (last - pd.Timedelta(days=1)).date())
+    folder = warehouse.lake_dir / "bar_issues"
+    before = {p.name: p.stat().st_ino for p in folder.glob("[A-Z]*.parquet")}
+    assert set(before) == {"AAA.parquet", "BBB.parquet", "CCC.parquet"}
+    load_market_bars(source, warehouse, symbols, last.date(), last.date())
+    after = {p.name: p.stat().st_ino for p in folder.glob("[A-Z]*.parquet")}
+    assert after["AAA.parquet"] == before["AAA.parquet"] and after["CCC.parquet"] == before["CCC.parquet"]
+    assert after["BBB.parquet"] != before["BBB.parquet"]
+    rows = warehouse.query("SELECT symbol, rule FROM bar_issues ORDER BY symbol, rule")
+    assert rows.values.tolist() == [["AAA", "missing_session"], ["BBB", "missing_session"],
+                                    ["BBB", "open_outside_range"], ["CCC", "missing_session"]]
+
+
 def test_a_failed_bars_write_leaves_both_tables_as_they_were(tmp_path, monkeypatch):
     frame, _ = glitchy_bars()
     warehouse = Warehouse(tmp_path / "home")
