@@ -134,3 +134,17 @@ def test_sample_source_is_real_and_split_adjusted():
     assert goog_ipo.volume == pytest.approx(22.3e6, rel=0.01)  # volume matches the unadjusted prices
     with pytest.raises(UnknownSymbolError, match="TSLA"):
         SampleSource().fetch_daily_bars(["TSLA"], start, end)
+
+
+def test_a_file_is_parsed_once_until_it_changes(tmp_path):
+    path = tmp_path / "bars.csv"
+    make_bars().to_csv(path, index=False)
+    source = CsvSource(path)
+    first = source.read()
+    assert source.read() is first  # the CLI's check and the run's step share one parse
+    assert CsvSource(path, BarPolicy(mode="strict")).read() is not first  # another policy, another reading
+    edited = make_bars(seed=5)
+    edited.to_csv(path, index=False)
+    again = source.read()
+    assert again is not first
+    assert np.allclose(again.bars["close"].to_numpy(), validate_bars(edited, "t")["close"].to_numpy())

@@ -81,16 +81,29 @@ def read_bars_file(path: Path, date_format: str | None = None) -> pd.DataFrame:
     return parse_bars(raw.assign(_file=path.name), origin=str(path), date_format=date_format)
 
 
+# The last input read, by its files' (path, size, mtime) and the policy: `ibf backfill --csv` checks the whole
+# file before the run and the run's market_bars step reads it again in the same process (1-2 s for a year of
+# 500 symbols). A file changed on disk has another key, so edits are still picked up.
+_LAST_READ: dict[tuple, CheckedBars] = {}
+
+
 def read_checked(path: Path, policy: BarPolicy | None = None) -> CheckedBars:
     """All bars under ``path`` with the policy applied once over every file (a duplicate across files is one),
     split-adjusted."""
     policy = policy or BarPolicy()
-    frames = [read_bars_file(f, policy.date_format) for f in _files(path)]
+    files = _files(path)
+    key = (str(path), policy, tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files))
+    if key in _LAST_READ:
+        return _LAST_READ[key]
+    frames = [read_bars_file(f, policy.date_format) for f in files]
     frames = [f for f in frames if len(f)]
     if not frames:
         raise BarsValidationError(f"{path}: no bars (header only, no rows)")
     parsed = pd.concat(frames, ignore_index=True)
-    return apply_policy(parsed, str(path), policy).split_adjusted()
+    checked = apply_policy(parsed, str(path), policy).split_adjusted()
+    _LAST_READ.clear()
+    _LAST_READ[key] = checked
+    return checked
 
 
 def read_bars_path(path: Path, policy: BarPolicy | None = None) -> pd.DataFrame:
