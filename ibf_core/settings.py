@@ -229,6 +229,9 @@ class Settings(BaseSettings):
     api_metrics_public: bool = Field(True, description="Serve /metrics without an API key (for a Prometheus scraper)")
     api_cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list, description="Origins allowed by CORS (comma list; empty = CORS off)")
     api_metrics_cache_seconds: float = Field(10.0, ge=0, description="Seconds a scrape reuses the warehouse/instance figures of the previous one")
+    api_fresh_warm_seconds: float = Field(
+        2.0, ge=0, description="Seconds between the REST API's looks for a new market_bars/features write; once one settles, it reads what the next fresh prediction reads (0 = off)"
+    )
     api_workers: int = Field(1, ge=1, le=64, description="Worker processes of ibf serve (more than one: metrics and the rate limit are shared through files in IBF_SERVE_RUN_DIR)")
     serve_run_dir: Path | None = Field(None, description="Folder the workers of one ibf serve share (set by ibf serve for its workers; emptied at its start)")
     dagster_url: str = Field("http://127.0.0.1:3000", description="Dagster webserver (make ui) the REST API submits retrain runs to (GraphQL)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import gc
 import time
@@ -35,8 +36,16 @@ def create_app(settings: Settings) -> FastAPI:
 
     instruments.exposed.register(PlatformCollector(lambda: platform_metrics(services), settings.api_metrics_cache_seconds))
 
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI):
+        services.warmer.start()  # refresh-ahead of fresh predictions (ibf_serve/warm.py)
+        try:
+            yield
+        finally:
+            await run_in_threadpool(services.warmer.stop)
+
     app = FastAPI(title="ibf", version="0.1.0", description="Forecasts, models, retraining and metrics of the ibf platform.",
-                  responses=ERROR_RESPONSES)
+                  responses=ERROR_RESPONSES, lifespan=lifespan)
     app.state.services = services
     scrub = errors.install(app, settings.secret_values())
     if settings.api_cors_origins:
@@ -136,6 +145,7 @@ def create_app(settings: Settings) -> FastAPI:
             return json_bytes(found.body({"mode": mode}, "predictions"))
         try:
             if body.fresh:
+                await run_in_threadpool(services.warmer.wait_idle)  # a warm-up in progress fills the cache we read
                 versions = await run_in_threadpool(services.versions)
                 if not versions:
                     raise ApiError(503, "no model is registered: train one first (ibf train)")

@@ -20,6 +20,9 @@ class Services:
 
         # fresh predictions read the same bars and features again and again until a backfill swaps one in
         self.fresh_reads = ReadCache(self.store)
+        from ibf_serve.warm import FreshWarmer
+
+        self.warmer = FreshWarmer(self, settings.api_fresh_warm_seconds)  # started and stopped with the app
         self._lock = threading.Lock()
         self._versions: tuple[float, list] | None = None
         self._bundles: dict[tuple[str, str], Any] = {}

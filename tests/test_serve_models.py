@@ -134,6 +134,47 @@ def test_the_api_answers_during_a_concurrent_ibf_backfill(api, trained):
 
 
 @pytest.mark.slow
+@pytest.mark.slow
+def test_after_a_features_write_the_first_fresh_call_reads_only_from_memory(trained):
+    from ibf_core.features.table import features_spec
+    from ibf_core.forecasts import fresh_forecasts
+    from ibf_core.models import HORIZONS
+    from ibf_core.storage.backends import open_warehouse
+    from ibf_serve.services import Services
+
+    services = Services(trained)
+    universe = list(trained.universe)
+    warmer = services.warmer
+    warmer.interval_s = 0.05
+
+    def fresh():
+        return fresh_forecasts(services.fresh_reads, services.versions(), services.load_bundle, universe, universe, HORIZONS)
+
+    def warmed(count: int) -> None:
+        deadline = time.monotonic() + 60
+        while warmer.warmups < count:
+            assert time.monotonic() < deadline and warmer.last_error is None, warmer.last_error
+            time.sleep(0.05)
+
+    warmer.start()
+    try:
+        warmed(1)  # at start: the tables settled
+        misses = services.fresh_reads.misses
+        first = fresh()
+        assert services.fresh_reads.misses == misses  # bars, features and the origin's keys came from memory
+        spec = features_spec()
+        writer = open_warehouse(trained)
+        rows = writer.read(spec, ["IBM"], "2013-03-01", "2013-03-01")
+        writer.replace_slice(spec, rows, ["IBM"], "2013-03-01", "2013-03-01")  # a daily cycle's features write
+        warmed(2)
+        misses = services.fresh_reads.misses
+        again = fresh()
+        assert services.fresh_reads.misses == misses
+        assert again.frame.reset_index(drop=True).equals(first.frame.reset_index(drop=True))
+    finally:
+        warmer.stop()
+
+
 def test_new_version_is_served_and_a_tampered_bundle_only_stops_fresh(api, trained):
     from ibf_dagster.runner import train
 

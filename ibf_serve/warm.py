@@ -1,0 +1,93 @@
+"""Refresh-ahead for fresh predictions: after a write to ``market_bars`` or ``features`` settles, read what the next
+``POST /predict {"fresh": true}`` reads, so the first caller after a daily cycle is answered from memory.
+
+A fresh prediction reads the universe's bars and features over the model's look-back (one Parquet file per
+symbol and table: ~3 s for 500 symbols, mostly opening files) and keeps them in the service's ``ReadCache`` until
+a writer swaps a file in. Without this, the first caller after each daily cycle pays that read. The warmer looks
+at the two tables' stamps every ``IBF_API_FRESH_WARM_SECONDS``; when they changed and then stayed the same for
+one look (a cycle writes bars, then features), it forecasts the universe at its newest origin, which fills the
+cache. A fresh request that arrives during a warm-up waits for it rather than reading the same files beside it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+# A request waits at most this long for a warm-up in progress, then reads for itself.
+WAIT_FOR_WARMUP_S = 60.0
+
+
+class FreshWarmer:
+    def __init__(self, services: Any, interval_s: float):
+        self.services, self.interval_s = services, interval_s
+        self._stop = threading.Event()
+        self._idle = threading.Event()
+        self._idle.set()
+        self._thread: threading.Thread | None = None
+        self.warmups = 0  # completed warm-ups (tests and the log read it)
+        self.last_error: str | None = None
+
+    def start(self) -> None:
+        if self.interval_s <= 0 or self._thread is not None:
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="ibf-fresh-warmer", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=WAIT_FOR_WARMUP_S)
+            self._thread = None
+
+    def wait_idle(self) -> None:
+        """Block while a warm-up runs (bounded): the caller then reads from the cache it filled."""
+        self._idle.wait(WAIT_FOR_WARMUP_S)
+
+    def _stamps(self) -> tuple:
+        from ibf_core.features.table import features_spec
+        from ibf_core.storage.tables import MARKET_BARS
+
+        store = self.services.store
+        return tuple(store.table_stamp(spec) for spec in (MARKET_BARS, features_spec()))
+
+    def _run(self) -> None:
+        previous = warmed = None
+        while not self._stop.wait(self.interval_s):
+            try:
+                stamps = self._stamps()
+            except Exception as exc:  # noqa: BLE001 - a warehouse not created yet, a folder being swapped
+                log.debug("fresh warm-up: cannot read the table stamps (%s)", exc)
+                continue
+            settled, previous = stamps == previous, stamps
+            if not settled or stamps == warmed:
+                continue
+            self.warm()
+            warmed = stamps  # also after a failure: the next write tries again, not every poll
+
+    def warm(self) -> bool:
+        """Forecast the universe at its newest origin through the service's cache; False (and logged) when it cannot."""
+        from ibf_core.forecasts import fresh_forecasts
+        from ibf_core.models import HORIZONS
+
+        services = self.services
+        universe = list(services.settings.universe)
+        self._idle.clear()
+        try:
+            versions = services.versions()
+            if not versions or not universe:
+                return False
+            fresh_forecasts(services.fresh_reads, versions, services.load_bundle, universe, universe, HORIZONS)
+            self.warmups += 1
+            self.last_error = None
+            return True
+        except Exception as exc:  # noqa: BLE001 - a warm-up only saves time; the request path reports problems
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            log.info("fresh warm-up skipped: %s", self.last_error)
+            return False
+        finally:
+            self._idle.set()
