@@ -94,11 +94,11 @@ class FakeStore:
     def __init__(self, tables: dict[str, pd.DataFrame]) -> None:
         self.tables = tables
 
-    def read(self, spec, symbols, start, end) -> pd.DataFrame:
+    def read(self, spec, symbols, start, end, columns=None) -> pd.DataFrame:
         table = self.tables[spec.name]
         dates = pd.to_datetime(table["date"])
         keep = table["symbol"].isin(list(symbols)) & (dates >= pd.Timestamp(start)) & (dates <= pd.Timestamp(end))
-        return table[keep].reset_index(drop=True)
+        return table.loc[keep, list(columns) if columns else table.columns].reset_index(drop=True)
 
 
 def test_neural_windows_live_on_the_session_grid_and_need_enough_observed_steps():

@@ -116,7 +116,7 @@ def test_killed_write_leaves_old_rows_not_a_hole(ibf_home, tmp_path):
         text=True,
         env={**os.environ, "PYTHONPATH": os.pathsep.join([tests_dir, os.getcwd()])},
     )
-    assert proc.stdout.readline().strip() == "staged"
+    assert proc.stdout.readline().startswith("staged")  # (two staging threads may print on one line)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     stored = wh.query("SELECT source, count(*) AS n FROM market_bars GROUP BY source")
@@ -124,7 +124,7 @@ def test_killed_write_leaves_old_rows_not_a_hole(ibf_home, tmp_path):
     # the dead writer's staged temp file is removed by the next writer holding the symbol's lock
     folder = wh.table_dir(MARKET_BARS)
     # (files are staged on a few threads at once: the kill may find one or both staged)
-    assert {p.name.split(".")[1] for p in folder.glob(".*.tmp")} in ({"AAA"}, {"AAA", "BBB"})
+    assert {p.name.split(".")[1] for p in folder.glob(".*.tmp")} in ({"AAA"}, {"BBB"}, {"AAA", "BBB"})
     wh.replace_slice(MARKET_BARS, old, ["AAA", "BBB"], "2021-01-01", "2021-03-31")
     assert not list(folder.glob(".*.tmp"))
 

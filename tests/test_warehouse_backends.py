@@ -85,6 +85,18 @@ def test_slice_replace_is_idempotent_and_keeps_other_rows(store):
     assert store.read(MARKET_BARS, ["BBB"], "2021-02-01", "2021-02-28").date.dt.month.unique().tolist() == [2]
 
 
+def test_a_read_of_some_columns_gives_those_columns_of_the_same_rows(store):
+    bars = canonical(make_bars(end="2021-03-31"))
+    store.replace_slice(MARKET_BARS, bars, ["AAA", "BBB"], "2021-01-01", "2021-03-31")
+    whole = store.read(MARKET_BARS, ["BBB"], "2021-02-01", "2021-02-28")
+    keys = store.read(MARKET_BARS, ["BBB"], "2021-02-01", "2021-02-28", columns=["symbol", "date"])
+    assert list(keys.columns) == ["symbol", "date"] and keys.date.dtype.kind == "M"
+    assert keys.equals(whole[["symbol", "date"]])
+    assert list(store.read(MARKET_BARS, ["ZZZ"], columns=["close"]).columns) == ["close"]
+    with pytest.raises(KeyError, match="no column 'nope'"):
+        store.read(MARKET_BARS, ["AAA"], columns=["nope"])
+
+
 def test_a_failure_inside_a_write_changes_nothing(store):
     bars = canonical(make_bars())
     store.replace_slice(MARKET_BARS, bars, ["AAA", "BBB"], "2021-01-01", "2021-03-31")

@@ -84,10 +84,7 @@ def predict_rectangle(
     from ibf_core.models.predict import forecast, predictions_table
 
     # The keys only: the features themselves are read once, with the look-back, by load_panel below.
-    stored = store.query(
-        f"SELECT symbol, date FROM {features_spec().name} WHERE list_contains(?, symbol) AND date BETWEEN ? AND ?",
-        [list(symbols), pd.Timestamp(start).date(), pd.Timestamp(end).date()],
-    )
+    stored = store.read(features_spec(), list(symbols), start, end, columns=["symbol", "date"])
     expected = set(zip(stored["symbol"], pd.to_datetime(stored["date"])))
     origins = sorted(set(pd.to_datetime(stored["date"]).dt.date))
     result = RectanglePredictions(frame=pd.DataFrame(columns=PREDICTIONS.column_names), expected=expected)

@@ -403,7 +403,12 @@ class DuckLakeWarehouse(TableStore):
         symbols: Iterable[str] | None = None,
         start: dt.date | str | None = None,
         end: dt.date | str | None = None,
+        columns: Sequence[str] | None = None,
     ) -> pd.DataFrame:
+        wanted = list(columns) if columns else list(spec.column_names)
+        unknown = [c for c in wanted if c not in spec.column_names]
+        if unknown:
+            raise KeyError(f"{spec.name} has no column {unknown[0]!r}")
         conditions, params = [], []
         if symbols is not None:
             conditions.append(f'list_contains(?, "{PARTITION}")')
@@ -415,12 +420,13 @@ class DuckLakeWarehouse(TableStore):
             conditions.append("date <= ?")
             params.append(pd.Timestamp(end).date())
         where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
-        sql = f"SELECT {_quoted(spec.column_names)} FROM {{table}} {where} ORDER BY {_quoted(spec.key)}"
-        table = self._rows(spec, sql, params)
+        sql = f"SELECT {_quoted(wanted)} FROM {{table}} {where} ORDER BY {_quoted(spec.key)}"
+        table = self._rows(spec, sql, params, wanted)
         if not table.num_rows:
-            return empty_frame(spec)
+            return empty_frame(spec)[wanted]
         out = table.to_pandas()
-        out["date"] = pd.to_datetime(out["date"])
+        if "date" in out.columns:
+            out["date"] = pd.to_datetime(out["date"])
         return out
 
     def query(

@@ -238,8 +238,9 @@ class TableStore(ABC):
         symbols: Iterable[str] | None = None,
         start: dt.date | str | None = None,
         end: dt.date | str | None = None,
+        columns: Sequence[str] | None = None,
     ) -> pd.DataFrame:
-        """Rows of a table (optionally a symbol x date slice), sorted by key; ``date`` as datetime64."""
+        """Rows of a table (optionally a symbol x date slice, only ``columns``), sorted by key; ``date`` as datetime64."""
 
     @abstractmethod
     def query(

@@ -54,10 +54,11 @@ class ReadCache:
                 self._memo.popitem(last=False)
         return value.copy()  # callers may change their frame; the kept one stays as read
 
-    def read(self, spec: TableSpec, symbols: Iterable[str] | None = None, start=None, end=None) -> pd.DataFrame:
+    def read(self, spec: TableSpec, symbols: Iterable[str] | None = None, start=None, end=None, columns=None) -> pd.DataFrame:
         names = None if symbols is None else tuple(symbols)
-        key = ("read", spec.name, tuple(spec.column_names), names, str(start), str(end))
-        return self._cached(key, [spec], lambda: self._store.read(spec, names, start, end))
+        chosen = None if columns is None else tuple(columns)
+        key = ("read", spec.name, tuple(spec.column_names), names, str(start), str(end), chosen)
+        return self._cached(key, [spec], lambda: self._store.read(spec, names, start, end, chosen))
 
     def query(self, sql: str, params: Sequence[object] | None = None, on_damaged=None) -> pd.DataFrame:
         if on_damaged is not None:  # the caller wants to hear about damaged files: not from memory
