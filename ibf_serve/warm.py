@@ -1,5 +1,6 @@
 """Refresh-ahead for fresh predictions: after a write to ``market_bars`` or ``features`` settles, read what the next
-``POST /predict {"fresh": true}`` reads, so the first caller after a daily cycle is answered from memory.
+``POST /predict {"fresh": true}`` reads (and build its panel), so the first caller after a daily cycle is answered
+from memory; after a ``predictions`` write, read the newest stored forecasts every request consults.
 
 A fresh prediction reads the universe's bars and features over the model's look-back (one Parquet file per
 symbol and table: ~3 s for 500 symbols, mostly opening files) and keeps them in the service's ``ReadCache`` until
@@ -53,10 +54,10 @@ class FreshWarmer:
 
     def _stamps(self) -> tuple:
         from ibf_core.features.table import features_spec
-        from ibf_core.storage.tables import MARKET_BARS
+        from ibf_core.storage.tables import MARKET_BARS, PREDICTIONS
 
         store = self.services.store
-        return tuple(store.table_stamp(spec) for spec in (MARKET_BARS, features_spec()))
+        return tuple(store.table_stamp(spec) for spec in (MARKET_BARS, features_spec(), PREDICTIONS))
 
     def _run(self) -> None:
         # Below the run that is writing (a daily cycle on the same cores): the warm-up takes the idle CPU. Linux
@@ -73,8 +74,17 @@ class FreshWarmer:
             settled, previous = stamps == previous, stamps
             if not settled or stamps == warmed:
                 continue
-            self.warm()
+            if warmed is None or stamps[:2] != warmed[:2]:
+                self.warm()
+            self.refresh_stored()  # the newest stored forecasts every request's index is read from
             warmed = stamps  # also after a failure: the next write tries again, not every poll
+
+    def refresh_stored(self) -> None:
+        """Read the newest stored forecasts again (each request checks them first) when a write changed them."""
+        try:
+            self.services.served.index()
+        except Exception as exc:  # noqa: BLE001 - the request path reports problems
+            log.info("stored forecasts not refreshed: %s: %s", type(exc).__name__, exc)
 
     def warm(self) -> bool:
         """Forecast the universe at its newest origin through the service's cache; False (and logged) when it cannot."""

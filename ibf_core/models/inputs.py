@@ -19,9 +19,17 @@ def load_panel(store, symbols: list[str], start: dt.date | None, end: dt.date) -
     from ibf_core.models.dataset import build_panel
 
     first = start or _BEGINNING
-    bars = store.read(MARKET_BARS, symbols, first, end)
-    features = store.read(features_spec(), symbols, first, end)
-    return build_panel(bars, features, HORIZONS)
+
+    def build() -> pd.DataFrame:
+        bars = store.read(MARKET_BARS, symbols, first, end)
+        features = store.read(features_spec(), symbols, first, end)
+        return build_panel(bars, features, HORIZONS)
+
+    # A read cache (the API's fresh predictions) keeps the built panel until bars or features change.
+    memo = getattr(store, "memo", None)
+    if memo is None:
+        return build()
+    return memo(("panel", tuple(symbols), str(first), str(end)), [MARKET_BARS, features_spec()], build)
 
 
 def train_from_warehouse(store, settings, cutoff: dt.date, progress=None):

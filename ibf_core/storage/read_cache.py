@@ -54,6 +54,10 @@ class ReadCache:
                 self._memo.popitem(last=False)
         return value.copy()  # callers may change their frame; the kept one stays as read
 
+    def memo(self, key: Hashable, tables: Iterable[TableSpec], compute) -> pd.DataFrame:
+        """``compute()`` (a frame built from ``tables``) kept until a writer changes one of them; a copy each call."""
+        return self._cached(("memo", key), tables, compute)
+
     def read(self, spec: TableSpec, symbols: Iterable[str] | None = None, start=None, end=None, columns=None) -> pd.DataFrame:
         names = None if symbols is None else tuple(symbols)
         chosen = None if columns is None else tuple(columns)
