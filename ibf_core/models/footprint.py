@@ -15,7 +15,8 @@ parts that grow with the data, each a measured constant times its size (measured
 * ``neural predict``: one chunk of ``neural.PREDICT_CHUNK_ORIGINS`` windows (the bound of every forecast) and
   feature importance's permuted copies of the validation rows.
 
-Calibrated on 500 symbols x 1 year, default members (`ibf train`: measured peak 2.92 GiB, estimate 2.97 GiB).
+Calibrated on 500 symbols x 1 year, default members (`ibf train`: measured peak 2.92 GiB, estimate 2.97 GiB); at
+500 symbols x 10 years it errs on the safe side (estimate 9.45 GiB, measured 7.38 GiB).
 
 The neural parts do not add up across members (members train one after the other); the largest counts.
 """
