@@ -25,11 +25,11 @@ storage:
 
 
 # Appended otherwise: Dagster's SQLite event log, with batches of partition materializations written at once
-# (ibf_dagster/event_log.py). The folder is Dagster's default one, so an existing instance keeps its history.
+# (ibf_dagster/compat.py). The folder is Dagster's default one, so an existing instance keeps its history.
 SQLITE_EVENT_LOG = """
 # Added by ibf: the SQLite event log writes a step's partition materializations in one transaction.
 event_log_storage:
-  module: ibf_dagster.event_log
+  module: ibf_dagster.compat
   class: BatchedSqliteEventLogStorage
   config:
     base_dir: {base_dir}

@@ -6,7 +6,7 @@ import sqlite3
 from pathlib import Path
 
 import dagster as dg
-from ibf_dagster.event_log import BatchedSqliteEventLogStorage
+from ibf_dagster.compat import BatchedSqliteEventLogStorage
 
 SYMBOLS = [f"S{i:02d}" for i in range(40)]
 PARTITIONS = dg.MultiPartitionsDefinition(
@@ -54,7 +54,7 @@ def test_ibf_instance_uses_the_batched_event_log(instance):
 def test_a_batch_writes_what_the_stock_storage_writes_in_a_few_transactions(tmp_path, monkeypatch):
     monkeypatch.setenv("DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS", "1")
     outcomes = {}
-    for label, storage in (("stock", None), ("batched", "ibf_dagster.event_log")):
+    for label, storage in (("stock", None), ("batched", "ibf_dagster.compat")):
         home = tmp_path / label
         home.mkdir()
         yaml = "telemetry:\n  enabled: false\n"
