@@ -170,6 +170,14 @@ PREDICTIONS = TableSpec(
         Column("member_used", pa.string(), "Which forecast pred_return holds (ensemble unless a single member is trained)"),
         Column("model_version", pa.string(), "MLflow registered-model version that produced the row"),
         Column("model_cutoff", pa.date32(), "Training cut-off of that version (always before date)"),
+        Column(
+            "inputs_digest",
+            pa.string(),
+            "Digest of what the origin's rows were forecast from (every universe symbol's inputs over the model's "
+            "look-back, the model version); a run forecasts the origin again only when it changed "
+            "(ibf_core.models.inference.origin_digests)",
+            optional=True,
+        ),
     ),
 )
 
