@@ -3,13 +3,15 @@
 Generated vendor-like bars (``make_messy_file.py``: OHLC glitches, vendor-wide missing sessions, gaps) for N
 symbols x Y years go through the ``ibf`` CLI exactly as a user runs it, each step its own process:
 
-1. ``ibf backfill --csv FILE --end D0 --assets market_bars,features`` (everything but the last two sessions);
+1. ``ibf backfill --csv FILE_TO_D0 --end D0 --assets market_bars,features`` (everything but the last two sessions);
 2. ``ibf train --cutoff C`` with the configured members (default: all four, with feature importance), C the
    last session before the month of the last two sessions (date partitions are months: a model must precede
    every origin of the month it predicts);
 3. predictions and drift_scores from the month's first session to D0 (what a running platform already has);
 4. the daily cycle for D1, then for D2 (the month's last sessions: the costliest days of a monthly partition):
-   ``ibf backfill --csv FILE --start D --end D --assets market_bars,features,predictions,drift_scores``;
+   ``ibf backfill --csv FILE_TO_D --start D --end D --assets market_bars,features,predictions,drift_scores``;
+   every step reads the file as it stood at its session's close (``bars_to_<D>.csv``), so each cycle has a
+   new session to load, compute, forecast and score;
 5. ``POST /predict {"fresh": true}`` for every symbol against ``ibf serve`` (started before the daily cycles):
    its first call (loading the bundle), then the first call after the daily cycles wrote features, then another.
 
@@ -60,6 +62,18 @@ def sessions_of(csv: Path) -> list[str]:
     import pandas as pd
 
     return sorted(pd.read_csv(csv, usecols=["date"])["date"].unique())
+
+
+def cut_files(csv: Path, days: tuple[str, ...]) -> dict[str, Path]:
+    """The vendor file cut at the close of each of ``days``: ``bars_to_<day>.csv`` beside it."""
+    import pandas as pd
+
+    frame = pd.read_csv(csv, dtype=str)
+    out = {}
+    for day in days:
+        out[day] = csv.with_name(f"bars_to_{day}.csv")
+        frame[frame["date"] <= day].to_csv(out[day], index=False)
+    return out
 
 
 def fresh_call(port: int, symbols: list[str], label: str, rows: list[tuple], server: subprocess.Popen) -> None:
@@ -126,22 +140,29 @@ def main() -> None:
         if args.members:
             env["IBF_MODEL_MEMBERS"] = args.members
         print(f"{args.symbols} symbols x {len(days)} sessions ({days[0]}..{days[-1]}); work folder {work}", flush=True)
-        measured([IBF, "backfill", "--csv", str(csv), "--end", d0, "--assets", "market_bars,features"], env,
+        # Each step reads the vendor file as it stood at its session's close: a monthly market_bars partition
+        # loads every session of the month the file holds, so the whole file would load the daily cycles' sessions
+        # with the first step and leave them nothing new to do.
+        files = cut_files(csv, (d0, d1, d2))
+        measured([IBF, "backfill", "--csv", str(files[d0]), "--end", d0, "--assets", "market_bars,features"], env,
                  f"load (market_bars, features) up to {d0}", rows)
         measured([IBF, "train", "--cutoff", cutoff], env, f"ibf train --cutoff {cutoff}", rows)
         if month[0] <= d0:
-            measured([IBF, "backfill", "--csv", str(csv), "--start", month[0], "--end", d0, "--assets", "predictions,drift_scores"],
+            measured([IBF, "backfill", "--csv", str(files[d0]), "--start", month[0], "--end", d0, "--assets", "predictions,drift_scores"],
                      env, f"predictions, drift_scores {month[0]}..{d0}", rows)
         from ibf_core.features.table import features_spec
         from ibf_core.storage.warehouse import Warehouse
 
         symbols = Warehouse(home).symbols(features_spec())
         env["IBF_UNIVERSE"] = ",".join(symbols)
+        if args.keep is not None:  # the state before the daily cycles, to profile or repeat them
+            shutil.rmtree(work / "home_before_cycles", ignore_errors=True)
+            shutil.copytree(home, work / "home_before_cycles", symlinks=True)
         server = start_server(env, args.port)  # serving while the daily cycles write, as in production
         try:
             fresh_call(args.port, symbols, "POST /predict fresh, first call of the server (loads the bundle)", rows, server)
             for day in (d1, d2):
-                measured([IBF, "backfill", "--csv", str(csv), "--start", day, "--end", day, "--assets", DAILY], env,
+                measured([IBF, "backfill", "--csv", str(files[day]), "--start", day, "--end", day, "--assets", DAILY], env,
                          f"daily cycle {day} ({DAILY})", rows)
             fresh_call(args.port, symbols, "POST /predict fresh, first call after the features write", rows, server)
             fresh_call(args.port, symbols, "POST /predict fresh, second call", rows, server)

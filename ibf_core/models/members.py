@@ -188,10 +188,29 @@ class NeuralMember(Member):
     neural = True
     scaled_inputs = True
 
-    def __init__(self, inputs: Inputs, model: Any = None, statics: dict[str, list[int]] | None = None) -> None:
+    def __init__(self, inputs: Inputs, model: Any = None, statics: dict[str, list[int]] | None = None,
+                 folder: Path | None = None) -> None:
         super().__init__(inputs)
-        self.model = model  # a fitted NeuralForecast
+        self._model = model  # a fitted NeuralForecast
+        self._folder = folder  # a saved model not loaded yet: loaded on first use
         self.statics = statics or {}  # one-hot vocabulary of the static covariates (TFT with categoricals only)
+
+    @property
+    def model(self) -> Any:
+        """The fitted NeuralForecast; a saved one is loaded on first use (``load``)."""
+        if self._model is None and self._folder is not None:
+            from ibf_core.models import ModelLoadError, neural
+
+            try:
+                self._model = neural.load(self._folder)
+            except Exception as exc:  # the library's own load error, named with the files it came from
+                raise ModelLoadError(f"{self._folder}: cannot load model files ({type(exc).__name__}: {exc})") from exc
+            self._folder = None
+        return self._model
+
+    @model.setter
+    def model(self, value: Any) -> None:
+        self._model, self._folder = value, None
 
     @classmethod
     def history_sessions(cls, config: ModelConfig) -> int:
@@ -227,9 +246,12 @@ class NeuralMember(Member):
 
     @classmethod
     def load(cls, folder: Path, inputs: Inputs) -> Member:
+        """The member, its network loaded on first use: loading imports torch, Lightning and NeuralForecast (~9 s
+        on this machine), which a caller that forecasts nothing (every origin carried) never pays. Importing them
+        on a thread beside the caller's reads saved under 1 s here (imports hold the GIL), so it is not done."""
         from ibf_core.models import neural
 
-        return cls(inputs, neural.load(folder), neural.load_statics(folder))
+        return cls(inputs, None, neural.load_statics(folder), folder=folder)
 
 
 @register
