@@ -5,6 +5,8 @@ it."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -29,17 +31,19 @@ def world():
     bars = messy_bars(n_symbols=6, sessions=330, vendor_missing=2, gaps=1, seed=11).assign(source="csv")
     features = compute_features(bars, benchmark=None)
     days = [pd.Timestamp(d) for d in np.sort(bars["date"].unique())]
-    cutoff = days[-30].date()
-    bundle = train_models(build_panel(bars, features, CONFIG.horizons), cutoff, CONFIG)
-    return bars, features, days, bundle
+    bundle = train_models(build_panel(bars, features, CONFIG.horizons), days[-30].date(), CONFIG)
+    return SimpleNamespace(
+        bars=bars, features=features, bundle=bundle, symbols=sorted(bars["symbol"].unique()), month=days[-8:],
+        version=RegisteredModel("m", "1", bundle.cutoff, "run", "src", "0" * 64),
+    )
 
 
-def _store(tmp_path, bars, features) -> Warehouse:
-    store = Warehouse(tmp_path / "wh")
-    symbols = sorted(bars["symbol"].unique())
-    lo, hi = bars["date"].min().date(), bars["date"].max().date()
-    store.replace_slice(MARKET_BARS, bars, symbols, lo, hi)
-    store.replace_slice(features_spec(), features, symbols, lo, hi)
+def _store(folder, world) -> Warehouse:
+    """A warehouse holding the world's bars and features."""
+    store = Warehouse(folder)
+    lo, hi = world.bars["date"].min().date(), world.bars["date"].max().date()
+    store.replace_slice(MARKET_BARS, world.bars, world.symbols, lo, hi)
+    store.replace_slice(features_spec(), world.features, world.symbols, lo, hi)
     return store
 
 
@@ -57,11 +61,8 @@ def _sorted(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def test_a_month_predicted_day_by_day_carries_the_stored_origins_and_equals_one_full_prediction(world, tmp_path):
-    bars, features, days, bundle = world
-    symbols = sorted(bars["symbol"].unique())
-    version = RegisteredModel("m", "1", bundle.cutoff, "run", "src", "0" * 64)
-    month = days[-8:]
-    store = _store(tmp_path, bars, features)
+    bars, bundle, symbols, version, month = world.bars, world.bundle, world.symbols, world.version, world.month
+    store = _store(tmp_path / "daily", world)
     for i, day in enumerate(month):
         result = _run(store, bundle, [version], symbols, month[0].date(), day.date())
         # each day forecasts its new session and carries the ones before
@@ -69,9 +70,7 @@ def test_a_month_predicted_day_by_day_carries_the_stored_origins_and_equals_one_
     daily = _sorted(store.read(PREDICTIONS, symbols, month[0].date(), month[-1].date()))
     assert daily["inputs_digest"].notna().all()
 
-    fresh = Warehouse(tmp_path / "fresh")
-    for spec, frame in ((MARKET_BARS, bars), (features_spec(), features)):
-        fresh.replace_slice(spec, frame, symbols, frame["date"].min().date(), frame["date"].max().date())
+    fresh = _store(tmp_path / "fresh", world)
     full = _run(fresh, bundle, [version], symbols, month[0].date(), month[-1].date())
     assert (full.forecast_origins, full.carried_origins) == (len(month), 0)
     whole = _sorted(fresh.read(PREDICTIONS, symbols, month[0].date(), month[-1].date()))
@@ -90,11 +89,8 @@ def test_a_month_predicted_day_by_day_carries_the_stored_origins_and_equals_one_
 
 
 def test_a_changed_input_or_a_new_model_version_reforecasts_exactly_the_origins_that_read_it(world, tmp_path):
-    bars, features, days, bundle = world
-    symbols = sorted(bars["symbol"].unique())
-    version = RegisteredModel("m", "1", bundle.cutoff, "run", "src", "0" * 64)
-    month = days[-8:]
-    store = _store(tmp_path, bars, features)
+    features, bundle, symbols, version, month = world.features, world.bundle, world.symbols, world.version, world.month
+    store = _store(tmp_path / "wh", world)
     _run(store, bundle, [version], symbols, month[0].date(), month[-1].date())
     before = _sorted(store.read(PREDICTIONS, symbols, month[0].date(), month[-1].date()))
 
