@@ -180,7 +180,9 @@ class Settings(BaseSettings):
         "auto", description="Training device: auto = CUDA when torch sees one, else CPU; gpu fails without CUDA"
     )
     model_members: Annotated[list[str], NoDecode] = Field(
-        default_factory=lambda: ["lstm", "tft", "gbdt", "gbdt_rank"], description="Trained ensemble members (comma list of registered members: lstm, tft, gbdt, gbdt_rank)"
+        default_factory=lambda: ["lstm", "tft", "gbdt", "gbdt_rank", "reversal_1", "reversal_5", "momentum_20", "momentum_12_1"],
+        description="Trained ensemble members (comma list of registered members: lstm, tft, gbdt, gbdt_rank and the "
+        "textbook factors reversal_1, reversal_5, momentum_20, momentum_12_1)",
     )
     model_max_steps: int = Field(200, ge=1, description="Maximum optimizer steps per neural member (early stopping may end sooner)")
     model_input_size: int = Field(60, ge=5, description="Sessions of history the neural members read per forecast")
@@ -188,6 +190,10 @@ class Settings(BaseSettings):
         60, ge=20, description="Validation origins per training run (ensemble weights, interval calibration, metrics)"
     )
     model_seed: int = Field(7, ge=0, description="Random seed of every member")
+    model_min_independent_targets: int = Field(
+        10, ge=1, description="Independent validation targets (validation dates / h) a horizon needs before the ensemble's "
+        "point forecast may leave the random walk and its ranking may follow the validation rank IC"
+    )
     model_memory_budget_mib: int | None = Field(
         None, ge=256, description="Memory (MiB) a training may use at its peak; a larger estimate is refused before it "
         "starts, naming the estimate (default: what the machine has available when training starts)"

@@ -271,7 +271,9 @@ def test_select_keeps_short_symbols_for_gbdt_the_neural_series_leave_them_out_wi
 def test_member_names_come_from_the_registry():
     from ibf_core.models import NEURAL_MEMBERS, TRAINED_MEMBERS
 
-    assert NEURAL_MEMBERS == ("lstm", "tft") and TRAINED_MEMBERS == ("lstm", "tft", "gbdt", "gbdt_rank")
+    assert NEURAL_MEMBERS == ("lstm", "tft") and TRAINED_MEMBERS == (
+        "lstm", "tft", "gbdt", "gbdt_rank", "reversal_1", "reversal_5", "momentum_20", "momentum_12_1"
+    )
     assert member_class("lstm").folder == "neural/lstm" and member_class("gbdt").folder == "gbdt"
     assert not member_class("naive").trained and member_class("drift").folder is None
     with pytest.raises(ValueError, match=r"unknown member\(s\) \['naive'\]"):

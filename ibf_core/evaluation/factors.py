@@ -1,15 +1,6 @@
 """Textbook factors beside the models: short-term reversal and momentum, scored on the models' own test origins.
 
-Each factor is a signal known at the origin's close, built from split- and dividend-adjusted closes on the NYSE
-calendar (``ibf_core.models.dataset.session_shift``: a price k sessions back is NULL when that bar is missing):
-
-* ``reversal_1``: minus the last session's log return, -log(p[t] / p[t-1]);
-* ``reversal_5``: minus the 5-session log return, -log(p[t] / p[t-5]);
-* ``momentum_20``: the 20-session log return, log(p[t] / p[t-20]);
-* ``momentum_12_1``: 12-1 momentum, log(p[t-21] / p[t-252]) (the last month skipped).
-
-Signs are chosen so that a positive rank IC means the factor works as its name says (past losers bounce back;
-past winners keep winning). Per horizon h the factor is ranked against the realized h-day return across symbols
+The factors are defined in ``ibf_core.models.factors`` (where they are also forecast members). Per horizon h the factor is ranked against the realized h-day return across symbols
 on every test date (Spearman, ``metrics.cross_sectional_ic``) and summarized with ``metrics.ic_summary``
 (Newey-West t with h-1 lags), exactly as the members' rank IC. A factor no test origin has enough history for
 (12-1 momentum needs 253 sessions) is reported unavailable, with the reason.
@@ -17,46 +8,15 @@ on every test date (Spearman, ``metrics.cross_sectional_ic``) and summarized wit
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from ibf_core.models.factors import FACTORS, Factor, factor_values
+
 MIN_SYMBOLS = 3  # per date, as the IC needs
-
-
-@dataclass(frozen=True)
-class Factor:
-    """sign x log(p[t - recent] / p[t - past]) in NYSE sessions."""
-
-    name: str
-    description: str
-    recent: int
-    past: int
-    sign: float
-
-    @property
-    def history_sessions(self) -> int:
-        """Sessions of history (the origin included) the factor needs at an origin."""
-        return self.past + 1
-
-
-FACTORS: tuple[Factor, ...] = (
-    Factor("reversal_1", "minus the last session's log return", 0, 1, -1.0),
-    Factor("reversal_5", "minus the 5-session log return", 0, 5, -1.0),
-    Factor("momentum_20", "the 20-session log return", 0, 20, 1.0),
-    Factor("momentum_12_1", "12-1 momentum: log return from 252 to 21 sessions back", 21, 252, 1.0),
-)
-
-
-def factor_values(panel: pd.DataFrame, factor: Factor) -> np.ndarray:
-    """The factor per panel row (``symbol, session, adj_close``, sorted by symbol then session); NaN without history."""
-    from ibf_core.models.dataset import session_shift
-
-    log_price = np.log(panel["adj_close"].to_numpy(dtype=np.float64))
-    recent = log_price if factor.recent == 0 else session_shift(panel, log_price, -factor.recent)
-    return factor.sign * (recent - session_shift(panel, log_price, -factor.past))
+__all__ = ["FACTORS", "Factor", "factor_ics", "factor_table", "factor_values", "markdown"]
 
 
 def factor_table(panel: pd.DataFrame) -> pd.DataFrame:

@@ -255,13 +255,14 @@ MEMBER_KEYS = (
 
 
 def member_metrics(
-    frame: pd.DataFrame, h: int, p0: float = 0.5, k: int | None = None, cost_bps: float = 10.0
+    frame: pd.DataFrame, h: int, p0: float = 0.5, k: int | None = None, cost_bps: float = 10.0, rank_by: str | None = None
 ) -> dict:
     """JSON-ready metrics of one member at one horizon versus the random walk (zero-return forecast).
 
     ``frame`` has ``symbol, date, pred, realized`` and optionally ``lower_80, upper_80, lower_95, upper_95`` and
     ``drift_pred``; rows with a NaN pred or realized are dropped. An all-zero forecast (the naive member) gets
-    None for DA, DM, IC and top-k, which are undefined for it.
+    None for DA, DM, IC and top-k, which are undefined for it. ``rank_by``: a column that orders the cross-section
+    instead of ``pred`` (the ensemble's ``rank_score``): IC, rank IC and top-k are measured on it.
     """
     out: dict = dict.fromkeys(MEMBER_KEYS)
     data = frame.copy()
@@ -297,9 +298,32 @@ def member_metrics(
             high = pd.to_numeric(data[upper], errors="coerce").to_numpy(float)
             out[f"coverage_{level}"] = _clean(interval_coverage(realized, low, high))
             out[f"winkler_{level}"] = _clean(winkler_score(realized, low, high, 1.0 - level / 100.0))
-    if np.all(pred == 0):
+    ranked = rank_by if rank_by and rank_by in data.columns and data[rank_by].notna().any() else None
+    if np.all(pred == 0) and ranked is None:
         return out
+    if not np.all(pred == 0):
+        _point_tests(out, data, pred, realized, error, h, p0)
+    order = ranked or "pred"
+    ic = ic_summary(cross_sectional_ic(data, order, "realized", "pearson"), h)
+    rank_ic = ic_summary(cross_sectional_ic(data, order, "realized", "spearman"), h)
+    out.update(ic_mean=ic["mean"], ic_std=ic["std"], icir=ic["icir"], ic_t=ic["t"])
+    out.update(
+        rank_ic_mean=rank_ic["mean"],
+        rank_ic_std=rank_ic["std"],
+        rank_ic_t=rank_ic["t"],
+        rank_ic_positive_share=rank_ic["positive_share"],
+    )
 
+    n_symbols = int(data["symbol"].nunique())
+    top_k = int(k) if k is not None else max(1, int(round(0.2 * n_symbols)))
+    out["topk_k"] = top_k
+    spread = topk_spread(data, order, "realized", h, top_k, cost_bps)
+    out.update({key: (value if key == "topk_periods" else _clean(value)) for key, value in spread.items()})
+    return {key: (_clean(value) if isinstance(value, float) else value) for key, value in out.items()}
+
+
+def _point_tests(out: dict, data: pd.DataFrame, pred: np.ndarray, realized: np.ndarray, error: np.ndarray, h: int, p0: float) -> None:
+    """Diebold-Mariano against the random walk (absolute and squared loss) and directional accuracy, into ``out``."""
     losses = pd.DataFrame(
         {
             "date": data["date"],
@@ -317,23 +341,6 @@ def member_metrics(
     at_origins = data[data["date"].isin(origins)]
     da = directional_accuracy(at_origins["pred"].to_numpy(float), at_origins["realized"].to_numpy(float), p0)
     out.update({key: (value if key == "da_n" else _clean(value)) for key, value in da.items()})
-
-    ic = ic_summary(cross_sectional_ic(data, "pred", "realized", "pearson"), h)
-    rank_ic = ic_summary(cross_sectional_ic(data, "pred", "realized", "spearman"), h)
-    out.update(ic_mean=ic["mean"], ic_std=ic["std"], icir=ic["icir"], ic_t=ic["t"])
-    out.update(
-        rank_ic_mean=rank_ic["mean"],
-        rank_ic_std=rank_ic["std"],
-        rank_ic_t=rank_ic["t"],
-        rank_ic_positive_share=rank_ic["positive_share"],
-    )
-
-    n_symbols = int(data["symbol"].nunique())
-    top_k = int(k) if k is not None else max(1, int(round(0.2 * n_symbols)))
-    out["topk_k"] = top_k
-    spread = topk_spread(data, "pred", "realized", h, top_k, cost_bps)
-    out.update({key: (value if key == "topk_periods" else _clean(value)) for key, value in spread.items()})
-    return {key: (_clean(value) if isinstance(value, float) else value) for key, value in out.items()}
 
 
 def _fmt_p(p: float) -> str:

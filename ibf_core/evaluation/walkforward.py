@@ -103,11 +103,12 @@ def walk_forward(
         per_member = {}
         for member in member_order(set(at_h["member"])):
             part = at_h[at_h["member"] == member].merge(drift, on=["symbol", "date"], how="left")
-            per_member[member] = member_metrics(part, h, p0=up_rate[h], cost_bps=cost_bps)
+            per_member[member] = member_metrics(part, h, p0=up_rate[h], cost_bps=cost_bps, rank_by="rank_score" if member == "ensemble" else None)
         results["horizons"][str(h)] = per_member
         results["verdicts"][str(h)] = skill_verdict(per_member, h=h)
     naive = forecasts[forecasts["member"] == "naive"]
     results["factors"] = factor_ics(panel, {h: naive[naive["horizon"] == h] for h in config.horizons})
+    results["versus_factors"] = versus_best_factor(panel, forecasts, results["factors"], config.horizons)
     results["importance"] = importance.aggregate(importances)
     results["config"] = {
         "symbols": sorted(forecasts["symbol"].unique()),
@@ -123,8 +124,82 @@ def walk_forward(
     return WalkForwardResult(results, forecasts)
 
 
+def versus_best_factor(panel: pd.DataFrame, forecasts: pd.DataFrame, factors: dict[str, Any], horizons) -> dict[str, Any]:
+    """str(h) -> the ensemble's ranking against the factor with the best test rank IC, date by date.
+
+    The difference of the two per-date rank ICs is tested with a Newey-West t (h-1 lags): ``below_by_more_than_noise``
+    is t < -2. The best factor is picked on the test origins themselves, which favours it."""
+    from ibf_core.evaluation.factors import factor_table
+    from ibf_core.evaluation.metrics import cross_sectional_ic, ic_summary
+
+    table = factor_table(panel)
+    out: dict[str, Any] = {}
+    for h in horizons:
+        scored = {n: m for n, m in factors["horizons"].get(str(h), {}).items() if m.get("rank_ic_mean") is not None}
+        rows = forecasts[(forecasts["horizon"] == h) & (forecasts["member"] == "ensemble")]
+        if not scored or rows.empty or "rank_score" not in rows.columns:
+            out[str(h)] = {"best_factor": None}
+            continue
+        best = max(scored, key=lambda n: scored[n]["rank_ic_mean"])
+        rows = rows[["symbol", "date", "rank_score", "realized"]].merge(table[["symbol", "date", best]], on=["symbol", "date"], how="left")
+        ours = cross_sectional_ic(rows, "rank_score", "realized", "spearman")
+        theirs = cross_sectional_ic(rows, best, "realized", "spearman")
+        both = pd.concat([ours, theirs], axis=1, join="inner")
+        diff = ic_summary(both.iloc[:, 0] - both.iloc[:, 1], h)
+        out[str(h)] = {
+            "best_factor": best,
+            "best_factor_rank_ic": scored[best]["rank_ic_mean"],
+            "ensemble_rank_ic": _mean(ours),
+            "difference": diff["mean"],
+            "difference_t": diff["t"],
+            "n_dates": diff["n_dates"],
+            "below_by_more_than_noise": bool(diff["t"] is not None and diff["t"] < -2.0),
+        }
+    return out
+
+
+def harm_markdown(results: dict[str, Any]) -> str:
+    """The report section: per horizon, the ensemble against the random walk (MAE, DM) and the best factor (rank IC)."""
+    from ibf_core.evaluation.report import _table
+
+    rows = []
+    for h, members in results.get("horizons", {}).items():
+        ens = members.get("ensemble") or {}
+        versus = (results.get("versus_factors") or {}).get(h, {})
+        folds = [f.get("ensemble", {}).get(h, {}) for f in results.get("config", {}).get("folds_detail", [])]
+        p_better = ens.get("dm_pvalue")
+        rows.append({
+            "h": h,
+            "MAE vs RW": ens.get("rel_mae_vs_naive"),
+            "DM p (worse)": None if p_better is None else 1.0 - p_better,
+            "rank IC (t)": _ic_text(ens.get("rank_ic_mean"), ens.get("rank_ic_t")),
+            "best factor (rank IC)": f"{versus['best_factor']} {versus['best_factor_rank_ic']:.3f}" if versus.get("best_factor") else None,
+            "difference t": versus.get("difference_t"),
+            "shrink per fold": ", ".join(f"{f.get('shrink', 1.0):.2f}" for f in folds) or None,
+            "ranking per fold": "; ".join(str(f.get("ranking_source")) for f in folds) or None,
+        })
+    return "\n".join([
+        "## Do no harm: the ensemble against the random walk and the best factor", "",
+        "`MAE vs RW` at most 1 within noise (`DM p (worse)`: one-sided Diebold-Mariano p that the ensemble's absolute "
+        "error is larger than the random walk's; `–` where the ensemble is the random walk, shrink 0). The ensemble's rank "
+        "IC is that of its `rank` (the ranking choice); `difference t` is the Newey-West t of its per-date rank IC minus "
+        "the best factor's (picked on these test origins), below -2 is worse than noise.", "",
+        _table(rows) if rows else "_no horizons_", "",
+    ])
+
+
+def _ic_text(mean: float | None, t: float | None) -> str | None:
+    return None if mean is None else f"{mean:.3f} ({t:.1f})" if t is not None else f"{mean:.3f}"
+
+
+def _mean(values: pd.Series) -> float | None:
+    return float(values.mean()) if len(values) else None
+
+
 def _fold_detail(fold: int, cutoff: dt.date, bundle) -> dict[str, Any]:
-    """What one fold's training decided: windows (and why they shrank), members left out, symbols."""
+    """What one fold's training decided: windows (and why they shrank), members left out, symbols, ensemble rules."""
+    from ibf_core.models.ensemble import rule
+
     plan = bundle.facts.get("windows", {})
     return {
         "fold": fold,
@@ -134,8 +209,8 @@ def _fold_detail(fold: int, cutoff: dt.date, bundle) -> dict[str, Any]:
         "windows": {k: plan.get(k) for k in ("embargo", "validation", "early_stopping")},
         "note": plan.get("note"),
         "symbols": len(bundle.facts["symbols"]),
+        "ensemble": {h: rule(choice) for h, choice in bundle.ensemble.items()},
     }
-
 
 def _upto(panel: pd.DataFrame, last: pd.Timestamp) -> pd.DataFrame:
     """Rows up to the last origin: forecasting never reads a later row (targets are not inputs either)."""
@@ -155,7 +230,7 @@ def write_outputs(
     json_path = Path(json_path)
     json_path.parent.mkdir(parents=True, exist_ok=True)
     payload = dict(result.results)
-    sections = []
+    sections = [harm_markdown(result.results)]
     if "factors" in result.results:
         from ibf_core.evaluation.factors import markdown as factor_markdown
 

@@ -51,6 +51,8 @@ class ModelConfig:
     # Windows (sessions). Validation origins sit after a purge gap of max(horizons) sessions behind the
     # training data, so no validation target overlaps a training target.
     validation_sessions: int = _setting_default("model_validation_sessions")
+    # Evidence a horizon's validation window must hold (dates / h) before the ensemble trusts it (``ensemble.py``)
+    min_independent_targets: int = _setting_default("model_min_independent_targets")
     early_stopping_sessions: int = 40  # tail of the training window used for early stopping
     drift_baseline_sessions: int = 252  # trailing sessions of the drift baseline's mean return
     # Neural members
@@ -112,6 +114,7 @@ class ModelConfig:
             input_size=settings.model_input_size,
             validation_sessions=settings.model_validation_sessions,
             seed=settings.model_seed,
+            min_independent_targets=settings.model_min_independent_targets,
             importance_max_origins=settings.model_importance_max_origins,
         )
         values.update(overrides)

@@ -1,10 +1,21 @@
 """Ensemble weights chosen on validation, and conformal intervals calibrated on validation.
 
-Weights per horizon: *equal*, *inverse validation MSE* and *stacking* (non-negative least squares of the
-realized return on the members' forecasts, normalized to sum to 1). Every choice is a convex combination of
-the members, so the ensemble keeps a cross-sectional ordering to rank by; whether it beats the random walk
-is what the validation table and ``ibf evaluate`` report. Inverse-error and stacking weights are fitted on the first half of the validation dates and
-all three are compared on the second half; the winner is refitted on the whole validation window.
+The ensemble does no harm by construction: per horizon it makes two choices on the validation window (every
+member's forecasts there are out of sample: members are fitted before it), each recorded with its reasons in
+``bundle.ensemble[str(h)]`` (bundle.json, the ``trained_models`` metadata, MLflow):
+
+1. **The point forecast** (``pred_return``, chosen on squared error). Candidates: *equal*, *inverse validation MSE*
+   and *stacking* (non-negative least squares of the realized return on the members' forecasts, normalized to
+   sum to 1) over the members forecasting at least half the rows. Each is cross-fitted (weights from one half of
+   the validation dates forecast the other half, both ways) and the lowest cross-fitted MSE wins; its weights are
+   then refitted on the whole window. The combination is multiplied by a shrinkage ``lambda`` in [0, 1] towards
+   the random walk (``shrinkage``): the slope of the realized return on the cross-fitted forecast, shrunk by
+   its date-clustered, Newey-West, HLN-corrected t (positive-part Stein), and 0 when the slope is not positive
+   or the window holds fewer than ``min_independent_targets`` independent targets (dates / h: overlapping 20-day
+   targets of 60 origins are 3 observations). With lambda = 0 the ensemble *is* the random walk.
+2. **The ranking** (``rank``, chosen on rank IC, ``choose_ranking``): the members' centred cross-sectional ranks
+   weighted by their validation rank IC, shrunk the same way; without evidence there, by the factor members'
+   training-window rank IC; without that, equally.
 
 Intervals are split-conformal and volatility-scaled: the score of a validation forecast is
 (realized - forecast) / (trailing daily volatility x sqrt(h)); its empirical quantiles (with the (n+1)
@@ -48,41 +59,212 @@ def _combine(preds: np.ndarray, weights: dict[str, float], members: list[str]) -
     return preds @ np.array([weights[m] for m in members])
 
 
-def choose_weights(validation: pd.DataFrame, members: list[str]) -> dict[str, Any]:
-    """``validation``: one horizon's rows with ``date``, ``realized`` and one column per member."""
-    frame = validation.dropna(subset=["realized", *members])
+MIN_COVERAGE = 0.5  # a member forecasting fewer of the validation rows is left out of the choice
+MIN_INDEPENDENT_TARGETS = 10  # ModelConfig.min_independent_targets' default
+
+
+def independent_targets(n_dates: int, h: int) -> float:
+    """Validation dates / h: consecutive origins' h-day targets overlap, so about one in h is independent."""
+    return n_dates / max(int(h), 1)
+
+
+def _hln(t: float, n: int, h: int) -> float:
+    """The Harvey-Leybourne-Newbold small-sample correction of a Newey-West t over n overlapping h-step targets."""
+    factor = (n + 1 - 2 * h + h * (h - 1) / n) / n if n > 0 else 0.0
+    return t * math.sqrt(factor) if factor > 0 and math.isfinite(t) else float("nan")
+
+
+def usable_members(frame: pd.DataFrame, members: list[str]) -> tuple[list[str], dict[str, str]]:
+    """Members forecasting at least ``MIN_COVERAGE`` of the rows with a realized return; the others with why."""
+    used, left_out = [], {}
+    for m in members:
+        share = float(np.isfinite(frame[m].to_numpy(dtype=np.float64)).mean()) if len(frame) else 0.0
+        if share >= MIN_COVERAGE:
+            used.append(m)
+        else:
+            left_out[m] = f"forecasts {share:.0%} of the validation rows (< {MIN_COVERAGE:.0%})"
+    return used, left_out
+
+
+def _halves(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     dates = np.sort(frame["date"].unique())
     half = dates[len(dates) // 2] if len(dates) > 1 else dates[-1]
-    first, second = frame[frame["date"] < half], frame[frame["date"] >= half]
+    return frame[frame["date"] < half], frame[frame["date"] >= half]
+
+
+def cross_fitted(method: str, frame: pd.DataFrame, members: list[str]) -> np.ndarray:
+    """Forecasts of ``method`` for every row, each half's from weights fitted on the other half (out of sample)."""
+    out = np.full(len(frame), np.nan)
+    first, second = _halves(frame)
+    position = pd.Series(np.arange(len(frame)), index=frame.index)
+    for fit, score in ((first, second), (second, first)):
+        if fit.empty or score.empty:
+            continue
+        w = _weights(method, fit[members].to_numpy(), fit["realized"].to_numpy(), members)
+        out[position.loc[score.index].to_numpy()] = _combine(score[members].to_numpy(), w, members)
+    return out
+
+
+def shrinkage(pred: np.ndarray, realized: np.ndarray, dates: np.ndarray, h: int, min_independent: float) -> dict[str, Any]:
+    """How far to trust ``pred`` over the random walk: lambda in [0, 1] and the evidence behind it.
+
+    beta = sum(pred x realized) / sum(pred^2) (no intercept: the best multiple of the forecast under squared
+    loss); its standard error clusters each date's cross-section and is Newey-West over dates with h-1 lags
+    (overlapping targets), HLN-corrected. lambda = min(1, beta x max(0, 1 - 1/t^2)) (a positive-part Stein
+    shrinkage of the slope towards 0), and 0 when beta <= 0 or the window holds fewer than ``min_independent``
+    independent targets (dates / h).
+    """
+    from ibf_core.evaluation.metrics import newey_west_variance
+
+    ok = np.isfinite(pred) & np.isfinite(realized)
+    frame = pd.DataFrame({"date": dates[ok], "fy": pred[ok] * realized[ok], "ff": pred[ok] ** 2})
+    per_date = frame.groupby("date", sort=True)[["fy", "ff"]].sum()
+    n_dates = len(per_date)
+    n_eff = independent_targets(n_dates, h)
+    out: dict[str, Any] = {"n_dates": n_dates, "independent_targets": round(n_eff, 1), "beta": None, "t": None}
+    total = float(per_date["ff"].sum())
+    if n_eff < min_independent:
+        return {**out, "lambda": 0.0, "reason": f"{n_eff:.1f} independent validation targets ({n_dates} dates / h={h}) < {min_independent:g}: too few to trust, the random walk is served"}
+    if total <= 0:
+        return {**out, "lambda": 0.0, "reason": "the forecasts are all zero: the random walk"}
+    beta = float(per_date["fy"].sum()) / total
+    scores = (per_date["fy"] - beta * per_date["ff"]).to_numpy()
+    variance = n_dates * newey_west_variance(scores, h - 1) / total**2
+    t = _hln(beta / math.sqrt(variance), n_dates, h) if variance > 0 else float("nan")
+    out.update(beta=round(beta, 4), t=round(t, 3) if math.isfinite(t) else None)
+    if not (beta > 0 and math.isfinite(t) and t > 1):
+        return {**out, "lambda": 0.0, "reason": f"no evidence the forecasts move with the outcome (beta {beta:.3f}, t {t:.2f} <= 1): the random walk is served"}
+    lam = min(1.0, beta * (1.0 - 1.0 / t**2))
+    return {**out, "lambda": round(lam, 4), "reason": f"beta {beta:.3f} with t {t:.2f}: the forecast is scaled by {lam:.3f} towards the random walk"}
+
+
+def choose_weights(
+    validation: pd.DataFrame,
+    members: list[str],
+    h: int = 1,
+    min_independent: float = MIN_INDEPENDENT_TARGETS,
+    prior: dict[str, dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """The point forecast's weights and shrinkage, and the ranking's weights, of one horizon.
+
+    ``validation``: one horizon's rows with ``date``, ``realized`` and one column per member (NaN: no forecast).
+    ``prior``: member -> its training-window rank IC ``{"mean", "t"}`` (the factor members), which the ranking
+    falls back on when the validation window cannot judge (``choose_ranking``).
+    """
+    frame = validation[np.isfinite(validation["realized"].to_numpy(dtype=np.float64))]
+    used, left_out = usable_members(frame, members)
+    ranking = choose_ranking(frame, used, h, min_independent, prior)
+    if not used:
+        return {"method": "equal", "weights": {m: 1.0 / len(members) for m in members}, "shrink": 0.0, "members_left_out": left_out,
+                "evidence": {"lambda": 0.0, "reason": "no member forecasts enough validation rows: the random walk is served"},
+                "cross_fitted_mse": {}, "rows": 0, "ranking": ranking}
+    complete = frame.dropna(subset=used)
     scores: dict[str, float | None] = {}
     for method in METHODS:
-        w = _weights(method, first[members].to_numpy(), first["realized"].to_numpy(), members)
-        error = _combine(second[members].to_numpy(), w, members) - second["realized"].to_numpy()
-        scores[method] = float(np.mean(error**2)) if len(error) else None
+        pred = cross_fitted(method, complete, used)
+        error = pred - complete["realized"].to_numpy()
+        scores[method] = float(np.nanmean(error**2)) if np.isfinite(error).any() else None
     valid = {k: v for k, v in scores.items() if v is not None}
     chosen = min(valid, key=lambda k: valid[k]) if valid else "equal"
-    weights = _weights(chosen, frame[members].to_numpy(), frame["realized"].to_numpy(), members)
-    return {"method": chosen, "weights": weights, "second_half_mse": scores, "rows": len(frame)}
+    evidence = shrinkage(cross_fitted(chosen, complete, used), complete["realized"].to_numpy(), complete["date"].to_numpy(), h, min_independent)
+    weights = _weights(chosen, complete[used].to_numpy(), complete["realized"].to_numpy(), used) if len(complete) else {m: 1.0 / len(used) for m in used}
+    weights = {m: weights.get(m, 0.0) for m in members}
+    naive_mse = float(np.mean(complete["realized"].to_numpy() ** 2)) if len(complete) else None
+    return {"method": chosen, "weights": weights, "shrink": evidence["lambda"], "evidence": evidence, "members_left_out": left_out,
+            "cross_fitted_mse": {**scores, "naive": naive_mse}, "rows": len(complete), "ranking": ranking}
+
+
+def choose_ranking(
+    frame: pd.DataFrame, members: list[str], h: int, min_independent: float, prior: dict[str, dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """The ranking's weights of one horizon, chosen on rank IC (not on squared error), and why.
+
+    Each member's weight is its validation rank IC shrunk by its HLN-corrected Newey-West t (``stein_weight``:
+    max(0, IC) x max(0, 1 - 1/t^2)), when the window holds at least ``min_independent`` independent targets.
+    Without such evidence the factor members' training-window rank IC (``prior``, parameter-free signals over
+    the long history) is shrunk the same way; without that either, the members are weighted equally. The rank
+    score is the weighted mean of the members' centred cross-sectional ranks (``rank_score``).
+    """
+    from ibf_core.evaluation.metrics import cross_sectional_ic, ic_summary
+    from ibf_core.models.factors import stein_weight
+
+    validation: dict[str, dict[str, Any]] = {}
+    n_dates = int(frame["date"].nunique()) if len(frame) else 0
+    n_eff = independent_targets(n_dates, h)
+    for m in members:
+        summary = ic_summary(cross_sectional_ic(frame, m, "realized", "spearman"), h)
+        t = _hln(summary["t"], summary["n_dates"], h) if summary["t"] is not None else float("nan")
+        validation[m] = {"rank_ic": summary["mean"], "t": round(t, 3) if math.isfinite(t) else None, "n_dates": summary["n_dates"]}
+    weights = {m: stein_weight(v["rank_ic"], v["t"]) for m, v in validation.items()} if n_eff >= min_independent else {}
+    source = "validation rank IC"
+    reason = f"{n_eff:.1f} independent validation targets ({n_dates} dates / h={h})"
+    if sum(weights.values()) <= 0:
+        why = "no member's validation rank IC is distinguishable from zero" if n_eff >= min_independent else f"too few to judge ranks (< {min_independent:g})"
+        weights = {m: stein_weight((prior or {}).get(m, {}).get("mean"), (prior or {}).get(m, {}).get("t")) for m in members}
+        source = "training-window factor rank IC"
+        reason = f"{reason}: {why}"
+        if sum(weights.values()) <= 0:
+            weights = {m: 1.0 for m in members}
+            source = "equal (no evidence)"
+            reason += "; no factor's training-window rank IC is distinguishable from zero either"
+    total = sum(weights.values())
+    weights = {m: round(w / total, 4) for m, w in weights.items() if w > 0} if total > 0 else {}
+    return {"weights": weights, "source": source, "reason": reason, "validation": validation}
+
+
+def rank_score(wide: pd.DataFrame, dates: np.ndarray, ranking: dict[str, Any] | None) -> np.ndarray:
+    """Per row: the ranking's weighted mean of the members' centred ranks within the row's date (0 where none forecasts)."""
+    from ibf_core.models.gbdt import centred_rank
+
+    weights = {m: w for m, w in ((ranking or {}).get("weights") or {}).items() if m in wide.columns}
+    if not weights:
+        return np.zeros(len(wide))
+    members = list(weights)
+    ranks = centred_rank(wide[members].astype(np.float64), dates).to_numpy(dtype=np.float64)
+    w = np.array([weights[m] for m in members])
+    present = np.isfinite(ranks)
+    mass = present @ w
+    total = np.where(present, ranks, 0.0) @ w
+    return np.divide(total, mass, out=np.zeros(len(wide)), where=mass > 0)
 
 
 def combine(frame: pd.DataFrame, choice: dict[str, Any]) -> np.ndarray:
-    """The weighted forecast per row; where members have no forecast (NaN) the weights of the others are renormalized.
+    """The weighted forecast per row, times the choice's shrinkage towards the random walk (``shrink``, 1 in bundles
+    saved before it existed); where members have no forecast (NaN) the weights of the others are renormalized.
 
     A row whose forecasting members all carry weight 0 gets their equal-weighted mean; a row no member
-    forecasts is NaN.
+    forecasts is NaN. A shrinkage of 0 is the random walk: 0 on every row.
     """
+    shrink = float(choice.get("shrink", 1.0))
+    if shrink == 0.0:
+        return np.zeros(len(frame))
     members = list(choice["weights"])
     preds = frame[members].to_numpy(dtype=np.float64)
     weights = np.array([choice["weights"][m] for m in members])
     present = np.isfinite(preds)
     if present.all():
-        return _combine(preds, choice["weights"], members)
+        return shrink * _combine(preds, choice["weights"], members)
     filled = np.where(present, preds, 0.0)
     mass = present @ weights
     weighted = np.divide(filled @ weights, mass, out=np.full(len(preds), np.nan), where=mass > 0)
     count = present.sum(axis=1)
     equal = np.divide(filled.sum(axis=1), count, out=np.full(len(preds), np.nan), where=count > 0)
-    return np.where(mass > 0, weighted, equal)
+    return shrink * np.where(mass > 0, weighted, equal)
+
+
+def rule(choice: dict[str, Any]) -> dict[str, Any]:
+    """What the ensemble decided at one horizon, in brief: the point forecast's method and shrinkage, and the ranking."""
+    ranking = choice.get("ranking") or {}
+    evidence = choice.get("evidence") or {}
+    return {
+        "method": choice.get("method"),
+        "shrink": choice.get("shrink", 1.0),
+        "independent_targets": evidence.get("independent_targets"),
+        "shrink_reason": evidence.get("reason", "chosen before the shrinkage rule existed (no shrinkage)"),
+        "ranking_source": ranking.get("source", "pred_return (before the ranking choice existed)"),
+        "ranking_weights": ranking.get("weights"),
+        "ranking_reason": ranking.get("reason"),
+    }
 
 
 def interval_scale(vol: np.ndarray, h: int, fallback: float) -> np.ndarray:

@@ -11,7 +11,9 @@ need no change.
 
 Built-in members: ``naive`` (random walk: zero return) and ``drift`` (trailing mean return) are baselines
 every bundle holds; ``lstm`` and ``tft`` wrap ``neural.py``; ``gbdt`` (raw features) and ``gbdt_rank``
-(cross-sectionally rank-normalised features and labels, scaled back to a return) wrap ``gbdt.py``.
+(cross-sectionally rank-normalised features and labels, scaled back to a return) wrap ``gbdt.py``;
+``reversal_1``, ``reversal_5``, ``momentum_20`` and ``momentum_12_1`` are the textbook factors of ``factors.py``
+(a centred cross-sectional rank scaled to a return, like ``gbdt_rank``).
 """
 
 from __future__ import annotations
@@ -355,6 +357,84 @@ class GBDTRank(Member):
         return cls(inputs, *gbdt.load_rank(folder))
 
 
+class FactorMember(Member):
+    """A textbook price factor as a member (``factors.py``): its centred cross-sectional rank x a fitted return scale."""
+
+    factor_name: ClassVar[str]
+    finite = False  # NaN where the factor lacks history (12-1 momentum needs 253 sessions)
+
+    def __init__(self, inputs: Inputs, scales: dict[int, float] | None = None, evidence: dict[str, Any] | None = None) -> None:
+        super().__init__(inputs)
+        self.scales = scales or {}  # h -> return per unit of centred rank, fitted on the training rows
+        self.evidence = evidence or {}  # str(h) -> training-window rank IC {"mean", "t", "n_dates"}
+
+    @property
+    def factor(self):
+        from ibf_core.models.factors import FACTOR_BY_NAME
+
+        return FACTOR_BY_NAME[self.factor_name]
+
+    @classmethod
+    def history_sessions(cls, config: ModelConfig) -> int:
+        from ibf_core.models.factors import FACTOR_BY_NAME
+
+        return FACTOR_BY_NAME[cls.factor_name].history_sessions
+
+    @classmethod
+    def train_sessions(cls, config: ModelConfig) -> int:
+        # one horizon of realized targets fits the scale; a factor without history forecasts nothing (NaN)
+        return config.max_horizon
+
+    def forecastable(self, panel: pd.DataFrame, origins: pd.DataFrame) -> np.ndarray:
+        import numpy as np
+
+        from ibf_core.models.factors import predict_factor
+
+        values = predict_factor({1: 1.0}, panel, origins, self.factor, (1,))["h1"].to_numpy()
+        return np.isfinite(values)
+
+    def fit(self, train: pd.DataFrame, device: str = "cpu") -> dict[str, Any]:
+        from ibf_core.models.factors import fit_factor
+
+        self.scales, facts = fit_factor(train, self.factor, self.config.horizons)
+        self.evidence = facts["training_rank_ic"]
+        return facts
+
+    def predict(self, panel: pd.DataFrame, origins: pd.DataFrame) -> pd.DataFrame:
+        from ibf_core.models.factors import predict_factor
+
+        return predict_factor(self.scales, panel, origins, self.factor, self.config.horizons).reset_index(drop=True)
+
+    def save(self, folder: Path) -> None:
+        import json
+
+        folder.mkdir(parents=True, exist_ok=True)
+        state = {"factor": self.factor_name, "scales": {str(h): v for h, v in self.scales.items()}, "training_rank_ic": self.evidence}
+        (folder / "factor.json").write_text(json.dumps(state, indent=1))
+
+    @classmethod
+    def load(cls, folder: Path, inputs: Inputs) -> Member:
+        import json
+
+        state = json.loads((folder / "factor.json").read_text())
+        return cls(inputs, {int(h): float(v) for h, v in state["scales"].items()}, state.get("training_rank_ic", {}))
+
+
+def _factor_member(name: str) -> type[Member]:
+    """The member class of factor ``name`` (``factors.FACTORS``), saved under ``factors/<name>/``."""
+    return register(type(f"Factor_{name}", (FactorMember,), {"name": name, "factor_name": name, "folder": f"factors/{name}"}))
+
+
+REVERSAL_1 = _factor_member("reversal_1")
+REVERSAL_5 = _factor_member("reversal_5")
+MOMENTUM_20 = _factor_member("momentum_20")
+MOMENTUM_12_1 = _factor_member("momentum_12_1")
+
+
+def factor_members() -> tuple[str, ...]:
+    return tuple(n for n, c in _REGISTRY.items() if issubclass(c, FactorMember))
+
+
 def neural_warmup(config: ModelConfig) -> int:
     """Bars before every configured neural input exists (the longest of their own warm-ups)."""
     from ibf_core.features.pipeline import feature_by_name
@@ -366,8 +446,10 @@ def neural_warmup(config: ModelConfig) -> int:
 __all__ = [
     "Inputs",
     "Member",
+    "FactorMember",
     "baseline_members",
     "bundle_members",
+    "factor_members",
     "member_class",
     "neural_members",
     "neural_warmup",

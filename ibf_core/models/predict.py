@@ -7,7 +7,7 @@ import pandas as pd
 
 from ibf_core.models import ModelDataError
 from ibf_core.models.bundle import ModelBundle
-from ibf_core.models.ensemble import combine, interval_scale, intervals
+from ibf_core.models.ensemble import combine, interval_scale, intervals, rank_score
 
 BOUNDS = ("lower_80", "upper_80", "lower_95", "upper_95")
 
@@ -70,13 +70,17 @@ def forecast(
     for h in bundle.config.horizons:
         wide = pd.DataFrame({m: f[f"h{h}"].to_numpy() for m, f in points.items()})
         choice = bundle.ensemble.get(str(h))
+        ranking = None
         if choice is not None:
+            ranking = rank_score(wide, origins["date"].to_numpy(), choice.get("ranking")) if "ranking" in choice else None
             wide["ensemble"] = combine(wide, choice)
         scale = interval_scale(scale_vol, h, bundle.vol_fallback)
         for member in wide.columns:
             part = pd.DataFrame(
                 {"symbol": origins["symbol"].to_numpy(), "date": origins["date"].to_numpy(), "horizon": h, "member": member, "pred": wide[member].to_numpy()}
             )
+            if member == "ensemble" and ranking is not None:
+                part["rank_score"] = ranking  # what ``rank`` orders (the ranking choice), beside the point forecast
             quantiles = bundle.conformal.get(member, {}).get(str(h)) if with_intervals else None
             for key in BOUNDS:
                 part[key] = np.nan
@@ -88,7 +92,11 @@ def forecast(
 
 
 def rank_cross_section(frame: pd.DataFrame, value: str = "pred_return") -> pd.Series:
-    """Rank 1 = highest expected return among the symbols of the same (date, horizon)."""
+    """Rank 1 = highest expected return among the symbols of the same (date, horizon).
+
+    Ordered by ``rank_score`` (the ensemble's ranking choice) where the frame has one, else by ``value``."""
+    if "rank_score" in frame.columns and frame["rank_score"].notna().any():
+        value = "rank_score"
     return frame.groupby(["date", "horizon"])[value].rank(ascending=False, method="first").astype("int64")
 
 

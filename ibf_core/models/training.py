@@ -379,12 +379,26 @@ def ensemble_weights(
     from ibf_core.models.predict import forecast
 
     long = forecast(bundle, data, origins, with_intervals=False, points=points)
+    prior = factor_evidence(bundle)
     choices = {}
     for h in bundle.config.horizons:
-        wide = long[long["horizon"] == h].pivot_table(index=["symbol", "date"], columns="member", values="pred").reset_index()
+        # pivot, not pivot_table: a member with no forecast anywhere (NaN) keeps its column
+        wide = long[long["horizon"] == h].pivot(index=["symbol", "date"], columns="member", values="pred").reset_index()
         wide = wide.merge(realized[realized["horizon"] == h], on=["symbol", "date"], how="left")
-        choices[str(h)] = ensemble.choose_weights(wide, list(bundle.config.members))
+        choices[str(h)] = ensemble.choose_weights(wide, list(bundle.config.members), h, bundle.config.min_independent_targets, prior.get(str(h)))
     return choices
+
+
+def factor_evidence(bundle: ModelBundle) -> dict[str, dict[str, dict[str, Any]]]:
+    """str(h) -> factor member -> its training-window rank IC ``{"mean", "t"}`` (the ranking's fallback evidence)."""
+    from ibf_core.models.members import FactorMember
+
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for name, member in bundle.members.items():
+        if isinstance(member, FactorMember):
+            for h, ic in member.evidence.items():
+                out.setdefault(str(h), {})[name] = ic
+    return out
 
 
 def conformal_quantiles(
@@ -421,7 +435,8 @@ def validate(
     long = forecast(bundle, data, origins, points=points).merge(realized, on=["symbol", "date", "horizon"], how="left")
     rows = []
     for (h, member), part in long.groupby(["horizon", "member"], sort=True):
-        rows.append({"horizon": int(h), "member": member, **member_metrics(part, int(h), p0=bundle.up_rate[str(h)])})
+        rank_by = "rank_score" if member == "ensemble" else None  # the ensemble ranks by its own choice
+        rows.append({"horizon": int(h), "member": member, **member_metrics(part, int(h), p0=bundle.up_rate[str(h)], rank_by=rank_by)})
     return rows
 
 

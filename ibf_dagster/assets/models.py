@@ -123,7 +123,10 @@ def _result(bundle, registered, settings: Settings, elapsed: float, run_link: st
     validation = pd.DataFrame(bundle.validation)
     table = validation[["horizon", "member", "n", "mae", "rel_mae_vs_naive", "da", "rank_ic_mean", "dm_pvalue", "coverage_80", "coverage_95"]]
     finite = validation[["mae", "rel_mae_vs_naive"]].notna().all().all() and len(bundle.conformal) > 0
+    from ibf_core.models.ensemble import rule
+
     weights = {h: {"method": c["method"], **{m: round(w, 3) for m, w in c["weights"].items()}} for h, c in bundle.ensemble.items()}
+    rules = pd.DataFrame([{"horizon": int(h), **rule(c)} for h, c in bundle.ensemble.items()])
     importance = bundle.facts.get("importance")
     return dg.MaterializeResult(
         metadata={
@@ -148,6 +151,8 @@ def _result(bundle, registered, settings: Settings, elapsed: float, run_link: st
             "neural_features_left_out": dg.MetadataValue.json(bundle.facts.get("neural_features_left_out", {})),
             "missing_sessions": dg.MetadataValue.json(bundle.facts.get("missing_sessions", {})),
             "ensemble_weights": dg.MetadataValue.json(weights),
+            # per horizon: the point forecast's shrinkage towards the random walk and the ranking's weights, with why
+            "ensemble_rules": dg.MetadataValue.md(markdown_table(rules, max_rows=len(rules))),
             "validation": dg.MetadataValue.md(markdown_table(table, max_rows=len(table))),
             # permutation importance by feature group on the validation window (+ LightGBM gain shares);
             # the numbers are MLflow metrics importance/<member>/h<h>/<group> and the run's importance.json
