@@ -42,6 +42,15 @@ def matured_outcomes(predictions: pd.DataFrame, bars: pd.DataFrame, as_of: dt.da
     return out.drop(columns=["_c0", "_a0", "_a1"]).reset_index(drop=True)
 
 
+def served_order(outcomes: pd.DataFrame) -> pd.DataFrame:
+    """``outcomes`` with ``served_order``: what ``rank`` ordered (``rank_score``; ``pred_return`` in rows written
+    before the ranking was chosen apart from the point forecast), so the monitored rank IC is the served ranking's."""
+    order = outcomes["pred_return"]
+    if "rank_score" in outcomes.columns:
+        order = pd.to_numeric(outcomes["rank_score"], errors="coerce").fillna(order)
+    return outcomes.assign(served_order=order)
+
+
 # The same outcome columns as ``matured_outcomes``, always current, for SQL users (a view: nothing to refresh).
 # Declared here, gathered by ``ibf_core.catalog``; a change of the SQL reaches existing warehouses (its version).
 FORECAST_OUTCOMES = ViewSpec(
@@ -100,7 +109,7 @@ def rolling_performance(outcomes: pd.DataFrame, as_of: dt.date | pd.Timestamp, w
         )
     out = pd.DataFrame(rows, columns=["symbol", "n", "mae", "mape", "rmse", "mase", "da", "coverage_80", "coverage_95", "rank_ic"])
     if len(part):
-        ic = cross_sectional_ic(part, "pred_return", "realized_return", "spearman")
+        ic = cross_sectional_ic(served_order(part), "served_order", "realized_return", "spearman")
         out.loc[out["symbol"] == POOLED, "rank_ic"] = ic.mean() if len(ic) else np.nan
     return out
 
@@ -274,7 +283,7 @@ def _performance_rows(symbols, part: pd.DataFrame, as_of, policy: DriftPolicy) -
     pooled = _metrics(columns)
     ic = np.nan
     if len(part):
-        ics = cross_sectional_ic(part, "pred_return", "realized_return", "spearman")
+        ics = cross_sectional_ic(served_order(part), "served_order", "realized_return", "spearman")
         ic = ics.mean() if len(ics) else np.nan
     names = part["symbol"].to_numpy() if len(part) else np.empty(0, dtype=object)
     order = np.argsort(names, kind="stable")  # groupby order: each symbol's rows as they come in ``part``
@@ -452,10 +461,10 @@ def symbol_drift_rows(
 
 # What a drift row is computed from besides its inputs: bump when the scoring itself changes, and every stored row
 # is rescored by the next run (its digest no longer matches).
-SCORING_VERSION = "2"
+SCORING_VERSION = "3"  # 3: the monitored rank IC is the served ranking's (``served_order``)
 _OUTCOME_DIGEST_COLUMNS = [
     "symbol", "date", "target_date", "pred_return", "pred_price", "lower_80", "upper_80", "lower_95", "upper_95",
-    "realized_price", "realized_return",
+    "rank_score", "realized_price", "realized_return",
 ]
 
 
@@ -519,7 +528,7 @@ class _ScoringInputs:
         self.usable = {k: (dates[a:b], values[a:b]) for k, a, b in zip(keys, starts, stops)}
         self.empty = (dates[:0], values[:0])
 
-        columns = ["symbol", "date", "horizon", "target_date", "pred_return", "pred_price", "lower_80", "upper_80", "lower_95", "upper_95"]
+        columns = ["symbol", "date", "horizon", "target_date", "pred_return", "pred_price", "lower_80", "upper_80", "lower_95", "upper_95", "rank_score"]
         predictions = _frame(store.read_partitions(PREDICTIONS, universe, columns))
         predictions = predictions[(predictions["horizon"] == policy.horizon) & predictions["date"].between(first, end_ts)]
         predictions = predictions.assign(target_date=pd.to_datetime(predictions["target_date"]))

@@ -55,7 +55,12 @@ def test_the_group_with_all_the_signal_ranks_first_for_gbdt_by_permutation_and_b
             drops = {g: row["rank_ic_drop"] for g, row in table.items()}
             rises = {g: row["mse_rise"] for g, row in table.items()}
             assert max(drops, key=drops.get) == SIGNAL, drops
-            assert max(rises, key=rises.get) == SIGNAL, rises
+            if member == "ensemble" and bundle.ensemble[h]["shrink"] == 0.0:
+                # 40 validation dates / h=5 = 8 independent targets: the point forecast is the random walk, which
+                # reads nothing, so no permutation moves its error (the ranking still reads the signal)
+                assert set(rises.values()) == {0.0}, rises
+            else:
+                assert max(rises, key=rises.get) == SIGNAL, rises
             assert drops[SIGNAL] > 0.3 and drops[SIGNAL] > 5 * max(abs(v) for g, v in drops.items() if g != SIGNAL)
             assert table[SIGNAL]["repeats"] == 3 and table[SIGNAL]["rank_ic_drop_std"] >= 0
             assert importance["baseline"][member][h]["rank_ic"] > 0.3  # the model found the signal

@@ -14,8 +14,8 @@ member's forecasts there are out of sample: members are fitted before it), each 
    or the window holds fewer than ``min_independent_targets`` independent targets (dates / h: overlapping 20-day
    targets of 60 origins are 3 observations). With lambda = 0 the ensemble *is* the random walk.
 2. **The ranking** (``rank``, chosen on rank IC, ``choose_ranking``): the members' centred cross-sectional ranks
-   weighted by their validation rank IC, shrunk the same way; without evidence there, by the factor members'
-   training-window rank IC; without that, equally.
+   weighted by their validation rank IC shrunk the same way, or all on the best member, whichever ranks better
+   cross-fitted; without evidence there, by the factor members' training-window rank IC; without that, equally.
 
 Intervals are split-conformal and volatility-scaled: the score of a validation forecast is
 (realized - forecast) / (trailing daily volatility x sqrt(h)); its empirical quantiles (with the (n+1)
@@ -174,29 +174,74 @@ def choose_weights(
             "cross_fitted_mse": {**scores, "naive": naive_mse}, "rows": len(complete), "ranking": ranking}
 
 
+RANKING_RULES = ("ic_weighted", "best_member")
+
+
+def _ic_evidence(frame: pd.DataFrame, members: list[str], h: int) -> dict[str, dict[str, Any]]:
+    """member -> mean per-date rank IC over ``frame``, its HLN-corrected Newey-West t and the dates."""
+    from ibf_core.evaluation.metrics import cross_sectional_ic, ic_summary
+
+    out = {}
+    for m in members:
+        summary = ic_summary(cross_sectional_ic(frame, m, "realized", "spearman"), h)
+        t = _hln(summary["t"], summary["n_dates"], h) if summary["t"] is not None else float("nan")
+        out[m] = {"rank_ic": summary["mean"], "t": round(t, 3) if math.isfinite(t) else None, "n_dates": summary["n_dates"]}
+    return out
+
+
+def _rule_weights(rule: str, evidence: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """``ic_weighted``: every member's Stein-shrunk IC; ``best_member``: all weight on the largest of them."""
+    from ibf_core.models.factors import stein_weight
+
+    shrunk = {m: stein_weight(v["rank_ic"], v["t"]) for m, v in evidence.items()}
+    if rule == "best_member" and any(w > 0 for w in shrunk.values()):
+        return {max(shrunk, key=shrunk.get): 1.0}
+    return shrunk
+
+
+def _cross_fitted_ic(rule: str, frame: pd.DataFrame, members: list[str], h: int) -> float | None:
+    """Mean per-date rank IC of ``rule``'s ranking, each half of the dates ranked with weights from the other half."""
+    from ibf_core.evaluation.metrics import cross_sectional_ic
+
+    ics = []
+    first, second = _halves(frame)
+    for fit, score in ((first, second), (second, first)):
+        if fit.empty or score.empty:
+            continue
+        weights = _rule_weights(rule, _ic_evidence(fit, members, h))
+        if sum(weights.values()) <= 0:
+            continue
+        ranked = score.assign(_score=rank_score(score[members], score["date"].to_numpy(), {"weights": weights}))
+        ics.append(cross_sectional_ic(ranked, "_score", "realized", "spearman"))
+    values = pd.concat(ics) if ics else pd.Series(dtype=float)
+    return float(values.mean()) if len(values) else None
+
+
 def choose_ranking(
     frame: pd.DataFrame, members: list[str], h: int, min_independent: float, prior: dict[str, dict[str, Any]] | None = None
 ) -> dict[str, Any]:
     """The ranking's weights of one horizon, chosen on rank IC (not on squared error), and why.
 
-    Each member's weight is its validation rank IC shrunk by its HLN-corrected Newey-West t (``stein_weight``:
-    max(0, IC) x max(0, 1 - 1/t^2)), when the window holds at least ``min_independent`` independent targets.
-    Without such evidence the factor members' training-window rank IC (``prior``, parameter-free signals over
-    the long history) is shrunk the same way; without that either, the members are weighted equally. The rank
-    score is the weighted mean of the members' centred cross-sectional ranks (``rank_score``).
+    Two rules compete on their cross-fitted rank IC (weights from one half of the validation dates rank the
+    other half, both ways): ``ic_weighted``, every member weighted by its validation rank IC shrunk by its
+    HLN-corrected Newey-West t (``stein_weight``: max(0, IC) x max(0, 1 - 1/t^2)), and ``best_member``, all
+    weight on the member with the largest of those (mixing a strong signal with a correlated weaker one dilutes
+    it). The winner's weights are refitted on the whole window, when it holds at least ``min_independent``
+    independent targets. Without such evidence the factor members' training-window rank IC (``prior``,
+    parameter-free signals over the long history) is shrunk the same way; without that either, the members are
+    weighted equally. The rank score is the weighted mean of the members' centred cross-sectional ranks
+    (``rank_score``).
     """
-    from ibf_core.evaluation.metrics import cross_sectional_ic, ic_summary
     from ibf_core.models.factors import stein_weight
 
-    validation: dict[str, dict[str, Any]] = {}
+    validation = _ic_evidence(frame, members, h)
     n_dates = int(frame["date"].nunique()) if len(frame) else 0
     n_eff = independent_targets(n_dates, h)
-    for m in members:
-        summary = ic_summary(cross_sectional_ic(frame, m, "realized", "spearman"), h)
-        t = _hln(summary["t"], summary["n_dates"], h) if summary["t"] is not None else float("nan")
-        validation[m] = {"rank_ic": summary["mean"], "t": round(t, 3) if math.isfinite(t) else None, "n_dates": summary["n_dates"]}
-    weights = {m: stein_weight(v["rank_ic"], v["t"]) for m, v in validation.items()} if n_eff >= min_independent else {}
-    source = "validation rank IC"
+    scores = {rule: _cross_fitted_ic(rule, frame, members, h) for rule in RANKING_RULES} if n_eff >= min_independent else {}
+    valid = {k: v for k, v in scores.items() if v is not None}
+    rule = max(valid, key=lambda k: valid[k]) if valid else RANKING_RULES[0]
+    weights = _rule_weights(rule, validation) if n_eff >= min_independent else {}
+    source = f"validation rank IC ({rule})"
     reason = f"{n_eff:.1f} independent validation targets ({n_dates} dates / h={h})"
     if sum(weights.values()) <= 0:
         why = "no member's validation rank IC is distinguishable from zero" if n_eff >= min_independent else f"too few to judge ranks (< {min_independent:g})"
@@ -209,7 +254,8 @@ def choose_ranking(
             reason += "; no factor's training-window rank IC is distinguishable from zero either"
     total = sum(weights.values())
     weights = {m: round(w / total, 4) for m, w in weights.items() if w > 0} if total > 0 else {}
-    return {"weights": weights, "source": source, "reason": reason, "validation": validation}
+    return {"weights": weights, "source": source, "reason": reason, "validation": validation,
+            "cross_fitted_rank_ic": {k: (round(v, 4) if v is not None else None) for k, v in scores.items()}}
 
 
 def rank_score(wide: pd.DataFrame, dates: np.ndarray, ranking: dict[str, Any] | None) -> np.ndarray:

@@ -233,12 +233,17 @@ def _member_forecasts(member: Any, panel: pd.DataFrame, origins: pd.DataFrame, h
     return {h: np.where(able, frame[f"h{h}"].to_numpy(dtype=np.float64), np.nan) for h in horizons}
 
 
-def _ensemble(forecasts: dict[str, dict[int, np.ndarray]], choice: dict[str, Any] | None, h: int) -> np.ndarray | None:
-    from ibf_core.models.ensemble import combine
+def _ensemble(
+    forecasts: dict[str, dict[int, np.ndarray]], choice: dict[str, Any] | None, h: int, dates: np.ndarray
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """(point forecast, ranking score) of the ensemble: its MSE is the point's, its rank IC the ranking's."""
+    from ibf_core.models.ensemble import combine, rank_score
 
     if choice is None or not set(choice["weights"]) <= set(forecasts):
         return None
-    return combine(pd.DataFrame({m: forecasts[m][h] for m in choice["weights"]}), choice)
+    wide = pd.DataFrame({m: values[h] for m, values in forecasts.items()})
+    point = combine(wide[list(choice["weights"])], choice)
+    return point, (rank_score(wide, dates, choice["ranking"]) if "ranking" in choice else point)
 
 
 def _reads_slice(bundle: Any, panel: pd.DataFrame, origins: pd.DataFrame, members: dict[str, Any]) -> pd.DataFrame:
@@ -280,6 +285,7 @@ def permutation_importance(
     codes = pd.factorize(rows["date"], sort=True)[0]
     origins = rows.loc[origins.index]
     grid = _Grid(origins, horizons)
+    dates = origins["date"].to_numpy()
     reads = {n: groups_of(read_columns(m, rows)) for n, m in members.items()}
     times = {n: repeats_for(m, repeats, neural_repeats) for n, m in members.items()}
     seconds = dict.fromkeys(members, 0.0)
@@ -308,13 +314,15 @@ def permutation_importance(
 
     scores: dict[str, dict[int, dict[str, tuple[list[float], list[float]]]]] = {}
 
-    def score(name: str, h: int, group: str, changed: np.ndarray, unchanged: np.ndarray) -> None:
+    def score(name: str, h: int, group: str, changed: np.ndarray, unchanged: np.ndarray, orders: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+        """``orders``: (changed, unchanged) rankings when they are not the forecasts themselves (the ensemble)."""
         real = grid.realized[h]
         p, b = grid.dense(changed), grid.dense(unchanged)
         ok = np.isfinite(p) & np.isfinite(b) & np.isfinite(real)
         p, b = np.where(ok, p, np.nan), np.where(ok, b, np.nan)
+        rp, rb = (np.where(ok, grid.dense(orders[0]), np.nan), np.where(ok, grid.dense(orders[1]), np.nan)) if orders else (p, b)
         drops, rises = scores.setdefault(name, {}).setdefault(h, {}).setdefault(group, ([], []))
-        drops.append(rank_ic(b, real) - rank_ic(p, real))
+        drops.append(rank_ic(rb, real) - rank_ic(rp, real))
         rises.append(mse(p, real) - mse(b, real))
 
     ensemble_repeats = min(times.values(), default=0)
@@ -327,19 +335,19 @@ def permutation_importance(
             every = {n: by_member.get(n, base[n]) for n in members}
             for h in horizons:
                 choice = bundle.ensemble.get(str(h))
-                changed, unchanged = _ensemble(every, choice, h), _ensemble(base, choice, h)
+                changed, unchanged = _ensemble(every, choice, h, dates), _ensemble(base, choice, h, dates)
                 if changed is not None and unchanged is not None:
-                    score("ensemble", h, group, changed, unchanged)
+                    score("ensemble", h, group, changed[0], unchanged[0], (changed[1], unchanged[1]))
 
     baseline = {}
     for name in [*members, "ensemble"]:
         for h in horizons:
-            values = base[name][h] if name in base else _ensemble(base, bundle.ensemble.get(str(h)), h)
-            if values is None:
+            both = (base[name][h],) * 2 if name in base else _ensemble(base, bundle.ensemble.get(str(h)), h, dates)
+            if both is None:
                 continue
-            dense = grid.dense(values)
+            dense = grid.dense(both[0])
             baseline.setdefault(name, {})[str(h)] = {
-                "rank_ic": _clean(rank_ic(dense, grid.realized[h])),
+                "rank_ic": _clean(rank_ic(grid.dense(both[1]), grid.realized[h])),
                 "mse": _clean(mse(dense, grid.realized[h])),
                 "n": int((np.isfinite(dense) & np.isfinite(grid.realized[h])).sum()),
             }

@@ -393,6 +393,10 @@ class FactorMember(Member):
         values = predict_factor({1: 1.0}, panel, origins, self.factor, (1,))["h1"].to_numpy()
         return np.isfinite(values)
 
+    def importance_columns(self) -> list[str]:
+        """No feature group: a factor reads adjusted closes only (permutation importance leaves it unchanged)."""
+        return []
+
     def fit(self, train: pd.DataFrame, device: str = "cpu") -> dict[str, Any]:
         from ibf_core.models.factors import fit_factor
 

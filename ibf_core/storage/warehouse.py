@@ -193,9 +193,10 @@ class Warehouse(TableStore):
         return ViewSpec(spec.name, f"SELECT * FROM read_parquet('{pattern}', union_by_name = true)")
 
     def _ensure_folder(self, spec: TableSpec) -> None:
-        """The table folder with its empty schema file, so the view reads no rows rather than failing."""
+        """The table folder with its empty schema file, so the view reads no rows rather than failing; a schema file
+        of an older declaration (a column added since) is rewritten, so reads see the new column as NULL in old files."""
         schema_file = self.table_dir(spec) / SCHEMA_FILE
-        if not schema_file.exists():
+        if not schema_file.exists() or pq.read_schema(schema_file).names != spec.column_names:
             atomic.write_parquet(schema_file, spec.schema.empty_table())
 
     def ensure_table(self, spec: TableSpec) -> None:
@@ -454,6 +455,9 @@ class Warehouse(TableStore):
         files = [str(self._symbol_file(spec, s)) for s in wanted]
         if not files:
             return empty_frame(spec)[list(columns)] if columns else empty_frame(spec)
+        schema_file = self.table_dir(spec) / SCHEMA_FILE
+        if schema_file.exists():  # first, so a column declared after older files were written reads as NULL there
+            files.insert(0, str(schema_file))
         conditions, params = [], []
         if start is not None:
             conditions.append("date >= ?")

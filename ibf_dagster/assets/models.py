@@ -28,8 +28,9 @@ def build_trained_models(settings: Settings) -> dg.AssetsDefinition:
     @dg.asset(
         name="trained_models",
         description=(
-            "Global LSTM and TFT (NeuralForecast) and LightGBM members plus random-walk/drift baselines and an "
-            "ensemble (equal / inverse-error / stacking weights chosen on validation), trained on every symbol's "
+            "Global LSTM and TFT (NeuralForecast), LightGBM and textbook-factor members plus random-walk/drift baselines "
+            "and an ensemble (weights chosen on validation, shrunk towards the random walk unless the evidence holds; "
+            "the ranking chosen on rank IC), trained on every symbol's "
             "`features` up to the partition's cut-off date, with conformal 80%/95% intervals calibrated on a "
             "held-out validation window. Logged to MLflow (dagster-mlflow) and registered in the Model Registry."
         ),
