@@ -55,9 +55,10 @@ def served_order(outcomes: pd.DataFrame) -> pd.DataFrame:
 # Declared here, gathered by ``ibf_core.catalog``; a change of the SQL reaches existing warehouses (its version).
 FORECAST_OUTCOMES = ViewSpec(
     name="forecast_outcomes",
-    description="Matured forecasts with the realized price and return (the columns of matured_outcomes).",
+    description="Matured forecasts with the realized price and return (the columns of matured_outcomes); rank_score is "
+    "what rank ordered (NULL in rows written before the ranking was chosen apart from pred_return).",
     sql="""
-SELECT p.symbol, p.date, p.horizon, p.target_date, p.model_version, p.pred_return, p.pred_price,
+SELECT p.symbol, p.date, p.horizon, p.target_date, p.model_version, p.pred_return, p.pred_price, p.rank_score,
        b.close AS realized_price, ln(b.adj_close / a.adj_close) AS realized_return,
        abs(p.pred_return - ln(b.adj_close / a.adj_close)) AS abs_error,
        abs(p.pred_price - b.close) / b.close AS pct_error,

@@ -142,6 +142,8 @@ def test_bundle_records_the_rules_and_serves_the_fallbacks(factor_bundle, tmp_pa
     # h = 20: 3 independent targets -> the random walk and the factors' training-window evidence
     assert twenty["shrink"] == 0.0 and "too few" in twenty["evidence"]["reason"]
     assert not twenty["ranking"]["source"].startswith("validation rank IC")
+    assert set(bundle.facts["too_few_independent_targets"]) == {"20"}  # 60 / 5 = 12 >= 10 judges h=5
+    assert "random walk" in bundle.facts["too_few_independent_targets"]["20"]
     save_bundle(bundle, tmp_path / "b")
     loaded = load_bundle(tmp_path / "b")
     assert loaded.ensemble == bundle.ensemble

@@ -308,3 +308,23 @@ def test_read_cache_answers_from_memory_until_a_writer_swaps_a_file_in(ibf_home)
     after = cached.query(count)
     assert cached.misses == 3 and after["s"].iloc[0] != before["s"].iloc[0]
     assert after.equals(store.query(count))
+
+
+def test_a_column_declared_after_the_files_were_written_reads_as_null(ibf_home):
+    """Schema evolution: an optional column added to a table (``rank_score`` in ``predictions``) must not break
+    reads that name it over files written before it existed, once a writer has ensured the table."""
+    import dataclasses
+
+    import pyarrow as pa
+
+    from ibf_core.storage.tables import SCHEMA_FILE, Column
+
+    wh = Warehouse(ibf_home)
+    bars = canonical(make_bars(end="2021-03-31"))
+    wh.replace_slice(MARKET_BARS, bars, ["AAA", "BBB"], "2021-01-01", "2021-03-31")
+    newer = dataclasses.replace(MARKET_BARS, columns=(*MARKET_BARS.columns, Column("extra", pa.float64(), "added later", optional=True)))
+    wh.ensure_table(newer)  # what every writer does first
+    assert pq.read_schema(wh.table_dir(newer) / SCHEMA_FILE).names == newer.column_names
+    read = wh.read(newer, ["AAA"], columns=["symbol", "date", "close", "extra"])
+    assert len(read) == (bars["symbol"] == "AAA").sum() and read["extra"].isna().all()
+    assert read["close"].notna().all()

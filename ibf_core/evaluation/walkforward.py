@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,10 +128,13 @@ def walk_forward(
 def versus_best_factor(panel: pd.DataFrame, forecasts: pd.DataFrame, factors: dict[str, Any], horizons) -> dict[str, Any]:
     """str(h) -> the ensemble's ranking against the factor with the best test rank IC, date by date.
 
-    The difference of the two per-date rank ICs is tested with a Newey-West t (h-1 lags): ``below_by_more_than_noise``
-    is t < -2. The best factor is picked on the test origins themselves, which favours it."""
+    The difference of the two per-date rank ICs is tested with a Newey-West t (h-1 lags, HLN-corrected as the DM
+    test is): ``below_by_more_than_noise`` is t < -2, judged only where the test dates hold at least
+    ``MIN_INDEPENDENT_TARGETS`` independent h-day targets (dates / h; ``judged``). The best factor is picked on the
+    test origins themselves, which favours it."""
     from ibf_core.evaluation.factors import factor_table
     from ibf_core.evaluation.metrics import cross_sectional_ic, ic_summary
+    from ibf_core.models.ensemble import MIN_INDEPENDENT_TARGETS, hln, independent_targets
 
     table = factor_table(panel)
     out: dict[str, Any] = {}
@@ -146,14 +150,19 @@ def versus_best_factor(panel: pd.DataFrame, forecasts: pd.DataFrame, factors: di
         theirs = cross_sectional_ic(rows, best, "realized", "spearman")
         both = pd.concat([ours, theirs], axis=1, join="inner")
         diff = ic_summary(both.iloc[:, 0] - both.iloc[:, 1], h)
+        t = hln(diff["t"], diff["n_dates"], h) if diff["t"] is not None else float("nan")
+        independent = independent_targets(diff["n_dates"], h)
+        judged = independent >= MIN_INDEPENDENT_TARGETS and math.isfinite(t)
         out[str(h)] = {
             "best_factor": best,
             "best_factor_rank_ic": scored[best]["rank_ic_mean"],
             "ensemble_rank_ic": _mean(ours),
             "difference": diff["mean"],
-            "difference_t": diff["t"],
+            "difference_t": round(t, 3) if math.isfinite(t) else None,
             "n_dates": diff["n_dates"],
-            "below_by_more_than_noise": bool(diff["t"] is not None and diff["t"] < -2.0),
+            "independent_test_targets": round(independent, 1),
+            "judged": judged,
+            "below_by_more_than_noise": bool(judged and t < -2.0),
         }
     return out
 
@@ -175,6 +184,7 @@ def harm_markdown(results: dict[str, Any]) -> str:
             "rank IC (t)": _ic_text(ens.get("rank_ic_mean"), ens.get("rank_ic_t")),
             "best factor (rank IC)": f"{versus['best_factor']} {versus['best_factor_rank_ic']:.3f}" if versus.get("best_factor") else None,
             "difference t": versus.get("difference_t"),
+            "judged": None if not versus.get("best_factor") else ("yes" if versus.get("judged") else f"no ({versus.get('independent_test_targets')} independent)"),
             "shrink per fold": ", ".join(f"{f.get('shrink', 1.0):.2f}" for f in folds) or None,
             "ranking per fold": "; ".join(str(f.get("ranking_source")) for f in folds) or None,
         })
@@ -183,7 +193,8 @@ def harm_markdown(results: dict[str, Any]) -> str:
         "`MAE vs RW` at most 1 within noise (`DM p (worse)`: one-sided Diebold-Mariano p that the ensemble's absolute "
         "error is larger than the random walk's; `–` where the ensemble is the random walk, shrink 0). The ensemble's rank "
         "IC is that of its `rank` (the ranking choice); `difference t` is the Newey-West t of its per-date rank IC minus "
-        "the best factor's (picked on these test origins), below -2 is worse than noise.", "",
+        "the best factor's (picked on these test origins; HLN-corrected), below -2 is worse than noise where the test "
+        "dates hold at least 10 independent targets (`judged`).", "",
         _table(rows) if rows else "_no horizons_", "",
     ])
 

@@ -9,9 +9,9 @@ member's forecasts there are out of sample: members are fitted before it), each 
    sum to 1) over the members forecasting at least half the rows. Each is cross-fitted (weights from one half of
    the validation dates forecast the other half, both ways) and the lowest cross-fitted MSE wins; its weights are
    then refitted on the whole window. The combination is multiplied by a shrinkage ``lambda`` in [0, 1] towards
-   the random walk (``shrinkage``): the slope of the realized return on the cross-fitted forecast, shrunk by
-   its date-clustered, Newey-West, HLN-corrected t (positive-part Stein), and 0 when the slope is not positive
-   or the window holds fewer than ``min_independent_targets`` independent targets (dates / h: overlapping 20-day
+   the random walk (``shrinkage``): the slope of the realized return on the cross-fitted forecast (at most 1),
+   times 1 - 1/t^2 with t its date-clustered, Newey-West, HLN-corrected t-statistic, and 0 unless t >= 2 and
+   the window holds at least ``min_independent_targets`` independent targets (dates / h: overlapping 20-day
    targets of 60 origins are 3 observations). With lambda = 0 the ensemble *is* the random walk.
 2. **The ranking** (``rank``, chosen on rank IC, ``choose_ranking``): the members' centred cross-sectional ranks
    weighted by their validation rank IC shrunk the same way, or all on the best member, whichever ranks better
@@ -61,6 +61,7 @@ def _combine(preds: np.ndarray, weights: dict[str, float], members: list[str]) -
 
 MIN_COVERAGE = 0.5  # a member forecasting fewer of the validation rows is left out of the choice
 MIN_INDEPENDENT_TARGETS = 10  # ModelConfig.min_independent_targets' default
+MIN_SHRINK_T = 2.0  # the point forecast leaves the random walk only on significant evidence
 
 
 def independent_targets(n_dates: int, h: int) -> float:
@@ -68,7 +69,7 @@ def independent_targets(n_dates: int, h: int) -> float:
     return n_dates / max(int(h), 1)
 
 
-def _hln(t: float, n: int, h: int) -> float:
+def hln(t: float, n: int, h: int) -> float:
     """The Harvey-Leybourne-Newbold small-sample correction of a Newey-West t over n overlapping h-step targets."""
     factor = (n + 1 - 2 * h + h * (h - 1) / n) / n if n > 0 else 0.0
     return t * math.sqrt(factor) if factor > 0 and math.isfinite(t) else float("nan")
@@ -110,9 +111,9 @@ def shrinkage(pred: np.ndarray, realized: np.ndarray, dates: np.ndarray, h: int,
 
     beta = sum(pred x realized) / sum(pred^2) (no intercept: the best multiple of the forecast under squared
     loss); its standard error clusters each date's cross-section and is Newey-West over dates with h-1 lags
-    (overlapping targets), HLN-corrected. lambda = min(1, beta x max(0, 1 - 1/t^2)) (a positive-part Stein
-    shrinkage of the slope towards 0), and 0 when beta <= 0 or the window holds fewer than ``min_independent``
-    independent targets (dates / h).
+    (overlapping targets), HLN-corrected. lambda = min(1, beta) x (1 - 1/t^2) (the slope, never above 1, shrunk
+    towards 0 by its own noise as positive-part Stein does), and 0 unless t >= ``MIN_SHRINK_T`` (a one-sided
+    test at about 2.5%) and the window holds at least ``min_independent`` independent targets (dates / h).
     """
     from ibf_core.evaluation.metrics import newey_west_variance
 
@@ -130,11 +131,11 @@ def shrinkage(pred: np.ndarray, realized: np.ndarray, dates: np.ndarray, h: int,
     beta = float(per_date["fy"].sum()) / total
     scores = (per_date["fy"] - beta * per_date["ff"]).to_numpy()
     variance = n_dates * newey_west_variance(scores, h - 1) / total**2
-    t = _hln(beta / math.sqrt(variance), n_dates, h) if variance > 0 else float("nan")
+    t = hln(beta / math.sqrt(variance), n_dates, h) if variance > 0 else float("nan")
     out.update(beta=round(beta, 4), t=round(t, 3) if math.isfinite(t) else None)
-    if not (beta > 0 and math.isfinite(t) and t > 1):
-        return {**out, "lambda": 0.0, "reason": f"no evidence the forecasts move with the outcome (beta {beta:.3f}, t {t:.2f} <= 1): the random walk is served"}
-    lam = min(1.0, beta * (1.0 - 1.0 / t**2))
+    if not (beta > 0 and math.isfinite(t) and t >= MIN_SHRINK_T):
+        return {**out, "lambda": 0.0, "reason": f"the forecasts do not move with the outcome significantly (beta {beta:.3f}, t {t:.2f} < {MIN_SHRINK_T:g}): the random walk is served"}
+    lam = min(1.0, beta) * (1.0 - 1.0 / t**2)
     return {**out, "lambda": round(lam, 4), "reason": f"beta {beta:.3f} with t {t:.2f}: the forecast is scaled by {lam:.3f} towards the random walk"}
 
 
@@ -184,7 +185,7 @@ def _ic_evidence(frame: pd.DataFrame, members: list[str], h: int) -> dict[str, d
     out = {}
     for m in members:
         summary = ic_summary(cross_sectional_ic(frame, m, "realized", "spearman"), h)
-        t = _hln(summary["t"], summary["n_dates"], h) if summary["t"] is not None else float("nan")
+        t = hln(summary["t"], summary["n_dates"], h) if summary["t"] is not None else float("nan")
         out[m] = {"rank_ic": summary["mean"], "t": round(t, 3) if math.isfinite(t) else None, "n_dates": summary["n_dates"]}
     return out
 

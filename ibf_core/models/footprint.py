@@ -54,12 +54,13 @@ class Footprint:
 def estimate(rows: int, columns: int, symbols: int, sessions: int, config) -> Footprint:
     """The peak memory of ``train_models`` on a panel of ``rows`` x ``columns`` (``symbols``, the longest history
     ``sessions``) with ``config``'s members."""
-    from ibf_core.models.members import member_class
+    from ibf_core.models.members import FactorMember, member_class
     from ibf_core.models.neural import PREDICT_CHUNK_ORIGINS, future_known_features
 
     mib = 2.0**20
     parts = {"runtime": RUNTIME_MIB, "panel": rows * columns * 8 * PANEL_COPIES / mib}
-    gbdt = [m for m in config.members if not member_class(m).neural]
+    # a factor member holds one column per panel row: nothing next to the panel
+    gbdt = [m for m in config.members if not member_class(m).neural and not issubclass(member_class(m), FactorMember)]
     neural = [m for m in config.members if member_class(m).neural]
     if gbdt:
         parts["gbdt"] = rows * columns * GBDT_BYTES_PER_CELL / mib

@@ -328,6 +328,7 @@ def train_models(
             points = point_forecasts(bundle, selection.data, origins)
             realized = _realized(origins, config.horizons)
             calibrate(bundle, selection.data, origins, points, realized)
+            bundle.facts["too_few_independent_targets"] = short_horizons(bundle)
             bundle.validation = validate(bundle, selection.data, origins, points, realized)
             del points
         if importance:
@@ -389,6 +390,18 @@ def ensemble_weights(
     return choices
 
 
+def short_horizons(bundle: ModelBundle) -> dict[str, str]:
+    """str(h) -> why the validation window cannot judge that horizon (its fallbacks are served), for the training facts."""
+    out = {}
+    for h, choice in bundle.ensemble.items():
+        evidence = choice.get("evidence") or {}
+        n = evidence.get("independent_targets")
+        if n is not None and n < bundle.config.min_independent_targets:
+            out[h] = (f"{n:g} independent validation targets < {bundle.config.min_independent_targets}: the point forecast is the "
+                      f"random walk and the ranking comes from {choice['ranking']['source']}")
+    return out
+
+
 def factor_evidence(bundle: ModelBundle) -> dict[str, dict[str, dict[str, Any]]]:
     """str(h) -> factor member -> its training-window rank IC ``{"mean", "t"}`` (the ranking's fallback evidence)."""
     from ibf_core.models.members import FactorMember
@@ -417,7 +430,10 @@ def conformal_quantiles(
         try:
             quantiles.setdefault(member, {})[str(h)] = ensemble.calibrate(part["realized"].to_numpy(), part["pred"].to_numpy(), scale)
         except ValueError as exc:
-            raise ModelDataError(f"{member} at h={h}: {exc}") from None
+            if member == "ensemble" or member not in bundle.members or bundle.members[member].finite:
+                raise ModelDataError(f"{member} at h={h}: {exc}") from None
+            # a member that may forecast nothing (12-1 momentum on a year of history) has no interval there
+            bundle.facts.setdefault("intervals_left_out", {}).setdefault(member, {})[str(h)] = str(exc)
     return quantiles
 
 
