@@ -14,8 +14,8 @@ member's forecasts there are out of sample: members are fitted before it), each 
    the window holds at least ``min_independent_targets`` independent targets (dates / h: overlapping 20-day
    targets of 60 origins are 3 observations). With lambda = 0 the ensemble *is* the random walk.
 2. **The ranking** (``rank``, chosen on rank IC, ``choose_ranking``): the members' centred cross-sectional ranks
-   weighted by their validation rank IC shrunk the same way, or all on the best member, whichever ranks better
-   cross-fitted; without evidence there, by the factor members' training-window rank IC; without that, equally.
+   alike, weighted by their validation rank IC shrunk the same way, or all on the best member, whichever ranks
+   better cross-fitted; without evidence there, by the factor members' training-window rank IC; without that, equally.
 
 Intervals are split-conformal and volatility-scaled: the score of a validation forecast is
 (realized - forecast) / (trailing daily volatility x sqrt(h)); its empirical quantiles (with the (n+1)
@@ -175,7 +175,7 @@ def choose_weights(
             "cross_fitted_mse": {**scores, "naive": naive_mse}, "rows": len(complete), "ranking": ranking}
 
 
-RANKING_RULES = ("ic_weighted", "best_member")
+RANKING_RULES = ("equal", "ic_weighted", "best_member")
 
 
 def _ic_evidence(frame: pd.DataFrame, members: list[str], h: int) -> dict[str, dict[str, Any]]:
@@ -191,9 +191,12 @@ def _ic_evidence(frame: pd.DataFrame, members: list[str], h: int) -> dict[str, d
 
 
 def _rule_weights(rule: str, evidence: dict[str, dict[str, Any]]) -> dict[str, float]:
-    """``ic_weighted``: every member's Stein-shrunk IC; ``best_member``: all weight on the largest of them."""
+    """``equal``: the members with a positive rank IC alike; ``ic_weighted``: every member's Stein-shrunk IC;
+    ``best_member``: all weight on the largest of them."""
     from ibf_core.models.factors import stein_weight
 
+    if rule == "equal":
+        return {m: 1.0 for m, v in evidence.items() if (v["rank_ic"] or 0.0) > 0}
     shrunk = {m: stein_weight(v["rank_ic"], v["t"]) for m, v in evidence.items()}
     if rule == "best_member" and any(w > 0 for w in shrunk.values()):
         return {max(shrunk, key=shrunk.get): 1.0}
@@ -223,11 +226,12 @@ def choose_ranking(
 ) -> dict[str, Any]:
     """The ranking's weights of one horizon, chosen on rank IC (not on squared error), and why.
 
-    Two rules compete on their cross-fitted rank IC (weights from one half of the validation dates rank the
-    other half, both ways): ``ic_weighted``, every member weighted by its validation rank IC shrunk by its
-    HLN-corrected Newey-West t (``stein_weight``: max(0, IC) x max(0, 1 - 1/t^2)), and ``best_member``, all
-    weight on the member with the largest of those (mixing a strong signal with a correlated weaker one dilutes
-    it). The winner's weights are refitted on the whole window, when it holds at least ``min_independent``
+    Three rules compete on their cross-fitted rank IC (weights from one half of the validation dates rank the
+    other half, both ways): ``equal``, the members with a positive validation rank IC alike (a plain average is
+    hard to beat when the evidence cannot tell members apart); ``ic_weighted``, every member weighted by its
+    validation rank IC shrunk by its HLN-corrected Newey-West t (``stein_weight``: max(0, IC) x max(0, 1 - 1/t^2));
+    and ``best_member``, all weight on the member with the largest of those (mixing a strong signal with a
+    correlated weaker one dilutes it). The winner's weights are refitted on the whole window, when it holds at least ``min_independent``
     independent targets. Without such evidence the factor members' training-window rank IC (``prior``,
     parameter-free signals over the long history) is shrunk the same way; without that either, the members are
     weighted equally. The rank score is the weighted mean of the members' centred cross-sectional ranks
