@@ -639,7 +639,7 @@ def evaluate(
     import pandas as pd
 
     from ibf_core.calendar import to_date
-    from ibf_core.evaluation.walkforward import walk_forward, write_outputs
+    from ibf_core.evaluation.walkforward import harm_line, walk_forward, write_outputs
     from ibf_core.features.pipeline import compute_features
     from ibf_core.models import ModelDataError
     from ibf_core.models.config import ModelConfig, resolve_device
@@ -689,6 +689,7 @@ def evaluate(
     for h, verdict in result.results["verdicts"].items():
         out.print(verdict["statement"], highlight=False)
         out.print(_factor_line(h, result.results["factors"]["horizons"].get(h, {})), highlight=False)
+        out.print(harm_line(result.results, h), highlight=False)
     if policy is not None:
         from ibf_core.evaluation.policy import markdown
 

@@ -176,6 +176,9 @@ def test_walk_forward_reports_the_ensemble_against_the_random_walk_and_the_best_
     assert versus["1"]["best_factor"] in ("reversal_1", "reversal_5") and not versus["1"]["below_by_more_than_noise"]
     fold = result.results["config"]["folds_detail"][0]["ensemble"]
     assert fold["20"]["shrink"] == 0.0 and "too few" in fold["20"]["shrink_reason"]
+    from ibf_core.evaluation.walkforward import harm_line
+
+    assert harm_line(result.results, "20").startswith("h=20 ensemble: MAE vs random walk 1.0000 (shrink 0.00)")
     _, report = write_outputs(result, tmp_path / "evaluation.json")
     text = report.read_text()
     assert "## Do no harm: the ensemble against the random walk and the best factor" in text

@@ -199,6 +199,23 @@ def harm_markdown(results: dict[str, Any]) -> str:
     ])
 
 
+def harm_line(results: dict[str, Any], h: str) -> str:
+    """``h=5 ensemble: MAE vs random walk 1.0000 (shrink 0.00, 0.00); rank IC 0.034 (t 1.7), best factor ...``."""
+    ens = results.get("horizons", {}).get(h, {}).get("ensemble") or {}
+    versus = (results.get("versus_factors") or {}).get(h, {})
+    folds = [f.get("ensemble", {}).get(h, {}) for f in results.get("config", {}).get("folds_detail", [])]
+    mae = ens.get("rel_mae_vs_naive")
+    text = f"h={h} ensemble: MAE vs random walk {'-' if mae is None else f'{mae:.4f}'}"
+    shrinks = ", ".join(format(f.get("shrink", 1.0), ".2f") for f in folds)
+    text += f" (shrink {shrinks})" if folds else ""
+    text += f"; rank IC {_ic_text(ens.get('rank_ic_mean'), ens.get('rank_ic_t')) or '-'}"
+    if versus.get("best_factor"):
+        t = versus.get("difference_t")
+        text += (f", best factor {versus['best_factor']} {versus['best_factor_rank_ic']:.3f}: difference t "
+                 f"{'-' if t is None else f'{t:.1f}'}{'' if versus.get('judged') else ' (too few independent targets to judge)'}")
+    return text
+
+
 def _ic_text(mean: float | None, t: float | None) -> str | None:
     return None if mean is None else f"{mean:.3f} ({t:.1f})" if t is not None else f"{mean:.3f}"
 

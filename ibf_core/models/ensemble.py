@@ -242,7 +242,9 @@ def choose_ranking(
     validation = _ic_evidence(frame, members, h)
     n_dates = int(frame["date"].nunique()) if len(frame) else 0
     n_eff = independent_targets(n_dates, h)
-    scores = {rule: _cross_fitted_ic(rule, frame, members, h) for rule in RANKING_RULES} if n_eff >= min_independent else {}
+    # with one member every rule ranks alike: nothing to compete on
+    judged = n_eff >= min_independent and len(members) > 1
+    scores = {rule: _cross_fitted_ic(rule, frame, members, h) for rule in RANKING_RULES} if judged else {}
     valid = {k: v for k, v in scores.items() if v is not None}
     rule = max(valid, key=lambda k: valid[k]) if valid else RANKING_RULES[0]
     weights = _rule_weights(rule, validation) if n_eff >= min_independent else {}
