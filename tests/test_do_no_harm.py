@@ -182,3 +182,19 @@ def test_walk_forward_reports_the_ensemble_against_the_random_walk_and_the_best_
     _, report = write_outputs(result, tmp_path / "evaluation.json")
     text = report.read_text()
     assert "## Do no harm: the ensemble against the random walk and the best factor" in text
+
+
+def test_dense_rank_ics_equal_the_grouped_cross_sectional_ic():
+    """The ensemble's choice ranks on dense date x symbol grids; they must give cross_sectional_ic's values."""
+    from ibf_core.evaluation.metrics import cross_sectional_ic, dense_rank_ics
+
+    rng = np.random.default_rng(5)
+    pred, real = rng.normal(size=(40, 25)), rng.normal(size=(40, 25))
+    pred[rng.random(pred.shape) < 0.2] = np.nan
+    pred[3, :] = 1.0  # a constant date: dropped by both
+    pred[4, 2:] = np.nan  # two pairs: dropped by both
+    frame = pd.DataFrame({"date": np.repeat(np.arange(40), 25), "p": pred.ravel(), "r": real.ravel()})
+    grouped = cross_sectional_ic(frame, "p", "r", "spearman")
+    dense = dense_rank_ics(pred, real)
+    assert np.isnan(dense[[3, 4]]).all() and list(grouped.index) == [d for d in range(40) if d not in (3, 4)]
+    np.testing.assert_allclose(dense[np.isfinite(dense)], grouped.to_numpy(), atol=1e-12)

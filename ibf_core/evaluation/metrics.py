@@ -140,6 +140,27 @@ def cross_sectional_ic(
     return ic.sort_index().astype(float)
 
 
+def dense_rank_ics(pred: np.ndarray, real: np.ndarray) -> np.ndarray:
+    """Per-date Spearman IC of dense ``dates x symbols`` matrices (NaN: no forecast or no realized return), one value
+    per row; NaN for a date with fewer than 3 finite pairs or a constant side.
+
+    The same rule as ``cross_sectional_ic(..., "spearman")`` (per date the finite pairs are ranked, average ties),
+    without a groupby: what the ensemble's choice and permutation importance compute many times over.
+    """
+    ok = np.isfinite(pred) & np.isfinite(real)
+    x = pd.DataFrame(np.where(ok, pred, np.nan)).rank(axis=1, method="average").to_numpy()
+    y = pd.DataFrame(np.where(ok, real, np.nan)).rank(axis=1, method="average").to_numpy()
+    n = ok.sum(axis=1)
+    safe = np.maximum(n, 1)
+    xd = np.where(ok, x - (np.nansum(x, axis=1) / safe)[:, None], 0.0)
+    yd = np.where(ok, y - (np.nansum(y, axis=1) / safe)[:, None], 0.0)
+    xy, xx, yy = (xd * yd).sum(axis=1), (xd**2).sum(axis=1), (yd**2).sum(axis=1)
+    valid = (n >= 3) & (xx > 0) & (yy > 0)
+    out = np.full(len(n), np.nan)
+    out[valid] = np.clip(xy[valid] / np.sqrt(xx[valid] * yy[valid]), -1.0, 1.0)
+    return out
+
+
 def ic_summary(ic: pd.Series, h: int) -> dict:
     """Mean, sample std, ICIR (mean/std), Newey-West t-stat (h-1 lags), share of dates with IC > 0 and date count."""
     values = np.asarray(pd.to_numeric(pd.Series(ic), errors="coerce"), dtype=float)

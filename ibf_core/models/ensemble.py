@@ -178,13 +178,52 @@ def choose_weights(
 RANKING_RULES = ("equal", "ic_weighted", "best_member")
 
 
-def _ic_evidence(frame: pd.DataFrame, members: list[str], h: int) -> dict[str, dict[str, Any]]:
-    """member -> mean per-date rank IC over ``frame``, its HLN-corrected Newey-West t and the dates."""
-    from ibf_core.evaluation.metrics import cross_sectional_ic, ic_summary
+class _Grid:
+    """One horizon's validation rows as dense ``dates x slots`` matrices: the realized return, each member's forecast
+    and its centred rank within the date, so per-date rank ICs need no groupby."""
+
+    def __init__(self, frame: pd.DataFrame, members: list[str]) -> None:
+        di, self.dates = pd.factorize(frame["date"], sort=True)
+        slot = frame.groupby(di, sort=False).cumcount().to_numpy()  # position within the date: no symbol needed
+        shape = (len(self.dates), int(slot.max()) + 1 if len(slot) else 0)
+
+        def dense(values: np.ndarray) -> np.ndarray:
+            out = np.full(shape, np.nan)
+            out[di, slot] = values
+            return out
+
+        self.realized = dense(frame["realized"].to_numpy(dtype=np.float64))
+        self.values = {m: dense(frame[m].to_numpy(dtype=np.float64)) for m in members}
+        self.ranks = {m: _centred_rows(v) for m, v in self.values.items()}
+
+    def score(self, weights: dict[str, float], rows: np.ndarray) -> np.ndarray:
+        """The ranking ``rank_score`` gives these date rows (0 where no weighted member forecasts)."""
+        total = np.zeros((len(rows), self.realized.shape[1]))
+        mass = np.zeros_like(total)
+        for m, w in weights.items():
+            r = self.ranks[m][rows]
+            present = np.isfinite(r)
+            total += w * np.where(present, r, 0.0)
+            mass += w * present
+        return np.divide(total, mass, out=np.zeros_like(total), where=mass > 0)
+
+
+def _centred_rows(values: np.ndarray) -> np.ndarray:
+    """Per row: percentile rank among the finite values in [-0.5, 0.5] (NaN stays NaN, alone: 0), as ``centred_rank``."""
+    ranks = pd.DataFrame(values).rank(axis=1, method="average").to_numpy()
+    counts = np.isfinite(values).sum(axis=1, keepdims=True).astype(np.float64)
+    out = np.divide(ranks - 1.0, counts - 1.0, out=np.zeros_like(ranks), where=counts > 1) - 0.5
+    return np.where(np.isfinite(values), np.where(counts > 1, out, 0.0), np.nan)
+
+
+def _ic_evidence(grid: _Grid, rows: np.ndarray, members: list[str], h: int) -> dict[str, dict[str, Any]]:
+    """member -> mean per-date rank IC over the date ``rows``, its HLN-corrected Newey-West t and the dates."""
+    from ibf_core.evaluation.metrics import dense_rank_ics, ic_summary
 
     out = {}
     for m in members:
-        summary = ic_summary(cross_sectional_ic(frame, m, "realized", "spearman"), h)
+        ics = dense_rank_ics(grid.values[m][rows], grid.realized[rows])
+        summary = ic_summary(pd.Series(ics[np.isfinite(ics)]), h)
         t = hln(summary["t"], summary["n_dates"], h) if summary["t"] is not None else float("nan")
         out[m] = {"rank_ic": summary["mean"], "t": round(t, 3) if math.isfinite(t) else None, "n_dates": summary["n_dates"]}
     return out
@@ -203,21 +242,22 @@ def _rule_weights(rule: str, evidence: dict[str, dict[str, Any]]) -> dict[str, f
     return shrunk
 
 
-def _cross_fitted_ic(rule: str, frame: pd.DataFrame, members: list[str], h: int) -> float | None:
+def _cross_fitted_ic(rule: str, grid: _Grid, members: list[str], h: int) -> float | None:
     """Mean per-date rank IC of ``rule``'s ranking, each half of the dates ranked with weights from the other half."""
-    from ibf_core.evaluation.metrics import cross_sectional_ic
+    from ibf_core.evaluation.metrics import dense_rank_ics
 
+    n = len(grid.dates)
+    first, second = np.arange(n // 2), np.arange(n // 2, n)
     ics = []
-    first, second = _halves(frame)
     for fit, score in ((first, second), (second, first)):
-        if fit.empty or score.empty:
+        if not len(fit) or not len(score):
             continue
-        weights = _rule_weights(rule, _ic_evidence(fit, members, h))
+        weights = _rule_weights(rule, _ic_evidence(grid, fit, members, h))
         if sum(weights.values()) <= 0:
             continue
-        ranked = score.assign(_score=rank_score(score[members], score["date"].to_numpy(), {"weights": weights}))
-        ics.append(cross_sectional_ic(ranked, "_score", "realized", "spearman"))
-    values = pd.concat(ics) if ics else pd.Series(dtype=float)
+        values = dense_rank_ics(grid.score(weights, score), grid.realized[score])
+        ics.append(values[np.isfinite(values)])
+    values = np.concatenate(ics) if ics else np.empty(0)
     return float(values.mean()) if len(values) else None
 
 
@@ -239,12 +279,13 @@ def choose_ranking(
     """
     from ibf_core.models.factors import stein_weight
 
-    validation = _ic_evidence(frame, members, h)
-    n_dates = int(frame["date"].nunique()) if len(frame) else 0
+    grid = _Grid(frame, members)
+    validation = _ic_evidence(grid, np.arange(len(grid.dates)), members, h)
+    n_dates = len(grid.dates)
     n_eff = independent_targets(n_dates, h)
     # with one member every rule ranks alike: nothing to compete on
     judged = n_eff >= min_independent and len(members) > 1
-    scores = {rule: _cross_fitted_ic(rule, frame, members, h) for rule in RANKING_RULES} if judged else {}
+    scores = {rule: _cross_fitted_ic(rule, grid, members, h) for rule in RANKING_RULES} if judged else {}
     valid = {k: v for k, v in scores.items() if v is not None}
     rule = max(valid, key=lambda k: valid[k]) if valid else RANKING_RULES[0]
     weights = _rule_weights(rule, validation) if n_eff >= min_independent else {}

@@ -164,24 +164,12 @@ def permute_group(frame: pd.DataFrame, columns: list[str], codes: np.ndarray, rn
 
 
 def rank_ic(pred: np.ndarray, real: np.ndarray) -> float:
-    """Mean per-date Spearman IC of dense ``dates x symbols`` matrices (NaN: no forecast or no realized return).
+    """Mean per-date Spearman IC of dense ``dates x symbols`` matrices (``metrics.dense_rank_ics``); NaN when no date counts."""
+    from ibf_core.evaluation.metrics import dense_rank_ics
 
-    The same rule as ``evaluation.metrics.cross_sectional_ic(..., "spearman")``: per date the finite pairs are
-    ranked (average ties); dates with fewer than 3 pairs or a constant side are dropped. NaN when none is left.
-    """
-    ok = np.isfinite(pred) & np.isfinite(real)
-    x = pd.DataFrame(np.where(ok, pred, np.nan)).rank(axis=1, method="average").to_numpy()
-    y = pd.DataFrame(np.where(ok, real, np.nan)).rank(axis=1, method="average").to_numpy()
-    n = ok.sum(axis=1)
-    safe = np.maximum(n, 1)
-    xd = np.where(ok, x - (np.nansum(x, axis=1) / safe)[:, None], 0.0)
-    yd = np.where(ok, y - (np.nansum(y, axis=1) / safe)[:, None], 0.0)
-    xy, xx, yy = (xd * yd).sum(axis=1), (xd**2).sum(axis=1), (yd**2).sum(axis=1)
-    valid = (n >= 3) & (xx > 0) & (yy > 0)
-    if not valid.any():
-        return float("nan")
-    ic = np.clip(xy[valid] / np.sqrt(xx[valid] * yy[valid]), -1.0, 1.0)
-    return float(ic.mean())
+    ics = dense_rank_ics(pred, real)
+    ics = ics[np.isfinite(ics)]
+    return float(ics.mean()) if len(ics) else float("nan")
 
 
 def mse(pred: np.ndarray, real: np.ndarray) -> float:
