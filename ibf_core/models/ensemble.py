@@ -161,13 +161,13 @@ def choose_weights(
                 "cross_fitted_mse": {}, "rows": 0, "ranking": ranking}
     complete = frame.dropna(subset=used)
     scores: dict[str, float | None] = {}
-    for method in METHODS:
-        pred = cross_fitted(method, complete, used)
+    preds = {method: cross_fitted(method, complete, used) for method in METHODS}
+    for method, pred in preds.items():
         error = pred - complete["realized"].to_numpy()
         scores[method] = float(np.nanmean(error**2)) if np.isfinite(error).any() else None
     valid = {k: v for k, v in scores.items() if v is not None}
     chosen = min(valid, key=lambda k: valid[k]) if valid else "equal"
-    evidence = shrinkage(cross_fitted(chosen, complete, used), complete["realized"].to_numpy(), complete["date"].to_numpy(), h, min_independent)
+    evidence = shrinkage(preds[chosen], complete["realized"].to_numpy(), complete["date"].to_numpy(), h, min_independent)
     weights = _weights(chosen, complete[used].to_numpy(), complete["realized"].to_numpy(), used) if len(complete) else {m: 1.0 / len(used) for m in used}
     weights = {m: weights.get(m, 0.0) for m in members}
     naive_mse = float(np.mean(complete["realized"].to_numpy() ** 2)) if len(complete) else None
