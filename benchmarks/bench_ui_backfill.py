@@ -75,11 +75,13 @@ def main() -> None:
         ui_s = time.perf_counter() - begin
         runs = found["runs"]
         failed = [r for r in runs if r["status"] != "SUCCESS"]
+        instance = get_instance(running.settings)
+        landed = sum(instance.get_run_stats(r["runId"]).materializations for r in runs)
         print("| path | runs | wall time | vs `ibf backfill` |")
         print("|---|---:|---:|---:|")
         print(f"| `ibf backfill` (in-process run) | 1 | {cli_s:.1f} s | 1.0x |")
         print(f"| UI-style `launchPartitionBackfill` (daemon, run workers) | {len(runs)} | {ui_s:.1f} s | {ui_s / cli_s:.1f}x |")
-        print(f"status {found['status']}, {len(failed)} failed runs")
+        print(f"status {found['status']}, {len(failed)} failed runs, {landed:,} of {len(keys):,} partitions materialized")
 
 
 if __name__ == "__main__":

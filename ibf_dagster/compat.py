@@ -228,6 +228,133 @@ def single_step_in_process_executor():
     return executor
 
 
+# ----- backfill planning: a symbol x date rectangle is one run -------------------------------------------------
+# Dagster 1.13.27 turns a 2-D partition subset into run ranges by holding each key of the dimension with fewer keys
+# constant (``DefaultPartitionsSubset.get_partition_key_ranges``): 20 symbols x 12 months from the UI's dialog
+# become 12 single-run runs, each paying a run start and the pool, although the dialog says "single run". A 2-D
+# range is the cartesian product of its per-dimension ranges (``MultiPartitionsDefinition.get_partition_keys_in_range``,
+# which is how ``ibf backfill`` covers a rectangle with one run), so a subset that is a union of rectangles can be
+# planned as one range per rectangle. The planner runs in the daemon (asset backfills, automation ticks), which
+# loads only the instance's classes: ``RectangleRunCoordinator`` (dagster.yaml) installs the patch there.
+
+
+def rectangles(pairs: Sequence[tuple[str, str]], primary: Sequence[str], secondary: Sequence[str]) -> list[tuple[tuple[str, str], tuple[str, str]]]:
+    """The (primary, secondary) key pairs as ``((p_first, p_last), (s_first, s_last))`` rectangles that cover them
+    exactly once, each contiguous in the dimensions' key orders. Keys of one dimension that hold the same set of
+    keys of the other are grouped, and each group's contiguous runs crossed with the set's; both dimensions are
+    tried and the fewer rectangles kept (a full rectangle is one either way)."""
+    by_primary = _grouped(pairs, primary, secondary)
+    by_secondary = [(p, s) for s, p in _grouped([(s, p) for p, s in pairs], secondary, primary)]
+    p_at = {key: i for i, key in enumerate(primary)}
+    s_at = {key: i for i, key in enumerate(secondary)}
+    best = by_primary if len(by_primary) <= len(by_secondary) else by_secondary
+    return sorted(best, key=lambda r: (p_at[r[0][0]], s_at[r[1][0]]))
+
+
+def _grouped(pairs: Sequence[tuple[str, str]], outer: Sequence[str], inner: Sequence[str]) -> list[tuple[tuple[str, str], tuple[str, str]]]:
+    o_at = {key: i for i, key in enumerate(outer)}
+    i_at = {key: i for i, key in enumerate(inner)}
+    by_outer: dict[str, set[str]] = {}
+    for o, i in pairs:
+        by_outer.setdefault(o, set()).add(i)
+    groups: dict[frozenset[str], list[str]] = {}
+    for o, found in by_outer.items():
+        groups.setdefault(frozenset(found), []).append(o)
+    out = []
+    for found, os_ in groups.items():
+        for o_run in _contiguous_runs(sorted(os_, key=o_at.__getitem__), o_at):
+            for i_run in _contiguous_runs(sorted(found, key=i_at.__getitem__), i_at):
+                out.append(((o_run[0], o_run[-1]), (i_run[0], i_run[-1])))
+    return out
+
+
+def _contiguous_runs(keys: list[str], at: dict[str, int]) -> list[list[str]]:
+    runs: list[list[str]] = []
+    for key in keys:
+        if runs and at[key] == at[runs[-1][-1]] + 1:
+            runs[-1].append(key)
+        else:
+            runs.append([key])
+    return runs
+
+
+def rectangle_key_ranges(subset_keys: Sequence[str], partitions_def: Any) -> list[dg.PartitionKeyRange]:
+    """A multi-partition subset as one 2-D ``PartitionKeyRange`` per rectangle (``rectangles``); every key of the
+    subset in exactly one range, and no other key."""
+    primary_def, secondary_def = partitions_def.primary_dimension, partitions_def.secondary_dimension
+    pairs = []
+    for key in subset_keys:
+        by_dimension = partitions_def.get_partition_key_from_str(key).keys_by_dimension
+        pairs.append((by_dimension[primary_def.name], by_dimension[secondary_def.name]))
+    primary = primary_def.partitions_def.get_partition_keys()
+    secondary = secondary_def.partitions_def.get_partition_keys()
+
+    def key(p: str, s: str) -> dg.MultiPartitionKey:
+        return dg.MultiPartitionKey({primary_def.name: p, secondary_def.name: s})
+
+    return [dg.PartitionKeyRange(key(p0, s0), key(p1, s1)) for (p0, p1), (s0, s1) in rectangles(pairs, primary, secondary)]
+
+
+def install_rectangle_backfills() -> None:
+    """Plan multi-partition subsets as rectangles wherever this process plans runs (idempotent).
+
+    Dagster's grouping is kept when it gives fewer ranges (it never does for a union of rectangles), and when the
+    rectangle planning fails (logged: the backfill still runs, in Dagster's runs)."""
+    import logging
+
+    from dagster._core.definitions.partitions.subset.default import DefaultPartitionsSubset
+
+    if getattr(DefaultPartitionsSubset, "_ibf_rectangles", False):
+        return
+    original = DefaultPartitionsSubset.get_partition_key_ranges
+
+    def get_partition_key_ranges(self, partitions_def):
+        ranges = original(self, partitions_def)
+        if not isinstance(partitions_def, dg.MultiPartitionsDefinition) or len(ranges) <= 1:
+            return ranges
+        try:
+            planned = rectangle_key_ranges(sorted(self.subset), partitions_def)
+        except Exception:  # noqa: BLE001 - a planning shortcut must never stop a backfill
+            logging.getLogger("ibf_dagster.compat").warning("rectangle planning failed; Dagster's runs are used", exc_info=True)
+            return ranges
+        return planned if len(planned) < len(ranges) else ranges
+
+    DefaultPartitionsSubset.get_partition_key_ranges = get_partition_key_ranges
+    DefaultPartitionsSubset._ibf_unpatched = original
+    DefaultPartitionsSubset._ibf_rectangles = True
+
+
+def _queued_run_coordinator_base():
+    from dagster._core.run_coordinator.queued_run_coordinator import QueuedRunCoordinator
+
+    return QueuedRunCoordinator
+
+
+# The backfill daemon looks at its backfills every DEFAULT_DAEMON_INTERVAL_SECONDS (30 s in 1.13.27, read by
+# ``execute_backfill_iteration_loop`` when it starts): a UI backfill waits up to 30 s for its first run and up to
+# 30 s after its last one to be marked complete, more than the whole run of a 20 x 12 rectangle. The constant is
+# also the asset daemon's default interval, which dagster.yaml sets explicitly (auto_materialize) to stay at 30 s.
+BACKFILL_TICK_S = 3
+
+
+def shorten_backfill_tick(seconds: int = BACKFILL_TICK_S) -> None:
+    """Make the backfill daemon of this process (started after the instance loads) tick every ``seconds``."""
+    from dagster._daemon import controller
+
+    controller.DEFAULT_DAEMON_INTERVAL_SECONDS = seconds
+
+
+class RectangleRunCoordinator(_queued_run_coordinator_base()):
+    """Dagster's queued run coordinator; being the instance's class, it brings ibf's backfill planning into every
+    process that loads the instance (the daemon plans backfills and automation runs): rectangles as one run each,
+    and a backfill daemon that ticks every ``BACKFILL_TICK_S``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        install_rectangle_backfills()
+        shorten_backfill_tick()
+        super().__init__(*args, **kwargs)
+
+
 # ----- the SQLite event log, writing a step's materializations as one batch -------------------------------------
 # Dagster's SQLite event log, writing a step's batch of partition materializations in one transaction per file.
 # 

@@ -141,12 +141,29 @@ def backfill(
     for block in blocks:
         if groups["symbol"]:
             execute(groups["symbol"], block[0], block[-1], len(block) * len(groups["symbol"]), block)
+    recorded = len(date_keys) * len(wanted) * len(groups["symbol_date"])
+    if recorded > SQLITE_PARTITIONS_WARNING and settings.dagster_pg_url is None:
+        report_notice(sqlite_scale_warning(recorded, settings))
     for block in blocks:
         if groups["symbol_date"]:
             first = dg.MultiPartitionKey({"date": date_keys[0], "symbol": block[0]})
             last = dg.MultiPartitionKey({"date": date_keys[-1], "symbol": block[-1]})
             execute(groups["symbol_date"], first, last, len(date_keys) * len(block) * len(groups["symbol_date"]), block)
     return summaries
+
+
+# Above this many partition materializations in one backfill, the embedded SQLite instance's bookkeeping (one
+# event, its tags and the asset's status per partition) is most of the wall time: Postgres records them in batches.
+SQLITE_PARTITIONS_WARNING = 50_000
+
+
+def sqlite_scale_warning(recorded: int, settings: Settings) -> str:
+    """The one line a backfill too large for the embedded SQLite instance prints, with the settings that help."""
+    coarser = {"day": "month", "month": "year"}.get(settings.date_partitions)
+    hint = f" or IBF_DATE_PARTITIONS={coarser} (fewer, larger partitions)" if coarser else ""
+    return (f"warning: this backfill records {recorded:,} partition materializations in the embedded SQLite instance "
+            f"(over {SQLITE_PARTITIONS_WARNING:,}: Dagster's bookkeeping will dominate); set IBF_DAGSTER_PG_URL "
+            f"(a Postgres instance){hint}")
 
 
 def _by_partitioning(graph, selected: set) -> dict[str, set]:

@@ -122,3 +122,26 @@ def test_invalid_setting_fails_at_start_naming_the_variable(ibf_home, monkeypatc
     monkeypatch.setenv("IBF_IB_PORTS", "4002,x")
     proc = ibf("sql", "SELECT 1", check=False)
     assert proc.returncode == 2 and "IBF_IB_PORTS" in proc.stderr
+
+
+def test_a_backfill_too_large_for_the_sqlite_instance_warns_once_with_the_settings(ibf_home, monkeypatch):
+    from ibf_core.progress import set_notice_sink
+    from ibf_core.settings import get_settings
+    from ibf_dagster import runner
+
+    monkeypatch.setenv("IBF_UNIVERSE", "AAPL,MSFT")
+    get_settings.cache_clear()
+    notices: list[str] = []
+    set_notice_sink(notices.append)
+    try:
+        runner.backfill(get_settings(), ["AAPL", "MSFT"], "2012-01-03", "2012-03-30", assets="market_bars")
+        assert not [n for n in notices if "partition materializations" in n]  # 6 partitions: far below the limit
+        monkeypatch.setattr(runner, "SQLITE_PARTITIONS_WARNING", 5)
+        summaries = runner.backfill(get_settings(), ["AAPL", "MSFT"], "2012-01-03", "2012-03-30", assets="market_bars")
+    finally:
+        set_notice_sink(None)
+        get_settings.cache_clear()
+    assert all(s.success for s in summaries)  # a warning, not a refusal
+    (line,) = [n for n in notices if "partition materializations" in n]
+    assert line.startswith("warning: this backfill records 6 partition materializations in the embedded SQLite")
+    assert "IBF_DAGSTER_PG_URL" in line and "IBF_DATE_PARTITIONS=year" in line

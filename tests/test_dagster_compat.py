@@ -120,3 +120,104 @@ def test_was_interrupted_tells_an_interrupt_from_a_failure():
         stopped = dg.materialize([interrupted], instance=instance, raise_on_error=False)
         failed = dg.materialize([broken], instance=instance, raise_on_error=False)
     assert compat.was_interrupted(stopped) and not compat.was_interrupted(failed)
+
+
+# ----- backfill planning: a rectangle is one run ------------------------------------------------------------------
+def _rectangle_graph():
+    symbols = dg.DynamicPartitionsDefinition(name="symbol")
+    months = dg.MonthlyPartitionsDefinition(start_date="2020-01-01", end_date="2021-01-01")
+    partitions = dg.MultiPartitionsDefinition({"date": months, "symbol": symbols})
+
+    @dg.asset(partitions_def=partitions, backfill_policy=dg.BackfillPolicy.single_run())
+    def bars(): ...
+
+    return partitions, months.get_partition_keys(), dg.Definitions(assets=[bars]).resolve_asset_graph()
+
+
+def _planned_runs(instance, graph, keys) -> list[tuple[str, str]]:
+    """What the daemon plans for a backfill of ``keys`` (Dagster's own planner): the runs' (range start, end)."""
+    from dagster._core.definitions.automation_tick_evaluation_context import build_run_requests_with_backfill_policies
+    from dagster._core.definitions.events import AssetKeyPartitionKey
+    from dagster._core.definitions.partitions.context import partition_loading_context
+
+    wanted = {AssetKeyPartitionKey(dg.AssetKey("bars"), key) for key in keys}
+    with partition_loading_context(dynamic_partitions_store=instance):
+        requests = build_run_requests_with_backfill_policies(asset_partitions=wanted, asset_graph=graph, dynamic_partitions_store=instance)
+    return [(r.tags["dagster/asset_partition_range_start"], r.tags["dagster/asset_partition_range_end"]) for r in requests]
+
+
+def _covered(instance, partitions, runs) -> list[str]:
+    return [str(key) for start, end in runs
+            for key in partitions.get_partition_keys_in_range(dg.PartitionKeyRange(start, end), dynamic_partitions_store=instance)]
+
+
+def test_a_symbol_by_month_rectangle_is_planned_as_one_run_and_dagster_alone_splits_it():
+    from dagster._core.definitions.partitions.subset.default import DefaultPartitionsSubset
+
+    partitions, months, graph = _rectangle_graph()
+    symbols = [f"S{i:02d}" for i in range(30)]
+    rectangle = [dg.MultiPartitionKey({"date": m, "symbol": s}) for m in months for s in symbols[:20]]
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("symbol", symbols)
+        compat.install_rectangle_backfills()
+        original = DefaultPartitionsSubset._ibf_rectangles and DefaultPartitionsSubset._ibf_unpatched
+        try:
+            DefaultPartitionsSubset.get_partition_key_ranges, patched = original, DefaultPartitionsSubset.get_partition_key_ranges
+            split = _planned_runs(instance, graph, rectangle)
+        finally:
+            DefaultPartitionsSubset.get_partition_key_ranges = patched
+        # When this fails, Dagster plans 2-D subsets differently: re-check whether the patch is still needed.
+        assert len(split) == 12, "Dagster no longer splits a 20 x 12 rectangle into one run per month"
+        runs = _planned_runs(instance, graph, rectangle)
+        assert runs == [("2020-01-01|S00", "2020-12-01|S19")]
+        assert sorted(_covered(instance, partitions, runs)) == sorted(map(str, rectangle))
+
+
+def test_a_union_of_rectangles_is_one_run_each_and_covers_exactly_the_selection():
+    partitions, months, graph = _rectangle_graph()
+    symbols = [f"S{i:02d}" for i in range(30)]
+    # symbols 0-4 and 10-14 (not contiguous) over Jan-Jun, plus symbol 20 over Mar and Sep
+    chosen = ([dg.MultiPartitionKey({"date": m, "symbol": s}) for m in months[:6] for s in symbols[:5] + symbols[10:15]]
+              + [dg.MultiPartitionKey({"date": m, "symbol": "S20"}) for m in (months[2], months[8])])
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("symbol", symbols)
+        compat.install_rectangle_backfills()
+        runs = _planned_runs(instance, graph, chosen)
+        assert len(runs) == 4  # two symbol blocks x Jan-Jun, and S20's two separate months
+        covered = _covered(instance, partitions, runs)
+        assert len(covered) == len(set(covered)) and sorted(covered) == sorted(map(str, chosen))
+
+
+def test_rectangles_cover_any_selection_exactly_once():
+    import random
+
+    primary, secondary = [f"p{i}" for i in range(9)], [f"s{i}" for i in range(7)]
+    rng = random.Random(7)
+    for _ in range(200):
+        pairs = {(p, s) for p in primary for s in secondary if rng.random() < rng.choice((0.2, 0.6, 0.95))}
+        if not pairs:
+            continue
+        cells = []
+        for (p0, p1), (s0, s1) in compat.rectangles(sorted(pairs), primary, secondary):
+            cells += [(p, s) for p in primary[primary.index(p0): primary.index(p1) + 1]
+                      for s in secondary[secondary.index(s0): secondary.index(s1) + 1]]
+        assert len(cells) == len(set(cells)) and set(cells) == pairs
+
+
+def test_the_instance_coordinator_is_dagsters_queued_one_with_the_planning(ibf_home):
+    from dagster._core.definitions.partitions.subset.default import DefaultPartitionsSubset
+    from dagster._core.run_coordinator import QueuedRunCoordinator
+
+    from ibf_core.settings import load_settings
+    from ibf_dagster.instance import get_instance
+
+    instance = get_instance(load_settings())
+    assert isinstance(instance.run_coordinator, QueuedRunCoordinator)
+    assert isinstance(instance.run_coordinator, compat.RectangleRunCoordinator)
+    assert instance.get_concurrency_config().run_queue_config.max_concurrent_runs == 4  # dagster.yaml's concurrency
+    assert DefaultPartitionsSubset._ibf_rectangles
+    from dagster._daemon import controller
+
+    assert controller.DEFAULT_DAEMON_INTERVAL_SECONDS == compat.BACKFILL_TICK_S  # read by the backfill daemon's loop
+    assert instance.auto_materialize_minimum_interval_seconds == 30  # the asset daemon keeps Dagster's default
+    assert instance.run_coordinator.dequeue_interval_seconds == 2
