@@ -22,6 +22,25 @@ def plot_if_small(context: dg.AssetExecutionContext, make_plot: Callable[[], str
     return dg.MetadataValue.md(make_plot())
 
 
+def partition_result(context: dg.AssetExecutionContext, metadata: dict, **result: object) -> dg.MaterializeResult:
+    """A partitioned step's result with the run's ``metadata`` recorded once, on the partition event Dagster records
+    last (the asset's latest materialization in the UI); every other partition's event names that partition.
+
+    Dagster copies a result's metadata onto the event of every partition of the run: a single-run backfill of
+    6,000 partitions serialized and stored its ~5 KB of tables and symbol lists 6,000 times, a third of the
+    run's bookkeeping."""
+    keys = context.partition_keys if context.has_partition_key_range or context.has_partition_key else []
+    if len(keys) <= 1:
+        return dg.MaterializeResult(metadata=metadata, **result)
+    from ibf_dagster.compat import last_recorded_partition
+
+    last = last_recorded_partition(context)
+    context.add_asset_metadata(metadata, partition_key=last)
+    return dg.MaterializeResult(
+        metadata={"run_partitions": len(keys), "run_metadata_on": dg.MetadataValue.text(str(last))}, **result
+    )
+
+
 def column_schema(spec: TableSpec) -> dg.TableSchema:
     return dg.TableSchema(
         columns=[dg.TableColumn(c.name, c.sql_type, description=c.description) for c in spec.columns]

@@ -145,3 +145,26 @@ def test_a_backfill_too_large_for_the_sqlite_instance_warns_once_with_the_settin
     (line,) = [n for n in notices if "partition materializations" in n]
     assert line.startswith("warning: this backfill records 6 partition materializations in the embedded SQLite")
     assert "IBF_DAGSTER_PG_URL" in line and "IBF_DATE_PARTITIONS=year" in line
+
+
+def test_a_range_run_records_its_metadata_once_on_the_latest_partition_event(ibf_home, monkeypatch):
+    from ibf_core.settings import get_settings
+    from ibf_dagster import runner
+
+    monkeypatch.setenv("IBF_UNIVERSE", "AAPL,MSFT")
+    get_settings.cache_clear()
+    try:
+        (summary,) = runner.backfill(get_settings(), ["AAPL", "MSFT"], "2012-01-03", "2012-03-30", assets="market_bars")
+        assert summary.success
+        instance = runner.get_instance(get_settings())
+        events = instance.fetch_materializations(dg.AssetKey("market_bars"), limit=100).records
+    finally:
+        get_settings.cache_clear()
+    assert len(events) == 6  # 2 symbols x 3 months
+    latest, *others = events  # newest first: the asset's latest materialization
+    full = latest.asset_materialization.metadata
+    assert full["dagster/row_count"].value == 2 * 62 and "symbols" in full and "preview" in full
+    for record in others:  # every other partition: where the run's metadata is, nothing repeated
+        metadata = record.asset_materialization.metadata
+        assert set(metadata) == {"run_partitions", "run_metadata_on"}
+        assert metadata["run_metadata_on"].value == latest.partition_key and metadata["run_partitions"].value == 6

@@ -12,7 +12,7 @@ from ibf_core.monitoring import DriftPolicy
 from ibf_core.settings import Settings
 from ibf_core.features.table import features_spec
 from ibf_core.storage.tables import DRIFT_SCORES
-from ibf_dagster.metadata import OWNERS, column_schema, plot_if_small
+from ibf_dagster.metadata import OWNERS, column_schema, partition_result, plot_if_small
 from ibf_dagster.partitions import context_rectangles, require_upstream, symbol_date_partitions
 from ibf_dagster.resources import SettingsResource, WarehouseResource
 
@@ -120,7 +120,8 @@ def build_drift_scores(settings: Settings) -> dg.AssetsDefinition:
                 description="; ".join(decision["reasons"]) or "no retrain due",
             )
         )
-        return dg.MaterializeResult(
+        return partition_result(
+            context,
             metadata={
                 "dagster/row_count": len(frame),
                 "seconds": round(seconds, 2),  # reading, scoring and writing

@@ -11,7 +11,7 @@ from ibf_core.features.table import features_spec
 from ibf_core.fundamentals.store import FUNDAMENTALS, MACRO_INDICATORS_TABLE
 from ibf_core.storage.tables import MARKET_BARS, NEWS_SENTIMENT
 from ibf_core.streaming.microstructure import MICROSTRUCTURE_DAILY
-from ibf_dagster.metadata import OWNERS, check_result, column_schema, plot_if_small
+from ibf_dagster.metadata import OWNERS, check_result, column_schema, partition_result, plot_if_small
 from ibf_dagster.partitions import context_rectangles, require_upstream, symbol_date_partitions
 from ibf_dagster.resources import SettingsResource, WarehouseResource
 
@@ -115,7 +115,8 @@ def build_features(settings: Settings) -> dg.AssetsDefinition:
         ]
         ready = frame[~frame["warmup"]]
         nan_share = quality.nan_shares_where_supported(frame, support, columns).sort_values(ascending=False).head(10)
-        return dg.MaterializeResult(
+        return partition_result(
+            context,
             metadata={
                 "dagster/row_count": len(frame),
                 "feature_count": len(columns),

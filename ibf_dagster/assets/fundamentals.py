@@ -7,7 +7,7 @@ from ibf_core.fundamentals.store import FUNDAMENTALS as FUNDAMENTALS_TABLE
 from ibf_core.fundamentals.store import MACRO_INDICATORS_TABLE
 from ibf_core.report import markdown_table
 from ibf_core.settings import Settings
-from ibf_dagster.metadata import OWNERS, check_result, column_schema
+from ibf_dagster.metadata import OWNERS, check_result, column_schema, partition_result
 from ibf_dagster.partitions import SYMBOL_PARTITIONS, date_partitions
 from ibf_dagster.resources import SettingsResource, WarehouseResource
 
@@ -63,7 +63,8 @@ def build_fundamentals(settings: Settings) -> dg.AssetsDefinition:
         result.raise_if_incomplete()
         inputs = read_inputs(store, symbols)
         newest = inputs.overview.sort_values("date").groupby("symbol").tail(1)
-        return dg.MaterializeResult(
+        return partition_result(
+            context,
             metadata={
                 "dagster/row_count": int(len(inputs.overview) + len(inputs.earnings)),
                 "overview_rows": len(inputs.overview),
@@ -124,7 +125,8 @@ def build_macro_indicators(settings: Settings) -> dg.AssetsDefinition:
         macro = read_inputs(store, []).macro
         known = macro[pd.to_datetime(macro["date"]) <= end]
         latest = known.sort_values(["date", "period"]).groupby("indicator").tail(1)
-        return dg.MaterializeResult(
+        return partition_result(
+            context,
             metadata={
                 "dagster/row_count": int(len(known)),
                 **{k: v for k, v in result.metadata().items() if k not in ("issues", "issue_examples")},

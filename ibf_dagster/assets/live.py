@@ -7,7 +7,7 @@ import pandas as pd
 from ibf_core.settings import Settings
 from ibf_core.streaming.microstructure import MICROSTRUCTURE_DAILY
 from ibf_core.streaming.tables import INTRADAY_BARS, LIVE_TABLES, QUOTES
-from ibf_dagster.metadata import OWNERS, check_result, column_schema
+from ibf_dagster.metadata import OWNERS, check_result, column_schema, partition_result
 from ibf_dagster.partitions import (
     SYMBOL_PARTITIONS, context_rectangles, contiguous_blocks, date_key_of, symbol_date_partitions,
 )  # fmt: skip
@@ -162,7 +162,8 @@ def build_microstructure_daily(settings: Settings) -> dg.AssetsDefinition:
             store.replace_slice(spec, daily, rect.symbols, rect.start, rect.end)
             frames.append(daily)
         frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=spec.column_names)
-        return dg.MaterializeResult(
+        return partition_result(
+            context,
             metadata={
                 "dagster/row_count": len(frame),
                 "sessions_measured": int(frame["date"].nunique()) if len(frame) else 0,

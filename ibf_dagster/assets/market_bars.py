@@ -10,7 +10,7 @@ from ibf_core.ingest import load_market_bars
 from ibf_core.report import line_plot_markdown, markdown_table
 from ibf_core.settings import Settings
 from ibf_core.storage.tables import MARKET_BARS
-from ibf_dagster.metadata import OWNERS, check_result, column_schema, plot_if_small
+from ibf_dagster.metadata import OWNERS, check_result, column_schema, partition_result, plot_if_small
 from ibf_dagster.partitions import context_rectangles, symbol_date_partitions
 from ibf_dagster.resources import BarSourceResource, SettingsResource, WarehouseResource
 
@@ -83,7 +83,8 @@ def build_market_bars(settings: Settings) -> list:
         ]
         context.log.info(f"market_bars: {summary.line()}")
         preview = stored.groupby("symbol").tail(2)[["symbol", "date", "open", "high", "low", "close", "adj_close", "volume"]]
-        return dg.MaterializeResult(
+        return partition_result(
+            context,
             metadata={
                 "partitions": len(context.partition_keys),
                 "dagster/row_count": written,

@@ -6,7 +6,7 @@ from ibf_core import quality
 from ibf_core.report import markdown_table
 from ibf_core.settings import Settings
 from ibf_core.storage.tables import NEWS_SENTIMENT
-from ibf_dagster.metadata import OWNERS, check_result, column_schema
+from ibf_dagster.metadata import OWNERS, check_result, column_schema, partition_result
 from ibf_dagster.partitions import context_rectangles, symbol_date_partitions
 from ibf_dagster.resources import SettingsResource, WarehouseResource
 
@@ -61,7 +61,8 @@ def build_news_sentiment(settings: Settings) -> dg.AssetsDefinition:
         symbols = sorted({s for r in rects for s in r.symbols})
         coverage = quality.check_news_coverage(daily, symbols, settings.news_source)
         with_news = daily[daily["news_count"] > 0]
-        return dg.MaterializeResult(
+        return partition_result(
+            context,
             metadata={
                 "dagster/row_count": written,
                 "news_source": settings.news_source,

@@ -7,7 +7,7 @@ import pandas as pd
 from ibf_core.settings import Settings
 from ibf_core.features.table import features_spec
 from ibf_core.storage.tables import PREDICTIONS
-from ibf_dagster.metadata import OWNERS, column_schema, plot_if_small
+from ibf_dagster.metadata import OWNERS, column_schema, partition_result, plot_if_small
 from ibf_dagster.partitions import context_rectangles, require_upstream, symbol_date_partitions
 from ibf_dagster.resources import SettingsResource, WarehouseResource
 
@@ -81,7 +81,8 @@ def build_predictions(settings: Settings) -> dg.AssetsDefinition:
         checks = _checks(frame, set().union(*(r.expected for r in results)))
         latest = frame[frame["date"] == frame["date"].max()] if len(frame) else frame
         top = latest[latest["rank"] <= 3][["date", "horizon", "rank", "symbol", "pred_return", "lower_80", "upper_80"]] if len(latest) else latest
-        return dg.MaterializeResult(
+        return partition_result(
+            context,
             metadata={
                 "dagster/row_count": len(frame),
                 "origins_forecast": sum(r.forecast_origins for r in results),  # origin sessions forecast afresh
