@@ -102,8 +102,56 @@ def reads(home: Path, warehouse: str) -> tuple[float, float]:
     return t_read, t_sql
 
 
+FLOOR = """
+import sys, time
+import dagster as dg
+from ibf_core.settings import load_settings
+from ibf_dagster.compat import partition_range_tags
+from ibf_dagster.instance import get_instance
+from ibf_dagster.partitions import symbol_date_partitions
+
+settings = load_settings()
+instance = get_instance(settings)
+symbols = sys.argv[1].split(",")
+instance.add_dynamic_partitions("symbol", symbols)
+partitions = symbol_date_partitions(settings)
+
+@dg.asset(partitions_def=partitions, backfill_policy=dg.BackfillPolicy.single_run())
+def noop(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+    return dg.MaterializeResult(metadata={"partitions": len(context.partition_keys)})
+
+by_date = next(d for d in partitions.partitions_defs if d.name == "date").partitions_def
+dates = [d for d in by_date.get_partition_keys() if sys.argv[2] <= d <= sys.argv[3]]
+first = dg.MultiPartitionKey({"date": dates[0], "symbol": symbols[0]})
+last = dg.MultiPartitionKey({"date": dates[-1], "symbol": symbols[-1]})
+job = dg.Definitions(assets=[noop]).resolve_implicit_global_asset_job_def()
+started = time.perf_counter()
+assert job.execute_in_process(instance=instance, tags=partition_range_tags(first, last)).success
+print(time.perf_counter() - started, len(dates) * len(symbols))
+"""
+
+
+def dagster_floor(home: Path, symbols: list[str], start: str, end: str, granularity: str, pg_url: str | None = None) -> tuple[float, int]:
+    """Dagster's own floor: one range run of a no-op asset over the same symbol x date partitions on the same kind
+    of instance (ibf's SQLite event log or Postgres), timed inside the process: (seconds, partitions)."""
+    env = {**os.environ, "IBF_HOME": str(home), "IBF_UNIVERSE": ",".join(symbols),
+           "IBF_HISTORY_START": start, "IBF_DATE_PARTITIONS": granularity}
+    if pg_url:
+        env["IBF_DAGSTER_PG_URL"] = pg_url
+    first, last = _date_key(start, granularity), _date_key(end, granularity)
+    proc = subprocess.run([sys.executable, "-c", FLOOR, ",".join(symbols), first, last], env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"floor run failed: {proc.stderr[-2000:]}")
+    seconds, partitions = proc.stdout.split()[-2:]
+    return float(seconds), int(partitions)
+
+
+def _date_key(day: str, granularity: str) -> str:
+    return {"day": day, "month": day[:7], "year": day[:4]}[granularity]
+
+
 def ibf_backfill(path: Path, home: Path, symbols: list[str], start: str, end: str, granularity: str,
-                 pg_url: str | None = None, warehouse: str = "lake") -> float:
+                 pg_url: str | None = None, warehouse: str = "lake", assets: str = "market_bars") -> float:
     """`ibf backfill` as a user runs it: a Dagster run on the persistent instance under IBF_HOME (SQLite), or on
     the Postgres instance at ``pg_url``."""
     env = {**os.environ, "IBF_HOME": str(home), "IBF_UNIVERSE": ",".join(symbols),
@@ -113,7 +161,7 @@ def ibf_backfill(path: Path, home: Path, symbols: list[str], start: str, end: st
     ibf = str(Path(sys.executable).with_name("ibf"))
     subprocess.run([ibf, "universe", "list"], env=env, check=True, capture_output=True)  # registers the universe
     begin = time.perf_counter()
-    proc = subprocess.run([ibf, "backfill", "--csv", str(path), "--start", start, "--end", end],
+    proc = subprocess.run([ibf, "backfill", "--csv", str(path), "--start", start, "--end", end, "--assets", assets],
                           env=env, capture_output=True, text=True)
     elapsed = time.perf_counter() - begin
     if proc.returncode != 0:
@@ -129,6 +177,8 @@ def main() -> None:
     parser.add_argument("--skip-dagster", action="store_true", help="only the baseline and the library path")
     parser.add_argument("--instance", default="sqlite", help="comma list: sqlite, postgres (a throw-away local PostgreSQL)")
     parser.add_argument("--warehouse", default="lake", help="comma list: lake, ducklake (SQLite catalog under the home)")
+    parser.add_argument("--assets", default="market_bars",
+                        help="what `ibf backfill` materializes (market_bars: what the library path writes; * the default data assets)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
@@ -160,16 +210,24 @@ def main() -> None:
         warehouse = args.warehouse.split(",")[-1]
         for instance in [] if args.skip_dagster else args.instance.split(","):
             with contextlib.ExitStack() as stack:
-                url = None
+                url, server = None, None
                 if instance == "postgres":
                     from ibf_dagster.stack.postgres import local_postgres
 
-                    url = stack.enter_context(local_postgres()).create_database("dagster")
-                t_dag = ibf_backfill(data, tmp / f"dag_home_{instance}", symbols, str(start), str(end), args.granularity, url, warehouse)
-            results.update({f"ibf_backfill_{instance}_{warehouse}_s": t_dag, "granularity": args.granularity})
-            label = f"ibf backfill, {instance}, {warehouse} ({args.granularity})"
+                    server = stack.enter_context(local_postgres())
+                    url = server.create_database("dagster")
+                t_dag = ibf_backfill(data, tmp / f"dag_home_{instance}", symbols, str(start), str(end), args.granularity,
+                                     url, warehouse, args.assets)
+                if server is not None:
+                    url = server.create_database("floor")
+                t_floor, partitions = dagster_floor(tmp / f"floor_home_{instance}", symbols, str(start), str(end), args.granularity, url)
+            results.update({f"ibf_backfill_{instance}_{warehouse}_s": t_dag, "granularity": args.granularity,
+                            f"dagster_floor_{instance}_s": t_floor, "partitions": partitions, "assets": args.assets})
+            label = f"ibf backfill, {instance}, {warehouse} ({args.granularity}, {args.assets})"
             print(f"{label:32s} {t_dag:8.2f} s  {rows / t_dag:12,.0f} rows/s  {t_dag / t_bare:5.2f}x  "
                   f"{t_dag / t_lib:5.2f}x the library path")
+            label = f"Dagster floor, {instance}: a no-op asset's range run of {partitions:,} partitions"
+            print(f"{label:32s} {t_floor:8.2f} s  ({t_floor / t_lib:5.2f}x the library path)")
         if args.json:
             args.json.write_text(json.dumps(results, indent=2))
 
