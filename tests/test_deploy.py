@@ -89,6 +89,14 @@ def test_helm_values_use_the_ibf_image_the_k8s_run_launcher_and_an_external_post
     assert deployment["image"]["repository"] == "ibf" and deployment["dagsterApiGrpcArgs"] == ["-m", "ibf_dagster.definitions"]
     assert {"name": "IBF_EXECUTOR", "value": "k8s"} in deployment["env"]
     assert values["runLauncher"]["type"] == "K8sRunLauncher" and values["postgresql"]["enabled"] is False
+    # The daemon runs the ibf image with ibf's run coordinator, configured with keys its config schema has.
+    import importlib
+
+    daemon = values["dagsterDaemon"]
+    assert daemon["image"]["repository"] == "ibf" and daemon["runCoordinator"]["type"] == "CustomRunCoordinator"
+    custom = daemon["runCoordinator"]["config"]["customRunCoordinator"]
+    coordinator = getattr(importlib.import_module(custom["module"]), custom["class"])
+    assert set(custom["config"]) <= set(coordinator.config_type())
 
 
 def test_the_k8s_executor_runs_training_in_a_gpu_pod_on_the_configured_nodes(monkeypatch, ibf_home):
