@@ -269,8 +269,9 @@ def model_facts(tracking_uri: str, model, work_dir) -> dict[str, Any]:
     import json
     from pathlib import Path
 
-    import mlflow
+    from ibf_core.models.registry import quiet_mlflow
 
+    mlflow = quiet_mlflow()
     client = mlflow.MlflowClient(tracking_uri)
     version = client.get_model_version(model.name, model.version)
     tags = version.tags or {}

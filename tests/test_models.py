@@ -194,7 +194,7 @@ def test_neural_members_reproducible_with_a_fixed_seed(tmp_path, panel):
     assert first.lookback_sessions() == max(TINY_NEURAL.input_size, TINY_NEURAL.drift_baseline_sessions) + LOOKBACK_MARGIN
 
 
-def test_registry_round_trip_picks_the_newest_cutoff_before_the_origin(tmp_path, panel, gbdt_bundle):
+def test_registry_round_trip_picks_the_newest_cutoff_before_the_origin(tmp_path, panel, gbdt_bundle, capfd, monkeypatch):
     from ibf_core.models.registry import ensure_experiment, list_versions, load_registered, log_and_register, version_for
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -211,7 +211,10 @@ def test_registry_round_trip_picks_the_newest_cutoff_before_the_origin(tmp_path,
     assert version_for(uri, "ibf-test", dt.date(2012, 10, 1)).version == "2"
     with pytest.raises(ModelLoadError, match="no registered version"):
         version_for(uri, "ibf-test", CUTOFF)
+    monkeypatch.delenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", raising=False)  # restored after the test
+    capfd.readouterr()
     loaded = load_registered(uri, registered[0], tmp_path / "cache")
+    assert "Downloading artifacts" not in capfd.readouterr().err  # no third-party progress bar
     origins = origin_rows(panel, SYMBOLS, [pd.Timestamp("2012-07-02")])
     pd.testing.assert_frame_equal(forecast(gbdt_bundle, panel, origins), forecast(loaded, panel, origins))
     run = mlflow.get_run(registered[0].run_id)
