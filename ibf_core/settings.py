@@ -487,6 +487,12 @@ def get_settings() -> Settings:
     return load_settings()
 
 
+def library_default(name: str, value: str) -> None:
+    """A third-party library's environment variable set to ``value`` unless the user set it (this module is the
+    one place that touches the environment)."""
+    os.environ.setdefault(name, value)
+
+
 def export_to_children(values: dict[str, str]) -> None:
     """Put ``values`` into this process' environment for the processes it starts next (the workers of
     ``ibf serve``); with ``Settings`` the one place that touches the environment."""

@@ -60,6 +60,9 @@ def mlflow_tracking_resource(experiment: str, tracking_uri: str, on_init) -> dg.
 
     @dg.resource(config_schema=schema, description="MLflow tracking (dagster-mlflow)")
     def mlflow_tracking(init_context):
+        from ibf_core.models.registry import quiet_mlflow
+
+        quiet_mlflow()  # before dagster-mlflow imports mlflow: its loggers take their level at import
         from dagster_mlflow.resources import MlFlow
 
         on_init()

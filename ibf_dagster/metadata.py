@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import dagster as dg
 
@@ -38,6 +39,28 @@ def partition_result(context: dg.AssetExecutionContext, metadata: dict, **result
     context.add_asset_metadata(metadata, partition_key=last)
     return dg.MaterializeResult(
         metadata={"run_partitions": len(keys), "run_metadata_on": dg.MetadataValue.text(str(last))}, **result
+    )
+
+
+def table_asset(
+    spec: TableSpec, *, description: str, partitions_def: dg.PartitionsDefinition, group: str, layer: str, domain: str,
+    engine: str = "python", metadata: dict | None = None, **asset: Any,
+):
+    """``@dg.asset`` for an asset that is a warehouse table: named after the table, one run per backfill rectangle,
+    written in the ``duckdb`` pool, with ibf's owners, layer/domain tags, kinds and the table's column schema (plus
+    ``metadata``); ``asset`` passes the rest (deps, check_specs, automation_condition) to ``dg.asset``."""
+    return dg.asset(
+        name=spec.name,
+        description=description,
+        partitions_def=partitions_def,
+        backfill_policy=dg.BackfillPolicy.single_run(),
+        pool="duckdb",
+        kinds={"duckdb", "parquet", engine},
+        owners=OWNERS,
+        tags={"layer": layer, "domain": domain},
+        group_name=group,
+        metadata={"dagster/column_schema": column_schema(spec), "dagster/table_name": spec.name, **(metadata or {})},
+        **asset,
     )
 
 

@@ -365,3 +365,19 @@ def test_a_registered_member_trains_predicts_saves_and_loads_with_no_other_chang
     unregister("ridge")  # a process that does not know the member refuses the bundle with its name
     with pytest.raises(ModelLoadError, match=r"unknown member\(s\) \['ridge'\]"):
         load_bundle(tmp_path / "r", digest)
+
+
+def test_a_bundle_with_factor_members_is_logged_and_registered(tmp_path, panel):
+    """Factor members record no fitting of their own: every member's fit is timed by the trainer, so the registry
+    logs `train_seconds_<member>` for all of them (a default-members `ibf train` failed with KeyError 'seconds')."""
+    from ibf_core.models.registry import ensure_experiment, log_and_register
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    ensure_experiment(uri, "factors", tmp_path / "artifacts")
+    mlflow.set_experiment("factors")
+    bundle = train_models(panel, CUTOFF, ModelConfig(members=("gbdt", "reversal_5", "momentum_20"), gbdt_rounds=40))
+    assert all(bundle.facts["members"][name]["seconds"] >= 0 for name in ("gbdt", "reversal_5", "momentum_20"))
+    with mlflow.start_run():
+        registered = log_and_register(bundle, "ibf-factors", tmp_path / "work")
+    metrics = mlflow.get_run(registered.run_id).data.metrics
+    assert {"train_seconds_gbdt", "train_seconds_reversal_5", "train_seconds_momentum_20"} <= set(metrics)

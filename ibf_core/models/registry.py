@@ -40,12 +40,14 @@ class RegisteredModel:
 
 
 def quiet_mlflow():
-    """``mlflow``, its per-download progress bars off unless the user turned them on
-    (``MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR``): loading a bundle printed a "Downloading artifacts" bar per call,
-    21 of them in a `make demo`. MLflow reads the variable at each download."""
-    import os
+    """``mlflow``, quiet unless the user asked otherwise: no per-download progress bars
+    (``MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR``; loading a bundle printed a "Downloading artifacts" bar per call, 21 in
+    a `make demo`) and warnings only from its loggers (``MLFLOW_LOGGING_LEVEL``, read when mlflow is first
+    imported: "Creating initial MLflow database tables..."). Call it before anything imports mlflow."""
+    from ibf_core.settings import library_default
 
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    library_default("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    library_default("MLFLOW_LOGGING_LEVEL", "WARNING")
     import mlflow  # ~2.4 s of imports: only on the paths that talk to the registry
 
     return mlflow

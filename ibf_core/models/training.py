@@ -237,8 +237,11 @@ def fit_members(
         member = member_class(name)(selection.inputs)
         if member.trained:
             say(f"training {name} on {len(train):,} rows ({len(selection.symbols)} symbols) on {device_description(device)}")
+            started = time.perf_counter()
             with meter.phase(f"fit {name}"):
                 facts[name] = member.fit(train, device)
+            # every fit is timed here (a member may record its own, finer, seconds): the registry logs them all
+            facts[name].setdefault("seconds", round(time.perf_counter() - started, 3))
         members[name] = member
     return members, facts
 

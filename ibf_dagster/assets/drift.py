@@ -12,7 +12,7 @@ from ibf_core.monitoring import DriftPolicy
 from ibf_core.settings import Settings
 from ibf_core.features.table import features_spec
 from ibf_core.storage.tables import DRIFT_SCORES
-from ibf_dagster.metadata import OWNERS, column_schema, partition_result, plot_if_small
+from ibf_dagster.metadata import partition_result, plot_if_small, table_asset
 from ibf_dagster.partitions import context_rectangles, require_upstream, symbol_date_partitions
 from ibf_dagster.resources import SettingsResource, WarehouseResource
 
@@ -24,8 +24,8 @@ def build_drift_scores(settings: Settings) -> dg.AssetsDefinition:
     spec = DRIFT_SCORES
     policy = DriftPolicy.from_settings(settings)
 
-    @dg.asset(
-        name=spec.name,
+    @table_asset(
+        spec,
         description=(
             "Per symbol and session: KS and CVM per feature (Bonferroni), PSI per feature and a multivariate MMD "
             "(alibi-detect, PyTorch) of the last sessions' features against the model's training reference; "
@@ -33,14 +33,7 @@ def build_drift_scores(settings: Settings) -> dg.AssetsDefinition:
             "coverage of matured forecasts; a CUSUM on standardized forecast residuals."
         ),
         partitions_def=symbol_date_partitions(settings),
-        backfill_policy=dg.BackfillPolicy.single_run(),
         deps=["predictions", "features", "market_bars"],
-        pool="duckdb",
-        kinds={"duckdb", "parquet", "pytorch"},
-        owners=OWNERS,
-        tags={"layer": "monitoring", "domain": "drift"},
-        group_name="monitoring",
-        metadata={"dagster/column_schema": column_schema(spec), "dagster/table_name": spec.name},
         check_specs=[
             dg.AssetCheckSpec("single_breaches", asset=spec.name, description="No detector fired (WARN)"),
             dg.AssetCheckSpec(
@@ -55,6 +48,10 @@ def build_drift_scores(settings: Settings) -> dg.AssetsDefinition:
             ),
         ],
         automation_condition=dg.AutomationCondition.eager(),
+        group="monitoring",
+        layer="monitoring",
+        domain="drift",
+        engine="pytorch",
     )
     def drift_scores(context: dg.AssetExecutionContext, ibf: SettingsResource, warehouse: WarehouseResource) -> dg.MaterializeResult:
         from ibf_core.models.registry import list_versions

@@ -11,7 +11,7 @@ from ibf_core.features.table import features_spec
 from ibf_core.fundamentals.store import FUNDAMENTALS, MACRO_INDICATORS_TABLE
 from ibf_core.storage.tables import MARKET_BARS, NEWS_SENTIMENT
 from ibf_core.streaming.microstructure import MICROSTRUCTURE_DAILY
-from ibf_dagster.metadata import OWNERS, check_result, column_schema, partition_result, plot_if_small
+from ibf_dagster.metadata import check_result, partition_result, plot_if_small, table_asset
 from ibf_dagster.partitions import context_rectangles, require_upstream, symbol_date_partitions
 from ibf_dagster.resources import SettingsResource, WarehouseResource
 
@@ -43,8 +43,8 @@ def build_features(settings: Settings) -> dg.AssetsDefinition:
     sparse = sparse_features()
     feature_list = "\n".join(f"| `{f.name}` | {f.group} | {'yes' if f.future_known else ''} | {f.description} |" for f in FEATURES)
 
-    @dg.asset(
-        name=spec.name,
+    @table_asset(
+        spec,
         description=(
             f"{len(FEATURES)} scale-free features per symbol and NYSE session from `market_bars` and "
             "`news_sentiment` (and `microstructure_daily` where ibf stream collected the session): TA-Lib indicators, "
@@ -53,16 +53,8 @@ def build_features(settings: Settings) -> dg.AssetsDefinition:
             "only; each partition loads its own look-back window, so a single-day partition is exact."
         ),
         partitions_def=symbol_date_partitions(settings),
-        backfill_policy=dg.BackfillPolicy.single_run(),
         deps=[MARKET_BARS.name, NEWS_SENTIMENT.name, MICROSTRUCTURE_DAILY.name, FUNDAMENTALS.name, MACRO_INDICATORS_TABLE.name],
-        pool="duckdb",
-        kinds={"duckdb", "parquet", "python"},
-        owners=OWNERS,
-        tags={"layer": "features", "domain": "features"},
-        group_name="features",
         metadata={
-            "dagster/column_schema": column_schema(spec),
-            "dagster/table_name": spec.name,
             "features": dg.MetadataValue.md("| feature | group | future-known | description |\n|---|---|---|---|\n" + feature_list),
         },
         check_specs=[
@@ -72,6 +64,9 @@ def build_features(settings: Settings) -> dg.AssetsDefinition:
         # A daily fundamentals/macro refresh must not recompute every stored session's features: later sessions
         # read the new values when they are computed; re-materialize features to rebuild history with them.
         automation_condition=dg.AutomationCondition.eager().ignore(dg.AssetSelection.assets(FUNDAMENTALS.name, MACRO_INDICATORS_TABLE.name)),
+        group="features",
+        layer="features",
+        domain="features",
     )
     def features(context: dg.AssetExecutionContext, ibf: SettingsResource, warehouse: WarehouseResource) -> dg.MaterializeResult:
         from ibf_core.fundamentals import read_inputs

@@ -7,7 +7,7 @@ from ibf_core.fundamentals.store import FUNDAMENTALS as FUNDAMENTALS_TABLE
 from ibf_core.fundamentals.store import MACRO_INDICATORS_TABLE
 from ibf_core.report import markdown_table
 from ibf_core.settings import Settings
-from ibf_dagster.metadata import OWNERS, check_result, column_schema, partition_result
+from ibf_dagster.metadata import check_result, partition_result, table_asset
 from ibf_dagster.partitions import SYMBOL_PARTITIONS, date_partitions
 from ibf_dagster.resources import SettingsResource, WarehouseResource
 
@@ -25,8 +25,8 @@ def _issues_table(issues) -> dg.MetadataValue:
 
 
 def build_fundamentals(settings: Settings) -> dg.AssetsDefinition:
-    @dg.asset(
-        name=FUNDAMENTALS,
+    @table_asset(
+        FUNDAMENTALS_TABLE,
         description=(
             "Per symbol, from Alpha Vantage (IBF_FUNDAMENTALS_SOURCE): the company overview recorded once per session "
             "(sector, industry, exchange; snapshot fields such as shares outstanding, analyst target and ratings exist "
@@ -35,13 +35,6 @@ def build_fundamentals(settings: Settings) -> dg.AssetsDefinition:
             "announcements in `earnings_calendar`. What could not be loaded is in `fundamentals_issues`."
         ),
         partitions_def=SYMBOL_PARTITIONS,
-        backfill_policy=dg.BackfillPolicy.single_run(),
-        pool="duckdb",
-        kinds={"duckdb", "parquet", "python"},
-        owners=OWNERS,
-        tags={"layer": "raw", "domain": "fundamentals"},
-        group_name="fundamentals",
-        metadata={"dagster/column_schema": column_schema(FUNDAMENTALS_TABLE), "dagster/table_name": FUNDAMENTALS},
         check_specs=[
             dg.AssetCheckSpec("earnings_point_in_time", asset=FUNDAMENTALS, blocking=True,
                               description="No earnings row is usable before its report: date after reported_date "
@@ -50,6 +43,9 @@ def build_fundamentals(settings: Settings) -> dg.AssetsDefinition:
                               description="Symbols without an overview or earnings, with the reason (WARN)"),
         ],
         automation_condition=dg.AutomationCondition.on_cron("30 18 * * 1-5", "America/New_York"),
+        group="fundamentals",
+        layer="raw",
+        domain="fundamentals",
     )
     def fundamentals(context: dg.AssetExecutionContext, ibf: SettingsResource, warehouse: WarehouseResource) -> dg.MaterializeResult:
         from ibf_core.fundamentals import load_fundamentals, read_inputs
@@ -86,8 +82,8 @@ def build_fundamentals(settings: Settings) -> dg.AssetsDefinition:
 
 
 def build_macro_indicators(settings: Settings) -> dg.AssetsDefinition:
-    @dg.asset(
-        name=MACRO_INDICATORS,
+    @table_asset(
+        MACRO_INDICATORS_TABLE,
         description=(
             "Treasury yields (3-month, 2-year, 10-year), the effective federal funds rate, CPI and the unemployment "
             "rate from Alpha Vantage's economic endpoints, each value dated by the first session after its "
@@ -95,13 +91,6 @@ def build_macro_indicators(settings: Settings) -> dg.AssetsDefinition:
             "published. Missing months are recorded in `fundamentals_issues`, never filled."
         ),
         partitions_def=date_partitions(settings),
-        backfill_policy=dg.BackfillPolicy.single_run(),
-        pool="duckdb",
-        kinds={"duckdb", "parquet", "python"},
-        owners=OWNERS,
-        tags={"layer": "raw", "domain": "macro"},
-        group_name="fundamentals",
-        metadata={"dagster/column_schema": column_schema(MACRO_INDICATORS_TABLE), "dagster/table_name": MACRO_INDICATORS},
         check_specs=[
             dg.AssetCheckSpec("published_before_use", asset=MACRO_INDICATORS, blocking=True,
                               description="Every value is usable only after its period and release lag (ERROR)"),
@@ -109,6 +98,9 @@ def build_macro_indicators(settings: Settings) -> dg.AssetsDefinition:
                               description="Indicators without values up to the partition, with the reason (WARN)"),
         ],
         automation_condition=dg.AutomationCondition.on_cron("45 18 * * 1-5", "America/New_York"),
+        group="fundamentals",
+        layer="raw",
+        domain="macro",
     )
     def macro_indicators(context: dg.AssetExecutionContext, ibf: SettingsResource, warehouse: WarehouseResource) -> dg.MaterializeResult:
         import pandas as pd

@@ -7,7 +7,7 @@ import pandas as pd
 from ibf_core.settings import Settings
 from ibf_core.streaming.microstructure import MICROSTRUCTURE_DAILY
 from ibf_core.streaming.tables import INTRADAY_BARS, LIVE_TABLES, QUOTES
-from ibf_dagster.metadata import OWNERS, check_result, column_schema, partition_result
+from ibf_dagster.metadata import OWNERS, check_result, column_schema, partition_result, table_asset
 from ibf_dagster.partitions import (
     SYMBOL_PARTITIONS, context_rectangles, contiguous_blocks, date_key_of, symbol_date_partitions,
 )  # fmt: skip
@@ -127,8 +127,8 @@ def build_live_watch(settings: Settings) -> tuple:
 def build_microstructure_daily(settings: Settings) -> dg.AssetsDefinition:
     spec = MICROSTRUCTURE_DAILY
 
-    @dg.asset(
-        name=spec.name,
+    @table_asset(
+        spec,
         description=(
             "The session's microstructure per symbol from the live tables: time-weighted quoted spread, effective "
             "spread, top-of-book depth imbalance, Lee-Ready trade-flow imbalance, Kyle's lambda, 5-second realized "
@@ -136,18 +136,14 @@ def build_microstructure_daily(settings: Settings) -> dg.AssetsDefinition:
             "sessions ibf stream did not collect have no row (the live features are NULL there)."
         ),
         partitions_def=symbol_date_partitions(settings),
-        backfill_policy=dg.BackfillPolicy.single_run(),
         deps=[INTRADAY_BARS.name, QUOTES.name],
-        pool="duckdb",
-        kinds={"duckdb", "parquet", "python"},
-        owners=OWNERS,
-        tags={"layer": "features", "domain": "live"},
-        group_name=LIVE_GROUP,
-        metadata={"dagster/column_schema": column_schema(spec), "dagster/table_name": spec.name},
         check_specs=[dg.AssetCheckSpec(
             "measures_finite", asset=spec.name, blocking=True,
             description="Every stored measure is finite or NULL, spreads non-negative, imbalances in [-1, 1] (ERROR)",
         )],
+        group=LIVE_GROUP,
+        layer="features",
+        domain="live",
     )
     def microstructure_daily(context: dg.AssetExecutionContext, ibf: SettingsResource,
                              warehouse: WarehouseResource) -> dg.MaterializeResult:

@@ -10,7 +10,7 @@ from ibf_core.ingest import load_market_bars
 from ibf_core.report import line_plot_markdown, markdown_table
 from ibf_core.settings import Settings
 from ibf_core.storage.tables import MARKET_BARS
-from ibf_dagster.metadata import OWNERS, check_result, column_schema, partition_result, plot_if_small
+from ibf_dagster.metadata import check_result, partition_result, plot_if_small, table_asset
 from ibf_dagster.partitions import context_rectangles, symbol_date_partitions
 from ibf_dagster.resources import BarSourceResource, SettingsResource, WarehouseResource
 
@@ -37,26 +37,22 @@ def build_market_bars(settings: Settings) -> list:
     """The ``market_bars`` asset and its freshness check for these settings' partitions."""
     partitions = symbol_date_partitions(settings)
 
-    @dg.asset(
-        name=MARKET_BARS.name,
+    @table_asset(
+        MARKET_BARS,
         description=(
             "Daily OHLCV bars (split-adjusted; adj_close also dividend-adjusted) per symbol and NYSE trading day, "
             "from the configured source (sample, csv or ibkr). Stored as Parquet per symbol, queried as the "
             "DuckDB view `market_bars`."
         ),
         partitions_def=partitions,
-        backfill_policy=dg.BackfillPolicy.single_run(),
-        pool="duckdb",
-        kinds={"duckdb", "parquet", "python"},
-        owners=OWNERS,
-        tags={"layer": "raw", "domain": "market_data"},
-        group_name="market_data",
-        metadata={"dagster/column_schema": column_schema(MARKET_BARS), "dagster/table_name": MARKET_BARS.name},
         check_specs=[
             dg.AssetCheckSpec(name, asset=MARKET_BARS.name, description=desc, blocking=severity == ERROR)
             for name, (severity, desc, _) in SLICE_CHECKS.items()
         ],
         automation_condition=dg.AutomationCondition.on_cron("0 18 * * 1-5", "America/New_York"),
+        group="market_data",
+        layer="raw",
+        domain="market_data",
     )
     def market_bars(
         context: dg.AssetExecutionContext, ibf: SettingsResource, warehouse: WarehouseResource, bar_source: BarSourceResource

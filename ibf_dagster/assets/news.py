@@ -6,7 +6,7 @@ from ibf_core import quality
 from ibf_core.report import markdown_table
 from ibf_core.settings import Settings
 from ibf_core.storage.tables import NEWS_SENTIMENT
-from ibf_dagster.metadata import OWNERS, check_result, column_schema, partition_result
+from ibf_dagster.metadata import check_result, partition_result, table_asset
 from ibf_dagster.partitions import context_rectangles, symbol_date_partitions
 from ibf_dagster.resources import SettingsResource, WarehouseResource
 
@@ -14,8 +14,8 @@ WARN = dg.AssetCheckSeverity.WARN
 
 
 def build_news_sentiment(settings: Settings) -> dg.AssetsDefinition:
-    @dg.asset(
-        name=NEWS_SENTIMENT.name,
+    @table_asset(
+        NEWS_SENTIMENT,
         description=(
             "Daily news per symbol and NYSE session: article count, mean and relevance-weighted ticker sentiment, "
             "bullish/bearish shares and news-volume z-score. Articles published after a session's close count for "
@@ -23,16 +23,12 @@ def build_news_sentiment(settings: Settings) -> dg.AssetsDefinition:
             "URL in `news_articles`, their ticker mentions in `news_mentions`."
         ),
         partitions_def=symbol_date_partitions(settings),
-        backfill_policy=dg.BackfillPolicy.single_run(),
-        pool="duckdb",
-        kinds={"duckdb", "parquet", "python"},
-        owners=OWNERS,
-        tags={"layer": "raw", "domain": "news"},
-        group_name="news",
-        metadata={"dagster/column_schema": column_schema(NEWS_SENTIMENT), "dagster/table_name": NEWS_SENTIMENT.name},
         check_specs=[dg.AssetCheckSpec("news_coverage", asset=NEWS_SENTIMENT.name,
                                        description="Share of sessions with news per symbol (WARN)")],
         automation_condition=dg.AutomationCondition.on_cron("0 18 * * 1-5", "America/New_York"),
+        group="news",
+        layer="raw",
+        domain="news",
     )
     def news_sentiment(context: dg.AssetExecutionContext, ibf: SettingsResource, warehouse: WarehouseResource) -> dg.MaterializeResult:
         from ibf_core.news import daily_news, load_news

@@ -7,7 +7,7 @@ import pandas as pd
 from ibf_core.settings import Settings
 from ibf_core.features.table import features_spec
 from ibf_core.storage.tables import PREDICTIONS
-from ibf_dagster.metadata import OWNERS, column_schema, partition_result, plot_if_small
+from ibf_dagster.metadata import partition_result, plot_if_small, table_asset
 from ibf_dagster.partitions import context_rectangles, require_upstream, symbol_date_partitions
 from ibf_dagster.resources import SettingsResource, WarehouseResource
 
@@ -27,26 +27,23 @@ WARN_CHECKS = {
 def build_predictions(settings: Settings) -> dg.AssetsDefinition:
     spec = PREDICTIONS
 
-    @dg.asset(
-        name=spec.name,
+    @table_asset(
+        spec,
         description=(
             "Per symbol, origin session and horizon (1/3/5/10/15/20 sessions): the ensemble's h-day log-return and "
             "price forecast with conformal 80%/95% bounds, every member's forecast, the model version used (the "
             "newest registered cut-off strictly before the origin) and the cross-sectional rank over the universe."
         ),
         partitions_def=symbol_date_partitions(settings),
-        backfill_policy=dg.BackfillPolicy.single_run(),
         deps=["features", dg.AssetDep("trained_models", partition_mapping=dg.AllPartitionMapping())],
-        pool="duckdb",
-        kinds={"duckdb", "parquet", "pytorch"},
-        owners=OWNERS,
-        tags={"layer": "predictions", "domain": "forecasting"},
-        group_name="models",
-        metadata={"dagster/column_schema": column_schema(spec), "dagster/table_name": spec.name},
         check_specs=[dg.AssetCheckSpec(n, asset=spec.name, description=d, blocking=True) for n, d in CHECKS.items()]
         + [dg.AssetCheckSpec(n, asset=spec.name, description=d) for n, d in WARN_CHECKS.items()],
         # The latest partitions follow new features after each close and every newly trained model.
         automation_condition=dg.AutomationCondition.eager(),
+        group="models",
+        layer="predictions",
+        domain="forecasting",
+        engine="pytorch",
     )
     def predictions(context: dg.AssetExecutionContext, ibf: SettingsResource, warehouse: WarehouseResource) -> dg.MaterializeResult:
         from ibf_core.models.inference import predict_rectangle, storable
