@@ -1,0 +1,29 @@
+"""`make demo`'s command end to end, as the README's quick start runs it: the default members, trained and
+registered, forecasts and drift scores written; only ibf's own lines on the terminal."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+IBF = str(Path(sys.executable).with_name("ibf"))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_the_demo_trains_the_default_members_and_forecasts_quietly(ibf_home):
+    # Fewer steps than the demo's 200 keep the test short; every default member still trains and is registered.
+    env = {**os.environ, "IBF_MODEL_MAX_STEPS": "10", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "", "MLFLOW_LOGGING_LEVEL": ""}
+    env = {k: v for k, v in env.items() if v != "" or not k.startswith("MLFLOW_")}
+    done = subprocess.run([IBF, "demo"], env=env, capture_output=True, text=True, timeout=880)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-4000:]
+    assert "demo finished" in output
+    for noise in ("Downloading artifacts", " INFO mlflow", "Creating initial MLflow database tables"):
+        assert noise not in output, noise  # third-party chatter a newcomer should not see
+    rows = json.loads(subprocess.run([IBF, "sql", "SELECT count(*) AS n, count(DISTINCT model_version) AS v FROM predictions",
+                                      "-f", "json"], env=env, capture_output=True, text=True, check=True).stdout)
+    assert rows == [{"n": 24, "v": 1}]  # 4 symbols x 6 horizons from the one registered version
