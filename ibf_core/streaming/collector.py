@@ -23,13 +23,14 @@ import datetime as dt
 import logging
 import threading
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
 
+from ibf_core.sources.ibkr import RequestPacer
 from ibf_core.storage.interface import TableStore
 from ibf_core.streaming.priority import serve_order
 from ibf_core.streaming.store import Appender
@@ -65,20 +66,6 @@ class StreamStats:
 
 class _ClientIdInUse(ConnectionError):
     """IB error 326 on connect."""
-
-
-class _Pacer:
-    """At most ``limit`` requests in any ``window_s``: ``wait()`` sleeps until the next one may go."""
-
-    def __init__(self, limit: int, window_s: float):
-        self.limit, self.window_s, self.sent = limit, window_s, deque()
-
-    async def wait(self) -> None:
-        while len(self.sent) >= self.limit:
-            await asyncio.sleep(max(0.0, self.window_s - (time.monotonic() - self.sent[0])) + 0.01)
-            while self.sent and time.monotonic() - self.sent[0] > self.window_s:
-                self.sent.popleft()
-        self.sent.append(time.monotonic())
 
 
 class Collector:
@@ -126,7 +113,8 @@ class Collector:
         # One appender per table: it remembers stored keys, so a batch does not re-read the day's partitions.
         self._appenders = {spec.name: Appender(store, spec, floor="time" if spec is TRADES else None)
                            for spec in (INTRADAY_BARS, QUOTES, TRADES, DEPTH)}
-        self._pacer = _Pacer(realtime_per_10min, 600.0)
+        # IB's limit on real-time bar subscriptions: at most realtime_per_10min in any 10 minutes (one pacer for IB)
+        self._pacer = RequestPacer(min_interval=0.0, max_requests=realtime_per_10min, window=600.0, identical_gap=0.0)
         self._ib: Any = None
         self._lost = asyncio.Event()
         if unserved:
@@ -317,7 +305,7 @@ class Collector:
             self._request_quotes(ib, symbol, contract)
         for symbol in self.served:
             for what in self.bar_types:
-                await self._pacer.wait()
+                await self._pacer.acquire("reqRealTimeBars")
                 bars = ib.reqRealTimeBars(lib.Stock(symbol, "SMART", "USD"), 5, what, False)
                 bars.updateEvent += lambda b, new, s=symbol, w=what: self._on_bar(s, w, b, new)
         self._request_ticks(ib)
