@@ -381,3 +381,17 @@ def test_a_bundle_with_factor_members_is_logged_and_registered(tmp_path, panel):
         registered = log_and_register(bundle, "ibf-factors", tmp_path / "work")
     metrics = mlflow.get_run(registered.run_id).data.metrics
     assert {"train_seconds_gbdt", "train_seconds_reversal_5", "train_seconds_momentum_20"} <= set(metrics)
+
+
+def test_a_member_without_history_by_design_is_named_not_a_failed_validation(panel):
+    """A universe loaded with under a year of history: 12-1 momentum (253 sessions) forecasts nothing. The bundle
+    says so and the `validation_complete` rule excuses it by name; a trained member without metrics is not excused."""
+    from ibf_core.models.training import validation_gaps
+
+    short = panel[panel["date"] > pd.Timestamp(CUTOFF) - pd.Timedelta(days=300)].reset_index(drop=True)
+    bundle = train_models(short, CUTOFF, ModelConfig(members=("gbdt", "momentum_12_1"), gbdt_rounds=40))
+    excused, unexplained = validation_gaps(bundle)
+    assert excused == {"momentum_12_1": list(bundle.config.horizons)} and unexplained == {}
+    assert set(bundle.facts["intervals_left_out"]) == {"momentum_12_1"}
+    bundle.validation[0] = {**bundle.validation[0], "member": "gbdt", "mae": float("nan")}
+    assert validation_gaps(bundle)[1] == {"gbdt": [bundle.validation[0]["horizon"]]}

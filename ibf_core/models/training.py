@@ -440,6 +440,21 @@ def conformal_quantiles(
     return quantiles
 
 
+def validation_gaps(bundle: ModelBundle) -> tuple[dict[str, list[int]], dict[str, list[int]]]:
+    """Members x horizons without finite validation metrics: (excused, unexplained). Excused: a member that may
+    forecast nothing by design (``finite`` False: 12-1 momentum needs 253 sessions of history, a universe loaded
+    with one year has none), recorded as such; any other gap is a failed training."""
+    excused: dict[str, list[int]] = {}
+    unexplained: dict[str, list[int]] = {}
+    for row in bundle.validation:
+        if all(row.get(k) is not None and np.isfinite(row[k]) for k in ("mae", "rel_mae_vs_naive")):
+            continue
+        member = row["member"]
+        by_design = member in bundle.members and not bundle.members[member].finite
+        (excused if by_design else unexplained).setdefault(member, []).append(int(row["horizon"]))
+    return excused, unexplained
+
+
 def validate(
     bundle: ModelBundle, data: pd.DataFrame, origins: pd.DataFrame, points: dict[str, pd.DataFrame], realized: pd.DataFrame
 ) -> list[dict[str, Any]]:

@@ -65,7 +65,7 @@ def build_trained_models(settings: Settings) -> dg.AssetsDefinition:
             dg.AssetCheckSpec(
                 "validation_complete",
                 asset="trained_models",
-                description="Every member has finite validation metrics at every horizon, intervals calibrated (ERROR)",
+                description="Every member has finite validation metrics at every horizon (a member that forecasts nothing by design, such as 12-1 momentum on under a year of history, is named, not failed), intervals calibrated (ERROR)",
                 blocking=True,
             )
         ],
@@ -123,7 +123,10 @@ def _result(bundle, registered, settings: Settings, elapsed: float, run_link: st
 
     validation = pd.DataFrame(bundle.validation)
     table = validation[["horizon", "member", "n", "mae", "rel_mae_vs_naive", "da", "rank_ic_mean", "dm_pvalue", "coverage_80", "coverage_95"]]
-    finite = validation[["mae", "rel_mae_vs_naive"]].notna().all().all() and len(bundle.conformal) > 0
+    from ibf_core.models.training import validation_gaps
+
+    excused, unexplained = validation_gaps(bundle)
+    finite = not unexplained and len(bundle.conformal) > 0
     from ibf_core.models.ensemble import rule
 
     weights = {h: {"method": c["method"], **{m: round(w, 3) for m, w in c["weights"].items()}} for h, c in bundle.ensemble.items()}
@@ -175,7 +178,10 @@ def _result(bundle, registered, settings: Settings, elapsed: float, run_link: st
                 check_name="validation_complete",
                 passed=bool(finite),
                 severity=ERROR,
-                metadata={"rows": len(validation), "members": ",".join(sorted(validation["member"].unique()))},
+                metadata={"rows": len(validation), "members": ",".join(sorted(validation["member"].unique())),
+                          # members that forecast nothing by design (too little history), and any other gap
+                          "without_forecasts_by_design": dg.MetadataValue.json(excused),
+                          "missing_metrics": dg.MetadataValue.json(unexplained)},
             )
         ],
     )
