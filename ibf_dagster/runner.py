@@ -134,6 +134,9 @@ def backfill(
         _raise_if_stopped(result, wait)
         summaries.append(_summarize(result, block, (date_keys[0], date_keys[-1])))
 
+    recorded = len(date_keys) * len(wanted) * len(groups["symbol_date"])
+    if recorded > SQLITE_PARTITIONS_WARNING and settings.dagster_pg_url is None:  # said before any run starts
+        report_notice(sqlite_scale_warning(recorded, settings))
     # A run covers one partitioning: by-date (macro_indicators) and by-symbol (fundamentals) assets run first,
     # in their own runs, since the symbol x date assets read them.
     if groups["date"]:
@@ -141,9 +144,6 @@ def backfill(
     for block in blocks:
         if groups["symbol"]:
             execute(groups["symbol"], block[0], block[-1], len(block) * len(groups["symbol"]), block)
-    recorded = len(date_keys) * len(wanted) * len(groups["symbol_date"])
-    if recorded > SQLITE_PARTITIONS_WARNING and settings.dagster_pg_url is None:
-        report_notice(sqlite_scale_warning(recorded, settings))
     for block in blocks:
         if groups["symbol_date"]:
             first = dg.MultiPartitionKey({"date": date_keys[0], "symbol": block[0]})
@@ -152,8 +152,8 @@ def backfill(
     return summaries
 
 
-# Above this many partition materializations in one backfill, the embedded SQLite instance's bookkeeping (one
-# event, its tags and the asset's status per partition) is most of the wall time: Postgres records them in batches.
+# Above this many partition materializations in one backfill (Dagster's guideline is ~100,000 per asset), the
+# instance's bookkeeping (one event, its tags and the asset's status per partition) is most of the wall time.
 SQLITE_PARTITIONS_WARNING = 50_000
 
 
@@ -163,7 +163,7 @@ def sqlite_scale_warning(recorded: int, settings: Settings) -> str:
     hint = f" or IBF_DATE_PARTITIONS={coarser} (fewer, larger partitions)" if coarser else ""
     return (f"warning: this backfill records {recorded:,} partition materializations in the embedded SQLite instance "
             f"(over {SQLITE_PARTITIONS_WARNING:,}: Dagster's bookkeeping will dominate); set IBF_DAGSTER_PG_URL "
-            f"(a Postgres instance){hint}")
+            f"(a Postgres instance, for several writers; not faster on one machine){hint}")
 
 
 def _by_partitioning(graph, selected: set) -> dict[str, set]:
