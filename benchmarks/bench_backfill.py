@@ -85,7 +85,7 @@ def _store(home: Path, warehouse: str):
 
 def ibf_library(path: Path, home: Path, symbols: list[str], start, end, warehouse: str = "lake") -> int:
     """ibf without Dagster: CsvSource (full validation, split check) + the warehouse's slice replace."""
-    from ibf_core.ingest import load_market_bars
+    from ibf_core.market.ingest import load_market_bars
     from ibf_core.sources.csv import CsvSource
 
     return load_market_bars(CsvSource(path), _store(home, warehouse), symbols, start, end).write.rows_written

@@ -1,6 +1,6 @@
 """A loopback IB Gateway simulator that speaks the real TWS/Gateway wire protocol.
 
-It serves daily bars from a canonical ``ibf_core.bars`` frame (or any ``BarSource``) to the real
+It serves daily bars from a canonical ``ibf_core.market.bars`` frame (or any ``BarSource``) to the real
 ``ib_insync`` / ``ib_async`` clients, with switchable faults (pacing violations, unknown symbols, dropped
 sockets, connectivity loss 1100/1102, slow replies, client id in use) and a log of every historical request,
 so tests and users can exercise ``IbkrSource`` without TWS. Field orders follow the ib_insync 0.9.86

@@ -13,6 +13,8 @@ from typing import Annotated, Any, Literal
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
+from ibf_core.models.names import trained_members  # the member names are the one list settings accept
+
 SYMBOL_PATTERN = re.compile(r"^[A-Z0-9][A-Z0-9.\-]{0,15}$")
 DEFAULT_UNIVERSE = ("AAPL", "GOOG", "IBM", "MSFT")
 # Environment variables that name a secret by convention (their values are redacted everywhere).
@@ -340,8 +342,6 @@ class Settings(BaseSettings):
     @field_validator("model_members")
     @classmethod
     def _members(cls, value: list[str]) -> list[str]:
-        from ibf_core.models.members import trained_members  # the member registry is the one list of names
-
         known = trained_members()
         members = [m.strip().lower() for m in value]
         unknown = sorted(set(members) - set(known))

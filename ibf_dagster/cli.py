@@ -200,7 +200,7 @@ def _assets_option(value: str, settings) -> str:
 def _csv_input(settings, symbols: list[str] | None, start: str | None, end: str | None):
     """Read and check the whole csv input before any run, so a bad file changes nothing; without --symbols
     take every symbol in it, without --start/--end its first/last date."""
-    from ibf_core.bars import BarsValidationError
+    from ibf_core.market.bars import BarsValidationError
     from ibf_core.sources import make_source
     from ibf_core.sources.errors import SourceError
 
@@ -231,7 +231,7 @@ def _print_bar_issues(settings, symbols: list[str], since: dt.datetime) -> None:
     """'market_bars: N rows repaired, M dropped, see bar_issues' for what this backfill's loads recorded."""
     import pandas as pd
 
-    from ibf_core.bar_issues import IssueSummary, read_issues
+    from ibf_core.market.issues import IssueSummary, read_issues
     from ibf_core.storage.backends import open_warehouse
 
     issues = read_issues(open_warehouse(settings), symbols)

@@ -7,7 +7,7 @@ from typing import Any
 
 import dagster as dg
 
-from ibf_core.quality import QualityResult
+from ibf_core.market.quality import QualityResult
 from ibf_core.storage.tables import TableSpec
 
 OWNERS = ["team:ibf-data"]

@@ -7,11 +7,11 @@ import pandas as pd
 import pytest
 
 from conftest import make_bars
-from ibf_core.bar_checks import BarPolicy, check_bars
-from ibf_core.bar_issues import BAR_ISSUES, IssueSummary
-from ibf_core.bars import BarsValidationError
-from ibf_core.ingest import load_market_bars
-from ibf_core.quality import check_ohlc_consistency
+from ibf_core.market.checks import BarPolicy, check_bars
+from ibf_core.market.issues import BAR_ISSUES, IssueSummary
+from ibf_core.market.bars import BarsValidationError
+from ibf_core.market.ingest import load_market_bars
+from ibf_core.market.quality import check_ohlc_consistency
 from ibf_core.settings import load_settings
 from ibf_core.sources import make_source
 from ibf_core.sources.csv import CsvSource

@@ -3,8 +3,9 @@ import pandas as pd
 import pytest
 
 from conftest import make_bars
-from ibf_core.bar_checks import BarPolicy
-from ibf_core.bars import BarsValidationError, split_adjust, split_events, validate_bars
+from ibf_core.market.checks import BarPolicy
+from ibf_core.market.bars import BarsValidationError, split_adjust, split_events
+from ibf_core.market.checks import validate_bars
 from ibf_core.sources.csv import CsvSource, read_bars_path
 from ibf_core.sources.errors import SourceError, UnknownSymbolError
 from ibf_core.sources.sample import SampleSource

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ibf_core.bars import BAR_COLUMNS
+from ibf_core.market.bars import BAR_COLUMNS
 from conftest import dividend_bars
 from ibf_core.gateway_sim import GatewaySimulator
 from ibf_core.settings import load_settings

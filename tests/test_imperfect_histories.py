@@ -240,7 +240,7 @@ def test_close_only_training_leaves_out_what_the_data_lacks_and_says_why(close_o
 
 
 def test_feature_checks_on_close_only_data_judge_what_the_data_supports():
-    from ibf_core import quality
+    from ibf_core.market import quality
 
     bars = messy_bars(n_symbols=4, sessions=300, seed=4, close_only=True, no_volume=True)
     frame, support = compute_features_with_support(bars, benchmark=None)

@@ -395,3 +395,12 @@ def test_a_member_without_history_by_design_is_named_not_a_failed_validation(pan
     assert set(bundle.facts["intervals_left_out"]) == {"momentum_12_1"}
     bundle.validation[0] = {**bundle.validation[0], "member": "gbdt", "mae": float("nan")}
     assert validation_gaps(bundle)[1] == {"gbdt": [bundle.validation[0]["horizon"]]}
+
+
+def test_member_names_table_matches_the_member_classes():
+    """Settings validate against ``names`` without importing the members; the table must say what the classes say."""
+    from ibf_core.models import members, names
+
+    assert names.BUILTIN_MEMBERS == {n: (c.trained, c.neural) for n, c in members.registered().items() if n in names.BUILTIN_MEMBERS}
+    assert list(names.BUILTIN_MEMBERS) == [n for n in members.registered() if n in names.BUILTIN_MEMBERS]
+    assert set(members.registered()) >= set(names.BUILTIN_MEMBERS)

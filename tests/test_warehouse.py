@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import make_bars
-from ibf_core.bars import validate_bars
+from ibf_core.market.checks import validate_bars
 from ibf_core.storage.tables import MARKET_BARS
 from ibf_core.storage.warehouse import QueryRefused, Warehouse, WarehouseError
 
@@ -88,7 +88,7 @@ KILLED_WRITER = textwrap.dedent(
     import pyarrow.parquet as pq
     sys.path.insert(0, sys.argv[2])
     from conftest import make_bars
-    from ibf_core.bars import validate_bars
+    from ibf_core.market.checks import validate_bars
     from ibf_core.storage.tables import MARKET_BARS
     from ibf_core.storage.warehouse import Warehouse
     real = pq.write_table

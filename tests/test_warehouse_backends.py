@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from conftest import make_bars
-from ibf_core.bars import validate_bars
+from ibf_core.market.checks import validate_bars
 from ibf_core.processes import free_port
 from ibf_core.settings import load_settings
 from ibf_core.storage.backends import open_warehouse
@@ -151,7 +151,7 @@ KILLED_WRITER = textwrap.dedent(
     import sys, time
     sys.path.insert(0, sys.argv[1])
     from conftest import make_bars
-    from ibf_core.bars import validate_bars
+    from ibf_core.market.checks import validate_bars
     from ibf_core.storage.backends import open_warehouse
     from ibf_core.storage.tables import MARKET_BARS
     bars = validate_bars(make_bars(seed=1), "t").assign(source="new")

@@ -140,7 +140,7 @@ def compute_features(
 ) -> pd.DataFrame:
     """``symbol, date`` + ``feature_columns()`` + ``warmup``, one row per bar, sorted by symbol and date.
 
-    ``bars``: the canonical bar frame (``ibf_core.bars``), any order; ``volume`` (and ``open``/``high``/``low``)
+    ``bars``: the canonical bar frame (``ibf_core.market.bars``), any order; ``volume`` (and ``open``/``high``/``low``)
     may be NULL or absent. ``news``: optional daily frame ``symbol, date`` + :data:`NEWS_COLUMNS`, left-joined
     as is. ``benchmark``: symbol for beta/correlation; when None or absent from ``bars`` the leave-one-out
     equal-weighted universe is used. ``microstructure_daily``: optional rows of that table (the live

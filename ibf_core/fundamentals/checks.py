@@ -6,7 +6,7 @@ from collections.abc import Iterable, Sequence
 
 import pandas as pd
 
-from ibf_core.quality import MAX_EXAMPLES, QualityResult
+from ibf_core.market.quality import MAX_EXAMPLES, QualityResult
 
 MONTHLY = frozenset({"cpi", "unemployment"})
 

@@ -11,16 +11,16 @@ from __future__ import annotations
 
 from typing import Any
 
+from ibf_core.models import names
+
 HORIZONS: tuple[int, ...] = (1, 3, 5, 10, 15, 20)
 
 
 def __getattr__(name: str) -> Any:
-    # NEURAL_MEMBERS and TRAINED_MEMBERS are read from the member registry when asked for, so a member
-    # registered later is included and importing this package does not import the members.
+    # NEURAL_MEMBERS and TRAINED_MEMBERS are read from the member names when asked for, so a member
+    # registered later is included.
     if name in ("NEURAL_MEMBERS", "TRAINED_MEMBERS"):
-        from ibf_core.models import members
-
-        return members.neural_members() if name == "NEURAL_MEMBERS" else members.trained_members()
+        return names.neural_members() if name == "NEURAL_MEMBERS" else names.trained_members()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

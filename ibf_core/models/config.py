@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from ibf_core.models import HORIZONS
-from ibf_core.models.members import trained_members
+from ibf_core.models.names import trained_members
 from ibf_core.settings import Settings
 
 # Compact, dense, scale-free inputs for the neural members; GBDT takes every feature that has data.

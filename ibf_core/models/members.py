@@ -18,18 +18,20 @@ every bundle holds; ``lstm`` and ``tft`` wrap ``neural.py``; ``gbdt`` (raw featu
 
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
+import numpy as np
+import pandas as pd
 
-if TYPE_CHECKING:
-    import numpy as np
-    import pandas as pd
-
-    from ibf_core.models.config import ModelConfig
-    from ibf_core.models.dataset import RobustScaler
+from ibf_core.features.pipeline import feature_by_name
+from ibf_core.models import ModelLoadError, factors, gbdt, names, neural
+from ibf_core.models.config import ModelConfig
+from ibf_core.models.dataset import RobustScaler
+from ibf_core.models.names import baseline_members, neural_members, trained_members
 
 
 @dataclass(frozen=True)
@@ -77,8 +79,6 @@ class Member(ABC):
 
     def forecastable(self, panel: pd.DataFrame, origins: pd.DataFrame) -> np.ndarray:
         """Per origin: whether this member can forecast it (its ``predict`` gives NaN for the others)."""
-        import numpy as np
-
         return np.ones(len(origins), dtype=bool)
 
     def fit(self, train: pd.DataFrame, device: str = "cpu") -> dict[str, Any]:
@@ -98,8 +98,6 @@ class Member(ABC):
         return cls(inputs)
 
     def _columns(self, values: dict[int, np.ndarray]) -> pd.DataFrame:
-        import pandas as pd
-
         return pd.DataFrame({f"h{h}": values[h] for h in self.config.horizons})
 
 
@@ -115,11 +113,13 @@ def register(cls: type[Member], replace: bool = False) -> type[Member]:
     if cls.name in _REGISTRY and not replace and _REGISTRY[cls.name] is not cls:
         raise ValueError(f"member {cls.name!r} is already registered ({_REGISTRY[cls.name].__name__})")
     _REGISTRY[cls.name] = cls
+    names.add(cls.name, cls.trained, cls.neural)
     return cls
 
 
 def unregister(name: str) -> None:
     _REGISTRY.pop(name, None)
+    names.remove(name)
 
 
 def member_class(name: str) -> type[Member]:
@@ -132,18 +132,6 @@ def member_class(name: str) -> type[Member]:
 def registered() -> dict[str, type[Member]]:
     """Every registered member class by name, in registration order."""
     return dict(_REGISTRY)
-
-
-def trained_members() -> tuple[str, ...]:
-    return tuple(n for n, c in _REGISTRY.items() if c.trained)
-
-
-def baseline_members() -> tuple[str, ...]:
-    return tuple(n for n, c in _REGISTRY.items() if not c.trained)
-
-
-def neural_members() -> tuple[str, ...]:
-    return tuple(n for n, c in _REGISTRY.items() if c.neural)
 
 
 def bundle_members(config: ModelConfig) -> tuple[str, ...]:
@@ -160,9 +148,13 @@ class Naive(Member):
     reported = False  # always 0: a column of zeros says nothing
 
     def predict(self, panel: pd.DataFrame, origins: pd.DataFrame) -> pd.DataFrame:
-        import numpy as np
-
         return self._columns({h: np.zeros(len(origins)) for h in self.config.horizons})
+
+
+def drift_forecast(panel: pd.DataFrame, window: int) -> pd.Series:
+    """Trailing mean daily log return (``window`` sessions, at least 20) per row: the drift baseline's daily rate."""
+    rolling = panel.groupby("symbol", sort=False)["y"].rolling(window, min_periods=20)
+    return rolling.mean().reset_index(level=0, drop=True)
 
 
 @register
@@ -178,8 +170,6 @@ class Drift(Member):
         return config.drift_baseline_sessions
 
     def predict(self, panel: pd.DataFrame, origins: pd.DataFrame) -> pd.DataFrame:
-        from ibf_core.models.predict import drift_forecast
-
         rate = drift_forecast(panel, self.config.drift_baseline_sessions).reindex(origins.index).to_numpy()
         return self._columns({h: rate * h for h in self.config.horizons})
 
@@ -201,8 +191,6 @@ class NeuralMember(Member):
     def model(self) -> Any:
         """The fitted NeuralForecast; a saved one is loaded on first use (``load``)."""
         if self._model is None and self._folder is not None:
-            from ibf_core.models import ModelLoadError, neural
-
             try:
                 self._model = neural.load(self._folder)
             except Exception as exc:  # the library's own load error, named with the files it came from
@@ -224,26 +212,18 @@ class NeuralMember(Member):
         return neural_warmup(config) + config.input_size + config.max_horizon + config.early_stopping_sessions
 
     def forecastable(self, panel: pd.DataFrame, origins: pd.DataFrame) -> np.ndarray:
-        from ibf_core.models import neural
-
         return neural.forecastable(panel, origins, self.config, list(self.inputs.scaler.center))
 
     def fit(self, train: pd.DataFrame, device: str = "cpu") -> dict[str, Any]:
-        from ibf_core.models import neural
-
         self.statics = neural.static_vocabulary(self.name, train, self.inputs.features)
         self.model, facts = neural.fit(self.name, train, self.config, self.inputs.scaler, self.inputs.y_sigma, device, self.statics)
         return facts
 
     def predict(self, panel: pd.DataFrame, origins: pd.DataFrame) -> pd.DataFrame:
-        from ibf_core.models import neural
-
         frame = neural.predict(self.model, self.name, panel, origins, self.config, self.inputs.scaler, self.inputs.y_sigma, self.statics)
         return frame[[f"h{h}" for h in self.config.horizons]].reset_index(drop=True)
 
     def save(self, folder: Path) -> None:
-        from ibf_core.models import neural
-
         neural.save(self.model, folder, self.statics)
 
     @classmethod
@@ -251,8 +231,6 @@ class NeuralMember(Member):
         """The member, its network loaded on first use: loading imports torch, Lightning and NeuralForecast (~9 s
         on this machine), which a caller that forecasts nothing (every origin carried) never pays. Importing them
         on a thread beside the caller's reads saved under 1 s here (imports hold the GIL), so it is not done."""
-        from ibf_core.models import neural
-
         return cls(inputs, None, neural.load_statics(folder), folder=folder)
 
 
@@ -286,26 +264,18 @@ class GBDT(Member):
         return 3 * config.max_horizon + config.early_stopping_sessions
 
     def fit(self, train: pd.DataFrame, device: str = "cpu") -> dict[str, Any]:
-        from ibf_core.models import gbdt
-
         self.categories = gbdt.category_vocabulary(train, self.inputs.features)
         self.boosters, facts = gbdt.fit(train, self.inputs.features, self.config, self.categories)
         return facts
 
     def predict(self, panel: pd.DataFrame, origins: pd.DataFrame) -> pd.DataFrame:
-        from ibf_core.models import gbdt
-
         return gbdt.predict(self.boosters, origins, self.inputs.features, self.categories).reset_index(drop=True)
 
     def save(self, folder: Path) -> None:
-        from ibf_core.models import gbdt
-
         gbdt.save(self.boosters, folder, self.categories)
 
     @classmethod
     def load(cls, folder: Path, inputs: Inputs) -> Member:
-        from ibf_core.models import gbdt
-
         return cls(inputs, gbdt.load(folder, inputs.config.horizons), gbdt.load_categories(folder))
 
 
@@ -333,27 +303,19 @@ class GBDTRank(Member):
         return GBDT.train_sessions(config)  # the same windows as gbdt
 
     def fit(self, train: pd.DataFrame, device: str = "cpu") -> dict[str, Any]:
-        from ibf_core.models import gbdt
-
         self.categories = gbdt.category_vocabulary(train, self.inputs.features)
         self.boosters, self.scales, facts = gbdt.fit_rank(train, self.inputs.features, self.config, self.categories)
         return facts
 
     def predict(self, panel: pd.DataFrame, origins: pd.DataFrame) -> pd.DataFrame:
-        from ibf_core.models import gbdt
-
         frame = gbdt.predict_rank(self.boosters, self.scales, panel, origins, self.inputs.features, self.config.horizons, self.categories)
         return frame.reset_index(drop=True)
 
     def save(self, folder: Path) -> None:
-        from ibf_core.models import gbdt
-
         gbdt.save_rank(self.boosters, self.scales, self.inputs.features, folder, self.categories)
 
     @classmethod
     def load(cls, folder: Path, inputs: Inputs) -> Member:
-        from ibf_core.models import gbdt
-
         return cls(inputs, *gbdt.load_rank(folder))
 
 
@@ -370,15 +332,11 @@ class FactorMember(Member):
 
     @property
     def factor(self):
-        from ibf_core.models.factors import FACTOR_BY_NAME
-
-        return FACTOR_BY_NAME[self.factor_name]
+        return factors.FACTOR_BY_NAME[self.factor_name]
 
     @classmethod
     def history_sessions(cls, config: ModelConfig) -> int:
-        from ibf_core.models.factors import FACTOR_BY_NAME
-
-        return FACTOR_BY_NAME[cls.factor_name].history_sessions
+        return factors.FACTOR_BY_NAME[cls.factor_name].history_sessions
 
     @classmethod
     def train_sessions(cls, config: ModelConfig) -> int:
@@ -386,11 +344,7 @@ class FactorMember(Member):
         return config.max_horizon
 
     def forecastable(self, panel: pd.DataFrame, origins: pd.DataFrame) -> np.ndarray:
-        import numpy as np
-
-        from ibf_core.models.factors import predict_factor
-
-        values = predict_factor({1: 1.0}, panel, origins, self.factor, (1,))["h1"].to_numpy()
+        values = factors.predict_factor({1: 1.0}, panel, origins, self.factor, (1,))["h1"].to_numpy()
         return np.isfinite(values)
 
     def importance_columns(self) -> list[str]:
@@ -398,28 +352,20 @@ class FactorMember(Member):
         return []
 
     def fit(self, train: pd.DataFrame, device: str = "cpu") -> dict[str, Any]:
-        from ibf_core.models.factors import fit_factor
-
-        self.scales, facts = fit_factor(train, self.factor, self.config.horizons)
+        self.scales, facts = factors.fit_factor(train, self.factor, self.config.horizons)
         self.evidence = facts["training_rank_ic"]
         return facts
 
     def predict(self, panel: pd.DataFrame, origins: pd.DataFrame) -> pd.DataFrame:
-        from ibf_core.models.factors import predict_factor
-
-        return predict_factor(self.scales, panel, origins, self.factor, self.config.horizons).reset_index(drop=True)
+        return factors.predict_factor(self.scales, panel, origins, self.factor, self.config.horizons).reset_index(drop=True)
 
     def save(self, folder: Path) -> None:
-        import json
-
         folder.mkdir(parents=True, exist_ok=True)
         state = {"factor": self.factor_name, "scales": {str(h): v for h, v in self.scales.items()}, "training_rank_ic": self.evidence}
         (folder / "factor.json").write_text(json.dumps(state, indent=1))
 
     @classmethod
     def load(cls, folder: Path, inputs: Inputs) -> Member:
-        import json
-
         state = json.loads((folder / "factor.json").read_text())
         return cls(inputs, {int(h): float(v) for h, v in state["scales"].items()}, state.get("training_rank_ic", {}))
 
@@ -441,8 +387,6 @@ def factor_members() -> tuple[str, ...]:
 
 def neural_warmup(config: ModelConfig) -> int:
     """Bars before every configured neural input exists (the longest of their own warm-ups)."""
-    from ibf_core.features.pipeline import feature_by_name
-
     registry = feature_by_name()
     return max((registry[name].min_history for name in config.neural_features if name in registry), default=1) - 1
 

@@ -26,12 +26,6 @@ def origin_rows(panel: pd.DataFrame, symbols: list[str] | None, dates: list | pd
     return rows
 
 
-def drift_forecast(panel: pd.DataFrame, window: int) -> pd.Series:
-    """Trailing mean daily log return (``window`` sessions, at least 20) per row: the drift baseline's daily rate."""
-    rolling = panel.groupby("symbol", sort=False)["y"].rolling(window, min_periods=20)
-    return rolling.mean().reset_index(level=0, drop=True)
-
-
 def point_forecasts(bundle: ModelBundle, panel: pd.DataFrame, origins: pd.DataFrame) -> dict[str, pd.DataFrame]:
     """member -> frame aligned with ``origins`` (rows of ``panel``) holding one ``h<h>`` column per horizon."""
     columns = [f"h{h}" for h in bundle.config.horizons]

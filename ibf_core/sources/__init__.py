@@ -13,7 +13,7 @@ def make_source(settings: Settings) -> BarSource:
 
         return SampleSource()
     if settings.source == "csv":
-        from ibf_core.bar_checks import BarPolicy
+        from ibf_core.market.checks import BarPolicy
         from ibf_core.sources.csv import CsvSource
 
         assert settings.csv_path is not None  # guaranteed by Settings validation

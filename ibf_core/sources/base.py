@@ -9,12 +9,12 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 import pandas as pd
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ibf_core.bar_checks import BarSlice
+    from ibf_core.market.checks import BarSlice
 
 
 @runtime_checkable
 class BarSource(Protocol):
-    """A source of daily bars. ``fetch_daily_bars`` returns the canonical frame of ``ibf_core.bars``.
+    """A source of daily bars. ``fetch_daily_bars`` returns the canonical frame of ``ibf_core.market.bars``.
 
     The frame holds ``symbol, date, open, high, low, close, adj_close, volume`` for the trading days in
     ``[start, end]`` the source has, validated and split-adjusted. An unknown symbol raises
@@ -35,7 +35,7 @@ class IssueReportingSource(BarSource, Protocol):
 
 def fetch_slice(source: BarSource, symbols: Sequence[str], start: dt.date, end: dt.date) -> BarSlice:
     """The rectangle's bars and issues; a source that reports none (sample, ibkr: strict) gives no issues."""
-    from ibf_core.bar_checks import BarSlice, empty_issues
+    from ibf_core.market.checks import BarSlice, empty_issues
 
     if isinstance(source, IssueReportingSource):
         return source.fetch_checked(symbols, start, end)

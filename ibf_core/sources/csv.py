@@ -8,7 +8,7 @@ Two layouts, told apart per file by whether it has a symbol column:
 
 Headers may be in any case and hold spaces (``Adj Close``). Dates are ISO, or all in the one strptime format of
 ``IBF_CSV_DATE_FORMAT``; they are never guessed row by row. Only date, symbol and close are required (see
-``ibf_core.bar_checks`` for what a missing open/high/low/volume becomes). ``path`` may be one file or a folder
+``ibf_core.market.checks`` for what a missing open/high/low/volume becomes). ``path`` may be one file or a folder
 (every ``*.csv``, ``*.csv.gz`` and ``*.parquet`` in it, sorted); the whole input is read and checked before
 anything is returned, so a format error names its file and line before a byte is written.
 """
@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from ibf_core.bar_checks import BarPolicy, BarSlice, CheckedBars, apply_policy
-from ibf_core.bars import BarsValidationError, parse_bars
+from ibf_core.market.checks import BarPolicy, BarSlice, CheckedBars, apply_policy
+from ibf_core.market.bars import BarsValidationError, parse_bars
 from ibf_core.settings import normalize_symbol
 from ibf_core.sources.errors import SourceError, UnknownSymbolError
 

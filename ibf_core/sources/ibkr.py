@@ -204,7 +204,7 @@ class BarCache:
     ) -> tuple[pd.DataFrame, list[tuple[dt.date, dt.date]], list[tuple[dt.date, dt.date]]]:
         """Cached bars (with ``spread`` when BID_ASK bars were ever fetched), the ranges whose TRADES bars and
         the ranges whose BID_ASK bars were downloaded."""
-        from ibf_core.bars import BAR_COLUMNS, BAR_DTYPES, empty_bars
+        from ibf_core.market.bars import BAR_COLUMNS, BAR_DTYPES, empty_bars
 
         path = self.path(symbol)
         if path is None or not path.is_file():
@@ -614,7 +614,7 @@ class IbkrSource:
     async def _fetch(self, symbols: list[str], start: dt.date, end: dt.date) -> pd.DataFrame:
         import pandas as pd
 
-        from ibf_core.bars import empty_bars
+        from ibf_core.market.bars import empty_bars
 
         plans = [self._plan(symbol, start, end) for symbol in symbols]
         gateway: _Gateway | None = None
@@ -835,7 +835,8 @@ class IbkrSource:
         import numpy as np
         import pandas as pd
 
-        from ibf_core.bars import empty_bars, split_adjust, validate_bars
+        from ibf_core.market.bars import empty_bars, split_adjust
+        from ibf_core.market.checks import validate_bars
 
         symbol, cached = plan.symbol, plan.cached
         if downloaded is not None:

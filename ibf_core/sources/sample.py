@@ -14,7 +14,8 @@ from functools import lru_cache
 
 import pandas as pd
 
-from ibf_core.bars import split_adjust, validate_bars
+from ibf_core.market.bars import split_adjust
+from ibf_core.market.checks import validate_bars
 from ibf_core.sources.errors import UnknownSymbolError
 
 SAMPLE_SYMBOLS = ("AAPL", "FB", "GOOG", "IBM", "MSFT")

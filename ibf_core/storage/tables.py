@@ -2,7 +2,7 @@
 
 Each table or view is declared by the module that writes it: the symbol x date tables below, ``features`` in
 ``ibf_core.features.table``, the news tables in ``ibf_core.news.store``, ``alerts`` in ``ibf_core.alerts``, ``bar_issues`` in
-``ibf_core.bar_issues`` and the
+``ibf_core.market.issues`` and the
 ``forecast_outcomes`` view in ``ibf_core.monitoring``. ``ibf_core.catalog`` gathers them into one
 :class:`Catalog`; storage itself imports none of those modules.
 """

@@ -168,7 +168,7 @@ def sessions_from_store(
 
 def check_measures(frame: pd.DataFrame) -> object:
     """Every measure finite or NULL, spreads >= 0, imbalances in [-1, 1], coverage in [0, 1]."""
-    from ibf_core.quality import MAX_EXAMPLES, QualityResult
+    from ibf_core.market.quality import MAX_EXAMPLES, QualityResult
 
     measures = [c for c in _DESCRIPTIONS if c in frame]
     values = frame[measures].apply(pd.to_numeric, errors="coerce") if len(frame) else frame[measures]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pandas as pd
 
 from ibf_core.calendar import market_is_open, session_bounds
-from ibf_core.quality import MAX_EXAMPLES, QualityResult
+from ibf_core.market.quality import MAX_EXAMPLES, QualityResult
 from ibf_core.storage.interface import TableStore
 from ibf_core.storage.tables import TableSpec
 

@@ -3,7 +3,7 @@
 import dagster as dg
 import pandas as pd
 
-from ibf_core import quality
+from ibf_core.market import quality
 from ibf_core.calendar import lookback_start
 from ibf_core.report import markdown_table
 from ibf_core.settings import Settings

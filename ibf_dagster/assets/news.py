@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from ibf_core import quality
+from ibf_core.market import quality
 from ibf_core.report import markdown_table
 from ibf_core.settings import Settings
 from ibf_core.storage.tables import NEWS_SENTIMENT

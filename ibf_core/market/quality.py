@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from ibf_core.bar_issues import IssueSummary
-from ibf_core.bars import OHLC_TOLERANCE, unexplained_jumps
+from ibf_core.market.issues import IssueSummary
+from ibf_core.market.bars import OHLC_TOLERANCE, unexplained_jumps
 from ibf_core.calendar import latest_complete_session, trading_days
 
 # |log return| above this is flagged unless a split explains it (a split is already adjusted away).

@@ -22,7 +22,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from ibf_core.bars import (
+from ibf_core.market.bars import (
     NUMERIC_COLUMNS,
     OHLC_TOLERANCE,
     PRICE_COLUMNS,
@@ -525,3 +525,22 @@ def _reject_problems(work: pd.DataFrame, origin: str, untrusted: pd.Series, part
         where = describe_rows(shown, shown["_rule"] == rule, STRICT_EXAMPLES)
         lines.append(f"  {RULE_TEXT[rule]} ({n}): {', '.join(where)}")
     raise BarsValidationError("\n".join(lines))
+
+
+def validate_bars(
+    raw: pd.DataFrame, origin: str, symbols: list[str] | None = None, policy: BarPolicy | None = None
+) -> pd.DataFrame:
+    """Check and normalise raw bars into the canonical frame; strict by default (any bad row is an error listing
+    every problem). For a source that records repairs, use ``check_bars`` and keep its issues.
+
+    ``raw`` needs date, symbol and close; a ``_line`` column, when present, is used for row numbers in messages.
+    Nothing is modified in place.
+    """
+    bars = check_bars(raw, origin, policy or STRICT).bars
+    if symbols is not None:
+        present = set(bars["symbol"].unique())
+        unknown = [s for s in symbols if s not in present]
+        if unknown:
+            raise BarsValidationError(f"{origin}: no bars for symbol(s) {', '.join(unknown)}")
+        bars = bars[bars["symbol"].isin(symbols)].reset_index(drop=True)
+    return bars

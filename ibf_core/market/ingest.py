@@ -9,8 +9,8 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from ibf_core.bar_checks import BarSlice
-from ibf_core.bar_issues import IssueSummary, write_bars_and_issues
+from ibf_core.market.checks import BarSlice
+from ibf_core.market.issues import IssueSummary, write_bars_and_issues
 from ibf_core.progress import report_progress
 from ibf_core.sources.base import BarSource, fetch_slice
 from ibf_core.storage.warehouse import Warehouse, WriteResult

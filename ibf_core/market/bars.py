@@ -3,22 +3,18 @@
 Parsing (:func:`parse_bars`) turns raw input into typed columns and stops at the first *format* error: a missing
 required column, an invalid symbol, a date that is not ISO (or not in ``IBF_CSV_DATE_FORMAT``), text in a numeric
 column. What happens to rows that parse but cannot be right (OHLC glitches, duplicates, non-positive prices) is
-the bar policy's business (:mod:`ibf_core.bar_checks`): repaired or dropped and recorded, or rejected all at once.
+the bar policy's business (:mod:`ibf_core.market.checks`): repaired or dropped and recorded, or rejected all at once.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 from fractions import Fraction
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from ibf_core.settings import SYMBOL_PATTERN
-
-if TYPE_CHECKING:  # pragma: no cover
-    from ibf_core.bar_checks import BarPolicy
 
 BAR_COLUMNS = ["symbol", "date", "open", "high", "low", "close", "adj_close", "volume"]
 # Optional: relative quoted spread (ask - bid) / mid of the day, from IB BID_ASK bars; NaN when unknown.
@@ -158,7 +154,7 @@ def _parse_number_column(frame: pd.DataFrame, column: str, origin: str) -> pd.Se
 
 def parse_bars(raw: pd.DataFrame, origin: str, date_format: str | None = None) -> pd.DataFrame:
     """Typed columns (symbol, date, the numeric columns present, ``_line``/``_file`` when given), raising one
-    clear error on the first format problem. Values that parse are not judged here (see ``bar_checks``)."""
+    clear error on the first format problem. Values that parse are not judged here (see ``checks``)."""
     frame = normalise_columns(raw, origin)
     if frame.empty:
         return frame
@@ -186,27 +182,6 @@ def to_canonical(frame: pd.DataFrame, sort: bool = True) -> pd.DataFrame:
     if sort:
         out = out.sort_values(["symbol", "date"], kind="stable")
     return out.reset_index(drop=True)
-
-
-def validate_bars(
-    raw: pd.DataFrame, origin: str, symbols: list[str] | None = None, policy: BarPolicy | None = None
-) -> pd.DataFrame:
-    """Check and normalise raw bars into the canonical frame; strict by default (any bad row is an error listing
-    every problem). For a source that records repairs, use ``bar_checks.check_bars`` and keep its issues.
-
-    ``raw`` needs date, symbol and close; a ``_line`` column, when present, is used for row numbers in messages.
-    Nothing is modified in place.
-    """
-    from ibf_core.bar_checks import STRICT, check_bars
-
-    bars = check_bars(raw, origin, policy or STRICT).bars
-    if symbols is not None:
-        present = set(bars["symbol"].unique())
-        unknown = [s for s in symbols if s not in present]
-        if unknown:
-            raise BarsValidationError(f"{origin}: no bars for symbol(s) {', '.join(unknown)}")
-        bars = bars[bars["symbol"].isin(symbols)].reset_index(drop=True)
-    return bars
 
 
 def _nearest_split_ratio(jump: float) -> Fraction:
