@@ -18,11 +18,11 @@ if TYPE_CHECKING:  # pragma: no cover
 def catalog() -> Catalog:
     """The symbol x date tables, ``bar_issues``, ``features``, the news tables, ``alerts``, the live tables,
     ``microstructure_daily`` and the fundamentals tables, then the views reading them."""
-    from ibf_core.alerts import ALERTS
+    from ibf_core.monitoring.alerts import ALERTS
     from ibf_core.market.issues import BAR_ISSUES
     from ibf_core.features.table import features_spec
     from ibf_core.fundamentals.store import FUNDAMENTALS_TABLES
-    from ibf_core.monitoring import FORECAST_OUTCOMES
+    from ibf_core.monitoring.outcomes import FORECAST_OUTCOMES
     from ibf_core.news.store import NEWS_TABLES
     from ibf_core.storage.tables import TABLES, Catalog
     from ibf_core.streaming.microstructure import MICROSTRUCTURE_DAILY

@@ -217,7 +217,7 @@ def performance(store, window: int, as_of: dt.date | None = None, horizons: Sequ
     """Pooled rolling performance per horizon of matured forecasts (``rolling_performance``'s pooled row):
     ``horizon, n, mae, mape, rmse, mase, da, rank_ic, coverage_80, coverage_95`` over the ``window`` sessions
     ending at ``as_of`` (default: the newest matured target session)."""
-    from ibf_core.monitoring import POOLED, rolling_performance
+    from ibf_core.monitoring.outcomes import POOLED, rolling_performance
 
     outcomes = store.query("SELECT * FROM forecast_outcomes")
     columns = ["horizon", "n", "mae", "mape", "rmse", "mase", "da", "rank_ic", "coverage_80", "coverage_95"]
@@ -235,7 +235,7 @@ def performance(store, window: int, as_of: dt.date | None = None, horizons: Sequ
 
 def drift_status(store, universe: list[str], policy) -> dict[str, Any]:
     """The retrain rule's status on the newest drift-scored session and the detectors breached there per symbol."""
-    from ibf_core.monitoring import retrain_status
+    from ibf_core.monitoring.rectangle import retrain_status
 
     newest = store.query("SELECT max(date) AS d FROM drift_scores")["d"].iloc[0]
     if pd.isna(newest):

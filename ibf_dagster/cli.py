@@ -674,7 +674,7 @@ def evaluate(
         policy = None
         if policy_backtest:
             from ibf_core.evaluation.policy import backtest_policies
-            from ibf_core.monitoring import DriftPolicy
+            from ibf_core.monitoring.scores import DriftPolicy
 
             last = panel["date"].max()
             first = pd.Timestamp(to_date(policy_start)) if policy_start else last - pd.DateOffset(years=2)

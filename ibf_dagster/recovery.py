@@ -86,7 +86,7 @@ class RunDeath:
 
     def alert(self):
         """The ``alerts`` row of this death (ERROR, check ``run_died``; one per run however often it is recorded)."""
-        from ibf_core.alerts import Alert
+        from ibf_core.monitoring.alerts import Alert
 
         metadata = {"cause": self.cause, "pid": self.pid, "launched_by": self.launched_by}
         return Alert(
@@ -187,7 +187,7 @@ def death_alerts(settings: Settings, log: Notify | None = None) -> DeathAlert:
     def record(deaths: list[RunDeath]) -> None:
         if not deaths:
             return
-        from ibf_core.alerts import record_alerts
+        from ibf_core.monitoring.alerts import record_alerts
         from ibf_core.storage.backends import open_warehouse
 
         webhook = settings.alert_webhook.get_secret_value() if settings.alert_webhook else None

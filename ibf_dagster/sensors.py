@@ -156,7 +156,7 @@ def build_check_alerts(settings: Settings) -> dg.SensorDefinition:
         default_status=dg.DefaultSensorStatus.RUNNING,
     )
     def check_alerts(context: dg.SensorEvaluationContext, ibf: SettingsResource, warehouse: WarehouseResource) -> dg.SensorResult:
-        from ibf_core.alerts import Alert, record_alerts
+        from ibf_core.monitoring.alerts import Alert, record_alerts
 
         settings = ibf.get()
         after = int(context.cursor) if context.cursor else None

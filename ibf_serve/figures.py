@@ -44,7 +44,7 @@ def _assets(services) -> list[Metric]:
 
 
 def _checks(services) -> list[Metric]:
-    from ibf_core.alerts import read_alerts
+    from ibf_core.monitoring.alerts import read_alerts
 
     alerts = read_alerts(services.store)
     failed = counter("ibf_asset_check_failures", "Failed asset-check evaluations recorded as alerts", ["asset", "check", "severity"])

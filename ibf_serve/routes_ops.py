@@ -70,7 +70,7 @@ def add(app: FastAPI, services, instruments, auth) -> None:
     def drift() -> dict[str, Any]:
         """The retrain rule's status on the newest drift-scored session and the breached detectors per symbol."""
         from ibf_core.forecasts import drift_status
-        from ibf_core.monitoring import DriftPolicy
+        from ibf_core.monitoring.scores import DriftPolicy
 
         return _jsonable(drift_status(services.store, list(settings.universe), DriftPolicy.from_settings(settings)))
 
@@ -80,7 +80,7 @@ def add(app: FastAPI, services, instruments, auth) -> None:
         """Stored alerts (failed checks), newest first."""
         import pandas as pd
 
-        from ibf_core.alerts import read_alerts
+        from ibf_core.monitoring.alerts import read_alerts
 
         frame = read_alerts(services.store)
         if since is not None:

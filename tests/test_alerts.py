@@ -13,7 +13,7 @@ import pytest
 
 from ibf_core.processes import free_port
 
-from ibf_core.alerts import (
+from ibf_core.monitoring.alerts import (
     ALERTS,
     Alert,
     known_secrets,

@@ -9,8 +9,8 @@ import sys
 import numpy as np
 import pytest
 
-from ibf_core.drift import DriftRow, benjamini_hochberg, cusum, mmd_test, psi, univariate_tests
-from ibf_core.drift.stats import cusum_path, psi_value
+from ibf_core.monitoring.drift import DriftRow, benjamini_hochberg, cusum, mmd_test, psi, univariate_tests
+from ibf_core.monitoring.drift.stats import cusum_path, psi_value
 
 FEATURES = [f"f{i}" for i in range(5)]
 
@@ -28,7 +28,7 @@ def windows() -> dict[str, np.ndarray]:
 
 def test_import_does_not_load_alibi_or_torch():
     code = (
-        "import sys, ibf_core.drift\n"
+        "import sys, ibf_core.monitoring.drift\n"
         "bad = [m for m in ('alibi_detect', 'torch', 'tensorflow') if m in sys.modules]\n"
         "print(','.join(bad))\n"
     )

@@ -13,18 +13,12 @@ import pytest
 
 from conftest import make_bars
 from ibf_core.calendar import trading_days
-from ibf_core.drift import alibi_backend
+from ibf_core.monitoring.drift import alibi_backend
 from ibf_core.features.table import features_spec
 from ibf_core.models.registry import RegisteredModel
-from ibf_core.monitoring import (
-    DriftPolicy,
-    matured_outcomes,
-    performance_rows_many,
-    refresh_rectangle,
-    rolling_performance,
-    score_rectangle,
-    symbol_drift_rows,
-)
+from ibf_core.monitoring.scores import DriftPolicy, performance_rows_many, symbol_drift_rows
+from ibf_core.monitoring.outcomes import matured_outcomes, rolling_performance
+from ibf_core.monitoring.rectangle import refresh_rectangle, score_rectangle
 from ibf_core.storage.tables import DRIFT_SCORES, MARKET_BARS, PREDICTIONS
 from ibf_core.storage.warehouse import Warehouse
 
@@ -216,7 +210,7 @@ def test_batched_rows_equal_the_per_symbol_path(month, data):
     full = _sorted(score_rectangle(month, VERSIONS, list(SYMBOLS), SYMBOLS, day.date(), day.date(), POLICY))
     features = month.read(features_spec(), SYMBOLS, "2024-05-01", day.date())
     usable = features[~features["warmup"].astype(bool)]
-    from ibf_core.monitoring import reference_windows
+    from ibf_core.monitoring.scores import reference_windows
 
     refs = reference_windows(features, VERSIONS[1].cutoff, POLICY)
     outcomes = matured_outcomes(month.read(PREDICTIONS, SYMBOLS, "2024-06-01", day.date()), month.read(MARKET_BARS, SYMBOLS), day)

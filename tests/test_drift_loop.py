@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from ibf_core.calendar import trading_days
-from ibf_core.monitoring import DriftPolicy, retrain_decision
+from ibf_core.monitoring.scores import DriftPolicy, retrain_decision
 from ibf_core.settings import get_settings
 from ibf_core.storage.warehouse import Warehouse
 from conftest import sensor_context

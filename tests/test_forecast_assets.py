@@ -79,8 +79,8 @@ def test_train_then_predict_uses_the_newest_model_before_each_origin(small_world
     assert (rows["n"] == 4 * 6).all() and (rows["symbols"] == 4).all()
     assert (rows["best"] == 1).all() and (rows["worst"] == 4).all()
 
-    # Matured forecasts are queryable: the forecast_outcomes view equals ibf_core.monitoring.matured_outcomes.
-    from ibf_core.monitoring import matured_outcomes
+    # Matured forecasts are queryable: the forecast_outcomes view equals ibf_core.monitoring.outcomes.matured_outcomes.
+    from ibf_core.monitoring.outcomes import matured_outcomes
 
     store = Warehouse(settings.home_dir)
     view = store.query("SELECT * FROM forecast_outcomes ORDER BY symbol, date, horizon")

@@ -4,7 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ibf_core.monitoring import DriftPolicy, matured_outcomes, performance_rows, retrain_decision, rolling_performance
+from ibf_core.monitoring.scores import DriftPolicy, performance_rows, retrain_decision
+from ibf_core.monitoring.outcomes import matured_outcomes, rolling_performance
 
 DAYS = pd.to_datetime(["2012-06-01", "2012-06-04", "2012-06-05", "2012-06-06"])
 

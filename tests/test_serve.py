@@ -171,8 +171,8 @@ def test_rankings_and_forecast_history(api, world):
 
 
 def test_performance_drift_and_alerts(api, world):
-    from ibf_core.alerts import Alert, record_alerts
-    from ibf_core.monitoring import POOLED, rolling_performance
+    from ibf_core.monitoring.alerts import Alert, record_alerts
+    from ibf_core.monitoring.outcomes import POOLED, rolling_performance
 
     perf = api.get("/performance", headers=_auth()).json()
     assert perf["window_sessions"] == 30 and [h["horizon"] for h in perf["horizons"]] == [1, 3, 5, 10, 15, 20]

@@ -298,7 +298,7 @@ def test_real_prometheus_scrapes_the_api_and_every_dashboard_panel_returns_data(
 
     import yaml
 
-    from ibf_core.alerts import Alert, record_alerts
+    from ibf_core.monitoring.alerts import Alert, record_alerts
     from ibf_core.storage.warehouse import Warehouse
     from ibf_dagster.runner import backfill
     from ibf_serve.app import create_app

@@ -199,7 +199,7 @@ def _view_sql(home, name: str) -> tuple[str, str]:
 
 
 def test_a_changed_view_definition_reaches_an_existing_warehouse(ibf_home, monkeypatch):
-    import ibf_core.monitoring as monitoring
+    import ibf_core.monitoring.outcomes as monitoring
     from ibf_core.storage.tables import ViewSpec
 
     wh = Warehouse(ibf_home)

@@ -217,7 +217,7 @@ def test_concurrent_writers_in_processes_and_sql_readers(store, store_env, symbo
 
 
 def test_news_and_alerts_go_through_the_same_interface(store):
-    from ibf_core.alerts import Alert, read_alerts, record_alerts
+    from ibf_core.monitoring.alerts import Alert, read_alerts, record_alerts
     from ibf_core.news.store import read_articles, read_mentions, write_news
 
     t = pd.Timestamp("2021-03-01 15:00", tz="UTC")

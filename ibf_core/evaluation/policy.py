@@ -19,7 +19,7 @@ from typing import Any
 import pandas as pd
 
 from ibf_core.models.config import ModelConfig
-from ibf_core.monitoring import DriftPolicy
+from ibf_core.monitoring.scores import DriftPolicy
 
 POLICIES = ("never", "fixed", "drift")
 
@@ -89,7 +89,8 @@ def backtest_policies(
 def _simulate(run: _Backtest, policy: str, first_cutoff) -> tuple[pd.DataFrame, list[str], list[str], float]:
     """Walk one policy through the sessions: (its predictions, retrain dates, retrain reasons, training seconds)."""
     from ibf_core.models.predict import forecast, predictions_table
-    from ibf_core.monitoring import matured_outcomes, reference_windows, retrain_decision, symbol_drift_rows
+    from ibf_core.monitoring.outcomes import matured_outcomes
+    from ibf_core.monitoring.scores import reference_windows, retrain_decision, symbol_drift_rows
 
     drift, days, every = run.drift, run.days, run.check_every
     bundle, train_seconds = run.model_at(first_cutoff)
@@ -129,7 +130,7 @@ def _simulate(run: _Backtest, policy: str, first_cutoff) -> tuple[pd.DataFrame, 
 def _score(run: _Backtest, table: pd.DataFrame) -> tuple[dict[str, Any], pd.Series]:
     """The 1-session comparison of one policy's predictions, and its rolling MASE."""
     from ibf_core.evaluation.metrics import cross_sectional_ic, ic_summary
-    from ibf_core.monitoring import matured_outcomes
+    from ibf_core.monitoring.outcomes import matured_outcomes
 
     outcomes = matured_outcomes(table, run.panel, run.days[-1])
     one = outcomes[outcomes["horizon"] == 1].copy()

@@ -1,9 +1,9 @@
 """Declared tables and views of the warehouse (used for storage, Dagster column metadata and docs).
 
 Each table or view is declared by the module that writes it: the symbol x date tables below, ``features`` in
-``ibf_core.features.table``, the news tables in ``ibf_core.news.store``, ``alerts`` in ``ibf_core.alerts``, ``bar_issues`` in
+``ibf_core.features.table``, the news tables in ``ibf_core.news.store``, ``alerts`` in ``ibf_core.monitoring.alerts``, ``bar_issues`` in
 ``ibf_core.market.issues`` and the
-``forecast_outcomes`` view in ``ibf_core.monitoring``. ``ibf_core.catalog`` gathers them into one
+``forecast_outcomes`` view in ``ibf_core.monitoring.outcomes``. ``ibf_core.catalog`` gathers them into one
 :class:`Catalog`; storage itself imports none of those modules.
 """
 
@@ -217,7 +217,7 @@ DRIFT_SCORES = TableSpec(
             "inputs_digest",
             pa.string(),
             "Digest of what the symbol-session's rows were scored from (features, matured forecasts, model version and "
-            "reference, settings); a run rescores the pair only when it changed (ibf_core.monitoring.refresh_rectangle)",
+            "reference, settings); a run rescores the pair only when it changed (ibf_core.monitoring.rectangle.refresh_rectangle)",
             optional=True,
         ),
     ),

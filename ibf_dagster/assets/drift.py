@@ -8,7 +8,7 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
-from ibf_core.monitoring import DriftPolicy
+from ibf_core.monitoring.scores import DriftPolicy
 from ibf_core.settings import Settings
 from ibf_core.features.table import features_spec
 from ibf_core.storage.tables import DRIFT_SCORES
@@ -55,7 +55,8 @@ def build_drift_scores(settings: Settings) -> dg.AssetsDefinition:
     )
     def drift_scores(context: dg.AssetExecutionContext, ibf: SettingsResource, warehouse: WarehouseResource) -> dg.MaterializeResult:
         from ibf_core.models.registry import list_versions
-        from ibf_core.monitoring import DriftPolicy, refresh_rectangle, retrain_status
+        from ibf_core.monitoring.scores import DriftPolicy
+        from ibf_core.monitoring.rectangle import refresh_rectangle, retrain_status
 
         settings = ibf.get()
         policy = DriftPolicy.from_settings(settings)
