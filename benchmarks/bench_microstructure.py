@@ -27,7 +27,7 @@ def main() -> None:
 
     import pandas as pd
 
-    from ibf_core.intraday import DailyBar, five_second_bars, quotes
+    from ibf_core.sim.intraday import DailyBar, five_second_bars, quotes
     from ibf_core.storage.warehouse import Warehouse
     from ibf_core.streaming.microstructure import microstructure_daily, sessions_from_store
     from ibf_core.streaming.store import append_rows

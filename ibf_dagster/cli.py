@@ -347,8 +347,9 @@ def gateway_sim(
 
     import pandas as pd
 
-    from ibf_core.gateway_live import LiveClock, session_start
-    from ibf_core.gateway_sim import parse_faults, serve
+    from ibf_core.sim.ib.live import LiveClock, session_start
+    from ibf_core.sim.ib.protocol import parse_faults
+    from ibf_core.sim.ib.gateway import serve
     from ibf_core.sources import make_source
 
     settings = _settings(source=source, csv_path=csv)
@@ -474,7 +475,8 @@ def av_sim(
 ) -> None:
     """Serve Alpha Vantage NEWS_SENTIMENT, OVERVIEW, EARNINGS, EARNINGS_CALENDAR and the macro series on loopback
     (set IBF_ALPHAVANTAGE_URL to its address)."""
-    from ibf_core.news.av_sim import SimulatorError, load_articles, load_fundamentals_file, parse_faults, serve
+    from ibf_core.sim.alphavantage.server import SimulatorError, parse_faults, serve
+    from ibf_core.sim.alphavantage.content import load_articles, load_fundamentals_file
 
     try:
         faults = parse_faults(fault or [])

@@ -31,8 +31,8 @@ def live_sim():
     """The gateway simulator on the sample, its live clock 30 minutes into test_gateway_live.DAY at SPEED x."""
     import datetime as dt
 
-    from ibf_core.gateway_live import LiveClock, session_start
-    from ibf_core.gateway_sim import GatewaySimulator
+    from ibf_core.sim.ib.live import LiveClock, session_start
+    from ibf_core.sim.ib.gateway import GatewaySimulator
     from ibf_core.sources.sample import load_sample_bars
     from test_gateway_live import DAY, SPEED
 

@@ -19,7 +19,7 @@ import dagster as dg
 import duckdb
 import pytest
 
-from ibf_core.gateway_sim import GatewaySimulator
+from ibf_core.sim.ib.gateway import GatewaySimulator
 from ibf_core.storage.tables import MARKET_BARS
 from ibf_core.storage.warehouse import DamagedFile, Warehouse
 from ibf_dagster.compat import pool_claims

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ibf_core.news.av_sim import AlphaVantageSimulator, synthetic_feed
+from ibf_core.sim.alphavantage.server import AlphaVantageSimulator, synthetic_feed
 from ibf_core.storage.warehouse import Warehouse
 
 IBF = str(Path(sys.executable).with_name("ibf"))

@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from ibf_core.features.fundamental import category_code
-from ibf_core.news.av_sim import AlphaVantageSimulator, synthetic_fundamentals
+from ibf_core.sim.alphavantage.server import AlphaVantageSimulator, synthetic_fundamentals
 from ibf_core.storage.warehouse import Warehouse
 
 IBF = str(Path(sys.executable).with_name("ibf"))

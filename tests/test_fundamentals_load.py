@@ -20,7 +20,7 @@ from ibf_core.fundamentals import (
 )
 from ibf_core.fundamentals.store import EARNINGS, FUNDAMENTALS, read_table
 from ibf_core.news.alphavantage import AlphaVantageClient, MalformedResponseError, ServiceUnavailableError
-from ibf_core.news.av_sim import AlphaVantageSimulator, synthetic_fundamentals
+from ibf_core.sim.alphavantage.server import AlphaVantageSimulator, synthetic_fundamentals
 from ibf_core.settings import load_settings
 from ibf_core.storage.warehouse import Warehouse
 

@@ -19,7 +19,8 @@ from ibf_core.news.alphavantage import (
     NotEntitledError,
     RateLimitedError,
 )
-from ibf_core.news.av_sim import AlphaVantageSimulator, load_fundamentals_file, parse_faults, synthetic_fundamentals
+from ibf_core.sim.alphavantage.server import AlphaVantageSimulator, parse_faults, synthetic_fundamentals
+from ibf_core.sim.alphavantage.content import load_fundamentals_file
 
 KEY = "SECRET-FUND-KEY-91b2"
 

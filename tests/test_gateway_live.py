@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ibf_core.intraday import DailyBar, five_second_bars, quotes
+from ibf_core.sim.intraday import DailyBar, five_second_bars, quotes
 from ibf_core.sources.sample import load_sample_bars
 
 ib_insync = pytest.importorskip("ib_insync")

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ibf_core.gateway_sim import GatewaySimulator
+from ibf_core.sim.ib.gateway import GatewaySimulator
 from ibf_core.sources.sample import load_sample_bars
 from ibf_core.storage.warehouse import Warehouse
 

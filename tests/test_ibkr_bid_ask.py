@@ -12,7 +12,7 @@ import pytest
 
 from conftest import dividend_bars
 from ibf_core.market.bars import BAR_COLUMNS
-from ibf_core.gateway_sim import GatewaySimulator
+from ibf_core.sim.ib.gateway import GatewaySimulator
 from ibf_core.settings import load_settings
 from ibf_core.sources.ibkr import IB_CLIENT_MODULE, IbkrSource
 

@@ -14,7 +14,7 @@ import pytest
 
 from ibf_core.market.bars import BAR_COLUMNS
 from conftest import dividend_bars
-from ibf_core.gateway_sim import GatewaySimulator
+from ibf_core.sim.ib.gateway import GatewaySimulator
 from ibf_core.settings import load_settings
 from ibf_core.sources.base import BarSource
 from ibf_core.sources.errors import (

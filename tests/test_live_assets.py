@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ibf_core.intraday import DailyBar, five_second_bars, quotes
+from ibf_core.sim.intraday import DailyBar, five_second_bars, quotes
 from ibf_core.settings import get_settings
 
 DAY = dt.date(2012, 12, 11)  # a Tuesday session inside the embedded sample (2000-03 .. 2013-03)

@@ -31,7 +31,8 @@ from ibf_core.news import (
     session_window,
 )
 from ibf_core.news.alphavantage import parse_av_time, sentiment_label
-from ibf_core.news.av_sim import AlphaVantageSimulator, Faults, make_article, parse_faults, serve, synthetic_feed
+from ibf_core.sim.alphavantage.server import AlphaVantageSimulator, Faults, parse_faults, serve, synthetic_feed
+from ibf_core.sim.alphavantage.content import make_article
 from ibf_core.news.file import score_news_file, vader_scores
 from ibf_core.news.store import NEWS_ARTICLES, NEWS_MENTIONS, NewsProgress, source_id, write_news
 from ibf_core.settings import load_settings

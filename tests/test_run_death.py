@@ -149,7 +149,7 @@ def test_a_train_killed_by_sigkill_says_so_and_leaves_its_run_failed_without_slo
 
 
 def test_a_backfill_killed_inside_its_step_frees_the_pool_slot_it_held(ibf_home, instance):
-    from ibf_core.gateway_sim import GatewaySimulator
+    from ibf_core.sim.ib.gateway import GatewaySimulator
 
     args = [IBF, "backfill", "--source", "ibkr", "--symbols", "AAPL", "--start", "2012-01-03", "--end", "2012-12-31", "--assets", "market_bars"]
     with GatewaySimulator() as gateway:

@@ -351,7 +351,7 @@ def test_a_webserver_that_is_not_running_is_named_unreachable_not_a_refused_run(
 def test_predict_on_live_prices_names_the_basis_of_every_row(api, world, ibf_home):
     """live_price: rows keep the stored returns; pred_price = basis x exp(r) with the basis named and dated."""
     from ibf_core.calendar import market_is_open
-    from ibf_core.intraday import DailyBar, five_second_bars, quotes
+    from ibf_core.sim.intraday import DailyBar, five_second_bars, quotes
     from ibf_core.storage.warehouse import Warehouse
     from ibf_core.streaming.store import append_rows
     from ibf_core.streaming.tables import QUOTES

@@ -8,8 +8,8 @@ import asyncio
 import pandas as pd
 import pytest
 
-from ibf_core.gateway_live import quote_bars
-from ibf_core.intraday import five_second_bars, quotes
+from ibf_core.sim.ib.live import quote_bars
+from ibf_core.sim.intraday import five_second_bars, quotes
 from ibf_core.settings import SettingsError, load_settings
 from test_gateway_live import sample_day
 

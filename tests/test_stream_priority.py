@@ -8,8 +8,8 @@ import datetime as dt
 import pandas as pd
 import pytest
 
-from ibf_core.gateway_live import LiveClock, session_start
-from ibf_core.gateway_sim import GatewaySimulator
+from ibf_core.sim.ib.live import LiveClock, session_start
+from ibf_core.sim.ib.gateway import GatewaySimulator
 from ibf_core.sources.sample import load_sample_bars
 from ibf_core.storage.tables import PREDICTIONS
 from ibf_core.storage.warehouse import Warehouse

@@ -10,7 +10,7 @@ import logging
 import pandas as pd
 import pytest
 
-from ibf_core.intraday import five_second_bars
+from ibf_core.sim.intraday import five_second_bars
 from ibf_core.storage.warehouse import Warehouse
 from ibf_core.streaming.collector import Collector
 from test_gateway_live import sample_day

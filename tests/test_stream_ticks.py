@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ibf_core.intraday import five_second_bars, quotes, session_trades
+from ibf_core.sim.intraday import five_second_bars, quotes, session_trades
 from test_gateway_live import DAY, sample_day
 
 ib_insync = pytest.importorskip("ib_insync")

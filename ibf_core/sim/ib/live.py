@@ -1,5 +1,5 @@
 """The live side of the IB Gateway simulator: 5-second real-time bars (``reqRealTimeBars``) and top-of-book quotes
-(``reqMktData``), streamed from :mod:`ibf_core.intraday` sessions consistent with the stored daily bars, at real or
+(``reqMktData``), streamed from :mod:`ibf_core.sim.intraday` sessions consistent with the stored daily bars, at real or
 accelerated speed, with IB's limits and faults.
 
 Wire facts (ib_insync 0.9.86 client/decoder): ``reqRealTimeBars`` is ``50, 3, reqId, <contract 12>, barSize,
@@ -29,15 +29,24 @@ import dataclasses
 import datetime as dt
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from ibf_core.intraday import BAR_SECONDS, DailyBar, depth_levels, five_second_bars, quotes, session_open, session_trades
+from ibf_core.sim.ib.protocol import MSG_LOST, symbol_for_con_id, wire_number
+from ibf_core.sim.intraday import (
+    BAR_SECONDS,
+    DailyBar,
+    depth_levels,
+    five_second_bars,
+    quotes,
+    session_open,
+    session_trades,
+)
 
-if TYPE_CHECKING:  # pragma: no cover
-    from ibf_core.gateway_sim import _Session
+# A connection of the gateway (``gateway._Session``): typed loosely so this module imports nothing of the gateway.
+_Session = Any
 
 MSG_MAX_TICKERS = "Max number of tickers has been reached"
 MSG_NO_SUBSCRIPTION = (
@@ -106,8 +115,6 @@ def _state(session: _Session) -> LiveState:
 
 
 def _symbol(contract: list[str]) -> str:
-    from ibf_core.gateway_sim import symbol_for_con_id
-
     return contract[1].strip().upper() or symbol_for_con_id(contract[0])
 
 
@@ -245,8 +252,6 @@ async def _interruptions(session: _Session) -> None:
         raise asyncio.CancelledError
     if faults.stream_connectivity_loss_after_bars is not None and state.bars_sent >= faults.stream_connectivity_loss_after_bars:
         session.sim.set_faults(stream_connectivity_loss_after_bars=None)
-        from ibf_core.gateway_sim import MSG_LOST
-
         session.connected_to_ib.clear()
         session.error(-1, 1100, MSG_LOST)
         if faults.restore_after is not None:
@@ -267,8 +272,8 @@ async def stream_bars(session: _Session, req_id: int, symbol: str, what: str) ->
         if not session.connected_to_ib.is_set():
             continue
         bar = bars.iloc[i]
-        session.send(50, 3, req_id, int(bar["time"].timestamp()), _num(bar["open"]), _num(bar["high"]),
-                     _num(bar["low"]), _num(bar["close"]), _num(bar["volume"]), _num(bar["wap"]), int(bar["count"]))
+        session.send(50, 3, req_id, int(bar["time"].timestamp()), wire_number(bar["open"]), wire_number(bar["high"]),
+                     wire_number(bar["low"]), wire_number(bar["close"]), wire_number(bar["volume"]), wire_number(bar["wap"]), int(bar["count"]))
         await _interruptions(session)
 
 
@@ -293,11 +298,11 @@ async def stream_quotes(session: _Session, req_id: int, symbol: str, data_type: 
         q = book.iloc[i]
         if rt_volume:  # first: the quote's market time reaches the client with its prices
             ms = int((times.iloc[i] - shift).timestamp() * 1000)
-            session.send(46, 6, req_id, 48, f"{_num(q['last'])};{_num(q['last_size'])};{ms};{_num(volume.iloc[i])};{_num(q['last'])};true")
-        session.send(1, 6, req_id, BID[k], _num(q["bid"]), _num(q["bid_size"]), 0)
-        session.send(1, 6, req_id, ASK[k], _num(q["ask"]), _num(q["ask_size"]), 0)
-        session.send(1, 6, req_id, LAST[k], _num(q["last"]), _num(q["last_size"]), 0)
-        session.send(2, 6, req_id, VOLUME[k], _num(volume.iloc[i] / 100))
+            session.send(46, 6, req_id, 48, f"{wire_number(q['last'])};{wire_number(q['last_size'])};{ms};{wire_number(volume.iloc[i])};{wire_number(q['last'])};true")
+        session.send(1, 6, req_id, BID[k], wire_number(q["bid"]), wire_number(q["bid_size"]), 0)
+        session.send(1, 6, req_id, ASK[k], wire_number(q["ask"]), wire_number(q["ask_size"]), 0)
+        session.send(1, 6, req_id, LAST[k], wire_number(q["last"]), wire_number(q["last_size"]), 0)
+        session.send(2, 6, req_id, VOLUME[k], wire_number(volume.iloc[i] / 100))
 
 
 
@@ -321,7 +326,7 @@ async def stream_trades(session: _Session, req_id: int, symbol: str, tick_type: 
             i = int(np.searchsorted(ns, clock.now().value, side="right"))
         if session.connected_to_ib.is_set():
             for k in range(start, i):
-                session.send(99, req_id, tick_type, int(epoch[k]), _num(price[k]), _num(size[k]), 0, exchange[k], "")
+                session.send(99, req_id, tick_type, int(epoch[k]), wire_number(price[k]), wire_number(size[k]), 0, exchange[k], "")
         start = i  # caught up: wait for the next trade (never skip one)
 
 
@@ -341,9 +346,9 @@ async def stream_depth(session: _Session, req_id: int, symbol: str, rows: int, s
 
     def send(position: int, operation: int, side: int, price: float, size: float) -> None:
         if smart:
-            session.send(13, 1, req_id, position, "NSDQ" if side else "ARCA", operation, side, _num(price), _num(size), 1)
+            session.send(13, 1, req_id, position, "NSDQ" if side else "ARCA", operation, side, wire_number(price), wire_number(size), 1)
         else:
-            session.send(12, 1, req_id, position, operation, side, _num(price), _num(size))
+            session.send(12, 1, req_id, position, operation, side, wire_number(price), wire_number(size))
 
     def sides(q: int) -> list[tuple[int, np.ndarray, np.ndarray]]:
         return [(0, levels["ask_price"][q], levels["ask_size"][q]), (1, levels["bid_price"][q], levels["bid_size"][q])]
@@ -374,12 +379,6 @@ async def nightly_reset(sim: Any, seconds: float) -> None:
         session.close()
     await asyncio.sleep(clock.sleep_s(seconds))
     sim._server = await asyncio.start_server(sim._on_client, sim.host, sim.port)
-
-
-def _num(value: float) -> str:
-    from ibf_core.gateway_sim import _num as fmt
-
-    return fmt(value)
 
 
 def session_start(date: dt.date) -> dt.datetime:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import signal
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
@@ -114,8 +115,6 @@ def serve_until_stopped(
     stop_event: threading.Event | None = None,
 ) -> None:
     """Run a simulator in the foreground until Ctrl-C, SIGTERM (``docker stop``) or ``stop_event``."""
-    import signal
-
     stop_event = stop_event or threading.Event()
     restore_sigterm = None
     if threading.current_thread() is threading.main_thread():
