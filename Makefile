@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.ibf-installed
 
-.PHONY: venv demo test test-fast ui serve stack check-deploy bench bench-api clean
+.PHONY: venv demo test test-fast ui serve docs stack check-deploy bench bench-api clean
 
 venv: $(STAMP)
 
@@ -28,6 +28,10 @@ ui: $(STAMP)
 
 serve: $(STAMP)
 	$(BIN)/ibf serve
+
+# The manual (docs/, mkdocs.yml) on http://127.0.0.1:8000, rebuilt on every change; `make test` builds it strictly.
+docs: $(STAMP)
+	$(BIN)/mkdocs serve -a 127.0.0.1:8000
 
 # The production topology as local processes (Postgres, MLflow server, code location, webserver, daemon, API).
 stack: $(STAMP)

@@ -110,17 +110,20 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="IBF_", extra="ignore", validate_default=True)
 
-    home: Path = Field(Path(".ibf"), description="State folder: warehouse, Dagster instance, MLflow store")
-    source: Literal["sample", "csv", "ibkr"] = Field("sample", description="Where market bars come from")
-    csv_path: Path | None = Field(None, description="CSV/Parquet file or folder for IBF_SOURCE=csv")
+    home: Path = Field(Path(".ibf"), description="State folder: warehouse, Dagster instance (`dagster/`), MLflow "
+        "store, IB download cache")
+    source: Literal["sample", "csv", "ibkr"] = Field("sample", description="Where market bars come from: `sample` "
+        "(the embedded real sample), `csv` (your files), `ibkr` (TWS / IB Gateway)")
+    csv_path: Path | None = Field(None, description="CSV/Parquet file or folder for `IBF_SOURCE=csv` (required then)")
     csv_date_format: str | None = Field(
         None,
-        description="strptime format of every date in the csv source's files (e.g. %d/%m/%Y); unset: ISO dates only",
+        description="strptime format of every date in the csv input (e.g. `%d/%m/%Y`); unset: ISO dates only (never "
+        "guessed per row)",
     )
     bar_policy: Literal["repair", "strict"] = Field(
         "repair",
-        description="Bad rows of the csv source: repair small OHLC glitches and drop untrustworthy rows (recorded in "
-        "bar_issues), or strict: reject the input listing every problem",
+        description="Bad csv rows: `repair` (widen small OHLC glitches, drop untrustworthy rows, record both in "
+        "`bar_issues`) or `strict` (reject the input listing every problem)",
     )
     # 1%: vendors' open/close and high/low come from different prints (auction vs consolidated tape) and are rounded
     # apart, which puts them a few cents (<0.5%) outside the range; widening by up to 1% stays within a typical
@@ -129,160 +132,238 @@ class Settings(BaseSettings):
         0.01,
         ge=0,
         lt=0.5,
-        description="Largest relative OHLC violation (open/close outside [low, high], high below low) that repair "
-        "widens the range for; larger ones drop the row",
+        description="Largest relative OHLC violation (open/close outside [low, high], high below low) that `repair` "
+        "widens high/low for; larger ones drop the row",
     )
-    universe: Annotated[list[str], NoDecode] = Field(default_factory=lambda: list(DEFAULT_UNIVERSE), description="Symbols (comma list)")
+    universe: Annotated[list[str], NoDecode] = Field(default_factory=lambda: list(DEFAULT_UNIVERSE), description="Symbols "
+        "(comma list); letters, digits, `.`, `-`")
     history_start: dt.date = Field(
         dt.date(2000, 3, 1), description="First date of the partitions (the sample starts 2000-03-01)"
     )
     date_partitions: Literal["day", "month", "year"] = Field(
-        "month", description="Granularity of the date dimension of symbol x date partitions (see docs/partition-scale.md)"
+        "month", description="Date granularity of symbol x date partitions: `day`, `month`, `year` (see Performance: "
+        "Partition scale)"
     )
     freshness_max_sessions: int = Field(
-        3, ge=0, description="market_bars is stale when a symbol's newest bar is more sessions behind than this"
+        3, ge=0, description="`market_bars` is stale when a symbol's newest bar is more sessions behind than this"
     )
     pool_wait_timeout: float = Field(
-        120.0, gt=0, description="Seconds a run waits for a concurrency-pool slot (duckdb, gpu) before failing, naming the holder"
+        120.0, gt=0, description="Seconds a run waits for a `duckdb`/`gpu` pool slot held by another run before it "
+        "fails naming that run (a dead holder is freed at once)"
     )
     ib_host: str = Field("127.0.0.1", description="TWS / IB Gateway host")
-    ib_ports: Annotated[list[int], NoDecode] = Field(default_factory=lambda: [7497, 7496, 4002, 4001], description="Ports tried in order")
+    ib_ports: Annotated[list[int], NoDecode] = Field(default_factory=lambda: [7497, 7496, 4002, 4001], description="Ports "
+        "tried in order (TWS live/paper, Gateway paper/live)")
     ib_client_id: int = Field(1, ge=0, le=2**31 - 1, description="API client id")
     ib_timeout: float = Field(15.0, gt=0, description="Seconds to wait for a connection or a history request")
     ib_request_interval: float = Field(
         0.5, ge=0, description="Minimum seconds between historical-data requests (IB soft pacing)"
     )
     ib_max_requests_per_10min: int = Field(
-        60, gt=0, description="Historical requests allowed in any 10-minute window (IB pacing rule)"
+        60, gt=0, description="Historical requests allowed in any 10-minute window (IB's pacing rule)"
     )
     ib_retries: int = Field(4, ge=0, description="Retries after a pacing violation or a dropped connection")
-    ib_max_lines: int = Field(100, ge=1, description="Market-data lines of the IB account: ibf stream serves this many symbols (in --symbols order) and names the rest")
-    ib_realtime_bars_per_10min: int = Field(60, ge=1, description="ibf stream: real-time-bar requests allowed in any 10 minutes (IB's pacing; more are queued)")
-    stream_flush_seconds: float = Field(1.0, gt=0, description="ibf stream: seconds between micro-batch writes of intraday_bars and quotes")
-    stream_bar_types: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["TRADES"], description="ibf stream: 5-second real-time bar types per served symbol (comma list of TRADES, MIDPOINT, BID, ASK, BID_ASK), stored in intraday_bars keyed by what")
-    stream_tick_symbols: Annotated[list[str], NoDecode] = Field(default_factory=list, description="ibf stream: symbols that also get tick-by-tick trades (trades) and market depth (depth), if served (comma list; IB allows few such subscriptions)")
-    stream_depth_rows: int = Field(5, ge=1, le=10, description="ibf stream: order-book levels per side requested for the symbols of IBF_STREAM_TICK_SYMBOLS")
-    stream_watchlist: Annotated[list[str], NoDecode] = Field(default_factory=list, description="ibf stream: symbols served first (comma list), before the top and bottom of the newest ranking and then the rest, up to IBF_IB_MAX_LINES")
-    stream_retention_days: int = Field(30, ge=0, description="ibf stream: sessions older than this many days are deleted from trades, depth and quotes at start and daily (0 = keep forever; intraday_bars are kept)")
-    stream_max_lag_seconds: float = Field(60.0, gt=0, description="Dagster check stream_lag: during market hours every streamed symbol's newest 5-second bar ended at most this many seconds ago")
-    live_price_max_age_seconds: float = Field(300.0, gt=0, description="ibf forecasts --live / POST /predict live_price: a streamed price older than this is not used (the stored close is)")
-    ib_bid_ask: bool = Field(False, description="Also fetch IB BID_ASK daily bars for the real quoted spread")
-    benchmark: str = Field("SPY", description="Benchmark symbol for beta/correlation; the equal-weighted universe if absent")
-    news_source: Literal["alphavantage", "file", "none"] = Field("none", description="Where news comes from")
-    news_file: Path | None = Field(None, description="CSV/JSON headlines for IBF_NEWS_SOURCE=file")
-    alphavantage_url: str = Field("https://www.alphavantage.co", description="Alpha Vantage base URL")
-    alphavantage_requests_per_day: int = Field(25, gt=0, description="Alpha Vantage daily request quota")
+    ib_max_lines: int = Field(100, ge=1, description="Market-data lines of the account: `ibf stream` serves this "
+        "many symbols in `--symbols` order (the watch list first) and names the rest")
+    ib_realtime_bars_per_10min: int = Field(60, ge=1, description="`ibf stream`: real-time-bar requests in any 10 "
+        "minutes (IB's pacing); more wait their turn")
+    stream_flush_seconds: float = Field(1.0, gt=0, description="`ibf stream`: seconds between micro-batch writes of "
+        "`intraday_bars` and `quotes`")
+    stream_bar_types: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["TRADES"], description="`ibf stream`: "
+        "5-second real-time bar types per served symbol, comma list of `TRADES`, `MIDPOINT`, `BID`, `ASK`, "
+        "`BID_ASK` (stored in `intraday_bars`, keyed by `what`; IB documents TRADES, MIDPOINT, BID and ASK for "
+        "real-time bars, so a real gateway may refuse `BID_ASK`: the collector logs the error per symbol)")
+    stream_tick_symbols: Annotated[list[str], NoDecode] = Field(default_factory=list, description="`ibf stream`: "
+        "symbols (if served) that also get tick-by-tick trades (`trades`) and market depth (`depth`); comma list; "
+        "IB allows few such subscriptions")
+    stream_depth_rows: int = Field(5, ge=1, le=10, description="`ibf stream`: order-book levels per side for the "
+        "symbols of `IBF_STREAM_TICK_SYMBOLS`")
+    stream_watchlist: Annotated[list[str], NoDecode] = Field(default_factory=list, description="`ibf stream`: "
+        "symbols served first (comma list), before the top and bottom of the newest ranking and then the rest, up "
+        "to `IBF_IB_MAX_LINES`")
+    stream_retention_days: int = Field(30, ge=0, description="`ibf stream`: sessions older than this many days are "
+        "deleted from `trades`, `depth` and `quotes` at start and daily (0 = keep forever; `intraday_bars` are "
+        "kept)")
+    stream_max_lag_seconds: float = Field(60.0, gt=0, description="Dagster check `intraday_bars:stream_lag`: during "
+        "market hours every streamed symbol's newest 5-second bar ended at most this many seconds ago")
+    live_price_max_age_seconds: float = Field(300.0, gt=0, description="`ibf forecasts --live` and `POST /predict` "
+        "with `live_price`: a streamed price older than this is not used (the origin close is, and the row says "
+        "why)")
+    ib_bid_ask: bool = Field(False, description="Also fetch IB `BID_ASK` daily bars so `market_bars.spread` holds "
+        "the real quoted spread")
+    benchmark: str = Field("SPY", description="Benchmark for beta/correlation features; the equal-weighted universe "
+        "when it is not in the data")
+    news_source: Literal["alphavantage", "file", "none"] = Field("none", description="News for `news_sentiment`: "
+        "`alphavantage`, `file` or `none`")
+    news_file: Path | None = Field(None, description="CSV/JSON headlines scored offline with VADER, for "
+        "`IBF_NEWS_SOURCE=file`")
+    alphavantage_url: str = Field("https://www.alphavantage.co", description="Alpha Vantage base URL (point it at "
+        "`ibf av-sim` to try offline)")
+    alphavantage_requests_per_day: int = Field(25, gt=0, description="Daily request quota of your Alpha Vantage plan "
+        "(news and fundamentals together)")
     fundamentals_source: Literal["alphavantage", "sample", "none"] = Field(
         "sample",
-        description="Where company overviews, earnings and macro series come from: alphavantage (OVERVIEW, EARNINGS, "
-        "EARNINGS_CALENDAR and the economic indicators, under the same key and daily quota as news), sample (the real "
-        "classification of the sample symbols only; no earnings or macro) or none",
+        description="Fundamentals, earnings and macro for `fundamentals`/`macro_indicators`: `alphavantage` "
+        "(OVERVIEW, EARNINGS, EARNINGS_CALENDAR and the economic indicators, under the same key and daily quota as "
+        "news), `sample` (the real classification of the embedded symbols only; no earnings or macro) or `none`",
     )
     accelerator: Literal["auto", "cpu", "gpu"] = Field(
-        "auto", description="Training device: auto = CUDA when torch sees one, else CPU; gpu fails without CUDA"
+        "auto", description="Training device: `auto` (CUDA when torch sees one, else CPU), `cpu`, `gpu` (fails "
+        "without CUDA)"
     )
     model_members: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["lstm", "tft", "gbdt", "gbdt_rank", "reversal_1", "reversal_5", "momentum_20", "momentum_12_1"],
-        description="Trained ensemble members (comma list of registered members: lstm, tft, gbdt, gbdt_rank and the "
-        "textbook factors reversal_1, reversal_5, momentum_20, momentum_12_1)",
+        description="Trained ensemble members (comma list of registered members: `lstm`, `tft`, `gbdt`, `gbdt_rank` "
+        "and the textbook factors `reversal_1`, `reversal_5`, `momentum_20`, `momentum_12_1`); the naive and drift "
+        "baselines always run",
     )
     model_max_steps: int = Field(200, ge=1, description="Maximum optimizer steps per neural member (early stopping may end sooner)")
     model_input_size: int = Field(60, ge=5, description="Sessions of history the neural members read per forecast")
     model_validation_sessions: int = Field(
-        60, ge=20, description="Validation origins per training run (ensemble weights, interval calibration, metrics)"
+        60, ge=20, description="Validation origins per training (ensemble weights, interval calibration, metrics)"
     )
-    model_seed: int = Field(7, ge=0, description="Random seed of every member")
+    model_seed: int = Field(7, ge=0, description="Seed of every member (LSTM and GBDT training on the CPU is tested "
+        "bit-reproducible)")
     model_min_independent_targets: int = Field(
         10, ge=1, description="Independent validation targets (validation dates / h) a horizon needs before the ensemble's "
         "point forecast may leave the random walk and its ranking may follow the validation rank IC"
     )
     model_memory_budget_mib: int | None = Field(
-        None, ge=256, description="Memory (MiB) a training may use at its peak; a larger estimate is refused before it "
-        "starts, naming the estimate (default: what the machine has available when training starts)"
+        None, ge=256, description="Memory (MiB) a training may use at its peak; unset: what the machine has "
+        "available. A larger estimate (runtime, panel copies, GBDT matrices, neural batch and predict chunk) is "
+        "refused before anything trains, with one `error:` line naming the estimate and the settings that lower it"
     )
     model_importance_max_origins: int = Field(
-        4096, ge=100, description="Validation origins that permutation feature importance forecasts at most; beyond it whole "
-        "dates are sampled evenly and the importance facts say so (each group costs two neural forecasts of them)"
+        4096, ge=100, description="Validation origins permutation feature importance forecasts at most; beyond it "
+        "whole dates are sampled evenly (at 500 symbols: 8 of 45-60 dates) and the importance facts say so "
+        "(`rows.sampled`); each group costs two neural forecasts of them"
     )
     model_name: str = Field("ibf-forecaster", description="MLflow registered-model name")
-    mlflow_experiment: str = Field("ibf-training", description="MLflow experiment of training runs")
+    mlflow_experiment: str = Field("ibf-training", description="MLflow experiment of training runs (local store: "
+        "`$IBF_HOME/mlflow.db`, artifacts: `$IBF_HOME/mlflow-artifacts/`)")
     mlflow_tracking_uri: str | None = Field(
-        None, description="MLflow tracking store: an MLflow server (http://host:5000) or a database URL without a password; unset: SQLite under IBF_HOME"
+        None, description="MLflow tracking store: an MLflow server (`http://host:5000`, as `ibf stack up` and "
+        "compose run) or a database URL; unset: `$IBF_HOME/mlflow.db`. A URI carrying a password is refused (it "
+        "would travel in run config): give the password to the server or `MLFLOW_TRACKING_PASSWORD`"
     )
     mlflow_artifacts_uri: str | None = Field(
-        None, description="Where a new experiment keeps its artifacts (a path or s3://bucket/prefix); unset: IBF_HOME/mlflow-artifacts, or the tracking server's own store"
+        None, description="Artifact location of a new experiment: a folder or `s3://bucket/prefix`; unset: "
+        "`$IBF_HOME/mlflow-artifacts`, or the tracking server's own artifact store"
     )
-    cost_bps: float = Field(10.0, ge=0, description="Trading cost per side in basis points for the top-k spread metric")
+    cost_bps: float = Field(10.0, ge=0, description="Trading cost per side (basis points) in the top-k spread metric")
     drift_performance_sessions: int = Field(30, ge=5, description="Sessions of matured forecasts in the rolling performance metrics")
-    drift_horizon: int = Field(1, ge=1, description="Forecast horizon (sessions) the performance monitor and CUSUM watch")
-    drift_feature_window: int = Field(60, ge=20, description="Recent sessions of features tested against the training reference")
-    drift_reference_sessions: int = Field(250, ge=50, description="Newest training-window sessions per symbol used as the drift reference")
+    drift_horizon: int = Field(1, ge=1, description="Forecast horizon (sessions) the performance monitor and the "
+        "CUSUM watch")
+    drift_feature_window: int = Field(60, ge=20, description="Recent sessions of features tested against the model's "
+        "training reference")
+    drift_reference_sessions: int = Field(250, ge=50, description="Newest training-window sessions per symbol "
+        "forming the drift reference")
     drift_mase_threshold: float = Field(
         1.10, gt=0, description="Performance breach: rolling MAE relative to the random walk (MASE) above this"
     )
-    drift_consecutive: int = Field(3, ge=1, description="Consecutive performance breaches (within drift_lookback_days) that demand a retrain")
-    drift_lookback_days: int = Field(30, ge=1, description="Calendar days in which the consecutive performance breaches must fall")
-    drift_ks_alpha: float = Field(0.05, gt=0, lt=1, description="Family-wise level of the per-feature KS/CVM tests (Bonferroni)")
-    drift_mmd_alpha: float = Field(0.01, gt=0, lt=1, description="Level of the Benjamini-Hochberg correction over the universe's MMD p-values (confirmed drift)")
+    drift_consecutive: int = Field(3, ge=1, description="Consecutive breached evaluations (performance, coverage; "
+        "within `IBF_DRIFT_LOOKBACK_DAYS`) that demand a retrain")
+    drift_lookback_days: int = Field(30, ge=1, description="Calendar days in which those consecutive breaches must "
+        "fall")
+    drift_ks_alpha: float = Field(0.05, gt=0, lt=1, description="Family-wise level of the per-feature KS / CVM tests "
+        "(Bonferroni over the features)")
+    drift_mmd_alpha: float = Field(0.01, gt=0, lt=1, description="Level of the Benjamini-Hochberg correction over "
+        "the universe's MMD p-values (confirmed feature drift)")
     drift_psi_threshold: float = Field(0.25, gt=0, description="PSI above which a feature counts as shifted")
     drift_cusum_h: float = Field(5.0, gt=0, description="CUSUM decision interval on standardized forecast residuals")
-    drift_coverage_tolerance: float = Field(0.05, gt=0, lt=1, description="Interval coverage may miss its nominal level by this much")
-    retrain_cooldown_sessions: int = Field(21, ge=0, description="Sessions after a drift retrain during which no other is requested")
+    drift_coverage_tolerance: float = Field(0.05, gt=0, lt=1, description="Interval coverage may miss its nominal "
+        "level by this much (and must miss it significantly to count)")
+    retrain_cooldown_sessions: int = Field(21, ge=0, description="Sessions after a drift retrain during which no "
+        "other drift retrain is requested")
     api_keys: Annotated[list[str], NoDecode] = Field(
-        default_factory=list, description="REST API keys as hex SHA-256 digests (comma list; ibf api-key new prints one)"
+        default_factory=list, description="REST API keys as hex SHA-256 digests (comma list; `ibf api-key new` "
+        "prints a key and its digest)"
     )
-    api_keys_file: Path | None = Field(None, description="File of REST API key digests, one per line (added to IBF_API_KEYS)")
-    api_rate_limit: int = Field(120, ge=0, description="REST API requests per minute per key (0 = no limit)")
-    api_max_symbols: int = Field(100, ge=1, description="Most symbols one REST API request may ask for")
-    api_metrics_public: bool = Field(True, description="Serve /metrics without an API key (for a Prometheus scraper)")
+    api_keys_file: Path | None = Field(None, description="File of REST API key digests, one per line (`#` comments), "
+        "added to `IBF_API_KEYS`")
+    api_rate_limit: int = Field(120, ge=0, description="REST API requests per minute per key (0 = no limit); over "
+        "it: 429 with `Retry-After`")
+    api_max_symbols: int = Field(100, ge=1, description="Most symbols one REST API request may ask for (more: 422)")
+    api_metrics_public: bool = Field(True, description="Serve `/metrics` without an API key (for a Prometheus "
+        "scraper)")
     api_cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list, description="Origins allowed by CORS (comma list; empty = CORS off)")
-    api_metrics_cache_seconds: float = Field(10.0, ge=0, description="Seconds a scrape reuses the warehouse/instance figures of the previous one")
+    api_metrics_cache_seconds: float = Field(10.0, ge=0, description="Seconds a scrape reuses the warehouse / "
+        "instance figures of the previous scrape")
     api_fresh_warm_seconds: float = Field(
-        2.0, ge=0, description="Seconds between the REST API's looks for a new market_bars/features write; once one settles, it reads what the next fresh prediction reads (0 = off)"
+        2.0, ge=0, description="Seconds between the API's looks for a new `market_bars`/`features` write; once one "
+        "settles, it reads what the next `fresh` prediction reads, so the first caller after a daily cycle is "
+        "answered from memory (each worker does it; 0 = off)"
     )
-    api_workers: int = Field(1, ge=1, le=64, description="Worker processes of ibf serve (more than one: metrics and the rate limit are shared through files in IBF_SERVE_RUN_DIR)")
-    serve_run_dir: Path | None = Field(None, description="Folder the workers of one ibf serve share (set by ibf serve for its workers; emptied at its start)")
-    dagster_url: str = Field("http://127.0.0.1:3000", description="Dagster webserver (make ui) the REST API submits retrain runs to (GraphQL)")
-    alert_webhook: SecretStr | None = Field(None, description="URL receiving a JSON POST (Slack-compatible) per failed check; a secret")
+    api_workers: int = Field(1, ge=1, le=64, description="Worker processes of `ibf serve` (`--workers`); with more "
+        "than one, the rate limit and the metrics are shared through files in the run folder (`IBF_SERVE_RUN_DIR`)")
+    serve_run_dir: Path | None = Field(None, description="The folder the workers of one `ibf serve` share (metrics, "
+        "rate-limit rings); `ibf serve --workers N` sets it to `<state>/serve/<port>/` and empties it at start. "
+        "Set it (and `PROMETHEUS_MULTIPROC_DIR=<it>/metrics`) only when another process manager runs "
+        "`ibf_serve.app:app_for_worker`")
+    dagster_url: str = Field("http://127.0.0.1:3000", description="Dagster webserver (`make ui`) that "
+        "`POST /retrain` submits runs to (GraphQL)")
+    alert_webhook: SecretStr | None = Field(None, description="URL receiving a Slack-compatible JSON POST per failed "
+        "check; a secret: never logged or stored")
     dagster_pg_url: SecretStr | None = Field(
-        None, description="Postgres URL (postgresql://user:password@host:port/db) of the Dagster instance's run, event and schedule storage; unset: SQLite under IBF_HOME. A secret"
+        None, description="Postgres URL (`postgresql://user:password@host:port/db`) for the Dagster instance's runs, "
+        "event logs and schedules; unset: SQLite under `IBF_HOME/dagster`. A secret: `dagster.yaml` names only the "
+        "variable. Unreachable or wrong: one `error:` line naming it, nothing written (see Deployment)"
     )
     executor: Literal["default", "k8s"] = Field(
-        "default", description="How runs execute their steps: default (Dagster's multiprocess executor) or k8s (each step a Kubernetes Job, dagster_k8s.k8s_job_executor)"
+        "default", description="How runs execute steps: `default` (Dagster's multiprocess executor) or `k8s` "
+        "(`dagster_k8s.k8s_job_executor`: each step a Kubernetes Job; `trained_models` asks for "
+        "`nvidia.com/gpu: 1`)"
     )
     k8s_gpu_node_selector: dict[str, str] = Field(
-        default_factory=dict, description="With IBF_EXECUTOR=k8s: node labels a GPU training step's pod must match (JSON object)"
+        default_factory=dict, description="With `IBF_EXECUTOR=k8s`: node labels (JSON object) a training pod must "
+        'match, e.g. `{"accelerator": "nvidia-h100"}`'
     )
     k8s_gpu_tolerations: list[dict[str, Any]] = Field(
-        default_factory=list, description="With IBF_EXECUTOR=k8s: tolerations of a GPU training step's pod (JSON list of Kubernetes tolerations)"
+        default_factory=list, description="With `IBF_EXECUTOR=k8s`: tolerations (JSON list of Kubernetes "
+        "tolerations) of a training pod"
     )
     warehouse: Literal["lake", "ducklake"] = Field(
-        "lake", description="Warehouse backend: lake (Parquet files per partition under IBF_HOME/lake + DuckDB views) or ducklake (DuckLake tables: IBF_DUCKLAKE_CATALOG, IBF_DUCKLAKE_DATA_PATH)"
+        "lake", description="Warehouse backend: `lake` (Parquet files per partition under `IBF_HOME/lake`, DuckDB "
+        "views in `warehouse.duckdb`) or `ducklake` (DuckLake tables; several processes and machines write one "
+        "lake; `IBF_DUCKLAKE_CATALOG`, `IBF_DUCKLAKE_DATA_PATH`; see Deployment)"
     )
     ducklake_catalog: SecretStr | None = Field(
         None,
-        description="With IBF_WAREHOUSE=ducklake: the catalog, sqlite:/path/catalog.sqlite, a DuckDB file path, or postgres:dbname=lake host=... user=... (several machines); unset: sqlite under IBF_HOME/ducklake. A secret (it may hold a password)",
+        description="With `IBF_WAREHOUSE=ducklake`: the catalog, `sqlite:/path/catalog.sqlite`, a DuckDB file path "
+        "(one process at a time), or `postgres:dbname=lake host=... port=... user=... password=...` (several "
+        "machines); unset: `sqlite:IBF_HOME/ducklake/catalog.sqlite`. A secret (it may carry a password): never "
+        "logged; a catalog that cannot be opened is one `error: IBF_DUCKLAKE_CATALOG: ...` line, nothing written",
     )
     ducklake_data_path: str | None = Field(
-        None, description="With IBF_WAREHOUSE=ducklake: folder or s3://bucket/prefix/ of the data files (S3 credentials from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_ENDPOINT_URL); unset: IBF_HOME/ducklake/data"
+        None, description="With `IBF_WAREHOUSE=ducklake`: folder or `s3://bucket/prefix/` of the data files (S3 "
+        "credentials from `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ENDPOINT_URL`); unset: "
+        "`IBF_HOME/ducklake/data/`. A prefix that cannot be listed is one `error: IBF_DUCKLAKE_DATA_PATH: ...` "
+        "line"
     )
     aws_access_key_id: SecretStr | None = Field(
-        None, validation_alias=AliasChoices("AWS_ACCESS_KEY_ID", "aws_access_key_id"), description="S3 access key for an s3:// IBF_DUCKLAKE_DATA_PATH; a secret"
+        None, validation_alias=AliasChoices("AWS_ACCESS_KEY_ID", "aws_access_key_id"), description="S3 access key "
+        "for an `s3://` `IBF_DUCKLAKE_DATA_PATH` (the standard variable name); a secret"
     )
     aws_secret_access_key: SecretStr | None = Field(
-        None, validation_alias=AliasChoices("AWS_SECRET_ACCESS_KEY", "aws_secret_access_key"), description="S3 secret key for an s3:// IBF_DUCKLAKE_DATA_PATH; a secret"
+        None, validation_alias=AliasChoices("AWS_SECRET_ACCESS_KEY", "aws_secret_access_key"), description="S3 "
+        "secret key for an `s3://` `IBF_DUCKLAKE_DATA_PATH` (the standard variable name); a secret"
     )
-    aws_region: str | None = Field(None, validation_alias=AliasChoices("AWS_REGION", "aws_region"), description="S3 region of an s3:// IBF_DUCKLAKE_DATA_PATH")
+    aws_region: str | None = Field(None, validation_alias=AliasChoices("AWS_REGION", "aws_region"), description="S3 "
+        "region of an `s3://` `IBF_DUCKLAKE_DATA_PATH` (the standard variable name)")
     aws_endpoint_url: str | None = Field(
-        None, validation_alias=AliasChoices("AWS_ENDPOINT_URL", "aws_endpoint_url"), description="S3-compatible endpoint (MinIO, R2, ...) of an s3:// IBF_DUCKLAKE_DATA_PATH, e.g. http://minio:9000"
+        None, validation_alias=AliasChoices("AWS_ENDPOINT_URL", "aws_endpoint_url"), description="S3-compatible "
+        "endpoint (MinIO, R2, ...; path-style) of an `s3://` `IBF_DUCKLAKE_DATA_PATH`, e.g. `http://minio:9000`"
     )
     dagster_event_batch_size: int = Field(
-        1000, ge=0, description="Materialization events of one step written at once (DAGSTER_EVENT_BATCH_SIZE; Postgres: one INSERT, SQLite: one transaction per file; 0 = one at a time)"
+        1000, ge=0, description="A step's partition materializations written at once (exported as "
+        "`DAGSTER_EVENT_BATCH_SIZE`; Postgres: one INSERT; SQLite: one transaction per file, ibf's "
+        "`BatchedSqliteEventLogStorage`; 0 = one at a time)"
     )
     alphavantage_api_key: SecretStr | None = Field(
         None,
         validation_alias=AliasChoices("ALPHAVANTAGE_API_KEY", "alphavantage_api_key"),
-        description="Alpha Vantage API key (environment variable ALPHAVANTAGE_API_KEY); a secret",
+        description="Alpha Vantage key (environment variable `ALPHAVANTAGE_API_KEY`); read from the environment "
+        "only, never logged or stored; a secret",
     )
 
     @classmethod

@@ -10,7 +10,7 @@ at an unknown time, for the next one). A feature row of session d reads only val
   analyst_strong_sell``. One row per symbol and recording session (``fundamentals`` table). Snapshot fields are
   what Alpha Vantage says *today*: they exist from the first recording on and are never back-filled. The
   classification (sector, industry) is read from the newest recording and applied to the whole history
-  (classifications rarely change; documented in the README).
+  (classifications rarely change; documented in docs/models-and-evaluation.md, Fundamentals).
 - ``earnings``: ``symbol, fiscal_date_ending, reported_date, report_time, date, reported_eps, estimated_eps,
   surprise, surprise_pct`` (``earnings`` table; ``report_time`` pre-market, post-market or '').
 - ``calendar``: ``symbol, date, report_date, fiscal_date_ending, estimate``: announcements scheduled ahead
