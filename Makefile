@@ -29,9 +29,9 @@ ui: $(STAMP)
 serve: $(STAMP)
 	$(BIN)/ibf serve
 
-# The manual (docs/, mkdocs.yml) on http://127.0.0.1:8000, rebuilt on every change; `make test` builds it strictly.
+# The manual (docs/, mkdocs.yml) on http://127.0.0.1:8001 (8000 is the API), rebuilt on every change; `make test` builds it strictly.
 docs: $(STAMP)
-	$(BIN)/mkdocs serve -a 127.0.0.1:8000
+	$(BIN)/mkdocs serve -a 127.0.0.1:8001
 
 # The production topology as local processes (Postgres, MLflow server, code location, webserver, daemon, API).
 stack: $(STAMP)
