@@ -14,7 +14,8 @@ from conftest import dividend_bars
 from ibf_core.market.bars import BAR_COLUMNS
 from ibf_core.sim.ib.gateway import GatewaySimulator
 from ibf_core.settings import load_settings
-from ibf_core.sources.ibkr import IB_CLIENT_MODULE, IbkrSource
+from ibf_core.sources.ibkr.gateway import IB_CLIENT_MODULE
+from ibf_core.sources.ibkr.source import IbkrSource
 
 ib_client = pytest.importorskip(IB_CLIENT_MODULE)
 D = dt.date

@@ -25,7 +25,8 @@ from ibf_core.sources.errors import (
     PacingViolationError,
     UnknownSymbolError,
 )
-from ibf_core.sources.ibkr import IB_CLIENT_MODULE, IbkrSource, RequestPacer, plan_chunks
+from ibf_core.sources.ibkr.gateway import IB_CLIENT_MODULE
+from ibf_core.sources.ibkr.source import IbkrSource, RequestPacer, plan_chunks
 
 pytest.importorskip(IB_CLIENT_MODULE)
 D = dt.date
@@ -243,7 +244,7 @@ def test_the_cache_is_written_through_the_atomic_writer(tmp_path, monkeypatch):
 
     import pyarrow.parquet as pq
 
-    from ibf_core.sources.ibkr import BarCache
+    from ibf_core.sources.ibkr.source import BarCache
 
     cache = BarCache(tmp_path)
     bars = expected(["AAPL"], "2022-01-03", "2022-01-31").reset_index(drop=True)
@@ -342,7 +343,7 @@ def test_importing_the_module_does_not_import_the_client():
     import subprocess
     import sys
 
-    code = "import sys, ibf_core.sources.ibkr; print('ib_insync' in sys.modules, 'ib_async' in sys.modules)"
+    code = "import sys, ibf_core.sources.ibkr.source; print('ib_insync' in sys.modules, 'ib_async' in sys.modules)"
     repo = Path(__file__).resolve().parents[1]
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=repo).stdout
     assert out.strip() == "False False"

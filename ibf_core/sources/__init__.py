@@ -18,7 +18,7 @@ def make_source(settings: Settings) -> BarSource:
 
         assert settings.csv_path is not None  # guaranteed by Settings validation
         return CsvSource(settings.csv_path, BarPolicy.from_settings(settings))
-    from ibf_core.sources.ibkr import IbkrSource
+    from ibf_core.sources.ibkr.source import IbkrSource
 
     return IbkrSource.from_settings(settings)
 

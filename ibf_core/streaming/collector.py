@@ -30,7 +30,7 @@ from typing import Any
 
 import pandas as pd
 
-from ibf_core.sources.ibkr import RequestPacer
+from ibf_core.sources.ibkr.source import RequestPacer
 from ibf_core.storage.interface import TableStore
 from ibf_core.streaming.priority import serve_order
 from ibf_core.streaming.store import Appender
@@ -258,7 +258,7 @@ class Collector:
 
     async def _connect_as(self, port: int, client_id: int) -> Any:
         """One API connection; raises _ClientIdInUse on 326 (the gateway then closes the socket)."""
-        from ibf_core.sources.ibkr import ib_client
+        from ibf_core.sources.ibkr.source import ib_client
 
         ib = ib_client().IB()
         in_use = asyncio.Event()
@@ -281,7 +281,7 @@ class Collector:
         return ib
 
     async def _subscribe(self, ib: Any) -> None:
-        from ibf_core.sources.ibkr import ib_client
+        from ibf_core.sources.ibkr.source import ib_client
 
         lib = ib_client()
 
@@ -312,7 +312,7 @@ class Collector:
 
     def _request_ticks(self, ib: Any) -> None:
         """Tick-by-tick trades and depth of the served tick symbols (each contract its own ticker)."""
-        from ibf_core.sources.ibkr import ib_client
+        from ibf_core.sources.ibkr.source import ib_client
 
         lib = ib_client()
         if not self.tick_symbols:
@@ -339,7 +339,7 @@ class Collector:
         ticker.updateEvent += lambda t, s=symbol: self._on_ticker(s, t)
 
     def _request_delayed(self, ib: Any, symbol: str) -> None:
-        from ibf_core.sources.ibkr import ib_client
+        from ibf_core.sources.ibkr.source import ib_client
 
         ib.reqMarketDataType(3)
         self._request_quotes(ib, symbol, ib_client().Stock(symbol, "SMART", "USD"))
