@@ -397,3 +397,29 @@ def test_write_report_writes_markdown_and_plots(tmp_path):
         png = path.parent / link
         assert png.exists() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert plt.get_fignums() == []
+
+
+def test_one_rank_ic_in_every_shape():
+    """Long format, dense matrices and the frame form are one computation: per date, Spearman across symbols."""
+    from ibf_core.evaluation.metrics import cross_sectional_ic, dense_rank_ics, mean_rank_ic, rank_ics
+
+    rng = np.random.default_rng(3)
+    dates, symbols = 40, 9
+    pred = rng.normal(size=(dates, symbols))
+    real = pred * 0.3 + rng.normal(size=(dates, symbols))
+    pred[rng.random((dates, symbols)) < 0.2] = np.nan  # missing forecasts
+    pred[5] = 1.0  # a constant side: no IC that date
+    real[7, 2:] = np.nan  # two pairs only: no IC that date
+    pred[9, :4] = 0.5  # ties share the mean rank
+    expected = np.array([
+        pd.Series(pred[d]).corr(pd.Series(real[d]), method="spearman") if d not in (5, 7) else np.nan for d in range(dates)
+    ])
+    np.testing.assert_allclose(dense_rank_ics(pred, real), expected, equal_nan=True)
+    long_dates = np.repeat(pd.date_range("2024-01-01", periods=dates), symbols)
+    unique, ics = rank_ics(pred.ravel(), real.ravel(), long_dates)
+    assert len(unique) == dates
+    np.testing.assert_allclose(ics, expected, equal_nan=True)
+    frame = pd.DataFrame({"date": long_dates, "p": pred.ravel(), "r": real.ravel()})
+    np.testing.assert_allclose(cross_sectional_ic(frame, "p", "r", "spearman").to_numpy(), expected[np.isfinite(expected)])
+    assert mean_rank_ic(pred, real) == pytest.approx(np.nanmean(expected))
+    assert mean_rank_ic(pred.ravel(), real.ravel(), long_dates) == pytest.approx(np.nanmean(expected))

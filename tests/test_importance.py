@@ -13,7 +13,8 @@ from ibf_core.evaluation.metrics import cross_sectional_ic
 from ibf_core.features.pipeline import compute_features, features_by_group
 from ibf_core.models.config import ModelConfig
 from ibf_core.models.dataset import build_panel
-from ibf_core.models.importance import bundle_importance, permute_group, rank_ic
+from ibf_core.evaluation.metrics import mean_rank_ic as rank_ic
+from ibf_core.models.importance import bundle_importance, permute_group
 from ibf_core.models.predict import forecast
 from ibf_core.models.training import select, train_models, validation_origins
 

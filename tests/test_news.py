@@ -30,7 +30,7 @@ from ibf_core.news import (
     read_mentions,
     session_window,
 )
-from ibf_core.news.alphavantage import parse_av_time, sentiment_label
+from ibf_core.news.feed import parse_av_time, sentiment_label
 from ibf_core.sim.alphavantage.server import AlphaVantageSimulator, Faults, parse_faults, serve, synthetic_feed
 from ibf_core.sim.alphavantage.content import make_article
 from ibf_core.news.file import score_news_file, vader_scores

@@ -100,71 +100,83 @@ def directional_accuracy(pred: np.ndarray, real: np.ndarray, p0: float = 0.5) ->
     }
 
 
-def cross_sectional_ic(
-    frame: pd.DataFrame, pred: str, real: str, method: Literal["pearson", "spearman"]
-) -> pd.Series:
-    """Per-date correlation of ``pred`` and ``real`` across symbols (dates with < 3 rows or a constant side dropped)."""
-    if method not in ("pearson", "spearman"):
-        raise ValueError(f"method must be 'pearson' or 'spearman', not {method!r}")
-    data = frame[["date", pred, real]].copy()
-    data.columns = ["date", "x", "y"]
-    data["x"] = pd.to_numeric(data["x"], errors="coerce")
-    data["y"] = pd.to_numeric(data["y"], errors="coerce")
-    data = data[np.isfinite(data["x"]) & np.isfinite(data["y"])]
-    if data.empty:
-        return pd.Series(dtype=float, name=f"{method}_ic", index=pd.Index([], name="date"))
-    groups = data.groupby("date", sort=True)
-    if method == "spearman":
-        data["x"] = groups["x"].rank(method="average")
-        data["y"] = groups["y"].rank(method="average")
-    data["xd"] = data["x"] - groups["x"].transform("mean")
-    data["yd"] = data["y"] - groups["y"].transform("mean")
-    data["xy"] = data["xd"] * data["yd"]
-    data["xx"] = data["xd"] ** 2
-    data["yy"] = data["yd"] ** 2
-    per_date = data.groupby("date", sort=True).agg(
-        n=("x", "size"),
-        x_min=("x", "min"),
-        x_max=("x", "max"),
-        y_min=("y", "min"),
-        y_max=("y", "max"),
-        xy=("xy", "sum"),
-        xx=("xx", "sum"),
-        yy=("yy", "sum"),
-    )
-    valid = (
-        (per_date["n"] >= 3)
-        & (per_date["x_max"] > per_date["x_min"])
-        & (per_date["y_max"] > per_date["y_min"])
-        & (per_date["xx"] > 0)
-        & (per_date["yy"] > 0)
-    )
-    per_date = per_date[valid]
-    ic = (per_date["xy"] / np.sqrt(per_date["xx"] * per_date["yy"])).clip(-1.0, 1.0)
-    ic.name = f"{method}_ic"
-    ic.index.name = "date"
-    return ic.sort_index().astype(float)
+MIN_IC_PAIRS = 3  # finite (forecast, outcome) pairs a date needs before its cross-sectional correlation counts
+
+
+def _varies(values: np.ndarray, codes: np.ndarray, groups: int) -> np.ndarray:
+    """Per group: not all values equal (exactly: a mean's rounding must not make a constant side look spread)."""
+    low, high = np.full(groups, np.inf), np.full(groups, -np.inf)
+    np.minimum.at(low, codes, values)
+    np.maximum.at(high, codes, values)
+    return high > low
+
+
+def _grouped_correlation(x: np.ndarray, y: np.ndarray, codes: np.ndarray, groups: int) -> np.ndarray:
+    """Per group code ``0..groups-1``: the correlation of ``x`` and ``y`` (NaN under ``MIN_IC_PAIRS`` or a constant side)."""
+    n = np.bincount(codes, minlength=groups).astype(np.float64)
+    safe = np.maximum(n, 1.0)
+    xd = x - (np.bincount(codes, x, minlength=groups) / safe)[codes]
+    yd = y - (np.bincount(codes, y, minlength=groups) / safe)[codes]
+    xy = np.bincount(codes, xd * yd, minlength=groups)
+    xx = np.bincount(codes, xd * xd, minlength=groups)
+    yy = np.bincount(codes, yd * yd, minlength=groups)
+    valid = (n >= MIN_IC_PAIRS) & _varies(x, codes, groups) & _varies(y, codes, groups) & (xx > 0) & (yy > 0)
+    out = np.full(groups, np.nan)
+    out[valid] = np.clip(xy[valid] / np.sqrt(xx[valid] * yy[valid]), -1.0, 1.0)
+    return out
+
+
+def rank_ics(pred: np.ndarray, real: np.ndarray, dates: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The one rank IC: per date, the Spearman correlation of forecasts and outcomes across symbols.
+
+    Long format (one row per symbol and date). Per date the finite pairs are ranked (average ties); a date with
+    fewer than ``MIN_IC_PAIRS`` pairs or a constant side gets NaN. Returns (sorted unique dates, their ICs).
+    """
+    pred, real, dates = np.asarray(pred, dtype=np.float64), np.asarray(real, dtype=np.float64), np.asarray(dates)
+    keep = np.isfinite(pred) & np.isfinite(real)
+    uniques, codes = np.unique(dates[keep], return_inverse=True)
+    if not len(codes):
+        return uniques, np.empty(0)
+    x = pd.Series(pred[keep]).groupby(codes).rank(method="average").to_numpy()
+    y = pd.Series(real[keep]).groupby(codes).rank(method="average").to_numpy()
+    return uniques, _grouped_correlation(x, y, codes, len(uniques))
+
+
+def mean_rank_ic(pred: np.ndarray, real: np.ndarray, dates: np.ndarray | None = None) -> float:
+    """Mean of ``rank_ics`` over the dates that count (NaN when none does); no ``dates``: dense matrices, a row a date."""
+    ics = dense_rank_ics(pred, real) if dates is None else rank_ics(pred, real, dates)[1]
+    ics = ics[np.isfinite(ics)]
+    return float(ics.mean()) if len(ics) else float("nan")
 
 
 def dense_rank_ics(pred: np.ndarray, real: np.ndarray) -> np.ndarray:
-    """Per-date Spearman IC of dense ``dates x symbols`` matrices (NaN: no forecast or no realized return), one value
-    per row; NaN for a date with fewer than 3 finite pairs or a constant side.
-
-    The same rule as ``cross_sectional_ic(..., "spearman")`` (per date the finite pairs are ranked, average ties),
-    without a groupby: what the ensemble's choice and permutation importance compute many times over.
-    """
-    ok = np.isfinite(pred) & np.isfinite(real)
-    x = pd.DataFrame(np.where(ok, pred, np.nan)).rank(axis=1, method="average").to_numpy()
-    y = pd.DataFrame(np.where(ok, real, np.nan)).rank(axis=1, method="average").to_numpy()
-    n = ok.sum(axis=1)
-    safe = np.maximum(n, 1)
-    xd = np.where(ok, x - (np.nansum(x, axis=1) / safe)[:, None], 0.0)
-    yd = np.where(ok, y - (np.nansum(y, axis=1) / safe)[:, None], 0.0)
-    xy, xx, yy = (xd * yd).sum(axis=1), (xd**2).sum(axis=1), (yd**2).sum(axis=1)
-    valid = (n >= 3) & (xx > 0) & (yy > 0)
-    out = np.full(len(n), np.nan)
-    out[valid] = np.clip(xy[valid] / np.sqrt(xx[valid] * yy[valid]), -1.0, 1.0)
+    """``rank_ics`` of dense ``dates x symbols`` matrices (NaN: no forecast or no realized return), one value per row."""
+    pred, real = np.asarray(pred, dtype=np.float64), np.asarray(real, dtype=np.float64)
+    rows = np.repeat(np.arange(pred.shape[0]), pred.shape[1])
+    dates, ics = rank_ics(pred.ravel(), real.ravel(), rows)
+    out = np.full(pred.shape[0], np.nan)
+    out[dates] = ics
     return out
+
+
+def cross_sectional_ic(
+    frame: pd.DataFrame, pred: str, real: str, method: Literal["pearson", "spearman"]
+) -> pd.Series:
+    """Per-date correlation of ``pred`` and ``real`` across symbols (``rank_ics`` for spearman; the same rule on the
+    raw values for pearson), indexed by date; dates that do not count are dropped."""
+    if method not in ("pearson", "spearman"):
+        raise ValueError(f"method must be 'pearson' or 'spearman', not {method!r}")
+    x = pd.to_numeric(frame[pred], errors="coerce").to_numpy(dtype=np.float64)
+    y = pd.to_numeric(frame[real], errors="coerce").to_numpy(dtype=np.float64)
+    dates = frame["date"].to_numpy()
+    if method == "spearman":
+        uniques, ics = rank_ics(x, y, dates)
+    else:
+        keep = np.isfinite(x) & np.isfinite(y)
+        uniques, codes = np.unique(dates[keep], return_inverse=True)
+        ics = _grouped_correlation(x[keep], y[keep], codes, len(uniques)) if len(codes) else np.empty(0)
+    ic = pd.Series(ics, index=pd.Index(uniques, name="date"), name=f"{method}_ic", dtype=float)
+    return ic[np.isfinite(ic.to_numpy())]
 
 
 def ic_summary(ic: pd.Series, h: int) -> dict:

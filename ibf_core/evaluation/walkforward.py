@@ -56,7 +56,7 @@ def walk_forward(
 ) -> WalkForwardResult:
     from ibf_core.evaluation.factors import factor_ics
     from ibf_core.evaluation.metrics import member_metrics, skill_verdict
-    from ibf_core.models import importance
+    from ibf_core.models import importance_report as importance
     from ibf_core.models.predict import forecast
     from ibf_core.models.training import train_models, usable
 
@@ -264,7 +264,7 @@ def write_outputs(
 
         sections.append(factor_markdown(result.results["factors"], result.results["horizons"]))
     if "importance" in result.results:
-        from ibf_core.models.importance import markdown as importance_markdown
+        from ibf_core.models.importance_report import markdown as importance_markdown
 
         sections.append(importance_markdown(result.results["importance"]))
     if policy is not None:

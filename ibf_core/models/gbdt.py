@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ibf_core.evaluation.metrics import mean_rank_ic
 from ibf_core.models import ModelDataError
 from ibf_core.models.config import CATEGORICAL_FEATURES, ModelConfig
 
@@ -253,21 +254,6 @@ def rank_label(rows: pd.DataFrame, h: int, min_symbols: int = MIN_RANK_SYMBOLS) 
     return np.where(counts >= min_symbols, label, np.nan)
 
 
-def rank_ic(pred: np.ndarray, label: np.ndarray, sessions: np.ndarray) -> float:
-    """Mean over sessions of the Spearman correlation of ``pred`` with ``label`` (sessions with 3+ finite pairs)."""
-    ok = np.isfinite(pred) & np.isfinite(label)
-    codes = pd.factorize(sessions[ok])[0]
-    if not len(codes):
-        return float("nan")
-    ranked = [pd.Series(v).groupby(codes).rank().to_numpy() for v in (pred[ok], label[ok])]
-    n = np.bincount(codes).astype(np.float64)
-    centred = [r - (np.bincount(codes, r) / n)[codes] for r in ranked]
-    cov = np.bincount(codes, centred[0] * centred[1])
-    var = np.bincount(codes, centred[0] ** 2) * np.bincount(codes, centred[1] ** 2)
-    usable = (n >= MIN_RANK_SYMBOLS) & (var > 0)
-    return float(np.mean(cov[usable] / np.sqrt(var[usable]))) if usable.any() else float("nan")
-
-
 def fit_rank(
     train: pd.DataFrame, features: list[str], config: ModelConfig, categories: Categories | None = None
 ) -> tuple[dict[int, Any], dict[int, float], dict[str, Any]]:
@@ -310,7 +296,7 @@ def fit_rank(
             stop_label = label[at_stop]
 
             def feval(pred: np.ndarray, _data: Any, s=stop_sessions, y=stop_label) -> tuple[str, float, bool]:
-                return "rank_ic", rank_ic(pred, y, s), True
+                return "rank_ic", mean_rank_ic(pred, y, s), True
 
             callbacks = [lgb.early_stopping(config.gbdt_early_stopping, verbose=False)]
         stopped_early[str(h)] = stop_rows is not None

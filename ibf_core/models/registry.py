@@ -16,7 +16,7 @@ from typing import Any, Protocol, TypeVar
 
 from ibf_core.models import ModelLoadError
 from ibf_core.models.bundle import ModelBundle, load_bundle, save_bundle
-from ibf_core.models.importance import mlflow_metrics as importance_metrics
+from ibf_core.models.importance_report import mlflow_metrics as importance_metrics
 from ibf_core.storage import atomic
 
 ARTIFACT_PATH = "model"

@@ -204,7 +204,7 @@ def _load_alphavantage(
 ) -> NewsLoadResult:
     import pandas as pd
 
-    from ibf_core.news.alphavantage import pages_to_frames
+    from ibf_core.news.feed import pages_to_frames
     from ibf_core.news.store import NewsProgress, empty_frame, source_id, write_news
 
     base_url = getattr(settings, "alphavantage_url", "https://www.alphavantage.co")

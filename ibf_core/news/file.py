@@ -25,7 +25,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ibf_core.news.alphavantage import DEFAULT_TZ, NewsError, parse_av_time, sentiment_label
+from ibf_core.news.alphavantage import DEFAULT_TZ, NewsError
+from ibf_core.news.feed import parse_av_time, sentiment_label
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd

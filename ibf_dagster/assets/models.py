@@ -109,7 +109,7 @@ def _windows(bundle) -> dict[str, Any]:
 
 def _importance_plot(importance: dict[str, Any] | None) -> str:
     """Grouped bars: each member's rank IC drop per feature group (mean over the horizons), as inline markdown."""
-    from ibf_core.models.importance import plot_frame
+    from ibf_core.models.importance_report import plot_frame
     from ibf_core.report import bar_plot_markdown
 
     return bar_plot_markdown(plot_frame(importance), "group", "rank_ic_drop", "member", "rank IC drop when a group is permuted (mean over h)")
@@ -117,7 +117,7 @@ def _importance_plot(importance: dict[str, Any] | None) -> str:
 
 def _result(bundle, registered, settings: Settings, elapsed: float, run_link: str, context=None) -> dg.MaterializeResult:
     """The materialization's metadata (validation table, weights, feature importance, provenance) and its check."""
-    from ibf_core.models.importance import bundle_markdown
+    from ibf_core.models.importance_report import bundle_markdown
     from ibf_core.report import markdown_table
     from ibf_dagster.metadata import plot_if_small
 

@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from ibf_core.news.alphavantage import sentiment_label
+from ibf_core.news.feed import sentiment_label
 
 
 class SimulatorError(RuntimeError):
