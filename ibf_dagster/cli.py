@@ -706,7 +706,7 @@ def _evaluation_signals(settings, symbols: list[str]):
 
     if settings.fundamentals_source == "none":
         return None
-    from ibf_core.fundamentals import load_fundamentals, load_macro, read_inputs
+    from ibf_core.fundamentals.load import load_fundamentals, load_macro, read_inputs
     from ibf_core.storage.backends import open_warehouse
 
     with tempfile.TemporaryDirectory(prefix="ibf-evaluate-") as scratch:

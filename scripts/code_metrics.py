@@ -88,11 +88,12 @@ def import_targets(name: str, path: Path, node: ast.stmt, known: dict[str, Path]
         module = node.module or ""
     if module.split(".")[0] not in PACKAGES:
         return ibf, {module.split(".")[0]}
+    package = _resolve(module, known)  # ``from X import y`` runs X (a package's __init__) even when y is a submodule
+    ibf |= {package} if package else set()
     for alias in node.names:
         full = f"{module}.{alias.name}"
-        target = full if full in known else _resolve(module, known)
-        if target:
-            ibf.add(target)
+        if full in known:
+            ibf.add(full)
     return ibf, third
 
 

@@ -11,13 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from ibf_core.fundamentals import (
-    FUNDAMENTALS_TABLES,
-    load_fundamentals,
-    load_macro,
-    read_inputs,
-    read_issues,
-)
+from ibf_core.fundamentals.load import FUNDAMENTALS_TABLES, load_fundamentals, load_macro, read_inputs, read_issues
 from ibf_core.fundamentals.store import EARNINGS, FUNDAMENTALS, read_table
 from ibf_core.news.alphavantage import AlphaVantageClient, MalformedResponseError, ServiceUnavailableError
 from ibf_core.sim.alphavantage.server import AlphaVantageSimulator, synthetic_fundamentals

@@ -69,7 +69,7 @@ def build_features(settings: Settings) -> dg.AssetsDefinition:
         domain="features",
     )
     def features(context: dg.AssetExecutionContext, ibf: SettingsResource, warehouse: WarehouseResource) -> dg.MaterializeResult:
-        from ibf_core.fundamentals import read_inputs
+        from ibf_core.fundamentals.load import read_inputs
         from ibf_core.news import daily_news
 
         settings = ibf.get()

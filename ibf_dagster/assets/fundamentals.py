@@ -48,7 +48,7 @@ def build_fundamentals(settings: Settings) -> dg.AssetsDefinition:
         domain="fundamentals",
     )
     def fundamentals(context: dg.AssetExecutionContext, ibf: SettingsResource, warehouse: WarehouseResource) -> dg.MaterializeResult:
-        from ibf_core.fundamentals import load_fundamentals, read_inputs
+        from ibf_core.fundamentals.load import load_fundamentals, read_inputs
         from ibf_core.fundamentals.checks import check_coverage, check_earnings_point_in_time
 
         settings = ibf.get()
@@ -105,7 +105,7 @@ def build_macro_indicators(settings: Settings) -> dg.AssetsDefinition:
     def macro_indicators(context: dg.AssetExecutionContext, ibf: SettingsResource, warehouse: WarehouseResource) -> dg.MaterializeResult:
         import pandas as pd
 
-        from ibf_core.fundamentals import load_macro, read_inputs
+        from ibf_core.fundamentals.load import load_macro, read_inputs
         from ibf_core.fundamentals.checks import check_macro_coverage, check_macro_point_in_time
 
         settings = ibf.get()
