@@ -8,13 +8,16 @@ these and shapes JSON. Every read is read-only (``Warehouse.read`` / ``Warehouse
 from __future__ import annotations
 
 import datetime as dt
+import json
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from ibf_core.calendar import latest_complete_session, trading_days
 from ibf_core.models import HORIZONS
 from ibf_core.storage.tables import DRIFT_SCORES, MARKET_BARS, PREDICTIONS
 
@@ -250,8 +253,6 @@ def drift_status(store, universe: list[str], policy) -> dict[str, Any]:
 
 def newest_bar_age_sessions(store, today: dt.date | None = None) -> int | None:
     """Sessions between the oldest of the symbols' newest bars and the latest complete session (None without bars)."""
-    from ibf_core.calendar import latest_complete_session, trading_days
-
     if not store.symbols(MARKET_BARS):
         return None
     newest = store.query("SELECT min(d) AS d FROM (SELECT max(date) AS d FROM market_bars GROUP BY symbol)")["d"].iloc[0]
@@ -266,9 +267,6 @@ def model_facts(tracking_uri: str, model, work_dir) -> dict[str, Any]:
     """A registry version's facts: cut-off, members, ensemble weights, validation metrics per horizon, feature
     importance by group (``ibf_core.models.importance``; None for a bundle trained without it), device, manifest
     digest, from its tags and its bundle's ``bundle.json`` (only that file is downloaded)."""
-    import json
-    from pathlib import Path
-
     from ibf_core.models.registry import quiet_mlflow
 
     mlflow = quiet_mlflow()

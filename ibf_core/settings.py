@@ -9,11 +9,26 @@ import tomllib
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
-from ibf_core.models.names import trained_members  # the member names are the one list settings accept
+from ibf_core.models.names import (
+    trained_members,  # the member names are the one list settings accept
+)
 
 SYMBOL_PATTERN = re.compile(r"^[A-Z0-9][A-Z0-9.\-]{0,15}$")
 DEFAULT_UNIVERSE = ("AAPL", "GOOG", "IBM", "MSFT")
@@ -41,8 +56,6 @@ def normalize_symbol(raw: str) -> str:
 
 def url_secrets(url: str) -> list[str]:
     """A URL and the parts of it that may carry a token (path + query, password)."""
-    from urllib.parse import urlsplit
-
     url = url.strip()
     if not url:
         return []
@@ -60,8 +73,6 @@ def url_secrets(url: str) -> list[str]:
 
 
 def _password(url: str) -> str | None:
-    from urllib.parse import urlsplit
-
     try:
         return urlsplit(url).password
     except ValueError:

@@ -6,6 +6,7 @@ that test names what moved, and this module is the only one to mend.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -13,19 +14,44 @@ from dataclasses import dataclass
 from typing import Any
 
 import dagster as dg
+from dagster._core.definitions.executor_definition import (
+    _core_in_process_executor_creation,
+    _core_multiprocess_executor_creation,
+    multi_or_in_process_executor,
+)
+from dagster._core.definitions.partitions.subset.default import DefaultPartitionsSubset
+
 # The base of the batched SQLite event log below (a class needs its base when it is defined).
 from dagster._core.events import ASSET_EVENTS as _ASSET_EVENTS
+from dagster._core.events import RunFailureReason
 from dagster._core.events.log import EventLogEntry as _EventLogEntry
-from dagster._core.storage.event_log.schema import SqlEventLogStorageTable as _EventLogsTable
-from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage as _SqliteEventLogStorage
+from dagster._core.execution.context.output import _key_range_to_subset
+from dagster._core.execution.plan.instance_concurrency_context import (
+    InstanceConcurrencyContext as Context,
+)
+from dagster._core.executor.base import Executor
+from dagster._core.run_coordinator.queued_run_coordinator import QueuedRunCoordinator
+from dagster._core.storage.asset_check_execution_record import (
+    AssetCheckExecutionRecordStatus,
+)
+from dagster._core.storage.event_log.schema import (
+    SqlEventLogStorageTable as _EventLogsTable,
+)
+from dagster._core.storage.event_log.sqlite.sqlite_event_log import (
+    SqliteEventLogStorage as _SqliteEventLogStorage,
+)
+from dagster._core.storage.tags import (
+    ASSET_PARTITION_RANGE_END_TAG,
+    ASSET_PARTITION_RANGE_START_TAG,
+)
+from dagster._daemon import controller
+from dagster._utils.interrupts import check_captured_interrupt
 
 DAGSTER_VERSION = "1.13.27"  # the version these shims were written and tested against (pyproject pins it)
 
 
 def is_planned_check_execution(record: Any) -> bool:
     """Whether an asset-check execution record is still in flight (planned, not yet evaluated)."""
-    from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
-
     return record.status == AssetCheckExecutionRecordStatus.PLANNED
 
 
@@ -39,8 +65,6 @@ def partition_range_tags(start: dg.MultiPartitionKey | str, end: dg.MultiPartiti
 
     ``execute_in_process`` has no range argument; the daemon's backfills set these reserved tags themselves.
     """
-    from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
-
     return {ASSET_PARTITION_RANGE_START_TAG: str(start), ASSET_PARTITION_RANGE_END_TAG: str(end)}
 
 
@@ -77,8 +101,6 @@ def last_recorded_partition(context: dg.AssetExecutionContext) -> str:
     Dagster records a range run's events in the order of the output's partition subset (``_key_range_to_subset``,
     a set of the range's keys), not in the range's order; built the same way, the same keys list in the same order.
     """
-    from dagster._core.execution.context.output import _key_range_to_subset
-
     subset = _key_range_to_subset(context.partition_key_range, context.assets_def.partitions_def, context.instance)
     return list(subset.get_partition_keys())[-1]
 
@@ -133,8 +155,6 @@ def _patch_pool_waits() -> None:
     holder keeps it, and forever when the holder is dead. The patched interval sleeps until the next try (at most
     ``POOL_POLL_S``, so a hook sees timeouts and interrupts promptly).
     """
-    from dagster._core.execution.plan.instance_concurrency_context import InstanceConcurrencyContext as Context
-
     if getattr(Context, "_ibf_patched", False):
         return
     original_claim = Context.claim
@@ -172,15 +192,11 @@ def pool_wait_hook(run_id: str, hook: PoolWaitHook) -> Iterator[None]:
 # ----- interrupts -----------------------------------------------------------------------------------
 def interrupt_requested() -> bool:
     """Whether Dagster has captured a SIGINT/SIGTERM it has not raised yet (it raises them only inside op code)."""
-    from dagster._utils.interrupts import check_captured_interrupt
-
     return check_captured_interrupt()
 
 
 def was_interrupted(result: dg.ExecuteInProcessResult) -> bool:
     """Whether an in-process run ended because it was interrupted (Ctrl-C, SIGTERM), not because a step failed."""
-    from dagster._core.events import RunFailureReason
-
     for event in result.all_events:
         if event.is_step_failure and event.step_failure_data and event.step_failure_data.error:
             if event.step_failure_data.error.cls_name in ("DagsterExecutionInterruptedError", "KeyboardInterrupt"):
@@ -201,13 +217,6 @@ def single_step_in_process_executor():
     runs of one backfill queue behind each other's start-up. In process, the slot is held only while the asset
     computes. The pool-wait patch (sleep between claim checks) applies, so a waiting step does not spin.
     """
-    from dagster._core.definitions.executor_definition import (
-        _core_in_process_executor_creation,
-        _core_multiprocess_executor_creation,
-        multi_or_in_process_executor,
-    )
-    from dagster._core.executor.base import Executor
-
     class SingleStepInProcess(Executor):
         def __init__(self, multi, single):
             self._multi, self._single = multi, single
@@ -315,10 +324,6 @@ def install_rectangle_backfills() -> None:
 
     Dagster's grouping is kept when it gives fewer ranges (it never does for a union of rectangles), and when the
     rectangle planning fails (logged: the backfill still runs, in Dagster's runs)."""
-    import logging
-
-    from dagster._core.definitions.partitions.subset.default import DefaultPartitionsSubset
-
     if getattr(DefaultPartitionsSubset, "_ibf_rectangles", False):
         return
     original = DefaultPartitionsSubset.get_partition_key_ranges
@@ -340,8 +345,6 @@ def install_rectangle_backfills() -> None:
 
 
 def _queued_run_coordinator_base():
-    from dagster._core.run_coordinator.queued_run_coordinator import QueuedRunCoordinator
-
     return QueuedRunCoordinator
 
 
@@ -354,8 +357,6 @@ BACKFILL_TICK_S = 3
 
 def shorten_backfill_tick(seconds: int = BACKFILL_TICK_S) -> None:
     """Make the backfill daemon of this process (started after the instance loads) tick every ``seconds``."""
-    from dagster._daemon import controller
-
     controller.DEFAULT_DAEMON_INTERVAL_SECONDS = seconds
 
 

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from ibf_core.settings import Settings
+from ibf_core.storage import atomic
 
 DAGSTER_YAML = Path(__file__).resolve().parents[1] / "dagster.yaml"
 PLANNED_EVENTS_ENV = "DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS"
@@ -81,8 +82,6 @@ def prepare_dagster_home(settings: Settings) -> Path:
     target = home / "dagster.yaml"
     wanted = instance_yaml(settings)
     if not target.exists() or target.read_bytes() != wanted:
-        from ibf_core.storage import atomic
-
         atomic.write_bytes(target, wanted)
     os.environ["DAGSTER_HOME"] = str(home)
     if settings.dagster_pg_url is not None:

@@ -9,6 +9,7 @@ import dagster as dg
 
 from ibf_core.market.quality import QualityResult
 from ibf_core.storage.tables import TableSpec
+from ibf_dagster.compat import last_recorded_partition
 
 OWNERS = ["team:ibf-data"]
 # A single-run backfill repeats the run's metadata on every partition's event: keep plots to small runs.
@@ -33,7 +34,6 @@ def partition_result(context: dg.AssetExecutionContext, metadata: dict, **result
     keys = context.partition_keys if context.has_partition_key_range or context.has_partition_key else []
     if len(keys) <= 1:
         return dg.MaterializeResult(metadata=metadata, **result)
-    from ibf_dagster.compat import last_recorded_partition
 
     last = last_recorded_partition(context)
     context.add_asset_metadata(metadata, partition_key=last)

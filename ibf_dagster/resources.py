@@ -12,10 +12,12 @@ from functools import lru_cache
 
 import dagster as dg
 
-from ibf_core.settings import Settings, load_settings
+from ibf_core.settings import Settings, get_settings, load_settings
+from ibf_core.sources import make_source
 from ibf_core.sources.base import BarSource
 from ibf_core.storage.backends import open_warehouse
 from ibf_core.storage.interface import TableStore
+from ibf_dagster.compat import mlflow_tracking_resource
 
 
 @lru_cache(maxsize=8)
@@ -51,8 +53,6 @@ class WarehouseResource(dg.ConfigurableResource):
 @lru_cache(maxsize=8)
 def _warehouse(home: str, backend: str, data_path: str | None) -> TableStore:
     """One store per process and location (a DuckLake store keeps its attached connections)."""
-    from ibf_core.settings import get_settings
-
     return open_warehouse(get_settings().replace(home=home, warehouse=backend, ducklake_data_path=data_path))
 
 
@@ -63,15 +63,12 @@ class BarSourceResource(dg.ConfigurableResource):
     csv_path: str | None = None
 
     def get(self, settings: Settings) -> BarSource:
-        from ibf_core.sources import make_source
-
         changes = {k: v for k, v in (("source", self.source), ("csv_path", self.csv_path)) if v is not None}
         return make_source(settings.replace(**changes) if changes else settings)
 
 
 def build_resources(settings: Settings) -> dict[str, object]:
     from ibf_core.models.registry import ensure_experiment
-    from ibf_dagster.compat import mlflow_tracking_resource
 
     return {
         "ibf": SettingsResource.of(settings),

@@ -6,22 +6,34 @@ import datetime as dt
 import re
 import threading
 import uuid
-from contextlib import contextmanager
 from collections.abc import Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import dagster as dg
 import pandas as pd
 
-from ibf_core.calendar import to_date
+from ibf_core.calendar import all_sessions, to_date
 from ibf_core.progress import report_notice, report_progress
 from ibf_core.settings import Settings, normalize_symbol
 from ibf_core.storage.backends import open_warehouse
 from ibf_dagster.compat import partition_range_tags, was_interrupted
 from ibf_dagster.instance import get_instance
-from ibf_dagster.partitions import MODEL_CUTOFFS, SYMBOL_PARTITIONS, contiguous_blocks, date_key_window, date_partitions
-from ibf_dagster.recovery import PoolWait, RunInterrupted, death_alerts, guarded_run, launch_tags, recover_dead_runs
-
+from ibf_dagster.partitions import (
+    MODEL_CUTOFFS,
+    SYMBOL_PARTITIONS,
+    contiguous_blocks,
+    date_key_window,
+    date_partitions,
+)
+from ibf_dagster.recovery import (
+    PoolWait,
+    RunInterrupted,
+    death_alerts,
+    guarded_run,
+    launch_tags,
+    recover_dead_runs,
+)
 
 MODEL_ASSETS = ("trained_models", "predictions", "drift_scores")
 
@@ -231,7 +243,6 @@ def _root_message(error) -> str:
 
 def train(settings: Settings, cutoff: str | dt.date, log_level: str = "WARNING") -> RunSummary:
     """Materialize ``trained_models`` for one cut-off (added as a ``model_cutoff`` partition) in-process."""
-    from ibf_core.calendar import all_sessions
     from ibf_dagster.definitions import build_definitions
 
     day = to_date(cutoff)

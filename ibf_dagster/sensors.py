@@ -4,10 +4,18 @@ import datetime as dt
 import json
 
 import dagster as dg
+import pandas as pd
 
 from ibf_core.calendar import latest_complete_session, to_date, trading_days
+from ibf_core.features.table import features_spec
+from ibf_core.models.schedule import latest_weekly_cutoff
+from ibf_core.monitoring.alerts import Alert, record_alerts
 from ibf_core.settings import Settings
+from ibf_dagster.assets.drift import RETRAIN_CHECK
+from ibf_dagster.compat import check_execution_history, is_planned_check_execution
+from ibf_dagster.executors import gpu_tags
 from ibf_dagster.partitions import MODEL_CUTOFFS, SYMBOL_PARTITIONS
+from ibf_dagster.recovery import death_alerts, recover_dead_runs
 from ibf_dagster.resources import SettingsResource, WarehouseResource
 
 
@@ -36,8 +44,6 @@ def _check_evaluations(context: dg.SensorEvaluationContext, after: int | None, c
     result is never skipped; evaluations after it may be seen twice, which the consumers make harmless
     (alerts are keyed by evaluation, retrains by run key).
     """
-    from ibf_dagster.compat import check_execution_history, is_planned_check_execution
-
     records = [r for key in checks for r in check_execution_history(context.instance, key) if r.id > (after or 0)]
     records.sort(key=lambda r: r.id)
     found, cursor, blocked = [], after, False
@@ -59,14 +65,10 @@ def _meta_value(value) -> object:
 
 def gpu_run_tags(settings: Settings | None = None) -> dict[str, str]:
     """Tags that ask for a GPU: ibf's run-queue tag and the Kubernetes resource request (k8s_job_executor)."""
-    from ibf_dagster.executors import gpu_tags
-
     return gpu_tags(settings)
 
 
 def build_retrain_on_drift(settings: Settings) -> dg.SensorDefinition:
-    from ibf_dagster.assets.drift import RETRAIN_CHECK
-
     @dg.sensor(
         name="retrain_on_drift",
         description=(
@@ -118,9 +120,6 @@ def build_retrain_on_drift(settings: Settings) -> dg.SensorDefinition:
 
 
 def build_weekly_training(settings: Settings | None = None) -> dg.SensorDefinition:
-    from ibf_core.features.table import features_spec
-    from ibf_core.models.schedule import latest_weekly_cutoff
-
     @dg.sensor(
         name="weekly_training",
         description="The regular cadence beside the drift trigger: trains a model on the last session of each complete week once its features are stored.",
@@ -132,7 +131,6 @@ def build_weekly_training(settings: Settings | None = None) -> dg.SensorDefiniti
         cutoff = latest_weekly_cutoff(latest_complete_session())
         if cutoff is None:
             return dg.SkipReason("no complete week yet")
-        import pandas as pd
 
         newest = warehouse.get().query(f"SELECT max(date) AS d FROM {features_spec().name}")["d"].iloc[0]
         # an empty table gives NULL (NaT here), which must never pass for a date: no run that cannot succeed
@@ -156,8 +154,6 @@ def build_check_alerts(settings: Settings) -> dg.SensorDefinition:
         default_status=dg.DefaultSensorStatus.RUNNING,
     )
     def check_alerts(context: dg.SensorEvaluationContext, ibf: SettingsResource, warehouse: WarehouseResource) -> dg.SensorResult:
-        from ibf_core.monitoring.alerts import Alert, record_alerts
-
         settings = ibf.get()
         after = int(context.cursor) if context.cursor else None
         checks = sorted(context.repository_def.asset_graph.asset_check_keys, key=lambda k: k.to_user_string())
@@ -202,8 +198,6 @@ def build_run_recovery() -> dg.SensorDefinition:
         default_status=dg.DefaultSensorStatus.RUNNING,
     )
     def run_recovery(context: dg.SensorEvaluationContext, ibf: SettingsResource) -> dg.SkipReason:
-        from ibf_dagster.recovery import death_alerts, recover_dead_runs
-
         # a dead run's failure message says why it died; each also becomes an `alerts` row (and webhook POST)
         freed = recover_dead_runs(context.instance, death_alerts(ibf.get(), log=context.log.warning))
         for run in freed:

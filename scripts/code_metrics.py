@@ -53,15 +53,21 @@ def _resolve(name: str, known: dict[str, Path]) -> str | None:
     return None
 
 
-def _import_nodes(path: Path) -> list[tuple[ast.stmt, bool]]:
-    """(import statement, inside a function) for every import of a file."""
+def _is_type_checking(node: ast.AST) -> bool:
+    return isinstance(node, ast.If) and ast.unparse(node.test) in ("TYPE_CHECKING", "typing.TYPE_CHECKING")
+
+
+def _import_nodes(path: Path, type_checking: bool = False) -> list[tuple[ast.stmt, bool]]:
+    """(import statement, inside a function) for every import of a file; ``type_checking``: skip ``if TYPE_CHECKING``
+    blocks (never run, so they load nothing)."""
     out: list[tuple[ast.stmt, bool]] = []
 
     def visit(node: ast.AST, inner: bool) -> None:
         for child in ast.iter_child_nodes(node):
             if isinstance(child, (ast.Import, ast.ImportFrom)):
                 out.append((child, inner))
-            visit(child, inner or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)))
+            if not (type_checking and _is_type_checking(child)):
+                visit(child, inner or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)))
 
     visit(ast.parse(path.read_text()), False)
     return out
@@ -97,13 +103,14 @@ def import_targets(name: str, path: Path, node: ast.stmt, known: dict[str, Path]
     return ibf, third
 
 
-def import_graph() -> dict[str, dict[str, set[str]]]:
-    """module -> {"top": ibf modules imported at top level, "inner": inside functions, "top_third"/"inner_third": libraries}."""
+def import_graph(runtime: bool = False) -> dict[str, dict[str, set[str]]]:
+    """module -> {"top": ibf modules imported at top level, "inner": inside functions, "top_third"/"inner_third": libraries};
+    ``runtime``: only imports that run (``if TYPE_CHECKING`` blocks left out)."""
     known = modules()
     graph = {}
     for name, path in known.items():
         entry = {"top": set(), "inner": set(), "top_third": set(), "inner_third": set()}
-        for node, inner in _import_nodes(path):
+        for node, inner in _import_nodes(path, type_checking=runtime):
             ibf, third = import_targets(name, path, node, known)
             entry["inner" if inner else "top"] |= ibf - {name}
             entry["inner_third" if inner else "top_third"] |= third
@@ -150,14 +157,16 @@ def import_cycles() -> list[list[str]]:
 
 def heavy_closure() -> dict[str, set[str]]:
     """module -> the heavy libraries importing it loads (its top-level imports, followed through ibf modules)."""
-    graph = import_graph()
+    graph = import_graph(runtime=True)
     memo: dict[str, set[str]] = {}
 
     def closure(name: str, seen: frozenset) -> set[str]:
         if name in memo:
             return memo[name]
         out = graph[name]["top_third"] & HEAVY
-        for dep in graph[name]["top"]:
+        # importing a.b.c runs the packages a and a.b first
+        parents = {".".join(name.split(".")[:k]) for k in range(1, name.count(".") + 1)} & graph.keys()
+        for dep in graph[name]["top"] | parents:
             if dep not in seen:
                 out = out | closure(dep, seen | {dep})
         memo[name] = out

@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ibf_core.evaluation.metrics import cross_sectional_ic, ic_summary
+from ibf_core.evaluation.report import _table
 from ibf_core.models.factors import FACTORS, Factor, factor_values
 
 MIN_SYMBOLS = 3  # per date, as the IC needs
@@ -49,8 +51,6 @@ def factor_ics(panel: pd.DataFrame, origins: dict[int, pd.DataFrame]) -> dict[st
 
 def _score(scored: pd.DataFrame, factor: Factor, h: int, history: np.ndarray) -> dict[str, Any]:
     """Rank IC summary of one factor at one horizon, or why it is unavailable."""
-    from ibf_core.evaluation.metrics import cross_sectional_ic, ic_summary
-
     values = scored[factor.name].to_numpy(dtype=np.float64)
     realized = scored["realized"].to_numpy(dtype=np.float64)
     n = int((np.isfinite(values) & np.isfinite(realized)).sum())
@@ -76,8 +76,6 @@ def _score(scored: pd.DataFrame, factor: Factor, h: int, history: np.ndarray) ->
 
 def markdown(factors: dict[str, Any], members: dict[str, dict[str, Any]] | None = None) -> str:
     """The report section: one row per (horizon, factor), the best member's rank IC beside it."""
-    from ibf_core.evaluation.report import _table
-
     rows = []
     for h, by_factor in factors.get("horizons", {}).items():
         best = _best_member_ic((members or {}).get(h, {}))

@@ -18,8 +18,16 @@ from typing import Any
 
 import pandas as pd
 
+from ibf_core.evaluation.metrics import cross_sectional_ic, ic_summary
 from ibf_core.models.config import ModelConfig
-from ibf_core.monitoring.scores import DriftPolicy
+from ibf_core.monitoring.outcomes import matured_outcomes
+from ibf_core.monitoring.scores import (
+    DriftPolicy,
+    reference_windows,
+    retrain_decision,
+    symbol_drift_rows,
+)
+from ibf_core.report import markdown_table
 
 POLICIES = ("never", "fixed", "drift")
 
@@ -89,8 +97,6 @@ def backtest_policies(
 def _simulate(run: _Backtest, policy: str, first_cutoff) -> tuple[pd.DataFrame, list[str], list[str], float]:
     """Walk one policy through the sessions: (its predictions, retrain dates, retrain reasons, training seconds)."""
     from ibf_core.models.predict import forecast, predictions_table
-    from ibf_core.monitoring.outcomes import matured_outcomes
-    from ibf_core.monitoring.scores import reference_windows, retrain_decision, symbol_drift_rows
 
     drift, days, every = run.drift, run.days, run.check_every
     bundle, train_seconds = run.model_at(first_cutoff)
@@ -129,9 +135,6 @@ def _simulate(run: _Backtest, policy: str, first_cutoff) -> tuple[pd.DataFrame, 
 
 def _score(run: _Backtest, table: pd.DataFrame) -> tuple[dict[str, Any], pd.Series]:
     """The 1-session comparison of one policy's predictions, and its rolling MASE."""
-    from ibf_core.evaluation.metrics import cross_sectional_ic, ic_summary
-    from ibf_core.monitoring.outcomes import matured_outcomes
-
     outcomes = matured_outcomes(table, run.panel, run.days[-1])
     one = outcomes[outcomes["horizon"] == 1].copy()
     daily = one.groupby("date").agg(err=("abs_error", "mean"), naive=("realized_return", lambda r: r.abs().mean()))
@@ -159,8 +162,6 @@ def _tally(reasons: list[str]) -> dict[str, int]:
 
 def markdown(result: dict[str, Any]) -> str:
     """The report section: one row per policy."""
-    from ibf_core.report import markdown_table
-
     table = pd.DataFrame(result["table"]).drop(columns=["retrain_dates", "retrain_reasons"])
     lines = [
         "## Retraining policies (backtest)",

@@ -27,8 +27,26 @@ import numpy as np
 import pandas as pd
 
 from ibf_core.calendar import all_sessions
+from ibf_core.evaluation.factors import factor_ics, factor_table
+from ibf_core.evaluation.factors import markdown as factor_markdown
+from ibf_core.evaluation.metrics import (
+    cross_sectional_ic,
+    ic_summary,
+    member_metrics,
+    skill_verdict,
+)
+from ibf_core.evaluation.report import _table, write_report
 from ibf_core.models import ModelDataError
+from ibf_core.models import importance_report as importance
 from ibf_core.models.config import ModelConfig
+from ibf_core.models.ensemble import (
+    MIN_INDEPENDENT_TARGETS,
+    hln,
+    independent_targets,
+    rule,
+)
+from ibf_core.models.importance_report import markdown as importance_markdown
+
 
 def member_order(present: set[str]) -> list[str]:
     """The members of ``present`` in registry order (baselines, trained members), then the ensemble, then any other."""
@@ -54,9 +72,6 @@ def walk_forward(
     device: str = "cpu",
     progress: Callable[[str], None] | None = None,
 ) -> WalkForwardResult:
-    from ibf_core.evaluation.factors import factor_ics
-    from ibf_core.evaluation.metrics import member_metrics, skill_verdict
-    from ibf_core.models import importance_report as importance
     from ibf_core.models.predict import forecast
     from ibf_core.models.training import train_models, usable
 
@@ -132,10 +147,6 @@ def versus_best_factor(panel: pd.DataFrame, forecasts: pd.DataFrame, factors: di
     test is): ``below_by_more_than_noise`` is t < -2, judged only where the test dates hold at least
     ``MIN_INDEPENDENT_TARGETS`` independent h-day targets (dates / h; ``judged``). The best factor is picked on the
     test origins themselves, which favours it."""
-    from ibf_core.evaluation.factors import factor_table
-    from ibf_core.evaluation.metrics import cross_sectional_ic, ic_summary
-    from ibf_core.models.ensemble import MIN_INDEPENDENT_TARGETS, hln, independent_targets
-
     table = factor_table(panel)
     out: dict[str, Any] = {}
     for h in horizons:
@@ -169,8 +180,6 @@ def versus_best_factor(panel: pd.DataFrame, forecasts: pd.DataFrame, factors: di
 
 def harm_markdown(results: dict[str, Any]) -> str:
     """The report section: per horizon, the ensemble against the random walk (MAE, DM) and the best factor (rank IC)."""
-    from ibf_core.evaluation.report import _table
-
     rows = []
     for h, members in results.get("horizons", {}).items():
         ens = members.get("ensemble") or {}
@@ -226,8 +235,6 @@ def _mean(values: pd.Series) -> float | None:
 
 def _fold_detail(fold: int, cutoff: dt.date, bundle) -> dict[str, Any]:
     """What one fold's training decided: windows (and why they shrank), members left out, symbols, ensemble rules."""
-    from ibf_core.models.ensemble import rule
-
     plan = bundle.facts.get("windows", {})
     return {
         "fold": fold,
@@ -253,19 +260,13 @@ def write_outputs(
 
     ``policy``: a ``backtest_policies`` result, stored under ``policy_backtest`` and printed as a report section.
     """
-    from ibf_core.evaluation.report import write_report
-
     json_path = Path(json_path)
     json_path.parent.mkdir(parents=True, exist_ok=True)
     payload = dict(result.results)
     sections = [harm_markdown(result.results)]
     if "factors" in result.results:
-        from ibf_core.evaluation.factors import markdown as factor_markdown
-
         sections.append(factor_markdown(result.results["factors"], result.results["horizons"]))
     if "importance" in result.results:
-        from ibf_core.models.importance_report import markdown as importance_markdown
-
         sections.append(importance_markdown(result.results["importance"]))
     if policy is not None:
         from ibf_core.evaluation.policy import markdown

@@ -20,6 +20,7 @@ re-exported here lazily (the feature modules import this package first).
 
 from __future__ import annotations
 
+import importlib
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -384,8 +385,6 @@ def _date_index(dates: np.ndarray) -> tuple[pd.DatetimeIndex, np.ndarray]:
 
 def __getattr__(name: str) -> Any:
     """Lazy re-export of the pipeline API (``from ibf_core.features import compute_features``)."""
-    import importlib
-
     pipeline = importlib.import_module("ibf_core.features.pipeline")
     if name in pipeline.__all__:
         return getattr(pipeline, name)

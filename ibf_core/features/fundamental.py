@@ -21,6 +21,7 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
+from ibf_core.calendar import all_sessions
 from ibf_core.features import Feature, Panel, run_talib
 
 POST_EARNINGS_DRIFT_SESSIONS = 20  # the window after a report in which post-earnings drift is documented
@@ -98,8 +99,6 @@ def asof(panel: Panel, symbols: np.ndarray, days: np.ndarray) -> np.ndarray:
 
 def session_ordinals(days: np.ndarray) -> np.ndarray:
     """NYSE session ordinal of each day (a day that is no session: the next session's)."""
-    from ibf_core.calendar import all_sessions
-
     sessions = all_sessions().to_numpy(dtype="datetime64[ns]").astype(np.int64) // _DAY_NS
     return np.searchsorted(sessions, days, side="left").astype(np.float64)
 
@@ -229,7 +228,13 @@ def _trailing_mean(panel: Panel, values: np.ndarray, k: int) -> np.ndarray:
 
 def _sector(panel: Panel, sector: np.ndarray, rows: Mapping[str, np.ndarray]) -> None:
     """Leave-one-out sector statistics per date (symbols without a sector get NaN)."""
-    from ibf_core.features.cross_asset import TALIB_CALLS, _beta_corr, _SUMS, percentile_rank, talib_inputs
+    from ibf_core.features.cross_asset import (
+        _SUMS,
+        TALIB_CALLS,
+        _beta_corr,
+        percentile_rank,
+        talib_inputs,
+    )
     from ibf_core.features.technical import log_returns
 
     known = np.isfinite(sector)

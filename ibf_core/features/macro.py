@@ -15,7 +15,9 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
+from ibf_core.calendar import all_sessions
 from ibf_core.features import Feature, Panel
+from ibf_core.features.fundamental import session_ordinals
 
 _DAY_NS = 86_400_000_000_000
 
@@ -72,9 +74,6 @@ class _Series:
 
 def compute(panel: Panel, rows: Mapping[str, np.ndarray], macro: pd.DataFrame | None = None) -> None:
     """Fill :data:`COLUMNS` of ``rows`` from ``macro_indicators`` rows; NaN without them."""
-    from ibf_core.calendar import all_sessions
-    from ibf_core.features.fundamental import session_ordinals
-
     for name in COLUMNS:
         rows[name][:] = np.nan
     if macro is None or macro.empty:

@@ -6,6 +6,7 @@ from collections.abc import Iterable, Sequence
 
 import pandas as pd
 
+from ibf_core.fundamentals.inputs import MACRO_INDICATORS
 from ibf_core.market.quality import MAX_EXAMPLES, QualityResult
 
 MONTHLY = frozenset({"cpi", "unemployment"})
@@ -55,8 +56,6 @@ def check_coverage(symbols: Sequence[str], inputs, issues: Iterable[tuple[str, s
 
 def check_macro_coverage(known: pd.DataFrame, end: pd.Timestamp, issues: Iterable[tuple[str, str, str]]) -> QualityResult:
     """Every indicator has a value usable by the partition's end."""
-    from ibf_core.fundamentals.inputs import MACRO_INDICATORS
-
     reasons = {subject: f"{endpoint}: {reason}" for subject, endpoint, reason in issues}
     have = set(known["indicator"]) if len(known) else set()
     missing = {i: reasons.get(i, f"no value published by {end.date()}") for i in MACRO_INDICATORS if i not in have}

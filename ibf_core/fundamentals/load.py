@@ -9,7 +9,13 @@ from typing import Any
 
 import pandas as pd
 
-from ibf_core.fundamentals.alphavantage import Issue, parse_calendar, parse_earnings, parse_macro, parse_overview
+from ibf_core.fundamentals.alphavantage import (
+    Issue,
+    parse_calendar,
+    parse_earnings,
+    parse_macro,
+    parse_overview,
+)
 from ibf_core.fundamentals.inputs import (
     CALENDAR_COLUMNS,
     EARNINGS_COLUMNS,
@@ -41,6 +47,9 @@ from ibf_core.news.alphavantage import (
     RateLimitedError,
     redact,
 )
+from ibf_core.news.store import NewsProgress, source_id
+from ibf_core.settings import normalize_symbol
+from ibf_core.sources.sample import SAMPLE_SYMBOLS
 from ibf_core.storage.interface import TableStore
 
 __all__ = [
@@ -135,8 +144,6 @@ def _clock(now: Any) -> pd.Timestamp:
 
 
 def _symbols(symbols: Sequence[str]) -> tuple[str, ...]:
-    from ibf_core.settings import normalize_symbol
-
     return tuple(dict.fromkeys(normalize_symbol(s) for s in symbols))
 
 
@@ -151,8 +158,6 @@ def _run_alphavantage(
 ) -> tuple[Batch, _Fetcher, int, str]:
     """Run ``steps`` with a client whose every request counts against the shared daily budget; (batch, fetcher,
     requests sent, the key to redact)."""
-    from ibf_core.news.store import NewsProgress, source_id
-
     base_url = getattr(settings, "alphavantage_url", "https://www.alphavantage.co")
     per_day = int(getattr(settings, "alphavantage_requests_per_day", 25))
     secret = getattr(settings, "alphavantage_api_key", None)
@@ -287,8 +292,6 @@ def load_fundamentals(
 
 def _load_sample(store: TableStore, names: tuple[str, ...], session: pd.Timestamp, stamp: pd.Timestamp) -> FundamentalsLoadResult:
     """The embedded real classification of the sample symbols; everything else recorded as not in the sample."""
-    from ibf_core.sources.sample import SAMPLE_SYMBOLS
-
     rows, issues = [], []
     for symbol in names:
         row = sample_overview(symbol)

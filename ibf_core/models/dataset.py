@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from ibf_core.calendar import all_sessions
+from ibf_core.features import INPUT_NAMES
 from ibf_core.models import ModelDataError
 
 CLIP = 10.0  # robust z-scores beyond this are outliers, not information
@@ -145,7 +146,6 @@ def select_features(train: pd.DataFrame, candidates: list[str]) -> tuple[list[st
     A feature is left out when it has no finite value on the training rows (then the reason names the bar
     input it reads that is missing, or its warm-up when no symbol has that much history) or one value only.
     """
-    from ibf_core.features import INPUT_NAMES
     from ibf_core.features.pipeline import feature_by_name
 
     registry = feature_by_name()

@@ -33,6 +33,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ibf_core.evaluation.metrics import dense_rank_ics, ic_summary, newey_west_variance
+from ibf_core.models.factors import stein_weight
+from ibf_core.models.gbdt import centred_rank
+
 LEVELS = {80: (0.10, 0.90), 95: (0.025, 0.975)}
 METHODS = ("equal", "inverse_error", "stacking")
 
@@ -115,8 +119,6 @@ def shrinkage(pred: np.ndarray, realized: np.ndarray, dates: np.ndarray, h: int,
     towards 0 by its own noise as positive-part Stein does), and 0 unless t >= ``MIN_SHRINK_T`` (a one-sided
     test at about 2.5%) and the window holds at least ``min_independent`` independent targets (dates / h).
     """
-    from ibf_core.evaluation.metrics import newey_west_variance
-
     ok = np.isfinite(pred) & np.isfinite(realized)
     frame = pd.DataFrame({"date": dates[ok], "fy": pred[ok] * realized[ok], "ff": pred[ok] ** 2})
     per_date = frame.groupby("date", sort=True)[["fy", "ff"]].sum()
@@ -218,8 +220,6 @@ def _centred_rows(values: np.ndarray) -> np.ndarray:
 
 def _ic_evidence(grid: _Grid, rows: np.ndarray, members: list[str], h: int) -> dict[str, dict[str, Any]]:
     """member -> mean per-date rank IC over the date ``rows``, its HLN-corrected Newey-West t and the dates."""
-    from ibf_core.evaluation.metrics import dense_rank_ics, ic_summary
-
     out = {}
     for m in members:
         ics = dense_rank_ics(grid.values[m][rows], grid.realized[rows])
@@ -232,8 +232,6 @@ def _ic_evidence(grid: _Grid, rows: np.ndarray, members: list[str], h: int) -> d
 def _rule_weights(rule: str, evidence: dict[str, dict[str, Any]]) -> dict[str, float]:
     """``equal``: the members with a positive rank IC alike; ``ic_weighted``: every member's Stein-shrunk IC;
     ``best_member``: all weight on the largest of them."""
-    from ibf_core.models.factors import stein_weight
-
     if rule == "equal":
         return {m: 1.0 for m, v in evidence.items() if (v["rank_ic"] or 0.0) > 0}
     shrunk = {m: stein_weight(v["rank_ic"], v["t"]) for m, v in evidence.items()}
@@ -244,8 +242,6 @@ def _rule_weights(rule: str, evidence: dict[str, dict[str, Any]]) -> dict[str, f
 
 def _cross_fitted_ic(rule: str, grid: _Grid, members: list[str], h: int) -> float | None:
     """Mean per-date rank IC of ``rule``'s ranking, each half of the dates ranked with weights from the other half."""
-    from ibf_core.evaluation.metrics import dense_rank_ics
-
     n = len(grid.dates)
     first, second = np.arange(n // 2), np.arange(n // 2, n)
     ics = []
@@ -277,8 +273,6 @@ def choose_ranking(
     weighted equally. The rank score is the weighted mean of the members' centred cross-sectional ranks
     (``rank_score``).
     """
-    from ibf_core.models.factors import stein_weight
-
     grid = _Grid(frame, members)
     validation = _ic_evidence(grid, np.arange(len(grid.dates)), members, h)
     n_dates = len(grid.dates)
@@ -308,8 +302,6 @@ def choose_ranking(
 
 def rank_score(wide: pd.DataFrame, dates: np.ndarray, ranking: dict[str, Any] | None) -> np.ndarray:
     """Per row: the ranking's weighted mean of the members' centred ranks within the row's date (0 where none forecasts)."""
-    from ibf_core.models.gbdt import centred_rank
-
     weights = {m: w for m, w in ((ranking or {}).get("weights") or {}).items() if m in wide.columns}
     if not weights:
         return np.zeros(len(wide))

@@ -28,6 +28,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ibf_core.evaluation.metrics import cross_sectional_ic, ic_summary
+from ibf_core.models.dataset import session_shift
+from ibf_core.models.gbdt import centred_rank
+
 
 @dataclass(frozen=True)
 class Factor:
@@ -56,8 +60,6 @@ FACTOR_BY_NAME = {f.name: f for f in FACTORS}
 
 def factor_values(panel: pd.DataFrame, factor: Factor) -> np.ndarray:
     """The factor per panel row (``symbol, session, adj_close``, sorted by symbol then session); NaN without history."""
-    from ibf_core.models.dataset import session_shift
-
     log_price = np.log(panel["adj_close"].to_numpy(dtype=np.float64))
     recent = log_price if factor.recent == 0 else session_shift(panel, log_price, -factor.recent)
     return factor.sign * (recent - session_shift(panel, log_price, -factor.past))
@@ -70,8 +72,6 @@ def _ordered(panel: pd.DataFrame) -> pd.DataFrame:
 
 def centred_scores(panel: pd.DataFrame, factor: Factor) -> pd.Series:
     """The factor's centred percentile rank among the rows of the same session, indexed like ``panel`` (NaN: no value)."""
-    from ibf_core.models.gbdt import centred_rank
-
     ordered = _ordered(panel)
     values = pd.DataFrame({"v": factor_values(ordered, factor)}, index=ordered.index)
     return centred_rank(values, ordered["session"].to_numpy())["v"].reindex(panel.index)
@@ -79,8 +79,6 @@ def centred_scores(panel: pd.DataFrame, factor: Factor) -> pd.Series:
 
 def fit_factor(train: pd.DataFrame, factor: Factor, horizons: tuple[int, ...]) -> tuple[dict[int, float], dict[str, Any]]:
     """(h -> return per unit of centred rank, facts): the scale fit and the training-window rank IC per horizon."""
-    from ibf_core.evaluation.metrics import cross_sectional_ic, ic_summary
-
     score = centred_scores(train, factor).to_numpy()
     scales: dict[int, float] = {}
     rank_ic: dict[str, dict[str, Any]] = {}

@@ -40,12 +40,15 @@ import math
 import time
 import zlib
 from collections.abc import Callable
+from contextlib import nullcontext
 from typing import Any, Self
 
 import numpy as np
 import pandas as pd
 
 from ibf_core.evaluation.metrics import mean_rank_ic
+from ibf_core.models.ensemble import combine, rank_score
+from ibf_core.models.neural import future_known_features
 
 DEFAULT_REPEATS = 3  # permutations per group for cheap (tabular) members
 NEURAL_REPEATS = 2  # per group for torch-backed members: each repeat is one NeuralForecast predict per group
@@ -111,8 +114,6 @@ def read_columns(member: Any, panel: pd.DataFrame) -> list[str]:
         names = [*net.hist_exog_list, *getattr(net, "futr_exog_list", []), *getattr(net, "stat_exog_list", [])]
         columns = [input_feature(n) for n in names]
     elif getattr(member, "scaled_inputs", False) and member.inputs.scaler is not None:
-        from ibf_core.models.neural import future_known_features
-
         columns = [*member.inputs.scaler.center, *future_known_features()]
     else:
         columns = list(member.inputs.features) or feature_columns()
@@ -218,8 +219,6 @@ def _ensemble(
     forecasts: dict[str, dict[int, np.ndarray]], choice: dict[str, Any] | None, h: int, dates: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray] | None:
     """(point forecast, ranking score) of the ensemble: its MSE is the point's, its rank IC the ranking's."""
-    from ibf_core.models.ensemble import combine, rank_score
-
     if choice is None or not set(choice["weights"]) <= set(forecasts):
         return None
     wide = pd.DataFrame({m: values[h] for m, values in forecasts.items()})
@@ -254,8 +253,6 @@ def permutation_importance(
     CPU, and each group is forecast ``neural_repeats`` times. Returns ``{"permutation", "baseline", "groups",
     "repeats", "seconds", "rows"}``.
     """
-    from contextlib import nullcontext
-
     horizons = tuple(bundle.config.horizons)
     members = {n: m for n, m in bundle.members.items() if m.trained}
     if not panel.index.is_unique:

@@ -17,9 +17,10 @@ import pandas as pd
 
 from ibf_core.calendar import lookback_start
 from ibf_core.features.table import features_spec
-from ibf_core.models import ModelDataError, ModelLoadError
+from ibf_core.models import HORIZONS, ModelDataError, ModelLoadError
 from ibf_core.models.bundle import ModelBundle
 from ibf_core.models.inputs import load_panel
+from ibf_core.models.predict import forecast, predictions_table
 from ibf_core.models.registry import RegisteredModel, newest_before
 from ibf_core.storage.tables import PREDICTIONS
 
@@ -139,9 +140,6 @@ def predict_rectangle(
     ``stored``: the rectangle's stored rows; an origin whose inputs digest (``origin_digests``) still matches them
     is carried, not forecast again (the daily run of a month partition forecasts the new session).
     """
-    from ibf_core.models import HORIZONS
-    from ibf_core.models.predict import forecast, predictions_table
-
     # The keys only: the features themselves are read once, with the look-back, by load_panel below.
     keys = store.read(features_spec(), list(symbols), start, end, columns=["symbol", "date"])
     expected = set(zip(keys["symbol"], pd.to_datetime(keys["date"])))

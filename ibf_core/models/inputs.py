@@ -6,7 +6,12 @@ import datetime as dt
 
 import pandas as pd
 
+from ibf_core.calendar import all_sessions
 from ibf_core.features.table import features_spec
+from ibf_core.models import HORIZONS, ModelDataError
+from ibf_core.models.config import ModelConfig, resolve_device
+from ibf_core.models.dataset import build_panel
+from ibf_core.models.phases import PhaseMeter
 from ibf_core.storage.tables import MARKET_BARS
 
 # Earliest date read when a caller asks for the whole history.
@@ -15,9 +20,6 @@ _BEGINNING = dt.date(1900, 1, 1)
 
 def load_panel(store, symbols: list[str], start: dt.date | None, end: dt.date) -> pd.DataFrame:
     """Bars + stored features -> the modelling panel (targets for every horizon) of ``symbols`` over [start, end]."""
-    from ibf_core.models import HORIZONS
-    from ibf_core.models.dataset import build_panel
-
     first = start or _BEGINNING
 
     def build() -> pd.DataFrame:
@@ -38,9 +40,6 @@ def train_from_warehouse(store, settings, cutoff: dt.date, progress=None):
     Returns the bundle. A cut-off that is not a session, or a warehouse without features, is an error that
     names it before any training starts.
     """
-    from ibf_core.calendar import all_sessions
-    from ibf_core.models import ModelDataError
-    from ibf_core.models.config import ModelConfig, resolve_device
     from ibf_core.models.training import train_models
 
     if pd.Timestamp(cutoff) not in set(all_sessions()):
@@ -51,7 +50,6 @@ def train_from_warehouse(store, settings, cutoff: dt.date, progress=None):
     device = resolve_device(settings.accelerator)
     if progress is not None:
         progress(f"training on {device} (IBF_ACCELERATOR={settings.accelerator})")
-    from ibf_core.models.phases import PhaseMeter
 
     with PhaseMeter() as meter, meter.phase("load panel"):
         panel = load_panel(store, symbols, None, cutoff)

@@ -39,6 +39,7 @@ Bundles trained before ``observed`` existed are fed exactly as they were trained
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import warnings
@@ -49,9 +50,11 @@ import numpy as np
 import pandas as pd
 
 from ibf_core.calendar import all_sessions
+from ibf_core.features.calendar_features import calendar_table
 from ibf_core.models import ModelDataError
 from ibf_core.models.config import ModelConfig
 from ibf_core.models.dataset import RobustScaler
+from ibf_core.models.gbdt import category_vocabulary
 
 OBSERVED = "observed"  # historical input: 1 on an observed step, 0 on a missing session or incomplete bar
 MIN_OBSERVED_SHARE = 0.75  # of a window's input steps; NeuralForecast filters training windows the same way
@@ -108,8 +111,6 @@ Statics = dict[str, list[int]]  # categorical feature -> the codes seen in train
 
 def static_vocabulary(kind: str, train: pd.DataFrame, features: list[str]) -> Statics:
     """The one-hot vocabulary of ``kind``'s static covariates: codes of each categorical feature in ``train``."""
-    from ibf_core.models.gbdt import category_vocabulary
-
     return category_vocabulary(train, features) if kind in STATIC_MEMBERS else {}
 
 
@@ -219,8 +220,6 @@ def on_session_grid(rows: pd.DataFrame, symbol_sessions: pd.DataFrame, futr: lis
     (symbol, session) -> row table, never a merge: a merge copies every column of the panel per step, which
     made a window cost ~4 KiB per step on a 150-column panel.
     """
-    from ibf_core.features.calendar_features import calendar_table
-
     keys = symbol_sessions["symbol_key"].to_numpy()
     sessions = symbol_sessions["session"].to_numpy(dtype=np.int64)
     at = row_positions(rows, keys, sessions)
@@ -432,8 +431,6 @@ def _windows(
 
 def _future_calendar(origins: pd.DataFrame, ids: np.ndarray, h: int, futr: list[str]) -> pd.DataFrame:
     """Future-known calendar features of the ``h`` sessions after each origin."""
-    from ibf_core.features.calendar_features import calendar_table
-
     sessions = all_sessions()
     steps = origins["session"].to_numpy()[:, None] + np.arange(1, h + 1)[None, :]
     if steps.max() >= len(sessions):
@@ -449,8 +446,6 @@ def _future_calendar(origins: pd.DataFrame, ids: np.ndarray, h: int, futr: list[
 
 def save(nf: Any, path: Path, statics: Statics | None = None) -> None:
     """NeuralForecast's files, plus ``static.json`` (the one-hot vocabulary) when the model has static covariates."""
-    import json
-
     nf.save(path=str(path), save_dataset=False, overwrite=True)
     if statics:
         (Path(path) / STATIC_FILE).write_text(json.dumps({"one_hot": statics}, indent=1))
@@ -465,8 +460,6 @@ def load(path: Path) -> Any:
 
 def load_statics(path: Path) -> Statics:
     """The one-hot vocabulary saved with a model; empty for a model without static covariates (or saved before them)."""
-    import json
-
     file = Path(path) / STATIC_FILE
     if not file.is_file():
         return {}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from ibf_core.calendar import all_sessions
 from ibf_core.models import ModelDataError
 from ibf_core.models.bundle import ModelBundle
 from ibf_core.models.ensemble import combine, interval_scale, intervals, rank_score
@@ -96,8 +97,6 @@ def rank_cross_section(frame: pd.DataFrame, value: str = "pred_return") -> pd.Se
 
 def predictions_table(long: pd.DataFrame, origins: pd.DataFrame, bundle: ModelBundle, version: str) -> pd.DataFrame:
     """One row per (symbol, date, horizon): the ensemble's return/price forecast, bounds, members, rank."""
-    from ibf_core.calendar import all_sessions
-
     members = [m for m in long["member"].unique() if m != "ensemble" and bundle.members[m].reported]
     main = "ensemble" if "ensemble" in set(long["member"]) else members[0]
     table = long[long["member"] == main].drop(columns="member").rename(columns={"pred": "pred_return"})

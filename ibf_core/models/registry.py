@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from dataclasses import dataclass
+import sqlite3
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from ibf_core.models import ModelLoadError
 from ibf_core.models.bundle import ModelBundle, load_bundle, save_bundle
 from ibf_core.models.importance_report import mlflow_metrics as importance_metrics
+from ibf_core.settings import library_default
 from ibf_core.storage import atomic
 
 ARTIFACT_PATH = "model"
@@ -44,8 +46,6 @@ def quiet_mlflow():
     (``MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR``; loading a bundle printed a "Downloading artifacts" bar per call, 21 in
     a `make demo`) and warnings only from its loggers (``MLFLOW_LOGGING_LEVEL``, read when mlflow is first
     imported: "Creating initial MLflow database tables..."). Call it before anything imports mlflow."""
-    from ibf_core.settings import library_default
-
     library_default("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     library_default("MLFLOW_LOGGING_LEVEL", "WARNING")
     import mlflow  # ~2.4 s of imports: only on the paths that talk to the registry
@@ -190,8 +190,6 @@ _DELETED_STAGE = "Deleted_Internal"
 def _sqlite_versions(path: Path, name: str) -> Found:
     """``_client_versions`` read from the registry tables of MLflow's SQLite store (``tests/test_registry_versions.py`` checks
     both agree); no database or no registry table yet is no version, any other error is raised."""
-    import sqlite3
-
     if not path.is_file():
         return []
     con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)

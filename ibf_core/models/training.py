@@ -36,12 +36,29 @@ import numpy as np
 import pandas as pd
 
 from ibf_core.calendar import all_sessions
-from ibf_core.models import ModelDataError
+from ibf_core.evaluation.metrics import member_metrics
+from ibf_core.features.pipeline import feature_columns
+from ibf_core.models import ModelDataError, ensemble, footprint
 from ibf_core.models.bundle import ModelBundle
 from ibf_core.models.config import ModelConfig, device_description
-from ibf_core.models.dataset import RobustScaler, fingerprint, missing_sessions, select_features, truncate
-from ibf_core.models.members import Inputs, Member, bundle_members, member_class
+from ibf_core.models.dataset import (
+    RobustScaler,
+    fingerprint,
+    missing_sessions,
+    select_features,
+    truncate,
+)
+from ibf_core.models.importance import bundle_importance
+from ibf_core.models.members import (
+    FactorMember,
+    Inputs,
+    Member,
+    bundle_members,
+    member_class,
+)
 from ibf_core.models.phases import PhaseMeter
+from ibf_core.models.predict import forecast, point_forecasts
+from ibf_core.processes import available_memory_mib, rss_mib
 
 Progress = Callable[[str], None]
 MIN_EMBARGO_SESSIONS = 0
@@ -177,8 +194,6 @@ def training_rows(data: pd.DataFrame, span: dict[str, dt.date], config: ModelCon
 
 def member_inputs(train: pd.DataFrame, config: ModelConfig) -> tuple[Inputs, dict[str, str], dict[str, str]]:
     """The members' shared inputs fitted on the training rows; (inputs, left-out features, left-out neural inputs)."""
-    from ibf_core.features.pipeline import feature_columns
-
     features, left_out = select_features(train, feature_columns())
     if not features:
         raise ModelDataError("every feature is NaN or constant in the training window: nothing to train on")
@@ -194,8 +209,6 @@ def member_inputs(train: pd.DataFrame, config: ModelConfig) -> tuple[Inputs, dic
 
 def select(panel: pd.DataFrame, cutoff: dt.date, config: ModelConfig) -> Selection:
     """Windows for the cut-off, the training rows and symbols, and everything the members share."""
-    from ibf_core.features.pipeline import feature_columns
-
     data = truncate(panel, cutoff)
     plan = plan_windows(data, cutoff, config)
     config = config.replace(members=list(plan.members), validation_sessions=plan.validation, early_stopping_sessions=plan.early_stopping)
@@ -310,8 +323,6 @@ def train_models(
     ``memory_budget_mib``: what the training may use at its peak (default: this process's RSS plus the memory
     the machine has available); a larger estimate (``footprint.estimate``) is refused before anything trains.
     """
-    from ibf_core.models.predict import point_forecasts
-
     say = progress or (lambda message: None)
     footprint = check_footprint(panel, cutoff, config, memory_budget_mib)
     with PhaseMeter() as meter:
@@ -346,9 +357,6 @@ def train_models(
 def check_footprint(panel: pd.DataFrame, cutoff: dt.date, config: ModelConfig, budget_mib: float | None = None):
     """The estimated peak of training ``config`` on ``panel`` up to ``cutoff``; raises ``TrainingMemoryError`` when it
     exceeds ``budget_mib`` (default: RSS now + available memory; no check where the platform cannot tell)."""
-    from ibf_core.models import footprint
-    from ibf_core.processes import available_memory_mib, rss_mib
-
     rows = int((panel["date"] <= pd.Timestamp(cutoff)).sum()) if len(panel) else 0
     sessions = int(history_lengths(panel, cutoff).max()) if rows else 0
     estimate = footprint.estimate(rows, panel.shape[1], int(panel["symbol"].nunique()), sessions, config)
@@ -361,8 +369,6 @@ def check_footprint(panel: pd.DataFrame, cutoff: dt.date, config: ModelConfig, b
 
 def measure_importance(bundle: ModelBundle, data: pd.DataFrame, origins: pd.DataFrame) -> dict[str, Any]:
     """``importance.bundle_importance`` on the validation origins; a failure is recorded, never fatal to training."""
-    from ibf_core.models.importance import bundle_importance
-
     try:
         return bundle_importance(bundle, data, origins)
     except Exception as exc:  # noqa: BLE001 - a diagnostic must not cost the trained model
@@ -379,9 +385,6 @@ def ensemble_weights(
     bundle: ModelBundle, data: pd.DataFrame, origins: pd.DataFrame, points: dict[str, pd.DataFrame], realized: pd.DataFrame
 ) -> dict[str, dict[str, Any]]:
     """str(h) -> the weighting of the trained members chosen on the validation forecasts."""
-    from ibf_core.models import ensemble
-    from ibf_core.models.predict import forecast
-
     long = forecast(bundle, data, origins, with_intervals=False, points=points)
     prior = factor_evidence(bundle)
     choices = {}
@@ -407,8 +410,6 @@ def short_horizons(bundle: ModelBundle) -> dict[str, str]:
 
 def factor_evidence(bundle: ModelBundle) -> dict[str, dict[str, dict[str, Any]]]:
     """str(h) -> factor member -> its training-window rank IC ``{"mean", "t"}`` (the ranking's fallback evidence)."""
-    from ibf_core.models.members import FactorMember
-
     out: dict[str, dict[str, dict[str, Any]]] = {}
     for name, member in bundle.members.items():
         if isinstance(member, FactorMember):
@@ -421,9 +422,6 @@ def conformal_quantiles(
     bundle: ModelBundle, data: pd.DataFrame, origins: pd.DataFrame, points: dict[str, pd.DataFrame], realized: pd.DataFrame
 ) -> dict[str, dict[str, dict[str, float]]]:
     """member -> str(h) -> volatility-scaled conformal quantiles (the ensemble with ``bundle.ensemble``'s weights)."""
-    from ibf_core.models import ensemble
-    from ibf_core.models.predict import forecast
-
     long = forecast(bundle, data, origins, with_intervals=False, points=points).merge(realized, on=["symbol", "date", "horizon"], how="left")
     scale_of = origins.set_index(["symbol", "date"])["vol"]
     quantiles: dict[str, dict[str, dict[str, float]]] = {}
@@ -463,9 +461,6 @@ def validate(
     Coverage is in-sample here by construction (the quantiles came from the same window); walk-forward
     evaluation measures it out of sample.
     """
-    from ibf_core.evaluation.metrics import member_metrics
-    from ibf_core.models.predict import forecast
-
     long = forecast(bundle, data, origins, points=points).merge(realized, on=["symbol", "date", "horizon"], how="left")
     rows = []
     for (h, member), part in long.groupby(["horizon", "member"], sort=True):

@@ -27,9 +27,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import pandas as pd
 import pyarrow as pa
 
-from ibf_core.settings import url_secrets
+from ibf_core.settings import get_settings, url_secrets
 from ibf_core.storage.interface import WHOLE_TABLE, TableStore, Transaction
 from ibf_core.storage.tables import Column, TableSpec
 
@@ -112,8 +113,6 @@ class Alert:
 def known_secrets() -> list[str]:
     """Every secret the settings know of (secret settings, the webhook URL and its token-carrying parts, and
     environment variables named like a key, token or password): never shown in alerts or logs."""
-    from ibf_core.settings import get_settings
-
     return _usable(get_settings().secret_values())
 
 
@@ -255,7 +254,12 @@ def send_webhook(url: str, alert: Alert, timeout: float = 10.0, attempts: int = 
 
 def _send(url: str, alert: Alert, *, timeout: float, attempts: int, wait_s: float) -> _Outcome:
     import httpx
-    from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+    from tenacity import (
+        Retrying,
+        retry_if_exception_type,
+        stop_after_attempt,
+        wait_exponential,
+    )
 
     if attempts < 1 or timeout <= 0 or wait_s < 0:
         raise ValueError("attempts must be >= 1, timeout > 0 and wait_s >= 0")
@@ -396,8 +400,6 @@ def record_alerts(
 
 def read_alerts(warehouse: TableStore) -> pd.DataFrame:
     """Every stored alert, sorted by raised_at then alert_id (``raised_at`` tz-aware UTC)."""
-    import pandas as pd
-
     frame = warehouse.read_partitions(ALERTS).to_pandas()
     frame["raised_at"] = pd.to_datetime(frame["raised_at"], utc=True)
     return frame.sort_values(["raised_at", "alert_id"], kind="stable").reset_index(drop=True)

@@ -18,7 +18,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ibf_core.news.aggregate import DAILY_COLUMNS, aggregate_daily, assign_trading_day, session_window
+import numpy as np
+import pandas as pd
+
+from ibf_core.calendar import all_sessions, to_date, trading_days
+from ibf_core.news.aggregate import (
+    DAILY_COLUMNS,
+    aggregate_daily,
+    assign_trading_day,
+    session_window,
+)
 from ibf_core.news.alphavantage import (
     AlphaVantageClient,
     AlphaVantageError,
@@ -32,8 +41,20 @@ from ibf_core.news.alphavantage import (
     RejectedArticle,
     ServiceUnavailableError,
 )
-from ibf_core.news.file import NewsFileError
-from ibf_core.news.store import NEWS_ARTICLES, NEWS_MENTIONS, read_articles, read_mentions
+from ibf_core.news.feed import pages_to_frames
+from ibf_core.news.file import NewsFileError, score_news_file
+from ibf_core.news.store import (
+    NEWS_ARTICLES,
+    NEWS_MENTIONS,
+    NewsProgress,
+    ReplaceScope,
+    empty_frame,
+    read_articles,
+    read_mentions,
+    source_id,
+    write_news,
+)
+from ibf_core.settings import normalize_symbol
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -108,18 +129,12 @@ def _format_remaining(remaining: Mapping[str, Sequence[Interval]]) -> str:
 
 
 def _symbols(symbols: Sequence[str]) -> tuple[str, ...]:
-    from ibf_core.settings import normalize_symbol
-
     return tuple(dict.fromkeys(normalize_symbol(s) for s in symbols))
 
 
 def _result(
     source: str, symbols: tuple[str, ...], start: Any, end: Any, mentions: pd.DataFrame, **kw: Any
 ) -> NewsLoadResult:
-    import pandas as pd
-
-    from ibf_core.calendar import to_date
-
     lo, hi = to_date(start), to_date(end)
     mask = mentions["symbol"].isin(symbols) & mentions["date"].between(pd.Timestamp(lo), pd.Timestamp(hi))
     return NewsLoadResult(source, symbols, lo, hi, mentions.loc[mask].reset_index(drop=True), **kw)
@@ -144,8 +159,6 @@ def load_news(
     ``client`` replaces the Alpha Vantage client built from the settings (tests); ``close_margin`` (default 5 min)
     moves the close cutoff earlier; ``now`` (UTC) is the clock.
     """
-    from ibf_core.news.store import empty_frame
-
     names = _symbols(symbols)
     source = getattr(settings, "news_source", "none")
     if source == "none":
@@ -164,12 +177,6 @@ def load_news(
 def _load_file(
     settings: Any, warehouse: Warehouse, symbols: tuple[str, ...], start: Any, end: Any, margin: Any
 ) -> NewsLoadResult:
-    import pandas as pd
-
-    from ibf_core.calendar import to_date
-    from ibf_core.news.file import score_news_file
-    from ibf_core.news.store import ReplaceScope, write_news
-
     path = getattr(settings, "news_file", None)
     if path is None:
         raise NewsError("IBF_NEWS_SOURCE=file needs IBF_NEWS_FILE")
@@ -202,11 +209,6 @@ def _load_alphavantage(
     retries: int,
     page_limit: int,
 ) -> NewsLoadResult:
-    import pandas as pd
-
-    from ibf_core.news.feed import pages_to_frames
-    from ibf_core.news.store import NewsProgress, empty_frame, source_id, write_news
-
     base_url = getattr(settings, "alphavantage_url", "https://www.alphavantage.co")
     per_day = int(getattr(settings, "alphavantage_requests_per_day", 25))
     now = pd.Timestamp.now(tz="UTC") if now is None else pd.Timestamp(now)
@@ -309,10 +311,6 @@ def daily_news(
     before ``start``, so a day's value does not depend on where the requested range begins; sessions before a
     symbol's first stored article are taken as never fetched and left out of that baseline.
     """
-    import numpy as np
-
-    from ibf_core.calendar import all_sessions, trading_days
-
     names = list(_symbols(symbols))
     sessions = trading_days(start, end)
     if len(sessions) == 0 or not names:

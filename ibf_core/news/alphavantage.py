@@ -26,9 +26,12 @@ import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
 from ibf_core.news.feed import (
-    BadArticle,
     DEFAULT_TZ,
+    BadArticle,
     NewsPage,
     RejectedArticle,
     format_av_time,
@@ -241,8 +244,6 @@ class AlphaVantageClient:
 
     def iter_pages(self, symbol: str, time_from: Any, time_to: Any, *, limit: int = MAX_LIMIT) -> Iterator[NewsPage]:
         """Pages for the window, oldest first; a full page continues from its newest article's minute."""
-        import pandas as pd
-
         cursor, end = utc_timestamp(time_from), utc_timestamp(time_to)
         while cursor <= end:
             page = self.news_sentiment(symbol, cursor, end, sort="EARLIEST", limit=limit)
@@ -277,7 +278,12 @@ class AlphaVantageClient:
         return query, " ".join(p for p in (function, symbol, extra) if p)
 
     def _get(self, params: dict[str, str], symbol: str | None, context: str, kind: str) -> Any:
-        from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+        from tenacity import (
+            Retrying,
+            retry_if_exception_type,
+            stop_after_attempt,
+            wait_exponential,
+        )
 
         retrying = Retrying(
             retry=retry_if_exception_type(_Retryable),

@@ -9,6 +9,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pandas as pd
 
@@ -109,8 +110,6 @@ def sentiment_label(score: float) -> str:
 
 def parse_av_time(text: str, source_tz: str = DEFAULT_TZ) -> pd.Timestamp:
     """``YYYYMMDDTHHMM[SS][Z|+HHMM]`` as a UTC timestamp; without a zone the time is in ``source_tz``."""
-    from zoneinfo import ZoneInfo
-
     match = _TIME_RE.match(str(text).strip())
     if not match:
         raise ValueError(f"{text!r} is not YYYYMMDDTHHMMSS")

@@ -25,8 +25,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ibf_core.news.aggregate import assign_trading_day
 from ibf_core.news.alphavantage import DEFAULT_TZ, NewsError
 from ibf_core.news.feed import parse_av_time, sentiment_label
+from ibf_core.settings import normalize_symbol
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -115,8 +117,6 @@ def read_news_file(
     """The validated rows: ``published_at`` (UTC), ``symbol``, ``title``, ``summary``, ``url``, ``source``, ``_row``."""
     import pandas as pd
 
-    from ibf_core.settings import normalize_symbol
-
     path = Path(path).expanduser()
     raw, unit = _records(path)
     columns = {c: c.strip().lower() for c in raw.columns if c != "_row"}
@@ -190,8 +190,6 @@ def score_news_file(
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(articles, mentions) frames for ``news_articles``/``news_mentions`` from the file (origin='file')."""
     import pandas as pd
-
-    from ibf_core.news.aggregate import assign_trading_day
 
     rows = read_news_file(path, known_symbols=known_symbols, source_tz=source_tz)
     texts = [f"{t}. {s}" if s else t for t, s in zip(rows["title"], rows["summary"])]

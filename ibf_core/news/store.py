@@ -23,6 +23,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import pandas as pd
 import pyarrow as pa
 
 from ibf_core.storage import atomic
@@ -100,8 +101,6 @@ def empty_frame(spec: TableSpec) -> pd.DataFrame:
 
 
 def _to_pandas(spec: TableSpec, table: pa.Table) -> pd.DataFrame:
-    import pandas as pd
-
     frame = table.to_pandas()
     if "date" in frame.columns:
         frame["date"] = pd.to_datetime(frame["date"])
@@ -113,8 +112,6 @@ def _to_pandas(spec: TableSpec, table: pa.Table) -> pd.DataFrame:
 
 def conform(spec: TableSpec, frame: pd.DataFrame) -> pd.DataFrame:
     """Columns in schema order with storable types; raises naming the missing column or null key."""
-    import pandas as pd
-
     missing = [c for c in spec.column_names if c not in frame.columns]
     if missing:
         raise NewsStoreError(f"{spec.name}: frame lacks column(s) {', '.join(missing)}")
@@ -227,8 +224,6 @@ def _put_mentions(
     replace: ReplaceScope | None,
 ) -> tuple[int, int]:
     """Each symbol's mentions upserted (and cut by ``replace``); the mentions ``replace`` removed, partitions written."""
-    import pandas as pd
-
     removed = touched = 0
     before = tx.read_many(NEWS_MENTIONS, symbols)
     for symbol in symbols:
@@ -258,8 +253,6 @@ def _put_mentions(
 
 
 def _concat(parts: list[pd.DataFrame]) -> pd.DataFrame:
-    import pandas as pd
-
     parts = [p for p in parts if not p.empty]
     if not parts:
         return pd.DataFrame()
@@ -274,8 +267,6 @@ def read_mentions(
     end: Any = None,
 ) -> pd.DataFrame:
     """Stored mentions (optionally of ``symbols`` with ``date`` in [start, end]), sorted by symbol, date, time, url."""
-    import pandas as pd
-
     names = None if symbols is None else [_check_symbol(s) for s in symbols]
     out = _to_pandas(NEWS_MENTIONS, warehouse.read_partitions(NEWS_MENTIONS, names))
     if start is not None:
@@ -358,8 +349,6 @@ class NewsProgress:
         atomic.write_json(self.path, state, indent=1, sort_keys=True)
 
     def covered(self, symbol: str) -> list[Interval]:
-        import pandas as pd
-
         raw = self._load()["covered"].get(symbol, [])
         return [(pd.Timestamp(a), pd.Timestamp(b)) for a, b in raw]
 
@@ -369,8 +358,6 @@ class NewsProgress:
 
     def add(self, fetched: Iterable[tuple[str, Any, Any]]) -> None:
         """Record (symbol, from, to) ranges as completely fetched."""
-        import pandas as pd
-
         fetched = list(fetched)
         if not fetched:
             return

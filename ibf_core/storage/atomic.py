@@ -18,8 +18,10 @@ import json
 import os
 import re
 import secrets
+import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from fnmatch import fnmatchcase
 from pathlib import Path
 from types import TracebackType
@@ -155,8 +157,6 @@ class AtomicBatch:
 
         Each table is made in its thread and dropped once written, so at most a few are in memory. A failure
         of any removes every file of the batch, as :meth:`stage_parquet` does."""
-        from concurrent.futures import ThreadPoolExecutor
-
         if self._done:
             raise RuntimeError("this batch was already committed or discarded")
         jobs = list(jobs)
@@ -304,8 +304,6 @@ def publish_folder(target: Path, build: Callable[[Path], Path | None]) -> bool:
     First writer wins: when ``target`` already exists (another process published it) nothing changes and False is
     returned. The staging folder is removed in every case.
     """
-    import shutil
-
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = _create_temp(target.parent, target.name, _new_folder)
     try:

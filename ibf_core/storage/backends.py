@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ibf_core.settings import get_settings
+from ibf_core.storage.ducklake import DuckLakeWarehouse, S3Credentials
 from ibf_core.storage.interface import TableStore
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -15,12 +17,8 @@ def open_warehouse(settings: Settings | None = None, *, reader: bool = False) ->
     (catalog and data path reachable), so a wrong setting fails here with one message naming it, before anything
     is written; a ``reader`` (the REST service) creates nothing and learns of a missing one from ``exists()``."""
     if settings is None:
-        from ibf_core.settings import get_settings
-
         settings = get_settings()
     if settings.warehouse == "ducklake":
-        from ibf_core.storage.ducklake import DuckLakeWarehouse, S3Credentials
-
         def secret(value):
             return value.get_secret_value() if value is not None else None
 

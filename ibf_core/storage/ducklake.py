@@ -36,6 +36,7 @@ from typing import TypeVar
 import duckdb
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from ibf_core.storage import atomic
 from ibf_core.storage.interface import (
@@ -472,8 +473,6 @@ class _DuckLakeTransaction(Transaction):
 
     def read_many(self, spec: TableSpec, names: Sequence[str]) -> dict[str, pa.Table]:
         """One query for all the partitions (a query costs tens of milliseconds on a DuckLake catalog)."""
-        import pyarrow.compute as pc
-
         wanted = [check_partition_name(spec, n) for n in names]
         table = self.cur.execute(
             f'SELECT {_quoted([PARTITION, *spec.column_names])} FROM {_ALIAS}.{spec.name} '

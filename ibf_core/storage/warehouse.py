@@ -40,6 +40,7 @@ from typing import TypeVar
 import duckdb
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from filelock import FileLock
 from tenacity import retry, retry_if_exception, stop_after_delay, wait_exponential
@@ -64,7 +65,13 @@ from ibf_core.storage.interface import (
     views_needed,
 )
 from ibf_core.storage.registry import registered_catalog
-from ibf_core.storage.tables import SCHEMA_FILE, Catalog, TableSpec, ViewSpec, data_files
+from ibf_core.storage.tables import (
+    SCHEMA_FILE,
+    Catalog,
+    TableSpec,
+    ViewSpec,
+    data_files,
+)
 
 T = TypeVar("T")
 __all__ = ["DamagedFile", "QueryRefused", "Warehouse", "WarehouseError", "WarehouseLocked", "WriteResult"]
@@ -353,8 +360,6 @@ class Warehouse(TableStore):
     @staticmethod
     def _merge(old: pa.Table | None, new: pa.Table, lo: pd.Timestamp, hi: pd.Timestamp) -> tuple[pa.Table, int]:
         """``old``'s rows outside [lo, hi] plus ``new``, by date; and how many stored rows were in [lo, hi]."""
-        import pyarrow.compute as pc
-
         if old is None:
             return new, 0
         lo_d, hi_d = pa.scalar(lo.date(), pa.date32()), pa.scalar(hi.date(), pa.date32())

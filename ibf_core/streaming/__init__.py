@@ -6,6 +6,7 @@ managing its own event loop.
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -17,8 +18,6 @@ if TYPE_CHECKING:  # pragma: no cover
 def collect(settings: Settings, store: TableStore, symbols: list[str] | None = None,
             duration_s: float | None = None) -> StreamStats:
     """Stream ``symbols`` (the universe when None) into the warehouse until ``duration_s`` or Ctrl-C."""
-    import asyncio
-
     from ibf_core.streaming.collector import Collector
     from ibf_core.streaming.priority import newest_ranking
 

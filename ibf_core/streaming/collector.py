@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+import math
 import threading
 import time
 from collections import Counter
@@ -30,7 +31,7 @@ from typing import Any
 
 import pandas as pd
 
-from ibf_core.sources.ibkr.source import RequestPacer
+from ibf_core.sources.ibkr.source import RequestPacer, ib_client
 from ibf_core.storage.interface import TableStore
 from ibf_core.streaming.priority import serve_order
 from ibf_core.streaming.store import Appender
@@ -135,8 +136,6 @@ class Collector:
             self._bars.append(row)
 
     def _on_ticker(self, symbol: str, ticker: Any) -> None:
-        import math
-
         when = pd.Timestamp(ticker.rtTime or ticker.time or dt.datetime.now(dt.timezone.utc)).tz_convert("UTC")
 
         def num(value: Any) -> float | None:
@@ -258,8 +257,6 @@ class Collector:
 
     async def _connect_as(self, port: int, client_id: int) -> Any:
         """One API connection; raises _ClientIdInUse on 326 (the gateway then closes the socket)."""
-        from ibf_core.sources.ibkr.source import ib_client
-
         ib = ib_client().IB()
         in_use = asyncio.Event()
         ib.errorEvent += lambda _r, code, _m, _c: in_use.set() if code == CLIENT_ID_IN_USE else None
@@ -281,8 +278,6 @@ class Collector:
         return ib
 
     async def _subscribe(self, ib: Any) -> None:
-        from ibf_core.sources.ibkr.source import ib_client
-
         lib = ib_client()
 
         def on_error(req_id: int, code: int, message: str, contract: Any) -> None:
@@ -312,8 +307,6 @@ class Collector:
 
     def _request_ticks(self, ib: Any) -> None:
         """Tick-by-tick trades and depth of the served tick symbols (each contract its own ticker)."""
-        from ibf_core.sources.ibkr.source import ib_client
-
         lib = ib_client()
         if not self.tick_symbols:
             return
@@ -339,8 +332,6 @@ class Collector:
         ticker.updateEvent += lambda t, s=symbol: self._on_ticker(s, t)
 
     def _request_delayed(self, ib: Any, symbol: str) -> None:
-        from ibf_core.sources.ibkr.source import ib_client
-
         ib.reqMarketDataType(3)
         self._request_quotes(ib, symbol, ib_client().Stock(symbol, "SMART", "USD"))
 

@@ -16,6 +16,8 @@ import pandas as pd
 
 from ibf_core.calendar import market_is_open
 from ibf_core.storage.interface import TableStore
+from ibf_core.streaming.store import partition_name
+from ibf_core.streaming.tables import INTRADAY_BARS, QUOTES
 
 BASIS_COLUMNS = ("price_basis", "basis_price", "basis_source", "basis_time", "basis_age_seconds", "basis_note")
 _PRICE_COLUMNS = {"pred_price": "pred_return", "price_lower_80": "lower_80", "price_upper_80": "upper_80",
@@ -25,9 +27,6 @@ _PRICE_COLUMNS = {"pred_price": "pred_return", "price_lower_80": "lower_80", "pr
 def newest_live_prices(store: TableStore, symbols: Sequence[str], now: pd.Timestamp | None = None) -> pd.DataFrame:
     """Per symbol the newest streamed price of the New York session ``now`` is in: ``symbol, price, source, time,
     delayed`` (symbols with nothing streamed today are absent)."""
-    from ibf_core.streaming.store import partition_name
-    from ibf_core.streaming.tables import INTRADAY_BARS, QUOTES
-
     now = _utc(now)
     day = now.tz_convert("America/New_York").tz_localize(None).normalize()
     names = [partition_name(day, s) for s in symbols]

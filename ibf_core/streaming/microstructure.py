@@ -22,7 +22,9 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from ibf_core.calendar import session_bounds, trading_days
 from ibf_core.storage.tables import Column, TableSpec
+from ibf_core.streaming.tables import INTRADAY_BARS, QUOTES
 
 BAR_SECONDS = 5
 SESSION_BARS = 390 * 60 // BAR_SECONDS  # 09:30-16:00 New York (half days count against the full session)
@@ -146,9 +148,7 @@ def sessions_from_store(
 ) -> tuple[pd.DataFrame, list[str]]:
     """(``microstructure_daily`` rows of ``symbols`` x the sessions in [start, end] the live tables hold, the
     sessions skipped because their close has not passed at ``now``): a session is measured only once it is over."""
-    from ibf_core.calendar import session_bounds, trading_days
     from ibf_core.streaming.store import partition_name
-    from ibf_core.streaming.tables import INTRADAY_BARS, QUOTES
 
     now = pd.Timestamp.now(tz="UTC") if now is None else pd.Timestamp(now).tz_convert("UTC")
     closed, open_days = [], []

@@ -8,12 +8,17 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
-from ibf_core.monitoring.scores import DriftPolicy
-from ibf_core.settings import Settings
 from ibf_core.features.table import features_spec
+from ibf_core.monitoring.scores import DriftPolicy
+from ibf_core.report import line_plot_markdown
+from ibf_core.settings import Settings
 from ibf_core.storage.tables import DRIFT_SCORES
 from ibf_dagster.metadata import partition_result, plot_if_small, table_asset
-from ibf_dagster.partitions import context_rectangles, require_upstream, symbol_date_partitions
+from ibf_dagster.partitions import (
+    context_rectangles,
+    require_upstream,
+    symbol_date_partitions,
+)
 from ibf_dagster.resources import SettingsResource, WarehouseResource
 
 ERROR, WARN = dg.AssetCheckSeverity.ERROR, dg.AssetCheckSeverity.WARN
@@ -55,7 +60,6 @@ def build_drift_scores(settings: Settings) -> dg.AssetsDefinition:
     )
     def drift_scores(context: dg.AssetExecutionContext, ibf: SettingsResource, warehouse: WarehouseResource) -> dg.MaterializeResult:
         from ibf_core.models.registry import list_versions
-        from ibf_core.monitoring.scores import DriftPolicy
         from ibf_core.monitoring.rectangle import refresh_rectangle, retrain_status
 
         settings = ibf.get()
@@ -136,8 +140,6 @@ def build_drift_scores(settings: Settings) -> dg.AssetsDefinition:
 
 
 def _chart(frame: pd.DataFrame) -> str:
-    from ibf_core.report import line_plot_markdown
-
     mmd = frame[(frame["detector"] == "mmd") & frame["p_value"].notna()].copy()
     if mmd.empty:
         return "_no MMD p-values in this run (skipped: see skipped_reason)_"

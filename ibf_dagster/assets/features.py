@@ -3,16 +3,27 @@
 import dagster as dg
 import pandas as pd
 
-from ibf_core.market import quality
 from ibf_core.calendar import lookback_start
-from ibf_core.report import markdown_table
-from ibf_core.settings import Settings
 from ibf_core.features.table import features_spec
+from ibf_core.fundamentals.load import read_inputs
 from ibf_core.fundamentals.store import FUNDAMENTALS, MACRO_INDICATORS_TABLE
+from ibf_core.market import quality
+from ibf_core.news import daily_news
+from ibf_core.report import heatmap_markdown, markdown_table
+from ibf_core.settings import Settings
 from ibf_core.storage.tables import MARKET_BARS, NEWS_SENTIMENT
 from ibf_core.streaming.microstructure import MICROSTRUCTURE_DAILY
-from ibf_dagster.metadata import check_result, partition_result, plot_if_small, table_asset
-from ibf_dagster.partitions import context_rectangles, require_upstream, symbol_date_partitions
+from ibf_dagster.metadata import (
+    check_result,
+    partition_result,
+    plot_if_small,
+    table_asset,
+)
+from ibf_dagster.partitions import (
+    context_rectangles,
+    require_upstream,
+    symbol_date_partitions,
+)
 from ibf_dagster.resources import SettingsResource, WarehouseResource
 
 ERROR, WARN = dg.AssetCheckSeverity.ERROR, dg.AssetCheckSeverity.WARN
@@ -69,9 +80,6 @@ def build_features(settings: Settings) -> dg.AssetsDefinition:
         domain="features",
     )
     def features(context: dg.AssetExecutionContext, ibf: SettingsResource, warehouse: WarehouseResource) -> dg.MaterializeResult:
-        from ibf_core.fundamentals.load import read_inputs
-        from ibf_core.news import daily_news
-
         settings = ibf.get()
         require_upstream(context, dg.AssetKey(MARKET_BARS.name))
         store = warehouse.get()
@@ -134,8 +142,6 @@ def build_features(settings: Settings) -> dg.AssetsDefinition:
 
 def _heatmap(frame: pd.DataFrame, columns: list[str], top: int = 16) -> str:
     """A small correlation heat map (inline PNG) of the most populated features."""
-    from ibf_core.report import heatmap_markdown
-
     if len(frame) < 30:
         return "_too few rows past the warm-up for a correlation map_"
     chosen = frame[columns].notna().mean().sort_values(ascending=False).index[:top]

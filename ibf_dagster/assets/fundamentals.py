@@ -2,7 +2,15 @@
 ``macro_indicators`` (by date: Treasury yields, fed funds, CPI, unemployment), with point-in-time checks."""
 
 import dagster as dg
+import pandas as pd
 
+from ibf_core.fundamentals.checks import (
+    check_coverage,
+    check_earnings_point_in_time,
+    check_macro_coverage,
+    check_macro_point_in_time,
+)
+from ibf_core.fundamentals.load import load_fundamentals, load_macro, read_inputs
 from ibf_core.fundamentals.store import FUNDAMENTALS as FUNDAMENTALS_TABLE
 from ibf_core.fundamentals.store import MACRO_INDICATORS_TABLE
 from ibf_core.report import markdown_table
@@ -18,8 +26,6 @@ MACRO_INDICATORS = MACRO_INDICATORS_TABLE.name
 
 
 def _issues_table(issues) -> dg.MetadataValue:
-    import pandas as pd
-
     frame = pd.DataFrame(list(issues), columns=["subject", "endpoint", "reason"]).head(20)
     return dg.MetadataValue.md(markdown_table(frame) if len(frame) else "_none_")
 
@@ -48,9 +54,6 @@ def build_fundamentals(settings: Settings) -> dg.AssetsDefinition:
         domain="fundamentals",
     )
     def fundamentals(context: dg.AssetExecutionContext, ibf: SettingsResource, warehouse: WarehouseResource) -> dg.MaterializeResult:
-        from ibf_core.fundamentals.load import load_fundamentals, read_inputs
-        from ibf_core.fundamentals.checks import check_coverage, check_earnings_point_in_time
-
         settings = ibf.get()
         store = warehouse.get()
         symbols = sorted(context.partition_keys)
@@ -103,11 +106,6 @@ def build_macro_indicators(settings: Settings) -> dg.AssetsDefinition:
         domain="macro",
     )
     def macro_indicators(context: dg.AssetExecutionContext, ibf: SettingsResource, warehouse: WarehouseResource) -> dg.MaterializeResult:
-        import pandas as pd
-
-        from ibf_core.fundamentals.load import load_macro, read_inputs
-        from ibf_core.fundamentals.checks import check_macro_coverage, check_macro_point_in_time
-
         settings = ibf.get()
         store = warehouse.get()
         window = context.partition_time_window

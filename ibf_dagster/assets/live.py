@@ -4,12 +4,35 @@
 import dagster as dg
 import pandas as pd
 
+from ibf_core.calendar import latest_complete_session
 from ibf_core.settings import Settings
-from ibf_core.streaming.microstructure import MICROSTRUCTURE_DAILY
+from ibf_core.streaming.microstructure import (
+    MICROSTRUCTURE_DAILY,
+    check_measures,
+    sessions_from_store,
+)
+from ibf_core.streaming.monitor import (
+    check_bar_gaps,
+    check_crossed_quotes,
+    check_stream_lag,
+    check_unique_keys,
+    newest_session,
+)
 from ibf_core.streaming.tables import INTRADAY_BARS, LIVE_TABLES, QUOTES
-from ibf_dagster.metadata import OWNERS, check_result, column_schema, partition_result, table_asset
+from ibf_dagster.compat import partition_range_tags
+from ibf_dagster.metadata import (
+    OWNERS,
+    check_result,
+    column_schema,
+    partition_result,
+    table_asset,
+)
 from ibf_dagster.partitions import (
-    SYMBOL_PARTITIONS, context_rectangles, contiguous_blocks, date_key_of, symbol_date_partitions,
+    SYMBOL_PARTITIONS,
+    context_rectangles,
+    contiguous_blocks,
+    date_key_of,
+    symbol_date_partitions,
 )  # fmt: skip
 from ibf_dagster.resources import SettingsResource, WarehouseResource
 
@@ -33,8 +56,6 @@ def _observer(spec) -> dg.AssetsDefinition:
         )],
     )
     def observe(warehouse: WarehouseResource):
-        from ibf_core.streaming.monitor import newest_session
-
         store = warehouse.get()
         stamp = store.table_stamp(spec) if store.exists() else None
         day, rows = newest_session(store, spec)
@@ -64,8 +85,6 @@ def build_live_sources(settings: Settings) -> tuple[list, list]:
         f"IBF_STREAM_MAX_LAG_SECONDS ({settings.stream_max_lag_seconds:g} s) ago; passes while the market is closed (WARN)",
     )
     def stream_lag(ibf: SettingsResource, warehouse: WarehouseResource) -> dg.AssetCheckResult:
-        from ibf_core.streaming.monitor import check_stream_lag, newest_session
-
         _, bars = newest_session(warehouse.get(), INTRADAY_BARS)
         return check_result(check_stream_lag(bars, pd.Timestamp.now(tz="UTC"), ibf.get().stream_max_lag_seconds), WARN)
 
@@ -76,16 +95,12 @@ def build_live_sources(settings: Settings) -> tuple[list, list]:
         "type, regular hours only (a reconnect that lost bars shows here) (WARN)",
     )
     def no_gaps(warehouse: WarehouseResource) -> dg.AssetCheckResult:
-        from ibf_core.streaming.monitor import check_bar_gaps, newest_session
-
         _, bars = newest_session(warehouse.get(), INTRADAY_BARS)
         return check_result(check_bar_gaps(bars, pd.Timestamp.now(tz="UTC")), WARN)
 
     @dg.asset_check(asset=QUOTES.name, name="no_crossed_quotes",
                     description="No quote of the newest session with bid above ask (ERROR)")
     def no_crossed(warehouse: WarehouseResource) -> dg.AssetCheckResult:
-        from ibf_core.streaming.monitor import check_crossed_quotes, newest_session
-
         _, book = newest_session(warehouse.get(), QUOTES)
         return check_result(check_crossed_quotes(book), ERROR)
 
@@ -97,8 +112,6 @@ def _unique_keys(spec) -> dg.AssetChecksDefinition:
                     description=f"No two rows of the newest session share the key ({', '.join(spec.key)}): what a "
                     "reconnect or a restart re-sends is stored once (ERROR)")
     def unique_keys(warehouse: WarehouseResource) -> dg.AssetCheckResult:
-        from ibf_core.streaming.monitor import check_unique_keys, newest_session
-
         _, rows = newest_session(warehouse.get(), spec)
         return check_result(check_unique_keys(rows, list(spec.key)), ERROR)
 
@@ -147,8 +160,6 @@ def build_microstructure_daily(settings: Settings) -> dg.AssetsDefinition:
     )
     def microstructure_daily(context: dg.AssetExecutionContext, ibf: SettingsResource,
                              warehouse: WarehouseResource) -> dg.MaterializeResult:
-        from ibf_core.streaming.microstructure import check_measures, sessions_from_store
-
         settings = ibf.get()
         store = warehouse.get()
         frames, still_open = [], set()
@@ -192,9 +203,6 @@ def build_microstructure_after_close(settings: Settings) -> dg.SensorDefinition:
 def after_close_requests(instance: dg.DagsterInstance, store, settings: Settings,
                          now: pd.Timestamp | None = None) -> dg.SensorResult | dg.SkipReason:
     """Run requests for the newest closed session's streamed symbols (a session's run key is stable)."""
-    from ibf_core.calendar import latest_complete_session
-    from ibf_dagster.compat import partition_range_tags
-
     session = latest_complete_session(now)
     key = date_key_of(session, settings)
     prefix = f"{session:%Y-%m-%d}."

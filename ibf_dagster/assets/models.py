@@ -15,9 +15,13 @@ import dagster as dg
 import pandas as pd
 
 from ibf_core.calendar import to_date
+from ibf_core.models.ensemble import rule
+from ibf_core.models.importance_report import bundle_markdown, plot_frame
+from ibf_core.models.inputs import train_from_warehouse
+from ibf_core.report import bar_plot_markdown, markdown_table
 from ibf_core.settings import Settings
 from ibf_dagster.executors import K8S_CONFIG_TAG, gpu_k8s_config
-from ibf_dagster.metadata import OWNERS
+from ibf_dagster.metadata import OWNERS, plot_if_small
 from ibf_dagster.partitions import MODEL_CUTOFFS
 from ibf_dagster.resources import SettingsResource, WarehouseResource
 
@@ -76,7 +80,6 @@ def build_trained_models(settings: Settings) -> dg.AssetsDefinition:
         # ``mlflow`` is dagster-mlflow's resource: it opened this Dagster run's MLflow run and proxies the
         # mlflow module's functions; the run is ended here (its atexit handler is removed by design).
 
-        from ibf_core.models.inputs import train_from_warehouse
         from ibf_core.models.registry import log_and_register
 
         settings = ibf.get()
@@ -109,25 +112,17 @@ def _windows(bundle) -> dict[str, Any]:
 
 def _importance_plot(importance: dict[str, Any] | None) -> str:
     """Grouped bars: each member's rank IC drop per feature group (mean over the horizons), as inline markdown."""
-    from ibf_core.models.importance_report import plot_frame
-    from ibf_core.report import bar_plot_markdown
-
     return bar_plot_markdown(plot_frame(importance), "group", "rank_ic_drop", "member", "rank IC drop when a group is permuted (mean over h)")
 
 
 def _result(bundle, registered, settings: Settings, elapsed: float, run_link: str, context=None) -> dg.MaterializeResult:
     """The materialization's metadata (validation table, weights, feature importance, provenance) and its check."""
-    from ibf_core.models.importance_report import bundle_markdown
-    from ibf_core.report import markdown_table
-    from ibf_dagster.metadata import plot_if_small
-
     validation = pd.DataFrame(bundle.validation)
     table = validation[["horizon", "member", "n", "mae", "rel_mae_vs_naive", "da", "rank_ic_mean", "dm_pvalue", "coverage_80", "coverage_95"]]
     from ibf_core.models.training import validation_gaps
 
     excused, unexplained = validation_gaps(bundle)
     finite = not unexplained and len(bundle.conformal) > 0
-    from ibf_core.models.ensemble import rule
 
     weights = {h: {"method": c["method"], **{m: round(w, 3) for m, w in c["weights"].items()}} for h, c in bundle.ensemble.items()}
     rules = pd.DataFrame([{"horizon": int(h), **rule(c)} for h, c in bundle.ensemble.items()])

@@ -1,8 +1,10 @@
 """``news_sentiment``: articles per symbol and trading day (Alpha Vantage, a headline file, or none), with checks."""
 
 import dagster as dg
+import pandas as pd
 
 from ibf_core.market import quality
+from ibf_core.news import daily_news, load_news
 from ibf_core.report import markdown_table
 from ibf_core.settings import Settings
 from ibf_core.storage.tables import NEWS_SENTIMENT
@@ -31,8 +33,6 @@ def build_news_sentiment(settings: Settings) -> dg.AssetsDefinition:
         domain="news",
     )
     def news_sentiment(context: dg.AssetExecutionContext, ibf: SettingsResource, warehouse: WarehouseResource) -> dg.MaterializeResult:
-        from ibf_core.news import daily_news, load_news
-
         settings = ibf.get()
         store = warehouse.get()
         rects = context_rectangles(context, settings)
@@ -51,7 +51,6 @@ def build_news_sentiment(settings: Settings) -> dg.AssetsDefinition:
             store.replace_slice(NEWS_SENTIMENT, daily, rect.symbols, rect.start, rect.end)
             written += len(daily)
             daily_frames.append(daily)
-        import pandas as pd
 
         daily = pd.concat(daily_frames, ignore_index=True)
         symbols = sorted({s for r in rects for s in r.symbols})

@@ -4,11 +4,17 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
-from ibf_core.settings import Settings
 from ibf_core.features.table import features_spec
+from ibf_core.models import HORIZONS
+from ibf_core.report import line_plot_markdown, markdown_table
+from ibf_core.settings import Settings
 from ibf_core.storage.tables import PREDICTIONS
 from ibf_dagster.metadata import partition_result, plot_if_small, table_asset
-from ibf_dagster.partitions import context_rectangles, require_upstream, symbol_date_partitions
+from ibf_dagster.partitions import (
+    context_rectangles,
+    require_upstream,
+    symbol_date_partitions,
+)
 from ibf_dagster.resources import SettingsResource, WarehouseResource
 
 ERROR = dg.AssetCheckSeverity.ERROR
@@ -48,7 +54,6 @@ def build_predictions(settings: Settings) -> dg.AssetsDefinition:
     def predictions(context: dg.AssetExecutionContext, ibf: SettingsResource, warehouse: WarehouseResource) -> dg.MaterializeResult:
         from ibf_core.models.inference import predict_rectangle, storable
         from ibf_core.models.registry import list_versions, load_registered
-        from ibf_core.report import markdown_table
 
         settings = ibf.get()
         require_upstream(context, dg.AssetKey("features"))
@@ -97,8 +102,6 @@ def build_predictions(settings: Settings) -> dg.AssetsDefinition:
 
 def _checks(frame: pd.DataFrame, expected: set) -> list[dg.AssetCheckResult]:
     """``expected``: the (symbol, origin) pairs that have features: each needs a row at every horizon."""
-    from ibf_core.models import HORIZONS
-
     values = ["pred_return", "pred_price", "lower_80", "upper_80", "lower_95", "upper_95"]
     finite = bool(np.isfinite(frame[values].to_numpy(dtype=np.float64)).all()) if len(frame) else True
     bounds = frame[["lower_95", "lower_80", "pred_return", "upper_80", "upper_95"]].to_numpy(dtype=np.float64) if len(frame) else np.zeros((0, 5))
@@ -123,8 +126,6 @@ def _checks(frame: pd.DataFrame, expected: set) -> list[dg.AssetCheckResult]:
 
 
 def _plot(frame: pd.DataFrame) -> str:
-    from ibf_core.report import line_plot_markdown
-
     if frame.empty:
         return "_no forecasts_"
     five = frame[frame["horizon"] == 5]

@@ -15,6 +15,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from ibf_core.processes import free_port
+
 
 class PostgresUnavailable(RuntimeError):
     """No PostgreSQL binaries here and none could be installed."""
@@ -82,8 +84,6 @@ class LocalPostgres:
 def local_postgres(port: int | None = None) -> Iterator[LocalPostgres]:
     """A fresh PostgreSQL cluster (trust auth, loopback only) for the block; stopped and removed after it,
     also when the block fails."""
-    from ibf_core.processes import free_port
-
     bin_dir = _binaries()
     folder = Path(tempfile.mkdtemp(prefix="ibf-pg-"))  # not under a root-only folder: postgres must reach it
     try:

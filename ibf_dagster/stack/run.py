@@ -7,6 +7,7 @@ the gRPC code location, the webserver, the daemon and the REST API, each on a lo
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import signal
 import subprocess
@@ -18,7 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from ibf_core.processes import free_port
-from ibf_core.settings import Settings
+from ibf_core.settings import Settings, child_environment
+from ibf_dagster.instance import _with_driver, check_postgres, prepare_dagster_home
+from ibf_dagster.stack.postgres import local_postgres
 from ibf_dagster.stack.topology import GRPC_WORKSPACE, command
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -99,10 +102,6 @@ def stack(settings: Settings, api_workers: int = 1, timeout_s: float = 240, anno
     """Start the topology for ``settings`` (a local PostgreSQL unless IBF_DAGSTER_PG_URL names one); stop it all
     when the block ends, also on failure. The services read their settings from the environment, as every ibf
     process does: ``settings`` should be this process' (environment + config file), not built from overrides."""
-    from ibf_dagster.instance import check_postgres, prepare_dagster_home
-
-    import fcntl
-
     folder = settings.home_dir / "stack"
     folder.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as cleanup:
@@ -114,8 +113,6 @@ def stack(settings: Settings, api_workers: int = 1, timeout_s: float = 240, anno
             raise StackError(f"another ibf stack runs for {settings.home_dir}: ibf stack down stops it") from None
         pg = None
         if settings.dagster_pg_url is None:
-            from ibf_dagster.stack.postgres import local_postgres
-
             pg = cleanup.enter_context(local_postgres())
             dagster_url, mlflow_db = pg.create_database("dagster"), pg.create_database("mlflow")
             announce(f"postgres: {pg.url()} (data in {pg.folder}, removed when the stack stops)")
@@ -130,8 +127,6 @@ def stack(settings: Settings, api_workers: int = 1, timeout_s: float = 240, anno
         prepare_dagster_home(settings)  # dagster.yaml with Postgres storage; exports DAGSTER_HOME and the URL
         workspace = folder / "workspace.yaml"
         workspace.write_text(GRPC_WORKSPACE.format(code_host="127.0.0.1", code_port=ports["code"]))
-        from ibf_core.settings import child_environment
-        from ibf_dagster.instance import _with_driver
 
         env = child_environment({"IBF_HOME": str(settings.home_dir), "DAGSTER_HOME": str(settings.dagster_home),
                                  "IBF_DAGSTER_PG_URL": _with_driver(dagster_url, "psycopg2"),

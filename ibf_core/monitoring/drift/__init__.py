@@ -7,7 +7,14 @@ from typing import Literal
 
 import numpy as np
 
-from ibf_core.monitoring.drift.stats import benjamini_hochberg, cusum_path, finite, psi_value, quantile_cuts
+from ibf_core.monitoring.drift import alibi_backend
+from ibf_core.monitoring.drift.stats import (
+    benjamini_hochberg,
+    cusum_path,
+    finite,
+    psi_value,
+    quantile_cuts,
+)
 
 __all__ = ["DriftRow", "benjamini_hochberg", "cusum", "mmd_test", "mmd_tests", "psi", "psi_many", "univariate_tests", "univariate_tests_many"]
 
@@ -107,8 +114,6 @@ def univariate_tests_many(
 
     p_all = stat_all = np.empty(0, dtype=np.float32)
     if ref_cols:
-        from ibf_core.monitoring.drift import alibi_backend
-
         scores = alibi_backend.ks_scores if method == "ks" else alibi_backend.cvm_scores
         p_all, stat_all = scores(ref_cols, rec_cols)
     out: list[list[DriftRow]] = []
@@ -120,8 +125,6 @@ def univariate_tests_many(
         threshold: float | None = None
         results: dict[int, tuple[float, float]] = {}
         if tested:
-            from ibf_core.monitoring.drift import alibi_backend
-
             threshold = alibi_backend.corrected_threshold(p_values, alpha, correction)
             results = {j: (statistics[i], float(p_values[i])) for i, j in enumerate(tested)}
         rows: list[DriftRow] = []
@@ -185,8 +188,6 @@ def mmd_tests(
         refs_z.append(ref_z)
         recs_z.append(rec_z)
     if todo:
-        from ibf_core.monitoring.drift import alibi_backend
-
         for i, (p_value, mmd2) in zip(todo, alibi_backend.mmd_permutation_batch(refs_z, recs_z, n_permutations, seed)):
             out[i] = DriftRow("mmd", None, mmd2, p_value, alpha, bool(p_value < alpha))
     return out  # type: ignore[return-value]

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from ibf_core.market.bars import BAR_COLUMNS, BAR_DTYPES, empty_bars
 from ibf_core.sources.ibkr.parsing import SPREAD
+from ibf_core.storage import atomic
 
 log = logging.getLogger("ibf_core.sources.ibkr")  # the name it logged under before the split
 
@@ -34,8 +36,6 @@ class BarCache:
     ) -> tuple[pd.DataFrame, list[tuple[dt.date, dt.date]], list[tuple[dt.date, dt.date]]]:
         """Cached bars (with ``spread`` when BID_ASK bars were ever fetched), the ranges whose TRADES bars and
         the ranges whose BID_ASK bars were downloaded."""
-        from ibf_core.market.bars import BAR_COLUMNS, BAR_DTYPES, empty_bars
-
         path = self.path(symbol)
         if path is None or not path.is_file():
             return empty_bars(), [], []
@@ -68,8 +68,6 @@ class BarCache:
         if path is None:
             return
         import pyarrow as pa
-
-        from ibf_core.storage import atomic
 
         table = pa.Table.from_pandas(frame.reset_index(drop=True), preserve_index=False)
         meta = dict(table.schema.metadata or {})

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 import pandas as pd
 
+from ibf_core.calendar import all_sessions, trading_days
 from ibf_core.sources.ibkr.parsing import EASTERN
 
 MAX_DAYS_PER_D_DURATION = 365  # IB: longer durations must be given in years
@@ -49,8 +50,6 @@ def plan_chunks(first: dt.date, last: dt.date) -> list[Chunk]:
 
 def session_runs(sessions: pd.DatetimeIndex) -> list[tuple[dt.date, dt.date]]:
     """Split sessions into runs of consecutive NYSE sessions, oldest first."""
-    from ibf_core.calendar import all_sessions
-
     if len(sessions) == 0:
         return []
     positions = all_sessions().get_indexer(sessions)
@@ -64,8 +63,6 @@ def session_runs(sessions: pd.DatetimeIndex) -> list[tuple[dt.date, dt.date]]:
 
 def merge_ranges(ranges: Sequence[tuple[dt.date, dt.date]]) -> list[tuple[dt.date, dt.date]]:
     """Coalesce date ranges that overlap or have no NYSE session between them."""
-    from ibf_core.calendar import trading_days
-
     merged: list[tuple[dt.date, dt.date]] = []
     for lo, hi in sorted(ranges):
         if merged:

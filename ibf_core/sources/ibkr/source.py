@@ -26,6 +26,9 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import pandas as pd
 
+from ibf_core.calendar import latest_complete_session, to_date, trading_days
+from ibf_core.market.bars import empty_bars, split_adjust
+from ibf_core.market.checks import validate_bars
 from ibf_core.progress import report_progress
 from ibf_core.settings import normalize_symbol
 from ibf_core.sources.errors import (
@@ -157,8 +160,6 @@ class IbkrSource:
 
     # public API
     def fetch_daily_bars(self, symbols: Sequence[str], start: dt.date, end: dt.date) -> pd.DataFrame:
-        from ibf_core.calendar import to_date
-
         start, end = to_date(start), to_date(end)
         if start > end:
             raise ValueError(f"start {start} is after end {end}")
@@ -168,8 +169,6 @@ class IbkrSource:
 
     # orchestration (runs on the private loop)
     async def _fetch(self, symbols: list[str], start: dt.date, end: dt.date) -> pd.DataFrame:
-        from ibf_core.market.bars import empty_bars
-
         plans = [self._plan(symbol, start, end) for symbol in symbols]
         gateway: Gateway | None = None
         frames = []
@@ -198,14 +197,10 @@ class IbkrSource:
         return now.astimezone(ZoneInfo(EASTERN)).date()
 
     def _latest_complete(self) -> dt.date:
-        from ibf_core.calendar import latest_complete_session
-
         return latest_complete_session(pd.Timestamp(self._now()))
 
     def _plan(self, symbol: str, start: dt.date, end: dt.date) -> _Plan:
         """Which sessions of [start, end] (up to today) the cache lacks, as runs of consecutive sessions."""
-        from ibf_core.calendar import trading_days
-
         cached, covered, quote_covered = self.cache.load(symbol)
         last = min(end, self._today())
         wanted = trading_days(start, last) if start <= last else pd.DatetimeIndex([])
@@ -381,9 +376,6 @@ class IbkrSource:
 
     def _finish(self, plan: _Plan, downloaded: _Downloaded | None, start: dt.date, end: dt.date) -> pd.DataFrame:
         """Merge new bars into the cache, validate, split-adjust, persist complete sessions, cut to [start, end]."""
-        from ibf_core.market.bars import empty_bars, split_adjust
-        from ibf_core.market.checks import validate_bars
-
         symbol, cached = plan.symbol, plan.cached
         if downloaded is not None:
             if downloaded.trades is not None:
