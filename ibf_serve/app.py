@@ -8,7 +8,7 @@ import gc
 import time
 from typing import Any
 
-from fastapi import Depends, FastAPI, Query, Request
+from fastapi import FastAPI, Query
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 
@@ -17,6 +17,7 @@ from ibf_serve import errors
 from ibf_serve.auth import KeyRing, RateLimiter, load_digests
 from ibf_serve.errors import ApiError
 from ibf_serve.metrics import Instruments, PlatformCollector
+from ibf_serve.routes.deps import AUTH, ApiState
 from ibf_serve.schemas import ERROR_RESPONSES, PredictRequest, RetrainRequest
 from ibf_serve.services import Services
 from ibf_serve.stored import jsonable as _jsonable
@@ -47,6 +48,7 @@ def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(title="ibf", version="0.1.0", description="Forecasts, models, retraining and metrics of the ibf platform.",
                   responses=ERROR_RESPONSES, lifespan=lifespan)
     app.state.services = services
+    app.state.api = ApiState(services, instruments, keys, limiter, frozenset(settings.universe))
     scrub = errors.install(app, settings.secret_values())
     if settings.api_cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
@@ -59,19 +61,9 @@ def create_app(settings: Settings) -> FastAPI:
     # A plain ASGI middleware (not BaseHTTPMiddleware): it costs microseconds, not a task per request.
     app.add_middleware(Measure, instruments=instruments, scrub=scrub)
 
-    # Dependencies and the stored-forecast routes are coroutines: a plain ``def`` would cost a thread hop per
-    # request. Anything that may read files runs in the thread pool.
-    async def authorized(request: Request) -> str:
-        identity = keys.check(request.headers.get("authorization"))
-        limiter.hit(identity)
-        return identity
-
-    async def warehouse_exists() -> None:
-        # Warehouse.query would create a missing warehouse; the service only ever reads, so it says 503.
-        if not services.store.exists():
-            raise ApiError(503, "the warehouse does not exist yet: run ibf backfill first")
-
-    auth = [Depends(authorized), Depends(warehouse_exists)]
+    # The stored-forecast routes are coroutines: a plain ``def`` would cost a thread hop per request. Anything
+    # that may read files runs in the thread pool.
+    auth = AUTH
     universe = set(settings.universe)
 
     def check_symbols(raw: list[str], stored: frozenset[str] = frozenset()) -> list[str]:
