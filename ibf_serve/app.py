@@ -8,7 +8,7 @@ import gc
 import time
 from typing import Any
 
-from fastapi import FastAPI, Query
+from fastapi import Depends, FastAPI, Query
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 
@@ -17,8 +17,9 @@ from ibf_serve import errors
 from ibf_serve.auth import KeyRing, RateLimiter, load_digests
 from ibf_serve.errors import ApiError
 from ibf_serve.metrics import Instruments, PlatformCollector
-from ibf_serve.routes.deps import AUTH, ApiState
-from ibf_serve.schemas import ERROR_RESPONSES, PredictRequest, RetrainRequest
+from ibf_serve.routes import models, monitoring, ops, runs
+from ibf_serve.routes.deps import AUTH, ApiState, authorized
+from ibf_serve.schemas import ERROR_RESPONSES, PredictRequest
 from ibf_serve.services import Services
 from ibf_serve.stored import jsonable as _jsonable
 from ibf_serve.stored import records as _records
@@ -200,9 +201,10 @@ def create_app(settings: Settings) -> FastAPI:
         return {"symbol": name, "start": _jsonable(start), "end": _jsonable(end), "forecasts": _records(frame)}
 
     # ----- models, runs, monitoring ----------------------------------------------------------------------
-    from ibf_serve import routes_ops
-
-    routes_ops.add(app, services, instruments, auth)
+    for router in (models.router, runs.router, monitoring.router):
+        app.include_router(router)
+    # The key only, unless public: the metrics serve without a warehouse.
+    app.include_router(ops.metrics_router, dependencies=[] if settings.api_metrics_public else [Depends(authorized)])
     # The ~1M objects of the imports (pandas, DuckDB, MLflow, Dagster) move out of the collector's reach: a full
     # collection over them stalls every request for hundreds of milliseconds (the p99 under load).
     gc.freeze()
