@@ -1,15 +1,37 @@
-"""Liveness, readiness and the Prometheus exposition (tag ``ops``; no warehouse needed)."""
+"""Liveness, readiness and the Prometheus exposition (tag ``ops``): no key and no warehouse needed, except the
+key for ``/metrics`` unless ``IBF_API_METRICS_PUBLIC``."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter
-from fastapi.responses import Response
+from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from ibf_serve.readiness import readiness
 from ibf_serve.routes.deps import Api
+from ibf_serve.stored import jsonable
 
-# Included last, behind the key unless IBF_API_METRICS_PUBLIC (create_app adds the dependency): the metrics
-# serve without a warehouse.
+router = APIRouter(tags=["ops"])
+
+
+@router.get("/health")
+def health() -> dict[str, str]:
+    """Liveness: the process answers."""
+    return {"status": "ok"}
+
+
+@router.get("/ready")
+def ready(api: Api) -> JSONResponse:
+    """Readiness: warehouse readable, a model registered, the Dagster instance reachable, newest bar age."""
+    body, ok = readiness(api.services)
+    if not ok:  # the error shape every failure has, plus the per-part detail
+        parts = "; ".join(f"{name}: {body['checks'][name].get('message', 'failed')}" for name in body["failing"])
+        body = {"error": {"code": "not_ready", "message": f"not ready: {parts}"}, **body}
+    return JSONResponse(jsonable(body), status_code=200 if ok else 503)
+
+
+# A router of its own, included last (the paths keep their order) with the key check unless the metrics are
+# public (create_app decides); the metrics serve without a warehouse.
 metrics_router = APIRouter(tags=["ops"])
 
 
