@@ -13,7 +13,8 @@ from fastapi import APIRouter, Query
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 
-from ibf_core.forecasts import ForecastNotFound, forecast_history, fresh_forecasts, ranking, stored_forecasts
+import ibf_core.forecasts as core_forecasts  # looked up per call: a test patches the module's functions
+from ibf_core.forecasts import ForecastNotFound
 from ibf_core.models import HORIZONS, ModelDataError, ModelLoadError
 from ibf_core.settings import normalize_symbol
 from ibf_core.streaming.live_prices import against_live_prices, newest_live_prices
@@ -47,10 +48,10 @@ async def predict(body: PredictRequest, api: Api) -> Response:
             versions = await run_in_threadpool(services.versions)
             if not versions:
                 raise ApiError(503, "no model is registered: train one first (ibf train)")
-            result = await run_in_threadpool(fresh_forecasts, services.fresh_reads, versions, services.load_bundle,
+            result = await run_in_threadpool(core_forecasts.fresh_forecasts, services.fresh_reads, versions, services.load_bundle,
                                              list(api.settings.universe), symbols, horizons, body.as_of)
         else:
-            result = await run_in_threadpool(stored_forecasts, services.store, symbols, horizons, body.as_of)
+            result = await run_in_threadpool(core_forecasts.stored_forecasts, services.store, symbols, horizons, body.as_of)
     except ForecastNotFound as exc:
         raise _not_found(exc) from None
     except ModelLoadError as exc:
@@ -80,7 +81,7 @@ async def rankings(api: Api, horizon: int = Query(5, description="Sessions ahead
             raise _not_found(ForecastNotFound(f"no stored predictions on origin {index.as_of} at horizon {horizon}"))
         return _json_bytes(found.body({"horizon": horizon}, "ranking"))
     try:
-        result = await run_in_threadpool(ranking, api.services.store, horizon, top, as_of)
+        result = await run_in_threadpool(core_forecasts.ranking, api.services.store, horizon, top, as_of)
     except ForecastNotFound as exc:
         raise _not_found(exc) from None
     return JSONResponse({"as_of": result.as_of.isoformat(), "horizon": horizon, "model_version": result.model_versions[-1],
@@ -94,7 +95,7 @@ def forecasts(symbol: str, api: Api, start: dt.date | None = None, end: dt.date 
     (name,) = _check_symbols(api, [symbol], index.symbols if index is not None else frozenset())
     if start and end and start > end:
         raise ApiError(422, f"start: {start} is after end {end}")
-    frame = forecast_history(api.services.store, name, start, end)
+    frame = core_forecasts.forecast_history(api.services.store, name, start, end)
     return {"symbol": name, "start": jsonable(start), "end": jsonable(end), "forecasts": records(frame)}
 
 
