@@ -9,7 +9,7 @@ import datetime as dt
 import time
 from typing import Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 
@@ -19,7 +19,7 @@ from ibf_core.models import HORIZONS, ModelDataError, ModelLoadError
 from ibf_core.settings import normalize_symbol
 from ibf_core.streaming.live_prices import against_live_prices, newest_live_prices
 from ibf_serve.errors import ApiError
-from ibf_serve.routes.deps import AUTH, Api, ApiState
+from ibf_serve.routes.deps import AUTH, ApiState, api_state
 from ibf_serve.schemas import PredictRequest
 from ibf_serve.stored import jsonable, records
 
@@ -27,8 +27,9 @@ router = APIRouter(dependencies=AUTH, tags=["forecasts"])
 
 
 @router.post("/predict")
-async def predict(body: PredictRequest, api: Api) -> Response:
+async def predict(body: PredictRequest, request: Request) -> Response:
     """Forecasts of symbols x horizons: stored (the newest origin, or ``as_of``) or computed now (``fresh``)."""
+    api = api_state(request)
     services, instruments = api.services, api.instruments
     index = await _newest_index(api)
     symbols = _check_symbols(api, body.symbols, index.symbols if index is not None else frozenset())
@@ -70,9 +71,10 @@ async def predict(body: PredictRequest, api: Api) -> Response:
 
 
 @router.get("/rankings")
-async def rankings(api: Api, horizon: int = Query(5, description="Sessions ahead"), top: int = Query(20, ge=1, le=10000),
+async def rankings(request: Request, horizon: int = Query(5, description="Sessions ahead"), top: int = Query(20, ge=1, le=10000),
                    as_of: dt.date | None = Query(None, description="Origin session; default the newest")) -> Response:
     """The cross-sectional ranking (1 = highest expected return) of an origin at one horizon."""
+    api = api_state(request)
     _check_horizons([horizon])
     index = await _newest_index(api)
     if index is not None and as_of in (None, index.as_of):
@@ -89,8 +91,9 @@ async def rankings(api: Api, horizon: int = Query(5, description="Sessions ahead
 
 
 @router.get("/forecasts/{symbol}")
-def forecasts(symbol: str, api: Api, start: dt.date | None = None, end: dt.date | None = None) -> dict[str, Any]:
+def forecasts(symbol: str, request: Request, start: dt.date | None = None, end: dt.date | None = None) -> dict[str, Any]:
     """A symbol's stored forecasts with realized outcomes where matured (``forecast_outcomes``)."""
+    api = api_state(request)
     index = api.services.served.index()
     (name,) = _check_symbols(api, [symbol], index.symbols if index is not None else frozenset())
     if start and end and start > end:

@@ -5,27 +5,29 @@ from __future__ import annotations
 import tempfile
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 
 from ibf_core.forecasts import model_facts
 from ibf_serve.errors import ApiError
-from ibf_serve.routes.deps import AUTH, Api
+from ibf_serve.routes.deps import AUTH, api_state
 from ibf_serve.stored import jsonable
 
 router = APIRouter(dependencies=AUTH, tags=["models"])
 
 
 @router.get("/models")
-def models(api: Api) -> dict[str, Any]:
+def models(request: Request) -> dict[str, Any]:
     """Registered versions, oldest cut-off first."""
+    api = api_state(request)
     return {"name": api.settings.model_name, "versions": [_version_summary(v, api.settings) for v in api.services.versions()]}
 
 
 @router.get("/models/{version}")
-def model(version: str, api: Api) -> dict[str, Any]:
+def model(version: str, request: Request) -> dict[str, Any]:
     """One version: cut-off, members, ensemble weights, validation metrics per horizon, feature importance by group
     (``importance``: permutation rank-IC drop / MSE rise per member and horizon, LightGBM gain, TFT selection
     weights; null for a bundle trained without it), device, digest, run."""
+    api = api_state(request)
     chosen = _version_or_404(api, version)
     with tempfile.TemporaryDirectory() as tmp:
         facts = model_facts(api.settings.mlflow_uri, chosen, tmp)

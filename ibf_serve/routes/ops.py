@@ -3,12 +3,12 @@ key for ``/metrics`` unless ``IBF_API_METRICS_PUBLIC``."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from ibf_serve.readiness import readiness
-from ibf_serve.routes.deps import Api
+from ibf_serve.routes.deps import api_state
 from ibf_serve.stored import jsonable
 
 router = APIRouter(tags=["ops"])
@@ -21,8 +21,9 @@ def health() -> dict[str, str]:
 
 
 @router.get("/ready")
-def ready(api: Api) -> JSONResponse:
+def ready(request: Request) -> JSONResponse:
     """Readiness: warehouse readable, a model registered, the Dagster instance reachable, newest bar age."""
+    api = api_state(request)
     body, ok = readiness(api.services)
     if not ok:  # the error shape every failure has, plus the per-part detail
         parts = "; ".join(f"{name}: {body['checks'][name].get('message', 'failed')}" for name in body["failing"])
@@ -36,6 +37,7 @@ metrics_router = APIRouter(tags=["ops"])
 
 
 @metrics_router.get("/metrics", response_class=Response)
-def metrics(api: Api) -> Response:
+def metrics(request: Request) -> Response:
     """Prometheus exposition."""
+    api = api_state(request)
     return Response(api.instruments.exposition(), media_type=CONTENT_TYPE_LATEST)

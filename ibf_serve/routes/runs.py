@@ -6,11 +6,11 @@ import datetime as dt
 import uuid
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 
 from ibf_serve.errors import ApiError
 from ibf_serve.retrain import submit_retrain
-from ibf_serve.routes.deps import AUTH, Api
+from ibf_serve.routes.deps import AUTH, api_state
 from ibf_serve.schemas import RetrainRequest
 from ibf_serve.stored import jsonable
 
@@ -18,16 +18,18 @@ router = APIRouter(dependencies=AUTH, tags=["runs"])
 
 
 @router.post("/retrain", status_code=202)
-def retrain(body: RetrainRequest, api: Api) -> dict[str, Any]:
+def retrain(body: RetrainRequest, request: Request) -> dict[str, Any]:
     """Submit a trained_models run to the Dagster instance (queued, run by the daemon, GPU tags)."""
+    api = api_state(request)
     run_id = submit_retrain(api.services, body.cutoff)
     api.instruments.retrains_requested.inc()
     return {"run_id": run_id, "url": f"/runs/{run_id}", "dagster_url": f"{api.settings.dagster_url.rstrip('/')}/runs/{run_id}"}
 
 
 @router.get("/runs/{run_id}")
-def run(run_id: str, api: Api) -> dict[str, Any]:
+def run(run_id: str, request: Request) -> dict[str, Any]:
     """A Dagster run's status."""
+    api = api_state(request)
     record = api.services.instance().get_run_record_by_id(run_id) if _uuid_like(run_id) else None
     if record is None:
         raise ApiError(404, f"run {run_id[:40]!r} not found")
