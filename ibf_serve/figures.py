@@ -8,6 +8,9 @@ import time
 
 from prometheus_client.core import Metric
 
+from ibf_core.monitoring.alerts import read_alerts
+from ibf_core.calendar import latest_complete_session, trading_days
+from ibf_core.forecasts import newest_bar_age_sessions
 from ibf_serve.metrics import ASSETS, counter, gauge, gpu_metrics
 
 log = logging.getLogger("ibf_serve")
@@ -25,6 +28,8 @@ def platform_metrics(services) -> list[Metric]:
 
 
 def _assets(services) -> list[Metric]:
+    # dagster is imported where a figure reads the instance: importing the service (and every test of it) does
+    # not load it.
     import dagster as dg
 
     instance = services.instance()
@@ -44,8 +49,6 @@ def _assets(services) -> list[Metric]:
 
 
 def _checks(services) -> list[Metric]:
-    from ibf_core.monitoring.alerts import read_alerts
-
     alerts = read_alerts(services.store)
     failed = counter("ibf_asset_check_failures", "Failed asset-check evaluations recorded as alerts", ["asset", "check", "severity"])
     for (asset, check, severity), n in alerts.groupby(["asset", "check_name", "severity"]).size().items():
@@ -66,9 +69,6 @@ def _drift(services) -> list[Metric]:
 
 
 def _model(services) -> list[Metric]:
-    from ibf_core.calendar import latest_complete_session, trading_days
-    from ibf_core.forecasts import newest_bar_age_sessions
-
     versions = services.versions()
     out = []
     bars = newest_bar_age_sessions(services.store)
@@ -91,8 +91,6 @@ def _model(services) -> list[Metric]:
 
 
 def _performance(services) -> list[Metric]:
-    from ibf_core.forecasts import performance
-
     table = services.performance()
     families = {
         "mase": gauge("ibf_rolling_mase", "Rolling MASE (MAE / random-walk MAE) of matured forecasts", ["horizon"]),

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector, generate_latest, multiprocess, values
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 log = logging.getLogger("ibf_serve")
@@ -40,8 +40,6 @@ class Instruments:
         if shared_dir is None:
             ProcessCollector(registry=self.registry)  # process_cpu_seconds_total, process_resident_memory_bytes, ...
         else:
-            from prometheus_client import multiprocess, values
-
             if values.ValueClass.__name__ != "MmapedValue":
                 raise RuntimeError("prometheus_client was imported before PROMETHEUS_MULTIPROC_DIR was set")
             self.exposed = CollectorRegistry()

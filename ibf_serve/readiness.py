@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from ibf_core.forecasts import newest_bar_age_sessions
+
 
 def readiness(services) -> tuple[dict[str, Any], bool]:
     """``({"status", "checks": {part: {"ok", ...}}}, ok)``; messages name the part, never a path."""
-    from ibf_core.forecasts import newest_bar_age_sessions
-
     checks: dict[str, dict[str, Any]] = {}
     store = services.store
     try:

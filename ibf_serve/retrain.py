@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 
 import pandas as pd
 
+from ibf_core.calendar import all_sessions
 from ibf_serve.errors import ApiError
 
 ASSET_JOB = "__ASSET_JOB"  # the implicit asset job every code location has
@@ -17,8 +18,6 @@ ASSET_JOB = "__ASSET_JOB"  # the implicit asset job every code location has
 def resolve_cutoff(services, cutoff: dt.date | None) -> dt.date:
     """The requested cut-off if it is a session with features for every universe symbol; by default the newest
     stored feature session but one (as ``ibf train``). A refusal is a 422 naming the date."""
-    from ibf_core.calendar import all_sessions
-
     store = services.store
     if cutoff is None:
         dates = store.query("SELECT DISTINCT date FROM features ORDER BY date DESC LIMIT 2")
@@ -35,6 +34,7 @@ def resolve_cutoff(services, cutoff: dt.date | None) -> dt.date:
 
 def submit_retrain(services, cutoff: dt.date | None) -> str:
     """Add the cut-off partition and submit the run; the run id. 503 when the webserver cannot be reached."""
+    # Dagster (dagster-graphql and the ibf_dagster modules import it) is loaded by a retrain only, not with the service.
     from dagster_graphql import DagsterGraphQLClient, DagsterGraphQLClientError
 
     from ibf_dagster.partitions import MODEL_CUTOFFS

@@ -4,10 +4,18 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
+from ibf_core.forecasts import NewestForecasts, performance
+from ibf_core.models.bundle import verify_bundle
+from ibf_core.models.registry import list_versions, load_registered
 from ibf_core.settings import Settings
 from ibf_core.storage.backends import open_warehouse
+from ibf_core.storage.read_cache import ReadCache
+from ibf_dagster.instance import get_instance
+from ibf_serve.stored import ServedNewest
+from ibf_serve.warm import FreshWarmer
 
 _VERSIONS_TTL_S = 5.0  # a newly registered version is served within this many seconds
 
@@ -16,29 +24,19 @@ class Services:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.store = open_warehouse(settings, reader=True)  # only read (read / query open read-only)
-        from ibf_core.storage.read_cache import ReadCache
-
         # fresh predictions read the same bars and features again and again until a backfill swaps one in
         self.fresh_reads = ReadCache(self.store)
-        from ibf_serve.warm import FreshWarmer
-
         self.warmer = FreshWarmer(self, settings.api_fresh_warm_seconds)  # started and stopped with the app
         self._lock = threading.Lock()
         self._versions: tuple[float, list] | None = None
         self._bundles: dict[tuple[str, str], Any] = {}
         self._instance = None
         self._performance: tuple[float, Any] | None = None
-        from ibf_core.forecasts import NewestForecasts
-
         self.newest = NewestForecasts(self.store)  # the newest origin in memory, re-read after each write
-        from ibf_serve.stored import ServedNewest
-
         self.served = ServedNewest(self.newest)  # ... and rendered as JSON records once per origin
 
     def versions(self) -> list:
         """Registered versions (oldest cut-off first), re-read every few seconds."""
-        from ibf_core.models.registry import list_versions
-
         with self._lock:
             now = time.monotonic()
             if self._versions is None or now - self._versions[0] > _VERSIONS_TTL_S:
@@ -51,11 +49,6 @@ class Services:
     def load_bundle(self, model):
         """A registered bundle, verified against its manifest digest on every call (a tampered file is refused
         even after the bundle was loaded once); the loaded members are kept in memory."""
-        from pathlib import Path
-
-        from ibf_core.models.bundle import verify_bundle
-        from ibf_core.models.registry import load_registered
-
         key = (model.version, model.manifest_sha256)
         cached = self._bundles.get(key)
         if cached is not None:
@@ -67,8 +60,6 @@ class Services:
 
     def instance(self):
         """The persistent Dagster instance (the one the UI and the daemon use), opened once."""
-        from ibf_dagster.instance import get_instance
-
         with self._lock:
             if self._instance is None:
                 self._instance = get_instance(self.settings)
@@ -76,8 +67,6 @@ class Services:
 
     def performance(self):
         """Pooled rolling performance per horizon, reused for the metrics cache period."""
-        from ibf_core.forecasts import performance
-
         now = time.monotonic()
         if self._performance is None or now - self._performance[0] > self.settings.api_metrics_cache_seconds:
             self._performance = (now, performance(self.store, self.settings.drift_performance_sessions))

@@ -7,16 +7,20 @@ import threading
 import time
 from collections.abc import Iterator
 
+import numpy as np
+import pandas as pd
+import uvicorn
+
+from ibf_core.calendar import all_sessions, trading_days
+from ibf_core.models import HORIZONS
 from ibf_core.processes import free_port  # noqa: F401 - the tests and the benchmark import it from here
-
-
+from ibf_core.storage.tables import DRIFT_SCORES, MARKET_BARS, PREDICTIONS
+from ibf_core.storage.warehouse import Warehouse
 
 
 @contextlib.contextmanager
 def running_server(app, port: int | None = None, timeout_s: float = 30.0) -> Iterator[str]:
     """Serve ``app`` on 127.0.0.1 until the block ends (also on failure); yields the base URL."""
-    import uvicorn
-
     port = port or free_port()
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False, lifespan="off")
     server = uvicorn.Server(config)
@@ -37,14 +41,6 @@ def running_server(app, port: int | None = None, timeout_s: float = 30.0) -> Ite
 def write_stored_world(home, symbols: list[str], start: str, end: str, seed: int = 0, version: str = "1", cutoff: str | None = None) -> dict:
     """Synthetic bars, predictions (every origin x horizon, universe-wide ranks) and drift rows written through
     ``Warehouse.replace_slice``: the state a pure-serving test or the benchmark needs, without training a model."""
-    import numpy as np
-    import pandas as pd
-
-    from ibf_core.calendar import all_sessions, trading_days
-    from ibf_core.models import HORIZONS
-    from ibf_core.storage.tables import DRIFT_SCORES, MARKET_BARS, PREDICTIONS
-    from ibf_core.storage.warehouse import Warehouse
-
     rng = np.random.default_rng(seed)
     store = Warehouse(home)
     store.ensure_all_tables()

@@ -18,6 +18,11 @@ import os
 import threading
 from typing import Any
 
+from ibf_core.features.table import features_spec
+from ibf_core.forecasts import fresh_forecasts
+from ibf_core.models import HORIZONS
+from ibf_core.storage.tables import MARKET_BARS, PREDICTIONS
+
 log = logging.getLogger(__name__)
 
 # A request waits at most this long for a warm-up in progress, then reads for itself.
@@ -53,9 +58,6 @@ class FreshWarmer:
         self._idle.wait(WAIT_FOR_WARMUP_S)
 
     def _stamps(self) -> tuple:
-        from ibf_core.features.table import features_spec
-        from ibf_core.storage.tables import MARKET_BARS, PREDICTIONS
-
         store = self.services.store
         return tuple(store.table_stamp(spec) for spec in (MARKET_BARS, features_spec(), PREDICTIONS))
 
@@ -88,9 +90,6 @@ class FreshWarmer:
 
     def warm(self) -> bool:
         """Forecast the universe at its newest origin through the service's cache; False (and logged) when it cannot."""
-        from ibf_core.forecasts import fresh_forecasts
-        from ibf_core.models import HORIZONS
-
         services = self.services
         universe = list(services.settings.universe)
         self._idle.clear()
