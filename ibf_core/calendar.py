@@ -7,6 +7,8 @@ from functools import lru_cache
 
 import pandas as pd
 
+# Heavy imports (exchange_calendars) stay inside the functions that need them: importing this module loads none of them.
+
 CALENDAR_NAME = "XNYS"
 # exchange_calendars ships XNYS sessions from 1885 to one year ahead; we only need this window.
 _CAL_START = "1990-01-02"

@@ -14,14 +14,17 @@ from ibf_core.storage.registry import register_catalog
 if TYPE_CHECKING:  # pragma: no cover
     from ibf_core.storage.tables import Catalog
 
+# Heavy imports (duckdb, numpy, pandas, pyarrow) stay inside the functions that need them:
+# importing this module loads none of them.
+
 
 def catalog() -> Catalog:
     """The symbol x date tables, ``bar_issues``, ``features``, the news tables, ``alerts``, the live tables,
     ``microstructure_daily`` and the fundamentals tables, then the views reading them."""
-    from ibf_core.monitoring.alerts import ALERTS
-    from ibf_core.market.issues import BAR_ISSUES
     from ibf_core.features.table import features_spec
     from ibf_core.fundamentals.store import FUNDAMENTALS_TABLES
+    from ibf_core.market.issues import BAR_ISSUES
+    from ibf_core.monitoring.alerts import ALERTS
     from ibf_core.monitoring.outcomes import FORECAST_OUTCOMES
     from ibf_core.news.store import NEWS_TABLES
     from ibf_core.storage.tables import TABLES, Catalog

@@ -21,6 +21,8 @@ from ibf_core.calendar import latest_complete_session, trading_days
 from ibf_core.models import HORIZONS
 from ibf_core.storage.tables import DRIFT_SCORES, MARKET_BARS, PREDICTIONS
 
+# Heavy imports (numpy, talib) stay inside the functions that need them: importing this module loads none of them.
+
 # Columns of one served forecast, in order (the PREDICTIONS columns a client needs, member forecasts left out).
 FORECAST_COLUMNS: tuple[str, ...] = (
     "symbol", "horizon", "origin", "target_date", "close", "pred_return", "pred_price",

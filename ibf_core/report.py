@@ -7,6 +7,8 @@ import io
 
 import pandas as pd
 
+# Heavy imports (matplotlib, numpy) stay inside the functions that need them: importing this module loads none of them.
+
 
 def markdown_table(frame: pd.DataFrame, max_rows: int = 10, floatfmt: str = ".4g") -> str:
     if frame.empty:

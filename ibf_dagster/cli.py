@@ -248,7 +248,6 @@ def sql(
     import duckdb
 
     from ibf_core.storage.backends import open_warehouse
-
     from ibf_core.storage.warehouse import WarehouseError
 
     if format not in ("table", "csv", "json"):
@@ -347,9 +346,9 @@ def gateway_sim(
 
     import pandas as pd
 
+    from ibf_core.sim.ib.gateway import serve
     from ibf_core.sim.ib.live import LiveClock, session_start
     from ibf_core.sim.ib.protocol import parse_faults
-    from ibf_core.sim.ib.gateway import serve
     from ibf_core.sources import make_source
 
     settings = _settings(source=source, csv_path=csv)
@@ -475,8 +474,8 @@ def av_sim(
 ) -> None:
     """Serve Alpha Vantage NEWS_SENTIMENT, OVERVIEW, EARNINGS, EARNINGS_CALENDAR and the macro series on loopback
     (set IBF_ALPHAVANTAGE_URL to its address)."""
-    from ibf_core.sim.alphavantage.server import SimulatorError, parse_faults, serve
     from ibf_core.sim.alphavantage.content import load_articles, load_fundamentals_file
+    from ibf_core.sim.alphavantage.server import SimulatorError, parse_faults, serve
 
     try:
         faults = parse_faults(fault or [])
@@ -524,7 +523,8 @@ def demo() -> None:
     out.print(f"\nwarehouse: {open_warehouse(settings).describe()}\ndata loaded in {elapsed:.1f} s", highlight=False)
 
     # Train on everything but the last session, then forecast from the last one (the sample's "today").
-    from ibf_dagster.runner import BackfillError, train as run_train
+    from ibf_dagster.runner import BackfillError
+    from ibf_dagster.runner import train as run_train
 
     cutoff = _default_cutoff(settings)
     err.print(f"training {', '.join(settings.model_members)} up to {cutoff} (IBF_MODEL_MAX_STEPS={settings.model_max_steps})", highlight=False)

@@ -26,26 +26,18 @@ from dagster._core.events import ASSET_EVENTS as _ASSET_EVENTS
 from dagster._core.events import RunFailureReason
 from dagster._core.events.log import EventLogEntry as _EventLogEntry
 from dagster._core.execution.context.output import _key_range_to_subset
-from dagster._core.execution.plan.instance_concurrency_context import (
-    InstanceConcurrencyContext as Context,
-)
+from dagster._core.execution.plan.instance_concurrency_context import InstanceConcurrencyContext as Context
 from dagster._core.executor.base import Executor
 from dagster._core.run_coordinator.queued_run_coordinator import QueuedRunCoordinator
-from dagster._core.storage.asset_check_execution_record import (
-    AssetCheckExecutionRecordStatus,
-)
-from dagster._core.storage.event_log.schema import (
-    SqlEventLogStorageTable as _EventLogsTable,
-)
-from dagster._core.storage.event_log.sqlite.sqlite_event_log import (
-    SqliteEventLogStorage as _SqliteEventLogStorage,
-)
-from dagster._core.storage.tags import (
-    ASSET_PARTITION_RANGE_END_TAG,
-    ASSET_PARTITION_RANGE_START_TAG,
-)
+from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
+from dagster._core.storage.event_log.schema import SqlEventLogStorageTable as _EventLogsTable
+from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage as _SqliteEventLogStorage
+from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 from dagster._daemon import controller
 from dagster._utils.interrupts import check_captured_interrupt
+
+# Heavy imports (dagster_mlflow, numpy, pandas, talib) stay inside the functions that need them:
+# importing this module loads none of them.
 
 DAGSTER_VERSION = "1.13.27"  # the version these shims were written and tested against (pyproject pins it)
 

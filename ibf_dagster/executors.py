@@ -8,6 +8,9 @@ from typing import Any
 
 from ibf_core.settings import Settings
 
+# Heavy imports (dagster, dagster_k8s) stay inside the functions that need them:
+# importing this module loads none of them.
+
 K8S_CONFIG_TAG = "dagster-k8s/config"
 
 

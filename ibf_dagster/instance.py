@@ -9,6 +9,8 @@ from pathlib import Path
 from ibf_core.settings import Settings
 from ibf_core.storage import atomic
 
+# Heavy imports (dagster, psycopg2) stay inside the functions that need them: importing this module loads none of them.
+
 DAGSTER_YAML = Path(__file__).resolve().parents[1] / "dagster.yaml"
 PLANNED_EVENTS_ENV = "DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS"
 

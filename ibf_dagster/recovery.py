@@ -37,6 +37,9 @@ from ibf_core import processes
 from ibf_core.settings import Settings
 from ibf_dagster.compat import PoolClaim, interrupt_requested, pool_claims, pool_wait_hook, release_pool_slots
 
+# Heavy imports (duckdb, numpy, pandas, pyarrow) stay inside the functions that need them:
+# importing this module loads none of them.
+
 HOST_TAG, PID_TAG, START_TAG = "ibf/host", "ibf/pid", "ibf/process_start"
 LAUNCHED_BY_TAG = "ibf/launched_by"
 _WATCHED = [dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.NOT_STARTED]

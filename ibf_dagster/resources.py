@@ -19,6 +19,8 @@ from ibf_core.storage.backends import open_warehouse
 from ibf_core.storage.interface import TableStore
 from ibf_dagster.compat import mlflow_tracking_resource
 
+# Heavy imports (talib) stay inside the functions that need them: importing this module loads none of them.
+
 
 @lru_cache(maxsize=8)
 def _settings_from(values: str) -> Settings:

@@ -19,21 +19,10 @@ from ibf_core.settings import Settings, normalize_symbol
 from ibf_core.storage.backends import open_warehouse
 from ibf_dagster.compat import partition_range_tags, was_interrupted
 from ibf_dagster.instance import get_instance
-from ibf_dagster.partitions import (
-    MODEL_CUTOFFS,
-    SYMBOL_PARTITIONS,
-    contiguous_blocks,
-    date_key_window,
-    date_partitions,
-)
-from ibf_dagster.recovery import (
-    PoolWait,
-    RunInterrupted,
-    death_alerts,
-    guarded_run,
-    launch_tags,
-    recover_dead_runs,
-)
+from ibf_dagster.partitions import MODEL_CUTOFFS, SYMBOL_PARTITIONS, contiguous_blocks, date_key_window, date_partitions
+from ibf_dagster.recovery import PoolWait, RunInterrupted, death_alerts, guarded_run, launch_tags, recover_dead_runs
+
+# Heavy imports (tenacity) stay inside the functions that need them: importing this module loads none of them.
 
 MODEL_ASSETS = ("trained_models", "predictions", "drift_scores")
 

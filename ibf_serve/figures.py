@@ -8,10 +8,12 @@ import time
 
 from prometheus_client.core import Metric
 
-from ibf_core.monitoring.alerts import read_alerts
 from ibf_core.calendar import latest_complete_session, trading_days
 from ibf_core.forecasts import newest_bar_age_sessions
+from ibf_core.monitoring.alerts import read_alerts
 from ibf_serve.metrics import ASSETS, counter, gauge, gpu_metrics
+
+# Heavy imports (dagster) stay inside the functions that need them: importing this module loads none of them.
 
 log = logging.getLogger("ibf_serve")
 

@@ -12,6 +12,9 @@ import pandas as pd
 from ibf_core.calendar import all_sessions
 from ibf_serve.errors import ApiError
 
+# Heavy imports (dagster, dagster_graphql, duckdb, numpy, pyarrow) stay inside the functions that need them:
+# importing this module loads none of them.
+
 ASSET_JOB = "__ASSET_JOB"  # the implicit asset job every code location has
 
 

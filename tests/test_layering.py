@@ -40,3 +40,33 @@ def test_the_service_sits_on_top():
     assert core == []
     dagster_side = [n for n, p in mods.items() if n.startswith("ibf_dagster") and any(i.startswith("ibf_serve") for i in metrics.imports(p))]
     assert dagster_side == ["ibf_dagster.cli"]
+
+
+def test_no_import_cycles_counting_imports_inside_functions():
+    assert metrics.import_cycles() == []
+
+
+def test_imports_inside_functions_only_keep_heavy_libraries_off_a_path():
+    """An import inside a function must keep a heavy library (torch, lightgbm, pandas, dagster...) off the module's import."""
+    assert metrics.needless_inner_imports() == []
+
+
+def test_modules_that_import_inside_functions_say_why_once():
+    assert metrics.uncommented_lazy_importers() == []
+
+
+def test_no_module_over_600_lines():
+    assert metrics.oversized_modules(600) == []
+
+
+def test_ibf_core_top_level_holds_at_most_8_modules():
+    top = sorted(p.name for p in (ROOT / "ibf_core").glob("*.py"))
+    assert len(top) <= 8, top
+
+
+def test_the_simulators_serve_only_the_cli_and_tests():
+    users = sorted(
+        n for n, p in metrics.modules().items()
+        if not n.startswith("ibf_core.sim") and any(i.startswith("ibf_core.sim") for i in metrics.imports(p))
+    )
+    assert all(u == "ibf_dagster.cli" or u.startswith("ibf_dagster.cli.") for u in users), users

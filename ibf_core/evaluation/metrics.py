@@ -9,6 +9,8 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
+# Heavy imports (scipy) stay inside the functions that need them: importing this module loads none of them.
+
 # scipy.stats (~1.2 s to import) is imported by the two tests that need it: monitoring and the catalog read this
 # module's rank IC on every import of ibf_core.
 INTERVAL_LEVELS = (80, 95)

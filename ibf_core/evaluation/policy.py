@@ -21,13 +21,10 @@ import pandas as pd
 from ibf_core.evaluation.metrics import cross_sectional_ic, ic_summary
 from ibf_core.models.config import ModelConfig
 from ibf_core.monitoring.outcomes import matured_outcomes
-from ibf_core.monitoring.scores import (
-    DriftPolicy,
-    reference_windows,
-    retrain_decision,
-    symbol_drift_rows,
-)
+from ibf_core.monitoring.scores import DriftPolicy, reference_windows, retrain_decision, symbol_drift_rows
 from ibf_core.report import markdown_table
+
+# Heavy imports (talib) stay inside the functions that need them: importing this module loads none of them.
 
 POLICIES = ("never", "fixed", "drift")
 

@@ -14,6 +14,8 @@ import pandas as pd
 from ibf_core.evaluation.metrics import cross_sectional_ic, skill_verdict
 from ibf_core.report import markdown_table
 
+# Heavy imports (matplotlib) stay inside the functions that need them: importing this module loads none of them.
+
 TABLE_METRICS = (
     "n", "mae", "rel_mae_vs_naive", "oos_r2", "da", "da_pvalue", "dm_stat", "dm_pvalue",
     "rank_ic_mean", "rank_ic_t", "coverage_80", "coverage_95", "topk_spread_net",

@@ -29,23 +29,15 @@ import pandas as pd
 from ibf_core.calendar import all_sessions
 from ibf_core.evaluation.factors import factor_ics, factor_table
 from ibf_core.evaluation.factors import markdown as factor_markdown
-from ibf_core.evaluation.metrics import (
-    cross_sectional_ic,
-    ic_summary,
-    member_metrics,
-    skill_verdict,
-)
+from ibf_core.evaluation.metrics import cross_sectional_ic, ic_summary, member_metrics, skill_verdict
 from ibf_core.evaluation.report import _table, write_report
 from ibf_core.models import ModelDataError
 from ibf_core.models import importance_report as importance
 from ibf_core.models.config import ModelConfig
-from ibf_core.models.ensemble import (
-    MIN_INDEPENDENT_TARGETS,
-    hln,
-    independent_targets,
-    rule,
-)
+from ibf_core.models.ensemble import MIN_INDEPENDENT_TARGETS, hln, independent_targets, rule
 from ibf_core.models.importance_report import markdown as importance_markdown
+
+# Heavy imports (pyarrow, talib) stay inside the functions that need them: importing this module loads none of them.
 
 
 def member_order(present: set[str]) -> list[str]:

@@ -24,6 +24,8 @@ import pandas as pd
 from ibf_core.calendar import all_sessions
 from ibf_core.features import Feature, Panel, run_talib
 
+# Heavy imports (talib) stay inside the functions that need them: importing this module loads none of them.
+
 POST_EARNINGS_DRIFT_SESSIONS = 20  # the window after a report in which post-earnings drift is documented
 SURPRISE_CLIP = 100.0  # percent: a near-zero estimate gives surprises of thousands of percent
 CATEGORY_MODULUS = 32749  # codes are crc32(name) % CATEGORY_MODULUS + 1: stable across runs and machines
@@ -228,13 +230,7 @@ def _trailing_mean(panel: Panel, values: np.ndarray, k: int) -> np.ndarray:
 
 def _sector(panel: Panel, sector: np.ndarray, rows: Mapping[str, np.ndarray]) -> None:
     """Leave-one-out sector statistics per date (symbols without a sector get NaN)."""
-    from ibf_core.features.cross_asset import (
-        _SUMS,
-        TALIB_CALLS,
-        _beta_corr,
-        percentile_rank,
-        talib_inputs,
-    )
+    from ibf_core.features.cross_asset import _SUMS, TALIB_CALLS, _beta_corr, percentile_rank, talib_inputs
     from ibf_core.features.technical import log_returns
 
     known = np.isfinite(sector)

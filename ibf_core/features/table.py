@@ -8,6 +8,8 @@ import pyarrow as pa
 
 from ibf_core.storage.tables import Column, TableSpec
 
+# Heavy imports (talib) stay inside the functions that need them: importing this module loads none of them.
+
 
 @lru_cache(maxsize=1)
 def features_spec() -> TableSpec:

@@ -9,13 +9,7 @@ from typing import Any
 
 import pandas as pd
 
-from ibf_core.fundamentals.alphavantage import (
-    Issue,
-    parse_calendar,
-    parse_earnings,
-    parse_macro,
-    parse_overview,
-)
+from ibf_core.fundamentals.alphavantage import Issue, parse_calendar, parse_earnings, parse_macro, parse_overview
 from ibf_core.fundamentals.inputs import (
     CALENDAR_COLUMNS,
     EARNINGS_COLUMNS,

@@ -22,6 +22,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
+from ibf_core.calendar import all_sessions
 from ibf_core.market.bars import (
     NUMERIC_COLUMNS,
     OHLC_TOLERANCE,
@@ -33,7 +34,6 @@ from ibf_core.market.bars import (
     split_adjust,
     to_canonical,
 )
-from ibf_core.calendar import all_sessions
 from ibf_core.settings import Settings
 
 REPAIRED, DROPPED, FILLED, REPORTED = "repaired", "dropped", "filled", "reported"

@@ -23,8 +23,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from ibf_core.market.checks import DROPPED, FILLED, REPAIRED, REPORTED, BarSlice
 from ibf_core.calendar import trading_days
+from ibf_core.market.checks import DROPPED, FILLED, REPAIRED, REPORTED, BarSlice
 from ibf_core.storage.interface import TableStore, Transaction, WriteResult
 from ibf_core.storage.tables import MARKET_BARS, Column, TableSpec
 

@@ -8,9 +8,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from ibf_core.market.issues import IssueSummary
-from ibf_core.market.bars import OHLC_TOLERANCE, unexplained_jumps
 from ibf_core.calendar import latest_complete_session, trading_days
+from ibf_core.market.bars import OHLC_TOLERANCE, unexplained_jumps
+from ibf_core.market.issues import IssueSummary
+
+# Heavy imports (talib) stay inside the functions that need them: importing this module loads none of them.
 
 # |log return| above this is flagged unless a split explains it (a split is already adjusted away).
 MAX_ABS_LOG_RETURN = 0.4

@@ -9,6 +9,8 @@ from ibf_core.models import HORIZONS
 from ibf_core.models.names import trained_members
 from ibf_core.settings import Settings
 
+# Heavy imports (torch) stay inside the functions that need them: importing this module loads none of them.
+
 # Compact, dense, scale-free inputs for the neural members; GBDT takes every feature that has data.
 DEFAULT_NEURAL_FEATURES: tuple[str, ...] = (
     "logret_5",

@@ -24,6 +24,8 @@ from ibf_core.calendar import all_sessions
 from ibf_core.features import INPUT_NAMES
 from ibf_core.models import ModelDataError
 
+# Heavy imports (talib) stay inside the functions that need them: importing this module loads none of them.
+
 CLIP = 10.0  # robust z-scores beyond this are outliers, not information
 VOL_WINDOW = 20  # sessions of the trailing daily-return volatility that scales the intervals
 

@@ -37,6 +37,8 @@ from ibf_core.evaluation.metrics import dense_rank_ics, ic_summary, newey_west_v
 from ibf_core.models.factors import stein_weight
 from ibf_core.models.gbdt import centred_rank
 
+# Heavy imports (scipy) stay inside the functions that need them: importing this module loads none of them.
+
 LEVELS = {80: (0.10, 0.90), 95: (0.025, 0.975)}
 METHODS = ("equal", "inverse_error", "stacking")
 

@@ -27,6 +27,9 @@ from dataclasses import dataclass
 
 from ibf_core.models import ModelDataError
 
+# Heavy imports (numpy, pandas, talib) stay inside the functions that need them:
+# importing this module loads none of them.
+
 RUNTIME_MIB = 1100.0  # `ibf train`'s process: the above plus Dagster, MLflow and Lightning's trainer
 PANEL_COPIES = 3.0
 GBDT_BYTES_PER_CELL = 12.0  # float32 matrix + LightGBM bins + the rank member's normalised copy

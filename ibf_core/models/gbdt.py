@@ -46,6 +46,8 @@ from ibf_core.evaluation.metrics import mean_rank_ic
 from ibf_core.models import ModelDataError
 from ibf_core.models.config import CATEGORICAL_FEATURES, ModelConfig
 
+# Heavy imports (lightgbm) stay inside the functions that need them: importing this module loads none of them.
+
 MIN_RANK_SYMBOLS = 3  # symbols with a realized target a session needs before its targets can be ranked
 RANK_FILE = "rank.json"
 CATEGORIES_FILE = "categories.json"

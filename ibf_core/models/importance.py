@@ -50,6 +50,8 @@ from ibf_core.evaluation.metrics import mean_rank_ic
 from ibf_core.models.ensemble import combine, rank_score
 from ibf_core.models.neural import future_known_features
 
+# Heavy imports (talib) stay inside the functions that need them: importing this module loads none of them.
+
 DEFAULT_REPEATS = 3  # permutations per group for cheap (tabular) members
 NEURAL_REPEATS = 2  # per group for torch-backed members: each repeat is one NeuralForecast predict per group
 DEFAULT_SEED = 0

@@ -10,8 +10,6 @@ import pandas as pd
 from ibf_core.models.importance import METHOD, VSN_PARTS, clean_number
 from ibf_core.report import markdown_table
 
-
-
 # ---------------------------------------------------------------- tables, folds, reports, MLflow
 
 VALUES = ("rank_ic_drop", "rank_ic_drop_std", "mse_rise", "mse_rise_std")

@@ -14,6 +14,8 @@ from ibf_core.models.dataset import build_panel
 from ibf_core.models.phases import PhaseMeter
 from ibf_core.storage.tables import MARKET_BARS
 
+# Heavy imports (talib) stay inside the functions that need them: importing this module loads none of them.
+
 # Earliest date read when a caller asks for the whole history.
 _BEGINNING = dt.date(1900, 1, 1)
 

@@ -56,6 +56,9 @@ from ibf_core.models.config import ModelConfig
 from ibf_core.models.dataset import RobustScaler
 from ibf_core.models.gbdt import category_vocabulary
 
+# Heavy imports (neuralforecast, pytorch_lightning, talib, torch) stay inside the functions that need them:
+# importing this module loads none of them.
+
 OBSERVED = "observed"  # historical input: 1 on an observed step, 0 on a missing session or incomplete bar
 MIN_OBSERVED_SHARE = 0.75  # of a window's input steps; NeuralForecast filters training windows the same way
 

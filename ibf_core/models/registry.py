@@ -21,6 +21,8 @@ from ibf_core.models.importance_report import mlflow_metrics as importance_metri
 from ibf_core.settings import library_default
 from ibf_core.storage import atomic
 
+# Heavy imports (mlflow) stay inside the functions that need them: importing this module loads none of them.
+
 ARTIFACT_PATH = "model"
 
 

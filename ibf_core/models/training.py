@@ -41,21 +41,9 @@ from ibf_core.features.pipeline import feature_columns
 from ibf_core.models import ModelDataError, ensemble, footprint
 from ibf_core.models.bundle import ModelBundle
 from ibf_core.models.config import ModelConfig, device_description
-from ibf_core.models.dataset import (
-    RobustScaler,
-    fingerprint,
-    missing_sessions,
-    select_features,
-    truncate,
-)
+from ibf_core.models.dataset import RobustScaler, fingerprint, missing_sessions, select_features, truncate
 from ibf_core.models.importance import bundle_importance
-from ibf_core.models.members import (
-    FactorMember,
-    Inputs,
-    Member,
-    bundle_members,
-    member_class,
-)
+from ibf_core.models.members import FactorMember, Inputs, Member, bundle_members, member_class
 from ibf_core.models.phases import PhaseMeter
 from ibf_core.models.predict import forecast, point_forecasts
 from ibf_core.processes import available_memory_mib, rss_mib

@@ -37,6 +37,8 @@ from ibf_core.storage.tables import Column, TableSpec
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
+# Heavy imports (httpx, tenacity) stay inside the functions that need them: importing this module loads none of them.
+
 
 log = logging.getLogger("ibf.alerts")
 
@@ -254,12 +256,7 @@ def send_webhook(url: str, alert: Alert, timeout: float = 10.0, attempts: int = 
 
 def _send(url: str, alert: Alert, *, timeout: float, attempts: int, wait_s: float) -> _Outcome:
     import httpx
-    from tenacity import (
-        Retrying,
-        retry_if_exception_type,
-        stop_after_attempt,
-        wait_exponential,
-    )
+    from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
     if attempts < 1 or timeout <= 0 or wait_s < 0:
         raise ValueError("attempts must be >= 1, timeout > 0 and wait_s >= 0")

@@ -26,7 +26,6 @@ from ibf_core.monitoring.scores import (
 )
 from ibf_core.storage.tables import DRIFT_SCORES, MARKET_BARS, PREDICTIONS
 
-
 # What a drift row is computed from besides its inputs: bump when the scoring itself changes, and every stored row
 # is rescored by the next run (its digest no longer matches).
 SCORING_VERSION = "3"  # 3: the monitored rank IC is the served ranking's (``served_order``)

@@ -16,6 +16,7 @@ from ibf_core.monitoring.drift import benjamini_hochberg
 from ibf_core.monitoring.outcomes import served_order, window_start
 from ibf_core.settings import Settings
 
+# Heavy imports (scipy) stay inside the functions that need them: importing this module loads none of them.
 
 # Near-iid daily quantities: a two-sample test assumes independent draws, and overlapping-window features
 # (60-day volatility, moving-average ratios) are so autocorrelated that a 60-session window of them is a

@@ -22,12 +22,7 @@ import numpy as np
 import pandas as pd
 
 from ibf_core.calendar import all_sessions, to_date, trading_days
-from ibf_core.news.aggregate import (
-    DAILY_COLUMNS,
-    aggregate_daily,
-    assign_trading_day,
-    session_window,
-)
+from ibf_core.news.aggregate import DAILY_COLUMNS, aggregate_daily, assign_trading_day, session_window
 from ibf_core.news.alphavantage import (
     AlphaVantageClient,
     AlphaVantageError,

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
+# Heavy imports (numpy, pandas) stay inside the functions that need them: importing this module loads none of them.
+
 DEFAULT_CLOSE_MARGIN_MINUTES = 5
 DEFAULT_Z_WINDOW = 60
 DEFAULT_Z_MIN_PERIODS = 20

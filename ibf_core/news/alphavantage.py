@@ -44,6 +44,8 @@ if TYPE_CHECKING:  # pragma: no cover
     import httpx
     import pandas as pd
 
+# Heavy imports (httpx, tenacity) stay inside the functions that need them: importing this module loads none of them.
+
 log = logging.getLogger(__name__)
 MAX_LIMIT = 1000
 
@@ -278,12 +280,7 @@ class AlphaVantageClient:
         return query, " ".join(p for p in (function, symbol, extra) if p)
 
     def _get(self, params: dict[str, str], symbol: str | None, context: str, kind: str) -> Any:
-        from tenacity import (
-            Retrying,
-            retry_if_exception_type,
-            stop_after_attempt,
-            wait_exponential,
-        )
+        from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
         retrying = Retrying(
             retry=retry_if_exception_type(_Retryable),

@@ -33,6 +33,9 @@ from ibf_core.settings import normalize_symbol
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
+# Heavy imports (pandas, vaderSentiment) stay inside the functions that need them:
+# importing this module loads none of them.
+
 REQUIRED = ("published_at", "symbol", "title")
 OPTIONAL = ("summary", "url", "source")
 _DATE_ONLY = re.compile(r"^\d{4}-\d{2}-\d{2}$|^\d{8}$")

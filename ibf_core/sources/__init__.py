@@ -5,6 +5,8 @@ from __future__ import annotations
 from ibf_core.settings import Settings
 from ibf_core.sources.base import BarSource
 
+# Heavy imports (numpy) stay inside the functions that need them: importing this module loads none of them.
+
 
 def make_source(settings: Settings) -> BarSource:
     """The source named by ``settings.source``."""

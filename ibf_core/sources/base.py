@@ -11,6 +11,8 @@ import pandas as pd
 if TYPE_CHECKING:  # pragma: no cover
     from ibf_core.market.checks import BarSlice
 
+# Heavy imports (numpy) stay inside the functions that need them: importing this module loads none of them.
+
 
 @runtime_checkable
 class BarSource(Protocol):

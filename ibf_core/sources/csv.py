@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from ibf_core.market.checks import BarPolicy, BarSlice, CheckedBars, apply_policy
 from ibf_core.market.bars import BarsValidationError, parse_bars
+from ibf_core.market.checks import BarPolicy, BarSlice, CheckedBars, apply_policy
 from ibf_core.settings import normalize_symbol
 from ibf_core.sources.errors import SourceError, UnknownSymbolError
 

@@ -18,6 +18,8 @@ from ibf_core.market.bars import split_adjust
 from ibf_core.market.checks import validate_bars
 from ibf_core.sources.errors import UnknownSymbolError
 
+# Heavy imports (bokeh_sampledata) stay inside the functions that need them: importing this module loads none of them.
+
 SAMPLE_SYMBOLS = ("AAPL", "FB", "GOOG", "IBM", "MSFT")
 SAMPLE_FIRST_DATE, SAMPLE_LAST_DATE = dt.date(2000, 3, 1), dt.date(2013, 3, 1)
 _GOOG_POST_DATA_SPLIT = 2.0

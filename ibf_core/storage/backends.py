@@ -11,6 +11,8 @@ from ibf_core.storage.interface import TableStore
 if TYPE_CHECKING:  # pragma: no cover
     from ibf_core.settings import Settings
 
+# Heavy imports (tenacity) stay inside the functions that need them: importing this module loads none of them.
+
 
 def open_warehouse(settings: Settings | None = None, *, reader: bool = False) -> TableStore:
     """The warehouse the settings name (the environment's when None). For a writer DuckLake is checked once

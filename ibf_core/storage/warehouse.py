@@ -65,13 +65,7 @@ from ibf_core.storage.interface import (
     views_needed,
 )
 from ibf_core.storage.registry import registered_catalog
-from ibf_core.storage.tables import (
-    SCHEMA_FILE,
-    Catalog,
-    TableSpec,
-    ViewSpec,
-    data_files,
-)
+from ibf_core.storage.tables import SCHEMA_FILE, Catalog, TableSpec, ViewSpec, data_files
 
 T = TypeVar("T")
 __all__ = ["DamagedFile", "QueryRefused", "Warehouse", "WarehouseError", "WarehouseLocked", "WriteResult"]

@@ -14,6 +14,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from ibf_core.storage.interface import TableStore
     from ibf_core.streaming.collector import StreamStats
 
+# Heavy imports (duckdb, numpy, pandas, pyarrow) stay inside the functions that need them:
+# importing this module loads none of them.
+
 
 def collect(settings: Settings, store: TableStore, symbols: list[str] | None = None,
             duration_s: float | None = None) -> StreamStats:

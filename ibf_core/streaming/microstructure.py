@@ -26,6 +26,8 @@ from ibf_core.calendar import session_bounds, trading_days
 from ibf_core.storage.tables import Column, TableSpec
 from ibf_core.streaming.tables import INTRADAY_BARS, QUOTES
 
+# Heavy imports (duckdb) stay inside the functions that need them: importing this module loads none of them.
+
 BAR_SECONDS = 5
 SESSION_BARS = 390 * 60 // BAR_SECONDS  # 09:30-16:00 New York (half days count against the full session)
 COLUMNS = [

@@ -14,12 +14,10 @@ from ibf_core.report import line_plot_markdown
 from ibf_core.settings import Settings
 from ibf_core.storage.tables import DRIFT_SCORES
 from ibf_dagster.metadata import partition_result, plot_if_small, table_asset
-from ibf_dagster.partitions import (
-    context_rectangles,
-    require_upstream,
-    symbol_date_partitions,
-)
+from ibf_dagster.partitions import context_rectangles, require_upstream, symbol_date_partitions
 from ibf_dagster.resources import SettingsResource, WarehouseResource
+
+# Heavy imports (talib) stay inside the functions that need them: importing this module loads none of them.
 
 ERROR, WARN = dg.AssetCheckSeverity.ERROR, dg.AssetCheckSeverity.WARN
 RETRAIN_CHECK = "retrain_rule"

@@ -13,18 +13,11 @@ from ibf_core.report import heatmap_markdown, markdown_table
 from ibf_core.settings import Settings
 from ibf_core.storage.tables import MARKET_BARS, NEWS_SENTIMENT
 from ibf_core.streaming.microstructure import MICROSTRUCTURE_DAILY
-from ibf_dagster.metadata import (
-    check_result,
-    partition_result,
-    plot_if_small,
-    table_asset,
-)
-from ibf_dagster.partitions import (
-    context_rectangles,
-    require_upstream,
-    symbol_date_partitions,
-)
+from ibf_dagster.metadata import check_result, partition_result, plot_if_small, table_asset
+from ibf_dagster.partitions import context_rectangles, require_upstream, symbol_date_partitions
 from ibf_dagster.resources import SettingsResource, WarehouseResource
+
+# Heavy imports (talib) stay inside the functions that need them: importing this module loads none of them.
 
 ERROR, WARN = dg.AssetCheckSeverity.ERROR, dg.AssetCheckSeverity.WARN
 CHECKS = {

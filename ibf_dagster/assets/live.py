@@ -6,11 +6,7 @@ import pandas as pd
 
 from ibf_core.calendar import latest_complete_session
 from ibf_core.settings import Settings
-from ibf_core.streaming.microstructure import (
-    MICROSTRUCTURE_DAILY,
-    check_measures,
-    sessions_from_store,
-)
+from ibf_core.streaming.microstructure import MICROSTRUCTURE_DAILY, check_measures, sessions_from_store
 from ibf_core.streaming.monitor import (
     check_bar_gaps,
     check_crossed_quotes,
@@ -20,13 +16,7 @@ from ibf_core.streaming.monitor import (
 )
 from ibf_core.streaming.tables import INTRADAY_BARS, LIVE_TABLES, QUOTES
 from ibf_dagster.compat import partition_range_tags
-from ibf_dagster.metadata import (
-    OWNERS,
-    check_result,
-    column_schema,
-    partition_result,
-    table_asset,
-)
+from ibf_dagster.metadata import OWNERS, check_result, column_schema, partition_result, table_asset
 from ibf_dagster.partitions import (
     SYMBOL_PARTITIONS,
     context_rectangles,

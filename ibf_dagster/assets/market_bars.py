@@ -5,8 +5,8 @@ import dagster as dg
 import pandas as pd
 
 from ibf_core.market import quality
-from ibf_core.market.issues import IssueSummary
 from ibf_core.market.ingest import load_market_bars
+from ibf_core.market.issues import IssueSummary
 from ibf_core.report import line_plot_markdown, markdown_table
 from ibf_core.settings import Settings
 from ibf_core.storage.tables import MARKET_BARS

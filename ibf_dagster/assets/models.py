@@ -25,6 +25,8 @@ from ibf_dagster.metadata import OWNERS, plot_if_small
 from ibf_dagster.partitions import MODEL_CUTOFFS
 from ibf_dagster.resources import SettingsResource, WarehouseResource
 
+# Heavy imports (talib) stay inside the functions that need them: importing this module loads none of them.
+
 ERROR = dg.AssetCheckSeverity.ERROR
 
 

@@ -10,12 +10,10 @@ from ibf_core.report import line_plot_markdown, markdown_table
 from ibf_core.settings import Settings
 from ibf_core.storage.tables import PREDICTIONS
 from ibf_dagster.metadata import partition_result, plot_if_small, table_asset
-from ibf_dagster.partitions import (
-    context_rectangles,
-    require_upstream,
-    symbol_date_partitions,
-)
+from ibf_dagster.partitions import context_rectangles, require_upstream, symbol_date_partitions
 from ibf_dagster.resources import SettingsResource, WarehouseResource
+
+# Heavy imports (talib) stay inside the functions that need them: importing this module loads none of them.
 
 ERROR = dg.AssetCheckSeverity.ERROR
 CHECKS = {

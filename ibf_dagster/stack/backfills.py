@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import time
 
+# Heavy imports (httpx) stay inside the functions that need them: importing this module loads none of them.
+
 LAUNCH = """
 mutation Launch($params: LaunchBackfillParams!) {
   launchPartitionBackfill(backfillParams: $params) {

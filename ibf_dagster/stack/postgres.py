@@ -17,6 +17,8 @@ from pathlib import Path
 
 from ibf_core.processes import free_port
 
+# Heavy imports (psycopg2) stay inside the functions that need them: importing this module loads none of them.
+
 
 class PostgresUnavailable(RuntimeError):
     """No PostgreSQL binaries here and none could be installed."""

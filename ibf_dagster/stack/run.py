@@ -24,6 +24,8 @@ from ibf_dagster.instance import _with_driver, check_postgres, prepare_dagster_h
 from ibf_dagster.stack.postgres import local_postgres
 from ibf_dagster.stack.topology import GRPC_WORKSPACE, command
 
+# Heavy imports (httpx) stay inside the functions that need them: importing this module loads none of them.
+
 ROOT = Path(__file__).resolve().parents[2]
 
 

@@ -8,8 +8,8 @@ from typing import Any
 import pandas as pd
 from fastapi import APIRouter, Query, Request
 
-from ibf_core.monitoring.alerts import read_alerts
 from ibf_core.forecasts import drift_status
+from ibf_core.monitoring.alerts import read_alerts
 from ibf_core.monitoring.scores import DriftPolicy
 from ibf_serve.routes.deps import AUTH, api_state
 from ibf_serve.stored import jsonable, records

@@ -28,6 +28,9 @@ from typing import Literal
 
 import numpy as np
 
+# Heavy imports (alibi_detect, scipy, torch) stay inside the functions that need them:
+# importing this module loads none of them.
+
 
 def univariate_scores(
     method: Literal["ks", "cvm"],

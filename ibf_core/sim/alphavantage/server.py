@@ -38,21 +38,21 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from ibf_core.sim.faults import FaultSet, FaultSwitchboard, parse_fault_specs, serve_until_stopped
 from ibf_core.news.alphavantage import redact
 from ibf_core.sim.alphavantage.content import (
-    SimulatorError,
     FUNCTIONS,
     RELEVANCE_DEFINITION,
     SENTIMENT_DEFINITION,
+    SimulatorError,
     calendar_csv,
     check_fundamentals,
+    macro_key,
     minute_text,
     relevance,
-    macro_key,
     synthetic_feed,
     synthetic_fundamentals,
 )
+from ibf_core.sim.faults import FaultSet, FaultSwitchboard, parse_fault_specs, serve_until_stopped
 
 log = logging.getLogger("ibf_core.news.av_sim")  # the name it logged under before the move
 

@@ -32,8 +32,6 @@ from zoneinfo import ZoneInfo
 
 import pandas as pd
 
-from ibf_core.sources.errors import SourceError
-from ibf_core.sources.sample import SampleSource
 from ibf_core.sim.faults import FaultSwitchboard, serve_until_stopped
 from ibf_core.sim.ib.live import HANDLERS as LIVE_HANDLERS
 from ibf_core.sim.ib.live import LiveClock, nightly_reset
@@ -44,8 +42,6 @@ from ibf_core.sim.ib.protocol import (
     DEFAULT_PORT,
     EASTERN,
     FARM_NOTICES,
-    Faults,
-    HistoricalRequest,
     MSG_CLIENT_ID,
     MSG_LOST,
     MSG_NO_DATA,
@@ -53,11 +49,13 @@ from ibf_core.sim.ib.protocol import (
     MSG_PACING,
     MSG_RESTORED,
     QUOTE_WHAT,
-    Reject,
     SERVER_VERSION,
     SUPPORTED_WHAT,
-    SimulatorError,
     VALIDATION,
+    Faults,
+    HistoricalRequest,
+    Reject,
+    SimulatorError,
     bar_rows,
     bid_ask_rows,
     check_duration_vs_bar_size,
@@ -71,6 +69,8 @@ from ibf_core.sim.ib.protocol import (
     symbol_rows,
     window_start,
 )
+from ibf_core.sources.errors import SourceError
+from ibf_core.sources.sample import SampleSource
 
 if TYPE_CHECKING:  # pragma: no cover
     from ibf_core.sources.base import BarSource

@@ -14,6 +14,8 @@ from ibf_core.market.bars import BAR_COLUMNS, BAR_DTYPES, empty_bars
 from ibf_core.sources.ibkr.parsing import SPREAD
 from ibf_core.storage import atomic
 
+# Heavy imports (pyarrow) stay inside the functions that need them: importing this module loads none of them.
+
 log = logging.getLogger("ibf_core.sources.ibkr")  # the name it logged under before the split
 
 CACHE_SUBDIR = "ibkr"

@@ -11,13 +11,10 @@ from collections.abc import Awaitable, Callable
 from types import ModuleType
 from typing import Any, TypeVar
 
-from ibf_core.sources.errors import (
-    ClientIdInUseError,
-    GatewayUnavailableError,
-    SourceError,
-    UnknownSymbolError,
-)
+from ibf_core.sources.errors import ClientIdInUseError, GatewayUnavailableError, SourceError, UnknownSymbolError
 from ibf_core.sources.ibkr.parsing import BAR_SIZE
+
+# Heavy imports (tenacity) stay inside the functions that need them: importing this module loads none of them.
 
 log = logging.getLogger("ibf_core.sources.ibkr")  # the name it logged under before the split
 
@@ -155,12 +152,7 @@ class Gateway:
         """
         if self.is_connected():
             return
-        from tenacity import (
-            AsyncRetrying,
-            retry_if_exception_type,
-            stop_after_attempt,
-            wait_exponential,
-        )
+        from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
         self.close()
         src = self.source

@@ -53,24 +53,14 @@ from ibf_core.sources.ibkr.gateway import (
     ib_client,
     run_on_private_loop,
 )
-from ibf_core.sources.ibkr.pacing import (
-    IDENTICAL_REQUEST_GAP_S,
-    PACING_WINDOW_S,
-    RequestPacer,
-)
-from ibf_core.sources.ibkr.parsing import (
-    BID_ASK,
-    EASTERN,
-    SPREAD,
-    bars_frame,
-    concat_bars,
-    merge_bars,
-    spread_series,
-)
+from ibf_core.sources.ibkr.pacing import IDENTICAL_REQUEST_GAP_S, PACING_WINDOW_S, RequestPacer
+from ibf_core.sources.ibkr.parsing import BID_ASK, EASTERN, SPREAD, bars_frame, concat_bars, merge_bars, spread_series
 from ibf_core.sources.ibkr.planning import merge_ranges, plan_chunks, session_runs
 
 if TYPE_CHECKING:  # pragma: no cover
     from ibf_core.settings import Settings
+
+# Heavy imports (tenacity) stay inside the functions that need them: importing this module loads none of them.
 
 log = logging.getLogger("ibf_core.sources.ibkr")  # the name it logged under before the split
 
@@ -330,12 +320,7 @@ class IbkrSource:
         self, gateway: Gateway, op: Callable[[], Awaitable[T]], symbol: str, first: dt.date, last: dt.date
     ) -> T:
         """Run ``op`` with reconnect-and-retry on drops and backoff on pacing; map failures to typed errors."""
-        from tenacity import (
-            AsyncRetrying,
-            retry_if_exception_type,
-            stop_after_attempt,
-            wait_exponential,
-        )
+        from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
         lib = ib_client()
 
