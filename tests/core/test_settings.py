@@ -71,14 +71,13 @@ def test_toml_unknown_key_is_an_error(tmp_path, monkeypatch):
 
 def test_example_config_is_valid_and_the_manual_documents_every_setting(monkeypatch):
     import importlib.util
-    from pathlib import Path
 
+    from helpers.paths import ROOT as root
     from ibf_core.settings import Settings
 
-    root = Path(__file__).resolve().parents[1]
     monkeypatch.setenv("IBF_CONFIG", str(root / "config" / "settings.example.toml"))
     assert load_settings().universe == ["AAPL", "GOOG", "IBM", "MSFT"]
-    # docs/configuration.md's settings tables, as the mkdocs hook renders them (tests/test_docs.py builds the site)
+    # docs/configuration.md's settings tables, as the mkdocs hook renders them (tests/system/test_docs.py builds the site)
     spec = importlib.util.spec_from_file_location("settings_page", root / "docs" / "hooks" / "settings_page.py")
     hook = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(hook)

@@ -4,8 +4,8 @@ import dagster as dg
 
 from ibf_core.settings import get_settings
 from ibf_core.storage.warehouse import Warehouse
-from test_alerts import TOKEN_PATH, Hook
-from conftest import sensor_context
+from helpers.webhook import TOKEN_PATH, Hook
+from helpers.sensors import sensor_context
 
 
 def test_failed_checks_become_alerts_and_webhook_posts(monkeypatch):

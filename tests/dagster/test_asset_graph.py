@@ -2,15 +2,15 @@
 
 import json
 import os
-from pathlib import Path
 
 import dagster as dg
 import pytest
 
+from helpers.paths import TESTS
 from ibf_core.settings import load_settings
 from ibf_dagster.definitions import build_definitions
 
-SNAPSHOT = Path(__file__).parent / "snapshots" / "asset_graph.json"
+SNAPSHOT = TESTS / "snapshots" / "asset_graph.json"
 
 
 def describe_partitions(part) -> object:

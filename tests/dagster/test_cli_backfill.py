@@ -3,25 +3,15 @@
 import hashlib
 import json
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import dagster as dg
 
-from conftest import make_bars
+from helpers.bars import make_bars
+from helpers.cli import IBF_BIN, ibf, lake_state
 from ibf_core.calendar import trading_days
 from ibf_core.storage.warehouse import Warehouse
-
-IBF = [str(Path(sys.executable).with_name("ibf"))]
-
-
-def ibf(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run([*IBF, *args], capture_output=True, text=True, timeout=300)
-    if check:
-        assert proc.returncode == 0, proc.stderr
-    return proc
-
 
 def lake_digest(home: Path) -> dict[str, str]:
     folder = home / "lake" / "market_bars"
@@ -43,8 +33,6 @@ def test_backfill_sample_is_idempotent_and_recorded_in_dagster(ibf_home, monkeyp
 
 
 def test_bad_csv_exits_non_zero_and_changes_nothing(ibf_home, tmp_path, monkeypatch):
-    from test_cli_csv import lake_state
-
     good = tmp_path / "good.csv"
     make_bars().to_csv(good, index=False)
     ibf("backfill", "--csv", str(good), "--symbols", "AAA,BBB", "--start", "2021-01-04", "--end", "2021-03-31")
@@ -75,7 +63,7 @@ def test_bad_csv_exits_non_zero_and_changes_nothing(ibf_home, tmp_path, monkeypa
 def test_two_concurrent_backfills_and_sql_while_running(ibf_home):
     ibf("universe", "add", "AAPL", "GOOG", "IBM", "MSFT")
     procs = [
-        subprocess.Popen([*IBF, "backfill", "--symbols", syms, "--start", "2010-01-04", "--end", "2012-12-31"],
+        subprocess.Popen([IBF_BIN, "backfill", "--symbols", syms, "--start", "2010-01-04", "--end", "2012-12-31"],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for syms in ("AAPL,GOOG", "IBM,MSFT")
     ]

@@ -1,22 +1,13 @@
 """`ibf backfill --csv` end to end on vendor-like files, and what bad input does: one error line, nothing written."""
 
-import hashlib
 import json
 from pathlib import Path
 
 import dagster as dg
 import pandas as pd
 
-from conftest import make_bars
-from test_cli_backfill import ibf
-
-
-def lake_state(home: Path) -> dict[str, str]:
-    """Every file of the lake (all tables, news included) by content: proves a failed command wrote nothing."""
-    lake = home / "lake"
-    if not lake.exists():
-        return {}
-    return {str(p.relative_to(lake)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(lake.rglob("*")) if p.is_file() and ".locks" not in p.parts}
+from helpers.bars import make_bars
+from helpers.cli import ibf, lake_state
 
 
 def sql(query: str) -> list[dict]:

@@ -18,9 +18,9 @@ from ibf_core.processes import free_port
 from ibf_core.settings import load_settings
 from ibf_dagster.definitions import build_definitions
 from ibf_dagster.instance import prepare_dagster_home
-from conftest import sensor_context
+from helpers.paths import ROOT
+from helpers.sensors import sensor_context
 
-ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 

@@ -11,7 +11,7 @@ from ibf_core.calendar import trading_days
 from ibf_core.monitoring.scores import DriftPolicy, retrain_decision
 from ibf_core.settings import get_settings
 from ibf_core.storage.warehouse import Warehouse
-from conftest import sensor_context
+from helpers.sensors import sensor_context
 
 SYMBOLS = ["AAA", "BBB", "CCC", "DDD", "EEE"]
 SHIFT = pd.Timestamp("2012-04-02")

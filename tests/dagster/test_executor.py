@@ -6,7 +6,7 @@ import os
 import dagster as dg
 import pytest
 
-import executor_jobs
+from helpers import executor_jobs
 
 
 @pytest.mark.parametrize("job_name, in_process", [("one_step", True), ("two_steps", False)])

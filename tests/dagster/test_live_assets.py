@@ -71,7 +71,7 @@ def test_gap_lag_and_crossed_quote_checks_name_what_is_wrong():
 
 # ----- features with and without live data ---------------------------------------------------------------------
 def test_live_features_are_joined_per_session_and_null_without_live_data():
-    from conftest import make_bars
+    from helpers.bars import make_bars
 
     from ibf_core.features.live import COLUMNS, MIN_COVERAGE
     from ibf_core.features.pipeline import compute_features
@@ -99,7 +99,7 @@ def test_live_features_are_joined_per_session_and_null_without_live_data():
 
 
 def test_a_model_trained_without_live_data_leaves_the_live_columns_out():
-    from conftest import make_bars
+    from helpers.bars import make_bars
 
     from ibf_core.features.live import COLUMNS
     from ibf_core.features.pipeline import compute_features, feature_columns
@@ -240,7 +240,7 @@ def test_forecasts_against_the_live_price_say_which_price_and_how_old(ibf_home):
 
 
 def test_ibf_forecasts_prints_the_newest_origin_and_names_its_price_basis(ibf_home, monkeypatch):
-    from conftest import run_ibf
+    from helpers.cli import run_ibf
 
     from ibf_core.storage.warehouse import Warehouse
     from ibf_serve.testing import write_stored_world

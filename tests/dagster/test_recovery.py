@@ -9,7 +9,7 @@ import uuid
 import dagster as dg
 import pytest
 
-from conftest import sensor_context
+from helpers.sensors import sensor_context
 from ibf_core import processes
 from ibf_core.settings import load_settings
 from ibf_dagster.compat import pool_claims

@@ -1,4 +1,4 @@
-"""Jobs for tests/test_executor.py: each op records the PID of the process it ran in (a reconstructable module)."""
+"""Jobs for tests/dagster/test_executor.py: each op records the PID of the process it ran in (a reconstructable module)."""
 
 import os
 

@@ -2,7 +2,7 @@
 
 Used by the tests and, from the command line, to write a file for ``ibf backfill --source csv``::
 
-    python tests/messy_bars.py --symbols 50 --sessions 252 --out /tmp/messy.csv
+    python tests/helpers/messy_bars.py --symbols 50 --sessions 252 --out /tmp/messy.csv
 
 Prices follow a one-factor model (a market return plus an idiosyncratic one) on real NYSE sessions, with
 consistent OHLC (open and close inside [low, high]: no OHLC glitches). Imperfections, each optional:

@@ -208,10 +208,10 @@ def test_retrain_submits_a_queued_gpu_tagged_run_that_the_daemon_executes(traine
     import sys
     from pathlib import Path
 
+    from helpers.paths import ROOT as root
     from ibf_serve.app import create_app
     from ibf_serve.testing import free_port, running_server
 
-    root = Path(__file__).resolve().parents[1]
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("IBF_")}
     env.update(ENV, IBF_HOME=str(trained.home), IBF_CONFIG=str(trained.home / "none.toml"),
@@ -298,13 +298,13 @@ def test_real_prometheus_scrapes_the_api_and_every_dashboard_panel_returns_data(
 
     import yaml
 
+    from helpers.paths import ROOT as root
     from ibf_core.monitoring.alerts import Alert, record_alerts
     from ibf_core.storage.warehouse import Warehouse
     from ibf_dagster.runner import backfill
     from ibf_serve.app import create_app
     from ibf_serve.testing import free_port, running_server
 
-    root = Path(__file__).resolve().parents[1]
     prometheus = _ensure_prometheus()
     for args in (["check", "config", str(root / "deploy/prometheus/prometheus.yml")],
                  ["check", "rules", str(root / "deploy/prometheus/alerts.yml")],

@@ -4,14 +4,13 @@ ibf's own services running exactly the commands of the process topology (``ibf_d
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import yaml
 
+from helpers.paths import ROOT
 from ibf_core.settings import get_settings
 from ibf_dagster.stack.topology import SERVICES, command
 
-ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = yaml.safe_load((ROOT / "docker" / "compose.yaml").read_text())
 # What the compose network fills into the topology's placeholders.
 IN_COMPOSE = {"bind": "0.0.0.0", "code_port": "4000", "ui_port": "3000", "workspace": "/app/docker/workspace.grpc.yaml",
@@ -50,7 +49,7 @@ def test_compose_structure_healthchecks_volumes_ports_and_secrets():
 
 
 def test_every_ibf_container_prepares_the_instance_first(ibf_home):
-    from conftest import run_ibf
+    from helpers.cli import run_ibf
 
     for name in SERVICES:
         entrypoint = COMPOSE["services"][name]["entrypoint"]

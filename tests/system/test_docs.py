@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from pydantic import AliasChoices
 
+from helpers.paths import ROOT
 from ibf_core.settings import Settings, load_settings
 
-ROOT = Path(__file__).resolve().parents[1]
 README_MAX_LINES = 250
 MAX_LINE = 200
 

@@ -2,9 +2,9 @@
 
 import importlib.util
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from helpers.paths import ROOT
+
 _spec = importlib.util.spec_from_file_location("code_metrics", ROOT / "scripts" / "code_metrics.py")
 metrics = importlib.util.module_from_spec(_spec)
 sys.modules["code_metrics"] = metrics

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import run_ibf
+from helpers.cli import run_ibf
 from ibf_core.processes import free_port
 from ibf_dagster.stack.postgres import local_postgres
 

@@ -23,13 +23,13 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from conftest import sensor_context
+from helpers.sensors import sensor_context
 from ibf_core import processes
 from ibf_core.settings import get_settings
 from ibf_core.storage.warehouse import Warehouse
 from ibf_dagster.compat import PoolClaim, pool_claims
 from ibf_dagster.recovery import launch_tags
-from test_alerts import Hook
+from helpers.webhook import Hook
 
 IBF = str(Path(sys.executable).with_name("ibf"))
 CUTOFF = "2013-02-27"

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import talib
 
-from conftest import make_bars
+from helpers.bars import make_bars
 from ibf_core.calendar import trading_days
 from ibf_core.features import Panel
 from ibf_core.features.cross_asset import percentile_rank

@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 import talib
 
-from messy_bars import messy_bars
+from helpers.messy_bars import messy_bars
 from ibf_core.features.calendar_features import calendar_table
 from ibf_core.features.cross_asset import percentile_rank
 from ibf_core.features.pipeline import (

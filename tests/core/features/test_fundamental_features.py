@@ -3,7 +3,7 @@
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import make_bars
+from helpers.bars import make_bars
 
 from ibf_core.features import fundamental, macro
 from ibf_core.features.pipeline import compute_features, sparse_features

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import make_bars
+from helpers.bars import make_bars
 from ibf_core.market.checks import BarPolicy, check_bars
 from ibf_core.market.issues import BAR_ISSUES, IssueSummary
 from ibf_core.market.bars import BarsValidationError

@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import make_bars
+from helpers.bars import make_bars
 from ibf_core.market.checks import BarPolicy
 from ibf_core.market.bars import BarsValidationError, split_adjust, split_events
 from ibf_core.market.checks import validate_bars

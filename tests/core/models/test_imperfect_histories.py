@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from messy_bars import messy_bars
+from helpers.messy_bars import messy_bars
 from ibf_core.calendar import trading_days
 from ibf_core.features.pipeline import compute_features, compute_features_with_support, feature_columns, sparse_features
 from ibf_core.models import ModelDataError

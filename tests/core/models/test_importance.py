@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import make_bars
+from helpers.bars import make_bars
 from ibf_core.evaluation.metrics import cross_sectional_ic
 from ibf_core.features.pipeline import compute_features, features_by_group
 from ibf_core.models.config import ModelConfig

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from helpers.paths import ROOT, TESTS
 from ibf_core.features.pipeline import compute_features
 from ibf_core.models import ModelDataError, ModelLoadError
 from ibf_core.models.bundle import LOOKBACK_MARGIN, load_bundle, save_bundle
@@ -23,8 +24,7 @@ SYMBOLS = ["AAPL", "GOOG", "IBM", "MSFT"]
 CUTOFF = dt.date(2012, 6, 29)
 FAST = ModelConfig(members=("gbdt",), gbdt_rounds=60)
 TINY_NEURAL = ModelConfig(members=("lstm", "gbdt"), max_steps=6, val_check_steps=3, gbdt_rounds=40, input_size=30)
-ROOT = Path(__file__).resolve().parents[1]
-OLD_BUNDLE = ROOT / "tests" / "fixtures" / "models_v1"  # written by the code before the member protocol
+OLD_BUNDLE = TESTS / "fixtures" / "models_v1"  # written by the code before the member protocol
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from messy_bars import messy_bars
+from helpers.messy_bars import messy_bars
 from ibf_core.features.pipeline import compute_features
 from ibf_core.features.table import features_spec
 from ibf_core.models.config import ModelConfig

@@ -14,7 +14,6 @@ import os
 import subprocess
 import sys
 import tracemalloc
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -25,9 +24,9 @@ from ibf_core.models import HORIZONS
 from ibf_core.models.config import ModelConfig
 from ibf_core.models.dataset import build_panel
 from ibf_core.models.training import select, train_models, validation_origins
-from messy_bars import messy_bars
+from helpers.messy_bars import messy_bars
+from helpers.paths import ROOT, TESTS
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(members=("lstm",), max_steps=2, input_size=20, val_check_steps=1, validation_sessions=20, lstm_hidden_size=8)
 
 
@@ -104,7 +103,7 @@ CHILD = """
 import json, resource, sys
 sys.path.insert(0, {tests!r})
 import numpy as np, pandas as pd
-from messy_bars import messy_bars
+from helpers.messy_bars import messy_bars
 from ibf_core.features.pipeline import compute_features
 from ibf_core.models import HORIZONS
 from ibf_core.models.config import ModelConfig
@@ -148,7 +147,7 @@ def test_gbdt_fits_hold_about_two_feature_matrices_not_copies_of_the_panel(membe
 
 def _train_in_child(n: int) -> dict:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    done = subprocess.run([sys.executable, "-c", CHILD.format(tests=str(ROOT / "tests"), n=n)], capture_output=True,
+    done = subprocess.run([sys.executable, "-c", CHILD.format(tests=str(TESTS), n=n)], capture_output=True,
                           text=True, env=env, timeout=600, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])

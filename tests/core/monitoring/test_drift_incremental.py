@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import make_bars
+from helpers.bars import make_bars
 from ibf_core.calendar import trading_days
 from ibf_core.monitoring.drift import alibi_backend
 from ibf_core.features.table import features_spec

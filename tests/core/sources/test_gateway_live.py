@@ -4,24 +4,15 @@ the intraday sessions it streams: consistent with the stored daily bars, determi
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from ibf_core.sim.intraday import DailyBar, five_second_bars, quotes
-from ibf_core.sources.sample import load_sample_bars
+from helpers.live import DAY, sample_day
+from ibf_core.sim.intraday import five_second_bars, quotes
 
 ib_insync = pytest.importorskip("ib_insync")
-DAY = dt.date(2013, 2, 28)
-SPEED = 200.0  # a 5-second bar every 25 ms
-
-
-def sample_day(symbol: str, date: dt.date = DAY) -> DailyBar:
-    bars = load_sample_bars()
-    row = bars[(bars.symbol == symbol) & (pd.to_datetime(bars.date).dt.date == date)].iloc[0]
-    return DailyBar(symbol, date, row.open, row.high, row.low, row.close, row.volume)
 
 
 def test_an_intraday_session_matches_its_daily_bar_and_is_deterministic():
@@ -197,7 +188,7 @@ def test_gateway_sim_stream_and_sql_on_loopback_and_a_killed_collector_restarts_
     import subprocess
     import time
 
-    from conftest import IBF_BIN, run_ibf
+    from helpers.cli import IBF_BIN, run_ibf
     from ibf_core.processes import free_port
 
     port = free_port()

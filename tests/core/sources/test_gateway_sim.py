@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import dividend_bars
+from helpers.bars import dividend_bars
 from ibf_core.sim.ib.gateway import MSG_PACING, Faults, GatewaySimulator, parse_end_date_time, serve, window_start
 from ibf_core.sources.errors import UnknownSymbolError
 

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import dividend_bars
+from helpers.bars import dividend_bars
 from ibf_core.market.bars import BAR_COLUMNS
 from ibf_core.sim.ib.gateway import GatewaySimulator
 from ibf_core.settings import load_settings

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from ibf_core.market.bars import BAR_COLUMNS
-from conftest import dividend_bars
+from helpers.bars import dividend_bars
 from ibf_core.sim.ib.gateway import GatewaySimulator
 from ibf_core.settings import load_settings
 from ibf_core.sources.base import BarSource
@@ -343,7 +343,8 @@ def test_importing_the_module_does_not_import_the_client():
     import subprocess
     import sys
 
+    from helpers.paths import ROOT as repo
+
     code = "import sys, ibf_core.sources.ibkr.source; print('ib_insync' in sys.modules, 'ib_async' in sys.modules)"
-    repo = Path(__file__).resolve().parents[1]
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=repo).stdout
     assert out.strip() == "False False"

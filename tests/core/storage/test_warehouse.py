@@ -12,7 +12,8 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import make_bars
+from helpers.bars import make_bars
+from helpers.paths import ROOT, TESTS
 from ibf_core.market.checks import validate_bars
 from ibf_core.storage.tables import MARKET_BARS
 from ibf_core.storage.warehouse import QueryRefused, Warehouse, WarehouseError
@@ -87,7 +88,7 @@ KILLED_WRITER = textwrap.dedent(
     import sys, time
     import pyarrow.parquet as pq
     sys.path.insert(0, sys.argv[2])
-    from conftest import make_bars
+    from helpers.bars import make_bars
     from ibf_core.market.checks import validate_bars
     from ibf_core.storage.tables import MARKET_BARS
     from ibf_core.storage.warehouse import Warehouse
@@ -109,7 +110,7 @@ def test_killed_write_leaves_old_rows_not_a_hole(ibf_home, tmp_path):
     wh.replace_slice(MARKET_BARS, old, ["AAA", "BBB"], "2021-01-01", "2021-03-31")
     script = tmp_path / "writer.py"
     script.write_text(KILLED_WRITER)
-    tests_dir = os.path.dirname(__file__)
+    tests_dir = str(TESTS)
     proc = subprocess.Popen(
         [sys.executable, str(script), str(ibf_home), tests_dir],
         stdout=subprocess.PIPE,
@@ -263,9 +264,8 @@ def test_a_moved_home_redefines_the_views(ibf_home, tmp_path):
 
 def test_storage_imports_none_of_its_users():
     import importlib.util
-    from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "scripts" / "code_metrics.py"
+    path = ROOT / "scripts" / "code_metrics.py"
     spec = importlib.util.spec_from_file_location("code_metrics", path)
     metrics = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(metrics)

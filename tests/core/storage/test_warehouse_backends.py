@@ -13,7 +13,8 @@ import time
 import pandas as pd
 import pytest
 
-from conftest import make_bars
+from helpers.bars import make_bars
+from helpers.paths import TESTS
 from ibf_core.market.checks import validate_bars
 from ibf_core.processes import free_port
 from ibf_core.settings import load_settings
@@ -150,7 +151,7 @@ KILLED_WRITER = textwrap.dedent(
     """
     import sys, time
     sys.path.insert(0, sys.argv[1])
-    from conftest import make_bars
+    from helpers.bars import make_bars
     from ibf_core.market.checks import validate_bars
     from ibf_core.storage.backends import open_warehouse
     from ibf_core.storage.tables import MARKET_BARS
@@ -169,7 +170,7 @@ def test_a_writer_killed_mid_write_leaves_the_old_rows_and_blocks_no_one(store, 
     store.replace_slice(MARKET_BARS, old, ["AAA", "BBB"], "2021-01-01", "2021-03-31")
     script = tmp_path / "writer.py"
     script.write_text(KILLED_WRITER)
-    tests_dir = os.path.dirname(__file__)
+    tests_dir = str(TESTS)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([tests_dir, os.getcwd()])}
     proc = subprocess.Popen([sys.executable, str(script), tests_dir], stdout=subprocess.PIPE, text=True, env=env)
     try:
@@ -279,7 +280,7 @@ def test_an_s3_prefix_without_access_is_named(ibf_home, monkeypatch):
 
 @pytest.mark.parametrize("backend", ["ducklake-sqlite", "ducklake-postgres"])
 def test_ibf_backfill_and_sql_run_on_ducklake(ibf_home, monkeypatch, request, backend):
-    from conftest import run_ibf
+    from helpers.cli import run_ibf
 
     server = request.getfixturevalue("postgres") if backend == "ducklake-postgres" else None
     env = _settings_env(backend, ibf_home, server, f"lake_cli_{os.getpid()}")
@@ -299,7 +300,7 @@ def test_ibf_backfill_and_sql_run_on_ducklake(ibf_home, monkeypatch, request, ba
 
 
 def test_a_wrong_ducklake_setting_is_one_error_line_and_nothing_is_written(ibf_home, tmp_path):
-    from conftest import run_ibf
+    from helpers.cli import run_ibf
 
     env = {"IBF_HOME": str(ibf_home), "IBF_WAREHOUSE": "ducklake",
            "IBF_DUCKLAKE_CATALOG": f"postgres:dbname=lake host=127.0.0.1 port={free_port()} user=ibf password=S3cretPw"}
@@ -326,7 +327,7 @@ def test_ducklake_reads_of_tables_not_created_yet_see_no_rows_and_create_nothing
 
 
 def test_ibf_sql_on_a_ducklake_that_does_not_exist_yet_says_so_and_creates_nothing(ibf_home):
-    from conftest import run_ibf
+    from helpers.cli import run_ibf
 
     done = run_ibf("sql", "SELECT count(*) FROM market_bars", env={"IBF_HOME": str(ibf_home), "IBF_WAREHOUSE": "ducklake"})
     assert done.returncode != 0 and done.stderr.strip().splitlines()[-1].startswith("error: IBF_DUCKLAKE_CATALOG")

@@ -11,7 +11,7 @@ import pytest
 from ibf_core.sim.ib.live import quote_bars
 from ibf_core.sim.intraday import five_second_bars, quotes
 from ibf_core.settings import SettingsError, load_settings
-from test_gateway_live import sample_day
+from helpers.live import sample_day
 
 pytest.importorskip("ib_insync")
 

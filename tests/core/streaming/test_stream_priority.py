@@ -14,7 +14,7 @@ from ibf_core.sources.sample import load_sample_bars
 from ibf_core.storage.tables import PREDICTIONS
 from ibf_core.storage.warehouse import Warehouse
 from ibf_core.streaming.priority import newest_ranking, serve_order
-from test_gateway_live import DAY, SPEED
+from helpers.live import DAY, SPEED
 
 pytest.importorskip("ib_insync")
 UNIVERSE = [f"S{k}" for k in range(8)]

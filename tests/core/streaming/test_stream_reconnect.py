@@ -13,7 +13,7 @@ import pytest
 from ibf_core.sim.intraday import five_second_bars
 from ibf_core.storage.warehouse import Warehouse
 from ibf_core.streaming.collector import Collector
-from test_gateway_live import sample_day
+from helpers.live import sample_day
 
 pytest.importorskip("ib_insync")
 

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from ibf_core.sim.intraday import five_second_bars, quotes, session_trades
-from test_gateway_live import DAY, sample_day
+from helpers.live import DAY, sample_day
 
 ib_insync = pytest.importorskip("ib_insync")
 
