@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.ibf-installed
 
-.PHONY: venv demo test test-fast ui serve docs stack check-deploy bench bench-api clean
+.PHONY: venv demo test test-fast test-core test-dagster test-serve test-system ui serve docs stack check-deploy bench bench-api clean
 
 venv: $(STAMP)
 
@@ -22,6 +22,10 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# One layer of the suite (tests/core, tests/dagster, tests/serve, tests/system); `pytest -m core` selects the same tests.
+test-core test-dagster test-serve test-system: $(STAMP)
+	$(BIN)/python -m pytest -q tests/$(patsubst test-%,%,$@)
 
 ui: $(STAMP)
 	$(BIN)/ibf ui

@@ -1,6 +1,6 @@
 """Every use of Dagster internals or legacy APIs, in one place, pinned to the Dagster version ibf is tested on.
 
-``tests/test_dagster_compat.py`` checks each of these against the installed Dagster; when Dagster is upgraded,
+``tests/dagster/test_dagster_compat.py`` checks each of these against the installed Dagster; when Dagster is upgraded,
 that test names what moved, and this module is the only one to mend.
 """
 

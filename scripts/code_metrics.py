@@ -1,6 +1,6 @@
 """Structural figures of the code base: longest functions, the import graph's layering rules, env readers.
 
-Run ``python scripts/code_metrics.py`` to print them; ``tests/test_layering.py`` enforces the rules.
+Run ``python scripts/code_metrics.py`` to print them; ``tests/system/test_layering.py`` enforces the rules.
 """
 
 from __future__ import annotations

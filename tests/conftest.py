@@ -1,15 +1,41 @@
+"""Fixtures every layer shares, and the layer markers.
+
+Each test file sits in one layer folder, and every test in it carries that layer's marker (``pytest -m core``):
+``core/`` the Dagster-free library (simulators and real clients included), ``dagster/`` the wiring (assets, sensors,
+the instance, the CLI's Dagster runs), ``serve/`` the REST API, ``system/`` the whole stack and the repository (many
+processes, real services, docs, deploy files, layering). What test files share that is not a fixture lives in
+``helpers/`` (on pytest's ``pythonpath``); test files never import each other or this file.
+"""
+
 import os
 import warnings
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 import pytest
 
-from ibf_core.calendar import trading_days
 from ibf_core.settings import get_settings
 
 warnings.filterwarnings("ignore")
+
+LAYERS = ("core", "dagster", "serve", "system")
+TESTS = Path(__file__).resolve().parent
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m selects on the markers
+def pytest_collection_modifyitems(config, items):
+    """Mark every test with its layer folder's name; a test file outside the layer folders is a usage error."""
+    outside = set()
+    for item in items:
+        try:
+            layer = item.path.resolve().relative_to(TESTS).parts[0]
+        except ValueError:  # a test file outside tests/
+            continue
+        if layer in LAYERS:
+            item.add_marker(layer)
+        else:
+            outside.add(str(item.path.resolve().relative_to(TESTS)))
+    if outside:
+        raise pytest.UsageError(f"test files outside the layer folders {', '.join(LAYERS)} of tests/: {sorted(outside)}")
 
 
 @pytest.fixture(autouse=True)
@@ -28,88 +54,17 @@ def ibf_home(tmp_path, monkeypatch) -> Path:
 
 @pytest.fixture
 def live_sim():
-    """The gateway simulator on the sample, its live clock 30 minutes into test_gateway_live.DAY at SPEED x."""
+    """The gateway simulator on the sample, its live clock 30 minutes into helpers.live.DAY at SPEED x."""
     import datetime as dt
 
     from ibf_core.sim.ib.live import LiveClock, session_start
     from ibf_core.sim.ib.gateway import GatewaySimulator
     from ibf_core.sources.sample import load_sample_bars
-    from test_gateway_live import DAY, SPEED
+    from helpers.live import DAY, SPEED
 
     clock = LiveClock(session_start(DAY) + dt.timedelta(minutes=30), speed=SPEED)
     with GatewaySimulator(load_sample_bars(), live_clock=clock) as sim:
         yield sim
-
-
-def sensor_context(defs, instance, cursor=None):
-    """A sensor evaluation context with the definitions' settings and warehouse resources (what the daemon gives)."""
-    import dagster as dg
-
-    resources = {k: v for k, v in defs.resources.items() if k in ("ibf", "warehouse")}
-    return dg.build_sensor_context(instance=instance, cursor=cursor, definitions=defs, resources=resources)
-
-
-def make_bars(symbols=("AAA", "BBB"), start="2021-01-04", end="2021-03-31", seed=0) -> pd.DataFrame:
-    """Synthetic but valid bars on real NYSE sessions (random-walk closes, consistent OHLC)."""
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    days = trading_days(start, end)
-    frames = []
-    for i, symbol in enumerate(symbols):
-        close = 50 * (i + 1) * np.exp(np.cumsum(rng.normal(0, 0.01, len(days))))
-        open_ = close * (1 + rng.normal(0, 0.003, len(days)))
-        high = np.maximum(open_, close) * 1.01
-        low = np.minimum(open_, close) * 0.99
-        frames.append(
-            pd.DataFrame(
-                {
-                    "date": days.strftime("%Y-%m-%d"),
-                    "symbol": symbol,
-                    "open": open_.round(4),
-                    "high": high.round(4),
-                    "low": low.round(4),
-                    "close": close.round(4),
-                    "adj_close": close.round(4),
-                    "volume": rng.integers(1_000, 100_000, len(days)),
-                }
-            )
-        )
-    return pd.concat(frames, ignore_index=True)
-
-
-def dividend_bars(symbols=("AAPL", "IBM"), start="2020-01-02", end="2022-12-30", dividend=0.97) -> pd.DataFrame:
-    """Canonical bars on NYSE sessions; adj_close = close * ``dividend`` before 2022-06-01."""
-    days = trading_days(start, end)
-    frames = []
-    for i, symbol in enumerate(symbols):
-        close = 50.0 * (i + 1) + np.sin(np.arange(len(days)) / 9.0) * 5 + np.arange(len(days)) * 0.01
-        factor = np.where(days < pd.Timestamp("2022-06-01"), dividend, 1.0)
-        frames.append(
-            pd.DataFrame(
-                {
-                    "symbol": symbol,
-                    "date": days,
-                    "open": close * 0.995,
-                    "high": close * 1.01,
-                    "low": close * 0.985,
-                    "close": close,
-                    "adj_close": close * factor,
-                    "volume": 10_000.0 + np.arange(len(days)),
-                }
-            )
-        )
-    return pd.concat(frames, ignore_index=True)
-
-
-IBF_BIN = str(Path(__import__("sys").executable).with_name("ibf"))
-
-
-def run_ibf(*args: str, env: dict | None = None, timeout: float = 300):
-    """The ibf console script in its own process, with this test's environment (plus ``env``)."""
-    import subprocess
-
-    return subprocess.run([IBF_BIN, *args], capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
 
 
 @pytest.fixture

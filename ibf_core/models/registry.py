@@ -190,7 +190,7 @@ _DELETED_STAGE = "Deleted_Internal"
 
 
 def _sqlite_versions(path: Path, name: str) -> Found:
-    """``_client_versions`` read from the registry tables of MLflow's SQLite store (``tests/test_registry_versions.py`` checks
+    """``_client_versions`` read from the registry tables of MLflow's SQLite store (``tests/core/models/test_registry_versions.py`` checks
     both agree); no database or no registry table yet is no version, any other error is raised."""
     if not path.is_file():
         return []

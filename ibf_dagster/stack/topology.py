@@ -1,5 +1,5 @@
 """The production process topology: one command per service, the single source the compose file and the
-process-level topology share (``tests/test_deploy.py`` checks the compose file runs exactly these)."""
+process-level topology share (``tests/system/test_deploy.py`` checks the compose file runs exactly these)."""
 
 from __future__ import annotations
 

@@ -18,7 +18,7 @@ Two kinds of functions:
     MMD^2 taken from indicator-vector products of the kernel matrix in float64, batched over symbols, instead of
     permuting and summing the float32 matrix 200 times per symbol. The statistic agrees with alibi's to float32
     rounding of its sums; a p-value can differ by one permutation (1/200) where a permuted MMD^2 ties the
-    observed one within that rounding (``tests/test_drift.py`` checks both against alibi).
+    observed one within that rounding (``tests/core/monitoring/test_drift.py`` checks both against alibi).
 """
 
 from __future__ import annotations
