@@ -636,15 +636,10 @@ def evaluate(
     policy_cadence: Annotated[int, typer.Option(help="Sessions between retrains of the fixed-cadence policy")] = 63,
 ) -> None:
     """Walk-forward evaluation of every member against the random walk; writes JSON and a markdown report."""
-    import pandas as pd
-
     from ibf_core.calendar import to_date
-    from ibf_core.evaluation.walkforward import harm_line, walk_forward, write_outputs
-    from ibf_core.features.pipeline import compute_features
+    from ibf_core.evaluation.pipeline import PolicyBacktest, run_evaluation
     from ibf_core.models import ModelDataError
     from ibf_core.models.config import ModelConfig, resolve_device
-    from ibf_core.models.dataset import build_panel
-    from ibf_core.sources import make_source
     from ibf_core.sources.errors import SourceError
 
     _quiet_dagster()
@@ -657,80 +652,20 @@ def evaluate(
         device = resolve_device(settings.accelerator)
     except (ValueError, RuntimeError) as exc:
         _fail(str(exc), 2)
-    first = to_date(start) if start else settings.history_start
+    first = to_date(start) if start else None
+    policy = PolicyBacktest(policy_start, tuple(policy_members.split(",")), policy_cadence) if policy_backtest else None
     try:
-        bar_source = make_source(settings)
         # --csv without --symbols: every symbol in the file (the default universe would be "unknown symbol")
-        wanted = bar_source.read().symbols() if settings.source == "csv" and not symbols else settings.universe
-        bars = bar_source.fetch_daily_bars(wanted, first, dt.date.today())
-        err.print(f"{len(bars):,} bars of {bars['symbol'].nunique()} symbols from {settings.source}", highlight=False)
-        signals = _evaluation_signals(settings, sorted(bars["symbol"].unique()))
-        features = compute_features(bars, benchmark=settings.benchmark, fundamentals=signals)
-        panel = build_panel(bars, features, config.horizons)
-        result = walk_forward(
-            panel, config, test_days=test_days, refit_every=refit_every, cost_bps=settings.cost_bps, device=device,
+        evaluation = run_evaluation(
+            settings, config, settings.universe if symbols else None, first, test_days, refit_every, device, policy,
             progress=lambda message: err.print(message, highlight=False),
         )
-        policy = None
-        if policy_backtest:
-            from ibf_core.evaluation.policy import backtest_policies
-            from ibf_core.monitoring import DriftPolicy
-
-            last = panel["date"].max()
-            first = pd.Timestamp(to_date(policy_start)) if policy_start else last - pd.DateOffset(years=2)
-            policy = backtest_policies(
-                panel, config.replace(members=policy_members.split(",")), DriftPolicy.from_settings(settings), first, last,
-                cadence=policy_cadence, cooldown=settings.retrain_cooldown_sessions,
-                progress=lambda message: err.print(message, highlight=False),
-            )
     except (SourceError, ModelDataError, ValueError) as exc:
         _fail(str(exc))
-    json_path, report_path = write_outputs(result, json_out, report, policy)
-    for h, verdict in result.results["verdicts"].items():
-        out.print(verdict["statement"], highlight=False)
-        out.print(_factor_line(h, result.results["factors"]["horizons"].get(h, {})), highlight=False)
-        out.print(harm_line(result.results, h), highlight=False)
-    if policy is not None:
-        from ibf_core.evaluation.policy import markdown
-
-        out.print(markdown(policy), highlight=False)
+    json_path, report_path = evaluation.write(json_out, report)
+    for line in evaluation.summary_lines():
+        out.print(line, highlight=False)
     out.print(f"wrote {json_path} and {report_path}", highlight=False)
-
-
-def _evaluation_signals(settings, symbols: list[str]):
-    """Fundamentals, earnings and macro for ``ibf evaluate`` (IBF_FUNDAMENTALS_SOURCE), loaded into a scratch
-    warehouse that is removed after: evaluation never writes the user's warehouse. None when the source is none."""
-    import tempfile
-
-    if settings.fundamentals_source == "none":
-        return None
-    from ibf_core.fundamentals import load_fundamentals, load_macro, read_inputs
-    from ibf_core.storage.backends import open_warehouse
-
-    with tempfile.TemporaryDirectory(prefix="ibf-evaluate-") as scratch:
-        store = open_warehouse(settings.replace(home=Path(scratch), warehouse="lake"))
-        loaded = [load_fundamentals(settings, store, symbols), load_macro(settings, store)]
-        for result in loaded:
-            for subject, endpoint, reason in list(result.issues)[:10]:
-                err.print(f"fundamentals: {subject} {endpoint}: {reason}", highlight=False)
-        inputs = read_inputs(store, symbols)
-    err.print(
-        f"fundamentals from {settings.fundamentals_source}: {len(inputs.overview)} overview, {len(inputs.earnings)} "
-        f"earnings, {len(inputs.macro)} macro rows", highlight=False,
-    )
-    return inputs
-
-
-def _factor_line(h: str, factors: dict) -> str:
-    """``h=5 factors (rank IC, t): reversal_1 0.031 (1.2), ...``; an unavailable factor says why."""
-    parts = []
-    for name, metrics in factors.items():
-        if not metrics.get("available"):
-            parts.append(f"{name} unavailable ({metrics.get('reason')})")
-            continue
-        ic, t = metrics.get("rank_ic_mean"), metrics.get("rank_ic_t")
-        parts.append(f"{name} {ic:.3f} ({'-' if t is None else f'{t:.1f}'})")
-    return f"h={h} factors (rank IC, t): " + ", ".join(parts)
 
 
 @app.command()
