@@ -72,7 +72,7 @@ def _supervised(command: str) -> None:
         return  # the child itself, or the command called in-process (tests)
     from ibf_dagster.supervise import run_in_child
 
-    code, error = run_in_child(command, sys.argv[1:])
+    code, error = run_in_child(command, sys.argv[1:], entry="ibf_dagster.cli:main_in_child")
     if error:
         _fail(error, code)
     raise typer.Exit(code)
@@ -862,6 +862,11 @@ def api_key_new() -> None:
     key, digest = new_key()
     out.print(f"key:    {key}\ndigest: {digest}", highlight=False)
     err.print("Give the key to the client; configure only the digest (IBF_API_KEYS=<digest>). The key is not stored.")
+
+
+def main_in_child() -> None:
+    """The supervised child's entry point (ibf_dagster/supervise.py): the command line, run in this process."""
+    main(supervise=False)
 
 
 def main(supervise: bool = True) -> None:
