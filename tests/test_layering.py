@@ -39,4 +39,12 @@ def test_the_service_sits_on_top():
     core = [n for n, p in mods.items() if n.startswith("ibf_core") and any(i.startswith(("ibf_serve", "ibf_dagster")) for i in metrics.imports(p))]
     assert core == []
     dagster_side = [n for n, p in mods.items() if n.startswith("ibf_dagster") and any(i.startswith("ibf_serve") for i in metrics.imports(p))]
-    assert dagster_side == ["ibf_dagster.cli"]
+    assert dagster_side == ["ibf_dagster.cli.services"]
+
+
+def test_the_cli_sits_on_top():
+    """Nothing imports the command line but the command line (supervise's child names its entry point instead)."""
+    mods = metrics.modules()
+    assert "ibf_dagster.cli" in mods and "ibf_dagster.cli.data" in mods
+    users = [n for n, p in mods.items() if not n.startswith("ibf_dagster.cli") and any(i == "ibf_dagster.cli" or i.startswith("ibf_dagster.cli.") for i in metrics.imports(p))]
+    assert users == []
