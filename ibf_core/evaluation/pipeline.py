@@ -19,7 +19,7 @@ from typing import Any
 import pandas as pd
 
 from ibf_core.calendar import to_date
-from ibf_core.evaluation.policy import backtest_policies, markdown
+from ibf_core.evaluation.policy import backtest_policies, markdown as policy_markdown
 from ibf_core.evaluation.walkforward import WalkForwardResult, harm_line, walk_forward, write_outputs
 from ibf_core.features.pipeline import compute_features
 from ibf_core.fundamentals import load_fundamentals, load_macro, read_inputs
@@ -60,7 +60,7 @@ class EvaluationResult:
         for h, verdict in results["verdicts"].items():
             lines += [verdict["statement"], factor_line(h, results["factors"]["horizons"].get(h, {})), harm_line(results, h)]
         if self.policy is not None:
-            lines.append(markdown(self.policy))
+            lines.append(policy_markdown(self.policy))
         return lines
 
 
