@@ -20,15 +20,21 @@ and exits with 128 + the signal. On Linux the child dies with this process (``PR
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import importlib
 import os
 import signal
 import subprocess
 import sys
 
 from ibf_core import processes
+from ibf_core.settings import get_settings
+from ibf_dagster.instance import get_instance
+
+# Heavy imports (dagster) stay inside the functions that need them: importing this module loads none of them.
 
 FORWARDED = (signal.SIGINT, signal.SIGTERM)
-# The child's interpreter runs this; its argv: <supervisor pid> <the ibf arguments>.
+# The child's interpreter runs this; its argv: <supervisor pid> <entry point> <the ibf arguments>.
 _CHILD = "from ibf_dagster.supervise import child_main; child_main()"
 _PR_SET_PDEATHSIG = 1
 
@@ -43,9 +49,10 @@ def death_cause(signum: int) -> str:
         return f"killed by signal {signum}"
 
 
-def run_in_child(command: str, args: list[str]) -> tuple[int, str | None]:
+def run_in_child(command: str, args: list[str], entry: str) -> tuple[int, str | None]:
     """Run ``ibf <args>`` in a child and wait: (its exit code, None), or, when it died by a signal,
-    (128 + signal, the one-line error naming its unfinished run and the cause)."""
+    (128 + signal, the one-line error naming its unfinished run and the cause). ``entry`` (``module:function``,
+    called without arguments) runs the command line in the child, unsupervised."""
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
     pending: list[int] = []
@@ -70,7 +77,7 @@ def run_in_child(command: str, args: list[str]) -> tuple[int, str | None]:
     previous = {sig: signal.signal(sig, forward) for sig in FORWARDED}
     previous[signal.SIGTSTP] = signal.signal(signal.SIGTSTP, pause)
     try:
-        child = subprocess.Popen([sys.executable, "-c", _CHILD, str(os.getpid()), *args], start_new_session=True)
+        child = subprocess.Popen([sys.executable, "-c", _CHILD, str(os.getpid()), entry, *args], start_new_session=True)
         token = processes.start_token(child.pid)  # read now: the run's ibf/process_start tag, to tell it from a reused pid
         children.append(child)
         while pending:
@@ -109,8 +116,6 @@ def _report_death(command: str, pid: int, token: str | None, signum: int) -> str
 def fail_runs_of(pid: int, token: str | None, cause: str) -> list:
     """The unfinished runs process ``pid`` (start token ``token``) of this host started: marked FAILED with
     ``cause``, pool slots freed, an ``alerts`` row each. Returns their :class:`~ibf_dagster.recovery.RunDeath`."""
-    from ibf_core.settings import get_settings
-    from ibf_dagster.instance import get_instance
     from ibf_dagster.recovery import death_alerts, mark_dead, unfinished_runs_of
 
     settings = get_settings()
@@ -128,20 +133,18 @@ def _warn_unless_alert(line: str) -> None:
 
 
 def child_main() -> None:
-    """The child's entry: die with the supervisor, then run the ``ibf`` command line unsupervised."""
-    supervisor = int(sys.argv[1])
-    sys.argv = ["ibf", *sys.argv[2:]]
+    """The child's entry: die with the supervisor, then call the entry point, which runs the ``ibf`` command line
+    unsupervised."""
+    supervisor, entry = int(sys.argv[1]), sys.argv[2]
+    sys.argv = ["ibf", *sys.argv[3:]]
     _die_with(supervisor)
-    from ibf_dagster.cli import main
-
-    main(supervise=False)
+    module, _, function = entry.partition(":")
+    getattr(importlib.import_module(module), function)()
 
 
 def _die_with(supervisor: int) -> None:
     """Linux: SIGKILL this process when its parent dies; exit at once if it has died already."""
     if sys.platform.startswith("linux"):
-        import ctypes
-
         with contextlib.suppress(OSError, AttributeError):
             ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
     if os.getppid() != supervisor:
