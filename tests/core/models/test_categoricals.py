@@ -138,6 +138,7 @@ def test_tft_trains_with_one_hot_static_covariates_and_predicts_finite_values(tm
 def test_without_codes_nothing_changes(tmp_path, plain, monkeypatch):
     """All-NaN codes: no categorical handling, no extra files, exactly the forecasts of a registry without them."""
     import ibf_core.features.pipeline as pipeline
+    import ibf_core.models.training as training
 
     nan_codes = plain.assign(sector_code=np.nan, industry_code=np.nan)
     bundle = train_models(nan_codes, CUTOFF, GBDTS)
@@ -150,7 +151,9 @@ def test_without_codes_nothing_changes(tmp_path, plain, monkeypatch):
     assert "[categorical_feature: ]" in (tmp_path / "b" / "gbdt" / "h1.txt").read_text()
     # the same panel and registry without the code columns at all (what every bundle before them saw)
     registry = pipeline.feature_columns()
-    monkeypatch.setattr(pipeline, "feature_columns", lambda: [c for c in registry if c not in CATEGORICAL_FEATURES])
+    without_codes = lambda: [c for c in registry if c not in CATEGORICAL_FEATURES]  # noqa: E731
+    monkeypatch.setattr(pipeline, "feature_columns", without_codes)
+    monkeypatch.setattr(training, "feature_columns", without_codes)  # training imports it at its top
     without = train_models(plain.drop(columns=[c for c in CATEGORICAL_FEATURES if c in plain]), CUTOFF, GBDTS)
     origins = origin_rows(plain, SYMBOLS, [pd.Timestamp("2012-07-02"), pd.Timestamp("2012-07-03")])
     pd.testing.assert_frame_equal(forecast(load_bundle(tmp_path / "b"), nan_codes, origins), forecast(without, plain, origins))
