@@ -96,7 +96,8 @@ def spread_estimates(bars: pd.DataFrame) -> pd.DataFrame:
     """
     panel, _ = Panel.from_bars(bars)
     daily, work = np.empty(panel.n), np.empty((4, panel.n))
-    corwin_schultz(panel, daily, work)
+    with np.errstate(divide="ignore", invalid="ignore"):  # a bad bar (high < low) gives NaN, as in the features
+        corwin_schultz(panel, daily, work)
     daily[~(panel.raw_range & (panel.lag(panel.raw_range.astype(float), 1) == 1.0))] = np.nan
     long = pd.DataFrame({"symbol": panel.symbols[panel.sym], "date": panel.dates, "cs": daily})
     long["cs"] = long.groupby("symbol", sort=False)["cs"].transform(lambda s: s.rolling(WINDOW, min_periods=1).mean())

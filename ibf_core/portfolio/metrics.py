@@ -16,6 +16,7 @@ import pandas as pd
 
 TRADING_DAYS = 252
 RISK_LEVELS = (95, 99)
+NO_VARIATION = 1e-12  # a daily standard deviation below this is rounding: no ratio
 
 
 def _clean(value: float) -> float | None:
@@ -27,7 +28,7 @@ def _ratio(series: pd.Series) -> float | None:
     if len(series) < 2:
         return None
     std = float(series.std(ddof=1))
-    return _clean(float(series.mean()) / std * math.sqrt(TRADING_DAYS)) if std > 0 else None
+    return _clean(float(series.mean()) / std * math.sqrt(TRADING_DAYS)) if std > NO_VARIATION else None
 
 
 def drawdown(nav: pd.Series) -> pd.Series:
