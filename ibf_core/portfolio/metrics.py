@@ -105,7 +105,7 @@ def portfolio_metrics(
     out["turnover_mean"] = _clean(float(data["turnover"].mean()))
     out["annual_turnover"] = _clean(float(data["turnover"].sum()) / years)
     out["cost_drag"] = _clean(float(data["cost"].mean()) * TRADING_DAYS)
-    active = net[(net != 0) | (gross != 0)]
+    active = net[gross != 0]  # sessions that held positions
     out["hit_rate"] = _clean(float((active > 0).mean())) if len(active) else None
     out["exposure_mean"] = _clean(float(data["exposure"].mean()))
     for level in RISK_LEVELS:

@@ -88,7 +88,7 @@ class Strategy:
             raise ValueError(f"{where}unknown key(s) {', '.join(unknown)} (known: {', '.join(known)})")
         if "strategy" not in data:
             raise ValueError(f"{where}strategy: missing (one of {', '.join(STRATEGY_NAMES)})")
-        if "n_drop" in data and data["strategy"] != "topk_dropout":
+        if "n_drop" in data and str(data["strategy"]).strip().lower() != "topk_dropout":
             raise ValueError(f"{where}n_drop: applies to strategy topk_dropout only (this is {data['strategy']!r})")
         values = {}
         for key, value in data.items():

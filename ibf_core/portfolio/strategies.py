@@ -148,6 +148,8 @@ def target_weights(frame: pd.DataFrame, spec: Strategy, current: pd.Series | Non
     now = pd.Series(dtype=float) if current is None else current.astype(float)
     now = now[now.abs() > _TINY]
     scores = session_scores(frame, spec)
+    if scores.empty:  # nothing scored (or nothing liquid): no information, no trade
+        return pd.Series(dtype=float, name="weight")
     weights = BUILDERS[spec.strategy](scores, spec.k_for(len(scores)), spec, now)
     if spec.sector_neutral and spec.strategy == "long_short" and not weights.empty:
         weights = sector_demeaned(weights, _sectors(frame.set_index("symbol"), scores.index), float(spec.leverage))

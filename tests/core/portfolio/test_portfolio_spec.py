@@ -31,6 +31,7 @@ def test_parse_fills_the_defaults_and_round_trips():
         ({"strategy": "topk", "sector_neutral": "yes"}, ["sector_neutral", "bool", "'yes'"]),
         ({"strategy": "topk", "k_min": True}, ["k_min", "True"]),
         ({"strategy": "topk", "n_drop": 2}, ["n_drop", "topk_dropout only"]),
+        ({"strategy": "TopK_Dropout", "n_drop": 0}, ["n_drop: must be"]),
         ({"strategy": "topk", "min_dollar_volume": float("nan")}, ["min_dollar_volume", "finite"]),
     ],
 )

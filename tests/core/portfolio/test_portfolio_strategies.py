@@ -56,6 +56,12 @@ def test_topk_dropout_replaces_at_most_n_drop_names_and_sells_a_name_without_a_s
     assert set(unscored.index) == {"A", "B", "D"}
 
 
+def test_a_session_without_scores_trades_nothing():
+    held = pd.Series({"A": 0.5, "B": 0.5})
+    nothing = frame({"A": np.nan, "B": np.nan, "C": np.nan}).assign(pred_return=np.nan)
+    assert target_weights(nothing, Strategy(strategy="topk_dropout", k=2, n_drop=1), held).empty
+
+
 def test_topk_dropout_without_holdings_is_topk():
     weights = dropout({}, {"A": 1.0, "B": 2.0, "C": 3.0, "D": 4.0})
     assert weights.to_dict() == pytest.approx({"B": 1 / 3, "C": 1 / 3, "D": 1 / 3})
