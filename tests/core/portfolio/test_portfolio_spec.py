@@ -1,5 +1,7 @@
 """Strategy specs and the portfolios setting: a wrong parameter or an unknown strategy is one ValueError naming it."""
 
+import json
+
 import pytest
 
 from ibf_core.portfolio.spec import DEFAULT_PORTFOLIOS, Strategy, parse_portfolios
@@ -56,6 +58,9 @@ def test_the_default_setting_is_normalized_and_survives_replace():
     assert settings.portfolios["topk"]["strategy"] == "topk" and settings.portfolios["topk"]["k_min"] == 2
     assert (settings.portfolio_capital, settings.portfolio_slippage_bps) == (100_000.0, 0.0)
     assert settings.replace(universe=["IBM"]).portfolios == settings.portfolios
+    custom = load_settings(portfolios={"d": {"strategy": "topk_dropout", "k": 5, "n_drop": 1, "max_weight": 0.3}})
+    as_run_config = json.loads(custom.model_dump_json(exclude=custom.secret_field_names()))  # what Dagster runs get
+    assert load_settings(**as_run_config).portfolios == custom.portfolios
 
 
 def test_the_environment_json_and_one_error_naming_the_variable_portfolio_and_key(monkeypatch):
