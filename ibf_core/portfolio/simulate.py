@@ -20,7 +20,6 @@ cost of a trade is measured at the trade's own close.
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -51,10 +50,6 @@ class Simulation:
     events: pd.DataFrame
     costs: pd.DataFrame  # date, commission, fees, spread, slippage (USD) per trade session
     pending: pd.Series  # targets of the newest rebalance origin whose trade session has no bars yet
-
-
-def _day(value: object) -> pd.Timestamp:
-    return pd.Timestamp(value).normalize()
 
 
 def dollar_volume(bars: pd.DataFrame) -> pd.DataFrame:
@@ -134,7 +129,7 @@ def simulate(
             origin = trades[i]
             frame = _frame(by_origin[origin], liquidity, sector_map, origin)
             target = target_weights(frame, spec, state.current())
-        if not state.step(i, day, adj[i], close[i], spread[i], target, trades.get(i), record=i >= first):
+        if not state.step(day, adj[i], close[i], spread[i], target, trades.get(i), record=i >= first):
             break
     pending = pd.Series(dtype=float, name="weight")
     if pending_origin is not None and state.alive:
@@ -163,7 +158,7 @@ class _Run:
         held = np.flatnonzero(self.weights)
         return pd.Series(self.weights[held], index=self.symbols[held], dtype=float)
 
-    def step(self, i: int, day: pd.Timestamp, adj: np.ndarray, close: np.ndarray, spread: np.ndarray,
+    def step(self, day: pd.Timestamp, adj: np.ndarray, close: np.ndarray, spread: np.ndarray,
              target: pd.Series | None, origin: pd.Timestamp | None, record: bool) -> bool:
         """Advance one session; False when the NAV is gone."""
         date = day.date()
@@ -231,8 +226,3 @@ class _Run:
             pending=pending,
         )
 
-
-def session_after(day: dt.date | pd.Timestamp, sessions: pd.DatetimeIndex) -> pd.Timestamp | None:
-    """The first session after ``day`` (the trade session of an origin), None past the last one."""
-    at = int(sessions.searchsorted(_day(day), side="right"))
-    return sessions[at] if at < len(sessions) else None
