@@ -120,6 +120,7 @@ class Strategy:
 
     @property
     def long_only(self) -> bool:
+        """No short positions (every strategy but long_short)."""
         return self.strategy != "long_short"
 
 

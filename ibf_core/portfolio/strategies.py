@@ -50,10 +50,12 @@ def _sectors(data: pd.DataFrame, index: pd.Index) -> pd.Series:
     """Sector per symbol (a symbol without one is grouped with the others without one)."""
     if "sector" not in data.columns:
         raise ValueError("sector_neutral needs a 'sector' column (the sector code per symbol)")
-    return data["sector"].reindex(index).astype(object).where(data["sector"].reindex(index).notna(), "unknown")
+    sectors = data["sector"].reindex(index).astype(object)
+    return sectors.where(sectors.notna(), "unknown")
 
 
 def _key(symbol: str, score: float) -> tuple[bool, float, str]:
+    """Sort key: finite scores first, best first, then the symbol."""
     finite = bool(np.isfinite(score))
     return (not finite, -score if finite else 0.0, symbol)
 
