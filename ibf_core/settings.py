@@ -11,10 +11,12 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import SettingsError as PydanticSettingsError
 
 from ibf_core.models.names import trained_members  # the member names are the one list settings accept
+from ibf_core.portfolio.spec import DEFAULT_PORTFOLIOS, validate_portfolios
 
 SYMBOL_PATTERN = re.compile(r"^[A-Z0-9][A-Z0-9.\-]{0,15}$")
 DEFAULT_UNIVERSE = ("AAPL", "GOOG", "IBM", "MSFT")
@@ -89,13 +91,13 @@ class _TomlFlatSource(PydanticBaseSettingsSource):
         except tomllib.TOMLDecodeError as exc:
             raise SettingsError(f"{self.path}: not valid TOML ({exc})") from exc
         flat: dict[str, Any] = {}
+        known = set(self.settings_cls.model_fields)
         for key, value in data.items():
-            if isinstance(value, dict):
+            if isinstance(value, dict) and key not in known:  # a table, unless it is a setting's own value
                 for sub, sub_value in value.items():
                     flat[f"{key}_{sub}"] = sub_value
             else:
                 flat[key] = value
-        known = set(self.settings_cls.model_fields)
         unknown = sorted(set(flat) - known)
         if unknown:
             raise SettingsError(f"{self.path}: unknown setting(s) {', '.join(unknown)}")
@@ -188,8 +190,8 @@ class Settings(BaseSettings):
         "why)")
     ib_bid_ask: bool = Field(False, description="Also fetch IB `BID_ASK` daily bars so `market_bars.spread` holds "
         "the real quoted spread")
-    benchmark: str = Field("SPY", description="Benchmark for beta/correlation features; the equal-weighted universe "
-        "when it is not in the data")
+    benchmark: str = Field("SPY", description="Benchmark for beta/correlation features and "
+        "the portfolios' excess return; the equal-weighted universe when it is not in the data")
     news_source: Literal["alphavantage", "file", "none"] = Field("none", description="News for `news_sentiment`: "
         "`alphavantage`, `file` or `none`")
     news_file: Path | None = Field(None, description="CSV/JSON headlines scored offline with VADER, for "
@@ -248,6 +250,14 @@ class Settings(BaseSettings):
         "`$IBF_HOME/mlflow-artifacts`, or the tracking server's own artifact store"
     )
     cost_bps: float = Field(10.0, ge=0, description="Trading cost per side (basis points) in the top-k spread metric")
+    portfolios: Annotated[dict[str, Any], AfterValidator(validate_portfolios)] = Field(
+        default_factory=lambda: dict(DEFAULT_PORTFOLIOS), description="Portfolios: JSON object name -> strategy "
+        "(`topk`, `topk_dropout`, `long_short`) and parameters, see [Portfolios](portfolios.md); the default is "
+        "long-only equal weight on the best-ranked 10% (at least 2) of the universe, rebalanced every session")
+    portfolio_capital: float = Field(100_000.0, gt=0, description="USD capital of each portfolio at NAV 1.0: "
+        "IB's per-share commission with its per-order minimum and maximum applies to trades of that size")
+    portfolio_slippage_bps: float = Field(0.0, ge=0, description="Portfolio cost per traded dollar (bps) beyond "
+        "IB's commission, regulatory fees and half the spread (market impact)")
     drift_performance_sessions: int = Field(30, ge=5, description="Sessions of matured forecasts in the rolling performance metrics")
     drift_horizon: int = Field(1, ge=1, description="Forecast horizon (sessions) the performance monitor and the "
         "CUSUM watch")
@@ -557,6 +567,10 @@ def load_settings(**overrides: Any) -> Settings:
             name = _env_name(err["loc"]) if err["loc"] else "settings"
             lines.append(f"{name}: {err['msg']} (got {err.get('input')!r})")
         raise SettingsError("invalid settings: " + "; ".join(lines)) from None
+    except PydanticSettingsError as exc:  # a JSON-valued variable (a list or object) that is not JSON
+        field = re.search(r'field "(\w+)"', str(exc))
+        name = _env_name((field.group(1),)) if field else "IBF settings"
+        raise SettingsError(f"invalid settings: {name}: not valid JSON") from None
 
 
 @lru_cache(maxsize=1)

@@ -31,6 +31,7 @@ GROUP_TITLES = {
     "model": "Models",
     "mlflow": "MLflow",
     "drift": "Drift monitoring",
+    "portfolio": "Portfolios",
     "api": "REST API (`ibf serve`)",
     "dagster": "Dagster",
     "k8s": "Kubernetes",
