@@ -158,21 +158,20 @@ def import_cycles() -> list[list[str]]:
 def heavy_closure() -> dict[str, set[str]]:
     """module -> the heavy libraries importing it loads (its top-level imports, followed through ibf modules)."""
     graph = import_graph(runtime=True)
-    memo: dict[str, set[str]] = {}
-
-    def closure(name: str, seen: frozenset) -> set[str]:
-        if name in memo:
-            return memo[name]
-        out = graph[name]["top_third"] & HEAVY
+    deps = {}
+    for name in graph:
         # importing a.b.c runs the packages a and a.b first
         parents = {".".join(name.split(".")[:k]) for k in range(1, name.count(".") + 1)} & graph.keys()
-        for dep in graph[name]["top"] | parents:
-            if dep not in seen:
-                out = out | closure(dep, seen | {dep})
-        memo[name] = out
-        return out
-
-    return {name: closure(name, frozenset({name})) for name in graph}
+        deps[name] = graph[name]["top"] | parents
+    closure = {name: graph[name]["top_third"] & HEAVY for name in graph}
+    changed = True
+    while changed:  # a fixed point: exact whatever the order, cycles included
+        changed = False
+        for name in graph:
+            grown = closure[name].union(*(closure[d] for d in deps[name]))
+            if grown != closure[name]:
+                closure[name], changed = grown, True
+    return closure
 
 
 def needless_inner_imports() -> list[tuple[str, str]]:

@@ -39,7 +39,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 # Heavy imports (httpx, tenacity) stay inside the functions that need them: importing this module loads none of them.
 
-
 log = logging.getLogger("ibf.alerts")
 
 SEVERITIES = ("ERROR", "WARN")

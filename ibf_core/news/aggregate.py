@@ -9,12 +9,13 @@ trader could have read before d's close.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:  # pragma: no cover
-    import pandas as pd
+import numpy as np
+import pandas as pd
 
-# Heavy imports (numpy, pandas) stay inside the functions that need them: importing this module loads none of them.
+from ibf_core.calendar import _calendar, to_date
+
 
 DEFAULT_CLOSE_MARGIN_MINUTES = 5
 DEFAULT_Z_WINDOW = 60
@@ -29,8 +30,6 @@ DAILY_COLUMNS = [
 
 
 def _margin(margin: Any) -> pd.Timedelta:
-    import pandas as pd
-
     value = pd.Timedelta(minutes=DEFAULT_CLOSE_MARGIN_MINUTES) if margin is None else pd.Timedelta(margin)
     if value < pd.Timedelta(0):
         raise ValueError("the close margin must be >= 0")
@@ -39,10 +38,6 @@ def _margin(margin: Any) -> pd.Timedelta:
 
 def session_cutoffs(margin: Any = None) -> tuple[pd.DatetimeIndex, Any]:
     """(sessions, cutoffs): every XNYS session (tz-naive) and its close minus ``margin`` as UTC int64 ns."""
-    import pandas as pd
-
-    from ibf_core.calendar import _calendar
-
     closes = _calendar().schedule["close"]
     sessions = pd.DatetimeIndex(closes.index).tz_localize(None)
     cutoffs = (pd.DatetimeIndex(closes) - _margin(margin)).tz_convert("UTC").as_unit("ns").asi8
@@ -51,9 +46,6 @@ def session_cutoffs(margin: Any = None) -> tuple[pd.DatetimeIndex, Any]:
 
 def assign_trading_day(published_at: Any, margin: Any = None) -> pd.Series:
     """The session each UTC timestamp counts for (tz-naive midnight); NaT outside the calendar's window."""
-    import numpy as np
-    import pandas as pd
-
     stamps = pd.Series(pd.to_datetime(published_at, utc=True))
     sessions, cutoffs = session_cutoffs(margin)
     values = pd.DatetimeIndex(stamps).tz_convert("UTC").as_unit("ns").asi8  # NaT -> int64 min, masked below
@@ -67,18 +59,11 @@ def assign_trading_day(published_at: Any, margin: Any = None) -> pd.Series:
 
 def _calendar_start() -> pd.Timestamp:
     """The first session's open (UTC): before it the previous close is unknown, so such times get NaT."""
-    from ibf_core.calendar import _calendar
-
     return _calendar().schedule["open"].iloc[0].tz_convert("UTC").as_unit("ns")
 
 
 def session_window(start: Any, end: Any, margin: Any = None) -> tuple[pd.Timestamp, pd.Timestamp] | None:
     """UTC [from, to) of the articles that count for the sessions in [start, end]; None without sessions."""
-    import numpy as np
-    import pandas as pd
-
-    from ibf_core.calendar import to_date
-
     sessions, cutoffs = session_cutoffs(margin)
     lo = np.searchsorted(sessions.to_numpy(), np.datetime64(to_date(start)), side="left")
     hi = np.searchsorted(sessions.to_numpy(), np.datetime64(to_date(end)), side="right") - 1
@@ -106,9 +91,6 @@ def aggregate_daily(
     ``observed_from`` (symbol -> first date with stored news): earlier sessions were probably never fetched, so
     they do not enter the z-score baseline (their count stays 0, their z is NaN).
     """
-    import numpy as np
-    import pandas as pd
-
     days = pd.DatetimeIndex(pd.to_datetime(list(sessions))).normalize().unique().sort_values()
     names = list(dict.fromkeys(symbols))
     grid = pd.MultiIndex.from_product([names, days], names=["symbol", "date"])
@@ -151,15 +133,11 @@ def aggregate_daily(
 
 
 def _empty_daily() -> pd.DataFrame:
-    import pandas as pd
-
     dtypes = {"symbol": object, "date": "datetime64[ns]", "news_count": "int64"}
     return pd.DataFrame({c: pd.Series(dtype=dtypes.get(c, "float64")) for c in DAILY_COLUMNS})
 
 
 def _observed_mask(grid: pd.MultiIndex, observed_from: Mapping[str, Any] | None) -> pd.Series:
-    import pandas as pd
-
     mask = pd.Series(True, index=grid)
     if observed_from:
         firsts = grid.get_level_values("symbol").map(lambda s: observed_from.get(s))
@@ -170,8 +148,6 @@ def _observed_mask(grid: pd.MultiIndex, observed_from: Mapping[str, Any] | None)
 
 def _volume_z(count: pd.Series, window: int, min_periods: int) -> pd.Series:
     """Per symbol: (count - mean of the previous ``window`` counts) / their std; past days only."""
-    import numpy as np
-
     past = count.astype(float).groupby(level="symbol", sort=False).shift(1)  # NaN counts are skipped by rolling
     grouped = past.groupby(level="symbol", sort=False)
     mean = grouped.transform(lambda s: s.rolling(window, min_periods=min_periods).mean())

@@ -23,18 +23,16 @@ import warnings
 from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+import pandas as pd
 
 from ibf_core.news.aggregate import assign_trading_day
 from ibf_core.news.alphavantage import DEFAULT_TZ, NewsError
 from ibf_core.news.feed import parse_av_time, sentiment_label
 from ibf_core.settings import normalize_symbol
 
-if TYPE_CHECKING:  # pragma: no cover
-    import pandas as pd
-
-# Heavy imports (pandas, vaderSentiment) stay inside the functions that need them:
-# importing this module loads none of them.
+# Heavy imports (vaderSentiment) stay inside the functions that need them: importing this module loads none of them.
 
 REQUIRED = ("published_at", "symbol", "title")
 OPTIONAL = ("summary", "url", "source")
@@ -53,8 +51,6 @@ class NewsFileError(NewsError):
 
 def _records(path: Path) -> tuple[pd.DataFrame, str]:
     """All rows as text, with ``_row`` = the CSV line or JSON record number; returns (frame, unit)."""
-    import pandas as pd
-
     if not path.is_file():
         raise NewsFileError(path, "no such file")
     suffix = "".join(path.suffixes[-2:]).lower() if path.name.lower().endswith(".gz") else path.suffix.lower()
@@ -91,8 +87,6 @@ def _records(path: Path) -> tuple[pd.DataFrame, str]:
 
 
 def _parse_time(raw: str, source_tz: str) -> pd.Timestamp:
-    import pandas as pd
-
     text = raw.strip()
     if _DATE_ONLY.match(text):
         text = (text if "-" in text else f"{text[:4]}-{text[4:6]}-{text[6:]}") + " 23:59:59"
@@ -118,8 +112,6 @@ def read_news_file(
     source_tz: str = DEFAULT_TZ,
 ) -> pd.DataFrame:
     """The validated rows: ``published_at`` (UTC), ``symbol``, ``title``, ``summary``, ``url``, ``source``, ``_row``."""
-    import pandas as pd
-
     path = Path(path).expanduser()
     raw, unit = _records(path)
     columns = {c: c.strip().lower() for c in raw.columns if c != "_row"}
@@ -192,8 +184,6 @@ def score_news_file(
     close_margin: Any = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(articles, mentions) frames for ``news_articles``/``news_mentions`` from the file (origin='file')."""
-    import pandas as pd
-
     rows = read_news_file(path, known_symbols=known_symbols, source_tz=source_tz)
     texts = [f"{t}. {s}" if s else t for t, s in zip(rows["title"], rows["summary"])]
     rows["score"] = vader_scores(texts)
