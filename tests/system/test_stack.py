@@ -30,8 +30,8 @@ def _backfill(web: str, assets: list[str], keys: list[str]) -> list[dict]:
 
 def _finished(web: str, backfill_id: str) -> list[dict]:
     found = backfills.wait(web, backfill_id)
-    assert found["status"] in ("COMPLETED_SUCCESS", "COMPLETED"), found
     failed = [r["runId"] for r in found["runs"] if r["status"] != "SUCCESS"]
+    assert found["status"] in ("COMPLETED_SUCCESS", "COMPLETED"), (found, [backfills.failures(web, run_id) for run_id in failed])
     assert found["runs"] and not failed, (found, [backfills.failures(web, run_id) for run_id in failed])
     return found["runs"]
 
