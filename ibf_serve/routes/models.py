@@ -23,7 +23,7 @@ def models(request: Request) -> dict[str, Any]:
     return {"name": api.settings.model_name, "versions": [_version_summary(v, api.settings) for v in api.services.versions()]}
 
 
-@router.get("/models/{version}", responses=error_responses(*KEYED, 404))
+@router.get("/models/{version}", responses=error_responses(*KEYED, 404, 422))
 def model(version: str, request: Request) -> dict[str, Any]:
     """One version: cut-off, members, ensemble weights, validation metrics per horizon, feature importance by group
     (``importance``: permutation rank-IC drop / MSE rise per member and horizon, LightGBM gain, TFT selection

@@ -26,7 +26,7 @@ def retrain(body: RetrainRequest, request: Request) -> dict[str, Any]:
     return {"run_id": run_id, "url": f"/runs/{run_id}", "dagster_url": f"{api.settings.dagster_url.rstrip('/')}/runs/{run_id}"}
 
 
-@router.get("/runs/{run_id}", responses=error_responses(*KEYED, 404))
+@router.get("/runs/{run_id}", responses=error_responses(*KEYED, 404, 422))
 def run(run_id: str, request: Request) -> dict[str, Any]:
     """A Dagster run's status."""
     api = api_state(request)
