@@ -23,7 +23,7 @@ from ibf_serve.metrics import Instruments, PlatformCollector
 from ibf_serve.middleware import Measure
 from ibf_serve.routes import forecasts, models, monitoring, ops, runs
 from ibf_serve.routes.deps import ApiState, authorized
-from ibf_serve.schemas import ERROR_RESPONSES
+from ibf_serve.schemas import error_responses
 from ibf_serve.services import Services
 
 
@@ -45,7 +45,7 @@ def create_app(settings: Settings) -> FastAPI:
             await run_in_threadpool(services.warmer.stop)
 
     app = FastAPI(title="ibf", version="0.1.0", description="Forecasts, models, retraining and metrics of the ibf platform.",
-                  responses=ERROR_RESPONSES, lifespan=lifespan)
+                  lifespan=lifespan)
     app.state.services = services
     app.state.api = ApiState(services, instruments, keys, limiter, frozenset(settings.universe))
     scrub = errors.install(app, settings.secret_values())
@@ -60,11 +60,29 @@ def create_app(settings: Settings) -> FastAPI:
     for router in (ops.router, forecasts.router, models.router, runs.router, monitoring.router):
         app.include_router(router)
     # The key only, unless public: the metrics serve without a warehouse.
-    app.include_router(ops.metrics_router, dependencies=[] if settings.api_metrics_public else [Depends(authorized)])
+    public = settings.api_metrics_public
+    app.include_router(ops.metrics_router, dependencies=[] if public else [Depends(authorized)],
+                       responses=error_responses() if public else error_responses(401, 403, 429))
+    _declare_limits(app, settings)
     # The ~1M objects of the imports (pandas, DuckDB, MLflow, Dagster) move out of the collector's reach: a full
     # collection over them stalls every request for hundreds of milliseconds (the p99 under load).
     gc.freeze()
     return app
+
+
+def _declare_limits(app: FastAPI, settings: Settings) -> None:
+    """Put the configured limits into the OpenAPI document (the server enforces them): the most symbols a
+    ``/predict`` may ask for (``IBF_API_MAX_SYMBOLS``)."""
+    build = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            document = build()
+            symbols = document["components"]["schemas"]["PredictRequest"]["properties"]["symbols"]
+            symbols["maxItems"] = settings.api_max_symbols
+        return app.openapi_schema
+
+    app.openapi = openapi
 
 
 def app_for_worker() -> FastAPI:

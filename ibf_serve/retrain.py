@@ -25,13 +25,13 @@ def resolve_cutoff(services, cutoff: dt.date | None) -> dt.date:
     if cutoff is None:
         dates = store.query("SELECT DISTINCT date FROM features ORDER BY date DESC LIMIT 2")
         if len(dates) < 2:
-            raise ApiError(422, "cutoff: no features stored: backfill features first")
+            raise ApiError(404, "cutoff: no features stored: backfill features first")
         return pd.Timestamp(dates["date"].iloc[1]).date()
     if pd.Timestamp(cutoff) not in set(all_sessions()):
-        raise ApiError(422, f"cutoff: {cutoff} is not an NYSE session")
+        raise ApiError(404, f"cutoff: {cutoff} is not an NYSE session")
     have = store.query("SELECT count(DISTINCT symbol) AS n FROM features WHERE date = ?", [cutoff])["n"].iloc[0]
     if not have:
-        raise ApiError(422, f"cutoff: {cutoff} has no stored features")
+        raise ApiError(404, f"cutoff: {cutoff} has no stored features")
     return cutoff
 
 

@@ -1,18 +1,69 @@
-"""Request bodies (validated by FastAPI; a bad value is a 422 naming it)."""
+"""Request bodies and parameter types (validated by FastAPI; a bad value is a 422 naming it).
+
+The OpenAPI document is the contract: every constraint the server enforces is declared here (the horizons' enum,
+the symbol pattern and list limits, strict ``format: date`` / ``date-time`` values), and every value the document
+allows is accepted (a well-formed symbol that is not served is a declared 404, not a 422)."""
 
 from __future__ import annotations
 
 import datetime as dt
+import re
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
+
+from ibf_core.models import HORIZONS
+
+# What a client may send as a symbol: SYMBOL_PATTERN (ibf_core.settings) in either case; it is upper-cased.
+SYMBOL_REGEX = r"^[A-Za-z0-9][A-Za-z0-9.\-]{0,15}$"
+_SYMBOL = re.compile(SYMBOL_REGEX.rstrip("$") + r"\Z")
+SYMBOL_SCHEMA: dict[str, Any] = {"type": "string", "pattern": SYMBOL_REGEX, "minLength": 1, "maxLength": 16}
+HORIZON_SCHEMA: dict[str, Any] = {"type": "integer", "enum": list(HORIZONS)}
+_DATE = re.compile(r"\d{4}-\d{2}-\d{2}\Z")
+# RFC 3339 (JSON Schema's date-time): seconds and an offset are required.
+_DATE_TIME = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,6})?([Zz]|[+-]\d{2}:\d{2})\Z")
+
+
+def symbol_ok(raw: str) -> bool:
+    return bool(_SYMBOL.match(raw))
+
+
+def _iso_date(value: Any) -> Any:
+    """``YYYY-MM-DD`` only (pydantic alone would take ``0`` or ``20210104`` as a date)."""
+    if isinstance(value, dt.date) and not isinstance(value, dt.datetime):
+        return value
+    if not isinstance(value, str) or not _DATE.match(value):
+        raise ValueError("use a date YYYY-MM-DD")
+    return dt.date.fromisoformat(value)
+
+
+def _rfc3339(value: Any) -> Any:
+    """An RFC 3339 date-time (offset required) or a date YYYY-MM-DD (midnight UTC); pydantic alone would take
+    ``0.5`` as a Unix time."""
+    if isinstance(value, dt.datetime):
+        return value
+    if isinstance(value, str) and _DATE.match(value):
+        return dt.datetime.combine(dt.date.fromisoformat(value), dt.time(), dt.timezone.utc)
+    if not isinstance(value, str) or not _DATE_TIME.match(value):
+        raise ValueError("use an RFC 3339 date-time (2021-03-02T00:00:00Z) or a date YYYY-MM-DD")
+    return dt.datetime.fromisoformat(value.upper().replace("Z", "+00:00"))
+
+
+StrictDate = Annotated[dt.date, BeforeValidator(_iso_date)]
+# Declared as date-time or date: both are accepted.
+DateOrDateTime = Annotated[dt.datetime, BeforeValidator(_rfc3339), WithJsonSchema(
+    {"anyOf": [{"type": "string", "format": "date-time"}, {"type": "string", "format": "date"}]})]
 
 
 class PredictRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    symbols: list[str] = Field(..., min_length=1, description="Symbols to forecast (at most IBF_API_MAX_SYMBOLS)")
-    horizons: list[int] = Field(default_factory=lambda: [1, 3, 5, 10, 15, 20], min_length=1, description="Sessions ahead: 1, 3, 5, 10, 15, 20")
-    as_of: dt.date | None = Field(None, description="Origin session; default the newest stored (or, fresh, the newest with features)")
+    # maxItems: IBF_API_MAX_SYMBOLS, set in the document by create_app (the server refuses more with a 422).
+    symbols: list[str] = Field(..., min_length=1, description="Symbols to forecast (at most IBF_API_MAX_SYMBOLS); "
+                               "one that is well formed but not served is a 404", json_schema_extra={"items": SYMBOL_SCHEMA})
+    horizons: list[int] = Field(default_factory=lambda: list(HORIZONS), min_length=1, description="Sessions ahead: 1, 3, 5, 10, 15, 20",
+                                json_schema_extra={"items": HORIZON_SCHEMA})
+    as_of: StrictDate | None = Field(None, description="Origin session; default the newest stored (or, fresh, the newest with features)")
     fresh: bool = Field(False, description="Compute now from stored features with the registered models instead of reading stored predictions")
     live_price: bool = Field(False, description="During market hours express pred_price and the price interval against the newest streamed price (ibf stream): live x exp(r); each row names its price_basis, basis_price, basis_source, basis_time and basis_age_seconds")
 
@@ -20,7 +71,8 @@ class PredictRequest(BaseModel):
 class RetrainRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    cutoff: dt.date | None = Field(None, description="Training cut-off session; default the newest session with features for every symbol")
+    cutoff: StrictDate | None = Field(None, description="Training cut-off session; default the newest session with features for every "
+                                      "symbol; one that is not a session with features is a 404")
 
 
 class ErrorDetail(BaseModel):
@@ -32,8 +84,16 @@ class ErrorBody(BaseModel):
     error: ErrorDetail
 
 
-# Every operation may answer with these (declared in the OpenAPI document, so clients and schemathesis know them).
-ERROR_RESPONSES = {status: {"model": ErrorBody, "description": text} for status, text in (
-    (401, "No API key"), (403, "API key not accepted"), (404, "Not found"), (422, "Invalid request (names the value)"),
-    (429, "Rate limit exceeded (see Retry-After)"), (500, "Internal error"), (503, "A part the request needs is unavailable"),
-)}
+_ERROR_TEXT = {
+    400: "The body is not JSON", 401: "No API key", 403: "API key not accepted", 404: "Not found", 422: "Invalid request (names the value)",
+    429: "Rate limit exceeded (see Retry-After)", 500: "Internal error", 503: "A part the request needs is unavailable",
+}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The error answers one operation can give (plus 500), declared with the error body."""
+    return {status: {"model": ErrorBody, "description": _ERROR_TEXT[status]} for status in sorted({*statuses, 500})}
+
+
+# What the key check can answer (401, 403, then the rate limit) and the warehouse check (503).
+KEYED = (401, 403, 429, 503)

@@ -5,11 +5,10 @@ may read files runs in the thread pool."""
 
 from __future__ import annotations
 
-import datetime as dt
 import time
 from typing import Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 
@@ -20,13 +19,13 @@ from ibf_core.settings import normalize_symbol
 from ibf_core.streaming.live_prices import against_live_prices, newest_live_prices
 from ibf_serve.errors import ApiError
 from ibf_serve.routes.deps import AUTH, ApiState, api_state
-from ibf_serve.schemas import PredictRequest
+from ibf_serve.schemas import HORIZON_SCHEMA, KEYED, SYMBOL_SCHEMA, PredictRequest, StrictDate, error_responses, symbol_ok
 from ibf_serve.stored import jsonable, records
 
 router = APIRouter(dependencies=AUTH, tags=["forecasts"])
 
 
-@router.post("/predict")
+@router.post("/predict", responses=error_responses(*KEYED, 400, 404, 422))
 async def predict(body: PredictRequest, request: Request) -> Response:
     """Forecasts of symbols x horizons: stored (the newest origin, or ``as_of``) or computed now (``fresh``)."""
     api = api_state(request)
@@ -70,9 +69,10 @@ async def predict(body: PredictRequest, request: Request) -> Response:
                          "predictions": records(frame)})
 
 
-@router.get("/rankings")
-async def rankings(request: Request, horizon: int = Query(5, description="Sessions ahead"), top: int = Query(20, ge=1, le=10000),
-                   as_of: dt.date | None = Query(None, description="Origin session; default the newest")) -> Response:
+@router.get("/rankings", responses=error_responses(*KEYED, 404, 422))
+async def rankings(request: Request, horizon: int = Query(5, description="Sessions ahead", json_schema_extra=HORIZON_SCHEMA),
+                   top: int = Query(20, ge=1, le=10000),
+                   as_of: StrictDate | None = Query(None, description="Origin session; default the newest")) -> Response:
     """The cross-sectional ranking (1 = highest expected return) of an origin at one horizon."""
     api = api_state(request)
     _check_horizons([horizon])
@@ -90,14 +90,14 @@ async def rankings(request: Request, horizon: int = Query(5, description="Sessio
                          "ranking": records(result.frame)})
 
 
-@router.get("/forecasts/{symbol}")
-def forecasts(symbol: str, request: Request, start: dt.date | None = None, end: dt.date | None = None) -> dict[str, Any]:
+@router.get("/forecasts/{symbol}", responses=error_responses(*KEYED, 404, 422))
+def forecasts(request: Request, symbol: str = Path(..., description="A served symbol (else 404)", json_schema_extra=SYMBOL_SCHEMA),
+              start: StrictDate | None = Query(None, description="First origin (inclusive)"),
+              end: StrictDate | None = Query(None, description="Last origin (inclusive); before start: no rows")) -> dict[str, Any]:
     """A symbol's stored forecasts with realized outcomes where matured (``forecast_outcomes``)."""
     api = api_state(request)
     index = api.services.served.index()
     (name,) = _check_symbols(api, [symbol], index.symbols if index is not None else frozenset())
-    if start and end and start > end:
-        raise ApiError(422, f"start: {start} is after end {end}")
     frame = core_forecasts.forecast_history(api.services.store, name, start, end)
     return {"symbol": name, "start": jsonable(start), "end": jsonable(end), "forecasts": records(frame)}
 
@@ -118,20 +118,22 @@ def _on_live_prices(api: ApiState, frame):
 
 
 def _check_symbols(api: ApiState, raw: list[str], stored: frozenset[str] = frozenset()) -> list[str]:
-    """Normalized, deduplicated symbols, each configured (``IBF_UNIVERSE``) or in ``stored``; 422 naming the first
-    problem otherwise."""
+    """Normalized, deduplicated symbols, each configured (``IBF_UNIVERSE``) or in ``stored``: 422 naming the first
+    malformed one (the document's pattern), 404 naming the unknown ones."""
     limit = api.settings.api_max_symbols
     if len(raw) > limit:
         raise ApiError(422, f"symbols: {len(raw)} symbols asked, at most {limit} allowed (IBF_API_MAX_SYMBOLS)")
     out = []
     for s in raw:
         try:
+            if not symbol_ok(s):  # exactly the pattern the document declares (no stripping, no Unicode case folds)
+                raise ValueError(s)
             out.append(normalize_symbol(s))
         except ValueError:
             raise ApiError(422, f"symbols: {s[:20]!r} is not a valid symbol") from None
     unknown = sorted(set(out) - api.universe - stored)
     if unknown:
-        raise ApiError(422, f"symbols: unknown symbol(s) {', '.join(unknown[:10])}")
+        raise ApiError(404, f"symbols: unknown symbol(s) {', '.join(unknown[:10])}")
     return list(dict.fromkeys(out))
 
 

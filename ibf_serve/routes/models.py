@@ -10,19 +10,20 @@ from fastapi import APIRouter, Request
 from ibf_core.forecasts import model_facts
 from ibf_serve.errors import ApiError
 from ibf_serve.routes.deps import AUTH, api_state
+from ibf_serve.schemas import KEYED, error_responses
 from ibf_serve.stored import jsonable
 
 router = APIRouter(dependencies=AUTH, tags=["models"])
 
 
-@router.get("/models")
+@router.get("/models", responses=error_responses(*KEYED))
 def models(request: Request) -> dict[str, Any]:
     """Registered versions, oldest cut-off first."""
     api = api_state(request)
     return {"name": api.settings.model_name, "versions": [_version_summary(v, api.settings) for v in api.services.versions()]}
 
 
-@router.get("/models/{version}")
+@router.get("/models/{version}", responses=error_responses(*KEYED, 404, 422))
 def model(version: str, request: Request) -> dict[str, Any]:
     """One version: cut-off, members, ensemble weights, validation metrics per horizon, feature importance by group
     (``importance``: permutation rank-IC drop / MSE rise per member and horizon, LightGBM gain, TFT selection

@@ -9,18 +9,20 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from ibf_serve.readiness import readiness
 from ibf_serve.routes.deps import api_state
+from ibf_serve.schemas import ErrorBody, error_responses
 from ibf_serve.stored import jsonable
 
 router = APIRouter(tags=["ops"])
 
 
-@router.get("/health")
+@router.get("/health", responses=error_responses())
 def health() -> dict[str, str]:
     """Liveness: the process answers."""
     return {"status": "ok"}
 
 
-@router.get("/ready")
+@router.get("/ready", responses={**error_responses(), 503: {"model": ErrorBody, "description": "Not ready: the error "
+            "shape plus the per-part checks and the failing parts"}})
 def ready(request: Request) -> JSONResponse:
     """Readiness: warehouse readable, a model registered, the Dagster instance reachable, newest bar age."""
     api = api_state(request)

@@ -11,13 +11,13 @@ from fastapi import APIRouter, Request
 from ibf_serve.errors import ApiError
 from ibf_serve.retrain import submit_retrain
 from ibf_serve.routes.deps import AUTH, api_state
-from ibf_serve.schemas import RetrainRequest
+from ibf_serve.schemas import KEYED, RetrainRequest, error_responses
 from ibf_serve.stored import jsonable
 
 router = APIRouter(dependencies=AUTH, tags=["runs"])
 
 
-@router.post("/retrain", status_code=202)
+@router.post("/retrain", status_code=202, responses=error_responses(*KEYED, 400, 404, 422))
 def retrain(body: RetrainRequest, request: Request) -> dict[str, Any]:
     """Submit a trained_models run to the Dagster instance (queued, run by the daemon, GPU tags)."""
     api = api_state(request)
@@ -26,7 +26,7 @@ def retrain(body: RetrainRequest, request: Request) -> dict[str, Any]:
     return {"run_id": run_id, "url": f"/runs/{run_id}", "dagster_url": f"{api.settings.dagster_url.rstrip('/')}/runs/{run_id}"}
 
 
-@router.get("/runs/{run_id}")
+@router.get("/runs/{run_id}", responses=error_responses(*KEYED, 404, 422))
 def run(run_id: str, request: Request) -> dict[str, Any]:
     """A Dagster run's status."""
     api = api_state(request)

@@ -128,8 +128,11 @@ def test_predict_stored_newest_origin_and_as_of(api, world):
 @pytest.mark.parametrize(
     "payload,needle",
     [
-        ({"symbols": ["ZZZ"]}, "unknown symbol(s) ZZZ"),
         ({"symbols": ["AAA", "BAD|SYM"]}, "'BAD|SYM' is not a valid symbol"),
+        ({"symbols": [" AAA"]}, "' AAA' is not a valid symbol"),  # exactly the document's pattern: no stripping
+        ({"symbols": ["ß"]}, "'ß' is not a valid symbol"),  # upper-cases to SS, but is not [A-Za-z0-9]
+        ({"symbols": ["AAA"], "as_of": 0}, "body.as_of"),  # a date YYYY-MM-DD, never a Unix time
+        ({"symbols": ["AAA"], "as_of": "20210104"}, "body.as_of"),
         ({"symbols": ["AAA"], "horizons": [7]}, "horizons: 7 is not a forecast horizon"),
         ({"symbols": ["AAA", "BBB", "CCC", "DDD"]}, "4 symbols asked, at most 3"),
         ({"symbols": []}, "body.symbols"),
@@ -140,6 +143,11 @@ def test_predict_stored_newest_origin_and_as_of(api, world):
 )
 def test_predict_rejects_bad_requests_naming_the_value(api, payload, needle):
     assert needle in _error(api.post("/predict", json=payload, headers=_auth()), 422)
+
+
+def test_a_well_formed_unknown_symbol_is_not_found(api):
+    """The document allows any symbol of the pattern: one that is not served is a 404 (declared), not a 422."""
+    assert "unknown symbol(s) ZZZ" in _error(api.post("/predict", json={"symbols": ["ZZZ"]}, headers=_auth()), 404)
 
 
 def test_fresh_without_a_model_is_503(api):
@@ -166,8 +174,10 @@ def test_rankings_and_forecast_history(api, world):
     bars = world["bars"].set_index(["symbol", "date"])["close"]
     for r in matured.head(5).to_dict("records"):
         assert r["realized_price"] == pytest.approx(bars.loc[("BBB", pd.Timestamp(r["target_date"]))])
-    assert "unknown symbol" in _error(api.get("/forecasts/ZZZ", headers=_auth()), 422)
-    assert "after end" in _error(api.get("/forecasts/BBB", params={"start": "2021-03-05", "end": "2021-03-01"}, headers=_auth()), 422)
+    assert "unknown symbol" in _error(api.get("/forecasts/ZZZ", headers=_auth()), 404)
+    empty = api.get("/forecasts/BBB", params={"start": "2021-03-05", "end": "2021-03-01"}, headers=_auth())
+    assert empty.status_code == 200 and empty.json()["forecasts"] == []  # an empty window, not an error
+    assert "start" in _error(api.get("/forecasts/BBB", params={"start": "0"}, headers=_auth()), 422)
 
 
 def test_performance_drift_and_alerts(api, world):
@@ -197,6 +207,9 @@ def test_performance_drift_and_alerts(api, world):
     since = api.get("/alerts", params={"since": "2021-03-02T00:00:00Z"}, headers=_auth()).json()["alerts"]
     assert len(since) == 2 and since[0]["check_name"] == "fresh"
     assert "since" in _error(api.get("/alerts", params={"since": "soon"}, headers=_auth()), 422)
+    assert "since" in _error(api.get("/alerts", params={"since": "0.5"}, headers=_auth()), 422)  # not a Unix time
+    assert "since" in _error(api.get("/alerts", params={"since": "2021-03-02T00:00:00"}, headers=_auth()), 422)  # no offset
+    assert len(api.get("/alerts", params={"since": "2021-03-02"}, headers=_auth()).json()["alerts"]) == 2  # midnight UTC
 
 
 def test_unknown_routes_versions_and_runs_are_404_in_the_error_shape(api):
@@ -208,8 +221,8 @@ def test_unknown_routes_versions_and_runs_are_404_in_the_error_shape(api):
 
 
 def test_retrain_refuses_bad_cutoffs_and_needs_the_webserver(api):
-    assert "2021-03-06 is not an NYSE session" in _error(api.post("/retrain", json={"cutoff": "2021-03-06"}, headers=_auth()), 422)
-    assert "2021-03-05 has no stored features" in _error(api.post("/retrain", json={"cutoff": "2021-03-05"}, headers=_auth()), 422)
+    assert "2021-03-06 is not an NYSE session" in _error(api.post("/retrain", json={"cutoff": "2021-03-06"}, headers=_auth()), 404)
+    assert "2021-03-05 has no stored features" in _error(api.post("/retrain", json={"cutoff": "2021-03-05"}, headers=_auth()), 404)
 
 
 def test_error_bodies_never_show_tracebacks_paths_or_secrets(api, world, monkeypatch):
