@@ -113,8 +113,11 @@ def _varies(values: np.ndarray, codes: np.ndarray, groups: int) -> np.ndarray:
     return high > low
 
 
-def _grouped_correlation(x: np.ndarray, y: np.ndarray, codes: np.ndarray, groups: int) -> np.ndarray:
-    """Per group code ``0..groups-1``: the correlation of ``x`` and ``y`` (NaN under ``MIN_IC_PAIRS`` or a constant side)."""
+def _grouped_correlation(x: np.ndarray, y: np.ndarray, codes: np.ndarray, groups: int, ranks: bool) -> np.ndarray:
+    """Per group code ``0..groups-1``: the correlation of ``x`` and ``y`` (NaN under ``MIN_IC_PAIRS`` or a constant side).
+
+    ``ranks``: x and y are average ranks, so a constant side is exactly equal ranks, centred exactly to zero; raw
+    values need the min/max test, as a mean's rounding can leave a constant side a tiny spread."""
     n = np.bincount(codes, minlength=groups).astype(np.float64)
     safe = np.maximum(n, 1.0)
     xd = x - (np.bincount(codes, x, minlength=groups) / safe)[codes]
@@ -122,7 +125,9 @@ def _grouped_correlation(x: np.ndarray, y: np.ndarray, codes: np.ndarray, groups
     xy = np.bincount(codes, xd * yd, minlength=groups)
     xx = np.bincount(codes, xd * xd, minlength=groups)
     yy = np.bincount(codes, yd * yd, minlength=groups)
-    valid = (n >= MIN_IC_PAIRS) & _varies(x, codes, groups) & _varies(y, codes, groups) & (xx > 0) & (yy > 0)
+    valid = (n >= MIN_IC_PAIRS) & (xx > 0) & (yy > 0)
+    if not ranks:
+        valid &= _varies(x, codes, groups) & _varies(y, codes, groups)
     out = np.full(groups, np.nan)
     out[valid] = np.clip(xy[valid] / np.sqrt(xx[valid] * yy[valid]), -1.0, 1.0)
     return out
@@ -141,7 +146,7 @@ def rank_ics(pred: np.ndarray, real: np.ndarray, dates: np.ndarray) -> tuple[np.
         return uniques, np.empty(0)
     x = pd.Series(pred[keep]).groupby(codes).rank(method="average").to_numpy()
     y = pd.Series(real[keep]).groupby(codes).rank(method="average").to_numpy()
-    return uniques, _grouped_correlation(x, y, codes, len(uniques))
+    return uniques, _grouped_correlation(x, y, codes, len(uniques), ranks=True)
 
 
 def mean_rank_ic(pred: np.ndarray, real: np.ndarray, dates: np.ndarray | None = None) -> float:
@@ -152,13 +157,16 @@ def mean_rank_ic(pred: np.ndarray, real: np.ndarray, dates: np.ndarray | None = 
 
 
 def dense_rank_ics(pred: np.ndarray, real: np.ndarray) -> np.ndarray:
-    """``rank_ics`` of dense ``dates x symbols`` matrices (NaN: no forecast or no realized return), one value per row."""
+    """``rank_ics`` of dense ``dates x symbols`` matrices (NaN: no forecast or no realized return), one value per row.
+
+    The same ranks and correlation as the long form; the rows are ranked in place (what permutation importance and the
+    ensemble's choice compute many times over: a row-wise rank is ~3x faster than a grouped one)."""
     pred, real = np.asarray(pred, dtype=np.float64), np.asarray(real, dtype=np.float64)
-    rows = np.repeat(np.arange(pred.shape[0]), pred.shape[1])
-    dates, ics = rank_ics(pred.ravel(), real.ravel(), rows)
-    out = np.full(pred.shape[0], np.nan)
-    out[dates] = ics
-    return out
+    ok = np.isfinite(pred) & np.isfinite(real)
+    x = pd.DataFrame(np.where(ok, pred, np.nan)).rank(axis=1, method="average").to_numpy()[ok]
+    y = pd.DataFrame(np.where(ok, real, np.nan)).rank(axis=1, method="average").to_numpy()[ok]
+    rows = np.broadcast_to(np.arange(pred.shape[0])[:, None], pred.shape)[ok]
+    return _grouped_correlation(x, y, rows, pred.shape[0], ranks=True)
 
 
 def cross_sectional_ic(
@@ -176,7 +184,7 @@ def cross_sectional_ic(
     else:
         keep = np.isfinite(x) & np.isfinite(y)
         uniques, codes = np.unique(dates[keep], return_inverse=True)
-        ics = _grouped_correlation(x[keep], y[keep], codes, len(uniques)) if len(codes) else np.empty(0)
+        ics = _grouped_correlation(x[keep], y[keep], codes, len(uniques), ranks=False) if len(codes) else np.empty(0)
     ic = pd.Series(ics, index=pd.Index(uniques, name="date"), name=f"{method}_ic", dtype=float)
     return ic[np.isfinite(ic.to_numpy())]
 
