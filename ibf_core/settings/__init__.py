@@ -5,103 +5,20 @@ from __future__ import annotations
 import datetime as dt
 import os
 import re
-import tomllib
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic_settings import SettingsError as PydanticSettingsError
 
 from ibf_core.models.names import trained_members  # the member names are the one list settings accept
 from ibf_core.portfolio.spec import DEFAULT_PORTFOLIOS, validate_portfolios
-
-SYMBOL_PATTERN = re.compile(r"^[A-Z0-9][A-Z0-9.\-]{0,15}$")
-DEFAULT_UNIVERSE = ("AAPL", "GOOG", "IBM", "MSFT")
-# Environment variables that name a secret by convention (their values are redacted everywhere).
-SECRET_MARKERS = ("KEY", "TOKEN", "SECRET", "PASSWORD", "PASSWD", "CREDENTIAL")
-# Variables whose names said "days" for session counts; setting an old name is an error naming the new one.
-RENAMED_ENV = {
-    "IBF_MODEL_VALIDATION_DAYS": "IBF_MODEL_VALIDATION_SESSIONS",
-    "IBF_DRIFT_WINDOW": "IBF_DRIFT_PERFORMANCE_SESSIONS",
-    "IBF_RETRAIN_COOLDOWN_DAYS": "IBF_RETRAIN_COOLDOWN_SESSIONS",
-}
-
-
-class SettingsError(ValueError):
-    """A setting has an invalid value; the message names the environment variable."""
-
-
-def normalize_symbol(raw: str) -> str:
-    """Upper-case a ticker and reject characters that cannot be a symbol or a Dagster partition key."""
-    symbol = raw.strip().upper()
-    if not SYMBOL_PATTERN.match(symbol):
-        raise ValueError(f"invalid symbol {raw!r}: use letters, digits, '.' or '-' (max 16 characters)")
-    return symbol
-
-
-def url_secrets(url: str) -> list[str]:
-    """A URL and the parts of it that may carry a token (path + query, password)."""
-    url = url.strip()
-    if not url:
-        return []
-    out = [url]
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return out
-    tail = parts.path + (f"?{parts.query}" if parts.query else "")
-    if tail.strip("/"):
-        out.append(tail)
-    if parts.password:
-        out.append(parts.password)
-    return out
-
-
-def _password(url: str) -> str | None:
-    try:
-        return urlsplit(url).password
-    except ValueError:
-        return None
-
-
-def _split_list(value: Any) -> Any:
-    if isinstance(value, str):
-        return [part for part in (p.strip() for p in value.split(",")) if part]
-    return value
-
-
-class _TomlFlatSource(PydanticBaseSettingsSource):
-    """Reads ``config/settings.toml``; a table ``[ib] host = ...`` maps to the field ``ib_host``."""
-
-    def __init__(self, settings_cls: type[BaseSettings], path: Path | None):
-        super().__init__(settings_cls)
-        self.path = path
-
-    def get_field_value(self, field, field_name):  # pragma: no cover - required by the ABC, unused
-        return None, field_name, False
-
-    def __call__(self) -> dict[str, Any]:
-        if self.path is None or not self.path.is_file():
-            return {}
-        try:
-            data = tomllib.loads(self.path.read_text())
-        except tomllib.TOMLDecodeError as exc:
-            raise SettingsError(f"{self.path}: not valid TOML ({exc})") from exc
-        flat: dict[str, Any] = {}
-        known = set(self.settings_cls.model_fields)
-        for key, value in data.items():
-            if isinstance(value, dict) and key not in known:  # a table, unless it is a setting's own value
-                for sub, sub_value in value.items():
-                    flat[f"{key}_{sub}"] = sub_value
-            else:
-                flat[key] = value
-        unknown = sorted(set(flat) - known)
-        if unknown:
-            raise SettingsError(f"{self.path}: unknown setting(s) {', '.join(unknown)}")
-        return flat
+from ibf_core.settings.values import (  # noqa: F401 - re-exported: the settings' public names
+    DEFAULT_UNIVERSE, RENAMED_ENV, SECRET_MARKERS, SYMBOL_PATTERN, SettingsError, TomlFlatSource, normalize_symbol,
+    password_of, split_list, url_secrets,
+)
 
 
 class Settings(BaseSettings):
@@ -376,7 +293,7 @@ class Settings(BaseSettings):
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):
         config_file = os.environ.get("IBF_CONFIG", "config/settings.toml")
-        return (init_settings, env_settings, _TomlFlatSource(settings_cls, Path(config_file)))
+        return (init_settings, env_settings, TomlFlatSource(settings_cls, Path(config_file)))
 
     @model_validator(mode="before")
     @classmethod
@@ -411,13 +328,13 @@ class Settings(BaseSettings):
             found += [m.group(2) for m in re.finditer(r"password\s*=\s*(['\"]?)([^\s'\"]+)", catalog, re.IGNORECASE)]
         if self.dagster_pg_url is not None:  # the URL and its password (its database name is no secret)
             url = self.dagster_pg_url.get_secret_value()
-            found += [url] + [p for p in [_password(url)] if p]
+            found += [url] + [p for p in [password_of(url)] if p]
         return found
 
     @field_validator("universe", "ib_ports", "model_members", "api_keys", "api_cors_origins", mode="before")
     @classmethod
     def _comma_list(cls, value: Any) -> Any:
-        return _split_list(value)
+        return split_list(value)
 
     @field_validator("universe")
     @classmethod
@@ -441,7 +358,7 @@ class Settings(BaseSettings):
     @classmethod
     def _no_password_in_tracking_uri(cls, value: str | None) -> str | None:
         # The URI travels in run config and metadata; a password belongs to the MLflow server (or MLFLOW_TRACKING_PASSWORD).
-        if value and _password(value):
+        if value and password_of(value):
             raise ValueError("must not carry a password: run an MLflow server with that store, or set MLFLOW_TRACKING_PASSWORD")
         return value
 
@@ -483,7 +400,7 @@ class Settings(BaseSettings):
     @field_validator("stream_bar_types", "stream_tick_symbols", "stream_watchlist", mode="before")
     @classmethod
     def _stream_lists(cls, value: Any) -> Any:
-        return _split_list(value)
+        return split_list(value)
 
     @field_validator("stream_bar_types")
     @classmethod
