@@ -1,7 +1,5 @@
 """check_alerts: every failed check of any asset -> an alerts row, a log line and a webhook POST, once."""
 
-import dagster as dg
-
 from ibf_core.settings import get_settings
 from ibf_core.storage.warehouse import Warehouse
 from helpers.webhook import TOKEN_PATH, Hook

@@ -1,7 +1,6 @@
 """The self-correcting loop through the real Dagster instance: drift_scores on CSV data with an injected regime
 change, the retrain_on_drift sensor, the retrain, and predictions that follow the new model."""
 
-import datetime as dt
 
 import numpy as np
 import pandas as pd
@@ -84,8 +83,6 @@ def daily_decisions(settings) -> dict[pd.Timestamp, bool]:
 
 
 def sensor_result(settings, cursor=None):
-    import dagster as dg
-
     from ibf_dagster.definitions import build_definitions
     from ibf_dagster.instance import get_instance
 

@@ -1,6 +1,5 @@
 """trained_models and predictions through the real Dagster instance, and ibf evaluate on a CSV source."""
 
-import datetime as dt
 import json
 
 import numpy as np

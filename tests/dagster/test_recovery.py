@@ -7,7 +7,6 @@ import sys
 import uuid
 
 import dagster as dg
-import pytest
 
 from helpers.sensors import sensor_context
 from ibf_core import processes

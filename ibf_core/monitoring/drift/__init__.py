@@ -8,7 +8,7 @@ from typing import Literal
 import numpy as np
 
 from ibf_core.monitoring.drift import alibi_backend
-from ibf_core.monitoring.drift.stats import benjamini_hochberg, cusum_path, finite, psi_value, quantile_cuts
+from ibf_core.monitoring.drift.stats import benjamini_hochberg, cusum_path, finite, psi_value
 
 __all__ = ["DriftRow", "benjamini_hochberg", "cusum", "mmd_test", "mmd_tests", "psi", "psi_many", "univariate_tests", "univariate_tests_many"]
 

@@ -22,7 +22,7 @@ from helpers.messy_bars import messy_bars
 from ibf_core.features.calendar_features import calendar_table
 from ibf_core.features.cross_asset import percentile_rank
 from ibf_core.features.pipeline import (
-    _CROSS, _PER_SYMBOL, NO_RANGE, NO_VOLUME, WARMING_UP, compute_features, compute_features_with_support, feature_columns,
+    _CROSS, _PER_SYMBOL, NO_RANGE, NO_VOLUME, WARMING_UP, compute_features, compute_features_with_support,
 )  # fmt: skip
 
 RTOL, ATOL = 1e-10, 1e-12

@@ -1,7 +1,5 @@
 """Forecasts that do no harm: shrinkage towards the random walk, factor members, the ranking chosen on rank IC."""
 
-import datetime as dt
-
 import numpy as np
 import pandas as pd
 import pytest

@@ -1,6 +1,5 @@
 """Modelling on real, imperfect histories: missing sessions, one-year files, close-only bars, textbook factors."""
 
-import datetime as dt
 import math
 
 import numpy as np
