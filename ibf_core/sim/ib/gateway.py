@@ -35,6 +35,7 @@ import pandas as pd
 from ibf_core.sim.faults import FaultSwitchboard, serve_until_stopped
 from ibf_core.sim.ib.live import HANDLERS as LIVE_HANDLERS
 from ibf_core.sim.ib.live import LiveClock, nightly_reset
+from ibf_core.sim.ib.orders import HANDLERS as ORDER_HANDLERS
 from ibf_core.sim.ib.protocol import (
     ACCOUNT,
     DEFAULT_HISTORY,
@@ -121,6 +122,7 @@ class GatewaySimulator(FaultSwitchboard):
         self._bars_cache: dict[str, Any] = {}
         self._log: list[HistoricalRequest] = []
         self._contract_log: list[str] = []
+        self._order_log: list[Any] = []  # every placeOrder received (ibf_core.sim.ib.orders.PlacedOrder)
         self._handshakes = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -244,6 +246,16 @@ class GatewaySimulator(FaultSwitchboard):
                 self._contract_log.append(entry)
             else:
                 self._log.append(entry)
+
+    @property
+    def placed_orders(self) -> list[Any]:
+        """Every placeOrder received (what-if or refused), oldest first."""
+        with self._lock:
+            return list(self._order_log)
+
+    def _record_order(self, order: Any) -> None:
+        with self._lock:
+            self._order_log.append(order)
 
     def _record_live(self, entry: tuple[str, str, str, int]) -> None:
         with self._lock:
@@ -557,6 +569,7 @@ _Session.HANDLERS = {
 
 
 _Session.HANDLERS.update(LIVE_HANDLERS)
+_Session.HANDLERS.update(ORDER_HANDLERS)
 
 
 # ---- CLI entry ------------------------------------------------------------------------------------
