@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from ibf_dagster.cli._common import _fail, _settings, err, out
+from ibf_dagster.cli._common import _fail, _quiet_dagster, _settings, err, out
 
 # Heavy imports wait until a command runs: `ibf --help` must not load pandas or ib_insync.
 
@@ -25,9 +25,7 @@ def orders(
 ) -> None:
     """The trades that move a portfolio to the next session's targets (newest predictions) and its IB basket CSV.
 
-    Nothing is ever transmitted: the basket is a file to review and import in TWS BasketTrader, and --whatif
-    sends what-if orders only (IB answers with commission and margin; no order is placed). Sending real orders is
-    out of scope.
+    Nothing is ever transmitted: the basket is a file to review and import in TWS BasketTrader, and --whatif sends what-if orders only (IB answers with commission and margin; no order is placed). Sending real orders is out of scope.
     """
     from ibf_core.portfolio.orders import OrdersError, basket_csv, plan_orders
     from ibf_core.portfolio.spec import Strategy
@@ -53,7 +51,7 @@ def orders(
     notes.print(
         f"portfolio {portfolio} ({spec.strategy}, horizon {spec.horizon}): targets of origin {plan.origin} for the "
         f"session {plan.session}; capital USD {money:,.0f}; starting from {plan.holdings.source}; limit reference "
-        f"= the latest close ({plan.price_date or 'no bars'})", highlight=False)
+        f"= the latest close ({plan.price_date or 'no bars'})", highlight=False, soft_wrap=True)
     _print_trades(plan, format)
     path = basket or Path(f"{plan.basket_tag.removeprefix('ibf-')}-basket.csv")
     try:
@@ -62,7 +60,7 @@ def orders(
         _fail(f"--basket {str(path)!r}: cannot write it ({exc.strerror or exc})")
     totals = plan.totals()
     notes.print(f"{len(plan.trades)} orders: buy USD {totals['bought']:,.2f}, sell USD {totals['sold']:,.2f}; "
-                f"wrote the basket {path}", highlight=False)
+                f"wrote the basket {path}", highlight=False, soft_wrap=True)
     if whatif:
         _what_if(settings, plan, format)
 
@@ -89,6 +87,7 @@ def _what_if(settings, plan, format: str) -> None:
     from ibf_core.sources.ibkr.source import IbkrSource
     from ibf_core.sources.ibkr.whatif import OrderRequest, what_if_orders
 
+    _quiet_dagster()  # ib_insync's own connection log lines would repeat the one error line
     requests = [OrderRequest(t.symbol, t.side, t.shares, round(t.price, 2 if t.price >= 1 else 4)) for t in plan.trades]
     answers = what_if_orders(IbkrSource.from_settings(settings), requests)
     header = ("symbol", "side", "shares", "status", "commission", "currency", "init_margin_change",
@@ -117,4 +116,4 @@ def _what_if(settings, plan, format: str) -> None:
         out.print(table)
     (err if format == "csv" else out).print(
         f"what-if total over {len(answers)} orders: commission USD {total['commission']:.2f}, initial margin change "
-        f"USD {total['init']:,.2f}, maintenance margin change USD {total['maint']:,.2f}", highlight=False)
+        f"USD {total['init']:,.2f}, maintenance margin change USD {total['maint']:,.2f}", highlight=False, soft_wrap=True)
