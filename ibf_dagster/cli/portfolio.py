@@ -9,10 +9,13 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.console import Console
 from rich.table import Table
 
+from ibf_core.portfolio.spec import Strategy
 from ibf_dagster.cli._common import _fail, _quiet_dagster, _settings, err, out
 
+wide = Console(width=240)  # tables as wide as their contents: no column cut to a terminal's 80 characters
 # Heavy imports wait until a command runs: `ibf --help` must not load pandas or ib_insync.
 
 
@@ -28,7 +31,6 @@ def orders(
     Nothing is ever transmitted: the basket is a file to review and import in TWS BasketTrader, and --whatif sends what-if orders only (IB answers with commission and margin; no order is placed). Sending real orders is out of scope.
     """
     from ibf_core.portfolio.orders import OrdersError, basket_csv, plan_orders
-    from ibf_core.portfolio.spec import Strategy
     from ibf_core.storage.backends import open_warehouse
 
     if format not in ("table", "csv"):
@@ -79,7 +81,7 @@ def _print_trades(plan, format: str) -> None:
         table.add_column(column, justify="left" if column in ("symbol", "side") else "right")
     for row in rows:
         table.add_row(*map(str, row))
-    out.print(table)
+    wide.print(table)
 
 
 def _what_if(settings, plan, format: str) -> None:
@@ -108,12 +110,13 @@ def _what_if(settings, plan, format: str) -> None:
         writer = csv.writer(sys.stdout, lineterminator="\n")
         writer.writerows([header, *rows])
     else:
-        table = Table(title="IB what-if answers (not transmitted)", show_lines=False)
+        out.print("IB's what-if answers (nothing transmitted):", highlight=False)
+        table = Table(show_lines=False)
         for column in header:
             table.add_column(column)
         for row in rows:
             table.add_row(*map(str, row))
-        out.print(table)
+        wide.print(table)
     (err if format == "csv" else out).print(
         f"what-if total over {len(answers)} orders: commission USD {total['commission']:.2f}, initial margin change "
         f"USD {total['init']:,.2f}, maintenance margin change USD {total['maint']:,.2f}", highlight=False, soft_wrap=True)

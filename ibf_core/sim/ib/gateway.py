@@ -7,6 +7,7 @@ so tests and users can exercise ``IbkrSource`` without TWS. Field orders follow 
 client/decoder (server version 176: no version field in contractData, a mandatory 6th field in errors).
 A frame with a ``spread`` column (relative quoted spread) also gets daily ``BID_ASK`` bars; symbols and days
 without a spread answer 162 "no data", as IB does for instruments without quote history.
+What-if orders (placeOrder with whatIf) get IB's openOrder answer; other orders are refused (``sim.ib.orders``).
 
 Usage::
 
