@@ -149,3 +149,13 @@ def test_plan_from_the_paper_portfolio_reads_its_newest_weights_only(store, with
     got = [(t.symbol, t.side, t.shares, t.current_shares, t.target_shares) for t in plan.trades]
     assert got == [("BBB", "SELL", 2500, 2500, 0), ("EEE", "BUY", 233, 0, 233)]  # AAA: 600 shares either way
     assert plan.prices.to_dict() == ORDER_PRICES and plan.origin.isoformat() == ORDER_ORIGIN
+
+
+def test_plan_gives_the_strategy_the_liquidity_and_sector_columns_it_needs(store):
+    store_order_world(store)
+    # Dollar volume = close x 100,000 shares: DDD (USD 0.75M) and FFF (USD 0.08M) are below USD 1M and never bought,
+    # though DDD outscores BBB. No fundamentals stored: every symbol is in the one "unknown" sector.
+    spec = Strategy.parse({"strategy": "topk", "k": 4, "min_dollar_volume": 1_000_000, "sector_neutral": True})
+    plan = plan_orders(store, "liquid", spec, 100_000.0)
+    assert sorted(plan.targets.index) == ["AAA", "BBB", "CCC", "EEE"]
+    assert [(t.symbol, t.shares) for t in plan.trades] == [("AAA", 500), ("BBB", 1250), ("CCC", 200), ("EEE", 83)]
