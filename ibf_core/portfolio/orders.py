@@ -21,6 +21,7 @@ import io
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
@@ -28,6 +29,9 @@ from ibf_core.calendar import all_sessions
 from ibf_core.portfolio.simulate import dollar_volume
 from ibf_core.portfolio.spec import Strategy
 from ibf_core.portfolio.strategies import target_weights
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ibf_core.storage.interface import TableStore
 
 WEIGHTS_TABLE = "portfolio_weights"  # the paper portfolio's weights (columns as simulate.WEIGHT_COLUMNS)
 BASKET_COLUMNS = (
@@ -148,7 +152,7 @@ def _day(value: object) -> dt.date:
     return pd.Timestamp(value).date()
 
 
-def newest_origin(store, horizon: int) -> dt.date:
+def newest_origin(store: TableStore, horizon: int) -> dt.date:
     """The newest origin with predictions for ``horizon``; :class:`OrdersError` when there are none."""
     found = store.query("SELECT horizon, max(date) AS newest FROM predictions GROUP BY horizon ORDER BY horizon")
     if found.empty:
@@ -160,7 +164,7 @@ def newest_origin(store, horizon: int) -> dt.date:
     return _day(match["newest"].iloc[0])
 
 
-def latest_closes(store) -> tuple[pd.Series, dt.date | None]:
+def latest_closes(store: TableStore) -> tuple[pd.Series, dt.date | None]:
     """Each symbol's newest close in ``market_bars`` and the newest bar date."""
     rows = store.query("SELECT symbol, max(date) AS date, arg_max(close, date) AS close FROM market_bars GROUP BY symbol")
     if rows.empty:
@@ -168,7 +172,7 @@ def latest_closes(store) -> tuple[pd.Series, dt.date | None]:
     return rows.set_index("symbol")["close"].astype(float), _day(rows["date"].max())
 
 
-def has_weights_table(store) -> bool:
+def has_weights_table(store: TableStore) -> bool:
     """Whether the warehouse offers ``portfolio_weights`` (it is read only where it exists)."""
     found = store.query(
         f"SELECT count(*) AS n FROM information_schema.tables WHERE table_name = '{WEIGHTS_TABLE}'"
@@ -176,7 +180,7 @@ def has_weights_table(store) -> bool:
     return int(found["n"].iloc[0]) > 0
 
 
-def current_holdings(store, portfolio: str) -> Holdings:
+def current_holdings(store: TableStore, portfolio: str) -> Holdings:
     """The paper portfolio's newest weights from ``portfolio_weights``; cash when the table or its rows are absent."""
     if not has_weights_table(store):
         return Holdings(pd.Series(dtype=float), f"cash (the warehouse has no {WEIGHTS_TABLE} table)")
@@ -192,7 +196,7 @@ def current_holdings(store, portfolio: str) -> Holdings:
     return Holdings(weights[weights != 0], f"paper portfolio weights of {date}", date)
 
 
-def _decision_frame(store, spec: Strategy, origin: dt.date) -> pd.DataFrame:
+def _decision_frame(store: TableStore, spec: Strategy, origin: dt.date) -> pd.DataFrame:
     """The origin's prediction rows with what the spec needs: liquidity (dollar volume up to the origin), sectors."""
     frame = store.query("SELECT * FROM predictions WHERE date = ? AND horizon = ?", [origin, spec.horizon])
     if spec.min_dollar_volume > 0:
@@ -216,7 +220,7 @@ def next_session(day: dt.date) -> dt.date:
     return sessions[int(sessions.searchsorted(pd.Timestamp(day), side="right"))].date()
 
 
-def plan_orders(store, portfolio: str, spec: Strategy, capital: float) -> OrderPlan:
+def plan_orders(store: TableStore, portfolio: str, spec: Strategy, capital: float) -> OrderPlan:
     """The orders that move ``portfolio`` to the targets of the newest origin, for ``capital`` USD."""
     origin = newest_origin(store, spec.horizon)
     holdings = current_holdings(store, portfolio)
