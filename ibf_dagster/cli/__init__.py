@@ -1,7 +1,7 @@
 """The ``ibf`` command line: backfill through Dagster, SQL on the warehouse, the universe, the gateway simulator.
 
 Each command is a thin layer in a module of its group (``data``, ``universe``, ``sims``, ``demo``, ``models``,
-``services``): it parses its options, calls a library entry point and prints. This module is the command table
+``portfolio``, ``services``): it parses its options, calls a library entry point and prints. This module is the command table
 (in the order ``ibf --help`` lists them) and the console script.
 """
 
@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from ibf_dagster.cli import data, demo, models, services, sims, universe
+from ibf_dagster.cli import data, demo, models, portfolio, services, sims, universe
 from ibf_dagster.cli._common import _guard_commands, _interrupt, _options, _setup_output
 
 app = typer.Typer(help="ibf: forecasting platform for Interactive Brokers market data.", no_args_is_help=True)
@@ -43,6 +43,7 @@ app.command("av-sim")(sims.av_sim)
 app.command()(demo.demo)
 app.command()(models.train)
 app.command()(models.evaluate)
+app.command()(portfolio.orders)
 app.command()(services.ui)
 app.command()(services.serve)
 stack_app.command("up")(services.stack_up)

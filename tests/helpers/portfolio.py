@@ -55,3 +55,39 @@ def planted_panel(
     })
     predictions["rank_score"] = predictions["pred_return"]
     return bars, predictions, planted
+
+
+# ---- a small warehouse for the orders of the next session ----------------------------------------------------------
+ORDER_PRICES = {"AAA": 50.0, "BBB": 20.0, "CCC": 125.0, "DDD": 7.5, "EEE": 300.0, "FFF": 0.8}
+ORDER_SCORES = {"EEE": 0.9, "AAA": 0.5, "CCC": 0.2, "DDD": -0.1, "FFF": -0.3, "BBB": -0.8}  # the newest origin's
+ORDER_ORIGIN = "2024-05-01"
+
+
+def order_bars(end: str = ORDER_ORIGIN, sessions: int = 30) -> pd.DataFrame:
+    """Daily bars of the ORDER_PRICES symbols over the ``sessions`` NYSE sessions up to ``end``: a constant close."""
+    days = trading_days(pd.Timestamp(end) - pd.Timedelta(days=2 * sessions), end)[-sessions:]
+    rows = []
+    for symbol, price in ORDER_PRICES.items():
+        for day in days:
+            rows.append({"symbol": symbol, "date": day, "open": price, "high": price * 1.01, "low": price * 0.99,
+                         "close": price, "adj_close": price, "volume": 100_000.0, "source": "csv"})
+    return pd.DataFrame(rows)
+
+
+def store_order_world(store, origins: tuple[str, ...] = ("2024-04-30", ORDER_ORIGIN)) -> None:
+    """market_bars (order_bars) and horizon-1 predictions of ``origins``: the newest ranks by ORDER_SCORES, the
+    older ones reversed (so a test sees which origin was used); other columns hold placeholders."""
+    from ibf_core.storage.tables import MARKET_BARS, PREDICTIONS
+
+    bars = order_bars(origins[-1])
+    store.replace_slice(MARKET_BARS, bars, sorted(ORDER_PRICES), bars["date"].min(), bars["date"].max())
+    placeholders = {"string": "v1", "date32[day]": pd.Timestamp(origins[-1]), "int64": 0, "double": 0.0}
+    rows = []
+    for origin in origins:
+        sign = 1.0 if origin == origins[-1] else -1.0
+        for rank, (symbol, score) in enumerate(sorted(ORDER_SCORES.items(), key=lambda kv: -sign * kv[1]), start=1):
+            row = {c.name: placeholders[str(c.type)] for c in PREDICTIONS.columns if not c.optional}
+            rows.append({**row, "symbol": symbol, "date": pd.Timestamp(origin), "horizon": 1, "rank": rank,
+                         "close": ORDER_PRICES[symbol], "pred_return": sign * score, "rank_score": sign * score})
+    frame = pd.DataFrame(rows)
+    store.replace_slice(PREDICTIONS, frame, sorted(ORDER_PRICES), min(origins), max(origins))

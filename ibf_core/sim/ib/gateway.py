@@ -7,6 +7,7 @@ so tests and users can exercise ``IbkrSource`` without TWS. Field orders follow 
 client/decoder (server version 176: no version field in contractData, a mandatory 6th field in errors).
 A frame with a ``spread`` column (relative quoted spread) also gets daily ``BID_ASK`` bars; symbols and days
 without a spread answer 162 "no data", as IB does for instruments without quote history.
+What-if orders (placeOrder with whatIf) get IB's openOrder answer; other orders are refused (``sim.ib.orders``).
 
 Usage::
 
@@ -35,6 +36,7 @@ import pandas as pd
 from ibf_core.sim.faults import FaultSwitchboard, serve_until_stopped
 from ibf_core.sim.ib.live import HANDLERS as LIVE_HANDLERS
 from ibf_core.sim.ib.live import LiveClock, nightly_reset
+from ibf_core.sim.ib.orders import HANDLERS as ORDER_HANDLERS
 from ibf_core.sim.ib.protocol import (
     ACCOUNT,
     DEFAULT_HISTORY,
@@ -121,6 +123,7 @@ class GatewaySimulator(FaultSwitchboard):
         self._bars_cache: dict[str, Any] = {}
         self._log: list[HistoricalRequest] = []
         self._contract_log: list[str] = []
+        self._order_log: list[Any] = []  # every placeOrder received (ibf_core.sim.ib.orders.PlacedOrder)
         self._handshakes = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -244,6 +247,16 @@ class GatewaySimulator(FaultSwitchboard):
                 self._contract_log.append(entry)
             else:
                 self._log.append(entry)
+
+    @property
+    def placed_orders(self) -> list[Any]:
+        """Every placeOrder received (what-if or refused), oldest first."""
+        with self._lock:
+            return list(self._order_log)
+
+    def _record_order(self, order: Any) -> None:
+        with self._lock:
+            self._order_log.append(order)
 
     def _record_live(self, entry: tuple[str, str, str, int]) -> None:
         with self._lock:
@@ -557,6 +570,7 @@ _Session.HANDLERS = {
 
 
 _Session.HANDLERS.update(LIVE_HANDLERS)
+_Session.HANDLERS.update(ORDER_HANDLERS)
 
 
 # ---- CLI entry ------------------------------------------------------------------------------------

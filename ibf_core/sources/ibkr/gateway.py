@@ -65,8 +65,10 @@ class NoReplyError(Exception):
 class Gateway:
     """An API connection with port failover, reconnects and request/error plumbing. Lives on one loop."""
 
-    def __init__(self, source: Any):  # the IbkrSource it serves (the source imports this module)
-        self.source = source
+    def __init__(self, source: Any, readonly: bool = True):  # the IbkrSource it serves (it imports this module)
+        """``readonly``: a read-only API session (market data); what-if orders need ``False`` (TWS refuses orders,
+        even what-if ones, on a read-only session)."""
+        self.source, self.readonly = source, readonly
         self.ib: Any = None
         self.port: int | None = None
         self.link_up = asyncio.Event()  # TWS <-> IB servers (cleared by 1100, set by 1101/1102)
@@ -84,7 +86,7 @@ class Gateway:
             except ClientIdInUseError:
                 raise
             except (OSError, asyncio.TimeoutError, ConnectionError) as exc:
-                failures.append(f"{port}: {_describe(exc)}")
+                failures.append(f"{src.host}:{port}: {_describe(exc)}")
                 continue
             self.port, self.connections = port, self.connections + 1
             self.link_up.set()
@@ -114,7 +116,7 @@ class Gateway:
         ib.errorEvent += on_error
         ib.client.apiError += lambda _msg: closed.set()  # socket closed before the API was ready
         connecting = asyncio.ensure_future(
-            ib.connectAsync(src.host, port, clientId=src.client_id, timeout=src.connect_timeout, readonly=True)
+            ib.connectAsync(src.host, port, clientId=src.client_id, timeout=src.connect_timeout, readonly=self.readonly)
         )
         closing = asyncio.ensure_future(closed.wait())
         try:
