@@ -65,7 +65,7 @@ PORTFOLIO_RETURNS = TableSpec(
 PORTFOLIO_TABLES = (PORTFOLIO_WEIGHTS, PORTFOLIO_RETURNS)
 
 
-class NoPredictions(ValueError):
+class NoPredictionsError(ValueError):
     """A portfolio was asked for before the warehouse holds predictions at its horizon."""
 
 
@@ -84,12 +84,12 @@ def cost_model(capital: float, slippage_bps: float) -> CostModel:
 
 
 def read_inputs(store: TableStore, spec: Strategy, end: dt.date | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(predictions at the spec's horizon, bars) up to ``end`` (all when None); NoPredictions when there are none."""
+    """(predictions at the spec's horizon, bars) up to ``end`` (all when None); NoPredictionsError when none."""
     scores = sorted({"rank_score", "pred_return", spec.score})
     sql = f"SELECT symbol, date, horizon, {', '.join(scores)} FROM {PREDICTIONS.name} WHERE horizon = ?"
     preds = store.query(sql + (" AND date <= ?" if end else ""), [spec.horizon, end] if end else [spec.horizon])
     if preds.empty:
-        raise NoPredictions(
+        raise NoPredictionsError(
             f"no predictions at horizon {spec.horizon} in the warehouse{f' up to {end}' if end else ''} yet: "
             "materialize predictions first (ibf train, then ibf backfill --assets predictions)"
         )
@@ -109,8 +109,8 @@ def simulate_stored(store: TableStore, name: str, spec: Strategy, costs: CostMod
     """The backtest of portfolio ``name`` over the stored predictions and bars up to ``end`` (all when None)."""
     try:
         preds, bars = read_inputs(store, spec, end)
-    except NoPredictions as exc:
-        raise NoPredictions(f"portfolio {name!r}: {exc}") from None
+    except NoPredictionsError as exc:
+        raise NoPredictionsError(f"portfolio {name!r}: {exc}") from None
     sector_codes = sectors(store) if spec.sector_neutral else None
     first = pd.Timestamp(preds["date"].min()).date()
     newest = pd.Timestamp(bars["date"].max()).date() if len(bars) else first
@@ -189,6 +189,6 @@ def newest_rows(store: TableStore) -> pd.DataFrame:
     return frame
 
 
-__all__ = ["PORTFOLIO_RETURNS", "PORTFOLIO_TABLES", "PORTFOLIO_WEIGHTS", "NoPredictions", "StoredRun", "WEIGHT_COLUMNS",
-           "newest_rows", "portfolio_figures", "read_portfolio", "refresh_portfolio", "simulate_stored",
+__all__ = ["PORTFOLIO_RETURNS", "PORTFOLIO_TABLES", "PORTFOLIO_WEIGHTS", "NoPredictionsError", "StoredRun",
+           "WEIGHT_COLUMNS", "newest_rows", "portfolio_figures", "read_portfolio", "refresh_portfolio", "simulate_stored",
            "stored_portfolios"]

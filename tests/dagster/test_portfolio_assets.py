@@ -69,7 +69,7 @@ def test_no_predictions_is_one_clear_error(world):
     result = CliRunner().invoke(app, ["backfill", "--assets", ASSETS, "--start", "2021-06-01", "--end", "2021-06-30"])
     errors = [line for line in result.output.splitlines() if line.startswith("error:")]
     assert result.exit_code != 0 and len(errors) == 1, result.output
-    assert "portfolio 'top': no predictions at horizon 1 in the warehouse yet" in errors[0], errors[0]
+    assert errors[0].startswith("error: portfolio 'top': no predictions at horizon 1 in the warehouse yet"), errors[0]
     assert "ibf backfill --assets predictions" in errors[0] and "Traceback" not in result.output
     assert world["store"].query("SELECT count(*) AS n FROM portfolio_returns")["n"].iloc[0] == 0
 
