@@ -19,15 +19,7 @@ from ibf_core.settings import normalize_symbol
 from ibf_core.streaming.live_prices import against_live_prices, newest_live_prices
 from ibf_serve.errors import ApiError
 from ibf_serve.routes.deps import AUTH, ApiState, api_state
-from ibf_serve.schemas import (
-    HORIZON_SCHEMA,
-    KEYED,
-    SYMBOL_SCHEMA,
-    PredictRequest,
-    StrictDate,
-    error_responses,
-    symbol_ok,
-)
+from ibf_serve.schemas import HORIZON_SCHEMA, KEYED, SYMBOL_SCHEMA, PredictRequest, StrictDate, error_responses, symbol_ok
 from ibf_serve.stored import jsonable, records
 
 router = APIRouter(dependencies=AUTH, tags=["forecasts"])
