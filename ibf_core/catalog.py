@@ -20,20 +20,21 @@ if TYPE_CHECKING:  # pragma: no cover
 
 def catalog() -> Catalog:
     """The symbol x date tables, ``bar_issues``, ``features``, the news tables, ``alerts``, the live tables,
-    ``microstructure_daily`` and the fundamentals tables, then the views reading them."""
+    ``microstructure_daily``, the fundamentals tables and the portfolio tables, then the views reading them."""
     from ibf_core.features.table import features_spec
     from ibf_core.fundamentals.store import FUNDAMENTALS_TABLES
     from ibf_core.market.issues import BAR_ISSUES
     from ibf_core.monitoring.alerts import ALERTS
     from ibf_core.monitoring.outcomes import FORECAST_OUTCOMES
     from ibf_core.news.store import NEWS_TABLES
+    from ibf_core.portfolio.stored import PORTFOLIO_TABLES
     from ibf_core.storage.tables import TABLES, Catalog
     from ibf_core.streaming.microstructure import MICROSTRUCTURE_DAILY
     from ibf_core.streaming.tables import LIVE_TABLES
 
     return Catalog(
         tables=(*TABLES.values(), BAR_ISSUES, features_spec(), *NEWS_TABLES, ALERTS, *LIVE_TABLES,
-                MICROSTRUCTURE_DAILY, *FUNDAMENTALS_TABLES), views=(FORECAST_OUTCOMES,)
+                MICROSTRUCTURE_DAILY, *FUNDAMENTALS_TABLES, *PORTFOLIO_TABLES), views=(FORECAST_OUTCOMES,)
     )
 
 

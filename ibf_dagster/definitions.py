@@ -17,6 +17,7 @@ from ibf_dagster.assets.live import (
 from ibf_dagster.assets.market_bars import build_market_bars
 from ibf_dagster.assets.models import build_trained_models
 from ibf_dagster.assets.news import build_news_sentiment
+from ibf_dagster.assets.portfolios import build_portfolios
 from ibf_dagster.assets.predictions import build_predictions
 from ibf_dagster.executors import executor_for
 from ibf_dagster.resources import build_resources
@@ -45,6 +46,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
             build_trained_models(settings),
             build_predictions(settings),
             build_drift_scores(settings),
+            build_portfolios(settings),
         ],
         asset_checks=[market_bars_fresh, *live_checks],
         jobs=[live_watch],

@@ -24,21 +24,25 @@ def plot_if_small(context: dg.AssetExecutionContext, make_plot: Callable[[], str
     return dg.MetadataValue.md(make_plot())
 
 
-def partition_result(context: dg.AssetExecutionContext, metadata: dict, **result: object) -> dg.MaterializeResult:
+def partition_result(
+    context: dg.AssetExecutionContext, metadata: dict, asset_key: dg.AssetKey | None = None, **result: object
+) -> dg.MaterializeResult:
     """A partitioned step's result with the run's ``metadata`` recorded once, on the partition event Dagster records
     last (the asset's latest materialization in the UI); every other partition's event names that partition.
+    ``asset_key``: which asset of a multi-asset step the result is for.
 
     Dagster copies a result's metadata onto the event of every partition of the run: a single-run backfill of
     6,000 partitions serialized and stored its ~5 KB of tables and symbol lists 6,000 times, a third of the
     run's bookkeeping."""
     keys = context.partition_keys if context.has_partition_key_range or context.has_partition_key else []
     if len(keys) <= 1:
-        return dg.MaterializeResult(metadata=metadata, **result)
+        return dg.MaterializeResult(metadata=metadata, asset_key=asset_key, **result)
 
     last = last_recorded_partition(context)
-    context.add_asset_metadata(metadata, partition_key=last)
+    context.add_asset_metadata(metadata, asset_key=asset_key, partition_key=last)
     return dg.MaterializeResult(
-        metadata={"run_partitions": len(keys), "run_metadata_on": dg.MetadataValue.text(str(last))}, **result
+        metadata={"run_partitions": len(keys), "run_metadata_on": dg.MetadataValue.text(str(last))},
+        asset_key=asset_key, **result,
     )
 
 
@@ -70,11 +74,14 @@ def column_schema(spec: TableSpec) -> dg.TableSchema:
     )
 
 
-def check_result(result: QualityResult, severity: dg.AssetCheckSeverity) -> dg.AssetCheckResult:
-    """Turn an ibf_core quality rule result into a Dagster check result."""
+def check_result(
+    result: QualityResult, severity: dg.AssetCheckSeverity, asset_key: dg.AssetKey | None = None
+) -> dg.AssetCheckResult:
+    """Turn an ibf_core quality rule result into a Dagster check result (of ``asset_key`` in a multi-asset step)."""
     metadata: dict[str, object] = {"summary": result.summary}
     for key, value in result.details.items():
         metadata[key] = dg.MetadataValue.json(value) if isinstance(value, dict | list) else value
     return dg.AssetCheckResult(
-        check_name=result.name, passed=result.passed, severity=severity, metadata=metadata, description=result.summary
+        check_name=result.name, passed=result.passed, severity=severity, metadata=metadata, description=result.summary,
+        asset_key=asset_key,
     )

@@ -24,7 +24,7 @@ from ibf_dagster.recovery import PoolWait, RunInterrupted, death_alerts, guarded
 
 # Heavy imports (tenacity) stay inside the functions that need them: importing this module loads none of them.
 
-MODEL_ASSETS = ("trained_models", "predictions", "drift_scores")
+MODEL_ASSETS = ("trained_models", "predictions", "drift_scores", "portfolio_weights", "portfolio_returns")
 
 
 class BackfillError(RuntimeError):
@@ -106,6 +106,8 @@ def backfill(
         raise BackfillError("trained_models is partitioned by cut-off date, not symbol x date: use ibf train --cutoff DATE")
     if not selected:
         raise BackfillError(f"--assets {assets!r} selects no asset")
+    # An asset computed in one step with others (portfolio_weights and portfolio_returns) runs with them.
+    selected = {k for key in selected for k in graph.get_execution_set_asset_and_check_keys(key) if isinstance(k, dg.AssetKey)}
     date_keys = date_keys_between(settings, start_d, end_d)
     run_config: dict = {"loggers": {"console": {"config": {"log_level": log_level}}}}
     if source or csv_path:
@@ -150,6 +152,9 @@ def backfill(
             first = dg.MultiPartitionKey({"date": date_keys[0], "symbol": block[0]})
             last = dg.MultiPartitionKey({"date": date_keys[-1], "symbol": block[-1]})
             execute(groups["symbol_date"], first, last, len(date_keys) * len(block) * len(groups["symbol_date"]), block)
+    # By-date assets that read symbol x date ones (the portfolios read predictions) run last, over every symbol.
+    if groups["date_after"]:
+        execute(groups["date_after"], date_keys[0], date_keys[-1], len(date_keys) * len(groups["date_after"]), [])
     return summaries
 
 
@@ -168,8 +173,9 @@ def sqlite_scale_warning(recorded: int, settings: Settings) -> str:
 
 
 def _by_partitioning(graph, selected: set) -> dict[str, set]:
-    """The selected asset keys by how they are partitioned: symbol_date, symbol or date."""
-    groups: dict[str, set] = {"symbol_date": set(), "symbol": set(), "date": set()}
+    """The selected asset keys by how they are partitioned: symbol_date, symbol, date, or date_after (by date,
+    reading a symbol x date asset)."""
+    groups: dict[str, set] = {"symbol_date": set(), "symbol": set(), "date": set(), "date_after": set()}
     for key in selected:
         partitions = graph.get(key).partitions_def
         if isinstance(partitions, dg.MultiPartitionsDefinition):
@@ -177,7 +183,9 @@ def _by_partitioning(graph, selected: set) -> dict[str, set]:
         elif isinstance(partitions, dg.DynamicPartitionsDefinition):
             groups["symbol"].add(key)
         elif isinstance(partitions, dg.TimeWindowPartitionsDefinition):
-            groups["date"].add(key)
+            parents = (graph.get(parent).partitions_def for parent in graph.get(key).parent_keys)
+            after = any(isinstance(p, dg.MultiPartitionsDefinition) for p in parents)
+            groups["date_after" if after else "date"].add(key)
         else:
             raise BackfillError(f"{key.to_user_string()} is not partitioned by symbol and/or date: ibf backfill cannot run it")
     return groups

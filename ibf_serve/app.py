@@ -21,7 +21,7 @@ from ibf_serve.auth import KeyRing, RateLimiter, load_digests
 from ibf_serve.figures import platform_metrics
 from ibf_serve.metrics import Instruments, PlatformCollector
 from ibf_serve.middleware import Measure
-from ibf_serve.routes import forecasts, models, monitoring, ops, runs
+from ibf_serve.routes import forecasts, models, monitoring, ops, portfolios, runs
 from ibf_serve.routes.deps import ApiState, authorized
 from ibf_serve.schemas import error_responses
 from ibf_serve.services import Services
@@ -56,8 +56,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(Measure, instruments=instruments, scrub=scrub)
 
     # The order of the paths in the OpenAPI document: liveness and readiness, forecasts, models, runs,
-    # monitoring, metrics.
-    for router in (ops.router, forecasts.router, models.router, runs.router, monitoring.router):
+    # monitoring, portfolios, metrics.
+    for router in (ops.router, forecasts.router, models.router, runs.router, monitoring.router, portfolios.router):
         app.include_router(router)
     # The key only, unless public: the metrics serve without a warehouse.
     public = settings.api_metrics_public

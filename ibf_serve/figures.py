@@ -11,6 +11,7 @@ from prometheus_client.core import Metric
 from ibf_core.calendar import latest_complete_session, trading_days
 from ibf_core.forecasts import newest_bar_age_sessions
 from ibf_core.monitoring.alerts import read_alerts
+from ibf_core.portfolio.stored import newest_rows
 from ibf_serve.metrics import ASSETS, counter, gauge, gpu_metrics
 
 # Heavy imports (dagster) stay inside the functions that need them: importing this module loads none of them.
@@ -21,7 +22,7 @@ log = logging.getLogger("ibf_serve")
 def platform_metrics(services) -> list[Metric]:
     """Every scrape-time family; a part that fails is left out (absent, not zero) and logged."""
     out: list[Metric] = []
-    for part in (_assets, _checks, _drift, _model, _performance, _confidence, _runs):
+    for part in (_assets, _checks, _drift, _model, _performance, _confidence, _runs, _portfolios):
         try:
             out += part(services)
         except Exception as exc:  # noqa: BLE001 - one broken source must not take the others' figures down
@@ -129,6 +130,19 @@ def _confidence(services) -> list[Metric]:
         width.add_metric([h, "95"], float(row["w95"]))
         size.add_metric([h], float(row["mag"]))
     return [width, size]
+
+
+def _portfolios(services) -> list[Metric]:
+    """NAV, drawdown and turnover of each stored portfolio on its newest session (labels: the configured names)."""
+    frame = newest_rows(services.store)
+    nav = gauge("ibf_portfolio_nav", "NAV of the portfolio on its newest session (1.0 at the start)", ["portfolio"])
+    drawdown = gauge("ibf_portfolio_drawdown_ratio", "NAV / its running peak - 1 on the newest session (0 at a high)", ["portfolio"])
+    turnover = gauge("ibf_portfolio_turnover_ratio", "Turnover (sum |weight change|) of the newest session", ["portfolio"])
+    for row in frame.to_dict("records"):
+        nav.add_metric([row["portfolio"]], float(row["nav"]))
+        drawdown.add_metric([row["portfolio"]], float(row["drawdown"]))
+        turnover.add_metric([row["portfolio"]], float(row["turnover"]))
+    return [nav, drawdown, turnover]
 
 
 def _runs(services) -> list[Metric]:

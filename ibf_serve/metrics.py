@@ -29,7 +29,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 log = logging.getLogger("ibf_serve")
 
-ASSETS = ("market_bars", "news_sentiment", "features", "trained_models", "predictions", "drift_scores")
+ASSETS = ("market_bars", "news_sentiment", "features", "trained_models", "predictions", "drift_scores", "portfolio_weights",
+          "portfolio_returns")
 # Latency buckets for a service whose stored reads take milliseconds and fresh predictions up to seconds.
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 

@@ -97,3 +97,45 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 # What the key check can answer (401, 403, then the rate limit) and the warehouse check (503).
 KEYED = (401, 403, 429, 503)
+
+
+# ----- portfolios (responses) -----------------------------------------------------------------------------------
+PORTFOLIO_NAME_REGEX = r"^[a-z][a-z0-9_-]{0,39}$"  # ibf_core.portfolio.spec.PORTFOLIO_NAME
+
+
+class PortfolioSummary(BaseModel):
+    name: str = Field(..., description="Portfolio name (a key of IBF_PORTFOLIOS)")
+    strategy: dict[str, Any] | None = Field(..., description="Strategy and every parameter, defaults resolved; null for "
+                                            "a stored portfolio that is no longer configured")
+    latest_date: dt.date | None = Field(..., description="Newest session of portfolio_returns; null before the first materialization")
+    nav: float | None = Field(..., description="NAV on latest_date (1.0 at the start)")
+
+
+class PortfolioList(BaseModel):
+    portfolios: list[PortfolioSummary]
+
+
+class NavPoint(BaseModel):
+    date: dt.date
+    nav: float
+    gross_return: float
+    cost: float = Field(..., description="Trading costs as a fraction of the previous NAV")
+    net_return: float
+    turnover: float
+    exposure: float = Field(..., description="Sum |weight| after the session")
+    drawdown: float = Field(..., description="NAV / its running peak (the start at 1.0 counts) - 1")
+
+
+class Holding(BaseModel):
+    symbol: str
+    weight: float = Field(..., description="Fraction of NAV after latest_date's close (negative: short)")
+    target_weight: float
+    origin: dt.date | None = Field(..., description="Origin of the predictions behind the newest rebalance")
+    reason: str
+
+
+class PortfolioDetail(PortfolioSummary):
+    series: list[NavPoint] = Field(..., description="Every stored session, oldest first")
+    weights: list[Holding] = Field(..., description="The non-zero weights on latest_date, largest first")
+    metrics: dict[str, float | int | None] = Field(..., description="ibf_core.portfolio.metrics.portfolio_metrics over the "
+                                                   "stored sessions (docs/portfolios.md#metrics); null where not computable")

@@ -13,6 +13,9 @@ import uvicorn
 
 from ibf_core.calendar import all_sessions, trading_days
 from ibf_core.models import HORIZONS
+from ibf_core.portfolio.costs import CostModel
+from ibf_core.portfolio.spec import DEFAULT_PORTFOLIOS, Strategy
+from ibf_core.portfolio.stored import refresh_portfolio
 from ibf_core.processes import free_port  # noqa: F401 - the tests and the benchmark import it from here
 from ibf_core.storage.tables import DRIFT_SCORES, MARKET_BARS, PREDICTIONS
 from ibf_core.storage.warehouse import Warehouse
@@ -39,8 +42,8 @@ def running_server(app, port: int | None = None, timeout_s: float = 30.0) -> Ite
 
 
 def write_stored_world(home, symbols: list[str], start: str, end: str, seed: int = 0, version: str = "1", cutoff: str | None = None) -> dict:
-    """Synthetic bars, predictions (every origin x horizon, universe-wide ranks) and drift rows written through
-    ``Warehouse.replace_slice``: the state a pure-serving test or the benchmark needs, without training a model."""
+    """Synthetic bars, predictions (every origin x horizon, universe-wide ranks), drift rows written through
+    ``Warehouse.replace_slice`` and the default portfolio's backtest: the state a pure-serving test or the benchmark needs, without training a model."""
     rng = np.random.default_rng(seed)
     store = Warehouse(home)
     store.ensure_all_tables()
@@ -85,4 +88,6 @@ def write_stored_world(home, symbols: list[str], start: str, end: str, seed: int
         for i, s in enumerate(symbols) for det, feat in (("ks", "logret_1"), ("perf_mase", None))
     ])
     store.replace_slice(DRIFT_SCORES, drift, symbols, last, last)
+    # The default portfolio (topk), as its assets would store it.
+    refresh_portfolio(store, "topk", Strategy.parse(DEFAULT_PORTFOLIOS["topk"], "topk"), CostModel())
     return {"store": store, "days": days, "bars": bars, "predictions": preds}

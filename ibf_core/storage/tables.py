@@ -1,7 +1,8 @@
 """Declared tables and views of the warehouse (used for storage, Dagster column metadata and docs).
 
 Each table or view is declared by the module that writes it: the symbol x date tables below, ``features`` in
-``ibf_core.features.table``, the news tables in ``ibf_core.news.store``, ``alerts`` in ``ibf_core.monitoring.alerts``, ``bar_issues`` in
+``ibf_core.features.table``, the news tables in ``ibf_core.news.store``, ``alerts`` in ``ibf_core.monitoring.alerts``, ``portfolio_weights`` / ``portfolio_returns`` in
+``ibf_core.portfolio.stored``, ``bar_issues`` in
 ``ibf_core.market.issues`` and the
 ``forecast_outcomes`` view in ``ibf_core.monitoring.outcomes``. ``ibf_core.catalog`` gathers them into one
 :class:`Catalog`; storage itself imports none of those modules.

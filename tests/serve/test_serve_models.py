@@ -315,6 +315,8 @@ def test_real_prometheus_scrapes_the_api_and_every_dashboard_panel_returns_data(
     monkeypatch.setenv("IBF_HOME", str(trained.home))
     drift = backfill(trained, None, "2013-01-02", "2013-03-01", "drift_scores", "sample", None)
     assert drift[0].success, drift[0].error
+    portfolios = backfill(trained, None, "2013-03-01", "2013-03-01", "portfolio_returns", "sample", None)  # their panels
+    assert portfolios[0].success, portfolios[0].error
     record_alerts(Warehouse(trained.home_dir), [Alert("market_bars", "fresh", "2013|AAPL", "WARN", "stale bars", {}, "r", "e1",
                                                       raised_at=dt.datetime(2013, 3, 4, tzinfo=dt.timezone.utc))], None)
 

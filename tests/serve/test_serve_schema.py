@@ -58,7 +58,7 @@ def test_generated_requests_get_documented_answers(api_schema):
     from schemathesis import GenerationMode
 
     operations = [result.ok() for result in api_schema.get_all_operations()]
-    assert len(operations) == 13  # every route listed in docs/api.md
+    assert len(operations) == 15  # every route listed in docs/api.md
     for operation in operations:
         for mode, examples in ((GenerationMode.POSITIVE, 20), (GenerationMode.NEGATIVE, 10)):
 
@@ -72,5 +72,5 @@ def test_generated_requests_get_documented_answers(api_schema):
             except Unsatisfiable:  # an operation with no parameters and no body has no invalid request
                 assert mode is GenerationMode.NEGATIVE, operation.label
     per_operation = {op: sum(1 for o, _ in CALLS if o == op) for op in {o for o, _ in CALLS}}
-    assert len(per_operation) == 13 and min(per_operation.values()) >= 1, per_operation
+    assert len(per_operation) == 15 and min(per_operation.values()) >= 1, per_operation
     assert any(status == 200 for _, status in CALLS) and any(status == 422 for _, status in CALLS)
