@@ -28,6 +28,7 @@ import pandas as pd
 from ibf_core.calendar import all_sessions
 from ibf_core.portfolio.simulate import dollar_volume
 from ibf_core.portfolio.spec import Strategy
+from ibf_core.portfolio.stored import read_portfolio
 from ibf_core.portfolio.strategies import target_weights
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -172,28 +173,15 @@ def latest_closes(store: TableStore) -> tuple[pd.Series, dt.date | None]:
     return rows.set_index("symbol")["close"].astype(float), _day(rows["date"].max())
 
 
-def has_weights_table(store: TableStore) -> bool:
-    """Whether the warehouse offers ``portfolio_weights`` (it is read only where it exists)."""
-    found = store.query(
-        f"SELECT count(*) AS n FROM information_schema.tables WHERE table_name = '{WEIGHTS_TABLE}'"
-    )
-    return int(found["n"].iloc[0]) > 0
-
-
 def current_holdings(store: TableStore, portfolio: str) -> Holdings:
-    """The paper portfolio's newest weights from ``portfolio_weights``; cash when the table or its rows are absent."""
-    if not has_weights_table(store):
-        return Holdings(pd.Series(dtype=float), f"cash (the warehouse has no {WEIGHTS_TABLE} table)")
-    rows = store.query(
-        f"SELECT symbol, weight, date FROM {WEIGHTS_TABLE} WHERE portfolio = ? AND date = "
-        f"(SELECT max(date) FROM {WEIGHTS_TABLE} WHERE portfolio = ?)",
-        [portfolio, portfolio],
-    )
-    if rows.empty:
+    """The paper portfolio's newest weights in ``portfolio_weights`` (the portfolio assets); cash when it has none."""
+    weights, _ = read_portfolio(store, portfolio)
+    if weights.empty:
         return Holdings(pd.Series(dtype=float), f"cash (no {WEIGHTS_TABLE} rows for portfolio {portfolio!r})")
-    date = _day(rows["date"].iloc[0])
-    weights = rows.groupby("symbol")["weight"].sum().astype(float)
-    return Holdings(weights[weights != 0], f"paper portfolio weights of {date}", date)
+    newest = weights[weights["date"] == weights["date"].max()]
+    date = _day(newest["date"].iloc[0])
+    held = newest.groupby("symbol")["weight"].sum().astype(float)
+    return Holdings(held[held != 0], f"paper portfolio weights of {date}", date)
 
 
 def _decision_frame(store: TableStore, spec: Strategy, origin: dt.date) -> pd.DataFrame:

@@ -38,7 +38,7 @@ def test_orders_table_from_cash_and_the_default_basket_file(world, tmp_path):
     assert proc.returncode == 0, proc.stderr
     text = proc.stdout
     assert "targets of origin 2024-05-01 for the session 2024-05-02" in text
-    assert "starting from cash (the warehouse has no portfolio_weights table)" in text
+    assert "starting from cash (no portfolio_weights rows for portfolio 'top')" in text
     assert "capital USD 50,000" in text
     cells = [[c.strip() for c in line.strip("│┃ ").split("│")] for line in text.splitlines() if "│" in line]
     trades = [row[:4] for row in cells if len(row) > 4 and row[1] in ("BUY", "SELL")]

@@ -10,6 +10,7 @@ from helpers.portfolio import planted_panel
 from typer.testing import CliRunner
 
 from ibf_core.portfolio.spec import parse_portfolios
+from ibf_core.portfolio.orders import current_holdings
 from ibf_core.portfolio.stored import cost_model, read_portfolio, simulate_stored
 from ibf_core.settings import get_settings
 from ibf_core.storage.tables import MARKET_BARS, PREDICTIONS
@@ -106,6 +107,12 @@ def test_materialize_check_recompute_and_backfill_an_old_date(world):
         held = read_portfolio(store, name)[0]
         gap = held[(held["symbol"] == "S001") & held["date"].isin(pd.to_datetime(["2021-03-10", "2021-03-11"]))]
         assert gap["reason"].str.startswith("no price").all(), gap
+    # `ibf orders` starts from what the assets stored: the newest session's non-zero weights.
+    weights = read_portfolio(store, "top")[0]
+    newest = weights[(weights["date"] == weights["date"].max()) & (weights["weight"] != 0)]
+    holdings = current_holdings(store, "top")
+    assert holdings.date == newest["date"].iloc[0].date() and holdings.source.startswith("paper portfolio weights of")
+    assert holdings.weights.sort_index().to_dict() == newest.set_index("symbol")["weight"].sort_index().to_dict()
 
     # Materializing again changes nothing; the metadata says so.
     before = {n: read_portfolio(store, n) for n in specs}

@@ -6,7 +6,6 @@ import datetime as dt
 import io
 
 import pandas as pd
-import pyarrow as pa
 import pytest
 from helpers.portfolio import ORDER_ORIGIN, ORDER_PRICES, store_order_world
 
@@ -21,8 +20,8 @@ from ibf_core.portfolio.orders import (
     trade_list,
 )
 from ibf_core.portfolio.spec import Strategy
-from ibf_core.storage import registry
-from ibf_core.storage.tables import Catalog, Column, TableSpec
+from ibf_core.portfolio.stored import PORTFOLIO_WEIGHTS
+from ibf_core.storage.interface import to_arrow
 from ibf_core.storage.warehouse import Warehouse
 
 PRICES = pd.Series({"AAA": 50.0, "BBB": 20.0, "CCC": 3.0, "SHO": 30.0, "PEN": 0.8})
@@ -93,46 +92,24 @@ def test_plan_from_cash_uses_the_newest_origin_and_says_it_starts_from_cash(stor
     plan = plan_orders(store, "top", Strategy.parse({"strategy": "topk", "k": 2}), 100_000.0)
     assert plan.origin == dt.date(2024, 5, 1) and plan.session == dt.date(2024, 5, 2)
     assert plan.price_date == dt.date(2024, 5, 1)
-    assert plan.holdings.weights.empty and "no portfolio_weights table" in plan.holdings.source
+    assert plan.holdings.weights.empty and "no portfolio_weights rows" in plan.holdings.source
     assert plan.targets.to_dict() == {"AAA": 0.5, "EEE": 0.5}  # the two best scores of 2024-05-01 (not 04-30's)
     assert [(t.symbol, t.side, t.shares, t.price) for t in plan.trades] == [("AAA", "BUY", 1000, 50.0), ("EEE", "BUY", 166, 300.0)]
     assert plan.basket_tag == "ibf-top-20240501"
     assert plan.totals() == {"bought": 99_800.0, "sold": 0.0, "net": 99_800.0}
 
 
-WEIGHTS = TableSpec(
-    name="portfolio_weights",
-    description="The paper portfolios' weights (declared here as the portfolio-assets branch plans it)",
-    key=("symbol", "date", "portfolio"),
-    columns=(
-        Column("portfolio", pa.string(), "Portfolio name"),
-        Column("date", pa.date32(), "Session"),
-        Column("symbol", pa.string(), "Ticker"),
-        Column("weight", pa.float64(), "Weight after the session"),
-        Column("origin", pa.date32(), "Origin of the targets"),
-        Column("target_weight", pa.float64(), "Target weight"),
-        Column("reason", pa.string(), "rebalance, sold, hold, ..."),
-    ),
-)
-
-
-@pytest.fixture
-def with_weights_table(monkeypatch):
-    """The registered catalog plus a ``portfolio_weights`` table, as once the portfolio assets declare it."""
-    base = registry.registered_catalog()
-    monkeypatch.setattr(registry, "_provider", lambda: Catalog((*base.tables, WEIGHTS), base.views))
-
-
 def _store_weights(store, rows: list[tuple[str, str, str, float]]) -> None:
     frame = pd.DataFrame(rows, columns=["portfolio", "date", "symbol", "weight"])
     frame = frame.assign(date=pd.to_datetime(frame["date"]), origin=pd.to_datetime(frame["date"]),
                          target_weight=frame["weight"], reason="rebalance")
-    store.replace_slice(WEIGHTS, frame, sorted(set(frame["symbol"])), frame["date"].min(), frame["date"].max())
+    for name, rows_of in frame.groupby("portfolio"):  # one file per portfolio, as the portfolio assets write it
+        table = to_arrow(PORTFOLIO_WEIGHTS, rows_of)
+        store.write([(PORTFOLIO_WEIGHTS, name)], lambda tx, name=name, table=table: tx.put(PORTFOLIO_WEIGHTS, name, table))
 
 
-def test_plan_from_the_paper_portfolio_reads_its_newest_weights_only(store, with_weights_table):
+def test_plan_from_the_paper_portfolio_reads_its_newest_weights_only(store):
     store_order_world(store)
-    store.ensure_all_tables()
     assert "no portfolio_weights rows for portfolio 'drop'" in current_holdings(store, "drop").source
     _store_weights(store, [
         ("drop", "2024-04-29", "CCC", 1.0),  # an older day of the same portfolio: not the holdings
