@@ -28,6 +28,12 @@ class Settings(BaseSettings):
 
     home: Path = Field(Path(".ibf"), description="State folder: warehouse, Dagster instance (`dagster/`), MLflow "
         "store, IB download cache")
+    min_free_mib: int = Field(1024, ge=0, description="Free space (MiB) the filesystem under `IBF_HOME` must keep: "
+        "below it `/ready` answers 503 and the `market_bars:disk_space` check warns (0 = no floor); see "
+        "Troubleshooting: Disk space")
+    storage_faults: str = Field("", description="Tests only: faults the atomic writer of every process that opens "
+        "the warehouse injects, e.g. `full_disk_files=-1` (every staged file fails with ENOSPC) or "
+        "`full_disk_skip=1,full_disk_files=2`; empty = none")
     source: Literal["sample", "csv", "ibkr"] = Field("sample", description="Where market bars come from: `sample` "
         "(the embedded real sample), `csv` (your files), `ibkr` (TWS / IB Gateway)")
     csv_path: Path | None = Field(None, description="CSV/Parquet file or folder for `IBF_SOURCE=csv` (required then)")
