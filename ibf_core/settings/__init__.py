@@ -106,6 +106,9 @@ class Settings(BaseSettings):
     stream_retention_days: int = Field(30, ge=0, description="`ibf stream`: sessions older than this many days are "
         "deleted from `trades`, `depth` and `quotes` at start and daily (0 = keep forever; `intraday_bars` are "
         "kept)")
+    stream_max_pending_rows: int = Field(500_000, gt=0, description="`ibf stream`: rows it holds in memory while "
+        "the disk is full (each flush retries; about 1 KiB each); past it the stream stops with the disk-full error "
+        "(see Troubleshooting: Disk space)")
     stream_max_lag_seconds: float = Field(60.0, gt=0, description="Dagster check `intraday_bars:stream_lag`: during "
         "market hours every streamed symbol's newest 5-second bar ended at most this many seconds ago")
     live_price_max_age_seconds: float = Field(300.0, gt=0, description="`ibf forecasts --live` and `POST /predict` "
