@@ -13,6 +13,7 @@ import errno
 import functools
 import shutil
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -60,6 +61,28 @@ def human_bytes(count: float) -> str:
             return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
         count /= 1024
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+@dataclass(frozen=True)
+class FreeSpace:
+    """Free space under the state folder against the floor ``IBF_MIN_FREE_MIB`` (0: no floor)."""
+
+    free_bytes: int
+    floor_bytes: int
+
+    @property
+    def ok(self) -> bool:
+        return self.free_bytes >= self.floor_bytes
+
+    def summary(self) -> str:
+        """``"3.1 GiB free under IBF_HOME (floor 1.0 GiB)"``, and ``"below the floor"`` when it is."""
+        below = "; below the floor" if not self.ok else ""
+        return f"{human_bytes(self.free_bytes)} free under IBF_HOME (floor IBF_MIN_FREE_MIB = {human_bytes(self.floor_bytes)}){below}"
+
+
+def free_space(home: Path, min_free_mib: int) -> FreeSpace:
+    """The free space under ``home`` (its nearest existing parent before it is created) against the floor."""
+    return FreeSpace(free_bytes(home), min_free_mib * 2**20)
 
 
 def disk_full_error(path: Path | str, home: Path) -> DiskFullError:

@@ -19,7 +19,9 @@ def counts() -> list[dict]:
 
 
 def test_a_full_disk_fails_the_run_naming_path_and_free_space_and_changes_nothing(ibf_home, monkeypatch):
-    ibf("backfill", "--symbols", "AAPL,MSFT", "--start", "2012-01-03", "--end", "2012-06-29", "--assets", "market_bars")
+    monkeypatch.setenv("IBF_MIN_FREE_MIB", "1")  # a floor any test machine meets (the huge one below fails it)
+    first = ibf("backfill", "--symbols", "AAPL,MSFT", "--start", "2012-01-03", "--end", "2012-06-29", "--assets", "market_bars")
+    assert "disk_space=pass" in first.stderr
     before, rows = lake_state(ibf_home), counts()
     assert rows == [{"symbol": "AAPL", "n": 125}, {"symbol": "MSFT", "n": 125}]
 
@@ -49,6 +51,9 @@ def test_a_full_disk_fails_the_run_naming_path_and_free_space_and_changes_nothin
         root = root.cause
     assert root.cls_name == "DiskFullError" and FULL.search(root.message), root.message
 
-    ibf(*BACKFILL)  # space is free again: the same backfill completes
+    # space is free again: the same backfill completes; the WARN check says when free space is below the floor
+    proc = run_ibf(*BACKFILL, env={"IBF_MIN_FREE_MIB": str(10**9)})
+    assert proc.returncode == 0, proc.stderr
+    assert "disk_space=FAIL" in proc.stderr and "fresh=FAIL" in proc.stderr  # both WARN: the run still succeeds
     assert counts() == [{"symbol": "AAPL", "n": 250}, {"symbol": "MSFT", "n": 250}]
     assert not [p for p in ibf_home.rglob("*") if atomic.temp_target(p) is not None]
