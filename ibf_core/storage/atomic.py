@@ -9,6 +9,10 @@ batch's temp files that were not swapped in yet.
 Locking: the writer takes no lock. A read-modify-write must hold the target's :func:`lock` from its read to its
 swap, which a lock taken inside the write cannot do; a blind overwrite needs none (the last writer wins). A
 caller holding a target's lock may clear that target's leftover temp files by name (:func:`remove_stale_temps`).
+
+A full disk is an ``OSError(ENOSPC)`` naming the target (never the removed temp file); the stores turn it into one
+line with the free space (:mod:`ibf_core.storage.space`). :func:`set_faults` (or ``IBF_STORAGE_FAULTS`` through
+``open_warehouse``) makes staged files fail that way, so tests and CI need no small filesystem.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import secrets
 import shutil
 import threading
 import time
+import traceback
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from fnmatch import fnmatchcase
@@ -160,6 +165,9 @@ def _stage(target: Path, write: Callable[[Path], None]) -> Path:
             os.fsync(handle.fileno())
     except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        # The failed writer's frames hold its open file, whose blocks stay in use until they go: clear them now,
+        # not at some later garbage collection (a full disk would stay full while the error is kept).
+        traceback.clear_frames(exc.__traceback__)
         if isinstance(exc, OSError) and _says_full(exc):  # Arrow's OSError keeps the errno only in its text
             raise _named_full_disk(exc, target) from None
         raise
@@ -171,7 +179,7 @@ def _says_full(exc: OSError) -> bool:
 
 
 def _named_full_disk(exc: OSError, target: Path) -> OSError:
-    return OSError(errno.ENOSPC, f"No space left on device ({exc.strerror or exc})", str(target))
+    return OSError(errno.ENOSPC, str(exc.strerror or exc).splitlines()[0], str(target))
 
 
 def _parquet_writer(table: pa.Table) -> Callable[[Path], None]:

@@ -86,8 +86,9 @@ def free_space(home: Path, min_free_mib: int) -> FreeSpace:
 
 
 def disk_full_error(path: Path | str, home: Path) -> DiskFullError:
-    """The one-line error of a write of ``path`` that hit a full disk under ``home``."""
-    return DiskFullError(f"no space left on device writing {path} ({human_bytes(free_bytes(home))} free under {home})")
+    """The one-line error of a write of ``path`` that hit a full disk under ``home``; the free space is measured
+    where ``path`` lies (the lake may be a filesystem of its own inside ``home``)."""
+    return DiskFullError(f"no space left on device writing {path} ({human_bytes(free_bytes(Path(path)))} free under {home})")
 
 
 @contextlib.contextmanager
@@ -96,13 +97,14 @@ def naming_full_disk(home: Path, what: Path | str | None = None) -> Iterator[Non
     ``what``, else ``home``) and the free space under ``home``; any other error passes unchanged."""
     try:
         yield
+        return
     except DiskFullError:
         raise
     except Exception as exc:
         if not is_disk_full(exc):
             raise
-        path = getattr(exc, "filename", None) or what or home
-        raise disk_full_error(path, home) from None
+        error = disk_full_error(getattr(exc, "filename", None) or what or home, home)
+    raise error  # outside the handler: no chained low-level error (and its frames) rides along
 
 
 def full_disk_named(method: F) -> F:
