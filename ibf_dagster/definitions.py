@@ -31,7 +31,7 @@ from ibf_dagster.sensors import (
 
 
 def build_definitions(settings: Settings) -> dg.Definitions:
-    market_bars, market_bars_fresh = build_market_bars(settings)
+    market_bars, *market_bars_checks = build_market_bars(settings)
     live_sources, live_checks = build_live_sources(settings)
     live_watch, live_watch_schedule = build_live_watch(settings)
     return dg.Definitions(
@@ -48,7 +48,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
             build_drift_scores(settings),
             build_portfolios(settings),
         ],
-        asset_checks=[market_bars_fresh, *live_checks],
+        asset_checks=[*market_bars_checks, *live_checks],
         jobs=[live_watch],
         schedules=[live_watch_schedule],
         sensors=[

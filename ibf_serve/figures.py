@@ -12,6 +12,7 @@ from ibf_core.calendar import latest_complete_session, trading_days
 from ibf_core.forecasts import newest_bar_age_sessions
 from ibf_core.monitoring.alerts import read_alerts
 from ibf_core.portfolio.stored import newest_rows
+from ibf_core.storage import space
 from ibf_serve.metrics import ASSETS, counter, gauge, gpu_metrics
 
 # Heavy imports (dagster) stay inside the functions that need them: importing this module loads none of them.
@@ -22,7 +23,7 @@ log = logging.getLogger("ibf_serve")
 def platform_metrics(services) -> list[Metric]:
     """Every scrape-time family; a part that fails is left out (absent, not zero) and logged."""
     out: list[Metric] = []
-    for part in (_assets, _checks, _drift, _model, _performance, _confidence, _runs, _portfolios):
+    for part in (_assets, _checks, _drift, _model, _performance, _confidence, _runs, _portfolios, _disk):
         try:
             out += part(services)
         except Exception as exc:  # noqa: BLE001 - one broken source must not take the others' figures down
@@ -179,3 +180,12 @@ def _trigger(tags: dict[str, str]) -> str:
     if launched == "ibf api":
         return "api"
     return "other"
+
+
+def _disk(services) -> list[Metric]:
+    found = space.free_space(services.settings.home_dir, services.settings.min_free_mib)
+    free = gauge("ibf_disk_free_bytes", "Bytes free on the filesystem under IBF_HOME")
+    free.add_metric([], float(found.free_bytes))
+    floor = gauge("ibf_disk_free_floor_bytes", "IBF_MIN_FREE_MIB in bytes: below it /ready answers 503")
+    floor.add_metric([], float(found.floor_bytes))
+    return [free, floor]

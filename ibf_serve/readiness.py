@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ibf_core.forecasts import newest_bar_age_sessions
+from ibf_core.storage import space
 
 
 def readiness(services) -> tuple[dict[str, Any], bool]:
@@ -42,6 +43,13 @@ def readiness(services) -> tuple[dict[str, Any], bool]:
                 checks["bars"]["message"] = "no market bars stored"
         except Exception as exc:  # noqa: BLE001
             checks["bars"] = {"ok": False, "message": f"market_bars not readable ({type(exc).__name__})"}
+    try:
+        found = space.free_space(services.settings.home_dir, services.settings.min_free_mib)
+        checks["disk"] = {"ok": found.ok, "free_bytes": found.free_bytes, "floor_bytes": found.floor_bytes}
+        if not found.ok:  # the next backfill or stream flush would fail: not ready before it does
+            checks["disk"]["message"] = found.summary()
+    except OSError as exc:
+        checks["disk"] = {"ok": False, "message": f"free space under IBF_HOME not readable ({type(exc).__name__})"}
     ok = all(c["ok"] for c in checks.values())
     failing = [name for name, c in checks.items() if not c["ok"]]
     return {"status": "ready" if ok else "not ready", "failing": failing, "checks": checks}, ok

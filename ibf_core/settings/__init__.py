@@ -28,6 +28,12 @@ class Settings(BaseSettings):
 
     home: Path = Field(Path(".ibf"), description="State folder: warehouse, Dagster instance (`dagster/`), MLflow "
         "store, IB download cache")
+    min_free_mib: int = Field(1024, ge=0, description="Free space (MiB) the filesystem under `IBF_HOME` must keep: "
+        "below it `/ready` answers 503 and the `market_bars:disk_space` check warns (0 = no floor); see "
+        "Troubleshooting: Disk space")
+    storage_faults: str = Field("", description="Tests only: faults the atomic writer of every process that opens "
+        "the warehouse injects, e.g. `full_disk_files=-1` (every staged file fails with ENOSPC) or "
+        "`full_disk_skip=1,full_disk_files=2`; empty = none")
     source: Literal["sample", "csv", "ibkr"] = Field("sample", description="Where market bars come from: `sample` "
         "(the embedded real sample), `csv` (your files), `ibkr` (TWS / IB Gateway)")
     csv_path: Path | None = Field(None, description="CSV/Parquet file or folder for `IBF_SOURCE=csv` (required then)")
@@ -100,6 +106,9 @@ class Settings(BaseSettings):
     stream_retention_days: int = Field(30, ge=0, description="`ibf stream`: sessions older than this many days are "
         "deleted from `trades`, `depth` and `quotes` at start and daily (0 = keep forever; `intraday_bars` are "
         "kept)")
+    stream_max_pending_rows: int = Field(500_000, gt=0, description="`ibf stream`: rows it holds in memory while "
+        "the disk is full (each flush retries; about 1 KiB each); past it the stream stops with the disk-full error "
+        "(see Troubleshooting: Disk space)")
     stream_max_lag_seconds: float = Field(60.0, gt=0, description="Dagster check `intraday_bars:stream_lag`: during "
         "market hours every streamed symbol's newest 5-second bar ended at most this many seconds ago")
     live_price_max_age_seconds: float = Field(300.0, gt=0, description="`ibf forecasts --live` and `POST /predict` "

@@ -9,17 +9,25 @@ batch's temp files that were not swapped in yet.
 Locking: the writer takes no lock. A read-modify-write must hold the target's :func:`lock` from its read to its
 swap, which a lock taken inside the write cannot do; a blind overwrite needs none (the last writer wins). A
 caller holding a target's lock may clear that target's leftover temp files by name (:func:`remove_stale_temps`).
+
+A full disk is an ``OSError(ENOSPC)`` naming the target (never the removed temp file); the stores turn it into one
+line with the free space (:mod:`ibf_core.storage.space`). :func:`set_faults` (or ``IBF_STORAGE_FAULTS`` through
+``open_warehouse``) makes staged files fail that way, so tests and CI need no small filesystem.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import errno
 import json
 import os
 import re
 import secrets
 import shutil
+import threading
 import time
+import traceback
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from fnmatch import fnmatchcase
@@ -61,6 +69,59 @@ def locks(targets: Iterable[tuple[Path, str]], timeout: float = LOCK_WAIT_S) -> 
         yield
 
 
+# ----- the fault switch ---------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class WriterFaults:
+    """Faults this process's atomic writer injects (tests, ``IBF_STORAGE_FAULTS``): after ``full_disk_skip`` files
+    staged normally, the next ``full_disk_files`` files (-1: every one) fail with ENOSPC once their temp file holds
+    data, as a disk that fills up in the middle of a write does."""
+
+    full_disk_skip: int = 0
+    full_disk_files: int = 0
+
+    @classmethod
+    def parse(cls, spec: str) -> WriterFaults:
+        """``full_disk_files=2,full_disk_skip=1`` (empty: no fault); an unknown name or a bad value raises ValueError."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        values: dict[str, int] = {}
+        for part in filter(None, (p.strip() for p in spec.split(","))):
+            name, sep, raw = part.partition("=")
+            if not sep or name.strip() not in names:
+                raise ValueError(f"storage fault {part!r}: use name=value with a name among {', '.join(sorted(names))}")
+            try:
+                values[name.strip()] = int(raw)
+            except ValueError:
+                raise ValueError(f"storage fault {part!r}: {raw.strip()!r} is not an integer") from None
+        return cls(**values)
+
+
+_faults = WriterFaults()
+_faults_lock = threading.Lock()
+
+
+def set_faults(faults: WriterFaults | None = None) -> WriterFaults:
+    """Switch this process's writer faults (None: none); returns the previous ones."""
+    global _faults
+    with _faults_lock:
+        previous, _faults = _faults, faults or WriterFaults()
+    return previous
+
+
+def _take_full_disk() -> bool:
+    """Whether the file being staged now fails as if the disk were full (consumes one unit of the fault)."""
+    global _faults
+    with _faults_lock:
+        faults = _faults
+        if faults.full_disk_files == 0:
+            return False
+        if faults.full_disk_skip > 0:
+            _faults = dataclasses.replace(faults, full_disk_skip=faults.full_disk_skip - 1)
+            return False
+        if faults.full_disk_files > 0:
+            _faults = dataclasses.replace(faults, full_disk_files=faults.full_disk_files - 1)
+        return True
+
+
 # ----- staging --------------------------------------------------------------------------------------
 def _create_temp(folder: Path, target_name: str, make: Callable[[Path], None]) -> Path:
     """A new hidden ``.<target>.<8 random characters>.tmp`` beside the target, created by ``make``.
@@ -87,17 +148,38 @@ def _new_folder(path: Path) -> None:
 
 
 def _stage(target: Path, write: Callable[[Path], None]) -> Path:
-    """``write`` into a new hidden temp file beside ``target`` and fsync it; the temp file is gone on failure."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _create_temp(target.parent, target.name, _new_file)
+    """``write`` into a new hidden temp file beside ``target`` and fsync it; the temp file is gone on failure, and
+    a full disk is raised as ``OSError(ENOSPC)`` naming ``target`` (not the temp file, which no longer exists)."""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = _create_temp(target.parent, target.name, _new_file)
+    except OSError as exc:
+        if _says_full(exc):
+            raise _named_full_disk(exc, target) from None
+        raise
     try:
         write(tmp)
+        if _take_full_disk():
+            raise OSError(errno.ENOSPC, "No space left on device (injected by IBF_STORAGE_FAULTS)", str(tmp))
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        # The failed writer's frames hold its open file, whose blocks stay in use until they go: clear them now,
+        # not at some later garbage collection (a full disk would stay full while the error is kept).
+        traceback.clear_frames(exc.__traceback__)
+        if isinstance(exc, OSError) and _says_full(exc):  # Arrow's OSError keeps the errno only in its text
+            raise _named_full_disk(exc, target) from None
         raise
     return tmp
+
+
+def _says_full(exc: OSError) -> bool:
+    return exc.errno == errno.ENOSPC or "no space left on device" in str(exc).lower()
+
+
+def _named_full_disk(exc: OSError, target: Path) -> OSError:
+    return OSError(errno.ENOSPC, str(exc.strerror or exc).splitlines()[0], str(target))
 
 
 def _parquet_writer(table: pa.Table) -> Callable[[Path], None]:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ibf_core.settings import get_settings
+from ibf_core.settings import SettingsError, get_settings
+from ibf_core.storage import atomic
 from ibf_core.storage.ducklake import DuckLakeWarehouse, S3Credentials
 from ibf_core.storage.interface import TableStore
 
@@ -20,6 +21,11 @@ def open_warehouse(settings: Settings | None = None, *, reader: bool = False) ->
     is written; a ``reader`` (the REST service) creates nothing and learns of a missing one from ``exists()``."""
     if settings is None:
         settings = get_settings()
+    if settings.storage_faults:  # only switched on here, so a test's in-process faults are not reset by an open
+        try:
+            atomic.set_faults(atomic.WriterFaults.parse(settings.storage_faults))
+        except ValueError as exc:
+            raise SettingsError(f"invalid settings: IBF_STORAGE_FAULTS: {exc}") from None
     if settings.warehouse == "ducklake":
         def secret(value):
             return value.get_secret_value() if value is not None else None

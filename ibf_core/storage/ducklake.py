@@ -38,7 +38,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ibf_core.storage import atomic
+from ibf_core.storage import atomic, space
 from ibf_core.storage.interface import (
     QueryRefused,
     TableStore,
@@ -307,6 +307,7 @@ class DuckLakeWarehouse(TableStore):
         declared = ", ".join(f'"{c.name}" {c.sql_type}' for c in spec.columns)
         return f'{declared}, "{PARTITION}" VARCHAR, "{ROW}" BIGINT'
 
+    @space.full_disk_named
     def ensure_catalog(self, catalog: Catalog) -> None:
         """Each table (with its hidden columns), and any declared column an older table lacks."""
         wanted = [s for s in catalog.tables if (s.name, tuple(s.column_names)) not in self._ensured]
@@ -390,6 +391,7 @@ class DuckLakeWarehouse(TableStore):
             finally:
                 cur.close()
 
+    @space.full_disk_named
     def write(self, partitions: Iterable[tuple[TableSpec, str]], build: Callable[[Transaction], T]) -> T:
         wanted = sorted({(spec.name, name): spec for spec, name in partitions}.items())
         self.ensure_catalog(Catalog(tuple({spec.name: spec for (_, _), spec in wanted}.values())))

@@ -53,6 +53,10 @@ class DamagedFile(WarehouseError):
     """A Parquet file of the lake cannot be read (e.g. truncated); the message names it and how to repair it."""
 
 
+class DiskFullError(WarehouseError):
+    """A write hit a full disk (ENOSPC); nothing of it landed, and the message names the path and the free space."""
+
+
 @dataclass(frozen=True)
 class WriteResult:
     table: str

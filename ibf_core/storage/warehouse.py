@@ -45,10 +45,11 @@ import pyarrow.parquet as pq
 from filelock import FileLock
 from tenacity import retry, retry_if_exception, stop_after_delay, wait_exponential
 
-from ibf_core.storage import atomic
+from ibf_core.storage import atomic, space
 from ibf_core.storage.interface import (
     WHOLE_TABLE,
     DamagedFile,
+    DiskFullError,
     QueryRefused,
     TableStore,
     Transaction,
@@ -68,7 +69,7 @@ from ibf_core.storage.registry import registered_catalog
 from ibf_core.storage.tables import SCHEMA_FILE, Catalog, TableSpec, ViewSpec, data_files
 
 T = TypeVar("T")
-__all__ = ["DamagedFile", "QueryRefused", "Warehouse", "WarehouseError", "WarehouseLocked", "WriteResult"]
+__all__ = ["DamagedFile", "DiskFullError", "QueryRefused", "Warehouse", "WarehouseError", "WarehouseLocked", "WriteResult"]
 _VERSION_TAG = "ibf:"
 _LOCK_HOLDER = re.compile(r"Conflicting lock is held in (?P<program>.*?) \(PID (?P<pid>\d+)\)")
 # ibf itself holds warehouse.duckdb for milliseconds (defining views); anything longer is someone's session.
@@ -183,7 +184,6 @@ class Warehouse(TableStore):
         """An inter-process lock for read-modify-write of files under ``folder`` (see ``atomic.lock``)."""
         return atomic.lock(folder, name)
 
-
     def describe(self) -> str:
         return f"Parquet lake {self.lake_dir} (views in {self.db_path})"
 
@@ -199,11 +199,6 @@ class Warehouse(TableStore):
         schema_file = self.table_dir(spec) / SCHEMA_FILE
         if not schema_file.exists() or pq.read_schema(schema_file).names != spec.column_names:
             atomic.write_parquet(schema_file, spec.schema.empty_table())
-
-    def ensure_table(self, spec: TableSpec) -> None:
-        """Create the table folder, its empty schema file and its view (only when missing or changed)."""
-        self._ensure_folder(spec)
-        self.ensure_views([self.table_view(spec)])
 
     def exists(self) -> bool:
         return self.db_path.exists()
@@ -240,6 +235,7 @@ class Warehouse(TableStore):
                 raise
             raise self._damage_error([(path, reason)]) from None
 
+    @space.full_disk_named
     def ensure_catalog(self, catalog: Catalog) -> None:
         """Folders, schema files and views of every table of ``catalog``, then its views."""
         for spec in catalog.tables:
@@ -365,10 +361,11 @@ class Warehouse(TableStore):
         merged = pa.concat_tables([kept, new])
         return merged.take(pc.sort_indices(merged, [("date", "ascending")])), replaced
 
+    @space.full_disk_named
     def write(self, partitions: Iterable[tuple[TableSpec, str]], build: Callable[[Transaction], T]) -> T:
         """Under the partitions' file locks, one :class:`atomic.AtomicBatch`: every file ``build`` writes is staged
         before the first is swapped in, so a failure while building changes nothing. Leftover temp files of the
-        partitions' dead writers are removed under their locks."""
+        partitions' dead writers are removed under their locks. A full disk raises :class:`DiskFullError`, nothing changed."""
         wanted = sorted({(spec.name, name): spec for spec, name in partitions}.items())
         by_table: dict[str, tuple[TableSpec, list[str]]] = {}
         for (table, name), spec in wanted:

@@ -30,6 +30,6 @@ def collect(settings: Settings, store: TableStore, symbols: list[str] | None = N
         connect_timeout=settings.ib_timeout, realtime_per_10min=settings.ib_realtime_bars_per_10min,
         bar_types=tuple(settings.stream_bar_types), tick_symbols=settings.stream_tick_symbols,
         depth_rows=settings.stream_depth_rows, watchlist=settings.stream_watchlist, ranking=newest_ranking(store),
-        retention_days=settings.stream_retention_days,
+        retention_days=settings.stream_retention_days, max_pending_rows=settings.stream_max_pending_rows,
     )
     return asyncio.run(collector.run(duration_s))

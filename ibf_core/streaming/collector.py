@@ -32,7 +32,7 @@ from typing import Any
 import pandas as pd
 
 from ibf_core.sources.ibkr.source import RequestPacer, ib_client
-from ibf_core.storage.interface import TableStore
+from ibf_core.storage.interface import DiskFullError, TableStore
 from ibf_core.streaming.priority import serve_order
 from ibf_core.streaming.store import Appender
 from ibf_core.streaming.tables import DEPTH, INTRADAY_BARS, QUOTES, TICK_TABLES, TRADES
@@ -45,6 +45,7 @@ REPLAY_TICKS = 1000  # trades IB re-sends first on a tick-by-tick subscription (
 CLIENT_ID_IN_USE, CLIENT_ID_TRIES = 326, 10  # 326: try client_id + 1 ... + 10
 REFUSED = {10190: "tick_by_tick", 309: "depth"}  # IB's "max number of ... requests has been reached"
 DEPTH_SIDES, DEPTH_OPERATIONS = ("ask", "bid"), ("insert", "update", "delete")
+_STAT = {INTRADAY_BARS.name: "bars", QUOTES.name: "quotes", TRADES.name: "trades", DEPTH.name: "depth"}  # StreamStats field
 
 
 @dataclass
@@ -89,6 +90,7 @@ class Collector:
         ranking: pd.Series | None = None,
         backoff_max_s: float = 30.0,
         retention_days: int = 0,
+        max_pending_rows: int = 500_000,
     ):
         self.store, self.host, self.ports, self.client_id = store, host, ports or [4002], client_id
         self.symbols = list(dict.fromkeys(symbols))
@@ -107,6 +109,8 @@ class Collector:
         self.depth_rows = depth_rows
         self.backoff_max_s = backoff_max_s
         self.retention_days = retention_days
+        self.max_pending_rows = max_pending_rows
+        self.full_disk: DiskFullError | None = None  # the latest flush's, while rows wait for space
         self._pruned_on: dt.date | None = None
         self._market_time: dict[str, pd.Timestamp] = {}  # newest IB time seen per symbol (depth has none)
         self._seen: dict[str, tuple[int, Counter]] = {}  # per symbol: the second and its (price, size) counts
@@ -186,36 +190,51 @@ class Collector:
             self._depth += rows
 
     def flush(self) -> int:
-        """Append what arrived since the last flush (one write per table); returns the rows stored."""
+        """Append what arrived since the last flush (one write per table); returns the rows stored.
+
+        A full disk stores nothing of the table it hit (the write is atomic): that table's rows and the later
+        tables' stay in memory, ahead of newer rows, for the next flush, with one warning line. What is held is
+        bounded by ``max_pending_rows``: past it the collector stops with the disk-full error rather than grow."""
         with self._rows_lock:
-            bars, self._bars = self._bars, []
-            book, self._quotes = self._quotes, []
-            trades, self._trades = self._trades, []
-            depth, self._depth = self._depth, []
+            batches = [(INTRADAY_BARS, self._bars), (QUOTES, self._quotes), (TRADES, self._trades), (DEPTH, self._depth)]
+            self._bars, self._quotes, self._trades, self._depth = [], [], [], []
         stored = 0
-        if bars:
-            frame = pd.DataFrame(bars)
-            added = self._appenders[INTRADAY_BARS.name].append(frame)
-            done = pd.Timestamp.now(tz="UTC")
-            self.stats.lags_s += (done - frame["received_at"]).dt.total_seconds().tolist()
-            self.stats.bars += added
+        for i, (spec, rows) in enumerate(batches):
+            if not rows:
+                continue
+            frame = pd.DataFrame(rows)
+            try:
+                added = self._appenders[spec.name].append(frame)
+            except DiskFullError as exc:
+                self._hold([rows for _, rows in batches[i:]], exc)
+                break
+            if spec is INTRADAY_BARS:
+                done = pd.Timestamp.now(tz="UTC")
+                self.stats.lags_s += (done - frame["received_at"]).dt.total_seconds().tolist()
+            setattr(self.stats, _STAT[spec.name], getattr(self.stats, _STAT[spec.name]) + added)
             stored += added
-        if book:
-            added = self._appenders[QUOTES.name].append(pd.DataFrame(book))
-            self.stats.quotes += added
-            stored += added
-        if trades:
-            # A re-subscription re-sends recent trades: those before the newest stored second are all stored.
-            added = self._appenders[TRADES.name].append(pd.DataFrame(trades))
-            self.stats.trades += added
-            stored += added
-        if depth:
-            added = self._appenders[DEPTH.name].append(pd.DataFrame(depth))
-            self.stats.depth += added
-            stored += added
-        if bars or book or trades or depth:
+        else:
+            self.full_disk = None
+        if any(rows for _, rows in batches):
             self.stats.batches += 1
         return stored
+
+    def _hold(self, held: list[list[dict[str, Any]]], exc: DiskFullError) -> None:
+        """Put rows a full disk kept out back in front of the rows that arrived meanwhile (their order kept)."""
+        with self._rows_lock:
+            kept = [[]] * (4 - len(held)) + held  # the tables before the one that failed were stored
+            newer = (self._bars, self._quotes, self._trades, self._depth)
+            self._bars, self._quotes, self._trades, self._depth = (old + new for old, new in zip(kept, newer))
+            pending = self.pending_rows()
+        self.full_disk = exc
+        if pending > self.max_pending_rows:
+            raise DiskFullError(f"{exc}; {pending} rows wait in memory, more than IBF_STREAM_MAX_PENDING_ROWS="
+                                f"{self.max_pending_rows}: stopping, they are not stored") from None
+        log.warning("%s; %d row(s) kept in memory, written at the next flush", exc, pending)
+
+    def pending_rows(self) -> int:
+        """Rows received and not stored yet (call under ``_rows_lock`` for an exact count)."""
+        return len(self._bars) + len(self._quotes) + len(self._trades) + len(self._depth)
 
     def prune(self, today: dt.date | None = None) -> list[str]:
         """Delete the trades/depth/quotes partitions of sessions more than ``retention_days`` before ``today`` (New
@@ -362,14 +381,24 @@ class Collector:
             stop.set()
             await flusher
             self.flush()
+        if self.full_disk is not None:  # still full at the end: say what was not stored, do not exit as if all were
+            raise DiskFullError(f"{self.full_disk}; {self.pending_rows()} rows received were not stored")
         return self.stats
 
     async def _flush_loop(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            await self._sleep(self.flush_s, stop, None)
-            await asyncio.get_running_loop().run_in_executor(None, self.flush)
-            if pd.Timestamp.now(tz=NEW_YORK).date() != self._pruned_on:  # once a day
-                await asyncio.get_running_loop().run_in_executor(None, self.prune)
+        loop = asyncio.get_running_loop()
+        try:
+            while not stop.is_set():
+                await self._sleep(self.flush_s, stop, None)
+                await loop.run_in_executor(None, self.flush)
+                if pd.Timestamp.now(tz=NEW_YORK).date() != self._pruned_on:  # once a day
+                    try:
+                        await loop.run_in_executor(None, self.prune)
+                    except DiskFullError as exc:  # deleting needs no space, but the table folders may be created
+                        log.warning("retention skipped: %s", exc)
+        except BaseException:
+            stop.set()  # the collector stops with this error instead of receiving rows nobody stores
+            raise
 
     @staticmethod
     async def _sleep(seconds: float, stop: asyncio.Event, deadline: float | None) -> None:

@@ -7,8 +7,10 @@ import pandas as pd
 from ibf_core.market import quality
 from ibf_core.market.ingest import load_market_bars
 from ibf_core.market.issues import IssueSummary
+from ibf_core.market.quality import QualityResult
 from ibf_core.report import line_plot_markdown, markdown_table
 from ibf_core.settings import Settings
+from ibf_core.storage import space
 from ibf_core.storage.tables import MARKET_BARS
 from ibf_dagster.metadata import check_result, partition_result, plot_if_small, table_asset
 from ibf_dagster.partitions import context_rectangles, symbol_date_partitions
@@ -116,4 +118,18 @@ def build_market_bars(settings: Settings) -> list:
         by_symbol = {r.symbol: pd.Timestamp(r.last).date() for r in latest.itertuples()}
         return check_result(quality.check_freshness(by_symbol, settings.freshness_max_sessions), WARN)
 
-    return [market_bars, market_bars_fresh]
+    @dg.asset_check(
+        asset=market_bars,
+        name="disk_space",
+        description=(
+            f"At least IBF_MIN_FREE_MIB ({settings.min_free_mib} MiB) free on the filesystem under IBF_HOME, so the "
+            "next writes do not hit a full disk (WARN; `/ready` answers 503 below it as well)."
+        ),
+    )
+    def market_bars_disk_space(ibf: SettingsResource) -> dg.AssetCheckResult:
+        settings = ibf.get()
+        found = space.free_space(settings.home_dir, settings.min_free_mib)
+        details = {"free_bytes": found.free_bytes, "floor_bytes": found.floor_bytes}
+        return check_result(QualityResult("disk_space", found.ok, found.summary(), details), WARN)
+
+    return [market_bars, market_bars_fresh, market_bars_disk_space]

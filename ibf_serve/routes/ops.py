@@ -24,7 +24,8 @@ def health() -> dict[str, str]:
 @router.get("/ready", responses={**error_responses(), 503: {"model": ErrorBody, "description": "Not ready: the error "
             "shape plus the per-part checks and the failing parts"}})
 def ready(request: Request) -> JSONResponse:
-    """Readiness: warehouse readable, a model registered, the Dagster instance reachable, newest bar age."""
+    """Readiness: warehouse readable, a model registered, the Dagster instance reachable, newest bar age, free disk
+    space under IBF_HOME at least IBF_MIN_FREE_MIB."""
     api = api_state(request)
     body, ok = readiness(api.services)
     if not ok:  # the error shape every failure has, plus the per-part detail
