@@ -16,8 +16,16 @@ from pydantic_settings import SettingsError as PydanticSettingsError
 from ibf_core.models.names import trained_members  # the member names are the one list settings accept
 from ibf_core.portfolio.spec import DEFAULT_PORTFOLIOS, validate_portfolios
 from ibf_core.settings.values import (  # noqa: F401 - re-exported: the settings' public names
-    DEFAULT_UNIVERSE, RENAMED_ENV, SECRET_MARKERS, SYMBOL_PATTERN, SettingsError, TomlFlatSource, normalize_symbol,
-    password_of, split_list, url_secrets,
+    DEFAULT_UNIVERSE,
+    RENAMED_ENV,
+    SECRET_MARKERS,
+    SYMBOL_PATTERN,
+    SettingsError,
+    TomlFlatSource,
+    normalize_symbol,
+    password_of,
+    split_list,
+    url_secrets,
 )
 
 
