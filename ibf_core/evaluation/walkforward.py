@@ -30,6 +30,8 @@ from ibf_core.calendar import all_sessions
 from ibf_core.evaluation.factors import factor_ics, factor_table
 from ibf_core.evaluation.factors import markdown as factor_markdown
 from ibf_core.evaluation.metrics import cross_sectional_ic, ic_summary, member_metrics, skill_verdict
+from ibf_core.evaluation.portfolios import PortfolioEvaluation
+from ibf_core.evaluation.portfolios import markdown as portfolio_markdown
 from ibf_core.evaluation.report import _table, write_report
 from ibf_core.models import ModelDataError
 from ibf_core.models import importance_report as importance
@@ -246,11 +248,13 @@ def _upto(panel: pd.DataFrame, last: pd.Timestamp) -> pd.DataFrame:
 
 
 def write_outputs(
-    result: WalkForwardResult, json_path: Path, report_path: Path | None = None, policy: dict[str, Any] | None = None
+    result: WalkForwardResult, json_path: Path, report_path: Path | None = None, policy: dict[str, Any] | None = None,
+    portfolios: PortfolioEvaluation | None = None,
 ) -> tuple[Path, Path]:
     """The JSON (shape ``{"horizons": {"1": {"naive": {...}, ...}}}`` plus config and verdicts) and the report.
 
-    ``policy``: a ``backtest_policies`` result, stored under ``policy_backtest`` and printed as a report section.
+    ``policy``: a ``backtest_policies`` result, stored under ``policy_backtest`` and printed as a report section;
+    ``portfolios``: a ``portfolios.PortfolioEvaluation``, stored under ``portfolios`` with its report section and plots.
     """
     json_path = Path(json_path)
     json_path.parent.mkdir(parents=True, exist_ok=True)
@@ -265,8 +269,11 @@ def write_outputs(
 
         payload["policy_backtest"] = {k: v for k, v in policy.items() if k != "rolling_mase"}
         sections.append(markdown(policy))
-    json_path.write_text(json.dumps(payload, indent=1, allow_nan=False, default=_default))
     report_path = Path(report_path) if report_path else json_path.with_suffix(".md")
+    if portfolios is not None:
+        payload["portfolios"] = portfolios.results
+        sections.insert(1, portfolio_markdown(portfolios, report_path.parent / f"{report_path.stem}_plots"))
+    json_path.write_text(json.dumps(payload, indent=1, allow_nan=False, default=_default))
     write_report(result.results, result.forecasts, report_path, extra_sections=sections)
     return json_path, report_path
 
