@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import numpy as np
 import pandas as pd
@@ -30,8 +31,6 @@ from ibf_core.portfolio.costs import CostModel
 from ibf_core.portfolio.metrics import benchmark_returns, equal_weight_returns, portfolio_metrics
 from ibf_core.portfolio.simulate import NO_TARGET, Market, simulate
 from ibf_core.portfolio.spec import Strategy, parse_portfolios
-
-# Heavy imports (matplotlib, through report._pyplot) stay inside the functions that draw.
 
 ALL = "all"
 BARS_BEFORE = 3 * WINDOW  # sessions of bars kept before the first origin: the 20-session spread and dollar volume
@@ -87,7 +86,7 @@ def score_frames(forecasts: pd.DataFrame, factors: pd.DataFrame | None, spec: St
     at_h = out_of_sample(forecasts[forecasts["horizon"] == spec.horizon])
     at_h = at_h.assign(date=pd.to_datetime(at_h["date"]).dt.normalize())
     keys = ["symbol", "date"]
-    wide = at_h.pivot_table(index=keys, columns="member", values="pred", aggfunc="first", dropna=False)
+    wide = at_h.pivot(index=keys, columns="member", values="pred")  # one forecast per origin and member, or an error
     out: dict[tuple[str, str], pd.DataFrame] = {}
     for member in wide.columns:
         score = wide[member].rename("score").reset_index()
@@ -183,7 +182,7 @@ def _run(frame: pd.DataFrame, market: Market, spec: Strategy, costs: CostModel, 
     gross = returns.assign(net_return=returns["gross_return"], cost=0.0,
                            nav=(1.0 + returns["gross_return"].astype(float)).cumprod())
     gross_metrics = portfolio_metrics(gross, universe, bench)
-    paid = sim.costs.drop(columns="date").sum() if not sim.costs.empty else pd.Series(0.0, index=["commission"])
+    paid = sim.costs.drop(columns="date").astype(float).sum()
     skipped = int((sim.events["event"] == NO_TARGET).sum())
     return {
         "available": True,
@@ -222,8 +221,6 @@ def summary_line(name: str, entry: dict[str, Any]) -> str:
 
 def markdown(evaluation: PortfolioEvaluation, plots_dir: Path | None = None) -> str:
     """The report section: per portfolio a table of its runs (net of costs, gross beside) and a NAV plot."""
-    from urllib.parse import quote
-
     lines = [
         "## Portfolios: one strategy on every forecaster and factor", "",
         "Each portfolio (`IBF_PORTFOLIOS`, chosen with `--portfolio`) is backtested on the out-of-sample walk-forward "

@@ -21,7 +21,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -30,14 +30,15 @@ from ibf_core.calendar import all_sessions
 from ibf_core.evaluation.factors import factor_ics, factor_table
 from ibf_core.evaluation.factors import markdown as factor_markdown
 from ibf_core.evaluation.metrics import cross_sectional_ic, ic_summary, member_metrics, skill_verdict
-from ibf_core.evaluation.portfolios import PortfolioEvaluation
-from ibf_core.evaluation.portfolios import markdown as portfolio_markdown
 from ibf_core.evaluation.report import _table, write_report
 from ibf_core.models import ModelDataError
 from ibf_core.models import importance_report as importance
 from ibf_core.models.config import ModelConfig
 from ibf_core.models.ensemble import MIN_INDEPENDENT_TARGETS, hln, independent_targets, rule
 from ibf_core.models.importance_report import markdown as importance_markdown
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ibf_core.evaluation.portfolios import PortfolioEvaluation
 
 # Heavy imports (pyarrow, talib) stay inside the functions that need them: importing this module loads none of them.
 
@@ -271,6 +272,8 @@ def write_outputs(
         sections.append(markdown(policy))
     report_path = Path(report_path) if report_path else json_path.with_suffix(".md")
     if portfolios is not None:
+        from ibf_core.evaluation.portfolios import markdown as portfolio_markdown
+
         payload["portfolios"] = portfolios.results
         sections.insert(1, portfolio_markdown(portfolios, report_path.parent / f"{report_path.stem}_plots"))
     json_path.write_text(json.dumps(payload, indent=1, allow_nan=False, default=_default))
