@@ -31,8 +31,8 @@ from ibf_core.fundamentals.load import load_fundamentals, load_macro, read_input
 from ibf_core.models.config import ModelConfig
 from ibf_core.models.dataset import build_panel
 from ibf_core.monitoring.scores import DriftPolicy
-from ibf_core.portfolio.costs import CostModel
 from ibf_core.portfolio.spec import Strategy
+from ibf_core.portfolio.stored import cost_model
 from ibf_core.settings import Settings
 from ibf_core.sources import make_source
 from ibf_core.storage.backends import open_warehouse
@@ -110,7 +110,7 @@ def run_evaluation(
 def _portfolios(settings: Settings, panel: pd.DataFrame, bars: pd.DataFrame, result: WalkForwardResult,
                 specs: Mapping[str, Strategy], say: Progress) -> PortfolioEvaluation:
     started = time.perf_counter()
-    costs = CostModel(capital=settings.portfolio_capital, slippage_bps=settings.portfolio_slippage_bps)
+    costs = cost_model(settings.portfolio_capital, settings.portfolio_slippage_bps)
     done = evaluate_portfolios(result.forecasts, factor_table(panel), bars, specs, costs, settings.benchmark, say)
     say(f"portfolio backtests: {time.perf_counter() - started:.1f} s")
     return done
