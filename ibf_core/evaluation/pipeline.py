@@ -1,6 +1,6 @@
 """The evaluation ``ibf evaluate`` runs, end to end: bars from the source, point-in-time fundamentals, features,
 the modelling panel, the walk-forward (``walkforward``) and, when asked for, the retraining-policy backtest
-(``policy``).
+(``policy``) and the chosen portfolios' backtests on every forecaster's and factor's scores (``portfolios``).
 
 Entry point: :func:`run_evaluation`, returning an :class:`EvaluationResult` that writes the JSON and the report
 and gives the summary lines. Nothing here writes the user's warehouse: fundamentals load into a scratch
@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import datetime as dt
 import tempfile
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,14 +20,19 @@ from typing import Any
 import pandas as pd
 
 from ibf_core.calendar import to_date
-from ibf_core.evaluation.policy import backtest_policies, markdown as policy_markdown
+from ibf_core.evaluation.factors import factor_table
+from ibf_core.evaluation.policy import backtest_policies
+from ibf_core.evaluation.policy import markdown as policy_markdown
+from ibf_core.evaluation.portfolios import PortfolioEvaluation, evaluate_portfolios, summary_line
 from ibf_core.evaluation.walkforward import WalkForwardResult, harm_line, walk_forward, write_outputs
 from ibf_core.features.pipeline import compute_features
-from ibf_core.fundamentals.load import load_fundamentals, load_macro, read_inputs
 from ibf_core.fundamentals.inputs import FundamentalInputs
+from ibf_core.fundamentals.load import load_fundamentals, load_macro, read_inputs
 from ibf_core.models.config import ModelConfig
 from ibf_core.models.dataset import build_panel
 from ibf_core.monitoring.scores import DriftPolicy
+from ibf_core.portfolio.spec import Strategy
+from ibf_core.portfolio.stored import cost_model
 from ibf_core.settings import Settings
 from ibf_core.sources import make_source
 from ibf_core.storage.backends import open_warehouse
@@ -48,17 +54,20 @@ class PolicyBacktest:
 class EvaluationResult:
     walk_forward: WalkForwardResult
     policy: dict[str, Any] | None = None  # a backtest_policies result, when one was asked for
+    portfolios: PortfolioEvaluation | None = None  # the strategy backtests, when portfolios were chosen
 
     def write(self, json_path: Path, report_path: Path | None = None) -> tuple[Path, Path]:
         """The metrics JSON and the markdown report (default: next to the JSON); returns both paths."""
-        return write_outputs(self.walk_forward, json_path, report_path, self.policy)
+        return write_outputs(self.walk_forward, json_path, report_path, self.policy, self.portfolios)
 
     def summary_lines(self) -> list[str]:
-        """Per horizon its verdict, factor and do-no-harm lines; then the policy backtest's table, if any."""
+        """Per horizon its verdict, factor and do-no-harm lines; each portfolio's line; the policy table, if any."""
         results = self.walk_forward.results
         lines = []
         for h, verdict in results["verdicts"].items():
             lines += [verdict["statement"], factor_line(h, results["factors"]["horizons"].get(h, {})), harm_line(results, h)]
+        if self.portfolios is not None:
+            lines += [summary_line(name, entry) for name, entry in self.portfolios.results.items()]
         if self.policy is not None:
             lines.append(policy_markdown(self.policy))
         return lines
@@ -74,9 +83,11 @@ def run_evaluation(
     device: str = "cpu",
     policy: PolicyBacktest | None = None,
     progress: Progress | None = None,
+    portfolios: Mapping[str, Strategy] | None = None,
 ) -> EvaluationResult:
     """Walk-forward evaluation of ``config``'s members on ``symbols`` (None: IBF_UNIVERSE, or with the csv source
-    every symbol of the file) from ``start`` (None: IBF_HISTORY_START) to today.
+    every symbol of the file) from ``start`` (None: IBF_HISTORY_START) to today; ``portfolios`` (name -> spec, e.g.
+    ``portfolios.choose_portfolios``) are backtested on the walk-forward's forecasts and the factors.
 
     Raises ``SourceError`` (bars), ``ModelDataError`` (too little data) or ``ValueError`` (e.g. a bad policy start).
     """
@@ -91,7 +102,18 @@ def run_evaluation(
     panel = build_panel(bars, features, config.horizons)
     result = walk_forward(panel, config, test_days=test_days, refit_every=refit_every, cost_bps=settings.cost_bps,
                           device=device, progress=say)
-    return EvaluationResult(result, _backtest(settings, panel, config, policy, say) if policy else None)
+    backtest = _backtest(settings, panel, config, policy, say) if policy else None
+    chosen = _portfolios(settings, panel, bars, result, portfolios, say) if portfolios else None
+    return EvaluationResult(result, backtest, chosen)
+
+
+def _portfolios(settings: Settings, panel: pd.DataFrame, bars: pd.DataFrame, result: WalkForwardResult,
+                specs: Mapping[str, Strategy], say: Progress) -> PortfolioEvaluation:
+    started = time.perf_counter()
+    costs = cost_model(settings.portfolio_capital, settings.portfolio_slippage_bps)
+    done = evaluate_portfolios(result.forecasts, factor_table(panel), bars, specs, costs, settings.benchmark, say)
+    say(f"portfolio backtests: {time.perf_counter() - started:.1f} s")
+    return done
 
 
 def _backtest(settings: Settings, panel: pd.DataFrame, config: ModelConfig, policy: PolicyBacktest, say: Progress) -> dict[str, Any]:

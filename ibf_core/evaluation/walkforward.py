@@ -21,7 +21,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -36,6 +36,9 @@ from ibf_core.models import importance_report as importance
 from ibf_core.models.config import ModelConfig
 from ibf_core.models.ensemble import MIN_INDEPENDENT_TARGETS, hln, independent_targets, rule
 from ibf_core.models.importance_report import markdown as importance_markdown
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ibf_core.evaluation.portfolios import PortfolioEvaluation
 
 # Heavy imports (pyarrow, talib) stay inside the functions that need them: importing this module loads none of them.
 
@@ -246,11 +249,13 @@ def _upto(panel: pd.DataFrame, last: pd.Timestamp) -> pd.DataFrame:
 
 
 def write_outputs(
-    result: WalkForwardResult, json_path: Path, report_path: Path | None = None, policy: dict[str, Any] | None = None
+    result: WalkForwardResult, json_path: Path, report_path: Path | None = None, policy: dict[str, Any] | None = None,
+    portfolios: PortfolioEvaluation | None = None,
 ) -> tuple[Path, Path]:
     """The JSON (shape ``{"horizons": {"1": {"naive": {...}, ...}}}`` plus config and verdicts) and the report.
 
-    ``policy``: a ``backtest_policies`` result, stored under ``policy_backtest`` and printed as a report section.
+    ``policy``: a ``backtest_policies`` result, stored under ``policy_backtest`` and printed as a report section;
+    ``portfolios``: a ``portfolios.PortfolioEvaluation``, stored under ``portfolios`` with its report section and plots.
     """
     json_path = Path(json_path)
     json_path.parent.mkdir(parents=True, exist_ok=True)
@@ -265,8 +270,13 @@ def write_outputs(
 
         payload["policy_backtest"] = {k: v for k, v in policy.items() if k != "rolling_mase"}
         sections.append(markdown(policy))
-    json_path.write_text(json.dumps(payload, indent=1, allow_nan=False, default=_default))
     report_path = Path(report_path) if report_path else json_path.with_suffix(".md")
+    if portfolios is not None:
+        from ibf_core.evaluation.portfolios import markdown as portfolio_markdown
+
+        payload["portfolios"] = portfolios.results
+        sections.insert(1, portfolio_markdown(portfolios, report_path.parent / f"{report_path.stem}_plots"))
+    json_path.write_text(json.dumps(payload, indent=1, allow_nan=False, default=_default))
     write_report(result.results, result.forecasts, report_path, extra_sections=sections)
     return json_path, report_path
 

@@ -82,34 +82,63 @@ def _frame(
     return frame
 
 
+@dataclass(frozen=True)
+class Market:
+    """What a backtest reads from the bars over its sessions: prices, spreads and liquidity per session and symbol.
+
+    Built once (:meth:`of`), it serves every backtest on the same bars and sessions (``simulate(market=...)``)."""
+
+    sessions: pd.DatetimeIndex
+    symbols: list[str]
+    adj: np.ndarray
+    close: np.ndarray
+    spread: np.ndarray
+    liquidity: pd.DataFrame  # mean dollar volume, forward-filled over the sessions
+
+    @classmethod
+    def of(cls, bars: pd.DataFrame, sessions: pd.DatetimeIndex, symbols: list[str] | None = None) -> Market:
+        """The market of ``bars`` (``market_bars``' rows) on ``sessions``, for ``symbols`` (default: the bars')."""
+        bars = bars.assign(date=pd.to_datetime(bars["date"]).dt.normalize())
+        sessions = pd.DatetimeIndex(sessions).normalize()
+        symbols = sorted(set(bars["symbol"].astype(str))) if symbols is None else symbols
+        spread = spread_estimates(bars).reindex(index=sessions, columns=symbols).fillna(0.0).to_numpy()
+        volume = dollar_volume(bars)
+        return cls(sessions, symbols, _wide(bars, "adj_close", sessions, symbols), _wide(bars, "close", sessions, symbols),
+                   spread, volume.reindex(volume.index.union(sessions)).ffill())
+
+
 def simulate(
     predictions: pd.DataFrame,
-    bars: pd.DataFrame,
+    bars: pd.DataFrame | None,
     spec: Strategy,
     costs: CostModel = CostModel(),
     portfolio: str = "portfolio",
     sectors: Mapping[str, object] | pd.Series | None = None,
     sessions: pd.DatetimeIndex | None = None,
+    market: Market | None = None,
 ) -> Simulation:
     """Backtest ``spec`` on ``predictions`` (the ``predictions`` table's rows) and ``bars`` (``market_bars``' rows).
 
     ``sectors``: symbol -> sector code (for ``sector_neutral``); ``sessions``: the trading sessions (default: the
-    NYSE sessions from the first origin to the newest bar).
+    NYSE sessions from the first origin to the newest bar); ``market``: the bars already read (``Market.of``),
+    instead of ``bars`` and ``sessions``.
     """
     preds = predictions[predictions["horizon"] == spec.horizon]
     preds = preds.assign(date=pd.to_datetime(preds["date"]).dt.normalize())
     if preds.empty:
         raise ValueError(f"no predictions for horizon {spec.horizon}")
-    bars = bars.assign(date=pd.to_datetime(bars["date"]).dt.normalize())
     origins = pd.DatetimeIndex(sorted(preds["date"].unique()))
-    if sessions is None:
-        sessions = trading_days(origins[0].date(), bars["date"].max().date())
-    sessions = pd.DatetimeIndex(sessions).normalize()
-    symbols = sorted(set(bars["symbol"].astype(str)) | set(preds["symbol"].astype(str)))
-    adj, close = _wide(bars, "adj_close", sessions, symbols), _wide(bars, "close", sessions, symbols)
-    spread = spread_estimates(bars).reindex(index=sessions, columns=symbols).fillna(0.0).to_numpy()
-    volume = dollar_volume(bars)
-    liquidity = volume.reindex(volume.index.union(sessions)).ffill()
+    if market is None:
+        bars = bars.assign(date=pd.to_datetime(bars["date"]).dt.normalize())
+        if sessions is None:
+            sessions = trading_days(origins[0].date(), bars["date"].max().date())
+        symbols = sorted(set(bars["symbol"].astype(str)) | set(preds["symbol"].astype(str)))
+        market = Market.of(bars, sessions, symbols)
+    unknown = sorted(set(preds["symbol"].astype(str)) - set(market.symbols))
+    if unknown:
+        raise ValueError(f"predictions for symbols without bars: {', '.join(unknown[:5])}")
+    sessions, symbols, liquidity = market.sessions, market.symbols, market.liquidity
+    adj, close, spread = market.adj, market.close, market.spread
     sector_map = None if sectors is None else pd.Series(sectors, dtype=object)
     by_origin = dict(tuple(preds.groupby("date")))
     schedule = origins[:: int(spec.rebalance)]

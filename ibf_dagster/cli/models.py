@@ -92,10 +92,12 @@ def evaluate(
     policy_start: Annotated[str | None, typer.Option(help="First session of the policy backtest (default: 2 years before the data ends)")] = None,
     policy_members: Annotated[str, typer.Option(help="Members trained in the policy backtest (every retrain trains them)")] = "gbdt",
     policy_cadence: Annotated[int, typer.Option(help="Sessions between retrains of the fixed-cadence policy")] = 63,
+    portfolio: Annotated[list[str] | None, typer.Option(help="Portfolio of IBF_PORTFOLIOS to backtest on every forecaster and factor, repeatable, or 'all' (default: the first configured)")] = None,
 ) -> None:
     """Walk-forward evaluation of every member against the random walk; writes JSON and a markdown report."""
     from ibf_core.calendar import to_date
     from ibf_core.evaluation.pipeline import PolicyBacktest, run_evaluation
+    from ibf_core.evaluation.portfolios import choose_portfolios
     from ibf_core.sources.errors import SourceError
 
     _quiet_dagster()
@@ -106,6 +108,7 @@ def evaluate(
         wanted = tuple(sorted({int(h) for h in horizons.split(",") if h.strip()}))
         config = ModelConfig.from_settings(settings, horizons=wanted, **({"max_steps": max_steps} if max_steps else {}))
         device = resolve_device(settings.accelerator)
+        portfolios = choose_portfolios(settings.portfolios, portfolio, config.horizons)
     except (ValueError, RuntimeError) as exc:
         _fail(str(exc), 2)
     first = to_date(start) if start else None
@@ -114,7 +117,7 @@ def evaluate(
         # --csv without --symbols: every symbol in the file (the default universe would be "unknown symbol")
         evaluation = run_evaluation(
             settings, config, settings.universe if symbols else None, first, test_days, refit_every, device, policy,
-            progress=lambda message: err.print(message, highlight=False),
+            progress=lambda message: err.print(message, highlight=False), portfolios=portfolios,
         )
     except (SourceError, ModelDataError, ValueError) as exc:
         _fail(str(exc))

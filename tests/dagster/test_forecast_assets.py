@@ -153,6 +153,12 @@ def test_evaluate_on_a_csv_source_writes_json_and_report(tmp_path):
     policies = {row["policy"]: row for row in data["policy_backtest"]["table"]}
     assert set(policies) == {"never", "fixed", "drift"} and policies["never"]["retrains"] == 0
     assert "Retraining policies (backtest)" in report and "| fixed" in result.output
+    # the default portfolio (topk, horizon 1) on every forecaster's out-of-sample forecasts and on the factors
+    topk = data["portfolios"]["topk"]
+    assert set(topk["forecasters"]) == {"naive", "drift", "gbdt", "ensemble"} and len(topk["factors"]) == 4
+    for run in topk["forecasters"].values():
+        assert run["rebalances"] == 40 and run["sessions"] == 41 and run["net"]["cost_drag"] > 0
+    assert "## Portfolios: one strategy on every forecaster and factor" in report and "portfolio topk (h=1)" in result.output
 
 
 def test_evaluate_rejects_bad_input(tmp_path):

@@ -8,8 +8,9 @@ import pandas as pd
 import pytest
 
 from helpers.portfolio import planted_panel
+from ibf_core.calendar import trading_days
 from ibf_core.portfolio.costs import CostModel
-from ibf_core.portfolio.simulate import NO_PRICE_HELD, NO_PRICE_NOT_TRADED, simulate
+from ibf_core.portfolio.simulate import NO_PRICE_HELD, NO_PRICE_NOT_TRADED, Market, simulate
 from ibf_core.portfolio.spec import Strategy
 from ibf_core.portfolio.strategies import target_weights
 
@@ -195,3 +196,16 @@ def test_the_newest_origin_gives_the_pending_targets():
     assert sim.returns["date"].iloc[-1] == last.date()
     with pytest.raises(ValueError, match="horizon 5"):
         simulate(predictions, bars, Strategy(strategy="topk", k=2, horizon=5))
+
+
+def test_a_market_read_once_gives_the_same_backtest_as_the_bars(panel):
+    bars, predictions, _ = panel
+    spec = Strategy.parse({"strategy": "topk_dropout", "k": 4, "n_drop": 1}, "dropout")
+    direct = simulate(predictions, bars, spec, portfolio="p")
+    market = Market.of(bars, trading_days(predictions["date"].min(), pd.Timestamp(bars["date"].max()).date()))
+    reused = simulate(predictions, None, spec, portfolio="p", market=market)
+    pd.testing.assert_frame_equal(direct.returns, reused.returns)
+    pd.testing.assert_frame_equal(direct.weights, reused.weights)
+    assert len(reused.returns) > 200
+    with pytest.raises(ValueError, match="predictions for symbols without bars: ZZZ"):
+        simulate(predictions.assign(symbol="ZZZ"), None, spec, market=market)
