@@ -123,6 +123,7 @@ def test_train_refuses_a_non_session_and_gpu_without_cuda(monkeypatch):
         assert resolve_device("auto") == "cpu"
 
 
+@pytest.mark.timeout(900)  # a whole walk-forward with its portfolio backtests; a loaded machine took 385 s
 def test_evaluate_on_a_csv_source_writes_json_and_report(tmp_path):
     from ibf_core.sources.sample import load_sample_bars
 
