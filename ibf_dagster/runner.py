@@ -16,6 +16,9 @@ import pandas as pd
 from ibf_core.calendar import all_sessions, to_date
 from ibf_core.progress import report_notice, report_progress
 from ibf_core.settings import Settings, normalize_symbol
+from ibf_core.sources import make_source
+from ibf_core.sources.errors import SourceError
+from ibf_core.sources.preflight import BadInputError, preflight
 from ibf_core.storage.backends import open_warehouse
 from ibf_dagster.compat import partition_range_tags, was_interrupted
 from ibf_dagster.instance import get_instance
@@ -85,30 +88,26 @@ def backfill(
     from ibf_dagster.definitions import build_definitions
 
     start_d, end_d = (to_date(start) if start else None), (to_date(end) if end else None)
-    if start_d and end_d and start_d > end_d:
-        raise BackfillError(f"--start {start_d} is after --end {end_d}")
+    defs = build_definitions(settings)
+    graph = defs.resolve_asset_graph()
+    names = sorted(k.to_user_string() for k in graph.get_all_asset_keys())
     instance = get_instance(settings)
+    requested = [normalize_symbol(s) for s in symbols] if symbols else None
+    # Everything is checked before the first write: a bad symbol, asset or date range adds no partition key,
+    # launches no run and writes no row (the universe sync and the news/fundamentals feeds come after).
+    wanted = requested or list(dict.fromkeys([*known_symbols(instance), *settings.universe]))
+    source_settings = settings.replace(**{k: v for k, v in (("source", source), ("csv_path", csv_path)) if v})
+    plain = _plain_names(assets)
+    try:
+        preflight(make_source(source_settings), wanted, start_d, end_d, plain, names)
+    except (BadInputError, SourceError) as exc:
+        raise BackfillError(str(exc)) from None
+    selected = _selected(graph, assets)
+    date_keys = date_keys_between(settings, start_d, end_d)
     start_runs(instance, settings)
     open_warehouse(settings).ensure_all_tables()
     sync_universe(instance, settings.universe)
-    wanted = [normalize_symbol(s) for s in symbols] if symbols else known_symbols(instance)
     sync_universe(instance, wanted)
-    defs = build_definitions(settings)
-    graph = defs.resolve_asset_graph()
-    try:
-        selected = dg.AssetSelection.from_coercible(assets).resolve(graph)
-    except Exception as exc:  # dagster raises several types for a bad selection string
-        raise BackfillError(f"--assets {assets!r}: {exc}") from exc
-    if assets == "*":
-        # The default builds the data; models train per cut-off (``ibf train``) and predictions need one.
-        selected = {key for key in selected if key.to_user_string() not in MODEL_ASSETS}
-    elif "trained_models" in {key.to_user_string() for key in selected}:
-        raise BackfillError("trained_models is partitioned by cut-off date, not symbol x date: use ibf train --cutoff DATE")
-    if not selected:
-        raise BackfillError(f"--assets {assets!r} selects no asset")
-    # An asset computed in one step with others (portfolio_weights and portfolio_returns) runs with them.
-    selected = {k for key in selected for k in graph.get_execution_set_asset_and_check_keys(key) if isinstance(k, dg.AssetKey)}
-    date_keys = date_keys_between(settings, start_d, end_d)
     run_config: dict = {"loggers": {"console": {"config": {"log_level": log_level}}}}
     if source or csv_path:
         default_csv = str(settings.csv_path) if settings.csv_path else None
@@ -170,6 +169,44 @@ def sqlite_scale_warning(recorded: int, settings: Settings) -> str:
     return (f"warning: this backfill records {recorded:,} partition materializations in the embedded SQLite instance "
             f"(over {SQLITE_PARTITIONS_WARNING:,}: Dagster's bookkeeping will dominate); set IBF_DAGSTER_PG_URL "
             f"(a Postgres instance, for several writers; not faster on one machine){hint}")
+
+
+_ASSET_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _plain_names(assets: str) -> list[str]:
+    """The asset names ``assets`` lists: a name or a comma list of names; none for a Dagster selection string with
+    operators ('market_bars*'), which Dagster resolves (refusing an unknown key). A comma list takes names only."""
+    if "," not in assets:
+        return [assets] if _ASSET_NAME.match(assets) else []
+    names = [a.strip() for a in assets.split(",") if a.strip()]
+    not_names = [n for n in names if not _ASSET_NAME.match(n)]
+    if not_names:
+        raise BackfillError(
+            f"--assets {assets!r}: a comma list takes asset names only, not {', '.join(not_names)}; "
+            "use one Dagster selection string for operators (e.g. 'market_bars*')"
+        )
+    return names
+
+
+def _selected(graph, assets: str) -> set:
+    """The asset keys ``assets`` selects (a Dagster selection string or a comma list of names), minus what
+    ``ibf backfill`` cannot run."""
+    if "," in assets:  # Dagster would read "a,b" as one unknown key: the names become "key:a or key:b"
+        assets = " or ".join(f"key:{n}" for n in _plain_names(assets))
+    try:
+        selected = dg.AssetSelection.from_coercible(assets).resolve(graph)
+    except Exception as exc:  # dagster raises several types for a bad selection string
+        raise BackfillError(f"--assets {assets!r}: {exc}") from exc
+    if assets == "*":
+        # The default builds the data; models train per cut-off (``ibf train``) and predictions need one.
+        selected = {key for key in selected if key.to_user_string() not in MODEL_ASSETS}
+    elif "trained_models" in {key.to_user_string() for key in selected}:
+        raise BackfillError("trained_models is partitioned by cut-off date, not symbol x date: use ibf train --cutoff DATE")
+    if not selected:
+        raise BackfillError(f"--assets {assets!r} selects no asset")
+    # An asset computed in one step with others (portfolio_weights and portfolio_returns) runs with them.
+    return {k for key in selected for k in graph.get_execution_set_asset_and_check_keys(key) if isinstance(k, dg.AssetKey)}
 
 
 def _by_partitioning(graph, selected: set) -> dict[str, set]:

@@ -24,6 +24,7 @@ import pandas as pd
 from ibf_core.market.bars import BarsValidationError, parse_bars
 from ibf_core.market.checks import BarPolicy, BarSlice, CheckedBars, apply_policy
 from ibf_core.settings import normalize_symbol
+from ibf_core.sources.base import SymbolLookup, listed
 from ibf_core.sources.errors import SourceError, UnknownSymbolError
 
 SUFFIXES = (".csv", ".csv.gz", ".parquet")
@@ -123,6 +124,12 @@ class CsvSource:
     def read(self) -> CheckedBars:
         """The whole input, checked (raises on a format error, and on any bad row under the strict policy)."""
         return read_checked(self.path, self.policy)
+
+    def lookup_symbols(self, symbols: Sequence[str]) -> SymbolLookup:
+        """The symbols not in the input (read and checked whole: a format error is raised here, before any run)."""
+        in_file = self.read().symbols()
+        unknown = tuple(s for s in symbols if s not in set(in_file))
+        return SymbolLookup(unknown, f"{self.path} has {listed(in_file)}")
 
     def fetch_checked(self, symbols: Sequence[str], start: dt.date, end: dt.date) -> BarSlice:
         """The rectangle's bars and the issues the policy recorded for it."""

@@ -16,6 +16,7 @@ import pandas as pd
 
 from ibf_core.market.bars import split_adjust
 from ibf_core.market.checks import validate_bars
+from ibf_core.sources.base import SymbolLookup
 from ibf_core.sources.errors import UnknownSymbolError
 
 # Heavy imports (bokeh_sampledata) stay inside the functions that need them: importing this module loads none of them.
@@ -44,6 +45,11 @@ class SampleSource:
     """Offline source over the embedded sample."""
 
     name = "sample"
+
+    def lookup_symbols(self, symbols: Sequence[str]) -> SymbolLookup:
+        """The symbols not in the embedded sample (no file is read: the sample's symbols are fixed)."""
+        unknown = tuple(s for s in symbols if s not in SAMPLE_SYMBOLS)
+        return SymbolLookup(unknown, f"the embedded sample has {', '.join(SAMPLE_SYMBOLS)}")
 
     def fetch_daily_bars(self, symbols: Sequence[str], start: dt.date, end: dt.date) -> pd.DataFrame:
         bars = load_sample_bars()

@@ -99,6 +99,18 @@ def _quiet_dagster(verbose: bool = False) -> str:
     return "INFO" if verbose else "CRITICAL"
 
 
+def preflight_symbols(settings, symbols: list[str], source=None) -> None:
+    """The pre-flight check of ``symbols`` against ``source`` (default: IBF_SOURCE's); refused: one error line."""
+    from ibf_core.sources import make_source
+    from ibf_core.sources.errors import SourceError
+    from ibf_core.sources.preflight import BadInputError, preflight
+
+    try:
+        preflight(source or make_source(settings), symbols)
+    except (BadInputError, SourceError) as exc:
+        _fail(str(exc))
+
+
 def run_backfill(settings, symbols, start, end, assets, source, csv, log_level="CRITICAL") -> list:
     """Run the backfill with a progress bar fed by ibf_core's progress sink; exits non-zero on failure."""
     from ibf_dagster.runner import BackfillError, backfill

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import re
 import sys
 import time
 from pathlib import Path
@@ -15,7 +14,7 @@ from rich.table import Table
 from ibf_core.models import HORIZONS
 from ibf_core.settings import normalize_symbol
 from ibf_dagster.cli._common import (
-    _date_option, _fail, _quiet_dagster, _settings, _split, _supervised, _symbols_option, err, out, run_backfill,
+    _date_option, _fail, _quiet_dagster, _settings, _supervised, _symbols_option, err, out, run_backfill,
 )
 
 # Heavy imports wait until a command runs: `ibf --help` must not load pandas, duckdb or dagster.
@@ -41,36 +40,11 @@ def backfill(
     wanted, first, last = _symbols_option(symbols), _date_option("start", start), _date_option("end", end)
     if settings.source == "csv":
         wanted, first, last = _csv_input(settings, wanted, first, last)
-    selection = _assets_option(assets, settings)
     started, recorded_since = time.perf_counter(), dt.datetime.now(dt.timezone.utc)
-    summaries = run_backfill(settings, wanted, first, last, selection, source, str(csv) if csv else None, log_level)
+    summaries = run_backfill(settings, wanted, first, last, assets, source, str(csv) if csv else None, log_level)
     if any("ohlc_consistent" in s.checks for s in summaries):  # market_bars ran: say what its loads recorded
         _print_bar_issues(settings, sorted({sym for s in summaries for sym in s.symbols}), recorded_since)
     err.print(f"done in {time.perf_counter() - started:.1f} s", highlight=False)
-
-
-_ASSET_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-
-
-def _assets_option(value: str, settings) -> str:
-    """A comma list of asset names as the Dagster selection ``key:a or key:b`` (names checked, since Dagster
-    ignores an unknown key in such a string); anything else is passed on as a selection string."""
-    if "," not in value:
-        return value
-    names = _split(value) or []
-    not_names = [n for n in names if not _ASSET_NAME.match(n)]
-    if not_names:
-        _fail(
-            f"--assets {value!r}: a comma list takes asset names only, not {', '.join(not_names)}; "
-            "use one Dagster selection string for operators (e.g. 'market_bars*')"
-        )
-    from ibf_dagster.definitions import build_definitions
-
-    known = sorted(k.to_user_string() for k in build_definitions(settings).resolve_asset_graph().get_all_asset_keys())
-    unknown = [n for n in names if n not in known]
-    if unknown:
-        _fail(f"--assets: unknown asset(s) {', '.join(unknown)} (assets: {', '.join(known)})")
-    return " or ".join(f"key:{n}" for n in names)
 
 
 def _csv_input(settings, symbols: list[str] | None, start: str | None, end: str | None):
@@ -79,16 +53,15 @@ def _csv_input(settings, symbols: list[str] | None, start: str | None, end: str 
     from ibf_core.market.bars import BarsValidationError
     from ibf_core.sources import make_source
     from ibf_core.sources.errors import SourceError
+    from ibf_core.sources.preflight import BadInputError, check_symbols
 
+    source = make_source(settings)
     try:
-        checked = make_source(settings).read()
-    except (BarsValidationError, SourceError) as exc:
+        checked = source.read()
+        check_symbols(source, symbols or [])  # the one pre-flight check (again in the runner, on the cached read)
+    except (BarsValidationError, SourceError, BadInputError) as exc:
         _fail(str(exc))
-    in_file = checked.symbols()
-    unknown = sorted(set(symbols or []) - set(in_file))
-    if unknown:
-        _fail(f"unknown symbol(s) {', '.join(unknown)}: not in {settings.csv_path} (it has {_listed(in_file)})")
-    wanted = symbols or in_file
+    wanted = symbols or checked.symbols()
     dates = checked.bars.loc[checked.bars["symbol"].isin(wanted), "date"]
     first, last = start or str(dates.min().date()), end or str(dates.max().date())
     if dates.min().date() < settings.history_start and (start is None or start < settings.history_start.isoformat()):
@@ -97,10 +70,6 @@ def _csv_input(settings, symbols: list[str] | None, start: str | None, end: str 
             highlight=False,
         )
     return wanted, first, last
-
-
-def _listed(items: list[str], limit: int = 10) -> str:
-    return ", ".join(items[:limit]) + (f" and {len(items) - limit} more" if len(items) > limit else "")
 
 
 def _print_bar_issues(settings, symbols: list[str], since: dt.datetime) -> None:

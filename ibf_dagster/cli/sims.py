@@ -9,9 +9,8 @@ from typing import Annotated
 
 import typer
 
-from ibf_core.settings import normalize_symbol
 from ibf_core.streaming import collect
-from ibf_dagster.cli._common import _fail, _settings, err, out
+from ibf_dagster.cli._common import _fail, _settings, _symbols_option, err, out, preflight_symbols
 
 # Heavy imports wait until a command runs: `ibf --help` must not load pandas or duckdb.
 
@@ -59,12 +58,14 @@ def stream(
     duration: Annotated[float | None, typer.Option(help="Seconds to collect; default: until Ctrl-C")] = None,
 ) -> None:
     """Stream IB 5-second real-time bars and top-of-book quotes into intraday_bars and quotes (ib_insync)."""
+    from ibf_core.sources.ibkr.source import IbkrSource
     from ibf_core.storage.backends import open_warehouse
 
     settings = _settings()
-    wanted = [normalize_symbol(s) for s in symbols.split(",") if s.strip()] if symbols else None
+    wanted = _symbols_option(symbols)
     if duration is not None and duration <= 0:
         _fail(f"--duration {duration}: must be > 0", 2)
+    preflight_symbols(settings, wanted or settings.universe, IbkrSource.from_settings(settings))  # IB streams, whatever IBF_SOURCE
     store = open_warehouse(settings)
     store.ensure_all_tables()
     try:

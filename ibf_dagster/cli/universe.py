@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from ibf_core.settings import normalize_symbol
-from ibf_dagster.cli._common import _fail, _settings, out
+from ibf_dagster.cli._common import _fail, _settings, out, preflight_symbols
 from ibf_dagster.instance import get_instance
 
 # Heavy imports wait until a command runs: `ibf --help` must not load dagster.
@@ -23,14 +23,16 @@ def universe_list() -> None:
 
 
 def universe_add(symbols: Annotated[list[str], typer.Argument(help="Symbols to add")]) -> None:
-    """Add symbols to the ``symbol`` partitions."""
+    """Add symbols to the ``symbol`` partitions (each must be one the bar source IBF_SOURCE knows)."""
     from ibf_dagster.runner import sync_universe
 
     try:
         wanted = [normalize_symbol(s) for s in symbols]
     except ValueError as exc:
         _fail(str(exc), 2)
-    added = sync_universe(get_instance(_settings()), wanted)
+    settings = _settings()
+    preflight_symbols(settings, wanted)
+    added = sync_universe(get_instance(settings), wanted)
     out.print(f"added: {', '.join(added) or 'nothing (already present)'}", highlight=False)
 
 

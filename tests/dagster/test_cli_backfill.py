@@ -96,14 +96,17 @@ def test_universe_commands_and_bad_input(ibf_home):
     assert "AAPL" not in ibf("universe", "list").stdout  # a fresh instance has no symbol partitions yet
     assert "added: AAPL" in ibf("universe", "add", "AAPL").stdout
     assert "AAPL *" in ibf("universe", "list").stdout  # * = also in IBF_UNIVERSE (the default universe)
-    ibf("universe", "add", "nvda")
-    assert "NVDA" in ibf("universe", "list").stdout
-    ibf("universe", "remove", "NVDA")
+    ibf("universe", "add", "fb")
+    assert "FB" in ibf("universe", "list").stdout
+    ibf("universe", "remove", "FB")
+    assert "FB" not in ibf("universe", "list").stdout
+    proc = ibf("universe", "add", "nvda", check=False)  # not in the sample (IBF_SOURCE): refused, not added
+    assert proc.returncode == 1 and "unknown symbol NVDA (source sample:" in proc.stderr
     assert "NVDA" not in ibf("universe", "list").stdout
     proc = ibf("universe", "add", "BAD|X", check=False)
     assert proc.returncode == 2 and "invalid symbol" in proc.stderr
     proc = ibf("backfill", "--start", "2012-05-01", "--end", "2012-01-01", check=False)
-    assert proc.returncode != 0 and "after --end" in proc.stderr
+    assert proc.returncode != 0 and "empty date range 2012-05-01..2012-01-01: the start is after the end" in proc.stderr
 
 
 def test_invalid_setting_fails_at_start_naming_the_variable(ibf_home, monkeypatch):

@@ -104,8 +104,8 @@ def test_bad_input_is_one_error_line_exit_1_and_changes_nothing(ibf_home, tmp_pa
         (("--csv", str(tmp_path / "header.csv")), "header.csv: no bars"),
         (("--csv", str(tmp_path / "missing.csv")), "missing.csv: no such file or folder"),
         (("--csv", str(tmp_path / "eu.csv")), "eu.csv: unparseable date at row 2 (AAA 04/01/2021)"),
-        (("--csv", str(good), "--symbols", "AAA,ZZZ"), "unknown symbol(s) ZZZ: not in"),
-        (("--assets", "market_bars,featurs"), "--assets: unknown asset(s) featurs"),
+        (("--csv", str(good), "--symbols", "AAA,ZZZ"), f"unknown symbol ZZZ (source csv: {good} has AAA"),
+        (("--assets", "market_bars,featurs"), "unknown asset featurs (asset graph: "),
     ]
     for args, message in cases:
         proc = ibf("backfill", *args, check=False)

@@ -13,6 +13,7 @@ The client runs on a private event loop in a helper thread, so callers need no a
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime as dt
 import logging
@@ -31,6 +32,7 @@ from ibf_core.market.bars import empty_bars, split_adjust
 from ibf_core.market.checks import validate_bars
 from ibf_core.progress import report_progress
 from ibf_core.settings import normalize_symbol
+from ibf_core.sources.base import SymbolLookup
 from ibf_core.sources.errors import (
     ConnectivityLostError,
     GatewayUnavailableError,
@@ -157,7 +159,48 @@ class IbkrSource:
         with self._lock:
             return run_on_private_loop(lambda: self._fetch(wanted, start, end))
 
+    def lookup_symbols(self, symbols: Sequence[str]) -> SymbolLookup:
+        """The symbols IB's contract details do not resolve to one stock on SMART/USD (error 200). A symbol with
+        a download cache was resolved before and is not asked again, so a cached universe needs no connection."""
+        wanted = [s for s in dict.fromkeys(normalize_symbol(s) for s in symbols) if not self._cached(s)]
+        if not wanted:
+            return SymbolLookup((), "every symbol resolved before (download cache)")
+        # ib_insync logs every error 200 itself; here it is the expected answer, said once by the caller's error line
+        wrapper_log = logging.getLogger("ib_insync.wrapper")
+        level = wrapper_log.level
+        wrapper_log.setLevel(logging.CRITICAL)
+        try:
+            with self._lock:
+                return run_on_private_loop(lambda: self._lookup(wanted))
+        finally:
+            wrapper_log.setLevel(level)
+
+    def _cached(self, symbol: str) -> bool:
+        path = self.cache.path(symbol)
+        return path is not None and path.exists()
+
     # orchestration (runs on the private loop)
+    async def _lookup(self, symbols: list[str]) -> SymbolLookup:
+        gateway = Gateway(self)
+        await gateway.connect()
+
+        async def is_unknown(symbol: str) -> bool:
+            try:
+                await gateway.qualify(symbol)
+            except UnknownSymbolError:
+                return True
+            except (DroppedError, NoReplyError) as exc:
+                raise GatewayUnavailableError(f"{symbol}: contract lookup at {self.host}:{gateway.port} failed: {exc}") from None
+            return False
+
+        try:  # all lookups in flight together: ib_insync paces the messages to IB's 50 per second
+            answers = await asyncio.gather(*(is_unknown(s) for s in symbols))
+        finally:
+            gateway.close()
+        unknown = [s for s, missing in zip(symbols, answers) if missing]
+        return SymbolLookup(tuple(unknown), f"IB contract details at {self.host}:{gateway.port} have no stock "
+                            "on SMART/USD (error 200: no security definition)")
+
     async def _fetch(self, symbols: list[str], start: dt.date, end: dt.date) -> pd.DataFrame:
         plans = [self._plan(symbol, start, end) for symbol in symbols]
         gateway: Gateway | None = None
