@@ -127,6 +127,7 @@ def run_backfill(settings, symbols, start, end, assets, source, csv, log_level="
         try:
             summaries = backfill(settings, symbols, start, end, assets, source, csv, log_level)
         except BackfillError as exc:
+            progress.remove_task(task)  # a refused or failed plan leaves no "planning 0/?" line behind
             _fail(str(exc))
         finally:
             set_progress_sink(None)

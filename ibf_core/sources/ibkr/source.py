@@ -165,15 +165,16 @@ class IbkrSource:
         wanted = [s for s in dict.fromkeys(normalize_symbol(s) for s in symbols) if not self._cached(s)]
         if not wanted:
             return SymbolLookup((), "every symbol resolved before (download cache)")
-        # ib_insync logs every error 200 itself; here it is the expected answer, said once by the caller's error line
-        wrapper_log = logging.getLogger("ib_insync.wrapper")
-        level = wrapper_log.level
-        wrapper_log.setLevel(logging.CRITICAL)
+        # ib_insync logs each error 200 and each refused port itself; here they are the answer, which the caller's
+        # one error line states (the ports tried are in GatewayUnavailableError's message)
+        client_log = logging.getLogger("ib_insync")
+        level = client_log.level
+        client_log.setLevel(logging.CRITICAL)
         try:
             with self._lock:
                 return run_on_private_loop(lambda: self._lookup(wanted))
         finally:
-            wrapper_log.setLevel(level)
+            client_log.setLevel(level)
 
     def _cached(self, symbol: str) -> bool:
         path = self.cache.path(symbol)
