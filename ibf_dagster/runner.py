@@ -94,12 +94,14 @@ def backfill(
     instance = get_instance(settings)
     requested = [normalize_symbol(s) for s in symbols] if symbols else None
     # Everything is checked before the first write: a bad symbol, asset or date range adds no partition key,
-    # launches no run and writes no row (the universe sync and the news/fundamentals feeds come after).
+    # launches no run and writes no row (the universe sync and the news/fundamentals feeds come after). The symbols
+    # checked are the ones the command names; without --symbols it runs the partitions and IBF_UNIVERSE as
+    # configured (the universe_sync sensor adds IBF_UNIVERSE unasked too).
     wanted = requested or list(dict.fromkeys([*known_symbols(instance), *settings.universe]))
     source_settings = settings.replace(**{k: v for k, v in (("source", source), ("csv_path", csv_path)) if v})
     plain = _plain_names(assets)
     try:
-        preflight(make_source(source_settings), wanted, start_d, end_d, plain, names)
+        preflight(make_source(source_settings), requested or [], start_d, end_d, plain, names)
     except (BadInputError, SourceError) as exc:
         raise BackfillError(str(exc)) from None
     selected = _selected(graph, assets)

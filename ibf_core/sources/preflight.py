@@ -49,7 +49,7 @@ def check_symbols(source: BarSource, symbols: Sequence[str]) -> None:
     found = source.lookup_symbols(wanted)
     if found.unknown:
         noun = "symbol" if len(found.unknown) == 1 else "symbols"
-        raise BadInputError(f"unknown {noun} {', '.join(found.unknown)} (source {source.name}: {found.where})")
+        raise BadInputError(f"unknown {noun} {listed(found.unknown)} (source {source.name}: {found.where})")
 
 
 def preflight(

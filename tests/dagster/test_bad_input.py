@@ -104,6 +104,10 @@ def test_csv_lists_of_known_symbols_are_truncated(tmp_path):
     with pytest.raises(BadInputError) as refused:
         check_symbols(CsvSource(bars), ["S01", "NOPE"])
     assert str(refused.value) == f"unknown symbol NOPE (source csv: {bars} has {', '.join(names[:10])} and 4 more)"
+    missing = [f"N{i:02d}" for i in range(12)]
+    with pytest.raises(BadInputError) as refused:
+        check_symbols(CsvSource(bars), missing)
+    assert str(refused.value).startswith(f"unknown symbols {', '.join(missing[:10])} and 2 more (source csv: ")
 
 
 def free_port() -> int:
