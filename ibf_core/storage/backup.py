@@ -49,6 +49,7 @@ PREFIX = "ibf-backup-"  # scheduled backups: <IBF_BACKUP_DIR>/ibf-backup-<UTC ti
 SKIPPED_TOP = {"cache", "tmp", "serve", "warehouse.duckdb", "warehouse.duckdb.wal", ".warehouse-views.json"}
 SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
 STACK_PG = Path("stack") / "postgres"  # ibf stack's own cluster (ibf_dagster.stack.postgres)
+RESTORED = "restore"  # STACK_PG/restore/<database>.pgdump: loaded by the next `ibf stack up`
 _CHUNK = 1 << 20
 _RENAME_EXCHANGE = 2
 
@@ -213,6 +214,10 @@ def _fill(settings: Settings, staging: Path) -> None:
         rest = sorted(p for p in home.rglob("*") if p.is_file() and p != catalog)
         if catalog.exists():
             _copy_sqlite(catalog, staging / HOME / catalog.relative_to(home))
+        for path in sorted(p for p in home.rglob("*") if p.is_dir()):  # empty folders too (PostgreSQL needs its own)
+            rel = path.relative_to(home)
+            if rel.parts[0] != "lake" and not _skipped(rel) and not (stack_dumped and rel.parts[:2] == STACK_PG.parts):
+                (staging / HOME / rel).mkdir(parents=True, exist_ok=True)
         for path in rest:
             rel = path.relative_to(home)
             if rel.parts[0] == "lake" or _skipped(rel) or (stack_dumped and rel.parts[:2] == STACK_PG.parts):
@@ -229,8 +234,9 @@ def _fill(settings: Settings, staging: Path) -> None:
     files = {}
     for path in sorted(p for p in staging.rglob("*") if p.is_file()):
         files[path.relative_to(staging).as_posix()] = {"sha256": _sha256(path), "bytes": path.stat().st_size}
+    folders = sorted(p.relative_to(staging).as_posix() for p in staging.rglob("*") if p.is_dir())
     manifest = {"format": FORMAT, "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                "source_home": str(home), "warehouse": settings.warehouse, "files": files}
+                "source_home": str(home), "warehouse": settings.warehouse, "files": files, "folders": folders}
     (staging / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
 
 
@@ -310,7 +316,7 @@ def _exchange(a: Path, b: Path) -> None:
         raise OSError(code, f"cannot swap {a} and {b}: {os.strerror(code)}")
 
 
-def _pg_restore(archive: Path, url: str, label: str) -> None:
+def pg_restore(archive: Path, url: str, label: str) -> None:
     done = subprocess.run([_pg_tool("pg_restore"), "--clean", "--if-exists", "--no-owner", "--single-transaction",
                            "-d", _pg_environment(url)["PGDATABASE"], str(archive)], env=_pg_environment(url),
                           capture_output=True, text=True)
@@ -341,7 +347,7 @@ def _own_cluster(staging: Path) -> None:
         return
     data.chmod(0o700)
     if os.geteuid() == 0:
-        for path in [staging / STACK_PG, data, *data.rglob("*")]:
+        for path in [staging / STACK_PG, *(staging / STACK_PG).rglob("*")]:
             shutil.chown(path, "postgres", "postgres")
 
 
@@ -387,6 +393,9 @@ def restore(folder: Path, settings: Settings, is_locked: Callable[[Path], str | 
         for path in sorted(p for p in source.rglob("*") if p.is_file()):
             _copy_file(path, staging / path.relative_to(source))
         staging.mkdir(exist_ok=True)
+        for rel in manifest.get("folders", []):
+            if rel.startswith(HOME + "/"):
+                (staging / rel.removeprefix(HOME + "/")).mkdir(parents=True, exist_ok=True)
         old_home = manifest.get("source_home")
         if old_home and old_home != str(home):
             for rel in ("mlflow.db", "ducklake/catalog.sqlite"):
@@ -395,7 +404,7 @@ def restore(folder: Path, settings: Settings, is_locked: Callable[[Path], str | 
         archives = sorted((folder / POSTGRES).glob("stack-*.pgdump"))
         if archives:  # loaded into a fresh cluster by the next `ibf stack up`
             for archive in archives:
-                _copy_file(archive, staging / STACK_PG / "restore" / archive.name.removeprefix("stack-"))
+                _copy_file(archive, staging / STACK_PG / RESTORED / archive.name.removeprefix("stack-"))
         _own_cluster(staging)
         after_unpack(staging)
         for path in staging.rglob("*"):
@@ -406,7 +415,7 @@ def restore(folder: Path, settings: Settings, is_locked: Callable[[Path], str | 
         if dagster_dump.exists():
             if settings.dagster_pg_url is None:
                 raise BackupError(f"{dagster_dump}: the backup holds a Postgres instance: set IBF_DAGSTER_PG_URL to restore it")
-            _pg_restore(dagster_dump, settings.dagster_pg_url.get_secret_value(), "IBF_DAGSTER_PG_URL")
+            pg_restore(dagster_dump, settings.dagster_pg_url.get_secret_value(), "IBF_DAGSTER_PG_URL")
         if home.exists():
             _exchange(staging, home)  # staging now holds the previous state
         else:
