@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from ibf_core.settings import Settings
+from ibf_core.settings import Settings, child_environment
 from ibf_core.storage import atomic
 
 FORMAT = 1
@@ -146,7 +146,7 @@ def _pg_environment(url: str) -> dict[str, str]:
               "PGUSER": unquote(parts.username or "postgres"), "PGDATABASE": parts.path.lstrip("/") or "postgres"}
     if parts.password:
         values["PGPASSWORD"] = unquote(parts.password)
-    return {**os.environ, **values}
+    return child_environment(values)
 
 
 def _pg_tool(name: str) -> str:

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from ibf_core.storage.backup import BackupError, create, lake_holder, restore, verify
 from ibf_dagster.cli._common import _fail, _settings, out
 
 # Heavy imports wait until a command runs: `ibf --help` must not load duckdb or pyarrow.
@@ -14,8 +15,6 @@ from ibf_dagster.cli._common import _fail, _settings, out
 
 def backup_create(folder: Annotated[Path, typer.Argument(help="New folder for the backup")]) -> None:
     """Back up the warehouse, the MLflow store and artifacts and the Dagster instance (safe while runs write)."""
-    from ibf_core.storage.backup import BackupError, create
-
     try:
         result = create(_settings(), folder)
     except BackupError as exc:
@@ -26,8 +25,6 @@ def backup_create(folder: Annotated[Path, typer.Argument(help="New folder for th
 
 def backup_verify(folder: Annotated[Path, typer.Argument(help="Backup folder")]) -> None:
     """Check every file of a backup against the SHA-256 checksums of its manifest."""
-    from ibf_core.storage.backup import BackupError, verify
-
     try:
         manifest = verify(folder)
     except BackupError as exc:
@@ -37,7 +34,6 @@ def backup_verify(folder: Annotated[Path, typer.Argument(help="Backup folder")])
 
 def _warehouse_held(home: Path) -> str | None:
     """A writer committing to the lake, or a session holding ``warehouse.duckdb`` (e.g. the DuckDB CLI)."""
-    from ibf_core.storage.backup import lake_holder
     from ibf_core.storage.warehouse import Warehouse, WarehouseLocked
 
     try:
@@ -50,7 +46,6 @@ def _warehouse_held(home: Path) -> str | None:
 def backup_restore(folder: Annotated[Path, typer.Argument(help="Backup folder (verified first)")]) -> None:
     """Replace the state under IBF_HOME by a verified backup, atomically (the platform must be stopped)."""
     from ibf_core.storage.backends import open_warehouse
-    from ibf_core.storage.backup import BackupError, restore
     from ibf_core.storage.warehouse import WarehouseError
 
     settings = _settings()
