@@ -73,3 +73,24 @@ def test_the_stack_database_outlives_the_stack_and_is_backed_up(home, tmp_path):
     assert os.stat(home / "stack" / "postgres" / "data").st_mode & 0o777 == 0o700
     with local_postgres(folder=home / "stack" / "postgres") as pg:
         assert rows(pg) == ["v1", "v2"]
+
+
+def test_a_postgres_instance_is_dumped_and_restored(home, tmp_path, monkeypatch):
+    with local_postgres() as pg:
+        url = pg.create_database("dagster_instance")
+        monkeypatch.setenv("IBF_DAGSTER_PG_URL", url)
+        con = psycopg2.connect(url)
+        con.autocommit = True
+        with con.cursor() as cur:
+            cur.execute("CREATE TABLE runs (run_id text)")
+            cur.execute("INSERT INTO runs VALUES ('r1')")
+        home.mkdir(parents=True)
+        folder = backup.create(load_settings(), tmp_path / "b1").folder
+        assert "postgres/dagster.pgdump" in backup.verify(folder)["files"]
+        with con.cursor() as cur:
+            cur.execute("INSERT INTO runs VALUES ('r2')")
+        backup.restore(folder, load_settings())
+        with con.cursor() as cur:
+            cur.execute("SELECT run_id FROM runs ORDER BY run_id")
+            assert [r[0] for r in cur.fetchall()] == ["r1"]
+        con.close()

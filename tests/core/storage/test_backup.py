@@ -256,3 +256,32 @@ def test_prune_keeps_the_newest(settings, tmp_path):
     assert removed == made[:1]
     assert sorted(p.name for p in root.iterdir()) == ["ibf-backup-20260102T000000Z", "ibf-backup-20260103T000000Z", "unrelated"]
     assert json.loads((made[2] / "manifest.json").read_text())["format"] == backup.FORMAT
+
+
+def test_a_ducklake_warehouse_is_backed_up_and_restored_into_another_home(ibf_home, tmp_path, monkeypatch):
+    from ibf_core.storage.backends import open_warehouse
+
+    monkeypatch.setenv("IBF_WAREHOUSE", "ducklake")
+    settings = load_settings()
+    open_warehouse(settings).replace_slice(MARKET_BARS, bars(1), SYMBOLS, "2021-01-01", "2021-02-26")
+    folder = backup.create(settings, tmp_path / "b1").folder
+    assert "home/ducklake/catalog.sqlite" in backup.verify(folder)["files"]
+    open_warehouse(settings).replace_slice(MARKET_BARS, bars(2), SYMBOLS, "2021-01-01", "2021-02-26")
+    backup.restore(folder, settings)
+    assert set(open_warehouse(settings).query("SELECT DISTINCT volume FROM market_bars").volume) == {1}
+    other = load_settings(home=tmp_path / "other")
+    backup.restore(folder, other)
+    moved = open_warehouse(other)
+    assert len(moved.query("SELECT * FROM market_bars")) == len(bars(1))
+    # the data path recorded in the catalog is the new home's: writes land there, not in the old home
+    moved.replace_slice(MARKET_BARS, bars(3), SYMBOLS, "2021-01-01", "2021-02-26")
+    assert set(open_warehouse(settings).query("SELECT DISTINCT volume FROM market_bars").volume) == {1}
+
+
+def test_a_remote_ducklake_is_refused_naming_the_setting(ibf_home, tmp_path, monkeypatch):
+    ibf_home.mkdir(parents=True)
+    monkeypatch.setenv("IBF_WAREHOUSE", "ducklake")
+    monkeypatch.setenv("IBF_DUCKLAKE_DATA_PATH", "s3://bucket/lake/")
+    with pytest.raises(BackupError, match="IBF_DUCKLAKE_DATA_PATH"):
+        backup.create(load_settings(), tmp_path / "b1")
+    assert not (tmp_path / "b1").exists()
