@@ -182,7 +182,7 @@ def _postgres_sources(settings: Settings) -> dict[str, str]:
         sources["dagster"] = settings.dagster_pg_url.get_secret_value()
     port = running_stack_postgres(settings.home_dir)
     if port is not None:
-        sources = {f"stack-{db}": f"postgresql://postgres@127.0.0.1:{port}/{db}" for db in ("dagster", "mlflow")}
+        sources.update({f"stack-{db}": f"postgresql://postgres@127.0.0.1:{port}/{db}" for db in ("dagster", "mlflow")})
     return sources
 
 
@@ -209,11 +209,11 @@ def _fill(settings: Settings, staging: Path) -> None:
             for path in sorted(snapshot.rglob("*")):
                 if path.is_file():
                     _copy_file(path, staging / HOME / path.relative_to(snapshot))
-        # DuckLake's catalog before its data files: every file the copied catalog names is then copied too.
+        # DuckLake's catalog before its data files are listed: every file the copied catalog names is copied too.
         catalog = home / "ducklake" / "catalog.sqlite"
-        rest = sorted(p for p in home.rglob("*") if p.is_file() and p != catalog)
         if catalog.exists():
             _copy_sqlite(catalog, staging / HOME / catalog.relative_to(home))
+        rest = sorted(p for p in home.rglob("*") if p.is_file() and p != catalog)
         for path in sorted(p for p in home.rglob("*") if p.is_dir()):  # empty folders too (PostgreSQL needs its own)
             rel = path.relative_to(home)
             if rel.parts[0] != "lake" and not _skipped(rel) and not (stack_dumped and rel.parts[:2] == STACK_PG.parts):

@@ -4,6 +4,7 @@ import hashlib
 import json
 import sqlite3
 import threading
+import time
 
 import pytest
 from helpers.bars import make_bars
@@ -285,3 +286,38 @@ def test_a_remote_ducklake_is_refused_naming_the_setting(ibf_home, tmp_path, mon
     with pytest.raises(BackupError, match="IBF_DUCKLAKE_DATA_PATH"):
         backup.create(load_settings(), tmp_path / "b1")
     assert not (tmp_path / "b1").exists()
+
+
+def test_ducklake_backups_taken_while_a_writer_commits_restore_to_a_committed_state(ibf_home, tmp_path, monkeypatch):
+    """The catalog is copied before the data files are listed: every file a backed-up snapshot names is there."""
+    from ibf_core.storage.backends import open_warehouse
+
+    monkeypatch.setenv("IBF_WAREHOUSE", "ducklake")
+    settings = load_settings()
+    open_warehouse(settings).replace_slice(MARKET_BARS, bars(1), SYMBOLS, "2021-01-01", "2021-02-26")
+    stop, committed = threading.Event(), [1]
+
+    def writer():
+        store, version = open_warehouse(settings), 2
+        while not stop.is_set():
+            store.replace_slice(MARKET_BARS, bars(version), SYMBOLS, "2021-01-01", "2021-02-26")
+            committed.append(version)
+            version += 1
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        folders = []
+        for i in range(4):
+            folders.append(backup.create(settings, tmp_path / f"b{i}").folder)
+            time.sleep(0.5)
+    finally:
+        stop.set()
+        thread.join()
+    assert len(committed) > 2
+    for i, folder in enumerate(folders):
+        restored = load_settings(home=tmp_path / f"restored{i}")
+        backup.restore(folder, restored)
+        found = open_warehouse(restored).query("SELECT symbol, min(volume) AS lo, max(volume) AS hi FROM market_bars GROUP BY symbol")
+        assert len(found) == len(SYMBOLS) and (found.lo == found.hi).all() and found.lo.nunique() == 1, folder
+        assert int(found.lo.iloc[0]) in committed
