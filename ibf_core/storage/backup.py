@@ -417,7 +417,11 @@ def restore(folder: Path, settings: Settings, is_locked: Callable[[Path], str | 
                 raise BackupError(f"{dagster_dump}: the backup holds a Postgres instance: set IBF_DAGSTER_PG_URL to restore it")
             pg_restore(dagster_dump, settings.dagster_pg_url.get_secret_value(), "IBF_DAGSTER_PG_URL")
         if home.exists():
-            _exchange(staging, home)  # staging now holds the previous state
+            try:
+                _exchange(staging, home)  # staging now holds the previous state
+            except OSError as exc:
+                raise BackupError(f"{exc}; nothing was restored: IBF_HOME must be a folder (not a mount point) on a file "
+                                  "system that swaps folders atomically (ext4, xfs, btrfs, tmpfs)") from None
         else:
             os.rename(staging, home)
     finally:

@@ -199,7 +199,7 @@ def test_a_failure_midway_leaves_the_previous_state(settings, ibf_home, tmp_path
         backup.restore(folder, settings, after_unpack=half_copied)
     assert state(ibf_home) == after
     monkeypatch.setattr(backup, "_exchange", lambda a, b: (_ for _ in ()).throw(OSError("swap failed")))
-    with pytest.raises(OSError, match="swap failed"):
+    with pytest.raises(BackupError, match="swap failed; nothing was restored"):
         backup.restore(folder, settings)
     assert state(ibf_home) == after
     assert not list(ibf_home.parent.glob(".ibf_home.restore-*"))
