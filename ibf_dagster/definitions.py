@@ -19,6 +19,7 @@ from ibf_dagster.assets.models import build_trained_models
 from ibf_dagster.assets.news import build_news_sentiment
 from ibf_dagster.assets.portfolios import build_portfolios
 from ibf_dagster.assets.predictions import build_predictions
+from ibf_dagster.backups import build_backup
 from ibf_dagster.executors import executor_for
 from ibf_dagster.resources import build_resources
 from ibf_dagster.sensors import (
@@ -34,6 +35,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
     market_bars, *market_bars_checks = build_market_bars(settings)
     live_sources, live_checks = build_live_sources(settings)
     live_watch, live_watch_schedule = build_live_watch(settings)
+    backup_job, backup_schedule = build_backup()
     return dg.Definitions(
         assets=[
             market_bars,
@@ -49,8 +51,8 @@ def build_definitions(settings: Settings) -> dg.Definitions:
             build_portfolios(settings),
         ],
         asset_checks=[*market_bars_checks, *live_checks],
-        jobs=[live_watch],
-        schedules=[live_watch_schedule],
+        jobs=[live_watch, backup_job],
+        schedules=[live_watch_schedule, backup_schedule],
         sensors=[
             build_universe_sync(settings),
             build_retrain_on_drift(settings),

@@ -37,6 +37,7 @@ GROUP_TITLES = {
     "k8s": "Kubernetes",
     "ducklake": "DuckLake",
     "aws": "S3 (for DuckLake)",
+    "backup": "Backups",
 }
 SIMPLE_TYPES = {
     str: "text",

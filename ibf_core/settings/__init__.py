@@ -300,6 +300,13 @@ class Settings(BaseSettings):
         "`DAGSTER_EVENT_BATCH_SIZE`; Postgres: one INSERT; SQLite: one transaction per file, ibf's "
         "`BatchedSqliteEventLogStorage`; 0 = one at a time)"
     )
+    backup_dir: Path | None = Field(
+        None, description="Folder of the daily `backup` schedule's backups (`ibf-backup-<UTC time>/` each, as "
+        "`ibf backup create` writes them). The schedule is stopped by default: turn it on in the UI (Automation); "
+        "a run without this setting fails naming it"
+    )
+    backup_retention: int = Field(7, ge=1, description="The `backup` schedule keeps this many newest backups in "
+        "`IBF_BACKUP_DIR` and deletes older ones (folders `ibf-backup-*` only)")
     alphavantage_api_key: SecretStr | None = Field(
         None,
         validation_alias=AliasChoices("ALPHAVANTAGE_API_KEY", "alphavantage_api_key"),

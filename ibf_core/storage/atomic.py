@@ -53,6 +53,11 @@ _TEMP_SUFFIX = ".tmp"
 _TEMP_NAME = re.compile(r"^\.(?P<target>.+)\.[A-Za-z0-9_]{8}\.tmp$")
 
 
+# The lock a warehouse holds while it swaps a batch in and a backup holds while it snapshots the folder's files,
+# so a backup sees every batch whole or not at all (held for the renames only: milliseconds).
+COMMIT_LOCK = "_commit"
+
+
 def lock(folder: Path, name: str, timeout: float = LOCK_WAIT_S) -> FileLock:
     """An inter-process lock ``folder/.locks/<name>.lock`` for a read-modify-write of files under ``folder``."""
     lock_dir = folder / ".locks"
@@ -215,11 +220,13 @@ class AtomicBatch:
     """Files staged now and swapped in (in the order staged) by :meth:`commit`; deletions happen in that order too.
 
     As a context manager it commits on a clean exit and discards (removes every temp file) on any exception.
+    ``commit_lock`` (e.g. ``lock(folder, COMMIT_LOCK)``) is held while the files are swapped in.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, commit_lock: contextlib.AbstractContextManager | None = None) -> None:
         self._ops: list[tuple[Path | None, Path]] = []  # (temp file, target); None: delete the target
         self._done = False
+        self._commit_lock = commit_lock or contextlib.nullcontext()
 
     def __len__(self) -> int:
         return len(self._ops)
@@ -286,16 +293,17 @@ class AtomicBatch:
             raise RuntimeError("this batch was already committed or discarded")
         self._done = True
         folders: dict[Path, None] = {}
-        for i, (tmp, target) in enumerate(self._ops):
-            try:
-                if tmp is None:
-                    target.unlink(missing_ok=True)
-                else:
-                    os.replace(tmp, target)
-            except BaseException:
-                _unlink_temps(self._ops[i:])
-                raise
-            folders[target.parent] = None
+        with self._commit_lock:
+            for i, (tmp, target) in enumerate(self._ops):
+                try:
+                    if tmp is None:
+                        target.unlink(missing_ok=True)
+                    else:
+                        os.replace(tmp, target)
+                except BaseException:
+                    _unlink_temps(self._ops[i:])
+                    raise
+                folders[target.parent] = None
         for folder in folders:
             _fsync_dir(folder)
         return len(self._ops)

@@ -376,7 +376,7 @@ class Warehouse(TableStore):
             for spec, names in by_table.values():
                 held = ["*.parquet"] if WHOLE_TABLE in names else [f"{n}.parquet" for n in names]
                 atomic.remove_stale_temps(self.table_dir(spec), held=held)
-            with atomic.AtomicBatch() as batch:
+            with atomic.AtomicBatch(commit_lock=atomic.lock(self.home, atomic.COMMIT_LOCK)) as batch:  # see backup
                 return build(_LakeTransaction(self, batch))
 
     # ----- reads --------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """The ``ibf`` command line: backfill through Dagster, SQL on the warehouse, the universe, the gateway simulator.
 
 Each command is a thin layer in a module of its group (``data``, ``universe``, ``sims``, ``demo``, ``models``,
-``portfolio``, ``services``): it parses its options, calls a library entry point and prints. This module is the command table
+``portfolio``, ``services``, ``backup``): it parses its options, calls a library entry point and prints. This module is the command table
 (in the order ``ibf --help`` lists them) and the console script.
 """
 
@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from ibf_dagster.cli import data, demo, models, portfolio, services, sims, universe
+from ibf_dagster.cli import backup, data, demo, models, portfolio, services, sims, universe
 from ibf_dagster.cli._common import _guard_commands, _interrupt, _options, _setup_output
 
 app = typer.Typer(help="ibf: forecasting platform for Interactive Brokers market data.", no_args_is_help=True)
@@ -22,6 +22,8 @@ api_key_app = typer.Typer(help="REST API keys (the service stores only their SHA
 app.add_typer(api_key_app, name="api-key")
 stack_app = typer.Typer(help="The production topology as local processes: Postgres, MLflow server, code location, webserver, daemon, API.", no_args_is_help=True)
 app.add_typer(stack_app, name="stack")
+backup_app = typer.Typer(help="Back up IBF_HOME (warehouse, MLflow, Dagster instance), verify a backup, restore it.", no_args_is_help=True)
+app.add_typer(backup_app, name="backup")
 
 
 @app.callback()
@@ -50,6 +52,9 @@ stack_app.command("up")(services.stack_up)
 stack_app.command("prepare")(services.stack_prepare)
 stack_app.command("down")(services.stack_down)
 api_key_app.command("new")(services.api_key_new)
+backup_app.command("create")(backup.backup_create)
+backup_app.command("verify")(backup.backup_verify)
+backup_app.command("restore")(backup.backup_restore)
 
 
 def main_in_child() -> None:

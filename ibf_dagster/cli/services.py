@@ -89,6 +89,8 @@ def serve(
 
 def stack_up(
     api_workers: Annotated[int, typer.Option(min=1, max=64, help="Worker processes of the API")] = 1,
+    throwaway_postgres: Annotated[bool, typer.Option(help="Run PostgreSQL in a temp folder removed by `ibf stack down` "
+                                                     "(default: IBF_HOME/stack/postgres, kept)")] = False,
 ) -> None:
     """Start every service of the topology on loopback ports and keep them running until Ctrl-C or `ibf stack down`."""
     settings = _settings()
@@ -99,7 +101,8 @@ def stack_up(
         if pid.isdigit() and is_running(ProcessRef(this_host(), int(pid), token or None)):
             raise typer.BadParameter(f"a stack runs already for {settings.home_dir} (pid {pid}): ibf stack down first")
     me = current()
-    with stack(settings, api_workers=api_workers, announce=lambda line: err.print(line, highlight=False, markup=False)):
+    with stack(settings, api_workers=api_workers, announce=lambda line: err.print(line, highlight=False, markup=False),
+               throwaway_postgres=throwaway_postgres):
         pid_file.write_text(f"{me.pid} {me.start or ''}\n")
         err.print("stack up; Ctrl-C or `ibf stack down` stops it", highlight=False)
         try:

@@ -49,6 +49,7 @@ class LocalPostgres:
     folder: Path
     port: int
     bin_dir: Path
+    socket_dir: Path
 
     def url(self, database: str = "postgres") -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
@@ -72,7 +73,7 @@ class LocalPostgres:
         return _as_owner([str(self.bin_dir / "pg_ctl"), "-D", str(self.folder / "data"), *args])
 
     def start(self) -> None:
-        options = f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
+        options = f"-p {self.port} -k {self.socket_dir} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
         done = self.pg_ctl("-o", options, "-l", str(self.folder / "server.log"), "-w", "-t", "60", "start")
         if done.returncode != 0:
             log = (self.folder / "server.log").read_text()[-2000:] if (self.folder / "server.log").exists() else ""
@@ -83,18 +84,30 @@ class LocalPostgres:
 
 
 @contextlib.contextmanager
-def local_postgres(port: int | None = None) -> Iterator[LocalPostgres]:
-    """A fresh PostgreSQL cluster (trust auth, loopback only) for the block; stopped and removed after it,
-    also when the block fails."""
+def local_postgres(port: int | None = None, folder: Path | None = None) -> Iterator[LocalPostgres]:
+    """A PostgreSQL cluster (trust auth, loopback only) for the block, stopped after it, also when the block fails.
+
+    ``folder``: a lasting cluster there (``ibf stack``'s, under IBF_HOME: run history and the MLflow registry
+    outlive the stack), created when missing and kept; None: a fresh throw-away cluster, removed after the block."""
     bin_dir = _binaries()
-    folder = Path(tempfile.mkdtemp(prefix="ibf-pg-"))  # not under a root-only folder: postgres must reach it
+    throwaway = folder is None
+    # The socket goes to a short temp folder: a socket path longer than 107 bytes (a deep IBF_HOME) is refused.
+    sockets = Path(tempfile.mkdtemp(prefix="ibf-pg-"))  # not under a root-only folder: postgres must reach it
+    folder = sockets if throwaway else Path(folder)
     try:
+        folder.mkdir(parents=True, exist_ok=True)
         if os.geteuid() == 0:
-            shutil.chown(folder, "postgres", "postgres")
-        init = _as_owner([str(bin_dir / "initdb"), "-D", str(folder / "data"), "-A", "trust", "-U", "postgres", "-E", "UTF8"])
-        if init.returncode != 0:
-            raise RuntimeError(f"initdb failed: {init.stderr.strip()[-1000:]}")
-        server = LocalPostgres(folder, port or free_port(), bin_dir)
+            for path in {sockets, folder}:
+                shutil.chown(path, "postgres", "postgres")
+            if _as_owner(["test", "-w", str(folder)]).returncode != 0:
+                raise RuntimeError(f"PostgreSQL runs as the postgres user, who cannot reach {folder} (a parent folder "
+                                   "is private to root): make IBF_HOME's parent folders traversable (chmod o+x) or "
+                                   "use a throw-away database (ibf stack up --throwaway-postgres)")
+        if not (folder / "data" / "PG_VERSION").exists():
+            init = _as_owner([str(bin_dir / "initdb"), "-D", str(folder / "data"), "-A", "trust", "-U", "postgres", "-E", "UTF8"])
+            if init.returncode != 0:
+                raise RuntimeError(f"initdb failed: {init.stderr.strip()[-1000:]}")
+        server = LocalPostgres(folder, port or free_port(), bin_dir, sockets)
         server.start()
         try:
             _wait_ready(server)
@@ -102,7 +115,7 @@ def local_postgres(port: int | None = None) -> Iterator[LocalPostgres]:
         finally:
             server.stop()
     finally:
-        shutil.rmtree(folder, ignore_errors=True)
+        shutil.rmtree(sockets, ignore_errors=True)
 
 
 def _wait_ready(server: LocalPostgres, timeout_s: float = 30) -> None:

@@ -20,6 +20,7 @@ from typing import Any
 
 from ibf_core.processes import free_port
 from ibf_core.settings import Settings, child_environment
+from ibf_core.storage.backup import RESTORED, pg_restore
 from ibf_dagster.instance import _with_driver, check_postgres, prepare_dagster_home
 from ibf_dagster.stack.postgres import local_postgres
 from ibf_dagster.stack.topology import GRPC_WORKSPACE, command
@@ -56,6 +57,15 @@ class RunningStack:
     def log_tail(self, name: str, chars: int = 3000) -> str:
         path = self.folder / f"{name}.log"
         return path.read_text(errors="replace")[-chars:] if path.exists() else ""
+
+
+def load_restored(pg: Any, restored: Path, announce: Callable[[str], None]) -> None:
+    """Load the databases of a restored backup (``ibf backup restore`` leaves the ``pg_dump`` archives of a running
+    stack's cluster in ``stack/postgres/restore/``) into the cluster, once: each archive is removed when loaded."""
+    for archive in sorted(restored.glob("*.pgdump")):
+        pg_restore(archive, pg.url(archive.stem), "ibf stack's PostgreSQL")
+        archive.unlink()
+        announce(f"postgres: loaded the restored database {archive.stem}")
 
 
 def _bin(name: str) -> str:
@@ -100,9 +110,11 @@ def _stop(service: Service, grace_s: float = 20) -> None:
 
 
 @contextlib.contextmanager
-def stack(settings: Settings, api_workers: int = 1, timeout_s: float = 240, announce: Callable[[str], None] = lambda _: None) -> Iterator[RunningStack]:
-    """Start the topology for ``settings`` (a local PostgreSQL unless IBF_DAGSTER_PG_URL names one); stop it all
-    when the block ends, also on failure. The services read their settings from the environment, as every ibf
+def stack(settings: Settings, api_workers: int = 1, timeout_s: float = 240, announce: Callable[[str], None] = lambda _: None,
+          throwaway_postgres: bool = False) -> Iterator[RunningStack]:
+    """Start the topology for ``settings`` (a local PostgreSQL unless IBF_DAGSTER_PG_URL names one: its cluster lives
+    in ``IBF_HOME/stack/postgres`` and outlives the stack, or with ``throwaway_postgres`` in a temp folder removed
+    when the stack stops); stop it all when the block ends, also on failure. The services read their settings from the environment, as every ibf
     process does: ``settings`` should be this process' (environment + config file), not built from overrides."""
     folder = settings.home_dir / "stack"
     folder.mkdir(parents=True, exist_ok=True)
@@ -115,9 +127,11 @@ def stack(settings: Settings, api_workers: int = 1, timeout_s: float = 240, anno
             raise StackError(f"another ibf stack runs for {settings.home_dir}: ibf stack down stops it") from None
         pg = None
         if settings.dagster_pg_url is None:
-            pg = cleanup.enter_context(local_postgres())
+            pg = cleanup.enter_context(local_postgres(folder=None if throwaway_postgres else folder / "postgres"))
             dagster_url, mlflow_db = pg.create_database("dagster"), pg.create_database("mlflow")
-            announce(f"postgres: {pg.url()} (data in {pg.folder}, removed when the stack stops)")
+            load_restored(pg, folder / "postgres" / RESTORED, announce)
+            kept = "removed when the stack stops" if throwaway_postgres else "kept when the stack stops"
+            announce(f"postgres: {pg.url()} (data in {pg.folder}, {kept})")
         else:
             dagster_url = settings.dagster_pg_url.get_secret_value()
             mlflow_db = None

@@ -74,7 +74,9 @@ def test_the_topology_runs_ui_backfills_training_and_predictions_through_the_dae
     get_settings.cache_clear()
     saved = dict(os.environ)  # the stack exports DAGSTER_HOME and the instance URL into this process
     try:
-        with stack(get_settings()) as running:
+        # A throw-away cluster: pytest's tmp folders are root-only, out of the postgres user's reach when tests run as
+        # root. The default cluster under IBF_HOME/stack/postgres is tested in test_stack_postgres.py.
+        with stack(get_settings(), throwaway_postgres=True) as running:
             web, api = running.urls["webserver"], running.urls["api"]
             sync_universe(get_instance(running.settings), ["AAPL", "MSFT"])
             keys = [f"{year}|{symbol}" for year in ("2011", "2012", "2013") for symbol in ("AAPL", "MSFT")]
