@@ -36,15 +36,6 @@ def world(ibf_home, monkeypatch):
     return write_stored_world(ibf_home, SYMBOLS, "2021-01-04", "2021-03-31")
 
 
-@pytest.fixture
-def api(world):
-    from ibf_serve.app import create_app
-    from ibf_serve.testing import running_server
-
-    with running_server(create_app(get_settings())) as url, httpx.Client(base_url=url, timeout=30) as client:
-        yield client
-
-
 def _error(response: httpx.Response, status: int) -> str:
     assert response.status_code == status, response.text
     body = response.json()

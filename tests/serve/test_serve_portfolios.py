@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import json
 
-import httpx
 import numpy as np
 import pytest
 
@@ -29,15 +28,6 @@ def world(ibf_home, monkeypatch):
     from ibf_serve.testing import write_stored_world
 
     return write_stored_world(ibf_home, SYMBOLS, "2021-01-04", "2021-03-31")
-
-
-@pytest.fixture
-def api(world):
-    from ibf_serve.app import create_app
-    from ibf_serve.testing import running_server
-
-    with running_server(create_app(get_settings())) as url, httpx.Client(base_url=url, timeout=30) as client:
-        yield client
 
 
 def _stored(world):
