@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 
 from ibf_dagster.cli._common import _fail, _quiet_dagster, _settings, err, out, run_backfill
-from ibf_dagster.cli.models import _default_cutoff, _print_validation
+from ibf_dagster.cli.models import _print_validation
 
 # Heavy imports wait until the command runs: `ibf --help` must not load pandas, duckdb or dagster.
 
 
 def demo() -> None:
-    """Sample universe end to end through Dagster: bars, news, features, trained models, ranked forecasts, drift."""
+    """Sample universe end to end through Dagster: bars, news, features, trained models, ranked forecasts, portfolios, drift."""
+    from ibf_core.calendar import trading_days
     from ibf_core.features.pipeline import feature_columns
     from ibf_core.sources.sample import SAMPLE_LAST_DATE
     from ibf_core.storage.backends import open_warehouse
@@ -44,17 +46,22 @@ def demo() -> None:
     out.print(signals.to_string(index=False) if len(signals) else "none loaded", highlight=False)
     out.print(f"\nwarehouse: {open_warehouse(settings).describe()}\ndata loaded in {elapsed:.1f} s", highlight=False)
 
-    # Train on everything but the last session, then forecast from the last one (the sample's "today").
-    cutoff = _default_cutoff(settings)
-    err.print(f"training {', '.join(settings.model_members)} up to {cutoff} (IBF_MODEL_MAX_STEPS={settings.model_max_steps})", highlight=False)
+    # Train up to the end of the year before the sample's last, then forecast every later session out of sample (a
+    # year's start is a partition boundary whatever IBF_DATE_PARTITIONS says), so the portfolios have a paper track
+    # record to trade and the drift monitor has matured forecasts to score.
+    held_out = trading_days(dt.date(SAMPLE_LAST_DATE.year, 1, 1), SAMPLE_LAST_DATE)
+    cutoff = str(trading_days(SAMPLE_LAST_DATE - dt.timedelta(days=400), held_out[0] - dt.timedelta(days=1))[-1].date())
+    first, last = str(held_out[0].date()), str(held_out[-1].date())
+    err.print(f"training {', '.join(settings.model_members)} up to {cutoff} (IBF_MODEL_MAX_STEPS={settings.model_max_steps}); "
+              f"the {len(held_out)} sessions after it are forecast out of sample", highlight=False)
     trained = time.perf_counter()
     summary = run_train(settings, cutoff)
     if not summary.success:
         _fail(f"training failed: {summary.error}")
     err.print(f"trained in {time.perf_counter() - trained:.1f} s", highlight=False)
-    last = SAMPLE_LAST_DATE.isoformat()
     try:
-        run_backfill(settings, None, last, last, "predictions", "sample", None)
+        run_backfill(settings, None, first, last, "predictions", "sample", None)
+        run_backfill(settings, None, last, last, "portfolio_weights,portfolio_returns", "sample", None)
     except BackfillError as exc:
         _fail(str(exc))
     _print_validation(settings, cutoff)
@@ -66,6 +73,13 @@ def demo() -> None:
     )
     out.print(f"\nforecasts from {last} (top 2 per horizon by expected return; 80%/95% price intervals):", highlight=False)
     out.print(forecasts.to_string(index=False), highlight=False)
+    books = open_warehouse(settings).query(
+        "SELECT portfolio, count(*) AS sessions, min(date) AS first, max(date) AS last, round(arg_max(nav, date), 4) AS nav, "
+        "round(sum(turnover), 2) AS turnover, round(10000 * sum(cost), 1) AS cost_bps FROM portfolio_returns "
+        "GROUP BY portfolio ORDER BY portfolio"
+    )
+    out.print(f"\nportfolios (IBF_PORTFOLIOS) traded on the forecasts from {first}, next-close trades, IB costs:", highlight=False)
+    out.print(books.to_string(index=False), highlight=False)
     drift_started = time.perf_counter()
     try:
         run_backfill(settings, None, last, last, "drift_scores", "sample", None)
@@ -76,8 +90,7 @@ def demo() -> None:
         "count(skipped_reason) AS skipped, any_value(skipped_reason) AS why_skipped "
         f"FROM drift_scores WHERE date = DATE '{last}' GROUP BY detector ORDER BY detector"
     )
-    out.print(f"\ndrift_scores for {last} ({time.perf_counter() - drift_started:.1f} s; no forecast has matured yet, so the "
-              "performance detectors say so):", highlight=False)
+    out.print(f"\ndrift_scores for {last} ({time.perf_counter() - drift_started:.1f} s):", highlight=False)
     out.print(drift.to_string(index=False), highlight=False)
     out.print(f"\ndemo finished in {time.perf_counter() - started:.1f} s", highlight=False)
     out.print("(the `fresh` check fails by design: the embedded sample ends on 2013-03-01)", highlight=False)
