@@ -91,6 +91,8 @@ def test_make_ui_serves_the_asset_graph_on_loopback(ibf_home):
             ("microstructure_daily",): True,
             ("fundamentals",): True,  # by symbol
             ("macro_indicators",): True,  # by date
+            ("portfolio_weights",): True,  # by date, after predictions
+            ("portfolio_returns",): True,
             # the live tables ibf stream writes: observable source assets, not partitioned
             ("intraday_bars",): False,
             ("quotes",): False,
