@@ -76,6 +76,9 @@ def _print_trades(plan, format: str) -> None:
         writer = csv.writer(sys.stdout, lineterminator="\n")
         writer.writerows([header, *rows])
         return
+    if not rows:  # an empty table would read like a failure
+        out.print("no trades: the holdings already match the targets at whole shares", highlight=False)
+        return
     table = Table(show_lines=False)
     for column in header:
         table.add_column(column, justify="left" if column in ("symbol", "side") else "right")

@@ -6,13 +6,16 @@ import io
 import json
 import socket
 
+import pandas as pd
 import pytest
 from helpers.cli import lake_state, run_ibf
 from helpers.portfolio import order_bars, store_order_world
 
+from ibf_core.portfolio.stored import PORTFOLIO_WEIGHTS
 from ibf_core.settings import load_settings
 from ibf_core.sim.ib.gateway import GatewaySimulator
 from ibf_core.storage.backends import open_warehouse
+from ibf_core.storage.interface import to_arrow
 
 PORTFOLIOS = json.dumps({"top": {"strategy": "topk", "k": 2}, "ls": {"strategy": "long_short", "k": 1}})
 
@@ -64,6 +67,18 @@ def test_orders_csv_on_stdout_and_a_chosen_basket_path(world, tmp_path):
     assert got == [("BBB", "SELL", "5000", "20.00", "-1.0000"), ("EEE", "BUY", "333", "300.00", "1.0000")]
     assert "starting from cash" in proc.stderr and target.read_text().splitlines()[1].startswith("SELL,5000,BBB,")
 
+
+def test_orders_when_the_paper_portfolio_already_holds_the_targets_says_no_trades(world):
+    held = pd.DataFrame({"portfolio": "top", "date": pd.Timestamp("2024-05-01"), "symbol": ["AAA", "EEE"],
+                         "weight": 0.5, "origin": pd.Timestamp("2024-05-01"), "target_weight": 0.5, "reason": "hold"})
+    store = open_warehouse(load_settings())
+    table = to_arrow(PORTFOLIO_WEIGHTS, held)
+    store.write([(PORTFOLIO_WEIGHTS, "top")], lambda tx: tx.put(PORTFOLIO_WEIGHTS, "top", table))
+    proc = run_ibf("orders", "-p", "top")  # the targets of 2024-05-01 are AAA and EEE at 0.5 each
+    assert proc.returncode == 0, proc.stderr
+    assert "starting from paper portfolio weights of 2024-05-01" in proc.stdout
+    assert "no trades: the holdings already match the targets at whole shares" in proc.stdout
+    assert "0 orders: buy USD 0.00, sell USD 0.00" in proc.stdout
 
 def test_orders_whatif_prints_ib_commission_and_margin_per_order_and_in_total(world):
     with GatewaySimulator(order_bars()) as sim:
