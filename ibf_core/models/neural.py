@@ -69,6 +69,37 @@ def future_known_features() -> list[str]:
     return [f.name for f in FEATURES if f.future_known]
 
 
+def import_libraries() -> None:
+    """Import NeuralForecast (with Lightning and torchmetrics) while ``transformers`` reads as not installed.
+
+    Both treat transformers as optional (torchmetrics for BERTScore, NeuralForecast for TimeLLM) and import it when
+    present; it is here as an alibi-detect dependency, and importing it costs 3-5 s in every process that trains or
+    forecasts a neural member, for two models ibf never uses. It stays importable after this one import.
+    """
+    import sys
+
+    if "neuralforecast" in sys.modules or "transformers" in sys.modules:
+        return
+    from lightning_utilities.core import imports as lightning_imports
+
+    check = lightning_imports.RequirementCache._check_requirement
+
+    def check_without_transformers(self) -> None:
+        if (self.requirement or "").startswith("transformers"):
+            self.available, self.message = False, "transformers is not imported with NeuralForecast (ibf_core.models.neural)"
+            return
+        check(self)
+
+    lightning_imports.RequirementCache._check_requirement = check_without_transformers
+    sys.modules["transformers"] = None  # type: ignore[assignment]  # `import transformers` raises ImportError
+    try:
+        import neuralforecast.models  # noqa: F401
+    finally:
+        if "transformers" in sys.modules and sys.modules["transformers"] is None:
+            del sys.modules["transformers"]
+        lightning_imports.RequirementCache._check_requirement = check
+
+
 def _quiet() -> None:
     warnings.filterwarnings("ignore", module="pytorch_lightning")
     warnings.filterwarnings("ignore", module="lightning_fabric")
@@ -79,6 +110,7 @@ def _quiet() -> None:
 def _plateau_callback(patience: int, factor: float = 0.5):
     """Halve the learning rate after ``patience`` validation checks without improvement (NeuralForecast's own
     scheduler is a fixed step decay; ReduceLROnPlateau needs a monitored metric Lightning only gives callbacks)."""
+    import_libraries()
     import pytorch_lightning as pl
 
     class ReduceLROnPlateau(pl.Callback):
@@ -142,6 +174,7 @@ def _symbol_codes(train: pd.DataFrame, symbols: list[str], statics: Statics) -> 
 def build_model(
     kind: str, config: ModelConfig, hist: list[str], futr: list[str], device: str, callbacks: list, stat: list[str] | None = None
 ):
+    import_libraries()
     from neuralforecast.losses.pytorch import MSE
     from neuralforecast.models import LSTM, TFT
 
@@ -305,6 +338,7 @@ def fit(
 
     ``statics``: the one-hot vocabulary of the static covariates (``static_vocabulary``); none when empty.
     """
+    import_libraries()
     import torch
     from neuralforecast import NeuralForecast
 
@@ -455,6 +489,7 @@ def save(nf: Any, path: Path, statics: Statics | None = None) -> None:
 
 
 def load(path: Path) -> Any:
+    import_libraries()
     from neuralforecast import NeuralForecast
 
     _quiet()
