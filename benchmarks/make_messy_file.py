@@ -27,11 +27,17 @@ from ibf_core.calendar import trading_days  # noqa: E402
 GLITCH_KINDS = ("open_above_high", "open_below_low", "close_above_high", "close_below_low", "high_below_low")
 
 
-def clean_bars(rng: np.random.Generator, n_symbols: int, days: pd.DatetimeIndex) -> pd.DataFrame:
-    """Random walks (about 1.5% daily volatility) with a consistent intraday range and lognormal volume."""
+def clean_bars(rng: np.random.Generator, n_symbols: int, days: pd.DatetimeIndex, regime_from: str | None = None) -> pd.DataFrame:
+    """Random walks (about 1.5% daily volatility) with a consistent intraday range and lognormal volume.
+
+    ``regime_from``: from that session on, volatility triples and the drift turns to -0.4% a day (a regime change
+    for the drift monitor to find).
+    """
+    after = days >= pd.Timestamp(regime_from) if regime_from else np.zeros(len(days), dtype=bool)
+    mu, sigma = np.where(after, -0.004, 0.0003), np.where(after, 0.045, 0.015)
     frames = []
     for k in range(n_symbols):
-        close = rng.uniform(10, 300) * np.exp(np.cumsum(rng.normal(0.0003, 0.015, len(days))))
+        close = rng.uniform(10, 300) * np.exp(np.cumsum(mu + sigma * rng.standard_normal(len(days))))
         open_ = close * np.exp(rng.normal(0, 0.006, len(days)))
         high = np.maximum(open_, close) * np.exp(np.abs(rng.normal(0, 0.007, len(days))))
         low = np.minimum(open_, close) * np.exp(-np.abs(rng.normal(0, 0.007, len(days))))
@@ -90,12 +96,13 @@ def remove_rows(frame: pd.DataFrame, rng: np.random.Generator, n: int) -> list[d
 
 def make_messy(
     n_symbols: int, sessions: int, end: str, seed: int, glitch_rate: float, vendor_gaps: int, symbol_gaps: int,
-    duplicates: int, nonpositive: int,
+    duplicates: int, nonpositive: int, regime_from: str | None = None,
 ) -> tuple[pd.DataFrame, dict]:
     rng = np.random.default_rng(seed)
     days = trading_days(pd.Timestamp(end) - pd.Timedelta(days=int(sessions * 1.6) + 10), end)[-sessions:]
-    frame = clean_bars(rng, n_symbols, days)
-    manifest: dict = {"symbols": n_symbols, "sessions": sessions, "first": str(days[0].date()), "last": str(days[-1].date())}
+    frame = clean_bars(rng, n_symbols, days, regime_from)
+    manifest: dict = {"symbols": n_symbols, "sessions": sessions, "first": str(days[0].date()), "last": str(days[-1].date()),
+                      "regime_from": regime_from}
     manifest["glitches"] = glitch(frame, rng, glitch_rate)
     bad_close = rng.choice(len(frame), size=nonpositive, replace=False)
     frame.loc[bad_close, "close"] = 0.0
@@ -120,12 +127,13 @@ def main() -> None:
     parser.add_argument("--symbol-gaps", type=int, default=4, help="single (symbol, session) rows missing")
     parser.add_argument("--duplicates", type=int, default=2, help="extra rows repeating a (symbol, date)")
     parser.add_argument("--nonpositive", type=int, default=1, help="rows whose close is 0")
+    parser.add_argument("--regime-from", default=None, help="from this session: volatility x3 and a negative drift")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--manifest", type=Path, help="write the manifest here instead of stdout")
     args = parser.parse_args()
     frame, manifest = make_messy(
         args.symbols, args.sessions, args.end, args.seed, args.glitch_rate, args.vendor_gaps, args.symbol_gaps,
-        args.duplicates, args.nonpositive,
+        args.duplicates, args.nonpositive, args.regime_from,
     )
     frame.to_csv(args.out, index=False)
     text = json.dumps(manifest, indent=1)
