@@ -39,7 +39,7 @@ def imports(path: Path) -> set[str]:
 HEAVY = frozenset({
     "alibi_detect", "bokeh_sampledata", "dagster", "dagster_graphql", "dagster_k8s", "dagster_mlflow", "dagster_postgres",
     "dagster_webserver", "duckdb", "exchange_calendars", "fastapi", "httpx", "ib_async", "ib_insync", "lightgbm",
-    "lightning", "matplotlib", "mlflow", "neuralforecast", "numpy", "pandas", "prometheus_client", "psycopg2",
+    "lightning", "lightning_utilities", "matplotlib", "mlflow", "neuralforecast", "numpy", "pandas", "prometheus_client", "psycopg2",
     "pyarrow", "pytorch_lightning", "safetensors", "scipy", "sklearn", "starlette", "statsmodels", "talib",
     "tenacity", "torch", "transformers", "uvicorn", "vaderSentiment",
 })

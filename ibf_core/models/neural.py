@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -56,8 +57,8 @@ from ibf_core.models.config import ModelConfig
 from ibf_core.models.dataset import RobustScaler
 from ibf_core.models.gbdt import category_vocabulary
 
-# Heavy imports (neuralforecast, pytorch_lightning, talib, torch) stay inside the functions that need them:
-# importing this module loads none of them.
+# Heavy imports (lightning_utilities, neuralforecast, pytorch_lightning, talib, torch) stay inside the functions that
+# need them: importing this module loads none of them.
 
 OBSERVED = "observed"  # historical input: 1 on an observed step, 0 on a missing session or incomplete bar
 MIN_OBSERVED_SHARE = 0.75  # of a window's input steps; NeuralForecast filters training windows the same way
@@ -76,8 +77,6 @@ def import_libraries() -> None:
     present; it is here as an alibi-detect dependency, and importing it costs 3-5 s in every process that trains or
     forecasts a neural member, for two models ibf never uses. It stays importable after this one import.
     """
-    import sys
-
     if "neuralforecast" in sys.modules or "transformers" in sys.modules:
         return
     from lightning_utilities.core import imports as lightning_imports

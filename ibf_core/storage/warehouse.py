@@ -46,6 +46,7 @@ from filelock import FileLock
 from tenacity import retry, retry_if_exception, stop_after_delay, wait_exponential
 
 from ibf_core.storage import atomic, space
+from ibf_core.storage.parquet_files import damage, read_whole
 from ibf_core.storage.interface import (
     WHOLE_TABLE,
     DamagedFile,
@@ -122,17 +123,6 @@ def _holder(exc: BaseException) -> str:
 
 def _sql_string(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
-
-
-def _damage(path: Path) -> str | None:
-    """Why ``path`` is not a readable Parquet file, or None when it is (or is gone, or not ours to judge)."""
-    try:
-        pq.ParquetFile(path).read()
-    except (FileNotFoundError, PermissionError):
-        return None
-    except (pa.ArrowException, OSError) as exc:
-        return str(exc).split(". ")[0].strip()
-    return None
 
 
 class _ConcurrentSwap(Exception):
@@ -230,7 +220,7 @@ class Warehouse(TableStore):
         except FileNotFoundError:
             return None
         except (pa.ArrowException, OSError):
-            reason = _damage(path)
+            reason = damage(path)
             if reason is None:
                 raise
             raise self._damage_error([(path, reason)]) from None
@@ -331,9 +321,9 @@ class Warehouse(TableStore):
         if not target.exists():
             return None, None
         try:
-            return pq.read_table(target, schema=spec.schema), None
+            return read_whole(target, spec.schema), None
         except (pa.ArrowException, OSError):
-            reason = _damage(target)
+            reason = damage(target)
             if reason is None:
                 raise
         data = target.read_bytes()
@@ -416,7 +406,7 @@ class Warehouse(TableStore):
     def _damaged(self, files: Iterable[Path]) -> list[tuple[Path, str]]:
         found = []
         for path in files:
-            reason = _damage(path)
+            reason = damage(path)
             if reason is not None:
                 found.append((path, reason))
         return found
@@ -464,13 +454,21 @@ class Warehouse(TableStore):
         where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
         order = ", ".join(spec.key)
         chosen = ", ".join(_quoted_name(spec, c) for c in columns) if columns else "*"
-        sql = f"SELECT {chosen} FROM read_parquet(?, union_by_name = true) {where} ORDER BY {order}"
+        sql = f"SELECT {chosen} FROM read_parquet(?{{}}) {where} ORDER BY {order}"
 
         @_retry_after_swap
         def run() -> pd.DataFrame:
             def once() -> pd.DataFrame:
                 with self._read_connection() as con:
-                    return con.execute(sql, [files, *params]).df()
+                    # Files written since the last column was declared match the schema file: read them as one
+                    # schema (union_by_name reads every footer first, ~1.3 s of 500 files); by name only when one
+                    # predates a declared column.
+                    try:
+                        return con.execute(sql.format(""), [files, *params]).df()
+                    except duckdb.InvalidInputException as exc:
+                        if "schema mismatch" not in str(exc):
+                            raise
+                        return con.execute(sql.format(", union_by_name = true"), [files, *params]).df()
 
             return self._read_consistently(once)
 

@@ -328,3 +328,26 @@ def test_a_column_declared_after_the_files_were_written_reads_as_null(ibf_home):
     read = wh.read(newer, ["AAA"], columns=["symbol", "date", "close", "extra"])
     assert len(read) == (bars["symbol"] == "AAA").sum() and read["extra"].isna().all()
     assert read["close"].notna().all()
+
+
+def test_a_write_over_files_from_before_a_declared_column_keeps_their_rows_with_null_there(ibf_home):
+    """The merge reads a stored file directly when it has the declared schema, by name when it predates a column."""
+    import dataclasses
+
+    import pyarrow as pa
+
+    from ibf_core.storage.tables import Column
+
+    wh = Warehouse(ibf_home)
+    bars = canonical(make_bars(end="2021-03-31"))
+    bars = bars[bars["symbol"] == "AAA"]
+    wh.replace_slice(MARKET_BARS, bars, ["AAA"], "2021-01-01", "2021-03-31")
+    newer = dataclasses.replace(MARKET_BARS, columns=(*MARKET_BARS.columns, Column("extra", pa.float64(), "added later", optional=True)))
+    wh.ensure_table(newer)
+    march = bars[(bars["symbol"] == "AAA") & (bars["date"] >= "2021-03-01")].assign(extra=1.5)
+    wh.replace_slice(newer, march, ["AAA"], "2021-03-01", "2021-03-31")
+    read = wh.read(newer, ["AAA"])
+    assert len(read) == (bars["symbol"] == "AAA").sum()
+    assert read.loc[read["date"] < "2021-03-01", "extra"].isna().all()
+    assert (read.loc[read["date"] >= "2021-03-01", "extra"] == 1.5).all()
+    assert pq.read_schema(wh.table_dir(newer) / "AAA.parquet").names == newer.column_names
