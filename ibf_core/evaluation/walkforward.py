@@ -34,13 +34,15 @@ from ibf_core.evaluation.report import _table, write_report
 from ibf_core.models import ModelDataError
 from ibf_core.models import importance_report as importance
 from ibf_core.models.config import ModelConfig
-from ibf_core.models.ensemble import MIN_INDEPENDENT_TARGETS, hln, independent_targets, rule
+from ibf_core.models.ensemble import hln, independent_targets, rule
 from ibf_core.models.importance_report import markdown as importance_markdown
 
 if TYPE_CHECKING:  # pragma: no cover
     from ibf_core.evaluation.portfolios import PortfolioEvaluation
 
-# Heavy imports (pyarrow, talib) stay inside the functions that need them: importing this module loads none of them.
+# Heavy imports (pyarrow, scipy, talib) stay inside the functions that need them: importing this module loads none of them.
+
+MIN_JUDGED_TARGETS = 4  # independent h-day test targets against the best factor: 3 degrees of freedom at least
 
 
 def member_order(present: set[str]) -> list[str]:
@@ -139,9 +141,10 @@ def versus_best_factor(panel: pd.DataFrame, forecasts: pd.DataFrame, factors: di
     """str(h) -> the ensemble's ranking against the factor with the best test rank IC, date by date.
 
     The difference of the two per-date rank ICs is tested with a Newey-West t (h-1 lags, HLN-corrected as the DM
-    test is): ``below_by_more_than_noise`` is t < -2, judged only where the test dates hold at least
-    ``MIN_INDEPENDENT_TARGETS`` independent h-day targets (dates / h; ``judged``). The best factor is picked on the
-    test origins themselves, which favours it."""
+    test is). ``below_p`` (:func:`below_best_factor_p`) is the one-sided p that the ensemble ranks below the factors:
+    Student t with (independent targets - 1) degrees of freedom, Bonferroni-adjusted for the best of the factors
+    being picked on the test origins themselves (which favours it). ``below_by_more_than_noise`` is ``below_p`` <
+    0.05, judged where the test dates hold at least ``MIN_JUDGED_TARGETS`` independent h-day targets (dates / h)."""
     table = factor_table(panel)
     out: dict[str, Any] = {}
     for h in horizons:
@@ -158,7 +161,8 @@ def versus_best_factor(panel: pd.DataFrame, forecasts: pd.DataFrame, factors: di
         diff = ic_summary(both.iloc[:, 0] - both.iloc[:, 1], h)
         t = hln(diff["t"], diff["n_dates"], h) if diff["t"] is not None else float("nan")
         independent = independent_targets(diff["n_dates"], h)
-        judged = independent >= MIN_INDEPENDENT_TARGETS and math.isfinite(t)
+        judged = independent >= MIN_JUDGED_TARGETS and math.isfinite(t)
+        below_p = below_best_factor_p(t, independent, len(scored)) if judged else None
         out[str(h)] = {
             "best_factor": best,
             "best_factor_rank_ic": scored[best]["rank_ic_mean"],
@@ -168,9 +172,22 @@ def versus_best_factor(panel: pd.DataFrame, forecasts: pd.DataFrame, factors: di
             "n_dates": diff["n_dates"],
             "independent_test_targets": round(independent, 1),
             "judged": judged,
-            "below_by_more_than_noise": bool(judged and t < -2.0),
+            "below_p": None if below_p is None else round(below_p, 4),
+            "factors_compared": len(scored),
+            "below_by_more_than_noise": bool(below_p is not None and below_p < 0.05),
         }
     return out
+
+
+
+def below_best_factor_p(t: float, independent: float, factors: int) -> float:
+    """One-sided p that a ranking is below the best of ``factors`` factors picked ex post, from the HLN t of the
+    per-date rank-IC difference: Student t with ``independent - 1`` degrees of freedom (overlapping h-day targets
+    hold about dates / h independent ones), times ``factors`` (Bonferroni: the best of them was picked on the same
+    dates, so the smallest of ``factors`` one-sided p-values is what was tested)."""
+    from scipy.stats import t as student
+
+    return float(min(1.0, student.cdf(t, df=max(independent - 1.0, 1.0)) * max(factors, 1)))
 
 
 def harm_markdown(results: dict[str, Any]) -> str:
@@ -188,6 +205,7 @@ def harm_markdown(results: dict[str, Any]) -> str:
             "rank IC (t)": _ic_text(ens.get("rank_ic_mean"), ens.get("rank_ic_t")),
             "best factor (rank IC)": f"{versus['best_factor']} {versus['best_factor_rank_ic']:.3f}" if versus.get("best_factor") else None,
             "difference t": versus.get("difference_t"),
+            "p below (of k)": None if versus.get("below_p") is None else f"{versus['below_p']:.3f} (k={versus.get('factors_compared')})",
             "judged": None if not versus.get("best_factor") else ("yes" if versus.get("judged") else f"no ({versus.get('independent_test_targets')} independent)"),
             "shrink per fold": ", ".join(f"{f.get('shrink', 1.0):.2f}" for f in folds) or None,
             "ranking per fold": "; ".join(str(f.get("ranking_source")) for f in folds) or None,
@@ -197,8 +215,10 @@ def harm_markdown(results: dict[str, Any]) -> str:
         "`MAE vs RW` at most 1 within noise (`DM p (worse)`: one-sided Diebold-Mariano p that the ensemble's absolute "
         "error is larger than the random walk's; `–` where the ensemble is the random walk, shrink 0). The ensemble's rank "
         "IC is that of its `rank` (the ranking choice); `difference t` is the Newey-West t of its per-date rank IC minus "
-        "the best factor's (picked on these test origins; HLN-corrected), below -2 is worse than noise where the test "
-        "dates hold at least 10 independent targets (`judged`).", "",
+        "the best factor's (picked on these test origins; HLN-corrected). `p below (of k)` is the one-sided p that the "
+        "ensemble ranks below the factors: Student t with (dates / h - 1) degrees of freedom, times k for picking the "
+        "best of k factors after the fact; below 0.05 is worse than noise, judged where the test dates hold at least "
+        f"{MIN_JUDGED_TARGETS} independent targets (`judged`).", "",
         _table(rows) if rows else "_no horizons_", "",
     ])
 
@@ -215,8 +235,9 @@ def harm_line(results: dict[str, Any], h: str) -> str:
     text += f"; rank IC {_ic_text(ens.get('rank_ic_mean'), ens.get('rank_ic_t')) or '-'}"
     if versus.get("best_factor"):
         t = versus.get("difference_t")
-        text += (f", best factor {versus['best_factor']} {versus['best_factor_rank_ic']:.3f}: difference t "
-                 f"{'-' if t is None else f'{t:.1f}'}{'' if versus.get('judged') else ' (too few independent targets to judge)'}")
+        p = versus.get("below_p")
+        verdict = " (too few independent targets to judge)" if not versus.get("judged") else f", p below {p:.3f}"
+        text += f", best factor {versus['best_factor']} {versus['best_factor_rank_ic']:.3f}: difference t {'-' if t is None else f'{t:.1f}'}{verdict}"
     return text
 
 

@@ -196,3 +196,17 @@ def test_dense_rank_ics_equal_the_grouped_cross_sectional_ic():
     dense = dense_rank_ics(pred, real)
     assert np.isnan(dense[[3, 4]]).all() and list(grouped.index) == [d for d in range(40) if d not in (3, 4)]
     np.testing.assert_allclose(dense[np.isfinite(dense)], grouped.to_numpy(), atol=1e-12)
+
+
+def test_below_the_best_factor_counts_independent_targets_and_the_factors_it_was_picked_from():
+    from scipy.stats import t as student
+
+    from ibf_core.evaluation.walkforward import below_best_factor_p
+
+    # 120 dates of 20-day targets hold 6 independent ones: t -2.8 on 5 degrees of freedom, best of 4 factors
+    few = below_best_factor_p(-2.8, 6.0, 4)
+    assert few == pytest.approx(4 * student.cdf(-2.8, 5)) and few > 0.05  # within noise
+    # the same t over 120 independent daily targets against one factor is worse than noise
+    assert below_best_factor_p(-2.8, 120.0, 1) < 0.01
+    assert below_best_factor_p(-2.8, 120.0, 4) > below_best_factor_p(-2.8, 120.0, 1)  # picking the best costs
+    assert below_best_factor_p(1.0, 50.0, 4) == 1.0  # capped
