@@ -59,12 +59,6 @@ class ModelBundle:
         """What every member of this bundle was built from."""
         return Inputs(self.config, self.scaler, self.y_sigma, self.gbdt_features)
 
-    def load_members(self) -> ModelBundle:
-        """Every member loaded now (the neural networks load on first use otherwise); returns the bundle."""
-        for member in self.members.values():
-            member.load_now()
-        return self
-
     def lookback_sessions(self) -> int:
         """Sessions of panel history to load before an origin so that every member reads all it reads."""
         return max((m.lookback_sessions(self.config) for m in self.members.values()), default=0) + LOOKBACK_MARGIN

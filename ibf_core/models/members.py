@@ -62,9 +62,6 @@ class Member(ABC):
     def config(self) -> ModelConfig:
         return self.inputs.config
 
-    def load_now(self) -> None:
-        """Load now what is otherwise loaded on first use (nothing for most members)."""
-
     @classmethod
     def history_sessions(cls, config: ModelConfig) -> int:
         """Usable sessions past the feature warm-up, ending at the origin, that one forecast needs."""
@@ -204,9 +201,6 @@ class NeuralMember(Member):
     @model.setter
     def model(self, value: Any) -> None:
         self._model, self._folder = value, None
-
-    def load_now(self) -> None:
-        self.model  # noqa: B018 - the property loads the network (and imports its libraries)
 
     @classmethod
     def history_sessions(cls, config: ModelConfig) -> int:

@@ -1,7 +1,5 @@
 """``predictions``: forecasts per symbol x origin date from the newest model trained strictly before the origin."""
 
-from concurrent.futures import Future, ThreadPoolExecutor
-
 import dagster as dg
 import numpy as np
 import pandas as pd
@@ -53,41 +51,31 @@ def build_predictions(settings: Settings) -> dg.AssetsDefinition:
     )
     def predictions(context: dg.AssetExecutionContext, ibf: SettingsResource, warehouse: WarehouseResource) -> dg.MaterializeResult:
         from ibf_core.models.inference import predict_rectangle, storable
-        from ibf_core.models.registry import list_versions, load_registered, newest_before
+        from ibf_core.models.registry import list_versions, load_registered
 
         settings = ibf.get()
         require_upstream(context, dg.AssetKey("features"))
         store = warehouse.get()
         universe = store.symbols(features_spec())
         versions = list_versions(settings.mlflow_uri, settings.model_name)
-        rectangles = list(context_rectangles(context, settings))
-        loading: dict[str, Future] = {}
+        bundles: dict[str, object] = {}
 
-        def start_loading(model) -> Future:
-            if model.version not in loading:
-                loading[model.version] = loader.submit(
-                    lambda: load_registered(settings.mlflow_uri, model, settings.model_cache_dir).load_members()
-                )
-            return loading[model.version]
+        def load(model):
+            if model.version not in bundles:
+                bundles[model.version] = load_registered(settings.mlflow_uri, model, settings.model_cache_dir)
+            return bundles[model.version]
 
         results, used, unranked = [], {}, {}
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ibf-model-load") as loader:
-            # The model a rectangle's newest origin needs loads (its neural libraries import: seconds) while the
-            # stored rows and the panel are read: DuckDB and Arrow release the GIL.
-            for model in {m.version: m for r in rectangles if (m := newest_before(versions, r.end))}.values():
-                start_loading(model)
-            for rect in rectangles:
-                # Origins whose inputs are unchanged since their rows were stored are carried, not forecast again
-                # (the daily run of a month partition forecasts the new session); nothing is written when nothing changed.
-                stored = store.read(spec, rect.symbols, rect.start, rect.end)
-                result = predict_rectangle(
-                    store, versions, lambda m: start_loading(m).result(), universe, rect.symbols, rect.start, rect.end, stored
-                )
-                if result.changed:
-                    store.replace_slice(spec, storable(result.frame), rect.symbols, rect.start, rect.end)
-                results.append(result)
-                used.update(result.versions)
-                unranked.update(result.unranked)
+        for rect in context_rectangles(context, settings):
+            # Origins whose inputs are unchanged since their rows were stored are carried, not forecast again
+            # (the daily run of a month partition forecasts the new session); nothing is written when nothing changed.
+            stored = store.read(spec, rect.symbols, rect.start, rect.end)
+            result = predict_rectangle(store, versions, load, universe, rect.symbols, rect.start, rect.end, stored)
+            if result.changed:
+                store.replace_slice(spec, storable(result.frame), rect.symbols, rect.start, rect.end)
+            results.append(result)
+            used.update(result.versions)
+            unranked.update(result.unranked)
         filled = [r.frame for r in results if len(r.frame)]
         frame = pd.concat(filled, ignore_index=True) if filled else pd.DataFrame(columns=spec.column_names)
         checks = _checks(frame, set().union(*(r.expected for r in results)))
