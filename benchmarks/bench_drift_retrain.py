@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.bench_api import KEY  # noqa: E402
-from benchmarks.bench_universe import IBF, measured, sessions_of  # noqa: E402
+from benchmarks.bench_universe import IBF, measured, print_rows, sessions_of  # noqa: E402
 
 # The daemon's part, in a child process so its time and memory are measured like the CLI steps.
 SENSOR_AND_RETRAIN = """
@@ -112,10 +112,7 @@ def main() -> None:
         if args.keep is None:
             shutil.rmtree(work, ignore_errors=True)
 
-    print(f"\n| step ({args.symbols} symbols x 1 year, drift retrain) | seconds | peak RSS |")
-    print("|---|---:|---:|")
-    for label, seconds, mib in rows:
-        print(f"| {label} | {seconds:.1f} | {mib / 1024:.2f} GiB |")
+    print_rows(f"step ({args.symbols} symbols x 1 year, drift retrain)", rows)
     print(f"\nthe retrain: {request}")
 
 

@@ -58,6 +58,14 @@ def measured(command: list[str], env: dict[str, str], label: str, rows: list[tup
         raise SystemExit(f"{label} failed with exit {code}")
 
 
+def print_rows(title: str, rows: list[tuple]) -> None:
+    """The measured steps as one Markdown table: label, seconds, peak RSS."""
+    print(f"\n| {title} | seconds | peak RSS |")
+    print("|---|---:|---:|")
+    for label, seconds, mib in rows:
+        print(f"| {label} | {seconds:.1f} | {mib / 1024:.2f} GiB |")
+
+
 def sessions_of(csv: Path) -> list[str]:
     import pandas as pd
 
@@ -173,10 +181,7 @@ def main() -> None:
         if args.keep is None:
             shutil.rmtree(work, ignore_errors=True)
 
-    print(f"\n| step ({args.symbols} symbols x {args.years} year(s)) | seconds | peak RSS |")
-    print("|---|---:|---:|")
-    for label, seconds, mib in rows:
-        print(f"| {label} | {seconds:.1f} | {mib / 1024:.2f} GiB |")
+    print_rows(f"step ({args.symbols} symbols x {args.years} year(s))", rows)
     if resources:
         print("\n| training phase | seconds | peak RSS |")
         print("|---|---:|---:|")
