@@ -179,7 +179,6 @@ def versus_best_factor(panel: pd.DataFrame, forecasts: pd.DataFrame, factors: di
     return out
 
 
-
 def below_best_factor_p(t: float, independent: float, factors: int) -> float:
     """One-sided p that a ranking is below the best of ``factors`` factors picked ex post, from the HLN t of the
     per-date rank-IC difference: Student t with ``independent - 1`` degrees of freedom (overlapping h-day targets

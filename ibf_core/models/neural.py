@@ -75,7 +75,8 @@ def import_libraries() -> None:
 
     Both treat transformers as optional (torchmetrics for BERTScore, NeuralForecast for TimeLLM) and import it when
     present; it is here as an alibi-detect dependency, and importing it costs 3-5 s in every process that trains or
-    forecasts a neural member, for two models ibf never uses. It stays importable after this one import.
+    forecasts a neural member, for two models ibf never uses. It stays importable after this one import; a thread
+    importing transformers during it would see ImportError (no ibf thread does: drift imports it in its own step).
     """
     if "neuralforecast" in sys.modules or "transformers" in sys.modules:
         return
