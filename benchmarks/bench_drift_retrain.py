@@ -31,11 +31,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.bench_api import KEY  # noqa: E402
-from benchmarks.bench_universe import IBF, measured, print_rows, sessions_of  # noqa: E402
+from benchmarks.bench_universe import IBF, measured, print_rows  # noqa: E402
+from benchmarks.make_messy_file import session_days  # noqa: E402
 
 # The daemon's part, in a child process so its time and memory are measured like the CLI steps.
 SENSOR_AND_RETRAIN = """
-import json, sys
+import json, os, pathlib, sys
 import dagster as dg
 from ibf_core.settings import get_settings
 from ibf_dagster.definitions import build_definitions
@@ -55,10 +56,10 @@ job = defs.resolve_implicit_global_asset_job_def()
 run = job.execute_in_process(instance=instance, asset_selection=[dg.AssetKey("trained_models")],
                              partition_key=request.partition_key, tags=request.tags, raise_on_error=False)
 meta = run.asset_materializations_for_node("trained_models")[0].metadata if run.success else {}
-import os, pathlib
-pathlib.Path(os.environ["BENCH_OUT"]).write_text(json.dumps({"success": run.success, "episode": request.tags.get("ibf/drift_episode"), "run_key": request.run_key, "cutoff": request.partition_key,
-                  "model_version": getattr(meta.get("model_version"), "value", None),
-                  "device": getattr(meta.get("device"), "value", None)}))
+facts = {"success": run.success, "episode": request.tags.get("ibf/drift_episode"), "run_key": request.run_key,
+         "cutoff": request.partition_key, "model_version": getattr(meta.get("model_version"), "value", None),
+         "device": getattr(meta.get("device"), "value", None)}
+pathlib.Path(os.environ["BENCH_OUT"]).write_text(json.dumps(facts))
 sys.exit(0 if run.success else 1)
 """
 
@@ -79,17 +80,14 @@ def main() -> None:
     home, csv = work / "ibf_home", work / "bars.csv"
     rows: list[tuple] = []
     try:
-        plain = work / "plain.csv"
-        subprocess.run([sys.executable, str(ROOT / "benchmarks" / "make_messy_file.py"), "--symbols", str(args.symbols),
-                        "--sessions", "252", "--out", str(plain), "--manifest", str(work / "plain.json")],
-                       check=True, stdout=subprocess.DEVNULL)
-        days = sessions_of(plain)
+        # The sessions the file will hold (less the vendor gaps it removes): the regime change and cut-off sit on them.
+        days = [str(d.date()) for d in session_days(252, "2021-12-31")]
         months = sorted({d[:7] for d in days})
         changed = months[-2]  # the regime changes on the first session of the second-last month
         regime_from = [d for d in days if d[:7] == changed][0]
         subprocess.run([sys.executable, str(ROOT / "benchmarks" / "make_messy_file.py"), "--symbols", str(args.symbols),
-                        "--sessions", "252", "--regime-from", regime_from, "--out", str(csv), "--manifest", str(work / "manifest.json")],
-                       check=True, stdout=subprocess.DEVNULL)
+                        "--sessions", "252", "--end", "2021-12-31", "--regime-from", regime_from, "--out", str(csv),
+                        "--manifest", str(work / "manifest.json")], check=True, stdout=subprocess.DEVNULL)
         cutoff = month_end(days, months[-5])
         env = {k: v for k, v in os.environ.items() if not k.startswith("IBF_")}
         env.update(IBF_HOME=str(home), IBF_CONFIG=str(work / "none.toml"), IBF_HISTORY_START=days[0],

@@ -12,6 +12,7 @@ manifest of what was injected goes to stdout (or ``--manifest``), so a load can 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import sys
 from pathlib import Path
@@ -94,12 +95,17 @@ def remove_rows(frame: pd.DataFrame, rng: np.random.Generator, n: int) -> list[d
     return gaps
 
 
+def session_days(sessions: int, end: str) -> pd.DatetimeIndex:
+    """The file's ``sessions`` NYSE sessions ending on or before ``end`` (before vendor gaps remove any)."""
+    return trading_days(pd.Timestamp(end) - pd.Timedelta(days=int(sessions * 1.6) + 10), end)[-sessions:]
+
+
 def make_messy(
     n_symbols: int, sessions: int, end: str, seed: int, glitch_rate: float, vendor_gaps: int, symbol_gaps: int,
     duplicates: int, nonpositive: int, regime_from: str | None = None,
 ) -> tuple[pd.DataFrame, dict]:
     rng = np.random.default_rng(seed)
-    days = trading_days(pd.Timestamp(end) - pd.Timedelta(days=int(sessions * 1.6) + 10), end)[-sessions:]
+    days = session_days(sessions, end)
     frame = clean_bars(rng, n_symbols, days, regime_from)
     manifest: dict = {"symbols": n_symbols, "sessions": sessions, "first": str(days[0].date()), "last": str(days[-1].date()),
                       "regime_from": regime_from}
@@ -116,6 +122,11 @@ def make_messy(
     return frame, manifest
 
 
+def session_date(text: str) -> str:
+    """A YYYY-MM-DD date, checked (argparse names the bad value)."""
+    return dt.date.fromisoformat(text).isoformat()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--symbols", type=int, default=50)
@@ -127,7 +138,8 @@ def main() -> None:
     parser.add_argument("--symbol-gaps", type=int, default=4, help="single (symbol, session) rows missing")
     parser.add_argument("--duplicates", type=int, default=2, help="extra rows repeating a (symbol, date)")
     parser.add_argument("--nonpositive", type=int, default=1, help="rows whose close is 0")
-    parser.add_argument("--regime-from", default=None, help="from this session: volatility x3 and a negative drift")
+    parser.add_argument("--regime-from", type=session_date, default=None,
+                        help="from this session (YYYY-MM-DD): volatility x3 and a negative drift")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--manifest", type=Path, help="write the manifest here instead of stdout")
     args = parser.parse_args()

@@ -12,8 +12,9 @@ def read_whole(path: Path, schema: pa.Schema) -> pa.Table:
     """A stored file's rows as ``schema``.
 
     A file with exactly that schema (every write casts to it) is read directly: no dataset discovery and no Arrow
-    threads of its own, since a write reads 500 such files on a few threads (about 40% faster than
-    ``pq.read_table``). A file written before a column was declared is read by name, NULL where it lacks one.
+    threads of its own, since a write reads 500 such files on a few threads (500 features files on 4 threads:
+    1.5-2.0 s, against 2.3-3.4 s with ``pq.read_table``). A file written before a column was declared is read by
+    name, NULL where it lacks one.
     """
     with pq.ParquetFile(path) as stored:
         if stored.schema_arrow.equals(schema):

@@ -454,7 +454,8 @@ class Warehouse(TableStore):
         where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
         order = ", ".join(spec.key)
         chosen = ", ".join(_quoted_name(spec, c) for c in columns) if columns else "*"
-        sql = f"SELECT {chosen} FROM read_parquet(?{{}}) {where} ORDER BY {order}"
+        plain = f"SELECT {chosen} FROM read_parquet(?) {where} ORDER BY {order}"
+        by_name = plain.replace("read_parquet(?)", "read_parquet(?, union_by_name = true)", 1)
 
         @_retry_after_swap
         def run() -> pd.DataFrame:
@@ -464,11 +465,11 @@ class Warehouse(TableStore):
                     # schema (union_by_name reads every footer first, ~1.3 s of 500 files); by name only when one
                     # predates a declared column.
                     try:
-                        return con.execute(sql.format(""), [files, *params]).df()
+                        return con.execute(plain, [files, *params]).df()
                     except duckdb.InvalidInputException as exc:
                         if "schema mismatch" not in str(exc):
                             raise
-                        return con.execute(sql.format(", union_by_name = true"), [files, *params]).df()
+                        return con.execute(by_name, [files, *params]).df()
 
             return self._read_consistently(once)
 

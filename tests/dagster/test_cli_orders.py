@@ -80,6 +80,7 @@ def test_orders_when_the_paper_portfolio_already_holds_the_targets_says_no_trade
     assert "no trades: the holdings already match the targets at whole shares" in proc.stdout
     assert "0 orders: buy USD 0.00, sell USD 0.00" in proc.stdout
 
+
 def test_orders_whatif_prints_ib_commission_and_margin_per_order_and_in_total(world):
     with GatewaySimulator(order_bars()) as sim:
         proc = run_ibf("orders", "-p", "top", "--whatif", "--format", "csv",
