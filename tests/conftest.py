@@ -52,18 +52,35 @@ def ibf_home(tmp_path, monkeypatch) -> Path:
     get_settings.cache_clear()
 
 
-@pytest.fixture
-def live_sim():
-    """The gateway simulator on the sample, its live clock 30 minutes into helpers.live.DAY at SPEED x."""
+def _live_simulator(speed: float):
     import datetime as dt
 
     from ibf_core.sim.ib.live import LiveClock, session_start
     from ibf_core.sim.ib.gateway import GatewaySimulator
     from ibf_core.sources.sample import load_sample_bars
-    from helpers.live import DAY, SPEED
+    from helpers.live import DAY
 
-    clock = LiveClock(session_start(DAY) + dt.timedelta(minutes=30), speed=SPEED)
-    with GatewaySimulator(load_sample_bars(), live_clock=clock) as sim:
+    clock = LiveClock(session_start(DAY) + dt.timedelta(minutes=30), speed=speed)
+    return GatewaySimulator(load_sample_bars(), live_clock=clock)
+
+
+@pytest.fixture
+def live_sim():
+    """The gateway simulator on the sample, its live clock 30 minutes into helpers.live.DAY at SPEED x."""
+    from helpers.live import SPEED
+
+    with _live_simulator(SPEED) as sim:
+        yield sim
+
+
+@pytest.fixture
+def slow_live_sim():
+    """The same at SLOW_SPEED x, for tests of what a reconnect loses: at SPEED x, the 0.7 s a loaded CI machine
+    took to reconnect is 140 s of market time, more than IB's 1000 replayed trades cover (CI of stop 33 lost 28
+    trades so); at SLOW_SPEED x a reconnect of 2.6 s is covered."""
+    from helpers.live import SLOW_SPEED
+
+    with _live_simulator(SLOW_SPEED) as sim:
         yield sim
 
 

@@ -11,6 +11,7 @@ from ibf_core.sources.sample import load_sample_bars
 
 DAY = dt.date(2013, 2, 28)
 SPEED = 200.0  # a 5-second bar every 25 ms
+SLOW_SPEED = 50.0  # a 5-second bar every 100 ms (the slow_live_sim fixture)
 
 
 def sample_day(symbol: str, date: dt.date = DAY) -> DailyBar:

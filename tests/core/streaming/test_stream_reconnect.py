@@ -37,19 +37,19 @@ def test_every_client_id_in_use_is_a_connection_failure_retried_with_back_off(li
     assert stats.connects == 0 and stats.client_id is None and stats.bars == 0
 
 
-def test_after_the_nightly_reset_the_collector_reconnects_with_no_gap_beyond_it_and_no_duplicate(live_sim, tmp_path):
+def test_after_the_nightly_reset_the_collector_reconnects_with_no_gap_beyond_it_and_no_duplicate(slow_live_sim, tmp_path):
     import threading
 
     store = Warehouse(tmp_path / "home")
-    collector = Collector(store, ["AAPL", "MSFT"], ports=[live_sim.port], flush_s=0.2, backoff_max_s=0.05)
-    reset = threading.Timer(0.8, lambda: live_sim.set_faults(nightly_reset_seconds=60))
+    collector = Collector(store, ["AAPL", "MSFT"], ports=[slow_live_sim.port], flush_s=0.2, backoff_max_s=0.05)
+    reset = threading.Timer(0.8, lambda: slow_live_sim.set_faults(nightly_reset_seconds=60))
     reset.start()
     try:
-        stats = asyncio.run(collector.run(2.5))
+        stats = asyncio.run(collector.run(4.5))
     finally:
         reset.cancel()
-    assert len(live_sim.resets) == 1 and stats.connects == 2
-    start, end = live_sim.resets[0]
+    assert len(slow_live_sim.resets) == 1 and stats.connects == 2
+    start, end = slow_live_sim.resets[0]
     bars = store.query("SELECT symbol, time, open, close, volume FROM intraday_bars ORDER BY symbol, time")
     assert not bars.duplicated(["symbol", "time"]).any()
     for symbol, got in bars.groupby("symbol"):
@@ -61,7 +61,7 @@ def test_after_the_nightly_reset_the_collector_reconnects_with_no_gap_beyond_it_
         ends = missing + pd.Timedelta(seconds=5)
         assert len(missing) >= 10  # the reset's 60 s lost 12 bars
         # Every bar that ended outside the reset is stored, give or take one bar in flight when the sockets closed
-        # (25 ms of real time here) and 90 market seconds (450 ms) to reconnect and re-subscribe after it: 30 s
-        # (150 ms) was once too little on an idle 2-core machine (bars up to 36 s after the reset missing).
+        # (100 ms of real time at 50x) and 90 market seconds (1.8 s) to reconnect and re-subscribe after it: at 200x,
+        # 30 s (150 ms) was once too little on an idle 2-core machine (bars up to 36 s after the reset missing).
         assert (ends > start - pd.Timedelta(seconds=5)).all() and (ends <= end + pd.Timedelta(seconds=90)).all(), (start, end, missing)
         assert times.max() > end + pd.Timedelta(seconds=60)  # streaming again after it

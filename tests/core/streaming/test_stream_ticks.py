@@ -50,7 +50,13 @@ def test_tick_by_tick_trades_and_depth_through_ib_insync(live_sim):
         ib.wrapper.tickByTickAllLast = lambda *a: (got.append(a), original(*a))
         ib.reqTickByTickData(ib_insync.Stock("AAPL", "SMART", "USD"), "AllLast", 0, False)
         depth = ib.reqMktDepth(ib_insync.Stock("AAPL", "SMART", "USD"), 3, True)
-        await asyncio.sleep(1.0)
+        # The simulator builds the session's trades (CPU) before its first tick; under CI's load that took more than
+        # a fixed second once (0 ticks). Wait for what is asserted (up to 20 s) instead of a fixed time.
+        for _ in range(200):
+            await asyncio.sleep(0.1)
+            whole_bars = len({int(a[2]) // 5 for a in got}) - 2
+            if len(got) > 500 and whole_bars > 20 and len(depth.domBids) == len(depth.domAsks) == 3:
+                break
         bids, asks = list(depth.domBids), list(depth.domAsks)
         ib.disconnect()
         return got, bids, asks
@@ -148,9 +154,9 @@ def test_the_collector_stores_trades_and_depth_of_the_tick_symbols(live_sim, tmp
     assert stats.refused == {}
 
 
-def test_trades_after_a_reconnect_are_replayed_and_stored_once(live_sim, tmp_path):
-    live_sim.set_faults(drop_stream_after_bars=15)
-    store, stats = _collect(live_sim, tmp_path / "home", ["AAPL"], 2.0, tick_symbols=["AAPL"])
+def test_trades_after_a_reconnect_are_replayed_and_stored_once(slow_live_sim, tmp_path):
+    slow_live_sim.set_faults(drop_stream_after_bars=10)  # 50 s of market time: 1 s in
+    store, stats = _collect(slow_live_sim, tmp_path / "home", ["AAPL"], 3.0, tick_symbols=["AAPL"])
     assert stats.connects >= 2
     trades = store.query("SELECT * FROM trades")
     got, want = _interior(trades, "AAPL")
