@@ -55,6 +55,8 @@ from ibf_core.features.calendar_features import calendar_table
 from ibf_core.models import ModelDataError
 from ibf_core.models.config import ModelConfig
 from ibf_core.models.dataset import RobustScaler
+from ibf_core.models import neural_script
+from ibf_core.models.neural_script import ScriptedNetwork
 from ibf_core.models.gbdt import category_vocabulary
 
 # Heavy imports (lightning_utilities, neuralforecast, pytorch_lightning, talib, torch) stay inside the functions that
@@ -427,12 +429,19 @@ def _predict_chunk(
 ) -> np.ndarray:
     """(origins x max_horizon) cumulative forecasts of forecastable origins, one ``predict`` call."""
     n = config.input_size
-    with_observed = OBSERVED in list(nf.models[0].hist_exog_list)
+    scripted = isinstance(nf, ScriptedNetwork)
+    hist_list = nf.hist_exog if scripted else list(nf.models[0].hist_exog_list)
+    with_observed = OBSERVED in hist_list
     windows, ids = _windows(panel, chosen, n, futr, input_columns(list(scaler.center), futr))
     ids_frame = _frame(windows, np.repeat(ids, n), scaler, y_sigma, futr, observed=with_observed)
     del windows
     future = _future_calendar(chosen, ids, config.max_horizon, futr)
-    extra = {"static_df": static_frame(ids, chosen, statics)} if statics else {}
+    static = static_frame(ids, chosen, statics) if statics else None
+    if scripted:
+        arrays = _network_inputs(nf, ids_frame, future, static, len(ids), with_observed)
+        steps = nf.forecast(ids, arrays, max(nf.valid_batch_size, PREDICT_BATCH_SERIES)).astype(np.float64) * y_sigma
+        return np.cumsum(steps, axis=1)
+    extra = {"static_df": static} if statics else {}
     model = nf.models[0]
     batch = model.valid_batch_size
     model.valid_batch_size = max(batch, PREDICT_BATCH_SERIES)  # one window per series: batch many of them
@@ -444,6 +453,27 @@ def _predict_chunk(
     steps = forecast[kind].to_numpy(dtype=np.float64).reshape(len(ids), config.max_horizon) * y_sigma
     order = forecast["unique_id"].to_numpy()[:: config.max_horizon]
     return pd.DataFrame(np.cumsum(steps, axis=1), index=order).reindex(ids).to_numpy()
+
+
+def _network_inputs(
+    net: ScriptedNetwork, ids_frame: pd.DataFrame, future: pd.DataFrame, static: pd.DataFrame | None, count: int,
+    with_observed: bool,
+) -> dict[str, np.ndarray]:
+    """The tensors NeuralForecast's dataset and windows give the network, as float32 arrays (one window per id)."""
+    n, h = net.input_size, net.h
+
+    def values(frame: pd.DataFrame, columns: list[str], steps: int) -> np.ndarray:
+        return frame[columns].to_numpy(dtype=np.float64).astype(np.float32).reshape(count, steps, len(columns))
+
+    arrays = {
+        "insample_y": values(ids_frame, ["y"], n)[..., 0],
+        "insample_mask": values(ids_frame, ["available_mask"], n)[..., 0] if with_observed else np.ones((count, n), np.float32),
+        "hist_exog": values(ids_frame, net.hist_exog, n),
+        "futr_exog": np.concatenate([values(ids_frame, net.futr_exog, n), values(future, net.futr_exog, h)], axis=1),
+    }
+    if net.stat_exog:
+        arrays["stat_exog"] = static[net.stat_exog].to_numpy(dtype=np.float64).astype(np.float32)
+    return arrays
 
 
 def forecastable(panel: pd.DataFrame, origins: pd.DataFrame, config: ModelConfig, hist: list[str]) -> np.ndarray:
@@ -482,10 +512,12 @@ def _future_calendar(origins: pd.DataFrame, ids: np.ndarray, h: int, futr: list[
 
 
 def save(nf: Any, path: Path, statics: Statics | None = None) -> None:
-    """NeuralForecast's files, plus ``static.json`` (the one-hot vocabulary) when the model has static covariates."""
+    """NeuralForecast's files, plus ``static.json`` (the one-hot vocabulary) when the model has static covariates,
+    and the traced network (``neural_script``)."""
     nf.save(path=str(path), save_dataset=False, overwrite=True)
     if statics:
         (Path(path) / STATIC_FILE).write_text(json.dumps({"one_hot": statics}, indent=1))
+    neural_script.export(nf, Path(path))
 
 
 def load(path: Path) -> Any:
