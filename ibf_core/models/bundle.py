@@ -5,6 +5,7 @@ On disk::
     bundle.json       config, cut-off, windows, scalers, ensemble weights, conformal quantiles, validation
     <member folder>/  each trained member's files, in the sub-folder its class declares (``Member.folder``):
       neural/<member>/  LSTM/TFT: NeuralForecast's safetensors + JSON (never pickle: loaded with allow_pickle=False)
+                        and network.pt + network.json, the traced network that forecasts (``neural_script``)
       gbdt/h<h>.txt     GBDT: LightGBM text models
     manifest.json     SHA-256 of every file above
 

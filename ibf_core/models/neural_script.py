@@ -9,9 +9,10 @@ and horizon steps), in its order and batches, and runs the traced network: the s
 (``tests/core/models/test_neural_script.py``).
 
 A network is exported only when that holds by construction, and checked on the spot: a direct (not recurrent)
-model, no categorical exogenous inputs, a point loss, the identity scaler (ibf scales its inputs itself), trained
-on the CPU; and the traced network must give exactly the eager network's output on example inputs. Otherwise
-``network.json`` records why there is no ``network.pt``, and forecasts use NeuralForecast (same results, slower).
+model, no categorical exogenous inputs, a point loss, the identity scaler (ibf scales its inputs itself); a model
+trained on a GPU is traced from a CPU copy. And the traced network must give exactly the eager network's output on
+example inputs. Otherwise ``network.json`` records why there is no ``network.pt``, and forecasts use NeuralForecast
+(same results, slower).
 """
 
 from __future__ import annotations
@@ -81,10 +82,25 @@ def _refusal(model: Any) -> str | None:
         return f"the loss {type(model.loss).__name__} is not a point loss"
     if getattr(model, "scaler_type", "identity") != "identity":
         return f"scaler_type {model.scaler_type!r} (ibf trains with 'identity')"
-    devices = {p.device.type for p in model.parameters()}
-    if devices != {"cpu"}:
-        return f"trained on {', '.join(sorted(devices))}: traced networks are CPU-only here"
     return None
+
+
+def _on_cpu(model: Any) -> Any:
+    """``model`` itself when it is on the CPU, else a CPU copy (a GPU-trained model forecasts on the CPU as NeuralForecast
+    does when it loads one on a machine without a GPU); its trainer is not copied."""
+    if {p.device.type for p in model.parameters()} == {"cpu"}:
+        return model
+    return _cpu_copy(model)
+
+
+def _cpu_copy(model: Any) -> Any:
+    import copy
+
+    trainer, model._trainer = getattr(model, "_trainer", None), None
+    try:
+        return copy.deepcopy(model).cpu()
+    finally:
+        model._trainer = trainer
 
 
 def _wrapper(model: Any, with_stat: bool) -> Any:
@@ -121,7 +137,7 @@ def export(nf: Any, folder: Path) -> str | None:
     model = nf.models[0]
     reason = _refusal(model)
     if reason is None:
-        reason = _trace(model, folder)
+        reason = _trace(_on_cpu(model), folder)
     meta: dict[str, Any] = {"format": FORMAT, "exported": reason is None}
     if reason is None:
         meta.update(input_size=int(model.input_size), h=int(model.h), hist_exog=list(model.hist_exog_list),

@@ -103,3 +103,17 @@ def test_a_network_that_cannot_be_traced_exactly_is_named_and_not_saved(tmp_path
     assert reason == "a recurrent model"
     assert json.loads((tmp_path / neural_script.NETWORK_META).read_text()) == {"format": 1, "exported": False, "reason": reason}
     assert not (tmp_path / neural_script.NETWORK_FILE).exists() and neural_script.load(tmp_path) is None
+
+
+def test_a_gpu_trained_network_is_traced_from_a_cpu_copy_that_forecasts_the_same(trained, tmp_path):
+    """The copy path a GPU-trained model takes (no GPU here: the CPU model is copied the same way)."""
+    panel, inputs, members, folder, origins = trained
+    fitted = members["tft"]
+    shutil.copytree(folder / "tft", tmp_path / "tft")
+    model = fitted.model.models[0]
+    copy = neural_script._cpu_copy(model)
+    assert copy is not model and getattr(model, "_trainer", None) is not None  # the fitted model keeps its trainer
+    assert neural_script._trace(copy, tmp_path / "tft") is None
+    loaded = member_class("tft").load(tmp_path / "tft", inputs)
+    assert isinstance(loaded.network, ScriptedNetwork)
+    pd.testing.assert_frame_equal(loaded.predict(panel, origins), fitted.predict(panel, origins))
