@@ -17,6 +17,7 @@ example inputs. Otherwise ``network.json`` records why there is no ``network.pt`
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import warnings
@@ -80,8 +81,9 @@ def _refusal(model: Any) -> str | None:
         return "categorical exogenous inputs"
     if model.loss.is_distribution_output or getattr(model.loss, "outputsize_multiplier", 1) != 1:
         return f"the loss {type(model.loss).__name__} is not a point loss"
-    if getattr(model, "scaler_type", "identity") != "identity":
-        return f"scaler_type {model.scaler_type!r} (ibf trains with 'identity')"
+    scaler = getattr(getattr(model, "scaler", None), "scaler_type", None)
+    if scaler not in (None, "identity"):  # the traced network leaves out the scaling: exact only for the identity
+        return f"scaler_type {scaler!r} (ibf trains with 'identity')"
     return None
 
 
@@ -94,8 +96,6 @@ def _on_cpu(model: Any) -> Any:
 
 
 def _cpu_copy(model: Any) -> Any:
-    import copy
-
     trainer, model._trainer = getattr(model, "_trainer", None), None
     try:
         return copy.deepcopy(model).cpu()

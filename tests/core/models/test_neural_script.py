@@ -99,6 +99,8 @@ def test_a_network_that_cannot_be_traced_exactly_is_named_and_not_saved(tmp_path
     from neuralforecast.models import LSTM
 
     recurrent = LSTM(h=5, input_size=10, recurrent=True, scaler_type="identity", max_steps=1, logger=False)
+    scaled = LSTM(h=5, input_size=10, scaler_type="robust", max_steps=1, logger=False)
+    assert neural_script.export(types.SimpleNamespace(models=[scaled]), tmp_path) == "scaler_type 'robust' (ibf trains with 'identity')"
     reason = neural_script.export(types.SimpleNamespace(models=[recurrent]), tmp_path)
     assert reason == "a recurrent model"
     assert json.loads((tmp_path / neural_script.NETWORK_META).read_text()) == {"format": 1, "exported": False, "reason": reason}
