@@ -105,7 +105,9 @@ def predict_factor(scales: dict[int, float], panel: pd.DataFrame, origins: pd.Da
     """``scale_h x centred rank`` aligned with ``origins``; ranks are over ``panel``'s rows of each origin's session."""
     sessions = np.unique(origins["session"].to_numpy())
     first = int(sessions.min()) - factor.past
-    reach = panel[(panel["session"] >= first) & (panel["session"] <= int(sessions.max()))]
+    # the three columns a factor reads, before the row mask: masking the whole panel copied every feature column
+    narrow = panel[["symbol", "session", "adj_close"]]
+    reach = narrow[(narrow["session"] >= first) & (narrow["session"] <= int(sessions.max()))]
     scores = centred_scores(reach, factor)
     day = reach[reach["session"].isin(sessions)]
     index = pd.MultiIndex.from_arrays([day["symbol"].to_numpy(), day["session"].to_numpy()])
