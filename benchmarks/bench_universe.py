@@ -18,7 +18,7 @@ symbols x Y years go through the ``ibf`` CLI exactly as a user runs it, each ste
 Each row: wall seconds and the peak RSS of the step's process tree (``wait4``: the largest of the command and the
 children it waited for). Training's own phases (bundle facts) follow.
 
-    .venv/bin/python benchmarks/bench_universe.py --symbols 500 --years 1 [--members gbdt,gbdt_rank] [--keep DIR]
+    .venv/bin/python benchmarks/bench_universe.py --symbols 500 --years 1 [--members gbdt,gbdt_rank] [--warehouse ducklake] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -123,6 +123,7 @@ def main() -> None:
     parser.add_argument("--years", type=int, default=1)
     parser.add_argument("--members", default=None, help="IBF_MODEL_MEMBERS (default: the settings' default, all four)")
     parser.add_argument("--granularity", default="month", help="IBF_DATE_PARTITIONS")
+    parser.add_argument("--warehouse", choices=("lake", "ducklake"), default="lake", help="IBF_WAREHOUSE")
     parser.add_argument("--port", type=int, default=8791)
     parser.add_argument("--keep", type=Path, default=None, help="work folder to keep (default: a temporary one, removed)")
     args = parser.parse_args()
@@ -144,10 +145,10 @@ def main() -> None:
         env.update(IBF_HOME=str(home), IBF_CONFIG=str(work / "none.toml"), IBF_HISTORY_START=days[0],
                    IBF_DATE_PARTITIONS=args.granularity, IBF_ACCELERATOR=os.environ.get("IBF_ACCELERATOR", "cpu"),
                    IBF_API_KEYS=hashlib.sha256(KEY.encode()).hexdigest(), IBF_API_RATE_LIMIT="0",
-                   IBF_API_MAX_SYMBOLS=str(max(500, args.symbols)))
+                   IBF_API_MAX_SYMBOLS=str(max(500, args.symbols)), IBF_WAREHOUSE=args.warehouse)
         if args.members:
             env["IBF_MODEL_MEMBERS"] = args.members
-        print(f"{args.symbols} symbols x {len(days)} sessions ({days[0]}..{days[-1]}); work folder {work}", flush=True)
+        print(f"{args.symbols} symbols x {len(days)} sessions ({days[0]}..{days[-1]}), {args.warehouse} warehouse; work folder {work}", flush=True)
         # Each step reads the vendor file as it stood at its session's close: a monthly market_bars partition
         # loads every session of the month the file holds, so the whole file would load the daily cycles' sessions
         # with the first step and leave them nothing new to do.
@@ -159,9 +160,12 @@ def main() -> None:
             measured([IBF, "backfill", "--csv", str(files[d0]), "--start", month[0], "--end", d0, "--assets", "predictions,drift_scores"],
                      env, f"predictions, drift_scores {month[0]}..{d0}", rows)
         from ibf_core.features.table import features_spec
+        from ibf_core.storage.ducklake import DuckLakeWarehouse
         from ibf_core.storage.warehouse import Warehouse
 
-        symbols = Warehouse(home).symbols(features_spec())
+        store = DuckLakeWarehouse(home, None, None, None) if args.warehouse == "ducklake" else Warehouse(home)
+        symbols = store.symbols(features_spec())
+        getattr(store, "close", lambda: None)()  # no connection of this process stays attached while the CLI writes
         env["IBF_UNIVERSE"] = ",".join(symbols)
         if args.keep is not None:  # the state before the daily cycles, to profile or repeat them
             shutil.rmtree(work / "home_before_cycles", ignore_errors=True)
@@ -181,7 +185,7 @@ def main() -> None:
         if args.keep is None:
             shutil.rmtree(work, ignore_errors=True)
 
-    print_rows(f"step ({args.symbols} symbols x {args.years} year(s))", rows)
+    print_rows(f"step ({args.symbols} symbols x {args.years} year(s), {args.warehouse})", rows)
     if resources:
         print("\n| training phase | seconds | peak RSS |")
         print("|---|---:|---:|")

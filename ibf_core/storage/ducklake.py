@@ -349,13 +349,24 @@ class DuckLakeWarehouse(TableStore):
         return [r[0] for r in self._read(work)]
 
     def table_stamp(self, spec: TableSpec) -> Hashable | None:
-        """The newest snapshot that inserted or deleted rows (of any table: a cache keyed on it may re-read a
-        little more often than needed, never less)."""
-        row = self._read(lambda cur: cur.execute(
-            f"SELECT max(snapshot_id) FROM ducklake_snapshots({_sql_string(_ALIAS)}) "
-            "WHERE list_contains(map_keys(changes), 'tables_inserted_into') OR list_contains(map_keys(changes), 'tables_deleted_from')"
-        ).fetchone())
-        return None if row is None else row[0]
+        """(the table's id, the newest snapshot that inserted or deleted rows of it); None before it exists.
+
+        Per table: a daily cycle's later writes (predictions, drift scores, alerts) must not invalidate what the
+        service cached from ``market_bars`` and ``features`` (a warm-up of fresh forecasts would be thrown away)."""
+
+        def work(cur: duckdb.DuckDBPyConnection) -> tuple[int, int | None] | None:
+            found = cur.execute(f"SELECT table_id FROM ducklake_table_info({_sql_string(_ALIAS)}) WHERE table_name = ?", [spec.name]).fetchone()
+            if found is None:
+                return None
+            table = str(found[0])  # a table dropped and created again has a new id, so a new stamp
+            row = cur.execute(
+                f"SELECT max(snapshot_id) FROM ducklake_snapshots({_sql_string(_ALIAS)}) "
+                "WHERE list_contains(changes['tables_inserted_into'], ?) OR list_contains(changes['tables_deleted_from'], ?)",
+                [table, table],
+            ).fetchone()
+            return found[0], (None if row is None else row[0])
+
+        return self._read(work)
 
     def read_partitions(
         self, spec: TableSpec, names: Iterable[str] | None = None, columns: Sequence[str] | None = None

@@ -115,6 +115,23 @@ def test_a_failure_inside_a_write_changes_nothing(store):
     assert store.table_stamp(MARKET_BARS) != stamp  # a commit changes the stamp caches key on
 
 
+def test_a_write_changes_the_stamp_of_its_own_table_only(store):
+    """A daily cycle writes alerts, predictions and drift scores after features: what a reader cached from bars
+    and features (the service's warmed fresh forecasts) stays valid. On DuckLake every commit changed every stamp."""
+    from ibf_core.monitoring.alerts import ALERTS, Alert, record_alerts
+
+    bars = canonical(make_bars())
+    store.replace_slice(MARKET_BARS, bars, ["AAA", "BBB"], "2021-01-01", "2021-03-31")
+    bars_stamp, alerts_stamp = store.table_stamp(MARKET_BARS), store.table_stamp(ALERTS)
+    alert = Alert(asset="features", check_name="c", partition="AAA|2021-03-01", severity="ERROR", description="d",
+                  metadata={}, run_id="r", raised_at=pd.Timestamp("2021-03-01 15:00", tz="UTC").to_pydatetime(), evaluation_id="e1")
+    assert len(record_alerts(store, [alert], None, log=lambda line: None)) == 1
+    assert store.table_stamp(MARKET_BARS) == bars_stamp
+    assert store.table_stamp(ALERTS) != alerts_stamp
+    store.replace_slice(MARKET_BARS, bars.assign(source="again"), ["AAA", "BBB"], "2021-01-01", "2021-03-31")
+    assert store.table_stamp(MARKET_BARS) != bars_stamp
+
+
 def test_bad_input_is_refused_and_leaves_the_warehouse_as_it_was(store):
     bars = canonical(make_bars())
     store.replace_slice(MARKET_BARS, bars, ["AAA", "BBB"], "2021-01-01", "2021-03-31")
