@@ -52,6 +52,7 @@ from ibf_core.storage.interface import (
     refuse_writes,
     to_arrow,
     views_needed,
+    with_datetime_dates,
 )
 from ibf_core.storage.registry import registered_catalog
 from ibf_core.storage.tables import Catalog, TableSpec
@@ -439,9 +440,7 @@ class DuckLakeWarehouse(TableStore):
         if not table.num_rows:
             return empty_frame(spec)[wanted]
         out = table.to_pandas()
-        if "date" in out.columns:
-            out["date"] = pd.to_datetime(out["date"])
-        return out
+        return with_datetime_dates(out)
 
     def query(
         self,

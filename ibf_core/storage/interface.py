@@ -139,10 +139,18 @@ def symbol_rows(table: pa.Table) -> dict[str, tuple[int, int]]:
     return {symbol_col[a]: (a, b) for a, b in zip(starts, stops)}
 
 
+def with_datetime_dates(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with its ``date`` column as ``datetime64[ns]``, whichever backend read it: the lake's DuckDB
+    answers microseconds, DuckLake's Arrow dates nanoseconds, and a digest of the rows (``predictions``' inputs
+    digest) must not depend on the backend."""
+    if "date" in frame.columns:
+        frame["date"] = pd.to_datetime(frame["date"]).astype("datetime64[ns]")
+    return frame
+
+
 def empty_frame(spec: TableSpec) -> pd.DataFrame:
-    """No rows, the table's columns (``date`` as datetime64)."""
-    frame = spec.schema.empty_table().to_pandas()
-    return frame.assign(date=pd.to_datetime(frame["date"])) if "date" in frame.columns else frame
+    """No rows, the table's columns (``date`` as datetime64[ns])."""
+    return with_datetime_dates(spec.schema.empty_table().to_pandas())
 
 
 class Transaction(ABC):

@@ -65,6 +65,7 @@ from ibf_core.storage.interface import (
     symbol_rows,
     to_arrow,
     views_needed,
+    with_datetime_dates,
 )
 from ibf_core.storage.registry import registered_catalog
 from ibf_core.storage.tables import SCHEMA_FILE, Catalog, TableSpec, ViewSpec, data_files
@@ -480,9 +481,7 @@ class Warehouse(TableStore):
             if damaged:
                 raise self._damage_error(damaged) from None
             raise
-        if "date" in out.columns:
-            out["date"] = pd.to_datetime(out["date"])
-        return out
+        return with_datetime_dates(out)
 
     def query(
         self,

@@ -115,6 +115,21 @@ def test_a_failure_inside_a_write_changes_nothing(store):
     assert store.table_stamp(MARKET_BARS) != stamp  # a commit changes the stamp caches key on
 
 
+def test_every_backend_reads_dates_in_one_unit(store):
+    """The same rows read from the lake and from DuckLake hash the same (``predictions``' inputs digest): the lake
+    answered ``datetime64[us]``, DuckLake ``datetime64[ns]``, so moving a warehouse re-forecast every origin."""
+    from ibf_core.models.inference import origin_digests
+
+    bars = canonical(make_bars())
+    store.replace_slice(MARKET_BARS, bars, ["AAA", "BBB"], "2021-01-01", "2021-03-31")
+    stored = store.read(MARKET_BARS)
+    assert str(stored["date"].dtype) == "datetime64[ns]"
+    assert str(store.read(MARKET_BARS, ["ZZZ"])["date"].dtype) == "datetime64[ns]"  # no rows: the same type
+    days = sorted(stored["date"].dt.date.unique())[-2:]
+    expected = origin_digests(stored.assign(date=stored["date"].astype("datetime64[ns]")), days, 5, "1")
+    assert origin_digests(stored, days, 5, "1") == expected
+
+
 def test_a_write_changes_the_stamp_of_its_own_table_only(store):
     """A daily cycle writes alerts, predictions and drift scores after features: what a reader cached from bars
     and features (the service's warmed fresh forecasts) stays valid. On DuckLake every commit changed every stamp."""
