@@ -207,12 +207,14 @@ class NeuralMember(Member):
     def network(self) -> Any:
         """What forecasts: the fitted model in memory, else the traced network saved with it (torch only, ~3 s to
         import instead of NeuralForecast's ~9 s), else the saved NeuralForecast model."""
-        if self._model is None and self._network is None and self._folder is not None:
+        if self._model is not None:
+            return self._model
+        if self._network is None and self._folder is not None:
             try:
-                self._network = neural_script.load(self._folder)
+                self._network = neural_script.load(self._folder)  # None when the member was saved without one
             except Exception as exc:  # torch's own load error, named with the files it came from
                 raise ModelLoadError(f"{self._folder}: cannot load the traced network ({type(exc).__name__}: {exc})") from exc
-        return self._network if self._model is None and self._network is not None else self.model
+        return self._network if self._network is not None else self.model
 
     @classmethod
     def history_sessions(cls, config: ModelConfig) -> int:

@@ -52,11 +52,9 @@ import pandas as pd
 
 from ibf_core.calendar import all_sessions
 from ibf_core.features.calendar_features import calendar_table
-from ibf_core.models import ModelDataError
+from ibf_core.models import ModelDataError, neural_script
 from ibf_core.models.config import ModelConfig
 from ibf_core.models.dataset import RobustScaler
-from ibf_core.models import neural_script
-from ibf_core.models.neural_script import ScriptedNetwork
 from ibf_core.models.gbdt import category_vocabulary
 
 # Heavy imports (lightning_utilities, neuralforecast, pytorch_lightning, talib, torch) stay inside the functions that
@@ -429,7 +427,7 @@ def _predict_chunk(
 ) -> np.ndarray:
     """(origins x max_horizon) cumulative forecasts of forecastable origins, one ``predict`` call."""
     n = config.input_size
-    scripted = isinstance(nf, ScriptedNetwork)
+    scripted = isinstance(nf, neural_script.ScriptedNetwork)
     hist_list = nf.hist_exog if scripted else list(nf.models[0].hist_exog_list)
     with_observed = OBSERVED in hist_list
     windows, ids = _windows(panel, chosen, n, futr, input_columns(list(scaler.center), futr))
@@ -456,7 +454,7 @@ def _predict_chunk(
 
 
 def _network_inputs(
-    net: ScriptedNetwork, ids_frame: pd.DataFrame, future: pd.DataFrame, static: pd.DataFrame | None, count: int,
+    net: neural_script.ScriptedNetwork, ids_frame: pd.DataFrame, future: pd.DataFrame, static: pd.DataFrame | None, count: int,
     with_observed: bool,
 ) -> dict[str, np.ndarray]:
     """The tensors NeuralForecast's dataset and windows give the network, as float32 arrays (one window per id)."""
