@@ -160,10 +160,10 @@ def main() -> None:
             measured([IBF, "backfill", "--csv", str(files[d0]), "--start", month[0], "--end", d0, "--assets", "predictions,drift_scores"],
                      env, f"predictions, drift_scores {month[0]}..{d0}", rows)
         from ibf_core.features.table import features_spec
-        from ibf_core.storage.ducklake import DuckLakeWarehouse
-        from ibf_core.storage.warehouse import Warehouse
+        from ibf_core.settings import load_settings
+        from ibf_core.storage.backends import open_warehouse
 
-        store = DuckLakeWarehouse(home, None, None, None) if args.warehouse == "ducklake" else Warehouse(home)
+        store = open_warehouse(load_settings(home=home, warehouse=args.warehouse), reader=True)
         symbols = store.symbols(features_spec())
         getattr(store, "close", lambda: None)()  # no connection of this process stays attached while the CLI writes
         env["IBF_UNIVERSE"] = ",".join(symbols)
