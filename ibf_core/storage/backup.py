@@ -94,7 +94,10 @@ def _is_sqlite(path: Path) -> bool:
 
 
 def _copy_sqlite(source: Path, target: Path) -> None:
-    """One committed state of a live SQLite database (the backup API, which takes the database's read lock)."""
+    """One committed state of a live SQLite database (the backup API, which takes the database's read lock).
+
+    Writers must be other processes (every ibf writer is): SQLite's locks are POSIX locks, which a process does not
+    see among its own, so a commit in flight in this process would look like a crashed one."""
     target.parent.mkdir(parents=True, exist_ok=True)
     src = sqlite3.connect(f"file:{source}?mode=ro", uri=True, timeout=60)
     dst = sqlite3.connect(target)

@@ -288,32 +288,55 @@ def test_a_remote_ducklake_is_refused_naming_the_setting(ibf_home, tmp_path, mon
     assert not (tmp_path / "b1").exists()
 
 
+# The writer of the test below: its own process, as every ibf writer is (a `ibf` command, a Dagster run). In one
+# process the copy would not see the writer's SQLite locks (POSIX locks belong to the process, and DuckDB's
+# SQLite is another library than Python's), so a commit in flight looks like a crashed one (CI of stop 34).
+_WRITER = """
+import sys, pandas as pd
+from pathlib import Path
+from ibf_core.settings import load_settings
+from ibf_core.storage.backends import open_warehouse
+from ibf_core.storage.tables import MARKET_BARS
+frame, symbols, work = pd.read_pickle(sys.argv[1]), sys.argv[2].split(","), Path(sys.argv[3])
+store, version = open_warehouse(load_settings()), 2
+with open(work / "committed", "a") as out:
+    while not (work / "stop").exists():
+        store.replace_slice(MARKET_BARS, frame.assign(volume=version), symbols, "2021-01-01", "2021-02-26")
+        out.write(f"{version}\\n")
+        out.flush()
+        version += 1
+"""
+
+
 def test_ducklake_backups_taken_while_a_writer_commits_restore_to_a_committed_state(ibf_home, tmp_path, monkeypatch):
     """The catalog is copied before the data files are listed: every file a backed-up snapshot names is there."""
+    import subprocess
+    import sys
+
     from ibf_core.storage.backends import open_warehouse
 
     monkeypatch.setenv("IBF_WAREHOUSE", "ducklake")
     settings = load_settings()
     open_warehouse(settings).replace_slice(MARKET_BARS, bars(1), SYMBOLS, "2021-01-01", "2021-02-26")
-    stop, committed = threading.Event(), [1]
-
-    def writer():
-        store, version = open_warehouse(settings), 2
-        while not stop.is_set():
-            store.replace_slice(MARKET_BARS, bars(version), SYMBOLS, "2021-01-01", "2021-02-26")
-            committed.append(version)
-            version += 1
-
-    thread = threading.Thread(target=writer)
-    thread.start()
+    bars(1).to_pickle(tmp_path / "bars.pkl")
+    writer = subprocess.Popen([sys.executable, "-c", _WRITER, str(tmp_path / "bars.pkl"), ",".join(SYMBOLS), str(tmp_path)])
     try:
+        deadline = time.monotonic() + 60
+        while not (tmp_path / "committed").exists() or not (tmp_path / "committed").read_text():  # writing already
+            assert writer.poll() is None and time.monotonic() < deadline, "the writer did not commit"
+            time.sleep(0.05)
         folders = []
         for i in range(4):
             folders.append(backup.create(settings, tmp_path / f"b{i}").folder)
             time.sleep(0.5)
     finally:
-        stop.set()
-        thread.join()
+        (tmp_path / "stop").touch()
+        try:
+            writer.wait(60)
+        finally:
+            writer.kill()
+    assert writer.returncode == 0
+    committed = [1, *map(int, (tmp_path / "committed").read_text().split())]
     assert len(committed) > 2
     for i, folder in enumerate(folders):
         restored = load_settings(home=tmp_path / f"restored{i}")

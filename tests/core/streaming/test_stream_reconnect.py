@@ -38,16 +38,32 @@ def test_every_client_id_in_use_is_a_connection_failure_retried_with_back_off(li
 
 
 def test_after_the_nightly_reset_the_collector_reconnects_with_no_gap_beyond_it_and_no_duplicate(slow_live_sim, tmp_path):
-    import threading
-
     store = Warehouse(tmp_path / "home")
     collector = Collector(store, ["AAPL", "MSFT"], ports=[slow_live_sim.port], flush_s=0.2, backoff_max_s=0.05)
-    reset = threading.Timer(0.8, lambda: slow_live_sim.set_faults(nightly_reset_seconds=60))
-    reset.start()
-    try:
-        stats = asyncio.run(collector.run(4.5))
-    finally:
-        reset.cancel()
+
+    async def collect():
+        """Reset once some bars arrived; stop once 75 market seconds streamed after the reset (or after 60 s): a
+        fixed duration was too short for a loaded CI machine (CI of stop 34: the reset came 2 s late, no reconnect)."""
+        stop = asyncio.Event()
+
+        async def conduct():
+            deadline = asyncio.get_running_loop().time() + 60
+            while collector.stats.bars < 10 and asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(0.05)
+            slow_live_sim.set_faults(nightly_reset_seconds=60)
+            while asyncio.get_running_loop().time() < deadline and not (
+                    collector.stats.connects >= 2 and slow_live_sim.resets
+                    and slow_live_sim.live_clock.now() > slow_live_sim.resets[0][1] + pd.Timedelta(seconds=75)):
+                await asyncio.sleep(0.05)
+            stop.set()
+
+        conductor = asyncio.ensure_future(conduct())
+        try:
+            return await collector.run(None, stop)
+        finally:
+            conductor.cancel()
+
+    stats = asyncio.run(collect())
     assert len(slow_live_sim.resets) == 1 and stats.connects == 2
     start, end = slow_live_sim.resets[0]
     bars = store.query("SELECT symbol, time, open, close, volume FROM intraday_bars ORDER BY symbol, time")
