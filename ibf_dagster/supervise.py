@@ -139,7 +139,35 @@ def child_main() -> None:
     sys.argv = ["ibf", *sys.argv[3:]]
     _die_with(supervisor)
     module, _, function = entry.partition(":")
-    getattr(importlib.import_module(module), function)()
+    try:
+        getattr(importlib.import_module(module), function)()
+        code = 0
+    except SystemExit as exc:
+        code = _exit_code(exc.code)
+    _exit_now(code)
+
+
+def _exit_code(code: object) -> int:
+    """``SystemExit.code`` as the interpreter turns it into an exit status (a text is printed, status 1)."""
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code & 0xFF
+    sys.stderr.write(f"{code}\n")
+    return 1
+
+
+def _exit_now(code: int) -> None:
+    """End without the interpreter's teardown: after a 500-symbol daily cycle, freeing every object of torch,
+    LightGBM, pandas and Dagster one by one took 2.7 s. The command's work is committed by now (every warehouse
+    write and run record is, when its call returns); only the output is flushed here."""
+    import logging
+
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
 
 
 def _die_with(supervisor: int) -> None:
