@@ -43,7 +43,7 @@ def backfill(
     started, recorded_since = time.perf_counter(), dt.datetime.now(dt.timezone.utc)
     summaries = run_backfill(settings, wanted, first, last, assets, source, str(csv) if csv else None, log_level)
     if any("ohlc_consistent" in s.checks for s in summaries):  # market_bars ran: say what its loads recorded
-        _print_bar_issues(settings, sorted({sym for s in summaries for sym in s.symbols}), recorded_since)
+        _print_bar_issues(settings, sorted({sym for s in summaries for sym in s.symbols}), recorded_since, first, last)
     err.print(f"done in {time.perf_counter() - started:.1f} s", highlight=False)
 
 
@@ -72,14 +72,18 @@ def _csv_input(settings, symbols: list[str] | None, start: str | None, end: str 
     return wanted, first, last
 
 
-def _print_bar_issues(settings, symbols: list[str], since: dt.datetime) -> None:
-    """'market_bars: N rows repaired, M dropped, see bar_issues' for what this backfill's loads recorded."""
+def _print_bar_issues(settings, symbols: list[str], since: dt.datetime, first: str | None, last: str | None) -> None:
+    """'market_bars: N rows repaired, M dropped, see bar_issues' for what this backfill's loads recorded. A load
+    records issues of its partitions' dates only (a day or a month): the months of first..last are read, not the
+    whole history (0.45 -> 0.09 s at 500 symbols)."""
     import pandas as pd
 
     from ibf_core.market.issues import IssueSummary, read_issues
     from ibf_core.storage.backends import open_warehouse
 
-    issues = read_issues(open_warehouse(settings), symbols)
+    start = None if first is None else dt.date.fromisoformat(first).replace(day=1)
+    end = None if last is None else (pd.Timestamp(last) + pd.offsets.MonthEnd(0)).date()
+    issues = read_issues(open_warehouse(settings), symbols, start, end)
     mine = issues[pd.to_datetime(issues["recorded_at"], utc=True) >= pd.Timestamp(since)]
     err.print(f"market_bars: {IssueSummary.of(mine).line()}", highlight=False, soft_wrap=True)
 
