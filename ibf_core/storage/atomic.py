@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import fcntl
 import json
 import os
 import re
@@ -34,8 +35,6 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
-
-from filelock import FileLock
 
 if TYPE_CHECKING:  # pragma: no cover
     import pyarrow as pa
@@ -58,19 +57,64 @@ _TEMP_NAME = re.compile(r"^\.(?P<target>.+)\.[A-Za-z0-9_]{8}\.tmp$")
 COMMIT_LOCK = "_commit"
 
 
+class FileLock:
+    """An exclusive ``flock`` of ``path`` (created if missing) while the ``with`` block runs, waited for up to
+    ``timeout`` seconds (then TimeoutError naming the file). Each ``with`` opens its own descriptor, so threads of
+    one process exclude each other too; the kernel drops the lock of a killed holder.
+
+    The filelock package did the same with ~0.5 ms of Python around each call: 0.26 s for the 500 partition
+    locks of one 500-symbol write, several times per daily cycle; this takes 0.04 ms."""
+
+    __slots__ = ("path", "timeout", "_fd")
+
+    def __init__(self, path: Path | str, timeout: float = LOCK_WAIT_S) -> None:
+        self.path, self.timeout, self._fd = str(path), timeout, -1
+
+    def __enter__(self) -> FileLock:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            deadline, pause = None, 0.001
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    now = time.monotonic()
+                    deadline = now + self.timeout if deadline is None else deadline
+                    if now >= deadline:
+                        raise TimeoutError(f"the lock {self.path} is held by another writer (waited {self.timeout:g} s)") from None
+                    time.sleep(pause)
+                    pause = min(0.05, pause * 2)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        fd, self._fd = self._fd, -1
+        try:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+
+
 def lock(folder: Path, name: str, timeout: float = LOCK_WAIT_S) -> FileLock:
     """An inter-process lock ``folder/.locks/<name>.lock`` for a read-modify-write of files under ``folder``."""
     lock_dir = folder / ".locks"
     lock_dir.mkdir(parents=True, exist_ok=True)
-    return FileLock(str(lock_dir / f"{name}.lock"), timeout=timeout)
+    return FileLock(lock_dir / f"{name}.lock", timeout)
 
 
 @contextlib.contextmanager
 def locks(targets: Iterable[tuple[Path, str]], timeout: float = LOCK_WAIT_S) -> Iterator[None]:
     """The :func:`lock` of every (folder, name), taken in sorted order so two writers never deadlock."""
+    wanted = sorted(set(targets))
+    for folder in dict.fromkeys(folder for folder, _ in wanted):
+        (folder / ".locks").mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:
-        for folder, name in sorted(set(targets)):
-            stack.enter_context(lock(folder, name, timeout))
+        for folder, name in wanted:
+            stack.enter_context(FileLock(folder / ".locks" / f"{name}.lock", timeout))
         yield
 
 

@@ -42,7 +42,6 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from filelock import FileLock
 from tenacity import retry, retry_if_exception, stop_after_delay, wait_exponential
 
 from ibf_core.storage import atomic, space
@@ -171,7 +170,7 @@ class Warehouse(TableStore):
             raise WarehouseError(f"{spec.name}: files are {spec.files}, not one per symbol")
         return self.partition_file(spec, symbol)
 
-    def lock(self, folder: Path, name: str) -> FileLock:
+    def lock(self, folder: Path, name: str) -> atomic.FileLock:
         """An inter-process lock for read-modify-write of files under ``folder`` (see ``atomic.lock``)."""
         return atomic.lock(folder, name)
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -210,3 +211,49 @@ def test_written_files_and_published_folders_respect_the_umask(tmp_path, umask, 
     for name in ("a.parquet", "b.json", "c.txt", "model/weights.bin"):
         assert stat.S_IMODE((tmp_path / name).stat().st_mode) == file_mode, name
     assert stat.S_IMODE((tmp_path / "model").stat().st_mode) == folder_mode
+
+
+# ----- locks --------------------------------------------------------------------------------------
+_HOLD = "import sys, time; from pathlib import Path; from ibf_core.storage import atomic\n" \
+        "with atomic.lock(Path(sys.argv[1]), 'S1'):\n    print('held', flush=True); time.sleep(60)\n"
+
+
+def test_a_lock_another_process_holds_times_out_naming_its_file_and_a_killed_holder_frees_it(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        started = time.monotonic()
+        with pytest.raises(TimeoutError, match=r"\.locks/S1\.lock is held by another writer \(waited 0\.3 s\)"):
+            with atomic.locks([(tmp_path, "S0"), (tmp_path, "S1")], timeout=0.3):
+                pass
+        assert 0.3 <= time.monotonic() - started < 5
+        with atomic.lock(tmp_path, "S0", timeout=0.1):  # the lock taken before the timeout was released
+            pass
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(30)
+    with atomic.lock(tmp_path, "S1", timeout=1):  # the kernel freed the killed holder's lock
+        pass
+
+
+def test_threads_of_one_process_exclude_each_other(tmp_path):
+    inside, overlaps = [0], []
+
+    def work():
+        for _ in range(50):
+            with atomic.locks([(tmp_path, "a"), (tmp_path, "b")]):
+                inside[0] += 1
+                overlaps.append(inside[0])
+                time.sleep(0.0005)
+                inside[0] -= 1
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(overlaps) == 200 and max(overlaps) == 1
