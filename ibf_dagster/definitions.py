@@ -32,13 +32,12 @@ from ibf_dagster.sensors import (
 
 
 def build_definitions(settings: Settings) -> dg.Definitions:
-    market_bars, *market_bars_checks = build_market_bars(settings)
     live_sources, live_checks = build_live_sources(settings)
     live_watch, live_watch_schedule = build_live_watch(settings)
     backup_job, backup_schedule = build_backup()
     return dg.Definitions(
         assets=[
-            market_bars,
+            build_market_bars(settings),
             *live_sources,
             build_microstructure_daily(settings),
             build_news_sentiment(settings),
@@ -50,7 +49,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
             build_drift_scores(settings),
             build_portfolios(settings),
         ],
-        asset_checks=[*market_bars_checks, *live_checks],
+        asset_checks=live_checks,
         jobs=[live_watch, backup_job],
         schedules=[live_watch_schedule, backup_schedule],
         sensors=[
