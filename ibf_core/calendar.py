@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import logging
+import os
+import pickle
 from functools import lru_cache
+from pathlib import Path
 
 import pandas as pd
 
+from ibf_core.settings import SettingsError, get_settings
+
 # Heavy imports (exchange_calendars) stay inside the functions that need them: importing this module loads none of them.
+
+log = logging.getLogger(__name__)
 
 CALENDAR_NAME = "XNYS"
 # exchange_calendars ships XNYS sessions from 1885 to one year ahead; we only need this window.
@@ -16,10 +25,51 @@ _CAL_START = "1990-01-02"
 
 @lru_cache(maxsize=1)
 def _calendar():
+    """XNYS from _CAL_START to a year ahead. Building it takes ~1 s (pandas' holiday rules, session by session) in
+    every process that needs a session: the built calendar is kept in ``<IBF_HOME>/cache/calendar`` for the day
+    (a pickle, 0.04 s to load), named by the exchange_calendars version and the window."""
     import exchange_calendars as xcals
 
     end = (pd.Timestamp.today() + pd.DateOffset(years=1)).normalize()
-    return xcals.get_calendar(CALENDAR_NAME, start=_CAL_START, end=end)
+    cached = _cache_file(xcals.__version__, end)
+    if cached is not None and cached.is_file():
+        try:
+            with open(cached, "rb") as handle:
+                return pickle.load(handle)
+        except Exception as exc:  # a truncated or foreign file: built again and replaced
+            log.warning("calendar cache %s unreadable (%s: %s); building the calendar", cached, type(exc).__name__, exc)
+    calendar = xcals.get_calendar(CALENDAR_NAME, start=_CAL_START, end=end)
+    if cached is not None:
+        _store(cached, calendar)
+    return calendar
+
+
+def _cache_file(version: str, end: pd.Timestamp) -> Path | None:
+    """The cache file of this calendar, under the settings' cache folder (None without valid settings)."""
+    try:
+        folder = get_settings().cache_dir / "calendar"
+    except SettingsError:  # the command that loaded settings says so; a calendar is still built
+        return None
+    return folder / f"{CALENDAR_NAME}-{version}-{_CAL_START}-{end.date()}.pickle"
+
+
+def _store(path: Path, calendar: object) -> None:
+    """Write the cache file whole (temp file, rename) and remove older ones; a folder that cannot be written
+    (a read-only home) leaves the calendar uncached."""
+    # Not ibf_core.storage.atomic: a cache needs no fsync, and the writer's fault switchboard (IBF_STORAGE_FAULTS)
+    # counts warehouse files; a torn file fails to load and is built again.
+    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temp.write_bytes(pickle.dumps(calendar, protocol=pickle.HIGHEST_PROTOCOL))
+        os.replace(temp, path)
+        for old in path.parent.glob(f"{CALENDAR_NAME}-*.pickle"):
+            if old != path:
+                old.unlink(missing_ok=True)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            temp.unlink(missing_ok=True)
+        log.info("calendar not cached in %s: %s", path.parent, exc)
 
 
 @lru_cache(maxsize=1)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import importlib
+import logging
 import os
 import signal
 import subprocess
@@ -161,8 +162,6 @@ def _exit_now(code: int) -> None:
     """End without the interpreter's teardown: after a 500-symbol daily cycle, freeing every object of torch,
     LightGBM, pandas and Dagster one by one took 2.7 s. The command's work is committed by now (every warehouse
     write and run record is, when its call returns); only the output is flushed here."""
-    import logging
-
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
