@@ -281,6 +281,11 @@ class Settings(BaseSettings):
         "`IBF_HOME/ducklake/data/`. A prefix that cannot be listed is one `error: IBF_DUCKLAKE_DATA_PATH: ...` "
         "line"
     )
+    ducklake_keep_hours: float = Field(
+        24.0, ge=0, description="With `IBF_WAREHOUSE=ducklake`: DuckLake snapshots older than this many hours are "
+        "expired, and the data files only they used deleted, after a write (checked at most hourly per process; "
+        "a daily cycle at 500 symbols replaces ~13 MB of files). 0 keeps every snapshot (time travel, growing disk)"
+    )
     aws_access_key_id: SecretStr | None = Field(
         None, validation_alias=AliasChoices("AWS_ACCESS_KEY_ID", "aws_access_key_id"), description="S3 access key "
         "for an `s3://` `IBF_DUCKLAKE_DATA_PATH` (the standard variable name); a secret"

@@ -33,7 +33,8 @@ def open_warehouse(settings: Settings | None = None, *, reader: bool = False) ->
         s3 = S3Credentials(
             secret(settings.aws_access_key_id), secret(settings.aws_secret_access_key), settings.aws_region, settings.aws_endpoint_url
         )
-        store = DuckLakeWarehouse(settings.home_dir, secret(settings.ducklake_catalog), settings.ducklake_data_path, s3)
+        store = DuckLakeWarehouse(settings.home_dir, secret(settings.ducklake_catalog), settings.ducklake_data_path, s3,
+                                  keep_hours=settings.ducklake_keep_hours)
         if not reader:
             store.check()
         return store

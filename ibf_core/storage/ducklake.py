@@ -143,7 +143,8 @@ class DuckLakeWarehouse(TableStore):
     backend = "ducklake"
 
     def __init__(
-        self, home: Path | str, catalog: str | None = None, data_path: str | None = None, s3: S3Credentials | None = None
+        self, home: Path | str, catalog: str | None = None, data_path: str | None = None, s3: S3Credentials | None = None,
+        keep_hours: float = 0.0,
     ):
         self.home = Path(home).expanduser().resolve()
         self.root = self.home / "ducklake"
@@ -158,6 +159,8 @@ class DuckLakeWarehouse(TableStore):
         self._connections: dict[bool, duckdb.DuckDBPyConnection] = {}
         self._pid = os.getpid()
         self._ensured: set[tuple[str, tuple[str, ...]]] = set()
+        self.keep_hours = keep_hours
+        self._next_expiry = 0.0  # time.monotonic() of the next check for snapshots to expire
 
     # ----- connections ----------------------------------------------------------------------------
     @property
@@ -350,22 +353,29 @@ class DuckLakeWarehouse(TableStore):
         return [r[0] for r in self._read(work)]
 
     def table_stamp(self, spec: TableSpec) -> Hashable | None:
-        """(the table's id, the newest snapshot that inserted or deleted rows of it); None before it exists.
+        """(the table's id, the newest snapshot that changed it); None before it exists.
 
         Per table: a daily cycle's later writes (predictions, drift scores, alerts) must not invalidate what the
         service cached from ``market_bars`` and ``features`` (a warm-up of fresh forecasts would be thrown away)."""
 
-        def work(cur: duckdb.DuckDBPyConnection) -> tuple[int, int | None] | None:
+        def work(cur: duckdb.DuckDBPyConnection) -> tuple | None:
             found = cur.execute(f"SELECT table_id FROM ducklake_table_info({_sql_string(_ALIAS)}) WHERE table_name = ?", [spec.name]).fetchone()
             if found is None:
                 return None
             table = str(found[0])  # a table dropped and created again has a new id, so a new stamp
-            row = cur.execute(
-                f"SELECT max(snapshot_id) FROM ducklake_snapshots({_sql_string(_ALIAS)}) "
-                "WHERE list_contains(changes['tables_inserted_into'], ?) OR list_contains(changes['tables_deleted_from'], ?)",
-                [table, table],
+            # Any change naming its id: inserts and deletes, and also the rows of a small insert that DuckLake keeps in
+            # the catalog ("inlined_insert", "inlined_delete": an alert, a 4-symbol session), which a stamp read from
+            # tables_inserted_into / tables_deleted_from alone missed.
+            changed, oldest = cur.execute(
+                "SELECT max(snapshot_id) FILTER (WHERE list_contains(flatten(map_values(changes)), ?)), min(snapshot_id) "
+                f"FROM ducklake_snapshots({_sql_string(_ALIAS)})",
+                [table],
             ).fetchone()
-            return found[0], (None if row is None else row[0])
+            if changed is not None:
+                return found[0], changed
+            # Its last change was expired (expire_snapshots): "before the oldest snapshot kept" still names one state,
+            # since the oldest kept only grows and any later change has a snapshot of its own.
+            return found[0], "before", oldest
 
         return self._read(work)
 
@@ -409,7 +419,45 @@ class DuckLakeWarehouse(TableStore):
         self.ensure_catalog(Catalog(tuple({spec.name: spec for (_, _), spec in wanted}.values())))
         lock_root = self.root / ".locks"
         with atomic.locks([(lock_root / table, name) for (table, name), _ in wanted]):
-            return self._transact(lambda cur: build(_DuckLakeTransaction(cur)))
+            value = self._transact(lambda cur: build(_DuckLakeTransaction(cur)))
+        self._expire_when_due()
+        return value
+
+    # ----- maintenance --------------------------------------------------------------------------------
+    def expire_snapshots(self, older_than: dt.datetime) -> tuple[int, int]:
+        """Expire the snapshots committed before ``older_than`` (never the newest) and delete the data files no kept
+        snapshot uses: (snapshots expired, files deleted). Readers read the newest snapshot, whose files are never
+        among them, so only time travel further back than ``older_than`` is lost. The files are deleted at once
+        (DuckLake on Postgres schedules them at the expiry, on SQLite at their snapshot's time)."""
+        alias = _sql_string(_ALIAS)
+
+        def at(when: dt.datetime) -> str:
+            return f"{_sql_string(when.astimezone(dt.timezone.utc).isoformat())}::TIMESTAMPTZ"
+
+        expired = self._transact(lambda cur: cur.execute(f"CALL ducklake_expire_snapshots({alias}, older_than => {at(older_than)})").fetchall())
+        now = dt.datetime.now(dt.timezone.utc)
+        deleted = self._transact(lambda cur: cur.execute(f"CALL ducklake_cleanup_old_files({alias}, older_than => {at(now)})").fetchall())
+        return len(expired), len(deleted)
+
+    def _expire_when_due(self) -> None:
+        """After a write, at most hourly per process: expire what is older than ``keep_hours`` (0: never). A failure
+        is a warning, not a failed write: the rows are committed, and the next write tries again."""
+        if not self.keep_hours or time.monotonic() < self._next_expiry:
+            return
+        self._next_expiry = time.monotonic() + min(3600.0, self.keep_hours * 3600)
+        older_than = dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=self.keep_hours)
+        try:
+            oldest = self._read(lambda cur: cur.execute(
+                f"SELECT min(snapshot_time) FROM ducklake_snapshots({_sql_string(_ALIAS)})").fetchone()[0])
+            if oldest is None or oldest >= older_than:
+                return
+            started = time.perf_counter()
+            expired, deleted = self.expire_snapshots(older_than)
+        except duckdb.Error as exc:
+            log.warning("DuckLake snapshots older than %g h not expired (the next write tries again): %s", self.keep_hours, _first_line(exc))
+            return
+        log.info("DuckLake: %d snapshots older than %g h expired, %d files deleted in %.2f s",
+                 expired, self.keep_hours, deleted, time.perf_counter() - started)
 
     # ----- reads ----------------------------------------------------------------------------------
     def read(

@@ -133,6 +133,8 @@ def test_every_backend_reads_dates_in_one_unit(store):
 def test_a_write_changes_the_stamp_of_its_own_table_only(store):
     """A daily cycle writes alerts, predictions and drift scores after features: what a reader cached from bars
     and features (the service's warmed fresh forecasts) stays valid. On DuckLake every commit changed every stamp."""
+    import dataclasses
+
     from ibf_core.monitoring.alerts import ALERTS, Alert, record_alerts
 
     bars = canonical(make_bars())
@@ -142,6 +144,10 @@ def test_a_write_changes_the_stamp_of_its_own_table_only(store):
                   metadata={}, run_id="r", raised_at=pd.Timestamp("2021-03-01 15:00", tz="UTC").to_pydatetime(), evaluation_id="e1")
     assert len(record_alerts(store, [alert], None, log=lambda line: None)) == 1
     assert store.table_stamp(MARKET_BARS) == bars_stamp
+    assert store.table_stamp(ALERTS) != alerts_stamp
+    # A second small write: DuckLake keeps its row in the catalog ("inlined"), which the stamp once missed
+    alerts_stamp = store.table_stamp(ALERTS)
+    assert len(record_alerts(store, [dataclasses.replace(alert, evaluation_id="e2")], None, log=lambda line: None)) == 1
     assert store.table_stamp(ALERTS) != alerts_stamp
     store.replace_slice(MARKET_BARS, bars.assign(source="again"), ["AAA", "BBB"], "2021-01-01", "2021-03-31")
     assert store.table_stamp(MARKET_BARS) != bars_stamp
@@ -364,3 +370,43 @@ def test_ibf_sql_on_a_ducklake_that_does_not_exist_yet_says_so_and_creates_nothi
     done = run_ibf("sql", "SELECT count(*) FROM market_bars", env={"IBF_HOME": str(ibf_home), "IBF_WAREHOUSE": "ducklake"})
     assert done.returncode != 0 and done.stderr.strip().splitlines()[-1].startswith("error: IBF_DUCKLAKE_CATALOG")
     assert not (ibf_home / "ducklake").exists()
+
+
+@pytest.mark.parametrize("store_env", ["ducklake-sqlite", "ducklake-postgres"], indirect=True)
+def test_ducklake_expires_old_snapshots_after_a_write_and_stamps_stay_unique(store_env, monkeypatch):
+    """Replaced files stay for time travel until their snapshots expire (~13 MB a daily cycle at 500 symbols):
+    a write expires those older than IBF_DUCKLAKE_KEEP_HOURS; a table whose last change was expired keeps a stamp
+    of its own, never one it had before."""
+    import dataclasses
+    from pathlib import Path
+
+    from ibf_core.monitoring.alerts import ALERTS, Alert, record_alerts
+
+    store = open_warehouse(load_settings())  # the default: 24 hours
+    data = Path(store.data_path)
+    alert = Alert(asset="features", check_name="c", partition="AAA|2021-03-01", severity="ERROR", description="d",
+                  metadata={}, run_id="r", raised_at=pd.Timestamp("2021-03-01 15:00", tz="UTC").to_pydatetime(), evaluation_id="e1")
+    record_alerts(store, [alert], None, log=lambda line: None)
+    bars = canonical(make_bars())
+    stamps = [store.table_stamp(ALERTS)]
+    for version in range(3):
+        store.replace_slice(MARKET_BARS, bars.assign(volume=version), ["AAA", "BBB"], "2021-01-01", "2021-03-31")
+    files = sorted(p for p in data.rglob("*.parquet"))
+    assert len(files) >= 3 and store.table_stamp(ALERTS) == stamps[0]  # each version of the bars kept
+    monkeypatch.setenv("IBF_DUCKLAKE_KEEP_HOURS", str(1 / 3600))  # one second
+    store = open_warehouse(load_settings())
+    time.sleep(1.5)
+    store.replace_slice(MARKET_BARS, bars.assign(volume=7), ["AAA", "BBB"], "2021-01-01", "2021-03-31")
+    left = sorted(p for p in data.rglob("*.parquet"))
+    # The versions replaced before the second are deleted; the one this write replaced is a snapshot younger than it
+    assert left and set(files) & set(left) <= {files[-1]}, (files, left)  # DuckLake names files by UUIDv7: in time order
+    assert set(store.query("SELECT DISTINCT volume FROM market_bars").volume) == {7}
+    assert len(store.query("SELECT * FROM alerts")) == 1
+    stamps.append(store.table_stamp(ALERTS))  # its last change expired: a stamp of its own
+    record_alerts(store, [dataclasses.replace(alert, evaluation_id="e2")], None, log=lambda line: None)
+    stamps.append(store.table_stamp(ALERTS))
+    time.sleep(1.5)
+    store.replace_slice(MARKET_BARS, bars.assign(volume=8), ["AAA", "BBB"], "2021-01-01", "2021-03-31")
+    stamps.append(store.table_stamp(ALERTS))
+    assert len(set(stamps)) == len(stamps), stamps
+    assert not set(files) & set(data.rglob("*.parquet"))
